@@ -1,0 +1,40 @@
+//! cedar runs Google Earth Engine (EE) export campaigns ("pre-ARD").
+//!
+//! A campaign asks, for every tile of a fixed tile grid and every time period, for the images of
+//! an EE collection exported as GeoTIFF (plus a JSON metadata file) into a Cloud Storage bucket;
+//! cedar then downloads, verifies and cleans them up.
+//!
+//! # Lifecycle of one tile-period
+//!
+//! submit → export → poll → download → clean
+//!
+//! 1. **submit** validates the request against the [`config`], expands it into
+//!    collection × [`grid`] tile × [`period`] items named by [`naming`].
+//! 2. **export** lists the images of the item with `value:compute`, builds the pre-ARD
+//!    [`earthengine::expression`] and starts an `image:export` with a deterministic `requestId`.
+//! 3. **poll** follows the EE operation until it is done.
+//! 4. **download** copies every exported object from the export bucket ([`store`]) to the
+//!    destination, verifying sizes and checksums.
+//! 5. **clean** deletes the exported objects from the bucket.
+//!
+//! # Concepts
+//!
+//! - [`config`]: typed settings, loaded once (file → environment overrides) and validated.
+//! - [`grid`]: the tile grid; a tile index gives exact bounds, affine transform and dimensions.
+//! - [`period`]: splits a date range into anchored, half-open periods (pandas semantics).
+//! - [`naming`]: the templates that name every exported object and tracking document.
+//! - [`collection`]: per-collection band selection, properties, nodata, type and filters.
+//! - [`auth`]: OAuth2 access tokens (service-account key, Application Default Credentials, none).
+//! - [`earthengine`]: the EE REST client: expressions, exports, operations, errors.
+//! - [`emulator`]: an EE emulator that speaks the same REST API, for tests and demos.
+//! - [`store`]: the export bucket EE writes into, and the destination cedar downloads to.
+
+pub mod auth;
+pub mod collection;
+pub mod config;
+pub mod earthengine;
+pub mod emulator;
+pub mod grid;
+pub mod naming;
+pub mod period;
+pub mod store;
