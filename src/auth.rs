@@ -1,12 +1,29 @@
 //! OAuth2 access tokens for Google APIs: a service-account key, Application Default
 //! Credentials, or none (for emulators).
+//!
+//! Tokens are cached per scope set and refreshed [`REFRESH_MARGIN`] before they expire, as
+//! google-auth does, so a long export call never starts with a token about to lapse.
+//! `gcp_auth` signs the JWT and talks to the token endpoint; its own cache refreshes only
+//! 20 s before expiry and cannot be told otherwise, so when it hands back a token inside the
+//! margin, cedar builds a fresh provider (with an empty cache) and asks again.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::Mutex;
 
 /// The OAuth scope that covers every Earth Engine call cedar makes.
 pub const EARTHENGINE_SCOPE: &str = "https://www.googleapis.com/auth/earthengine";
 /// The OAuth scope that lets cedar read and delete exported objects in Cloud Storage.
 pub const STORAGE_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
+
+/// How long before expiry a cached token is replaced: 4 minutes (google-auth: 3 min 45 s).
+/// Capped at half the token's lifetime, so short-lived tokens are still reused.
+pub const REFRESH_MARGIN: Duration = Duration::from_secs(240);
 
 /// Errors while obtaining a token. Never carries the token or key material itself.
 #[derive(Debug, thiserror::Error)]
@@ -33,5 +50,326 @@ pub struct NoAuth;
 impl TokenSource for NoAuth {
     async fn bearer(&self, _scopes: &[&str]) -> Result<Option<String>, AuthError> {
         Ok(None)
+    }
+}
+
+/// The token source for the `credentials` setting: `None` = Application Default Credentials,
+/// `"none"` = no token, anything else = the path of a service-account JSON key.
+pub fn token_source(credentials: Option<&str>) -> Result<Arc<dyn TokenSource>, AuthError> {
+    Ok(match credentials.map(str::trim) {
+        None => Arc::new(ApplicationDefault::new()),
+        Some("none") => Arc::new(NoAuth),
+        Some(path) => Arc::new(ServiceAccount::from_file(path)?),
+    })
+}
+
+/// A cached access token.
+#[derive(Clone)]
+struct Cached {
+    token: String,
+    fetched_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+impl Cached {
+    /// Whether the token can still be handed out at `now`: more than the refresh margin (at
+    /// most half its lifetime) remains.
+    fn is_fresh(&self, now: DateTime<Utc>) -> bool {
+        let lifetime = (self.expires_at - self.fetched_at)
+            .to_std()
+            .unwrap_or_default();
+        let margin = REFRESH_MARGIN.min(lifetime / 2);
+        match (self.expires_at - now).to_std() {
+            Ok(remaining) => remaining > margin,
+            Err(_) => false,
+        }
+    }
+}
+
+/// Tokens per scope set, shared by concurrent callers: the lock is held across a fetch so
+/// that a burst of calls after expiry makes one token request, not one each.
+#[derive(Default)]
+struct TokenCache {
+    tokens: Mutex<HashMap<Vec<String>, Cached>>,
+}
+
+impl TokenCache {
+    async fn get_or_fetch<F, Fut>(&self, scopes: &[&str], fetch: F) -> Result<String, AuthError>
+    where
+        F: Fn(bool) -> Fut,
+        Fut: std::future::Future<Output = Result<Arc<gcp_auth::Token>, AuthError>>,
+    {
+        let key: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        let mut tokens = self.tokens.lock().await;
+        if let Some(c) = tokens.get(&key).filter(|c| c.is_fresh(Utc::now())) {
+            return Ok(c.token.clone());
+        }
+        let mut cached = to_cached(fetch(false).await?);
+        if !cached.is_fresh(Utc::now()) {
+            // The provider's own cache returned a token inside our margin.
+            cached = to_cached(fetch(true).await?);
+        }
+        let token = cached.token.clone();
+        tokens.insert(key, cached);
+        Ok(token)
+    }
+}
+
+fn to_cached(t: Arc<gcp_auth::Token>) -> Cached {
+    Cached {
+        token: t.as_str().to_string(),
+        fetched_at: Utc::now(),
+        expires_at: t.expires_at(),
+    }
+}
+
+/// Describes a gcp_auth error without key material: only its own fixed messages and I/O or
+/// connection causes are shown (a PEM parse error, for one, quotes the offending line).
+fn describe(e: &gcp_auth::Error) -> String {
+    use gcp_auth::Error as E;
+    match e {
+        E::NoAuthMethod(a, b, c) => format!(
+            "no credentials found (gcloud: {}; metadata server: {}; user credentials: {})",
+            describe(a),
+            describe(b),
+            describe(c)
+        ),
+        E::Http(msg, source) => format!("{msg}: {source}"),
+        E::Io(msg, source) => format!("{msg}: {source}"),
+        E::Other(msg, source) if *msg == "HTTP request failed" => format!("{msg}: {source}"),
+        E::Json(msg, _) | E::Other(msg, _) | E::Str(msg) => msg.to_string(),
+    }
+}
+
+/// A service-account JSON key: signs an RS256 JWT and exchanges it at the key's `token_uri`.
+pub struct ServiceAccount {
+    path: String,
+    client_email: String,
+    /// The key file's text, kept to rebuild the provider (see the module docs).
+    json: String,
+    provider: Mutex<Arc<gcp_auth::CustomServiceAccount>>,
+    cache: TokenCache,
+}
+
+impl fmt::Debug for ServiceAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceAccount")
+            .field("path", &self.path)
+            .field("client_email", &self.client_email)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceAccount {
+    /// Reads and checks a key file; the error names the path and what is wrong, never the key.
+    pub fn from_file(path: &str) -> Result<ServiceAccount, AuthError> {
+        let fail = |reason: String| AuthError::Credentials {
+            path: path.to_string(),
+            reason,
+        };
+        let json = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        // Parse to a tree first: serde's typed errors may quote the offending value.
+        let doc: serde_json::Value = serde_json::from_str(&json).map_err(|e| {
+            fail(format!(
+                "not JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        let text = |field: &str| {
+            doc.get(field)
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+        };
+        if let Some(kind) = text("type")
+            && kind != "service_account"
+        {
+            return Err(fail(format!(
+                "is a {kind:?} credential, not a service-account key (type \"service_account\")"
+            )));
+        }
+        for field in ["client_email", "private_key", "token_uri"] {
+            if text(field).is_none() {
+                return Err(fail(format!("not a service-account key: no {field}")));
+            }
+        }
+        let client_email = text("client_email").unwrap_or_default().to_string();
+        let provider = gcp_auth::CustomServiceAccount::from_json(&json)
+            .map_err(|e| fail(format!("unusable key: {}", describe(&e))))?;
+        Ok(ServiceAccount {
+            path: path.to_string(),
+            client_email,
+            json,
+            provider: Mutex::new(Arc::new(provider)),
+            cache: TokenCache::default(),
+        })
+    }
+
+    /// The service account's e-mail address.
+    pub fn client_email(&self) -> &str {
+        &self.client_email
+    }
+
+    async fn fetch(
+        &self,
+        scopes: &[&str],
+        rebuild: bool,
+    ) -> Result<Arc<gcp_auth::Token>, AuthError> {
+        use gcp_auth::TokenProvider;
+        let provider = {
+            let mut p = self.provider.lock().await;
+            if rebuild {
+                let fresh = gcp_auth::CustomServiceAccount::from_json(&self.json)
+                    .map_err(|e| AuthError::Token(describe(&e)))?;
+                *p = Arc::new(fresh);
+            }
+            p.clone()
+        };
+        provider.token(scopes).await.map_err(|e| {
+            AuthError::Token(format!(
+                "{} for {}: {}",
+                self.path,
+                self.client_email,
+                describe(&e)
+            ))
+        })
+    }
+}
+
+#[async_trait]
+impl TokenSource for ServiceAccount {
+    async fn bearer(&self, scopes: &[&str]) -> Result<Option<String>, AuthError> {
+        let token = self
+            .cache
+            .get_or_fetch(scopes, |rebuild| self.fetch(scopes, rebuild))
+            .await?;
+        Ok(Some(token))
+    }
+}
+
+/// Application Default Credentials: `GOOGLE_APPLICATION_CREDENTIALS`, the gcloud user
+/// credentials file, the metadata server, or `gcloud`, in gcp_auth's order. Found on first use.
+#[derive(Default)]
+pub struct ApplicationDefault {
+    provider: Mutex<Option<Arc<dyn gcp_auth::TokenProvider>>>,
+    cache: TokenCache,
+}
+
+impl fmt::Debug for ApplicationDefault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApplicationDefault").finish_non_exhaustive()
+    }
+}
+
+impl ApplicationDefault {
+    pub fn new() -> ApplicationDefault {
+        ApplicationDefault::default()
+    }
+
+    async fn fetch(
+        &self,
+        scopes: &[&str],
+        rebuild: bool,
+    ) -> Result<Arc<gcp_auth::Token>, AuthError> {
+        let provider = {
+            let mut p = self.provider.lock().await;
+            match p.as_ref() {
+                Some(existing) if !rebuild => existing.clone(),
+                _ => {
+                    let found = gcp_auth::provider().await.map_err(|e| {
+                        AuthError::Token(format!(
+                            "application default credentials: {}",
+                            describe(&e)
+                        ))
+                    })?;
+                    *p = Some(found.clone());
+                    found
+                }
+            }
+        };
+        provider.token(scopes).await.map_err(|e| {
+            AuthError::Token(format!("application default credentials: {}", describe(&e)))
+        })
+    }
+}
+
+#[async_trait]
+impl TokenSource for ApplicationDefault {
+    async fn bearer(&self, scopes: &[&str]) -> Result<Option<String>, AuthError> {
+        let token = self
+            .cache
+            .get_or_fetch(scopes, |rebuild| self.fetch(scopes, rebuild))
+            .await?;
+        Ok(Some(token))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(1_700_000_000 + secs, 0).unwrap()
+    }
+
+    fn cached(fetched: i64, expires: i64) -> Cached {
+        Cached {
+            token: "t".into(),
+            fetched_at: at(fetched),
+            expires_at: at(expires),
+        }
+    }
+
+    #[test]
+    fn hour_tokens_are_refreshed_four_minutes_early() {
+        let c = cached(0, 3600);
+        assert!(c.is_fresh(at(0)));
+        assert!(c.is_fresh(at(3600 - 241)));
+        assert!(!c.is_fresh(at(3600 - 240)));
+        assert!(!c.is_fresh(at(4000)));
+    }
+
+    #[test]
+    fn short_tokens_keep_half_their_life() {
+        let c = cached(0, 60);
+        assert!(c.is_fresh(at(29)));
+        assert!(!c.is_fresh(at(30)));
+        assert!(!cached(0, 0).is_fresh(at(0)));
+    }
+
+    fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn bad_key_files_name_the_path_and_never_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "-----BEGIN PRIVATE KEY-----\nSECRETSECRETSECRET\n-----END PRIVATE KEY-----\n";
+        let cases = [
+            (write(&dir, "garbage.json", "{not json SECRETSECRETSECRET"), "not JSON"),
+            (write(&dir, "user.json", r#"{"type":"authorized_user","refresh_token":"SECRETSECRETSECRET"}"#), "not a service-account key"),
+            (
+                write(&dir, "nomail.json", &serde_json::json!({"type":"service_account","private_key":secret,"token_uri":"http://x"}).to_string()),
+                "no client_email",
+            ),
+            (
+                write(
+                    &dir,
+                    "badkey.json",
+                    &serde_json::json!({"type":"service_account","private_key":secret,"client_email":"a@b","token_uri":"http://x"}).to_string(),
+                ),
+                "unusable key",
+            ),
+            (dir.path().join("missing.json").to_string_lossy().into_owned(), "cannot read"),
+        ];
+        for (path, why) in cases {
+            let e = token_source(Some(&path)).unwrap_err().to_string();
+            assert!(e.contains(&path) && e.contains(why), "{e}");
+            assert!(!e.contains("SECRET"), "{e}");
+        }
+        assert!(format!("{:?}", token_source(Some("none")).unwrap()).contains("NoAuth"));
+        assert!(format!("{:?}", token_source(None).unwrap()).contains("ApplicationDefault"));
     }
 }

@@ -310,6 +310,33 @@ impl Config {
         }
     }
 
+    /// The tile grid alone, for commands that need nothing else from the configuration.
+    pub fn grid_settings(&self) -> Result<TileGrid, ConfigError> {
+        let grid = self.grid.resolve().map_err(|list| ConfigError {
+            source_name: String::new(),
+            problems: list
+                .into_iter()
+                .map(|(key, message)| Problem { key, message })
+                .collect(),
+        })?;
+        let problems: Vec<Problem> = grid
+            .validate()
+            .into_iter()
+            .map(|e| Problem {
+                key: "grid".into(),
+                message: e.to_string(),
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(grid)
+        } else {
+            Err(ConfigError {
+                source_name: String::new(),
+                problems,
+            })
+        }
+    }
+
     /// Validates everything and resolves presets and templates; reports every problem found.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         let mut problems = Vec::new();

@@ -23,18 +23,24 @@
 //! - [`grid`]: the tile grid; a tile index gives exact bounds, affine transform and dimensions.
 //! - [`period`]: splits a date range into anchored, half-open periods (pandas semantics).
 //! - [`naming`]: the templates that name every exported object and tracking document.
+//! - [`order`]: one collection × tile × period, its object names and expected pieces.
 //! - [`collection`]: per-collection band selection, properties, nodata, type and filters.
+//! - [`cli`]: the command line.
+//! - [`demo`]: a whole campaign on embedded defaults (in-process emulator, local folders).
 //! - [`auth`]: OAuth2 access tokens (service-account key, Application Default Credentials, none).
 //! - [`earthengine`]: the EE REST client: expressions, exports, operations, errors.
 //! - [`emulator`]: an EE emulator that speaks the same REST API, for tests and demos.
 //! - [`store`]: the export bucket EE writes into, and the destination cedar downloads to.
 
 pub mod auth;
+pub mod cli;
 pub mod collection;
 pub mod config;
+pub mod demo;
 pub mod earthengine;
 pub mod emulator;
 pub mod grid;
 pub mod naming;
+pub mod order;
 pub mod period;
 pub mod store;

@@ -1,0 +1,219 @@
+//! The command line: `cedar [--config FILE] <command>`.
+//!
+//! Every command loads the configuration once ([`crate::config`]) and reports bad input as one
+//! clear message per problem with a non-zero exit status.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::NaiveDate;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, ConfigError, Settings};
+use crate::period::{self, Frequency};
+
+/// Runs Google Earth Engine export campaigns: tile × period pre-ARD exports, tracked,
+/// downloaded, verified and cleaned.
+#[derive(Debug, Parser)]
+#[command(name = "cedar", version, about)]
+pub struct Cli {
+    /// Configuration file (TOML); without it the embedded defaults apply.
+    #[arg(long, short = 'c', global = true, env = "CEDAR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate or show the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Show the exact pixel grid of tiles.
+    Tile {
+        /// Tiles as ROW,COL (row = vertical index, col = horizontal).
+        #[arg(required = true, value_parser = parse_tile)]
+        tiles: Vec<(u32, u32)>,
+    },
+    /// Show the periods a date range splits into.
+    Periods {
+        #[arg(long)]
+        start: NaiveDate,
+        #[arg(long)]
+        end: NaiveDate,
+        /// NYS, NQS, NMS, NW or ND (pandas aliases); omit for one period.
+        #[arg(long)]
+        freq: Option<Frequency>,
+    },
+    /// Run the Earth Engine emulator (same REST API as Google, synthetic catalogue).
+    Emulator(crate::emulator::EmulatorArgs),
+    /// Run a whole small campaign on embedded defaults: in-process EE emulator, local folders.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration; prints one line per problem and exits non-zero if any.
+    Check,
+    /// Print the effective configuration (defaults, file and environment merged) as TOML.
+    Show,
+}
+
+/// Parses `ROW,COL`.
+pub fn parse_tile(s: &str) -> Result<(u32, u32), String> {
+    let (r, c) = s
+        .split_once(',')
+        .ok_or_else(|| format!("tile {s:?} must be ROW,COL, e.g. 3,10"))?;
+    let n = |v: &str, what: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("tile {s:?}: {what} {v:?} is not a non-negative integer"))
+    };
+    Ok((n(r, "row")?, n(c, "col")?))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CEDAR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn print_config_error(e: &ConfigError) {
+    for p in &e.problems {
+        if e.source_name.is_empty() {
+            eprintln!("error: {p}");
+        } else {
+            eprintln!("error: {}: {p}", e.source_name);
+        }
+    }
+}
+
+fn load(cli: &Cli) -> Result<Config, ExitCode> {
+    Config::load(cli.config.as_deref(), std::env::vars()).map_err(|e| {
+        print_config_error(&e);
+        ExitCode::from(2)
+    })
+}
+
+fn settings(cli: &Cli) -> Result<Settings, ExitCode> {
+    load(cli)?.validate().map_err(|e| {
+        print_config_error(&e);
+        ExitCode::from(2)
+    })
+}
+
+/// Entry point of the binary.
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Config(ConfigCommand::Check) => {
+            let s = match settings(&cli) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            println!(
+                "ok: grid {:?}, {} collections, exports to bucket {:?}, store {}",
+                s.grid.name,
+                s.collections.len(),
+                s.config.export.bucket,
+                crate::config::redact_url(&s.store_url)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Show) => {
+            let mut c = match load(&cli) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            c.queue.url = crate::config::redact_url(&c.queue.url);
+            print!("{}", toml::to_string_pretty(&c)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tile { tiles } => {
+            let s = match load(&cli) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            // Only the grid matters here, so other sections need not be complete.
+            let grid = match s.grid_settings() {
+                Ok(g) => g,
+                Err(e) => {
+                    print_config_error(&e);
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            for (row, col) in tiles {
+                match grid.tile(*row, *col) {
+                    Ok(t) => println!(
+                        "{} row {row} col {col}: bounds [{}, {}, {}, {}] transform {:?} dimensions {}",
+                        t.label(),
+                        t.bounds.left,
+                        t.bounds.bottom,
+                        t.bounds.right,
+                        t.bounds.top,
+                        t.transform.to_array(),
+                        t.dimensions()
+                    ),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return Ok(ExitCode::from(2));
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Periods { start, end, freq } => {
+            match period::periods(*start, *end, *freq) {
+                Ok(p) => {
+                    if let Some(d) = p.dropped {
+                        tracing::warn!(
+                            "the partial first period {d} is dropped: periods are anchored to the frequency; start on a period boundary to include it"
+                        );
+                    }
+                    for x in &p.periods {
+                        println!("{} {}", x.start, x.end);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Command::Demo(args) => {
+            crate::demo::run(args.clone()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Emulator(args) => {
+            crate::emulator::run(args.clone()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! The Earth Engine REST client: one method per call cedar makes, real HTTP, no retries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use super::error::{EeError, snippet};
+use super::types::{
+    AffineTransform, CloudStorageDestination, ComputeValueRequest, ComputeValueResponse,
+    ExportImageRequest, Expression, GeoTiffImageExportOptions, GridDimensions,
+    ImageFileExportOptions, ImageFileFormat, ListOperationsResponse, Operation, PixelGrid,
+    ProjectConfig,
+};
+use crate::auth::{EARTHENGINE_SCOPE, TokenSource};
+use crate::grid::{Crs, Tile};
+
+/// The public Earth Engine endpoint.
+pub const DEFAULT_ENDPOINT: &str = "https://earthengine.googleapis.com";
+
+/// The page size the official clients use when listing operations.
+pub const LIST_PAGE_SIZE: u32 = 500;
+
+/// A client of one Earth Engine project.
+#[derive(Debug, Clone)]
+pub struct EarthEngine {
+    http: reqwest::Client,
+    /// Without a trailing slash, e.g. `https://earthengine.googleapis.com`.
+    endpoint: String,
+    /// The project ID, e.g. `my-project`.
+    project: String,
+    tokens: Arc<dyn TokenSource>,
+}
+
+impl EarthEngine {
+    /// A client of `project` (`my-project` or `projects/my-project`) at `endpoint`
+    /// ([`DEFAULT_ENDPOINT`] for Google). `timeout` bounds every call, connect to last byte.
+    pub fn new(
+        endpoint: &str,
+        project: &str,
+        tokens: Arc<dyn TokenSource>,
+        timeout: Duration,
+    ) -> Result<EarthEngine, EeError> {
+        let invalid = |reason: String| EeError::InvalidRequest {
+            call: "client",
+            reason,
+        };
+        let url = url::Url::parse(endpoint)
+            .map_err(|e| invalid(format!("endpoint {endpoint:?}: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.query().is_some() {
+            return Err(invalid(format!(
+                "endpoint {endpoint:?} must be an http(s) URL without query"
+            )));
+        }
+        let project = project.strip_prefix("projects/").unwrap_or(project);
+        if !is_segment(project) {
+            return Err(invalid(format!(
+                "project {project:?} must be a Cloud project ID such as \"my-project\""
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("cedar/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| invalid(format!("HTTP client: {e}")))?;
+        Ok(EarthEngine {
+            http,
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            project: project.to_string(),
+            tokens,
+        })
+    }
+
+    /// The project ID (without `projects/`).
+    pub fn project(&self) -> &str {
+        &self.project
+    }
+
+    /// `POST /v1/projects/{p}/value:compute`: evaluates `expression` and returns its value.
+    pub async fn compute_value(
+        &self,
+        expression: &Expression,
+    ) -> Result<serde_json::Value, EeError> {
+        let body = ComputeValueRequest {
+            expression: expression.clone(),
+            workload_tag: None,
+        };
+        let path = format!("projects/{}/value:compute", self.project);
+        let r: ComputeValueResponse = self
+            .send("value:compute", Method::POST, &path, &[], Some(&body))
+            .await?;
+        Ok(r.result.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// `POST /v1/projects/{p}/image:export`: starts an export task.
+    ///
+    /// Sending the same `requestId` again never starts a second task.
+    pub async fn export_image(&self, request: &ExportImageRequest) -> Result<Operation, EeError> {
+        let path = format!("projects/{}/image:export", self.project);
+        let op: Operation = self
+            .send("image:export", Method::POST, &path, &[], Some(request))
+            .await?;
+        if op.name.is_none() {
+            return Err(EeError::Malformed {
+                call: "image:export",
+                status: 200,
+                reason: "the operation has no name".into(),
+            });
+        }
+        Ok(op)
+    }
+
+    /// `GET /v1/{name}`: an operation by full name or by task ID.
+    pub async fn get_operation(&self, name: &str) -> Result<Operation, EeError> {
+        let path = self.operation_path("operations.get", name)?;
+        self.send::<(), _>("operations.get", Method::GET, &path, &[], None)
+            .await
+    }
+
+    /// `GET /v1/projects/{p}/operations`: one page of the project's operations.
+    pub async fn list_operations(
+        &self,
+        page_size: Option<u32>,
+        page_token: Option<&str>,
+    ) -> Result<ListOperationsResponse, EeError> {
+        let path = format!("projects/{}/operations", self.project);
+        let mut query = Vec::new();
+        if let Some(n) = page_size {
+            query.push(("pageSize", n.to_string()));
+        }
+        if let Some(t) = page_token.filter(|t| !t.is_empty()) {
+            query.push(("pageToken", t.to_string()));
+        }
+        self.send::<(), _>("operations.list", Method::GET, &path, &query, None)
+            .await
+    }
+
+    /// Every operation of the project, following `nextPageToken` ([`LIST_PAGE_SIZE`] per page).
+    pub async fn list_all_operations(&self) -> Result<Vec<Operation>, EeError> {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .list_operations(Some(LIST_PAGE_SIZE), token.as_deref())
+                .await?;
+            all.extend(page.operations.unwrap_or_default());
+            match page.next_page_token.filter(|t| !t.is_empty()) {
+                // A server that hands back the token it was given would loop forever.
+                Some(next) if token.as_deref() == Some(next.as_str()) => {
+                    return Err(EeError::Malformed {
+                        call: "operations.list",
+                        status: 200,
+                        reason: format!("nextPageToken {next:?} repeats the request's token"),
+                    });
+                }
+                Some(next) => token = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// `POST /v1/{name}:cancel`: asks EE to cancel (best effort; the task goes CANCELLING).
+    pub async fn cancel_operation(&self, name: &str) -> Result<(), EeError> {
+        let path = format!("{}:cancel", self.operation_path("operations.cancel", name)?);
+        let _: serde_json::Value = self
+            .send(
+                "operations.cancel",
+                Method::POST,
+                &path,
+                &[],
+                Some(&serde_json::json!({})),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `GET /v1/projects/{p}/config`: the project's EE configuration and export limits.
+    pub async fn get_project_config(&self) -> Result<ProjectConfig, EeError> {
+        let path = format!("projects/{}/config", self.project);
+        self.send::<(), _>("projects.getConfig", Method::GET, &path, &[], None)
+            .await
+    }
+
+    /// `projects/{p}/operations/{id}` for a full name or a bare task ID, validated so that it
+    /// cannot escape its path (it goes into the URL as is).
+    fn operation_path(&self, call: &'static str, name: &str) -> Result<String, EeError> {
+        let full = if name.starts_with("projects/") {
+            name.to_string()
+        } else {
+            format!("projects/{}/operations/{name}", self.project)
+        };
+        let parts: Vec<&str> = full.split('/').collect();
+        if parts.len() == 4
+            && parts[0] == "projects"
+            && parts[2] == "operations"
+            && is_segment(parts[1])
+            && is_segment(parts[3])
+        {
+            Ok(full)
+        } else {
+            Err(EeError::InvalidRequest {
+                call,
+                reason: format!("{name:?} is not an operation name (projects/P/operations/ID)"),
+            })
+        }
+    }
+
+    /// Sends one request to `/v1/{path}` and reads the JSON answer or classifies the error.
+    async fn send<B: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        call: &'static str,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> Result<R, EeError> {
+        let token = self
+            .tokens
+            .bearer(&[EARTHENGINE_SCOPE])
+            .await
+            .map_err(|source| EeError::Auth { call, source })?;
+        let url = format!("{}/v1/{path}", self.endpoint);
+        let mut request = self
+            .http
+            .request(method, &url)
+            .header("X-Goog-User-Project", &self.project);
+        if !query.is_empty() {
+            request = request.query(query);
+        }
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| EeError::from_reqwest(call, e))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| EeError::from_reqwest(call, e))?;
+        if !status.is_success() {
+            return Err(EeError::from_response(call, status.as_u16(), &bytes));
+        }
+        parse_success(call, status, &bytes)
+    }
+}
+
+fn parse_success<R: DeserializeOwned>(
+    call: &'static str,
+    status: StatusCode,
+    bytes: &[u8],
+) -> Result<R, EeError> {
+    serde_json::from_slice(bytes).map_err(|e| EeError::Malformed {
+        call,
+        status: status.as_u16(),
+        reason: format!("{e}; body starts: {}", snippet(bytes)),
+    })
+}
+
+/// A project ID or operation ID: letters, digits, `-`, `_`, `.`.
+fn is_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s != "."
+        && s != ".."
+}
+
+/// A deterministic EE `requestId` for the parts that identify one export, so that a retried
+/// job never starts a second task: `cedar-` and 40 hex digits of a SHA-256 (46 characters of
+/// `[A-Za-z0-9-]`, within EE's 60).
+pub fn request_id<S: AsRef<str>>(parts: &[S]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        // Length-prefixed, so that ["ab", "c"] and ["a", "bc"] differ.
+        let p = p.as_ref().as_bytes();
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let hex: String = h
+        .finalize()
+        .iter()
+        .take(20)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("cedar-{hex}")
+}
+
+/// What an export writes where; the rest of the request comes from the tile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportParams {
+    pub bucket: String,
+    /// Object name prefix; EE appends `.tif` or `-YYYYYYYYYY-XXXXXXXXXX.tif`.
+    pub filename_prefix: String,
+    /// The task description (shown in the EE task list; used to reconcile after a crash).
+    pub description: String,
+    /// See [`request_id`].
+    pub request_id: String,
+    /// Split the output into files of at most this many pixels square (a multiple of 256);
+    /// `None` lets EE choose.
+    pub file_dimensions: Option<u32>,
+    /// Write Cloud Optimized GeoTIFFs.
+    pub cloud_optimized: bool,
+    /// `None` keeps EE's default of 1e8 pixels.
+    pub max_pixels: Option<i64>,
+}
+
+/// The tile's exact pixel grid: dimensions, affine transform and CRS.
+pub fn pixel_grid(tile: &Tile) -> PixelGrid {
+    let t = &tile.transform;
+    let (crs_code, crs_wkt) = match &tile.crs {
+        Crs::Code(c) => (Some(c.clone()), None),
+        Crs::Wkt(w) => (None, Some(w.clone())),
+    };
+    PixelGrid {
+        dimensions: GridDimensions {
+            width: tile.width,
+            height: tile.height,
+        },
+        affine_transform: AffineTransform {
+            scale_x: t.scale_x,
+            shear_x: t.shear_x,
+            translate_x: t.translate_x,
+            shear_y: t.shear_y,
+            scale_y: t.scale_y,
+            translate_y: t.translate_y,
+        },
+        crs_code,
+        crs_wkt,
+    }
+}
+
+/// The complete `image:export` request of `expression` on `tile`'s pixel grid, as GeoTIFF
+/// into Cloud Storage.
+pub fn export_request(tile: &Tile, expression: Expression, p: &ExportParams) -> ExportImageRequest {
+    ExportImageRequest {
+        expression,
+        description: Some(p.description.clone()),
+        max_pixels: p.max_pixels,
+        grid: Some(pixel_grid(tile)),
+        request_id: Some(p.request_id.clone()),
+        workload_tag: None,
+        priority: None,
+        file_export_options: Some(ImageFileExportOptions {
+            file_format: ImageFileFormat::GeoTiff,
+            cloud_storage_destination: Some(CloudStorageDestination {
+                bucket: p.bucket.clone(),
+                filename_prefix: p.filename_prefix.clone(),
+            }),
+            geo_tiff_options: Some(GeoTiffImageExportOptions {
+                cloud_optimized: Some(p.cloud_optimized),
+                tile_dimensions: p.file_dimensions.map(|d| GridDimensions {
+                    width: d,
+                    height: d,
+                }),
+                skip_empty_files: None,
+                tile_size: None,
+            }),
+        }),
+    }
+}
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;

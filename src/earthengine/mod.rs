@@ -1,0 +1,21 @@
+//! The Earth Engine REST API v1 client: builds expressions, starts exports, tracks operations.
+//!
+//! - [`expression`]: the computations — the scene listing of a tile-period and the pre-ARD
+//!   image that is exported.
+//! - [`client`]: [`EarthEngine`], one method per REST call, plus [`export_request`] and
+//!   [`request_id`] which make an export idempotent.
+//! - [`types`]: the wire types, named as on the wire.
+//! - [`error`]: [`EeError`], classified retryable or fatal where it arises. The client never
+//!   retries; the jobs do.
+
+pub mod client;
+pub mod error;
+pub mod expression;
+pub mod types;
+
+pub use client::{
+    DEFAULT_ENDPOINT, EarthEngine, ExportParams, export_request, pixel_grid, request_id,
+};
+pub use error::EeError;
+pub use expression::{BandLayout, ImageInfo, Slice, list_images, parse_image_list, preard_image};
+pub use types::{ExportImageRequest, Expression, Operation, OperationState, ProjectConfig};

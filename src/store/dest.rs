@@ -1,0 +1,596 @@
+//! The destination: where downloaded objects are written, verified, under relative paths.
+//!
+//! Every write streams into a temporary name and becomes visible under its final name only once
+//! the size and every checksum the bucket reported match, so a crash, a short read or a
+//! corrupted transfer never leaves a plausible-looking file behind, and a re-run can trust any
+//! file it finds ([`Destination::existing`]).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use md5::{Digest, Md5};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use tokio::io::{AsyncWriteExt, BufWriter};
+
+use super::gcs::hex;
+use super::objects::{open_object_store, parse_store_url};
+use super::{ObjectInfo, StoreError};
+
+/// Mode of every file cedar writes locally: readable by all, writable by the owner.
+const FILE_MODE: u32 = 0o644;
+/// Mode of every directory cedar creates locally.
+const DIR_MODE: u32 = 0o755;
+/// Write buffer for local files; network chunks are small (8–16 KiB) and each unbuffered write
+/// would be a blocking-pool round trip. Default: 1 MiB.
+const WRITE_BUFFER_BYTES: usize = 1 << 20;
+/// Parts an object-store multipart upload may have in flight at once.
+const MULTIPART_CONCURRENCY: usize = 4;
+
+/// What the bucket says the object is; every `Some` checksum must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected {
+    pub size: u64,
+    pub md5: Option<[u8; 16]>,
+    pub crc32c: Option<u32>,
+}
+
+impl From<&ObjectInfo> for Expected {
+    fn from(object: &ObjectInfo) -> Self {
+        Expected {
+            size: object.size,
+            md5: object.md5,
+            crc32c: object.crc32c,
+        }
+    }
+}
+
+/// What was written, with both checksums computed while streaming (whether or not the bucket
+/// reported them), for the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub size: u64,
+    pub md5: [u8; 16],
+    pub crc32c: u32,
+}
+
+/// Where downloads go.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    backend: Backend,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    /// A local directory: cedar manages the temporary file, fsync and rename itself, so that
+    /// modes and durability are exactly as documented.
+    Local { root: PathBuf },
+    /// Any other store, under `root`.
+    Store {
+        store: Arc<dyn ObjectStore>,
+        root: Path,
+    },
+}
+
+/// Refuses a relative path that could escape the destination or that names no file: empty,
+/// absolute (leading '/'), with a '..', '.' or empty segment (`a//b`, trailing '/'), a backslash
+/// (a separator on Windows, and never produced by cedar's naming) or a NUL byte.
+pub fn check_rel_path(rel_path: &str) -> Result<&str, StoreError> {
+    let safe = !rel_path.is_empty()
+        && !rel_path.starts_with('/')
+        && !rel_path.contains(['\\', '\0'])
+        && rel_path
+            .split('/')
+            .all(|segment| !matches!(segment, "" | "." | ".."));
+    if safe {
+        Ok(rel_path)
+    } else {
+        Err(StoreError::UnsafeName {
+            name: rel_path.to_owned(),
+        })
+    }
+}
+
+impl Destination {
+    /// Opens the destination named by `url`: a plain directory path or `file:///dir` (written
+    /// directly), or `s3://`, `gs://`, `memory:///` (through `object_store`).
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let parsed = parse_store_url(url)?;
+        if parsed.scheme() == "file" {
+            let root = parsed.to_file_path().map_err(|()| StoreError::Url {
+                url: url.to_owned(),
+                reason: "not a local path; write it as file:///absolute/dir".to_owned(),
+            })?;
+            return Ok(Destination::local(root));
+        }
+        let (store, root) = open_object_store(url)?;
+        Ok(Destination::object_store(store, root))
+    }
+
+    /// A local directory, created on first write if needed.
+    pub fn local(root: impl Into<PathBuf>) -> Self {
+        Destination {
+            backend: Backend::Local { root: root.into() },
+        }
+    }
+
+    /// Any `object_store` store, under `root`.
+    pub fn object_store(store: Arc<dyn ObjectStore>, root: Path) -> Self {
+        Destination {
+            backend: Backend::Store { store, root },
+        }
+    }
+
+    /// The size of the file already at `rel_path`, or `None` when there is none. Since files
+    /// only appear there once verified, a caller may skip an object whose size matches.
+    pub async fn existing(&self, rel_path: &str) -> Result<Option<u64>, StoreError> {
+        let rel_path = check_rel_path(rel_path)?;
+        match &self.backend {
+            Backend::Local { root } => {
+                let path = root.join(rel_path);
+                match tokio::fs::metadata(&path).await {
+                    Ok(meta) if meta.is_file() => Ok(Some(meta.len())),
+                    Ok(_) => Err(StoreError::Io {
+                        path: path.display().to_string(),
+                        source: std::io::Error::other("exists but is not a regular file"),
+                    }),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(StoreError::io(path.display().to_string(), e)),
+                }
+            }
+            Backend::Store { store, root } => {
+                let path = store_path(root, rel_path)?;
+                match store.head(&path).await {
+                    Ok(meta) => Ok(Some(meta.size)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(StoreError::object_store("head", path.to_string(), e)),
+                }
+            }
+        }
+    }
+
+    /// Streams `stream` to `rel_path`, replacing any file there, and makes it visible only if
+    /// its size and every checksum in `expected` match. On any failure nothing appears at
+    /// `rel_path` (an older file there stays as it was) and no temporary file is left behind.
+    pub async fn write_verified<S>(
+        &self,
+        rel_path: &str,
+        stream: S,
+        expected: Expected,
+    ) -> Result<Written, StoreError>
+    where
+        S: Stream<Item = Result<Bytes, StoreError>> + Send,
+    {
+        let rel_path = check_rel_path(rel_path)?;
+        match &self.backend {
+            Backend::Local { root } => write_local(root, rel_path, stream, expected).await,
+            Backend::Store { store, root } => {
+                write_store(store.as_ref(), root, rel_path, stream, expected).await
+            }
+        }
+    }
+}
+
+fn store_path(root: &Path, rel_path: &str) -> Result<Path, StoreError> {
+    let joined = if root.as_ref().is_empty() {
+        rel_path.to_owned()
+    } else {
+        format!("{root}/{rel_path}")
+    };
+    Path::parse(joined).map_err(|_| StoreError::UnsafeName {
+        name: rel_path.to_owned(),
+    })
+}
+
+/// Size and checksums of the bytes seen so far.
+struct Verifier<'a> {
+    path: &'a str,
+    expected: Expected,
+    size: u64,
+    md5: Md5,
+    crc32c: u32,
+}
+
+impl<'a> Verifier<'a> {
+    fn new(path: &'a str, expected: Expected) -> Self {
+        Verifier {
+            path,
+            expected,
+            size: 0,
+            md5: Md5::new(),
+            crc32c: 0,
+        }
+    }
+
+    /// Takes the next chunk; fails as soon as there are more bytes than expected, so that an
+    /// endless or wrong stream cannot fill the disk.
+    fn update(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        self.size += chunk.len() as u64;
+        if self.size > self.expected.size {
+            return Err(self.mismatch(
+                "size",
+                self.expected.size.to_string(),
+                format!("more than {}", self.expected.size),
+            ));
+        }
+        self.md5.update(chunk);
+        self.crc32c = crc32c::crc32c_append(self.crc32c, chunk);
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Written, StoreError> {
+        let written = Written {
+            size: self.size,
+            md5: self.md5.clone().finalize().into(),
+            crc32c: self.crc32c,
+        };
+        if written.size != self.expected.size {
+            return Err(self.mismatch(
+                "size",
+                self.expected.size.to_string(),
+                written.size.to_string(),
+            ));
+        }
+        if let Some(md5) = self.expected.md5
+            && md5 != written.md5
+        {
+            return Err(self.mismatch("md5", hex(&md5), hex(&written.md5)));
+        }
+        if let Some(crc) = self.expected.crc32c
+            && crc != written.crc32c
+        {
+            return Err(self.mismatch(
+                "crc32c",
+                format!("{crc:08x}"),
+                format!("{:08x}", written.crc32c),
+            ));
+        }
+        Ok(written)
+    }
+
+    fn mismatch(&self, what: &'static str, expected: String, actual: String) -> StoreError {
+        StoreError::Mismatch {
+            path: self.path.to_owned(),
+            what,
+            expected,
+            actual,
+        }
+    }
+}
+
+/// `{name}.tmp.{host}{pid}.{n}`, next to the final file so the rename stays on one file system.
+/// Host and pid keep two machines sharing a network directory apart; `n` keeps two writes of
+/// the same file inside one process apart (a redelivered job racing the original).
+fn temp_name(file_name: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let host = HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".to_owned())
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{file_name}.tmp.{host}{}.{n}", std::process::id())
+}
+
+async fn write_local<S>(
+    root: &std::path::Path,
+    rel_path: &str,
+    stream: S,
+    expected: Expected,
+) -> Result<Written, StoreError>
+where
+    S: Stream<Item = Result<Bytes, StoreError>> + Send,
+{
+    let final_path = root.join(rel_path);
+    let display = final_path.display().to_string();
+    let (dir_rel, file_name) = rel_path.rsplit_once('/').unwrap_or(("", rel_path));
+    create_dirs(root, dir_rel).await?;
+    let dir = final_path
+        .parent()
+        .expect("a checked relative path joined to a root has a parent")
+        .to_path_buf();
+    let temp_path = dir.join(temp_name(file_name));
+    // Removes the temporary file on error, and also when this future is dropped mid-write
+    // (shutdown, a timeout around the job), which no `match` on the result would see.
+    let mut guard = TempFile(Some(temp_path.clone()));
+
+    let result: Result<Written, StoreError> = async {
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&temp_path)
+            .await
+            .map_err(|e| StoreError::io(&display, e))?;
+        // The umask may have narrowed the mode given to open.
+        file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
+            .await
+            .map_err(|e| StoreError::io(&display, e))?;
+        let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
+        let mut verifier = Verifier::new(&display, expected);
+        let mut stream = std::pin::pin!(stream);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            verifier.update(&chunk)?;
+            writer
+                .write_all(&chunk)
+                .await
+                .map_err(|e| StoreError::io(&display, e))?;
+        }
+        let written = verifier.finish()?;
+        writer
+            .flush()
+            .await
+            .map_err(|e| StoreError::io(&display, e))?;
+        // Data must be on disk before the rename makes it visible, or a crash could leave a
+        // final name pointing at an empty or partial file.
+        writer
+            .into_inner()
+            .sync_all()
+            .await
+            .map_err(|e| StoreError::io(&display, e))?;
+        tokio::fs::rename(&temp_path, &final_path)
+            .await
+            .map_err(|e| StoreError::io(&display, e))?;
+        Ok(written)
+    }
+    .await;
+
+    let written = result?;
+    // Renamed away: nothing left to remove.
+    guard.0 = None;
+    // The rename itself is durable only once the directory entry is synced.
+    sync_dir(dir)
+        .await
+        .map_err(|e| StoreError::io(&display, e))?;
+    Ok(written)
+}
+
+/// A temporary file to remove when dropped, unless its path was taken back.
+struct TempFile(Option<PathBuf>);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            // Best effort: the file may not exist (open failed), and the error that got us
+            // here matters more. A single unlink is cheap enough to do synchronously.
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Creates `root` and each directory of `dir_rel` below it that does not exist, with
+/// [`DIR_MODE`] whatever the umask.
+async fn create_dirs(root: &std::path::Path, dir_rel: &str) -> Result<(), StoreError> {
+    let mut dir = root.to_path_buf();
+    let segments = std::iter::once("").chain(dir_rel.split('/').filter(|s| !s.is_empty()));
+    for segment in segments {
+        if !segment.is_empty() {
+            dir.push(segment);
+        }
+        let result = if segment.is_empty() {
+            // The root itself may be several levels deep; the operator chose it.
+            tokio::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(&dir)
+                .await
+        } else {
+            match tokio::fs::DirBuilder::new()
+                .mode(DIR_MODE)
+                .create(&dir)
+                .await
+            {
+                Ok(()) => {
+                    tokio::fs::set_permissions(&dir, std::fs::Permissions::from_mode(DIR_MODE))
+                        .await
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(e),
+            }
+        };
+        result.map_err(|e| StoreError::io(dir.display().to_string(), e))?;
+    }
+    Ok(())
+}
+
+async fn sync_dir(dir: PathBuf) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// Writes through an `object_store` multipart upload, completed only after verification.
+///
+/// This is atomic on every store cedar supports: S3 and GCS make a multipart object visible
+/// only when the upload is completed, and discard the parts on abort; `LocalFileSystem` writes
+/// parts into a staging file (`{name}#{n}`) that it renames into place on completion and
+/// deletes on abort (or when the upload is dropped mid-write); `InMemory` buffers the parts
+/// until completion. A write dropped mid-way on S3 or GCS leaves an incomplete multipart upload,
+/// invisible but billed until the bucket's lifecycle rule aborts it.
+async fn write_store<S>(
+    store: &dyn ObjectStore,
+    root: &Path,
+    rel_path: &str,
+    stream: S,
+    expected: Expected,
+) -> Result<Written, StoreError>
+where
+    S: Stream<Item = Result<Bytes, StoreError>> + Send,
+{
+    let path = store_path(root, rel_path)?;
+    let display = path.to_string();
+    let upload = store
+        .put_multipart(&path)
+        .await
+        .map_err(|e| StoreError::object_store("write", &display, e))?;
+    let mut writer = WriteMultipart::new(upload);
+    let mut verifier = Verifier::new(&display, expected);
+    let mut stream = std::pin::pin!(stream);
+    let streamed = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            verifier.update(&chunk)?;
+            writer
+                .wait_for_capacity(MULTIPART_CONCURRENCY)
+                .await
+                .map_err(|e| StoreError::object_store("write", &display, e))?;
+            writer.put(chunk);
+        }
+        Ok::<(), StoreError>(())
+    }
+    .await;
+    let verified = streamed.and_then(|()| verifier.finish());
+    match verified {
+        Ok(written) => {
+            writer
+                .finish()
+                .await
+                .map_err(|e| StoreError::object_store("write", &display, e))?;
+            Ok(written)
+        }
+        Err(error) => {
+            // Best effort, like removing a local temp file: the original error matters.
+            let _ = writer.abort().await;
+            Err(error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::stream;
+    use object_store::memory::InMemory;
+
+    #[test]
+    fn unsafe_relative_paths_are_refused() {
+        let refused = [
+            "",
+            "/etc/passwd",
+            "//x",
+            "..",
+            "../x",
+            "a/../../x",
+            "a/..",
+            ".",
+            "./a",
+            "a/./b",
+            "a//b",
+            "a/",
+            "a\\b",
+            "..\\x",
+            "a\0b",
+        ];
+        for path in refused {
+            let err = check_rel_path(path).unwrap_err();
+            assert!(matches!(err, StoreError::UnsafeName { .. }), "{path:?}");
+        }
+        let accepted = [
+            "a.tif",
+            "a/b/c.tif",
+            "..a",
+            "a..",
+            "a/.hidden",
+            "a b/c+d.tif",
+        ];
+        for path in accepted {
+            assert_eq!(check_rel_path(path).unwrap(), path);
+        }
+    }
+
+    #[test]
+    fn temp_names_are_unique_and_beside_the_final_name() {
+        let a = temp_name("x.tif");
+        let b = temp_name("x.tif");
+        assert_ne!(a, b);
+        assert!(a.starts_with("x.tif.tmp."), "{a}");
+        assert!(a.contains(&std::process::id().to_string()), "{a}");
+    }
+
+    fn chunks(parts: &[&'static [u8]]) -> impl Stream<Item = Result<Bytes, StoreError>> + Send {
+        stream::iter(
+            parts
+                .iter()
+                .map(|part| Ok(Bytes::from_static(part)))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn expected(content: &[u8]) -> Expected {
+        Expected {
+            size: content.len() as u64,
+            md5: Some(Md5::digest(content).into()),
+            crc32c: Some(crc32c::crc32c(content)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_verified_write_reports_what_it_computed() {
+        let dest = Destination::object_store(Arc::new(InMemory::new()), Path::from("root"));
+        let written = dest
+            .write_verified(
+                "a/b.tif",
+                chunks(&[b"hello ", b"world"]),
+                expected(b"hello world"),
+            )
+            .await
+            .unwrap();
+        let want = expected(b"hello world");
+        assert_eq!(
+            (written.size, Some(written.md5), Some(written.crc32c)),
+            (want.size, want.md5, want.crc32c)
+        );
+        assert_eq!(dest.existing("a/b.tif").await.unwrap(), Some(11));
+    }
+
+    #[tokio::test]
+    async fn each_kind_of_mismatch_is_caught() {
+        let dest = Destination::object_store(Arc::new(InMemory::new()), Path::default());
+        let good = expected(b"hello world");
+        let cases = [
+            ("size", Expected { size: 12, ..good }),
+            ("size", Expected { size: 3, ..good }),
+            (
+                "md5",
+                Expected {
+                    md5: Some([0; 16]),
+                    ..good
+                },
+            ),
+            (
+                "crc32c",
+                Expected {
+                    crc32c: Some(1),
+                    ..good
+                },
+            ),
+        ];
+        for (what, expected) in cases {
+            let err = dest
+                .write_verified("x.tif", chunks(&[b"hello ", b"world"]), expected)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, StoreError::Mismatch { what: w, .. } if w == what),
+                "{what}: {err:?}"
+            );
+            assert!(err.is_retryable());
+            assert_eq!(dest.existing("x.tif").await.unwrap(), None);
+        }
+        // With no checksums expected, only the size is checked.
+        let size_only = Expected {
+            md5: None,
+            crc32c: None,
+            ..good
+        };
+        dest.write_verified("x.tif", chunks(&[b"hello world"]), size_only)
+            .await
+            .unwrap();
+    }
+}

@@ -1,0 +1,144 @@
+//! The store is where exported bytes live: the export bucket Earth Engine writes into, and the
+//! destination cedar downloads to.
+//!
+//! - [`ExportBucket`] is the small seam over the bucket: list by prefix, stream, put, get, delete.
+//!   [`GcsJsonBucket`] speaks the Cloud Storage **JSON API** (it alone reports `md5Hash` and
+//!   `crc32c`, and it is the API that `gcp-storage-emulator` implements fully);
+//!   [`ObjectStoreBucket`] wraps any `object_store` store (local directory, `memory://`, `s3://`)
+//!   for demos and tests. [`open_bucket`] picks one from a URL.
+//! - [`Destination`] writes a downloaded object under a relative path, verifying its size and
+//!   checksums before it becomes visible under its final name, and refuses unsafe paths.
+//!
+//! The store never retries by itself: every [`StoreError`] says whether it is worth retrying
+//! ([`StoreError::is_retryable`]), and the job that called it owns the retry policy.
+
+mod dest;
+mod error;
+mod gcs;
+mod objects;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::auth::TokenSource;
+
+pub use dest::{Destination, Expected, Written, check_rel_path};
+pub use error::StoreError;
+pub use gcs::{DEFAULT_ENDPOINT, EMULATOR_HOST_ENV, GcsJsonBucket, gcs_endpoint};
+pub use objects::{ObjectStoreBucket, open_object_store};
+
+/// One object in the export bucket, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The object name relative to the bucket URL's prefix (the full object name for `gs://bucket`).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// MD5 of the content, when the store reports one (GCS does, except for composite objects).
+    pub md5: Option<[u8; 16]>,
+    /// CRC32C (Castagnoli) of the content, when the store reports one (GCS always does).
+    pub crc32c: Option<u32>,
+    /// An identifier of this version of the content: the GCS generation, or the store's version
+    /// or ETag; it changes when the object is rewritten.
+    pub generation: Option<String>,
+}
+
+/// The bucket Earth Engine exports into.
+///
+/// Names are relative to the prefix of the URL the bucket was opened with (see [`open_bucket`]),
+/// so the same code works for `gs://bucket` and `gs://bucket/campaigns/2024`.
+#[async_trait]
+pub trait ExportBucket: Send + Sync + std::fmt::Debug {
+    /// Every object whose name starts with `prefix` (a plain string prefix, as in GCS, not a
+    /// directory), following all pages, in name order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+    /// The content of an object as a stream of chunks, for large files.
+    async fn stream(
+        &self,
+        name: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError>;
+    /// Creates or replaces a (small) object, e.g. metadata or tracking JSON.
+    async fn put(&self, name: &str, body: Bytes) -> Result<(), StoreError>;
+    /// The whole content of a small object. A missing object is [`StoreError::NotFound`].
+    async fn get(&self, name: &str) -> Result<Bytes, StoreError>;
+    /// Deletes an object. An object that is already gone counts as deleted, so clean can re-run.
+    async fn delete(&self, name: &str) -> Result<(), StoreError>;
+}
+
+/// Opens the export bucket named by `url`.
+///
+/// - `gs://bucket[/prefix]` → [`GcsJsonBucket`] on `endpoint`, else on the host in the
+///   `STORAGE_EMULATOR_HOST` environment variable (as Google's own client libraries do), else on
+///   [`DEFAULT_ENDPOINT`]; tokens come from `tokens` with [`crate::auth::STORAGE_SCOPE`].
+/// - `file:///dir`, `memory:///`, `s3://bucket[/prefix]` → [`ObjectStoreBucket`].
+/// - a plain path (no scheme) → [`ObjectStoreBucket`] over that local directory.
+pub fn open_bucket(
+    url: &str,
+    endpoint: Option<&str>,
+    tokens: Arc<dyn TokenSource>,
+) -> Result<Arc<dyn ExportBucket>, StoreError> {
+    if let Some(rest) = url.strip_prefix("gs://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        // Read once here, at the edge, so that nothing deeper in the crate looks at the environment.
+        let emulator = std::env::var(EMULATOR_HOST_ENV).ok();
+        let endpoint = gcs_endpoint(endpoint, emulator.as_deref());
+        let bucket =
+            GcsJsonBucket::new(&endpoint, bucket, prefix, tokens).map_err(|e| match e {
+                StoreError::Url { reason, .. } => StoreError::Url {
+                    url: url.to_owned(),
+                    reason,
+                },
+                other => other,
+            })?;
+        return Ok(Arc::new(bucket));
+    }
+    let (store, root) = open_object_store(url)?;
+    Ok(Arc::new(ObjectStoreBucket::new(store, root)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::NoAuth;
+
+    fn open(url: &str) -> Result<Arc<dyn ExportBucket>, StoreError> {
+        open_bucket(url, Some("http://127.0.0.1:9"), Arc::new(NoAuth))
+    }
+
+    #[test]
+    fn dispatches_on_the_url_scheme() {
+        let gcs = format!("{:?}", open("gs://exports/campaign").unwrap());
+        assert!(gcs.starts_with("GcsJsonBucket"), "{gcs}");
+        assert!(gcs.contains("\"campaign/\""), "{gcs}");
+        for url in [
+            "file:///tmp/cedar-exports",
+            "memory:///",
+            "/tmp/cedar-exports",
+            "exports",
+        ] {
+            let debug = format!("{:?}", open(url).unwrap());
+            assert!(debug.starts_with("ObjectStoreBucket"), "{url}: {debug}");
+        }
+    }
+
+    #[test]
+    fn unsupported_schemes_name_the_url_and_the_fix() {
+        for url in [
+            "ftp://host/dir",
+            "az://container/x",
+            "gs://",
+            "gs:///prefix",
+        ] {
+            let err = open(url).unwrap_err();
+            let message = err.to_string();
+            assert!(matches!(err, StoreError::Url { .. }), "{url}: {err:?}");
+            assert!(message.contains(url), "{message}");
+            assert!(!err.is_retryable());
+        }
+        let message = open("ftp://host/dir").unwrap_err().to_string();
+        assert!(message.contains("gs://bucket"), "{message}");
+    }
+}

@@ -1,0 +1,4 @@
+//! The Earth Engine client against real servers on loopback.
+
+mod python;
+mod wire;

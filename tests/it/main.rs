@@ -1,0 +1,6 @@
+//! End-to-end tests: every remote is a real server on loopback.
+
+mod cli;
+mod earthengine;
+mod emulator;
+mod store;
