@@ -4,8 +4,8 @@
 //! Tokens are cached per scope set and refreshed [`REFRESH_MARGIN`] before they expire, as
 //! google-auth does, so a long export call never starts with a token about to lapse.
 //! `gcp_auth` signs the JWT and talks to the token endpoint; its own cache refreshes only
-//! 20 s before expiry and cannot be told otherwise, so when it hands back a token inside the
-//! margin, cedar builds a fresh provider (with an empty cache) and asks again.
+//! 20 s before expiry and cannot be told otherwise, so when it hands back the very token that
+//! went stale here, cedar builds a fresh provider (with an empty cache) and asks again.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -94,6 +94,10 @@ struct TokenCache {
 }
 
 impl TokenCache {
+    /// The cached token for `scopes`, or a new one from `fetch(rebuild)`.
+    ///
+    /// `fetch(false)` asks the current provider, whose own cache may hand back the token that
+    /// just went stale here; then `fetch(true)` rebuilds the provider and asks again.
     async fn get_or_fetch<F, Fut>(&self, scopes: &[&str], fetch: F) -> Result<String, AuthError>
     where
         F: Fn(bool) -> Fut,
@@ -101,17 +105,19 @@ impl TokenCache {
     {
         let key: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
         let mut tokens = self.tokens.lock().await;
-        if let Some(c) = tokens.get(&key).filter(|c| c.is_fresh(Utc::now())) {
-            return Ok(c.token.clone());
+        let previous = match tokens.get(&key) {
+            Some(c) if c.is_fresh(Utc::now()) => return Ok(c.token.clone()),
+            Some(c) => Some(c.token.clone()),
+            None => None,
+        };
+        let mut token = fetch(false).await?;
+        if previous.as_deref() == Some(token.as_str()) {
+            token = fetch(true).await?;
         }
-        let mut cached = to_cached(fetch(false).await?);
-        if !cached.is_fresh(Utc::now()) {
-            // The provider's own cache returned a token inside our margin.
-            cached = to_cached(fetch(true).await?);
-        }
-        let token = cached.token.clone();
+        let cached = to_cached(token);
+        let value = cached.token.clone();
         tokens.insert(key, cached);
-        Ok(token)
+        Ok(value)
     }
 }
 
@@ -335,6 +341,65 @@ mod tests {
         assert!(c.is_fresh(at(29)));
         assert!(!c.is_fresh(at(30)));
         assert!(!cached(0, 0).is_fresh(at(0)));
+    }
+
+    fn token(text: &str, expires_in: u64) -> Arc<gcp_auth::Token> {
+        Arc::new(
+            serde_json::from_value(
+                serde_json::json!({"access_token": text, "expires_in": expires_in}),
+            )
+            .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn cache_reuses_fresh_tokens_and_rebuilds_when_the_provider_repeats_a_stale_one() {
+        let cache = TokenCache::default();
+        let calls = std::sync::Mutex::new(Vec::new());
+        let provider = |answers: Vec<(&'static str, u64)>| {
+            let calls = &calls;
+            move |rebuild: bool| {
+                calls.lock().unwrap().push(rebuild);
+                let (text, secs) = answers[usize::from(rebuild)];
+                async move { Ok(token(text, secs)) }
+            }
+        };
+        let first = provider(vec![("A", 3600), ("unused", 3600)]);
+        assert_eq!(cache.get_or_fetch(&["s"], &first).await.unwrap(), "A");
+        assert_eq!(cache.get_or_fetch(&["s"], &first).await.unwrap(), "A");
+        assert_eq!(
+            *calls.lock().unwrap(),
+            [false],
+            "the second call is served from the cache"
+        );
+
+        // "A" is now inside the margin; the provider's cache still hands it out.
+        let now = Utc::now();
+        cache
+            .tokens
+            .lock()
+            .await
+            .get_mut(&vec!["s".to_string()])
+            .unwrap()
+            .expires_at = now + chrono::Duration::seconds(100);
+        cache
+            .tokens
+            .lock()
+            .await
+            .get_mut(&vec!["s".to_string()])
+            .unwrap()
+            .fetched_at = now - chrono::Duration::seconds(3500);
+        calls.lock().unwrap().clear();
+        let stale = provider(vec![("A", 100), ("B", 3600)]);
+        assert_eq!(cache.get_or_fetch(&["s"], &stale).await.unwrap(), "B");
+        assert_eq!(*calls.lock().unwrap(), [false, true]);
+
+        // A different scope set has its own token; a provider that issues a new token is
+        // not rebuilt.
+        calls.lock().unwrap().clear();
+        let other = provider(vec![("C", 3600), ("unused", 3600)]);
+        assert_eq!(cache.get_or_fetch(&["s", "t"], &other).await.unwrap(), "C");
+        assert_eq!(*calls.lock().unwrap(), [false]);
     }
 
     fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {

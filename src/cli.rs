@@ -188,25 +188,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Periods { start, end, freq } => {
-            match period::periods(*start, *end, *freq) {
-                Ok(p) => {
-                    if let Some(d) = p.dropped {
-                        tracing::warn!(
-                            "the partial first period {d} is dropped: periods are anchored to the frequency; start on a period boundary to include it"
-                        );
-                    }
-                    for x in &p.periods {
-                        println!("{} {}", x.start, x.end);
-                    }
-                    Ok(ExitCode::SUCCESS)
+        Command::Periods { start, end, freq } => match period::periods(*start, *end, *freq) {
+            Ok(p) => {
+                if let Some(d) = p.dropped {
+                    tracing::warn!(
+                        "the partial first period {d} is dropped: periods are anchored to the frequency; start on a period boundary to include it"
+                    );
                 }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    Ok(ExitCode::from(2))
+                for x in &p.periods {
+                    println!("{} {}", x.start, x.end);
                 }
+                Ok(ExitCode::SUCCESS)
             }
-        }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::from(2))
+            }
+        },
         Command::Demo(args) => {
             crate::demo::run(args.clone()).await?;
             Ok(ExitCode::SUCCESS)

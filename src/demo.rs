@@ -23,7 +23,7 @@ use crate::earthengine::types::OperationState;
 use crate::emulator::{self, EmulatorOptions};
 use crate::order::{Order, OrderNames, parse_piece, piece_object, tile_pieces};
 use crate::period::{Frequency, periods};
-use crate::store::{Destination, ExportBucket, Expected, open_bucket};
+use crate::store::{Destination, Expected, ExportBucket, open_bucket};
 
 /// Options of `cedar demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -63,7 +63,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&bucket_dir)?);
+    let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(
+        &bucket_dir,
+    )?);
     let emulator = emulator::start(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         store,
@@ -103,7 +105,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // 2 collections × 6 tiles × 4 quarters from mid 2021: Landsat 9 data starts on 2021-10-31,
     // so its first quarter is empty everywhere.
     let collections = ["LANDSAT/LC08/C02/T1_L2", "LANDSAT/LC09/C02/T1_L2"];
-    let tiles: Vec<(u32, u32)> = (10..12).flat_map(|r| (14..17).map(move |c| (r, c))).collect();
+    let tiles: Vec<(u32, u32)> = (10..12)
+        .flat_map(|r| (14..17).map(move |c| (r, c)))
+        .collect();
     let freq: Frequency = "3MS".parse()?;
     let start = chrono::NaiveDate::from_ymd_opt(2021, 7, 1).expect("valid date");
     let end = chrono::NaiveDate::from_ymd_opt(2022, 6, 30).expect("valid date");
@@ -123,14 +127,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let now = chrono::Utc::now();
     let collection_names: Vec<String> = collections.iter().map(|c| c.to_string()).collect();
-    let tracking = settings.tracking_template.render_tracking(&crate::naming::TrackingValues {
-        collections: &collection_names,
-        tiles: &tiles,
-        period_start: start,
-        period_end: end,
-        period_freq: Some(freq),
-        now,
-    })?;
+    let tracking = settings
+        .tracking_template
+        .render_tracking(&crate::naming::TrackingValues {
+            collections: &collection_names,
+            tiles: &tiles,
+            period_start: start,
+            period_end: end,
+            period_freq: Some(freq),
+            now,
+        })?;
     println!(
         "submitting {} orders ({} collections x {} tiles x {} periods) as {tracking}",
         orders.len(),
@@ -185,7 +191,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let ops = demo.ee.list_all_operations().await?;
         for op in ops {
-            let Some(name) = op.name.clone() else { continue };
+            let Some(name) = op.name.clone() else {
+                continue;
+            };
             if !running.contains_key(&name) || !op.state().is_terminal() {
                 continue;
             }
@@ -197,7 +205,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 outcomes.insert(order, Outcome::Downloaded);
             } else {
                 let why = op.error.as_ref().and_then(|e| e.message.clone());
-                println!("{}: {:?} {}", names.name, op.state(), why.unwrap_or_default());
+                println!(
+                    "{}: {:?} {}",
+                    names.name,
+                    op.state(),
+                    why.unwrap_or_default()
+                );
                 outcomes.insert(order, Outcome::Failed);
             }
         }
@@ -212,7 +225,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let stats = emulator.stats();
     emulator.shutdown().await;
     println!();
-    println!("{:<26} {:>6} {:>10} {:>6}", "collection", "empty", "downloaded", "failed");
+    println!(
+        "{:<26} {:>6} {:>10} {:>6}",
+        "collection", "empty", "downloaded", "failed"
+    );
     for c in &collections {
         let count = |o: Outcome| {
             outcomes
@@ -297,7 +313,11 @@ impl Demo {
             .filter(|p| !found.contains_key(p))
             .map(|p| piece_object(&base, *p))
             .collect();
-        anyhow::ensure!(missing.is_empty(), "{}: missing pieces {missing:?}", names.name);
+        anyhow::ensure!(
+            missing.is_empty(),
+            "{}: missing pieces {missing:?}",
+            names.name
+        );
         let mut bytes = 0;
         for object in found.values() {
             let file = object.name.rsplit('/').next().unwrap_or(&object.name);

@@ -31,6 +31,7 @@
 //! - [`earthengine`]: the EE REST client: expressions, exports, operations, errors.
 //! - [`emulator`]: an EE emulator that speaks the same REST API, for tests and demos.
 //! - [`store`]: the export bucket EE writes into, and the destination cedar downloads to.
+//! - [`tracking`]: each submission and the state of its orders (Redis), and its JSON document.
 
 pub mod auth;
 pub mod cli;
@@ -44,3 +45,4 @@ pub mod naming;
 pub mod order;
 pub mod period;
 pub mod store;
+pub mod tracking;

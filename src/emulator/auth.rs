@@ -186,8 +186,13 @@ mod tests {
         let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
         let signed = format!("{header}.{claims}");
         let mut signature = vec![0; key.public_modulus_len()];
-        key.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), signed.as_bytes(), &mut signature)
-            .unwrap();
+        key.sign(
+            &RSA_PKCS1_SHA256,
+            &SystemRandom::new(),
+            signed.as_bytes(),
+            &mut signature,
+        )
+        .unwrap();
         format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature))
     }
 
@@ -203,17 +208,40 @@ mod tests {
         let other = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
         let audiences = vec![GOOGLE_TOKEN_URI.to_owned()];
         let now = 1_700_000_000;
-        assert_eq!(check_assertion(&jwt(&key, claims(now)), &[der.clone()], &audiences, now), Ok(()));
-        assert_eq!(check_assertion(&jwt(&other, claims(now)), &[der.clone()], &audiences, now),
-            Err(TokenError::InvalidGrant("Invalid JWT Signature.".into())));
+        assert_eq!(
+            check_assertion(
+                &jwt(&key, claims(now)),
+                std::slice::from_ref(&der),
+                &audiences,
+                now
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check_assertion(
+                &jwt(&other, claims(now)),
+                std::slice::from_ref(&der),
+                &audiences,
+                now
+            ),
+            Err(TokenError::InvalidGrant("Invalid JWT Signature.".into()))
+        );
         // Without a registered key the signature is not checked.
-        assert_eq!(check_assertion(&jwt(&other, claims(now)), &[], &audiences, now), Ok(()));
+        assert_eq!(
+            check_assertion(&jwt(&other, claims(now)), &[], &audiences, now),
+            Ok(())
+        );
         let mut scope = claims(now);
         scope["scope"] = json!("https://www.googleapis.com/auth/drive");
-        assert_eq!(check_assertion(&jwt(&key, scope), &[], &audiences, now), Err(TokenError::InvalidScope));
+        assert_eq!(
+            check_assertion(&jwt(&key, scope), &[], &audiences, now),
+            Err(TokenError::InvalidScope)
+        );
         let mut long = claims(now);
         long["exp"] = json!(now + 7200);
-        assert!(matches!(check_assertion(&jwt(&key, long), &[], &audiences, now), Err(TokenError::InvalidGrant(m)) if m.contains("short-lived")));
+        assert!(
+            matches!(check_assertion(&jwt(&key, long), &[], &audiences, now), Err(TokenError::InvalidGrant(m)) if m.contains("short-lived"))
+        );
         let mut aud = claims(now);
         aud["aud"] = json!("https://example.com/token");
         assert!(check_assertion(&jwt(&key, aud), &[], &audiences, now).is_err());

@@ -127,13 +127,14 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<()> {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -162,7 +163,10 @@ mod tests {
         let options = cli.args.options();
         let defaults = EmulatorOptions::default();
         assert_eq!(cli.args.listen.to_string(), "127.0.0.1:8787");
-        assert_eq!(options.max_concurrent_exports, defaults.max_concurrent_exports);
+        assert_eq!(
+            options.max_concurrent_exports,
+            defaults.max_concurrent_exports
+        );
         assert_eq!(options.bytes_per_pixel, defaults.bytes_per_pixel);
         assert_eq!(options.queue_limit, defaults.queue_limit);
         assert_eq!(options.duplicate_request, defaults.duplicate_request);

@@ -97,7 +97,10 @@ pub(crate) fn plan(body: &Value, options: &EmulatorOptions) -> Result<ExportPlan
         .ok_or_else(|| {
             invalid("The emulator supports only fileExportOptions.cloudStorageDestination.")
         })?;
-    let bucket = destination["bucket"].as_str().unwrap_or_default().to_owned();
+    let bucket = destination["bucket"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     if bucket.is_empty() {
         return Err(invalid("cloudStorageDestination.bucket must be specified."));
     }
@@ -106,7 +109,11 @@ pub(crate) fn plan(body: &Value, options: &EmulatorOptions) -> Result<ExportPlan
     let prefix = destination["filenamePrefix"]
         .as_str()
         .filter(|p| !p.is_empty())
-        .unwrap_or(if description.is_empty() { "myExportImageTask" } else { &description })
+        .unwrap_or(if description.is_empty() {
+            "myExportImageTask"
+        } else {
+            &description
+        })
         .to_owned();
     let geotiff = file.get("geoTiffOptions").filter(|g| g.is_object());
     let tile_size = geotiff
@@ -117,7 +124,10 @@ pub(crate) fn plan(body: &Value, options: &EmulatorOptions) -> Result<ExportPlan
         .ok_or_else(|| invalid("geoTiffOptions.tileSize must be positive."))?;
     let tile_dimensions = match geotiff.and_then(|g| g.get("tileDimensions")) {
         Some(d) if d.is_object() => {
-            let (w, h) = (d["width"].as_i64().unwrap_or(0), d["height"].as_i64().unwrap_or(0));
+            let (w, h) = (
+                d["width"].as_i64().unwrap_or(0),
+                d["height"].as_i64().unwrap_or(0),
+            );
             if w <= 0 || h <= 0 || w % tile_size != 0 || h % tile_size != 0 {
                 return Err(ExportError::Invalid(format!(
                     "geoTiffOptions.tileDimensions ({w}x{h}) must be positive multiples of the tile size ({tile_size})."
@@ -143,7 +153,14 @@ pub(crate) fn plan(body: &Value, options: &EmulatorOptions) -> Result<ExportPlan
         grid.or(image.dimensions).or_else(|| {
             image
                 .bounded
-                .then(|| image.record.bands.iter().filter_map(|b| b.dimensions).next())
+                .then(|| {
+                    image
+                        .record
+                        .bands
+                        .iter()
+                        .filter_map(|b| b.dimensions)
+                        .next()
+                })
                 .flatten()
                 .map(|[w, h]| (w, h))
         })
@@ -194,8 +211,12 @@ fn grid_dimensions(grid: Option<&Value>) -> Result<Option<(u64, u64)>, ExportErr
     };
     let invalid = |m: &str| Err(ExportError::Invalid(m.to_owned()));
     let (width, height) = (
-        grid.pointer("/dimensions/width").and_then(Value::as_i64).unwrap_or(0),
-        grid.pointer("/dimensions/height").and_then(Value::as_i64).unwrap_or(0),
+        grid.pointer("/dimensions/width")
+            .and_then(Value::as_i64)
+            .unwrap_or(0),
+        grid.pointer("/dimensions/height")
+            .and_then(Value::as_i64)
+            .unwrap_or(0),
     );
     if width <= 0 || height <= 0 {
         return invalid("grid.dimensions must have a positive width and height.");
@@ -203,9 +224,11 @@ fn grid_dimensions(grid: Option<&Value>) -> Result<Option<(u64, u64)>, ExportErr
     if grid.get("affineTransform").is_none_or(Value::is_null) {
         return invalid("grid.affineTransform must be specified.");
     }
-    let crs = ["crsCode", "crsWkt"]
-        .iter()
-        .any(|k| grid.get(*k).and_then(Value::as_str).is_some_and(|c| !c.is_empty()));
+    let crs = ["crsCode", "crsWkt"].iter().any(|k| {
+        grid.get(*k)
+            .and_then(Value::as_str)
+            .is_some_and(|c| !c.is_empty())
+    });
     if !crs {
         return invalid("grid must specify crsCode or crsWkt.");
     }
@@ -267,23 +290,53 @@ mod tests {
 
     #[test]
     fn a_grid_larger_than_tile_dimensions_is_split_row_first() {
-        let plan = plan(&body(grid(5000, 3000), json!({"width": 2048, "height": 2048})), &EmulatorOptions::default()).unwrap();
+        let plan = plan(
+            &body(grid(5000, 3000), json!({"width": 2048, "height": 2048})),
+            &EmulatorOptions::default(),
+        )
+        .unwrap();
         let names: Vec<&str> = plan.pieces.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names.len(), 6);
         assert_eq!(names[0], "dir/name-0000000000-0000000000.tif");
         assert_eq!(names[1], "dir/name-0000000000-0000002048.tif");
         assert_eq!(names[3], "dir/name-0000002048-0000000000.tif");
-        assert_eq!((plan.pieces[5].width, plan.pieces[5].height), (5000 - 4096, 3000 - 2048));
+        assert_eq!(
+            (plan.pieces[5].width, plan.pieces[5].height),
+            (5000 - 4096, 3000 - 2048)
+        );
         assert_eq!(plan.failure, None);
-        assert_eq!(plan.destination_uri, "https://console.developers.google.com/storage/browser/b/dir/");
+        assert_eq!(
+            plan.destination_uri,
+            "https://console.developers.google.com/storage/browser/b/dir/"
+        );
     }
 
     #[test]
     fn a_small_grid_is_one_file_and_a_huge_one_fails_the_task() {
-        let plan1 = plan(&body(grid(100, 100), json!({"width": 256, "height": 256})), &EmulatorOptions::default()).unwrap();
-        assert_eq!(plan1.pieces, vec![Piece { name: "dir/name.tif".into(), width: 100, height: 100 }]);
-        let huge = plan(&body(grid(20_000, 20_000), Value::Null), &EmulatorOptions::default()).unwrap();
-        assert_eq!(huge.failure.as_deref(), Some("Export too large: specified 400000000 pixels (max: 100000000). Specify higher maxPixels value if you intend to export a large area."));
+        let plan1 = plan(
+            &body(grid(100, 100), json!({"width": 256, "height": 256})),
+            &EmulatorOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            plan1.pieces,
+            vec![Piece {
+                name: "dir/name.tif".into(),
+                width: 100,
+                height: 100
+            }]
+        );
+        let huge = plan(
+            &body(grid(20_000, 20_000), Value::Null),
+            &EmulatorOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            huge.failure.as_deref(),
+            Some(
+                "Export too large: specified 400000000 pixels (max: 100000000). Specify higher maxPixels value if you intend to export a large area."
+            )
+        );
     }
 
     #[test]
@@ -293,8 +346,17 @@ mod tests {
         assert!(plan(&bad, &EmulatorOptions::default()).is_err());
         bad["requestId"] = json!("a".repeat(61));
         assert!(plan(&bad, &EmulatorOptions::default()).is_err());
-        assert!(plan(&body(grid(10, 10), json!({"width": 1000, "height": 1024})), &EmulatorOptions::default()).is_err());
-        let options = EmulatorOptions { bucket: Some("other".into()), ..Default::default() };
+        assert!(
+            plan(
+                &body(grid(10, 10), json!({"width": 1000, "height": 1024})),
+                &EmulatorOptions::default()
+            )
+            .is_err()
+        );
+        let options = EmulatorOptions {
+            bucket: Some("other".into()),
+            ..Default::default()
+        };
         let plan = plan(&body(grid(10, 10), Value::Null), &options).unwrap();
         assert!(plan.failure.unwrap().contains("bucket b"));
     }
@@ -305,6 +367,11 @@ mod tests {
         request["expression"]["values"]["0"]["functionInvocationValue"]["arguments"]["id"]["constantValue"] =
             json!("LANDSAT/LC08/C02/T1_L2/LC08_044034_19990101");
         let plan = plan(&request, &EmulatorOptions::default()).unwrap();
-        assert_eq!(plan.failure.as_deref(), Some("Image.load: Image asset 'LANDSAT/LC08/C02/T1_L2/LC08_044034_19990101' not found (does not exist or caller does not have access)."));
+        assert_eq!(
+            plan.failure.as_deref(),
+            Some(
+                "Image.load: Image asset 'LANDSAT/LC08/C02/T1_L2/LC08_044034_19990101' not found (does not exist or caller does not have access)."
+            )
+        );
     }
 }

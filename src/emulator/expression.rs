@@ -64,11 +64,15 @@ pub(crate) fn algorithm(name: &str) -> Option<&'static Algorithm> {
 pub(crate) enum ExpressionError {
     #[error("Invalid expression: {0}")]
     Shape(String),
-    #[error("Invalid expression: value '{0}' sets no kind; one of the ValueNode fields must be set.")]
+    #[error(
+        "Invalid expression: value '{0}' sets no kind; one of the ValueNode fields must be set."
+    )]
     EmptyNode(String),
     #[error("Invalid expression: reference to undefined value '{0}'.")]
     UndefinedReference(String),
-    #[error("Invalid expression: argument reference '{0}' is not an argument of an enclosing function.")]
+    #[error(
+        "Invalid expression: argument reference '{0}' is not an argument of an enclosing function."
+    )]
     UndefinedArgument(String),
     #[error("Invalid expression: value '{0}' depends on itself.")]
     Cycle(String),
@@ -140,9 +144,12 @@ pub(crate) fn parse(expression: &Value) -> Result<Expression<'_>, ExpressionErro
 /// The kind a node sets, and its payload.
 pub(crate) fn node_kind(node: &Value) -> Option<(&'static str, &Value)> {
     let object = node.as_object()?;
-    NODE_KINDS
-        .iter()
-        .find_map(|kind| object.get(*kind).filter(|v| !v.is_null()).map(|v| (*kind, v)))
+    NODE_KINDS.iter().find_map(|kind| {
+        object
+            .get(*kind)
+            .filter(|v| !v.is_null())
+            .map(|v| (*kind, v))
+    })
 }
 
 fn collect_argument_names(node: &Value) -> Vec<&str> {
@@ -166,7 +173,10 @@ fn children(node: &Value) -> Vec<&Value> {
     if let Some(items) = node.pointer("/arrayValue/values").and_then(Value::as_array) {
         out.extend(items);
     }
-    if let Some(entries) = node.pointer("/dictionaryValue/values").and_then(Value::as_object) {
+    if let Some(entries) = node
+        .pointer("/dictionaryValue/values")
+        .and_then(Value::as_object)
+    {
         out.extend(entries.values());
     }
     if let Some(arguments) = node
@@ -252,8 +262,11 @@ impl<'a> Checker<'a> {
                 algorithm(name).ok_or_else(|| ExpressionError::UnknownFunction(name.to_owned()))?;
             for argument in arguments.keys() {
                 if !algorithm.arguments.iter().any(|a| &a.name == argument) {
-                    let valid: Vec<&str> =
-                        algorithm.arguments.iter().map(|a| a.name.as_str()).collect();
+                    let valid: Vec<&str> = algorithm
+                        .arguments
+                        .iter()
+                        .map(|a| a.name.as_str())
+                        .collect();
                     return Err(ExpressionError::UnknownArgument {
                         function: name.to_owned(),
                         argument: argument.clone(),
@@ -326,7 +339,9 @@ fn check_acyclic(edges: &HashMap<&str, Vec<&str>>) -> Result<(), ExpressionError
             if let Some(target) = targets.get(next) {
                 stack.push((node, next + 1));
                 match marks.get(target) {
-                    Some(Mark::Visiting) => return Err(ExpressionError::Cycle((*target).to_owned())),
+                    Some(Mark::Visiting) => {
+                        return Err(ExpressionError::Cycle((*target).to_owned()));
+                    }
                     Some(Mark::Done) => {}
                     None => {
                         marks.insert(target, Mark::Visiting);
@@ -397,7 +412,10 @@ mod tests {
             "0": invoke("Image.rename", json!({"input": {"valueReference": "1"}, "names": {"constantValue": ["a"]}})),
             "1": invoke("Image.rename", json!({"input": {"valueReference": "0"}, "names": {"constantValue": ["b"]}})),
         }});
-        assert!(matches!(parse(&cycle).unwrap_err(), ExpressionError::Cycle(_)));
+        assert!(matches!(
+            parse(&cycle).unwrap_err(),
+            ExpressionError::Cycle(_)
+        ));
         let missing_result = json!({"result": "3", "values": {"0": {"constantValue": 1}}});
         assert!(parse(&missing_result).is_err());
     }
@@ -405,10 +423,18 @@ mod tests {
     #[test]
     fn nodes_set_exactly_one_kind() {
         let empty = json!({"result": "0", "values": {"0": {}}});
-        assert_eq!(parse(&empty).unwrap_err(), ExpressionError::EmptyNode("0".into()));
-        let two = json!({"result": "0", "values": {"0": {"constantValue": 1, "valueReference": "0"}}});
+        assert_eq!(
+            parse(&empty).unwrap_err(),
+            ExpressionError::EmptyNode("0".into())
+        );
+        let two =
+            json!({"result": "0", "values": {"0": {"constantValue": 1, "valueReference": "0"}}});
         assert!(parse(&two).is_err());
-        let stray = json!({"result": "0", "values": {"0": {"argumentReference": "_MAPPING_VAR_0_0"}}});
-        assert!(matches!(parse(&stray).unwrap_err(), ExpressionError::UndefinedArgument(_)));
+        let stray =
+            json!({"result": "0", "values": {"0": {"argumentReference": "_MAPPING_VAR_0_0"}}});
+        assert!(matches!(
+            parse(&stray).unwrap_err(),
+            ExpressionError::UndefinedArgument(_)
+        ));
     }
 }

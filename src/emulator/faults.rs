@@ -158,7 +158,10 @@ impl Faults {
             return None;
         }
         self.draws += 1;
-        let draw = unit(stable_hash(options.seed, &["request", &self.draws.to_string()]));
+        let draw = unit(stable_hash(
+            options.seed,
+            &["request", &self.draws.to_string()],
+        ));
         let throttle = self.throttle_rate.unwrap_or(options.throttle_rate);
         let unavailable = self.unavailable_rate.unwrap_or(options.unavailable_rate);
         let status = if draw < throttle {
@@ -177,7 +180,12 @@ impl Faults {
 
     /// Decides whether a new export fails. `attempt` is how many exports with this
     /// description exist, this one included.
-    pub fn task_failure(&mut self, description: &str, attempt: u64, options: &EmulatorOptions) -> Option<String> {
+    pub fn task_failure(
+        &mut self,
+        description: &str,
+        attempt: u64,
+        options: &EmulatorOptions,
+    ) -> Option<String> {
         if let Some(message) = self.next_task_failures.pop_front() {
             return Some(message);
         }
@@ -185,7 +193,10 @@ impl Faults {
             return None;
         }
         let rate = self.fail_rate.unwrap_or(options.fail_rate);
-        let draw = unit(stable_hash(options.seed, &["task", description, &attempt.to_string()]));
+        let draw = unit(stable_hash(
+            options.seed,
+            &["task", description, &attempt.to_string()],
+        ));
         (draw < rate).then(|| TIMED_OUT.to_owned())
     }
 }
@@ -198,17 +209,46 @@ mod tests {
     fn one_shot_request_faults_are_consumed_per_method() {
         let mut faults = Faults::default();
         let options = EmulatorOptions::default();
-        faults.inject(Fault::NextRequests { method: Some(ApiMethod::ImageExport), count: 2, status: 503, message: None, processed: false });
+        faults.inject(Fault::NextRequests {
+            method: Some(ApiMethod::ImageExport),
+            count: 2,
+            status: 503,
+            message: None,
+            processed: false,
+        });
         assert_eq!(faults.on_request(ApiMethod::OperationsGet, &options), None);
-        assert_eq!(faults.on_request(ApiMethod::ImageExport, &options).map(|i| i.status), Some(503));
-        assert_eq!(faults.on_request(ApiMethod::ImageExport, &options).map(|i| i.status), Some(503));
+        assert_eq!(
+            faults
+                .on_request(ApiMethod::ImageExport, &options)
+                .map(|i| i.status),
+            Some(503)
+        );
+        assert_eq!(
+            faults
+                .on_request(ApiMethod::ImageExport, &options)
+                .map(|i| i.status),
+            Some(503)
+        );
         assert_eq!(faults.on_request(ApiMethod::ImageExport, &options), None);
     }
 
     #[test]
     fn rates_are_seeded_and_roughly_right() {
-        let options = EmulatorOptions { throttle_rate: 0.2, unavailable_rate: 0.1, seed: 9, ..Default::default() };
-        let draw = |faults: &mut Faults| (0..2000).map(|_| faults.on_request(ApiMethod::OperationsGet, &options).map(|i| i.status)).collect::<Vec<_>>();
+        let options = EmulatorOptions {
+            throttle_rate: 0.2,
+            unavailable_rate: 0.1,
+            seed: 9,
+            ..Default::default()
+        };
+        let draw = |faults: &mut Faults| {
+            (0..2000)
+                .map(|_| {
+                    faults
+                        .on_request(ApiMethod::OperationsGet, &options)
+                        .map(|i| i.status)
+                })
+                .collect::<Vec<_>>()
+        };
         let (a, b) = (draw(&mut Faults::default()), draw(&mut Faults::default()));
         assert_eq!(a, b);
         let throttled = a.iter().filter(|s| **s == Some(429)).count();
@@ -219,11 +259,20 @@ mod tests {
 
     #[test]
     fn by_default_only_the_first_attempt_of_a_description_fails() {
-        let options = EmulatorOptions { fail_rate: 1.0, ..Default::default() };
+        let options = EmulatorOptions {
+            fail_rate: 1.0,
+            ..Default::default()
+        };
         let mut faults = Faults::default();
-        assert_eq!(faults.task_failure("t1", 1, &options).as_deref(), Some(TIMED_OUT));
+        assert_eq!(
+            faults.task_failure("t1", 1, &options).as_deref(),
+            Some(TIMED_OUT)
+        );
         assert_eq!(faults.task_failure("t1", 2, &options), None);
-        let repeats = EmulatorOptions { fail_repeats: true, ..options.clone() };
+        let repeats = EmulatorOptions {
+            fail_repeats: true,
+            ..options.clone()
+        };
         assert!(faults.task_failure("t1", 2, &repeats).is_some());
         faults.inject(Fault::Clear);
         assert_eq!(faults.task_failure("t2", 1, &options), None);
@@ -231,8 +280,20 @@ mod tests {
 
     #[test]
     fn faults_parse_from_json() {
-        let fault: Fault = serde_json::from_str(r#"{"kind":"next_requests","method":"operations.get","count":1,"status":429}"#).unwrap();
-        assert!(matches!(fault, Fault::NextRequests { method: Some(ApiMethod::OperationsGet), .. }));
-        assert!(serde_json::from_str::<Fault>(r#"{"kind":"next_tasks_fail","count":1,"colour":"red"}"#).is_err());
+        let fault: Fault = serde_json::from_str(
+            r#"{"kind":"next_requests","method":"operations.get","count":1,"status":429}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            fault,
+            Fault::NextRequests {
+                method: Some(ApiMethod::OperationsGet),
+                ..
+            }
+        ));
+        assert!(
+            serde_json::from_str::<Fault>(r#"{"kind":"next_tasks_fail","count":1,"colour":"red"}"#)
+                .is_err()
+        );
     }
 }

@@ -171,7 +171,9 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A handler that panicked while holding the lock leaves consistent-enough counters;
         // the emulator keeps serving rather than poisoning every later test request.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -218,7 +220,9 @@ fn validate_options(options: &EmulatorOptions) -> Result<(), EmulatorError> {
     ];
     for (name, rate) in rates {
         if !(0.0..=1.0).contains(&rate) {
-            return Err(EmulatorError::Option(format!("{name} must be in [0, 1], got {rate}")));
+            return Err(EmulatorError::Option(format!(
+                "{name} must be in [0, 1], got {rate}"
+            )));
         }
     }
     if !(options.time_scale > 0.0 && options.time_scale.is_finite()) {
@@ -228,7 +232,9 @@ fn validate_options(options: &EmulatorOptions) -> Result<(), EmulatorError> {
         return Err(EmulatorError::Option("task_seconds must be >= 0".into()));
     }
     if options.max_concurrent_exports == 0 {
-        return Err(EmulatorError::Option("max_concurrent_exports must be >= 1".into()));
+        return Err(EmulatorError::Option(
+            "max_concurrent_exports must be >= 1".into(),
+        ));
     }
     if !(options.bytes_per_pixel >= 0.0 && options.bytes_per_pixel.is_finite()) {
         return Err(EmulatorError::Option("bytes_per_pixel must be >= 0".into()));

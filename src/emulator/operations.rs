@@ -72,12 +72,18 @@ impl OpState {
     }
 
     pub fn done(self) -> bool {
-        matches!(self, OpState::Succeeded | OpState::Failed | OpState::Cancelled)
+        matches!(
+            self,
+            OpState::Succeeded | OpState::Failed | OpState::Cancelled
+        )
     }
 
     /// Counted against the queue limit.
     pub fn queued(self) -> bool {
-        matches!(self, OpState::Pending | OpState::Running | OpState::Cancelling)
+        matches!(
+            self,
+            OpState::Pending | OpState::Running | OpState::Cancelling
+        )
     }
 }
 
@@ -153,8 +159,13 @@ impl Operation {
         if self.state.done() {
             operation["done"] = json!(true);
             match &self.error {
-                Some((code, message)) => operation["error"] = json!({"code": code, "message": message}),
-                None => operation["response"] = json!({"@type": "type.googleapis.com/google.protobuf.Empty"}),
+                Some((code, message)) => {
+                    operation["error"] = json!({"code": code, "message": message})
+                }
+                None => {
+                    operation["response"] =
+                        json!({"@type": "type.googleapis.com/google.protobuf.Empty"})
+                }
             }
         }
         operation
@@ -237,7 +248,12 @@ impl Operations {
     }
 
     /// One page, newest first. The token is the sequence number to continue below.
-    pub fn page(&self, project: &str, size: usize, below: Option<u64>) -> (Vec<&Operation>, Option<u64>) {
+    pub fn page(
+        &self,
+        project: &str,
+        size: usize,
+        below: Option<u64>,
+    ) -> (Vec<&Operation>, Option<u64>) {
         let mut matching = self
             .list
             .iter()
@@ -245,7 +261,11 @@ impl Operations {
             .filter(|o| o.project == project && below.is_none_or(|b| o.seq < b));
         let page: Vec<&Operation> = matching.by_ref().take(size).collect();
         let more = matching.next().is_some();
-        let next = if more { page.last().map(|o| o.seq) } else { None };
+        let next = if more {
+            page.last().map(|o| o.seq)
+        } else {
+            None
+        };
         (page, next)
     }
 }
@@ -318,7 +338,11 @@ pub(crate) async fn advance(shared: &Shared) {
                 _ => {}
             }
         }
-        start_pending(&mut state.operations, shared.options.max_concurrent_exports as usize, now);
+        start_pending(
+            &mut state.operations,
+            shared.options.max_concurrent_exports as usize,
+            now,
+        );
     }
     for (id, plan) in to_write {
         let result = output::write(&shared.store, &plan, shared.options.bytes_per_pixel).await;
@@ -393,7 +417,10 @@ mod tests {
     fn ids_look_like_ee_task_ids() {
         let id = operation_id(0, "p", 0);
         assert_eq!(id.len(), 24);
-        assert!(id.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)));
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+        );
         assert_ne!(id, operation_id(0, "p", 1));
     }
 
@@ -405,7 +432,10 @@ mod tests {
         let low2 = ops.create("p", plan(100), 0, 0.0).id.clone();
         start_pending(&mut ops, 2, 1.0);
         let state = |id: &str| ops.get("p", id).unwrap().state;
-        assert_eq!((state(&high), state(&low), state(&low2)), (OpState::Running, OpState::Running, OpState::Pending));
+        assert_eq!(
+            (state(&high), state(&low), state(&low2)),
+            (OpState::Running, OpState::Running, OpState::Pending)
+        );
     }
 
     #[test]
@@ -431,7 +461,12 @@ mod tests {
         let json = ops.get("p", &id).unwrap().to_json(&clock, 1.0);
         assert_eq!(json["metadata"]["state"], "PENDING");
         assert!(json.get("done").is_none() && json["metadata"].get("startTime").is_none());
-        assert!(json["metadata"]["createTime"].as_str().unwrap().ends_with('Z'));
+        assert!(
+            json["metadata"]["createTime"]
+                .as_str()
+                .unwrap()
+                .ends_with('Z')
+        );
         assert_eq!(ops.cancel("p", &id, 1.0), Some(Ok(())));
         assert_eq!(ops.cancel("q", &id, 1.0), None);
     }

@@ -33,7 +33,11 @@ const WRAPPERS: &[(&str, &str, Scalar)] = &[
     ("GeoTiffImageExportOptions", "tileSize", Scalar::Int32),
     ("ImageAssetExportOptions", "tileSize", Scalar::Int32),
     ("TfRecordImageExportOptions", "maxSizeBytes", Scalar::Int64),
-    ("TfRecordImageExportOptions", "maxMaskedRatio", Scalar::Double),
+    (
+        "TfRecordImageExportOptions",
+        "maxMaskedRatio",
+        Scalar::Double,
+    ),
 ];
 
 /// Primitive fields whose JSON type the schema file does not pin down precisely.
@@ -45,7 +49,11 @@ const SCALARS: &[(&str, &str, Scalar)] = &[
     ("GridDimensions", "height", Scalar::Int32),
     ("ExportImageRequest", "workloadTag", Scalar::String),
     ("ComputeValueRequest", "workloadTag", Scalar::String),
-    ("GeoTiffImageExportOptions", "metadataKeys", Scalar::StringArray),
+    (
+        "GeoTiffImageExportOptions",
+        "metadataKeys",
+        Scalar::StringArray,
+    ),
 ];
 
 /// Proto oneofs: at most one member may be set.
@@ -226,7 +234,11 @@ fn check_descriptor(descriptor: &Value, value: &Value, path: &str, out: &mut Vec
     if let Some(object) = descriptor.get("object").and_then(Value::as_str) {
         match value {
             Value::Object(fields) => check_message(fields, object, path, out),
-            other => out.push(invalid(path, &format!("type.googleapis.com/google.earthengine.v1.{object}"), other)),
+            other => out.push(invalid(
+                path,
+                &format!("type.googleapis.com/google.earthengine.v1.{object}"),
+                other,
+            )),
         }
     } else if let Some(enumeration) = descriptor.get("enum").and_then(Value::as_str) {
         match value {
@@ -280,7 +292,11 @@ fn check_element(element: &str, value: &Value, path: &str, out: &mut Vec<Violati
     } else if let Value::Object(fields) = value {
         check_message(fields, element, path, out);
     } else {
-        out.push(invalid(path, &format!("type.googleapis.com/google.earthengine.v1.{element}"), value));
+        out.push(invalid(
+            path,
+            &format!("type.googleapis.com/google.earthengine.v1.{element}"),
+            value,
+        ));
     }
 }
 
@@ -463,8 +479,14 @@ mod tests {
         ] {
             assert_eq!(validate(&body, "ExportImageRequest"), Ok(()), "{body}");
         }
-        assert_eq!(messages(json!({"maxPixels": "lots"}), "ExportImageRequest").len(), 1);
-        assert_eq!(messages(json!({"priority": {"val": 1}}), "ExportImageRequest").len(), 1);
+        assert_eq!(
+            messages(json!({"maxPixels": "lots"}), "ExportImageRequest").len(),
+            1
+        );
+        assert_eq!(
+            messages(json!({"priority": {"val": 1}}), "ExportImageRequest").len(),
+            1
+        );
     }
 
     #[test]

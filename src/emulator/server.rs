@@ -80,7 +80,10 @@ impl ApiError {
             504 => ("DEADLINE_EXCEEDED", "Deadline exceeded."),
             _ => ("UNKNOWN", "Unknown error."),
         };
-        let message = injected.message.clone().unwrap_or_else(|| message.to_owned());
+        let message = injected
+            .message
+            .clone()
+            .unwrap_or_else(|| message.to_owned());
         Self::new(injected.status, status, message)
     }
 
@@ -143,14 +146,20 @@ pub(crate) async fn serve(
         .route("/_emulator/stats", get(stats))
         .route("/_emulator/faults", post(faults))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(shared.clone(), count_responses))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            count_responses,
+        ))
         // Accept a little more than the limit so oversized bodies get Google's message.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES + 1024))
         .with_state(shared);
     let stop = async move {
         let _ = shutdown.changed().await;
     };
-    if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
         tracing::error!(%error, "emulator server stopped");
     }
 }
@@ -257,45 +266,53 @@ async fn image_export(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    handle(&shared, ApiMethod::ImageExport, &headers, &project, |project| {
-        let body = parse_body(&body, "ExportImageRequest")?;
-        let mut plan = export::plan(&body, &shared.options)
-            .map_err(|e| ApiError::invalid(e.to_string()))?;
-        let options = &shared.options;
-        let now = shared.clock.now();
-        let mut state = shared.lock();
-        if let Some(request_id) = &plan.request_id
-            && let Some(existing) = state.operations.by_request(project, request_id)
-        {
-            return match options.duplicate_request {
-                DuplicateRequest::ReturnExisting => {
-                    Ok(existing.to_json(&shared.clock, options.task_seconds))
-                }
-                DuplicateRequest::AlreadyExists => Err(ApiError::new(
-                    409,
-                    "ALREADY_EXISTS",
-                    format!("A task with request ID '{request_id}' already exists."),
-                )),
-            };
-        }
-        if state.operations.queued(project) >= options.queue_limit {
-            return Err(ApiError::new(
-                429,
-                "RESOURCE_EXHAUSTED",
-                format!(
-                    "Too many tasks already in the queue ({}). Please wait for some of them to complete.",
-                    options.queue_limit
-                ),
-            ));
-        }
-        let attempt = state.counters.next_attempt(&plan.description);
-        if plan.failure.is_none() {
-            plan.failure = state.faults.task_failure(&plan.description, attempt, options);
-        }
-        state.counters.export_started(&plan.description);
-        let operation = state.operations.create(project, plan, options.seed, now);
-        Ok(operation.to_json(&shared.clock, options.task_seconds))
-    })
+    handle(
+        &shared,
+        ApiMethod::ImageExport,
+        &headers,
+        &project,
+        |project| {
+            let body = parse_body(&body, "ExportImageRequest")?;
+            let mut plan = export::plan(&body, &shared.options)
+                .map_err(|e| ApiError::invalid(e.to_string()))?;
+            let options = &shared.options;
+            let now = shared.clock.now();
+            let mut state = shared.lock();
+            if let Some(request_id) = &plan.request_id
+                && let Some(existing) = state.operations.by_request(project, request_id)
+            {
+                return match options.duplicate_request {
+                    DuplicateRequest::ReturnExisting => {
+                        Ok(existing.to_json(&shared.clock, options.task_seconds))
+                    }
+                    DuplicateRequest::AlreadyExists => Err(ApiError::new(
+                        409,
+                        "ALREADY_EXISTS",
+                        format!("A task with request ID '{request_id}' already exists."),
+                    )),
+                };
+            }
+            if state.operations.queued(project) >= options.queue_limit {
+                return Err(ApiError::new(
+                    429,
+                    "RESOURCE_EXHAUSTED",
+                    format!(
+                        "Too many tasks already in the queue ({}). Please wait for some of them to complete.",
+                        options.queue_limit
+                    ),
+                ));
+            }
+            let attempt = state.counters.next_attempt(&plan.description);
+            if plan.failure.is_none() {
+                plan.failure = state
+                    .faults
+                    .task_failure(&plan.description, attempt, options);
+            }
+            state.counters.export_started(&plan.description);
+            let operation = state.operations.create(project, plan, options.seed, now);
+            Ok(operation.to_json(&shared.clock, options.task_seconds))
+        },
+    )
 }
 
 async fn get_operation(
@@ -303,14 +320,20 @@ async fn get_operation(
     Path((project, operation)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    handle(&shared, ApiMethod::OperationsGet, &headers, &project, |project| {
-        let state = shared.lock();
-        let op = state
-            .operations
-            .get(project, &operation)
-            .ok_or_else(|| operation_not_found(project, &operation))?;
-        Ok(op.to_json(&shared.clock, shared.options.task_seconds))
-    })
+    handle(
+        &shared,
+        ApiMethod::OperationsGet,
+        &headers,
+        &project,
+        |project| {
+            let state = shared.lock();
+            let op = state
+                .operations
+                .get(project, &operation)
+                .ok_or_else(|| operation_not_found(project, &operation))?;
+            Ok(op.to_json(&shared.clock, shared.options.task_seconds))
+        },
+    )
 }
 
 async fn cancel_operation(
@@ -323,23 +346,31 @@ async fn cancel_operation(
     let Some(id) = operation.strip_suffix(":cancel") else {
         return not_found().await;
     };
-    handle(&shared, ApiMethod::OperationsCancel, &headers, &project, |project| {
-        parse_body(&body, "CancelOperationRequest")?;
-        let now = shared.clock.now();
-        match shared.lock().operations.cancel(project, id, now) {
-            Some(Ok(())) => Ok(json!({})),
-            Some(Err(())) => Err(ApiError::new(
-                400,
-                "FAILED_PRECONDITION",
-                format!("Operation projects/{project}/operations/{id} has already completed."),
-            )),
-            None => Err(operation_not_found(project, id)),
-        }
-    })
+    handle(
+        &shared,
+        ApiMethod::OperationsCancel,
+        &headers,
+        &project,
+        |project| {
+            parse_body(&body, "CancelOperationRequest")?;
+            let now = shared.clock.now();
+            match shared.lock().operations.cancel(project, id, now) {
+                Some(Ok(())) => Ok(json!({})),
+                Some(Err(())) => Err(ApiError::new(
+                    400,
+                    "FAILED_PRECONDITION",
+                    format!("Operation projects/{project}/operations/{id} has already completed."),
+                )),
+                None => Err(operation_not_found(project, id)),
+            }
+        },
+    )
 }
 
 fn operation_not_found(project: &str, id: &str) -> ApiError {
-    ApiError::not_found(format!("Operation projects/{project}/operations/{id} not found."))
+    ApiError::not_found(format!(
+        "Operation projects/{project}/operations/{id} not found."
+    ))
 }
 
 async fn list_operations(
@@ -348,37 +379,43 @@ async fn list_operations(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    handle(&shared, ApiMethod::OperationsList, &headers, &project, |project| {
-        // `filter` has no documented grammar for EE; clients filter locally, so it is ignored.
-        let size = match query.get("pageSize").map(|s| s.parse::<i64>()) {
-            None => DEFAULT_PAGE_SIZE,
-            Some(Ok(n)) if n <= 0 => DEFAULT_PAGE_SIZE,
-            Some(Ok(n)) => (n as usize).min(MAX_PAGE_SIZE),
-            Some(Err(_)) => return Err(ApiError::invalid("Invalid value for pageSize.")),
-        };
-        let below = match query.get("pageToken").filter(|t| !t.is_empty()) {
-            None => None,
-            Some(token) => Some(
-                token
-                    .strip_prefix("ops-")
-                    .and_then(|t| u64::from_str_radix(t, 16).ok())
-                    .ok_or_else(|| ApiError::invalid("Invalid page token."))?,
-            ),
-        };
-        let state = shared.lock();
-        let (page, next) = state.operations.page(project, size, below);
-        let mut body = json!({});
-        if !page.is_empty() {
-            body["operations"] = page
-                .iter()
-                .map(|op| op.to_json(&shared.clock, shared.options.task_seconds))
-                .collect();
-        }
-        if let Some(next) = next {
-            body["nextPageToken"] = json!(format!("ops-{next:x}"));
-        }
-        Ok(body)
-    })
+    handle(
+        &shared,
+        ApiMethod::OperationsList,
+        &headers,
+        &project,
+        |project| {
+            // `filter` has no documented grammar for EE; clients filter locally, so it is ignored.
+            let size = match query.get("pageSize").map(|s| s.parse::<i64>()) {
+                None => DEFAULT_PAGE_SIZE,
+                Some(Ok(n)) if n <= 0 => DEFAULT_PAGE_SIZE,
+                Some(Ok(n)) => (n as usize).min(MAX_PAGE_SIZE),
+                Some(Err(_)) => return Err(ApiError::invalid("Invalid value for pageSize.")),
+            };
+            let below = match query.get("pageToken").filter(|t| !t.is_empty()) {
+                None => None,
+                Some(token) => Some(
+                    token
+                        .strip_prefix("ops-")
+                        .and_then(|t| u64::from_str_radix(t, 16).ok())
+                        .ok_or_else(|| ApiError::invalid("Invalid page token."))?,
+                ),
+            };
+            let state = shared.lock();
+            let (page, next) = state.operations.page(project, size, below);
+            let mut body = json!({});
+            if !page.is_empty() {
+                body["operations"] = page
+                    .iter()
+                    .map(|op| op.to_json(&shared.clock, shared.options.task_seconds))
+                    .collect();
+            }
+            if let Some(next) = next {
+                body["nextPageToken"] = json!(format!("ops-{next:x}"));
+            }
+            Ok(body)
+        },
+    )
 }
 
 async fn get_config(
@@ -386,15 +423,21 @@ async fn get_config(
     Path(project): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    handle(&shared, ApiMethod::ProjectsGetConfig, &headers, &project, |project| {
-        let max = shared.options.max_concurrent_exports;
-        Ok(json!({
-            "name": format!("projects/{project}/config"),
-            "registrationState": "REGISTERED_COMMERCIALLY",
-            "maxConcurrentExports": max,
-            "planMaxConcurrentExports": max,
-        }))
-    })
+    handle(
+        &shared,
+        ApiMethod::ProjectsGetConfig,
+        &headers,
+        &project,
+        |project| {
+            let max = shared.options.max_concurrent_exports;
+            Ok(json!({
+                "name": format!("projects/{project}/config"),
+                "registrationState": "REGISTERED_COMMERCIALLY",
+                "maxConcurrentExports": max,
+                "planMaxConcurrentExports": max,
+            }))
+        },
+    )
 }
 
 async fn token(State(shared): SharedState, body: Bytes) -> Response {
@@ -412,23 +455,34 @@ async fn token(State(shared): SharedState, body: Bytes) -> Response {
         Some(audience) => vec![audience.clone()],
         None => vec![
             format!("{}/token", shared.url),
-            format!("http://localhost:{}/token", shared.url.rsplit(':').next().unwrap_or("")),
+            format!(
+                "http://localhost:{}/token",
+                shared.url.rsplit(':').next().unwrap_or("")
+            ),
             GOOGLE_TOKEN_URI.to_owned(),
         ],
     };
-    let grant_type = form.get("grant_type").map(String::as_str).unwrap_or_default();
+    let grant_type = form
+        .get("grant_type")
+        .map(String::as_str)
+        .unwrap_or_default();
     let checked = if grant_type != GRANT_TYPE {
         Err(TokenError::UnsupportedGrantType(grant_type.to_owned()))
     } else {
-        let assertion = form.get("assertion").map(String::as_str).unwrap_or_default();
+        let assertion = form
+            .get("assertion")
+            .map(String::as_str)
+            .unwrap_or_default();
         auth::check_assertion(assertion, &keys, &audiences, chrono::Utc::now().timestamp())
     };
     match checked {
         Ok(()) => {
             let expires_in = shared.options.token_expires_in_secs;
             let token = shared.lock().tokens.issue(shared.options.seed, expires_in);
-            axum::Json(json!({"access_token": token, "expires_in": expires_in, "token_type": "Bearer"}))
-                .into_response()
+            axum::Json(
+                json!({"access_token": token, "expires_in": expires_in, "token_type": "Bearer"}),
+            )
+            .into_response()
         }
         Err(error) => (
             StatusCode::BAD_REQUEST,

@@ -71,8 +71,16 @@ impl Counters {
             *states.entry(op.state.as_str().to_owned()).or_default() += 1;
         }
         Stats {
-            requests: self.requests.iter().map(|(m, n)| (m.as_str().to_owned(), *n)).collect(),
-            responses: self.responses.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
+            requests: self
+                .requests
+                .iter()
+                .map(|(m, n)| (m.as_str().to_owned(), *n))
+                .collect(),
+            responses: self
+                .responses
+                .iter()
+                .map(|(s, n)| (s.to_string(), *n))
+                .collect(),
             operations: states,
             exports_by_description: self.exports.clone(),
             succeeded_by_description: self.succeeded.clone(),

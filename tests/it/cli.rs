@@ -73,7 +73,10 @@ template = "T_{today}"
         "tracking.template",
     ] {
         assert_eq!(
-            lines.iter().filter(|l| l.contains(&format!(" {key}: "))).count(),
+            lines
+                .iter()
+                .filter(|l| l.contains(&format!(" {key}: ")))
+                .count(),
             1,
             "{key} once in:\n{err}"
         );
@@ -89,7 +92,10 @@ fn environment_overrides_and_config_env_var() {
     let o = cedar(
         dir.path(),
         &["config", "check"],
-        &[("CEDAR_CONFIG", &cfg), ("CEDAR__EXPORT__BUCKET", "env-bucket")],
+        &[
+            ("CEDAR_CONFIG", &cfg),
+            ("CEDAR__EXPORT__BUCKET", "env-bucket"),
+        ],
     );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}{err}");
@@ -107,7 +113,11 @@ fn environment_overrides_and_config_env_var() {
 #[test]
 fn unknown_keys_and_malformed_files_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write(dir.path(), "u.toml", "[export]\nbucket = \"b-1\"\nbukket = 3\n");
+    let cfg = write(
+        dir.path(),
+        "u.toml",
+        "[export]\nbucket = \"b-1\"\nbukket = 3\n",
+    );
     let o = cedar(dir.path(), &["--config", &cfg, "config", "check"], &[]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("export.bukket"), "{:?}", text(&o));
@@ -117,9 +127,17 @@ fn unknown_keys_and_malformed_files_fail_clearly() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("malformed TOML"), "{:?}", text(&o));
 
-    let o = cedar(dir.path(), &["--config", "/nonexistent.toml", "config", "check"], &[]);
+    let o = cedar(
+        dir.path(),
+        &["--config", "/nonexistent.toml", "config", "check"],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).1.contains("cannot read /nonexistent.toml"), "{:?}", text(&o));
+    assert!(
+        text(&o).1.contains("cannot read /nonexistent.toml"),
+        "{:?}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -132,7 +150,10 @@ fn config_show_prints_effective_values_without_secrets() {
     );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(out.contains("[export]") && out.contains("file_dimensions = 1024"), "{out}");
+    assert!(
+        out.contains("[export]") && out.contains("file_dimensions = 1024"),
+        "{out}"
+    );
     assert!(!out.contains("topsecret") && out.contains(":***@"), "{out}");
 }
 
@@ -162,7 +183,15 @@ fn periods_warn_about_a_dropped_partial_period() {
     let dir = tempfile::tempdir().unwrap();
     let o = cedar(
         dir.path(),
-        &["periods", "--start", "1997-06-01", "--end", "2000-01-01", "--freq", "1YS"],
+        &[
+            "periods",
+            "--start",
+            "1997-06-01",
+            "--end",
+            "2000-01-01",
+            "--freq",
+            "1YS",
+        ],
         &[],
     );
     let (out, err) = text(&o);
@@ -181,7 +210,15 @@ fn periods_warn_about_a_dropped_partial_period() {
     assert!(text(&o).1.contains("not after start"), "{:?}", text(&o));
     let o = cedar(
         dir.path(),
-        &["periods", "--start", "2000-01-01", "--end", "2001-01-01", "--freq", "1Y"],
+        &[
+            "periods",
+            "--start",
+            "2000-01-01",
+            "--end",
+            "2001-01-01",
+            "--freq",
+            "1Y",
+        ],
         &[],
     );
     assert!(!o.status.success());

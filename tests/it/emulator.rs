@@ -28,7 +28,8 @@ impl TestEmulator {
     async fn spawn(options: EmulatorOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&root).unwrap());
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(&root).unwrap());
         let emulator = emulator::start("127.0.0.1:0".parse().unwrap(), store, options)
             .await
             .unwrap();
@@ -45,7 +46,13 @@ impl TestEmulator {
     }
 
     async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = self.http.post(self.url(path)).json(body).send().await.unwrap();
+        let response = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
@@ -120,16 +127,28 @@ fn export_body(description: &str, request_id: &str, width: u64, height: u64) -> 
 }
 
 fn listing_expression(collection: &str) -> Value {
-    let rectangle = invoke("GeometryConstructors.Rectangle", json!({
+    let rectangle = invoke(
+        "GeometryConstructors.Rectangle",
+        json!({
         "coordinates": {"constantValue": [400000.0, 4100000.0, 550000.0, 4250000.0]},
         "crs": invoke("Projection", json!({"crs": {"constantValue": "EPSG:32610"}})),
-        "geodesic": {"constantValue": false}, "evenOdd": {"constantValue": true}}));
-    let loaded = invoke("ImageCollection.load", json!({"id": {"constantValue": collection}}));
-    let dated = invoke("Collection.filter", json!({"collection": loaded, "filter": invoke("Filter.dateRangeContains", json!({
+        "geodesic": {"constantValue": false}, "evenOdd": {"constantValue": true}}),
+    );
+    let loaded = invoke(
+        "ImageCollection.load",
+        json!({"id": {"constantValue": collection}}),
+    );
+    let dated = invoke(
+        "Collection.filter",
+        json!({"collection": loaded, "filter": invoke("Filter.dateRangeContains", json!({
         "leftValue": invoke("DateRange", json!({"start": {"constantValue": "2021-06-01"}, "end": {"constantValue": "2021-09-01"}})),
-        "rightField": {"constantValue": "system:time_start"}}))}));
-    let bounded = invoke("Collection.filter", json!({"collection": dated, "filter": invoke("Filter.intersects", json!({
-        "leftField": {"constantValue": ".all"}, "rightValue": invoke("Feature", json!({"geometry": rectangle}))}))}));
+        "rightField": {"constantValue": "system:time_start"}}))}),
+    );
+    let bounded = invoke(
+        "Collection.filter",
+        json!({"collection": dated, "filter": invoke("Filter.intersects", json!({
+        "leftField": {"constantValue": ".all"}, "rightValue": invoke("Feature", json!({"geometry": rectangle}))}))}),
+    );
     json!({"expression": {"result": "0", "values": {"0": bounded}}})
 }
 
@@ -137,7 +156,10 @@ fn listing_expression(collection: &str) -> Value {
 async fn value_compute_lists_a_filtered_collection_like_get_info() {
     let t = TestEmulator::spawn(fast()).await;
     let (status, body) = t
-        .post("/v1/projects/p/value:compute?prettyPrint=false&alt=json", &listing_expression("LANDSAT/LC08/C02/T1_L2"))
+        .post(
+            "/v1/projects/p/value:compute?prettyPrint=false&alt=json",
+            &listing_expression("LANDSAT/LC08/C02/T1_L2"),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let result = &body["result"];
@@ -146,28 +168,53 @@ async fn value_compute_lists_a_filtered_collection_like_get_info() {
     assert!(!features.is_empty());
     for feature in features {
         assert_eq!(feature["type"], "Image");
-        assert!(feature["id"].as_str().unwrap().starts_with("LANDSAT/LC08/C02/T1_L2/LC08_"));
+        assert!(
+            feature["id"]
+                .as_str()
+                .unwrap()
+                .starts_with("LANDSAT/LC08/C02/T1_L2/LC08_")
+        );
         assert!(feature["properties"]["CLOUD_COVER"].is_number());
         assert!(feature["properties"]["system:time_start"].is_i64());
         // Every listed id can be exported.
         let mut body = export_body("listed", "", 10, 10);
-        body["expression"]["values"]["0"]["functionInvocationValue"]["arguments"]["value"]["functionInvocationValue"]["arguments"]["input"]["functionInvocationValue"]["arguments"]["id"]["constantValue"] = feature["id"].clone();
+        body["expression"]["values"]["0"]["functionInvocationValue"]["arguments"]["value"]["functionInvocationValue"]
+            ["arguments"]["input"]["functionInvocationValue"]["arguments"]["id"]["constantValue"] =
+            feature["id"].clone();
         let operation = t.export(&body).await;
-        assert_eq!(t.wait_done(operation["name"].as_str().unwrap()).await["metadata"]["state"], "SUCCEEDED");
+        assert_eq!(
+            t.wait_done(operation["name"].as_str().unwrap()).await["metadata"]["state"],
+            "SUCCEEDED"
+        );
     }
 
-    let (status, body) = t.post("/v1/projects/p/value:compute", &listing_expression("LANDSAT/LC08/C01/T1_SR")).await;
+    let (status, body) = t
+        .post(
+            "/v1/projects/p/value:compute",
+            &listing_expression("LANDSAT/LC08/C01/T1_SR"),
+        )
+        .await;
     assert_eq!(status, 400);
-    assert_eq!(body, json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
-        "message": "ImageCollection.load: ImageCollection asset 'LANDSAT/LC08/C01/T1_SR' not found (does not exist or caller does not have access)."}}));
+    assert_eq!(
+        body,
+        json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+        "message": "ImageCollection.load: ImageCollection asset 'LANDSAT/LC08/C01/T1_SR' not found (does not exist or caller does not have access)."}})
+    );
 
     let unsupported = json!({"expression": {"result": "0", "values": {"0": invoke("Image.pixelArea", json!({}))}}});
     let (status, body) = t.post("/v1/projects/p/value:compute", &unsupported).await;
     assert_eq!(status, 400);
-    assert!(body["error"]["message"].as_str().unwrap().contains("Image.pixelArea"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Image.pixelArea")
+    );
 
     let unknown_function = json!({"expression": {"result": "0", "values": {"0": invoke("Collection.toBands", json!({}))}}});
-    let (status, _) = t.post("/v1/projects/p/value:compute", &unknown_function).await;
+    let (status, _) = t
+        .post("/v1/projects/p/value:compute", &unknown_function)
+        .await;
     assert_eq!(status, 400);
 }
 
@@ -183,7 +230,10 @@ async fn unknown_fields_and_bad_values_are_rejected_like_google() {
         error["error"]["message"],
         "Invalid JSON payload received. Unknown name \"gcsDestination\" at 'file_export_options': Cannot find field."
     );
-    assert_eq!(error["error"]["details"][0]["fieldViolations"][0]["field"], "file_export_options");
+    assert_eq!(
+        error["error"]["details"][0]["fieldViolations"][0]["field"],
+        "file_export_options"
+    );
 
     let mut body = export_body("bad", "bad-2", 10, 10);
     body["fileExportOptions"]["fileFormat"] = json!("GEOTIFF");
@@ -195,12 +245,26 @@ async fn unknown_fields_and_bad_values_are_rejected_like_google() {
     assert_eq!(status, 400);
 
     body["requestId"] = json!("ok-1");
-    body["expression"]["values"]["0"] = invoke("Image.load", json!({"id": {"constantValue": LANDSAT_SCENE}, "bogus": {"constantValue": 1}}));
+    body["expression"]["values"]["0"] = invoke(
+        "Image.load",
+        json!({"id": {"constantValue": LANDSAT_SCENE}, "bogus": {"constantValue": 1}}),
+    );
     let (status, error) = t.post("/v1/projects/p/image:export", &body).await;
     assert_eq!(status, 400);
-    assert!(error["error"]["message"].as_str().unwrap().contains("bogus"));
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bogus")
+    );
 
-    let response = t.http.post(t.url("/v1/projects/p/image:export")).body("{not json").send().await.unwrap();
+    let response = t
+        .http
+        .post(t.url("/v1/projects/p/image:export"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status().as_u16(), 400);
     assert_eq!(t.emulator.stats().exports_by_description.get("bad"), None);
 }
@@ -208,13 +272,21 @@ async fn unknown_fields_and_bad_values_are_rejected_like_google() {
 #[tokio::test]
 async fn an_export_runs_to_success_and_writes_pieces_named_like_ee() {
     let t = TestEmulator::spawn(fast()).await;
-    let operation = t.export(&export_body("tile_h1v1_2021", "tile-h1v1-2021", 600, 300)).await;
+    let operation = t
+        .export(&export_body("tile_h1v1_2021", "tile-h1v1-2021", 600, 300))
+        .await;
     let name = operation["name"].as_str().unwrap();
     let id = name.strip_prefix("projects/p/operations/").unwrap();
     assert_eq!(id.len(), 24);
-    assert!(id.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)));
+    assert!(
+        id.bytes()
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+    );
     let metadata = &operation["metadata"];
-    assert_eq!(metadata["@type"], "type.googleapis.com/google.earthengine.v1.OperationMetadata");
+    assert_eq!(
+        metadata["@type"],
+        "type.googleapis.com/google.earthengine.v1.OperationMetadata"
+    );
     assert_eq!(metadata["state"], "PENDING");
     assert_eq!(metadata["type"], "EXPORT_IMAGE");
     assert_eq!(metadata["description"], "tile_h1v1_2021");
@@ -223,16 +295,27 @@ async fn an_export_runs_to_success_and_writes_pieces_named_like_ee() {
     let done = t.wait_done(name).await;
     let metadata = &done["metadata"];
     assert_eq!(metadata["state"], "SUCCEEDED");
-    assert_eq!(done["response"]["@type"], "type.googleapis.com/google.protobuf.Empty");
+    assert_eq!(
+        done["response"]["@type"],
+        "type.googleapis.com/google.protobuf.Empty"
+    );
     assert!(done.get("error").is_none());
     for field in ["createTime", "updateTime", "startTime", "endTime"] {
         let time = metadata[field].as_str().unwrap();
-        assert!(time.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{field}: {time}");
+        assert!(
+            time.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(time).is_ok(),
+            "{field}: {time}"
+        );
     }
     assert_eq!(metadata["progress"], 1.0);
     assert_eq!(metadata["attempt"], 1);
     assert_eq!(metadata["stages"].as_array().unwrap().len(), 2);
-    assert!(metadata["destinationUris"][0].as_str().unwrap().contains("exports/campaign/"));
+    assert!(
+        metadata["destinationUris"][0]
+            .as_str()
+            .unwrap()
+            .contains("exports/campaign/")
+    );
 
     let mut files: Vec<String> = std::fs::read_dir(t.root.join("campaign"))
         .unwrap()
@@ -250,7 +333,11 @@ async fn an_export_runs_to_success_and_writes_pieces_named_like_ee() {
             "tile_h1v1_2021-0000000256-0000000512.tif",
         ]
     );
-    let first = std::fs::read(t.root.join("campaign/tile_h1v1_2021-0000000000-0000000000.tif")).unwrap();
+    let first = std::fs::read(
+        t.root
+            .join("campaign/tile_h1v1_2021-0000000000-0000000000.tif"),
+    )
+    .unwrap();
     assert_eq!(&first[..4], b"II*\0");
     // 256 × 256 pixels × 3 bands / 512 bytes per pixel.
     assert_eq!(first.len(), 384);
@@ -296,7 +383,14 @@ async fn operations_list_pages_newest_first() {
     let t = TestEmulator::spawn(slow()).await;
     let mut names = Vec::new();
     for i in 0..5 {
-        let op = t.export(&export_body(&format!("page-{i}"), &format!("page-{i}"), 10, 10)).await;
+        let op = t
+            .export(&export_body(
+                &format!("page-{i}"),
+                &format!("page-{i}"),
+                10,
+                10,
+            ))
+            .await;
         names.push(op["name"].as_str().unwrap().to_owned());
     }
     t.export(&{
@@ -310,10 +404,18 @@ async fn operations_list_pages_newest_first() {
     let mut token = String::new();
     loop {
         let (status, page) = t
-            .get(&format!("/v1/projects/p/operations?pageSize=2&pageToken={token}&filter=ignored&alt=json"))
+            .get(&format!(
+                "/v1/projects/p/operations?pageSize=2&pageToken={token}&filter=ignored&alt=json"
+            ))
             .await;
         assert_eq!(status, 200, "{page}");
-        seen.extend(page["operations"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap().to_owned()));
+        seen.extend(
+            page["operations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["name"].as_str().unwrap().to_owned()),
+        );
         match page["nextPageToken"].as_str() {
             Some(next) => token = next.to_owned(),
             None => break,
@@ -329,7 +431,11 @@ async fn operations_list_pages_newest_first() {
 
 #[tokio::test]
 async fn cancel_moves_pending_and_running_operations_to_cancelled() {
-    let t = TestEmulator::spawn(EmulatorOptions { max_concurrent_exports: 1, ..slow() }).await;
+    let t = TestEmulator::spawn(EmulatorOptions {
+        max_concurrent_exports: 1,
+        ..slow()
+    })
+    .await;
     let running = t.export(&export_body("c1", "c1", 10, 10)).await;
     let pending = t.export(&export_body("c2", "c2", 10, 10)).await;
     let running = running["name"].as_str().unwrap();
@@ -341,8 +447,14 @@ async fn cancel_moves_pending_and_running_operations_to_cancelled() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(t.get(&format!("/v1/{pending}")).await.1["metadata"]["state"], "PENDING");
-    assert_eq!(t.get("/v1/projects/p/config").await.1["maxConcurrentExports"], 1);
+    assert_eq!(
+        t.get(&format!("/v1/{pending}")).await.1["metadata"]["state"],
+        "PENDING"
+    );
+    assert_eq!(
+        t.get("/v1/projects/p/config").await.1["maxConcurrentExports"],
+        1
+    );
 
     for name in [pending, running] {
         let (status, body) = t.post(&format!("/v1/{name}:cancel"), &json!({})).await;
@@ -352,24 +464,57 @@ async fn cancel_moves_pending_and_running_operations_to_cancelled() {
         assert_eq!(done["error"]["code"], 1);
     }
     let (status, error) = t.post(&format!("/v1/{running}:cancel"), &json!({})).await;
-    assert_eq!((status, error["error"]["status"].as_str()), (400, Some("FAILED_PRECONDITION")));
-    let (status, error) = t.post("/v1/projects/p/operations/AAAAAAAAAAAAAAAAAAAAAAAA:cancel", &json!({})).await;
-    assert_eq!((status, error["error"]["status"].as_str()), (404, Some("NOT_FOUND")));
-    let (status, _) = t.get("/v1/projects/other/operations/AAAAAAAAAAAAAAAAAAAAAAAA").await;
+    assert_eq!(
+        (status, error["error"]["status"].as_str()),
+        (400, Some("FAILED_PRECONDITION"))
+    );
+    let (status, error) = t
+        .post(
+            "/v1/projects/p/operations/AAAAAAAAAAAAAAAAAAAAAAAA:cancel",
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, error["error"]["status"].as_str()),
+        (404, Some("NOT_FOUND"))
+    );
+    let (status, _) = t
+        .get("/v1/projects/other/operations/AAAAAAAAAAAAAAAAAAAAAAAA")
+        .await;
     assert_eq!(status, 404);
 }
 
 #[tokio::test]
 async fn a_full_queue_answers_resource_exhausted() {
-    let t = TestEmulator::spawn(EmulatorOptions { queue_limit: 2, ..slow() }).await;
+    let t = TestEmulator::spawn(EmulatorOptions {
+        queue_limit: 2,
+        ..slow()
+    })
+    .await;
     t.export(&export_body("q1", "q1", 10, 10)).await;
     t.export(&export_body("q2", "q2", 10, 10)).await;
-    let (status, error) = t.post("/v1/projects/p/image:export", &export_body("q3", "q3", 10, 10)).await;
+    let (status, error) = t
+        .post(
+            "/v1/projects/p/image:export",
+            &export_body("q3", "q3", 10, 10),
+        )
+        .await;
     assert_eq!(status, 429);
-    assert_eq!(error, json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
-        "message": "Too many tasks already in the queue (2). Please wait for some of them to complete."}}));
+    assert_eq!(
+        error,
+        json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+        "message": "Too many tasks already in the queue (2). Please wait for some of them to complete."}})
+    );
     // A retry of an accepted request still gets its operation.
-    assert_eq!(t.post("/v1/projects/p/image:export", &export_body("q1", "q1", 10, 10)).await.0, 200);
+    assert_eq!(
+        t.post(
+            "/v1/projects/p/image:export",
+            &export_body("q1", "q1", 10, 10)
+        )
+        .await
+        .0,
+        200
+    );
 }
 
 #[tokio::test]
@@ -380,64 +525,137 @@ async fn tasks_fail_with_ee_messages() {
     let op = t.export(&body).await;
     let done = t.wait_done(op["name"].as_str().unwrap()).await;
     assert_eq!(done["metadata"]["state"], "FAILED");
-    assert_eq!(done["error"]["message"], "Export too large: specified 400000000 pixels (max: 100000000). Specify higher maxPixels value if you intend to export a large area.");
+    assert_eq!(
+        done["error"]["message"],
+        "Export too large: specified 400000000 pixels (max: 100000000). Specify higher maxPixels value if you intend to export a large area."
+    );
 
     let mut missing = export_body("missing", "missing", 10, 10);
-    missing["expression"]["values"]["0"] = invoke("Image.load", json!({"id": {"constantValue": "LANDSAT/LC08/C02/T1_L2/LC08_001001_20000101"}}));
+    missing["expression"]["values"]["0"] = invoke(
+        "Image.load",
+        json!({"id": {"constantValue": "LANDSAT/LC08/C02/T1_L2/LC08_001001_20000101"}}),
+    );
     let op = t.export(&missing).await;
     let done = t.wait_done(op["name"].as_str().unwrap()).await;
-    assert_eq!(done["error"]["message"], "Image.load: Image asset 'LANDSAT/LC08/C02/T1_L2/LC08_001001_20000101' not found (does not exist or caller does not have access).");
+    assert_eq!(
+        done["error"]["message"],
+        "Image.load: Image asset 'LANDSAT/LC08/C02/T1_L2/LC08_001001_20000101' not found (does not exist or caller does not have access)."
+    );
 
-    let (status, _) = t.post("/_emulator/faults", &json!({"kind": "next_tasks_fail", "count": 1})).await;
+    let (status, _) = t
+        .post(
+            "/_emulator/faults",
+            &json!({"kind": "next_tasks_fail", "count": 1}),
+        )
+        .await;
     assert_eq!(status, 200);
     let op = t.export(&export_body("flaky", "flaky-1", 10, 10)).await;
     let done = t.wait_done(op["name"].as_str().unwrap()).await;
-    assert_eq!((done["metadata"]["state"].as_str(), done["error"]["message"].as_str()), (Some("FAILED"), Some("Computation timed out.")));
+    assert_eq!(
+        (
+            done["metadata"]["state"].as_str(),
+            done["error"]["message"].as_str()
+        ),
+        (Some("FAILED"), Some("Computation timed out."))
+    );
     let op = t.export(&export_body("flaky", "flaky-2", 10, 10)).await;
-    assert_eq!(t.wait_done(op["name"].as_str().unwrap()).await["metadata"]["state"], "SUCCEEDED");
+    assert_eq!(
+        t.wait_done(op["name"].as_str().unwrap()).await["metadata"]["state"],
+        "SUCCEEDED"
+    );
 
     // With fail_rate 1 the first export of a description fails and its resubmission succeeds.
-    let always = TestEmulator::spawn(EmulatorOptions { fail_rate: 1.0, bucket: Some("exports".into()), ..fast() }).await;
-    let first = always.export(&export_body("retry", "retry-1", 10, 10)).await;
-    assert_eq!(always.wait_done(first["name"].as_str().unwrap()).await["metadata"]["state"], "FAILED");
-    let second = always.export(&export_body("retry", "retry-2", 10, 10)).await;
-    assert_eq!(always.wait_done(second["name"].as_str().unwrap()).await["metadata"]["state"], "SUCCEEDED");
+    let always = TestEmulator::spawn(EmulatorOptions {
+        fail_rate: 1.0,
+        bucket: Some("exports".into()),
+        ..fast()
+    })
+    .await;
+    let first = always
+        .export(&export_body("retry", "retry-1", 10, 10))
+        .await;
+    assert_eq!(
+        always.wait_done(first["name"].as_str().unwrap()).await["metadata"]["state"],
+        "FAILED"
+    );
+    let second = always
+        .export(&export_body("retry", "retry-2", 10, 10))
+        .await;
+    assert_eq!(
+        always.wait_done(second["name"].as_str().unwrap()).await["metadata"]["state"],
+        "SUCCEEDED"
+    );
     let mut elsewhere = export_body("elsewhere", "elsewhere", 10, 10);
     elsewhere["fileExportOptions"]["cloudStorageDestination"]["bucket"] = json!("not-mine");
     let op = always.export(&elsewhere).await;
     let done = always.wait_done(op["name"].as_str().unwrap()).await;
-    assert!(done["error"]["message"].as_str().unwrap().contains("not-mine"));
+    assert!(
+        done["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not-mine")
+    );
 }
 
 #[tokio::test]
 async fn injected_faults_answer_in_googles_error_shape() {
     let t = TestEmulator::spawn(fast()).await;
-    t.emulator.inject(Fault::NextRequests { method: Some(ApiMethod::OperationsList), count: 1, status: 503, message: None, processed: false });
+    t.emulator.inject(Fault::NextRequests {
+        method: Some(ApiMethod::OperationsList),
+        count: 1,
+        status: 503,
+        message: None,
+        processed: false,
+    });
     let (status, body) = t.get("/v1/projects/p/operations").await;
     assert_eq!(status, 503);
     assert_eq!(body["error"]["status"], "UNAVAILABLE");
     assert_eq!(t.get("/v1/projects/p/operations").await.0, 200);
 
-    let (status, _) = t.post("/_emulator/faults", &json!([{"kind": "rates", "throttle_rate": 1.0}])).await;
+    let (status, _) = t
+        .post(
+            "/_emulator/faults",
+            &json!([{"kind": "rates", "throttle_rate": 1.0}]),
+        )
+        .await;
     assert_eq!(status, 200);
     let (status, body) = t.get("/v1/projects/p/config").await;
     assert_eq!(status, 429);
-    assert_eq!(body, json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
-        "message": "Too Many Requests: Request was rejected because the request rate or concurrency limit was exceeded."}}));
+    assert_eq!(
+        body,
+        json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+        "message": "Too Many Requests: Request was rejected because the request rate or concurrency limit was exceeded."}})
+    );
     t.post("/_emulator/faults", &json!({"kind": "clear"})).await;
 
     // A processed fault: the export starts, but the client sees a 500 and must retry with the
     // same requestId to learn the operation.
-    t.emulator.inject(Fault::NextRequests { method: Some(ApiMethod::ImageExport), count: 1, status: 500, message: None, processed: true });
+    t.emulator.inject(Fault::NextRequests {
+        method: Some(ApiMethod::ImageExport),
+        count: 1,
+        status: 500,
+        message: None,
+        processed: true,
+    });
     let body = export_body("lost", "lost-1", 10, 10);
     assert_eq!(t.post("/v1/projects/p/image:export", &body).await.0, 500);
     t.export(&body).await;
     assert_eq!(t.emulator.stats().exports_by_description["lost"], 1);
 
-    let (status, _) = t.post("/_emulator/faults", &json!({"kind": "explode"})).await;
+    let (status, _) = t
+        .post("/_emulator/faults", &json!({"kind": "explode"}))
+        .await;
     assert_eq!(status, 400);
 
-    let stats: Value = t.http.get(t.url("/_emulator/stats")).send().await.unwrap().json().await.unwrap();
+    let stats: Value = t
+        .http
+        .get(t.url("/_emulator/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(stats["requests"]["operations.list"], 2);
     assert_eq!(stats["requests"]["projects.getConfig"], 1);
     assert_eq!(stats["requests"]["image.export"], 2);
@@ -445,19 +663,32 @@ async fn injected_faults_answer_in_googles_error_shape() {
     assert_eq!(stats["responses"]["429"], 1);
     assert_eq!(stats["responses"]["500"], 1);
 
-    let throttled = TestEmulator::spawn(EmulatorOptions { unavailable_rate: 1.0, ..fast() }).await;
+    let throttled = TestEmulator::spawn(EmulatorOptions {
+        unavailable_rate: 1.0,
+        ..fast()
+    })
+    .await;
     assert_eq!(throttled.get("/v1/projects/p/operations").await.0, 503);
     let (status, body) = throttled.get("/v1/projects/p/nothing-here").await;
-    assert_eq!((status, body["error"]["status"].as_str()), (404, Some("NOT_FOUND")));
+    assert_eq!(
+        (status, body["error"]["status"].as_str()),
+        (404, Some("NOT_FOUND"))
+    );
 }
 
 fn sign_jwt(key: &aws_lc_rs::signature::RsaKeyPair, claims: &Value) -> String {
-    use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
-    let header = URL_SAFE_NO_PAD.encode(json!({"alg": "RS256", "typ": "JWT", "kid": "k1"}).to_string());
+    use aws_lc_rs::signature::RSA_PKCS1_SHA256;
+    let header =
+        URL_SAFE_NO_PAD.encode(json!({"alg": "RS256", "typ": "JWT", "kid": "k1"}).to_string());
     let signed = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
     let mut signature = vec![0; key.public_modulus_len()];
-    key.sign(&RSA_PKCS1_SHA256, &aws_lc_rs::rand::SystemRandom::new(), signed.as_bytes(), &mut signature)
-        .unwrap();
+    key.sign(
+        &RSA_PKCS1_SHA256,
+        &aws_lc_rs::rand::SystemRandom::new(),
+        signed.as_bytes(),
+        &mut signature,
+    )
+    .unwrap();
     format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature))
 }
 
@@ -465,7 +696,12 @@ fn sign_jwt(key: &aws_lc_rs::signature::RsaKeyPair, claims: &Value) -> String {
 async fn auth_requires_tokens_from_the_jwt_bearer_flow() {
     use aws_lc_rs::encoding::AsDer;
     use aws_lc_rs::signature::{KeyPair as _, RsaKeyPair};
-    let t = TestEmulator::spawn(EmulatorOptions { require_auth: true, token_expires_in_secs: 1234, ..fast() }).await;
+    let t = TestEmulator::spawn(EmulatorOptions {
+        require_auth: true,
+        token_expires_in_secs: 1234,
+        ..fast()
+    })
+    .await;
     let key = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
     let der = key.public_key().as_der().unwrap();
     let pem = format!(
@@ -484,44 +720,101 @@ async fn auth_requires_tokens_from_the_jwt_bearer_flow() {
     let request = |assertion: String| {
         t.http
             .post(t.url("/token"))
-            .form(&[("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", assertion.as_str())])
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("assertion", assertion.as_str()),
+            ])
             .send()
     };
     let response = request(sign_jwt(&key, &claims)).await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
     let token: Value = response.json().await.unwrap();
-    assert_eq!((token["expires_in"].as_u64(), token["token_type"].as_str()), (Some(1234), Some("Bearer")));
+    assert_eq!(
+        (token["expires_in"].as_u64(), token["token_type"].as_str()),
+        (Some(1234), Some("Bearer"))
+    );
     let access = token["access_token"].as_str().unwrap();
-    let response = t.http.get(t.url("/v1/projects/p/config")).bearer_auth(access).send().await.unwrap();
+    let response = t
+        .http
+        .get(t.url("/v1/projects/p/config"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status().as_u16(), 200);
-    let response = t.http.get(t.url("/v1/projects/p/config")).bearer_auth("ya29.forged").send().await.unwrap();
+    let response = t
+        .http
+        .get(t.url("/v1/projects/p/config"))
+        .bearer_auth("ya29.forged")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status().as_u16(), 401);
 
     let other = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-    let refused: Value = request(sign_jwt(&other, &claims)).await.unwrap().json().await.unwrap();
-    assert_eq!(refused, json!({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}));
+    let refused: Value = request(sign_jwt(&other, &claims))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused,
+        json!({"error": "invalid_grant", "error_description": "Invalid JWT Signature."})
+    );
     let mut stale = claims.clone();
     stale["iat"] = json!(now - 7200);
     stale["exp"] = json!(now - 3600);
     let response = request(sign_jwt(&key, &stale)).await.unwrap();
     assert_eq!(response.status().as_u16(), 400);
-    let wrong_grant = t.http.post(t.url("/token")).form(&[("grant_type", "password")]).send().await.unwrap();
-    assert_eq!(wrong_grant.json::<Value>().await.unwrap()["error"], "unsupported_grant_type");
+    let wrong_grant = t
+        .http
+        .post(t.url("/token"))
+        .form(&[("grant_type", "password")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        wrong_grant.json::<Value>().await.unwrap()["error"],
+        "unsupported_grant_type"
+    );
     assert_eq!(t.emulator.stats().requests["token"], 4);
 }
 
 #[tokio::test]
 async fn a_configured_project_rejects_others_and_shutdown_stops_serving() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let options = EmulatorOptions { project: Some("mine".into()), ..fast() };
-    let emulator = emulator::start("127.0.0.1:0".parse().unwrap(), store, options).await.unwrap();
+    let options = EmulatorOptions {
+        project: Some("mine".into()),
+        ..fast()
+    };
+    let emulator = emulator::start("127.0.0.1:0".parse().unwrap(), store, options)
+        .await
+        .unwrap();
     let http = reqwest::Client::new();
     let url = emulator.url();
-    let config: Value = http.get(format!("{url}/v1/projects/mine/config")).send().await.unwrap().json().await.unwrap();
+    let config: Value = http
+        .get(format!("{url}/v1/projects/mine/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(config["name"], "projects/mine/config");
     assert_eq!(config["planMaxConcurrentExports"], 2);
-    let other = http.get(format!("{url}/v1/projects/theirs/config")).send().await.unwrap();
+    let other = http
+        .get(format!("{url}/v1/projects/theirs/config"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(other.status().as_u16(), 403);
     emulator.shutdown().await;
-    assert!(reqwest::Client::new().get(format!("{url}/v1/projects/mine/config")).send().await.is_err());
+    assert!(
+        reqwest::Client::new()
+            .get(format!("{url}/v1/projects/mine/config"))
+            .send()
+            .await
+            .is_err()
+    );
 }

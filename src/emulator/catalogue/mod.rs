@@ -8,10 +8,13 @@
 //! tiles for Sentinel-2. Blocks of 3×3 cells are "ocean" with a 10% chance and hold no scenes,
 //! so some tile-periods are empty. Everything is hashed from the seed, the family and the CRS.
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
+use chrono::{Duration, NaiveDate, Utc};
 use serde_json::{Map, Value, json};
 
-use super::{stable_hash, unit};
+mod scenes;
+
+use super::stable_hash;
+use scenes::{LandsatSensor, landsat_image, mgrs_tile, sentinel2_image};
 
 /// Why a catalogue lookup failed; the messages are EE's.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -20,7 +23,9 @@ pub(crate) enum CatalogueError {
         "ImageCollection.load: ImageCollection asset '{0}' not found (does not exist or caller does not have access)."
     )]
     UnknownCollection(String),
-    #[error("Image.load: Image asset '{0}' not found (does not exist or caller does not have access).")]
+    #[error(
+        "Image.load: Image asset '{0}' not found (does not exist or caller does not have access)."
+    )]
     UnknownImage(String),
     #[error("Collection query aborted after accumulating over {0} elements.")]
     TooMany(usize),
@@ -216,7 +221,9 @@ impl CollectionSpec {
     }
 
     fn day_range(&self) -> (i64, Option<i64>) {
-        let day = |(y, m, d): (i32, u32, u32)| days(NaiveDate::from_ymd_opt(y, m, d).expect("valid date"));
+        let day = |(y, m, d): (i32, u32, u32)| {
+            days(NaiveDate::from_ymd_opt(y, m, d).expect("valid date"))
+        };
         (day(self.first), self.last.map(day))
     }
 
@@ -239,14 +246,17 @@ impl CollectionSpec {
         let (first_day, last_day) = self.day_range();
         let today = days(Utc::now().date_naive());
         let start_day = start_ms.div_euclid(86_400_000).max(first_day);
-        let end_day = (end_ms - 1).div_euclid(86_400_000).min(last_day.unwrap_or(today));
+        let end_day = (end_ms - 1)
+            .div_euclid(86_400_000)
+            .min(last_day.unwrap_or(today));
         let mut images = Vec::new();
         // Scenes reach `overlap` below their cell (and, for Sentinel-2, right of it); the exact
         // overlap test below drops the candidates that only come close.
         let (c, o) = (lattice.cell, lattice.overlap);
         let columns = ((x0 - o) / c).floor() as i64..=(x1 / c).floor() as i64;
         let rows = (y0 / c).floor() as i64..=((y1 + o) / c).floor() as i64;
-        let cells = (columns.end() - columns.start() + 1).saturating_mul(rows.end() - rows.start() + 1);
+        let cells =
+            (columns.end() - columns.start() + 1).saturating_mul(rows.end() - rows.start() + 1);
         if cells > MAX_ELEMENTS as i64 {
             return Err(CatalogueError::TooMany(MAX_ELEMENTS));
         }
@@ -298,7 +308,7 @@ impl CollectionSpec {
 
     fn ocean(&self, seed: u64, crs: &str, ix: i64, iy: i64) -> bool {
         let block = format!("{},{}", ix.div_euclid(3), iy.div_euclid(3));
-        stable_hash(seed, &["ocean", self.family_name(), crs, &block]) % 10 == 0
+        stable_hash(seed, &["ocean", self.family_name(), crs, &block]).is_multiple_of(10)
     }
 
     /// The acquisition cycle of a lattice column: (a day on the cycle, cycle length in days).
@@ -326,7 +336,11 @@ impl CollectionSpec {
                 let path = wrs_path(seed, crs, ix);
                 let row_base = (stable_hash(seed, &["row", crs]) % 248) as i64;
                 let row = 1 + (row_base - iy).rem_euclid(248);
-                let sensor = LandsatSensor { code, spacecraft, sensor };
+                let sensor = LandsatSensor {
+                    code,
+                    spacecraft,
+                    sensor,
+                };
                 landsat_image(self.id, sensor, path, row, day)
             }
             Family::Sentinel2 => {
@@ -357,9 +371,17 @@ impl CollectionSpec {
                 let [prefix, path_row, date] = parts.as_slice() else {
                     return Err(unknown());
                 };
-                let path: i64 = path_row.get(..3).and_then(|p| p.parse().ok()).ok_or_else(unknown)?;
-                let row: i64 = path_row.get(3..).and_then(|r| r.parse().ok()).ok_or_else(unknown)?;
-                let day = NaiveDate::parse_from_str(date, "%Y%m%d").map(days).map_err(|_| unknown())?;
+                let path: i64 = path_row
+                    .get(..3)
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(unknown)?;
+                let row: i64 = path_row
+                    .get(3..)
+                    .and_then(|r| r.parse().ok())
+                    .ok_or_else(unknown)?;
+                let day = NaiveDate::parse_from_str(date, "%Y%m%d")
+                    .map(days)
+                    .map_err(|_| unknown())?;
                 let on_cycle = (day - path_cycle_day(path) - cycle_offset).rem_euclid(16) == 0;
                 if *prefix != code
                     || path_row.len() != 6
@@ -370,7 +392,11 @@ impl CollectionSpec {
                 {
                     return Err(unknown());
                 }
-                let sensor = LandsatSensor { code, spacecraft, sensor };
+                let sensor = LandsatSensor {
+                    code,
+                    spacecraft,
+                    sensor,
+                };
                 Ok(landsat_image(self.id, sensor, path, row, day))
             }
             Family::Sentinel2 => {
@@ -383,7 +409,10 @@ impl CollectionSpec {
                     .and_then(|d| NaiveDate::parse_from_str(d, "%Y%m%d").ok())
                     .map(days)
                     .ok_or_else(unknown)?;
-                let tile = tile.strip_prefix('T').filter(|t| t.len() == 5).ok_or_else(unknown)?;
+                let tile = tile
+                    .strip_prefix('T')
+                    .filter(|t| t.len() == 5)
+                    .ok_or_else(unknown)?;
                 if !in_range(day) {
                     return Err(unknown());
                 }
@@ -426,194 +455,6 @@ fn path_cycle_day(path: i64) -> i64 {
     (path * 7).rem_euclid(16)
 }
 
-fn mgrs_tile(seed: u64, crs: &str, ix: i64, iy: i64) -> String {
-    const BANDS: &[u8] = b"CDEFGHJKLMNPQRSTUVWX";
-    const COLUMNS: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ";
-    const ROWS: &[u8] = b"ABCDEFGHJKLMNPQRSTUV";
-    let zone = 1 + (stable_hash(seed, &["zone", crs]) as i64 + ix.div_euclid(6)).rem_euclid(60);
-    let band = BANDS[(stable_hash(seed, &["band", crs]) as i64 + iy.div_euclid(9)).rem_euclid(20) as usize];
-    let column = COLUMNS[ix.rem_euclid(24) as usize];
-    let row = ROWS[iy.rem_euclid(20) as usize];
-    format!("{zone:02}{}{}{}", band as char, column as char, row as char)
-}
-
-fn landsat_bands(code: &str, zone: i64, hash: u64) -> Vec<Band> {
-    let oli = code.starts_with("LC");
-    let names: &[&str] = if oli {
-        &["SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7", "SR_QA_AEROSOL", "ST_B10"]
-    } else {
-        &["SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B7", "SR_ATMOS_OPACITY", "SR_CLOUD_QA", "ST_B6"]
-    };
-    let thermal = [
-        "ST_ATRAN", "ST_CDIST", "ST_DRAD", "ST_EMIS", "ST_EMSD", "ST_QA", "ST_TRAD", "ST_URAD",
-        "QA_PIXEL", "QA_RADSAT",
-    ];
-    let width = 7500 + hash % 600;
-    let height = 7600 + (hash >> 16) % 600;
-    let x = 200_000.0 + ((hash >> 32) % 300) as f64 * 1000.0 + 15.0;
-    let y = 4_000_000.0 + ((hash >> 40) % 900) as f64 * 1000.0 + 15.0;
-    names
-        .iter()
-        .chain(thermal.iter())
-        .map(|name| {
-            let (precision, min, max) = match *name {
-                "SR_QA_AEROSOL" | "SR_CLOUD_QA" => ("int", 0.0, 255.0),
-                "SR_ATMOS_OPACITY" | "ST_ATRAN" | "ST_CDIST" | "ST_DRAD" | "ST_EMIS" | "ST_EMSD"
-                | "ST_QA" | "ST_TRAD" | "ST_URAD" => ("int", -32768.0, 32767.0),
-                _ => ("int", 0.0, 65535.0),
-            };
-            Band {
-                id: (*name).to_owned(),
-                precision,
-                min,
-                max,
-                dimensions: Some([width, height]),
-                crs: format!("EPSG:326{zone:02}"),
-                crs_transform: [30.0, 0.0, x, 0.0, -30.0, y],
-            }
-        })
-        .collect()
-}
-
-fn time_start(day: i64, seconds_of_day: i64, millis: i64) -> i64 {
-    day * 86_400_000 + seconds_of_day * 1000 + millis
-}
-
-struct LandsatSensor {
-    code: &'static str,
-    spacecraft: &'static str,
-    sensor: &'static str,
-}
-
-fn landsat_image(collection: &str, sensor: LandsatSensor, path: i64, row: i64, day: i64) -> ImageRecord {
-    let LandsatSensor {
-        code,
-        spacecraft,
-        sensor,
-    } = sensor;
-    let date = date_of(day);
-    let index = format!("{code}_{path:03}{row:03}_{}", date.format("%Y%m%d"));
-    let id = format!("{collection}/{index}");
-    let h = stable_hash(0, &[&id]);
-    // Scenes of one path pass ~24 s apart per row, around 10:30 local solar time.
-    let seconds = 36_000 + (path * 397).rem_euclid(14_400) + row * 24;
-    let start = time_start(day, seconds, (h % 1000) as i64);
-    let cloud = (unit(h).powi(2) * 10_000.0).round() / 100.0;
-    let land = (cloud + unit(h >> 7) * 5.0).min(100.0);
-    let doy = f64::from(date.ordinal());
-    let season = (2.0 * std::f64::consts::PI * (doy - 172.0) / 365.25).cos();
-    let processed = date_of(day + 7 + (h % 20) as i64);
-    let zone = 1 + (60 - path * 60 / 233).rem_euclid(60);
-    let mut p = Map::new();
-    p.insert("CLOUD_COVER".into(), json!(cloud));
-    p.insert("CLOUD_COVER_LAND".into(), json!((land * 100.0).round() / 100.0));
-    p.insert("COLLECTION_CATEGORY".into(), json!("T1"));
-    p.insert("COLLECTION_NUMBER".into(), json!(2));
-    p.insert("DATE_ACQUIRED".into(), json!(date.format("%Y-%m-%d").to_string()));
-    p.insert("EARTH_SUN_DISTANCE".into(), json!(1.0 + 0.0167 * season));
-    p.insert("GEOMETRIC_RMSE_MODEL".into(), json!(3.0 + unit(h >> 13) * 6.0));
-    p.insert("GEOMETRIC_RMSE_MODEL_X".into(), json!(2.0 + unit(h >> 17) * 4.0));
-    p.insert("GEOMETRIC_RMSE_MODEL_Y".into(), json!(2.0 + unit(h >> 19) * 4.0));
-    if code.starts_with("LC") {
-        p.insert("IMAGE_QUALITY_OLI".into(), json!(9));
-        p.insert("IMAGE_QUALITY_TIRS".into(), json!(9));
-    } else {
-        p.insert("IMAGE_QUALITY".into(), json!(9));
-        p.insert("IMAGE_QUALITY_TM".into(), json!(9));
-    }
-    p.insert(
-        "LANDSAT_PRODUCT_ID".into(),
-        json!(format!(
-            "{code}_L2SP_{path:03}{row:03}_{}_{}_02_T1",
-            date.format("%Y%m%d"),
-            processed.format("%Y%m%d")
-        )),
-    );
-    p.insert("PROCESSING_LEVEL".into(), json!("L2SP"));
-    p.insert("SENSOR_ID".into(), json!(sensor));
-    p.insert("SPACECRAFT_ID".into(), json!(spacecraft));
-    p.insert("SUN_AZIMUTH".into(), json!(130.0 + 20.0 * season + unit(h >> 23) * 5.0));
-    p.insert("SUN_ELEVATION".into(), json!(45.0 + 18.0 * season + unit(h >> 29) * 3.0));
-    p.insert("WRS_PATH".into(), json!(path));
-    p.insert("WRS_ROW".into(), json!(row));
-    p.insert("system:asset_size".into(), json!(800_000_000 + (h % 300_000_000)));
-    p.insert("system:index".into(), json!(index));
-    p.insert("system:time_start".into(), json!(start));
-    ImageRecord {
-        version: Some((start + 8 * 86_400_000) * 1000 + (h % 1000) as i64),
-        bands: landsat_bands(code, zone, h),
-        properties: p,
-        id: Some(id),
-    }
-}
-
-fn sentinel2_image(spec: &CollectionSpec, tile: &str, day: i64) -> ImageRecord {
-    let h = stable_hash(0, &["s2", tile, &day.to_string()]);
-    let seconds = 36_000 + (stable_hash(0, &[tile]) % 10_800) as i64;
-    let start = time_start(day, seconds, (h % 1000) as i64);
-    let sensing: DateTime<Utc> = Utc.timestamp_millis_opt(start).single().unwrap_or_default();
-    let datatake = sensing.format("%Y%m%dT%H%M%S").to_string();
-    let generated = (sensing + Duration::seconds(300 + (h % 600) as i64)).format("%Y%m%dT%H%M%S");
-    let index = format!("{datatake}_{generated}_T{tile}");
-    let spacecraft = if day % 2 == 0 { "Sentinel-2A" } else { "Sentinel-2B" };
-    let zone: i64 = tile.get(..2).and_then(|z| z.parse().ok()).unwrap_or(1);
-    let cloud = (unit(h).powi(2) * 1_000_000.0).round() / 10_000.0;
-    let mut bands = Vec::new();
-    let resolution = |name: &str| match name {
-        "B2" | "B3" | "B4" | "B8" | "TCI_R" | "TCI_G" | "TCI_B" | "QA10" | "AOT" | "WVP" => 10.0,
-        "B1" | "B9" | "QA60" => 60.0,
-        _ => 20.0,
-    };
-    for name in [
-        "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B11", "B12", "AOT", "WVP",
-        "SCL", "TCI_R", "TCI_G", "TCI_B", "MSK_CLDPRB", "MSK_SNWPRB", "QA10", "QA20", "QA60",
-    ] {
-        let scale: f64 = resolution(name);
-        let size = (109_800.0 / scale) as u64;
-        let max = if name.starts_with("TCI") || name.starts_with("MSK") || name == "SCL" {
-            255.0
-        } else {
-            65535.0
-        };
-        bands.push(Band {
-            id: name.to_owned(),
-            precision: "int",
-            min: 0.0,
-            max,
-            dimensions: Some([size, size]),
-            crs: format!("EPSG:326{zone:02}"),
-            crs_transform: [scale, 0.0, 300_000.0, 0.0, -scale, 4_000_020.0],
-        });
-    }
-    let mut p = Map::new();
-    p.insert("CLOUDY_PIXEL_PERCENTAGE".into(), json!(cloud));
-    p.insert("CLOUD_COVERAGE_ASSESSMENT".into(), json!(cloud));
-    p.insert("DATATAKE_IDENTIFIER".into(), json!(format!("GS2A_{datatake}_031000_N05.00")));
-    p.insert("GENERAL_QUALITY".into(), json!("PASSED"));
-    p.insert("MGRS_TILE".into(), json!(tile));
-    p.insert(
-        "PRODUCT_ID".into(),
-        json!(format!(
-            "{}_MSIL2A_{datatake}_N0500_R{:03}_T{tile}_{generated}",
-            if spacecraft.ends_with('A') { "S2A" } else { "S2B" },
-            1 + h % 143
-        )),
-    );
-    p.insert("SENSING_ORBIT_NUMBER".into(), json!(1 + h % 143));
-    p.insert("SPACECRAFT_NAME".into(), json!(spacecraft));
-    p.insert("MEAN_SOLAR_AZIMUTH_ANGLE".into(), json!(140.0 + unit(h >> 9) * 30.0));
-    p.insert("MEAN_SOLAR_ZENITH_ANGLE".into(), json!(25.0 + unit(h >> 11) * 40.0));
-    p.insert("system:asset_size".into(), json!(500_000_000 + (h % 700_000_000)));
-    p.insert("system:index".into(), json!(index));
-    p.insert("system:time_start".into(), json!(start));
-    ImageRecord {
-        id: Some(format!("{}/{index}", spec.id)),
-        version: Some((start + 3 * 86_400_000) * 1000 + (h % 1000) as i64),
-        bands,
-        properties: p,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -633,13 +474,28 @@ mod tests {
     fn queries_are_deterministic_and_within_the_range() {
         let lc08 = collection("LANDSAT/LC08/C02/T1_L2").unwrap();
         let tile = utm_tile(400_000.0, 4_100_000.0);
-        let a = lc08.query(&[tile.clone()], ms(2021, 6, 1), ms(2021, 9, 1), 7).unwrap();
-        let b = lc08.query(&[tile], ms(2021, 6, 1), ms(2021, 9, 1), 7).unwrap();
+        let a = lc08
+            .query(
+                std::slice::from_ref(&tile),
+                ms(2021, 6, 1),
+                ms(2021, 9, 1),
+                7,
+            )
+            .unwrap();
+        let b = lc08
+            .query(&[tile], ms(2021, 6, 1), ms(2021, 9, 1), 7)
+            .unwrap();
         assert_eq!(a, b);
         for image in &a {
             let t = image.properties["system:time_start"].as_i64().unwrap();
             assert!((ms(2021, 6, 1)..ms(2021, 9, 1)).contains(&t));
-            assert!(image.id.as_deref().unwrap().starts_with("LANDSAT/LC08/C02/T1_L2/LC08_"));
+            assert!(
+                image
+                    .id
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("LANDSAT/LC08/C02/T1_L2/LC08_")
+            );
         }
     }
 
@@ -649,7 +505,9 @@ mod tests {
         let (mut two, mut empty) = (0, 0);
         for i in 0..60 {
             let tile = utm_tile(f64::from(i % 10) * 150_000.0, f64::from(i / 10) * 150_000.0);
-            let images = lc08.query(&[tile], ms(2021, 1, 1), ms(2021, 3, 1), 0).unwrap();
+            let images = lc08
+                .query(&[tile], ms(2021, 1, 1), ms(2021, 3, 1), 0)
+                .unwrap();
             empty += usize::from(images.is_empty());
             let mut dates: Vec<&str> = images
                 .iter()
@@ -665,7 +523,11 @@ mod tests {
 
     #[test]
     fn every_queried_id_loads_and_others_do_not() {
-        for id in ["LANDSAT/LT05/C02/T1_L2", "COPERNICUS/S2_SR_HARMONIZED", "LANDSAT/LC09/C02/T1_L2"] {
+        for id in [
+            "LANDSAT/LT05/C02/T1_L2",
+            "COPERNICUS/S2_SR_HARMONIZED",
+            "LANDSAT/LC09/C02/T1_L2",
+        ] {
             let spec = collection(id).unwrap();
             let images = spec
                 .query(&[utm_tile(0.0, 0.0)], ms(2022, 1, 1), ms(2022, 2, 1), 3)
@@ -675,15 +537,23 @@ mod tests {
             }
         }
         let lc08 = collection("LANDSAT/LC08/C02/T1_L2").unwrap();
-        assert!(lc08.load("LANDSAT/LC08/C02/T1_L2/LC08_044034_19990101").is_err());
+        assert!(
+            lc08.load("LANDSAT/LC08/C02/T1_L2/LC08_044034_19990101")
+                .is_err()
+        );
         assert!(lc08.load("LANDSAT/LC08/C02/T1_L2/nonsense").is_err());
-        assert!(matches!(collection("LANDSAT/LC08/C01/T1_SR"), Err(CatalogueError::UnknownCollection(_))));
+        assert!(matches!(
+            collection("LANDSAT/LC08/C01/T1_SR"),
+            Err(CatalogueError::UnknownCollection(_))
+        ));
     }
 
     #[test]
     fn landsat_bands_follow_the_sensor() {
         let lt05 = collection("LANDSAT/LT05/C02/T1_L2").unwrap();
-        let images = lt05.query(&[utm_tile(0.0, 0.0)], ms(2000, 1, 1), ms(2000, 6, 1), 1).unwrap();
+        let images = lt05
+            .query(&[utm_tile(0.0, 0.0)], ms(2000, 1, 1), ms(2000, 6, 1), 1)
+            .unwrap();
         let bands: Vec<&str> = images[0].bands.iter().map(|b| b.id.as_str()).collect();
         assert!(bands.contains(&"ST_B6") && !bands.contains(&"ST_B10"));
         assert!(images[0].properties.contains_key("IMAGE_QUALITY_TM"));
@@ -692,6 +562,9 @@ mod tests {
     #[test]
     fn an_unbounded_query_is_refused() {
         let s2 = collection("COPERNICUS/S2_SR_HARMONIZED").unwrap();
-        assert_eq!(s2.query(&[], 0, i64::MAX, 0), Err(CatalogueError::TooMany(MAX_ELEMENTS)));
+        assert_eq!(
+            s2.query(&[], 0, i64::MAX, 0),
+            Err(CatalogueError::TooMany(MAX_ELEMENTS))
+        );
     }
 }
