@@ -30,7 +30,9 @@
 //! - [`auth`]: OAuth2 access tokens (service-account key, Application Default Credentials, none).
 //! - [`earthengine`]: the EE REST client: expressions, exports, operations, errors.
 //! - [`emulator`]: an EE emulator that speaks the same REST API, for tests and demos.
+//! - [`jobs`]: one module per stage: export, poll, download, clean.
 //! - [`store`]: the export bucket EE writes into, and the destination cedar downloads to.
+//! - [`queue`]: the durable jobs of every stage in Redis (leases, retries, snooze, admission), run by apalis.
 //! - [`tracking`]: each submission and the state of its orders (Redis), and its JSON document.
 
 pub mod auth;
@@ -41,8 +43,10 @@ pub mod demo;
 pub mod earthengine;
 pub mod emulator;
 pub mod grid;
+pub mod jobs;
 pub mod naming;
 pub mod order;
 pub mod period;
+pub mod queue;
 pub mod store;
 pub mod tracking;

@@ -164,6 +164,10 @@ pub struct OrderStatus {
     pub objects: Vec<VerifiedObject>,
     #[serde(default)]
     pub bytes: u64,
+    /// When cedar started the export (cedar's clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exported: Option<DateTime<Utc>>,
+    /// EE's times of the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -184,6 +188,7 @@ impl OrderStatus {
             images: None,
             objects: Vec::new(),
             bytes: 0,
+            exported: None,
             created: None,
             started: None,
             ended: None,

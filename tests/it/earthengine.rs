@@ -1,5 +1,6 @@
 //! The Earth Engine client against real servers on loopback.
 
+mod auth;
 mod calls;
 mod python;
 mod wire;

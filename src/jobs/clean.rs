@@ -1,0 +1,24 @@
+//! Clean: delete from the export bucket exactly the objects download verified — by full name,
+//! never by pattern. An object already gone counts as deleted, so clean can run twice.
+
+use super::{Context, JobError, order_of};
+use crate::queue::{OrderJob, Outcome};
+use crate::tracking::OrderState;
+
+/// Runs the clean stage of one order.
+pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
+    let order = order_of(job);
+    let Some(status) = ctx.tracker.status(&job.tracking, &order).await? else {
+        return Ok(Outcome::Done);
+    };
+    if status.state != OrderState::Downloaded {
+        return Ok(Outcome::Done);
+    }
+    for object in &status.objects {
+        ctx.bucket.delete(&object.name).await?;
+    }
+    ctx.tracker
+        .update(&job.tracking, &order, false, |s| s.state = OrderState::Cleaned)
+        .await?;
+    Ok(Outcome::Done)
+}

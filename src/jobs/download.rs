@@ -1,0 +1,160 @@
+//! Download: copy every object of a finished export to `{dest}/{tracking_name}/`, verified.
+//!
+//! The export's pieces are listed by their exact base name, the set is checked against the
+//! pieces EE must have written for the tile (from its dimensions and `file_dimensions`), and
+//! each object — pieces and metadata JSON — is streamed through a temporary file that is renamed
+//! into place only once its size and the store's checksums match. Files already there with the
+//! right size are skipped, so a re-run downloads only what is missing. Only then is clean
+//! enqueued, with exactly the verified objects recorded on the order.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::{Context, JobError, job_for, order_of};
+use crate::order::{parse_piece, piece_object, tile_pieces};
+use crate::queue::{OrderJob, Outcome, Stage};
+use crate::store::{ExportBucket, Expected, ObjectInfo, StoreError};
+use crate::tracking::{OrderState, VerifiedObject};
+
+/// Runs the download stage of one order.
+pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
+    let order = order_of(job);
+    let Some(status) = ctx.tracker.status(&job.tracking, &order).await? else {
+        return Ok(Outcome::Done);
+    };
+    if status.state.rank() > OrderState::Downloaded.rank() {
+        return Ok(Outcome::Done);
+    }
+    let sub = ctx.submission(&job.tracking).await?;
+    let names = ctx.names(&sub, &order)?;
+    let tile = ctx
+        .settings
+        .grid
+        .tile(order.row, order.col)
+        .map_err(|e| JobError::Fatal(e.to_string()))?;
+    let objects = export_objects(
+        ctx.bucket.as_ref(),
+        &names.object_base(),
+        &tile_pieces(&tile, ctx.settings.config.export.file_dimensions),
+    )
+    .await?;
+    let (verified, bytes) = copy_verified(ctx, &job.tracking, &objects).await?;
+    ctx.tracker
+        .update(&job.tracking, &order, false, |s| {
+            s.state = OrderState::Downloaded;
+            s.objects = verified;
+            s.bytes = bytes;
+        })
+        .await?;
+    ctx.queue
+        .enqueue_bulk(
+            Stage::Clean,
+            &[job_for(&job.tracking, &order, job.operation.clone())],
+            Duration::ZERO,
+        )
+        .await?;
+    Ok(Outcome::Done)
+}
+
+/// The objects of one export: every expected piece (an error names the missing ones) and the
+/// metadata JSON when there is one. Objects of other orders that merely share the prefix are
+/// ignored.
+pub async fn export_objects(
+    bucket: &dyn ExportBucket,
+    base: &str,
+    expected: &[crate::order::Piece],
+) -> Result<Vec<ObjectInfo>, JobError> {
+    let listed = bucket.list(base).await?;
+    let metadata = format!("{base}.json");
+    let mut pieces = BTreeMap::new();
+    let mut out = Vec::new();
+    for o in listed {
+        if o.name == metadata {
+            out.push(o);
+        } else if let Some(p) = parse_piece(base, &o.name) {
+            pieces.insert(p, o);
+        }
+    }
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|p| !pieces.contains_key(p))
+        .map(|p| piece_object(base, *p))
+        .collect();
+    if !missing.is_empty() {
+        // Listing can lag behind a finished task; a later attempt may see them.
+        return Err(JobError::Retry(format!(
+            "incomplete export: {} of {} pieces missing, e.g. {}",
+            missing.len(),
+            expected.len(),
+            missing[0]
+        )));
+    }
+    let unexpected: Vec<&String> = pieces
+        .iter()
+        .filter(|(p, _)| !expected.contains(p))
+        .map(|(_, o)| &o.name)
+        .collect();
+    if let Some(first) = unexpected.first() {
+        return Err(JobError::Fatal(format!(
+            "export has {} pieces the tile grid does not explain, e.g. {first}; check export.file_dimensions",
+            unexpected.len()
+        )));
+    }
+    out.extend(pieces.into_values());
+    Ok(out)
+}
+
+/// Streams each object to `{tracking}/{file name}` in the destination, verified; returns what
+/// was verified and the bytes it holds.
+pub async fn copy_verified(
+    ctx: &Context,
+    tracking: &str,
+    objects: &[ObjectInfo],
+) -> Result<(Vec<VerifiedObject>, u64), JobError> {
+    let mut verified = Vec::with_capacity(objects.len());
+    let mut bytes = 0;
+    for o in objects {
+        let file = o.name.rsplit('/').next().unwrap_or(&o.name);
+        let rel = format!("{tracking}/{file}");
+        let already = match ctx.dest.existing(&rel).await {
+            Ok(size) => size,
+            Err(StoreError::UnsafeName { name }) => {
+                return Err(JobError::Fatal(format!(
+                    "refused object {:?}: its name {name:?} would escape the destination",
+                    o.name
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // Files appear under their final name only once verified, so a matching size means a
+        // previous run already copied this object.
+        if already != Some(o.size) {
+            let stream = ctx.bucket.stream(&o.name).await?;
+            ctx.dest
+                .write_verified(
+                    &rel,
+                    stream,
+                    Expected {
+                        size: o.size,
+                        md5: o.md5,
+                        crc32c: o.crc32c,
+                    },
+                )
+                .await
+                .map_err(|e| match e {
+                    StoreError::UnsafeName { name } => JobError::Fatal(format!(
+                        "refused object {:?}: its name {name:?} would escape the destination",
+                        o.name
+                    )),
+                    other => other.into(),
+                })?;
+        }
+        bytes += o.size;
+        verified.push(VerifiedObject {
+            name: o.name.clone(),
+            size: o.size,
+            crc32c: o.crc32c,
+        });
+    }
+    Ok((verified, bytes))
+}

@@ -1,0 +1,240 @@
+//! Export: list an order's scenes, write its metadata JSON, and start one EE export task.
+//!
+//! The job only runs once admission control gave the order a slot (see
+//! [`crate::queue::redis::RedisQueue::admit`]), so at most `max_active_exports` tasks are in EE at
+//! once. The export's `requestId` is derived from everything that defines the export, so a
+//! re-delivered or retried job never starts a second task: EE returns the first one.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+
+use super::{Context, JobError, job_for, order_of};
+use crate::earthengine::client::{ExportParams, export_request, request_id};
+use crate::earthengine::expression::{BandLayout, ImageInfo, list_images, parse_image_list, preard_image};
+use crate::order::{Order, OrderNames};
+use crate::queue::{OrderJob, Outcome, Stage};
+use crate::tracking::{OrderState, Submission, program, tile_json};
+
+/// Runs the export stage of one order.
+pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
+    let sub = ctx.submission(&job.tracking).await?;
+    let order = order_of(job);
+    let status = ctx.tracker.status(&job.tracking, &order).await?;
+    let status = status.unwrap_or_else(|| crate::tracking::OrderStatus::new(OrderState::Queued));
+    if status.state != OrderState::Queued {
+        // A re-delivered job: the export already happened (or the order was cancelled).
+        if let Some(op) = status.operation.clone().filter(|_| status.state.is_active()) {
+            enqueue_poll(ctx, &job.tracking, &order, op, Duration::ZERO).await?;
+        } else if status.state.rank() >= OrderState::Cleaned.rank() {
+            ctx.queue.release_slot(&job.id()).await?;
+        }
+        return Ok(Outcome::Done);
+    }
+    let spec = ctx.settings.collections.get(&order.collection).ok_or_else(|| {
+        JobError::Fatal(format!(
+            "collection {} is no longer configured; add it back to [collections] or cancel the submission",
+            order.collection
+        ))
+    })?;
+    let tile = ctx
+        .settings
+        .grid
+        .tile(order.row, order.col)
+        .map_err(|e| JobError::Fatal(e.to_string()))?;
+    let names = ctx.names(&sub, &order)?;
+
+    ctx.ee_permit().await?;
+    let listed = ctx
+        .ee
+        .compute_value(&list_images(spec, &tile, &order.period))
+        .await?;
+    let images = parse_image_list(spec, &listed)?;
+
+    if images.is_empty() {
+        if sub.error_if_empty {
+            return Err(JobError::Fatal(format!(
+                "no {} scenes for tile {} in {} (--error-if-empty)",
+                order.collection,
+                tile.label(),
+                order.period
+            )));
+        }
+        if sub.save_empty_metadata {
+            let doc = metadata(ctx, &sub, &order, &names, &[], None, "EMPTY");
+            put_json(ctx, &names.metadata_object(), &doc).await?;
+        }
+        ctx.tracker
+            .update(&job.tracking, &order, false, |s| {
+                s.state = OrderState::Empty;
+                s.images = Some(0);
+            })
+            .await?;
+        ctx.queue.release_slot(&job.id()).await?;
+        return Ok(Outcome::Done);
+    }
+
+    let (expression, layout) = preard_image(spec, &images);
+    let doc = metadata(ctx, &sub, &order, &names, &images, Some(&layout), "QUEUED");
+    put_json(ctx, &names.metadata_object(), &doc).await?;
+
+    let export = &ctx.settings.config.export;
+    let params = ExportParams {
+        bucket: export.bucket.clone(),
+        filename_prefix: names.object_base(),
+        description: names.name.clone(),
+        request_id: request_id(&[
+            order.collection.as_str(),
+            &format!("{}/{}", order.row, order.col),
+            &order.period.to_string(),
+            &export.bucket,
+            &names.object_base(),
+            &format!(
+                "{}/{}/{}",
+                export.file_dimensions, export.cloud_optimized, export.max_pixels
+            ),
+            &format!("generation {}", status.exports.max(1)),
+        ]),
+        file_dimensions: Some(export.file_dimensions),
+        cloud_optimized: export.cloud_optimized,
+        max_pixels: Some(export.max_pixels as i64),
+    };
+    ctx.ee_permit().await?;
+    let op = match ctx
+        .ee
+        .export_image(&export_request(&tile, expression, &params))
+        .await
+    {
+        Ok(op) => op,
+        // EE's 3000-task queue is full: back-pressure, not failure.
+        Err(e) if e.is_queue_full() => {
+            return Ok(Outcome::Snooze {
+                secs: ctx.jobs.backpressure_delay.as_secs().max(1),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let operation = op
+        .name
+        .clone()
+        .ok_or_else(|| JobError::Retry("image:export returned no operation name".into()))?;
+    super::poll::mark_waiting(ctx, &operation).await?;
+    let state = match op.state() {
+        crate::earthengine::types::OperationState::Running => OrderState::Running,
+        _ => OrderState::Pending,
+    };
+    ctx.tracker
+        .update(&job.tracking, &order, false, |s| {
+            s.state = state;
+            s.operation = Some(operation.clone());
+            s.images = Some(images.len() as u32);
+            s.exports = s.exports.max(1);
+            s.error = None;
+            s.exported = Some(Utc::now());
+            s.created = op
+                .metadata
+                .as_ref()
+                .and_then(|m| m.create_time())
+                .or(Some(Utc::now()));
+        })
+        .await?;
+    enqueue_poll(
+        ctx,
+        &job.tracking,
+        &order,
+        operation,
+        ctx.jobs.poll_interval,
+    )
+    .await?;
+    Ok(Outcome::Done)
+}
+
+async fn enqueue_poll(
+    ctx: &Context,
+    tracking: &str,
+    order: &Order,
+    operation: String,
+    delay: Duration,
+) -> Result<(), JobError> {
+    let job = job_for(tracking, order, Some(operation));
+    ctx.queue.enqueue_bulk(Stage::Poll, &[job], delay).await?;
+    Ok(())
+}
+
+async fn put_json(ctx: &Context, object: &str, doc: &serde_json::Value) -> Result<(), JobError> {
+    let body = serde_json::to_vec_pretty(doc).expect("metadata serializes");
+    ctx.bucket.put(object, body.into()).await?;
+    Ok(())
+}
+
+/// The per-image metadata JSON written beside the export (the original's keys, §3.2): the
+/// only record of which scenes, dates and bands the GeoTIFF holds.
+fn metadata(
+    ctx: &Context,
+    sub: &Submission,
+    order: &Order,
+    names: &OrderNames,
+    images: &[ImageInfo],
+    layout: Option<&BandLayout>,
+    state: &str,
+) -> serde_json::Value {
+    let settings = &ctx.settings;
+    let spec = &settings.collections[&order.collection];
+    let tile = settings.grid.tile(order.row, order.col).ok();
+    let export = &settings.config.export;
+    // Scenes per slice, each scene's recorded properties, in band order.
+    let per_slice: Vec<Vec<&serde_json::Map<String, serde_json::Value>>> = layout
+        .map(|l| {
+            l.slices
+                .iter()
+                .map(|slice| {
+                    slice
+                        .image_ids
+                        .iter()
+                        .filter_map(|id| images.iter().find(|i| &i.id == id))
+                        .map(|i| &i.properties)
+                        .collect()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "program": program(),
+        "order": {
+            "collection": order.collection,
+            "date_start": order.period.start,
+            "date_end": order.period.end,
+            "filters": spec.filters.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+            "submitted": sub.submitted,
+        },
+        "tile": tile.as_ref().map(|t| tile_json(t, settings.grid.res, settings.grid.size)),
+        "store": {
+            "service": "GCS",
+            "bucket": export.bucket,
+            "export_image_kwds": {
+                "crs": tile.as_ref().map(|t| t.crs.as_str().to_string()),
+                "crs_transform": tile.as_ref().map(|t| t.transform.to_array()),
+                "dimensions": tile.as_ref().map(|t| t.dimensions()),
+                "fileDimensions": export.file_dimensions,
+                "cloudOptimized": export.cloud_optimized,
+                "maxPixels": export.max_pixels,
+            },
+        },
+        "task": {
+            "name": names.name,
+            "prefix": names.prefix,
+            "status": {"state": state},
+        },
+        "image": {
+            "bands": spec.bands.iter().map(|b| b.name.clone()).collect::<Vec<_>>(),
+            "nodata": spec.nodata,
+            "data_type": spec.data_type.name(),
+            "dates": layout.map(|l| l.slices.iter().map(|s| s.date).collect::<Vec<_>>()).unwrap_or_default(),
+            "band_order": layout
+                .map(|l| l.band_order().iter().map(|(i, b)| format!("{i}_{b}")).collect::<Vec<_>>())
+                .unwrap_or_default(),
+            "images": per_slice,
+        },
+    })
+}

@@ -1,0 +1,207 @@
+//! Jobs: one module per stage of an order's life — [`export`] → [`poll`] → [`download`] →
+//! [`clean`]. Each handler takes an [`OrderJob`] (identifiers only), does its stage, records the
+//! order's new state in [`Tracker`], enqueues the next stage, and returns an [`Outcome`]:
+//! `Done`, or `Snooze` to run again later without spending a retry (waiting is not failing).
+//!
+//! Every handler may run twice (a worker dies, a lease expires): each is idempotent — export
+//! reuses a deterministic EE `requestId`, download skips verified files, clean treats "not
+//! found" as done, and tracking updates never move an order backwards.
+//!
+//! Errors are [`JobError`]: `Retry` goes back to the queue with backoff (a persisted attempt
+//! count), `Fatal` fails the job at once. Both are recorded on the order with their message.
+
+pub mod clean;
+pub mod download;
+pub mod export;
+pub mod poll;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::Settings;
+use crate::earthengine::client::EarthEngine;
+use crate::earthengine::error::EeError;
+use crate::order::{Order, OrderNames};
+use crate::queue::OrderJob;
+use crate::queue::redis::{RateDecision, RedisQueue};
+use crate::store::{Destination, ExportBucket, StoreError};
+use crate::tracking::{Submission, Tracker, TrackingError};
+
+/// How a job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Transient: run the job again later, with backoff.
+    #[error("{0}")]
+    Retry(String),
+    /// Permanent: the order is failed with this message.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl From<EeError> for JobError {
+    fn from(e: EeError) -> Self {
+        if e.is_retryable() {
+            JobError::Retry(e.to_string())
+        } else {
+            JobError::Fatal(e.to_string())
+        }
+    }
+}
+
+impl From<StoreError> for JobError {
+    fn from(e: StoreError) -> Self {
+        if e.is_retryable() {
+            JobError::Retry(e.to_string())
+        } else {
+            JobError::Fatal(e.to_string())
+        }
+    }
+}
+
+impl From<TrackingError> for JobError {
+    fn from(e: TrackingError) -> Self {
+        match e {
+            TrackingError::Redis(r) => JobError::Retry(format!("Redis: {r}")),
+            other => JobError::Fatal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::queue::QueueError> for JobError {
+    fn from(e: crate::queue::QueueError) -> Self {
+        if e.is_retryable() {
+            JobError::Retry(e.to_string())
+        } else {
+            JobError::Fatal(e.to_string())
+        }
+    }
+}
+
+/// Tunables of the stages, from `[limits]` and `[poll]`.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    /// EE requests per second across all workers.
+    pub ee_requests_per_second: u32,
+    /// How long a poll job waits before looking again at a task that is still running.
+    pub poll_interval: Duration,
+    /// How long an export waits when EE's task queue is full, or no slot is free.
+    pub backpressure_delay: Duration,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings {
+            ee_requests_per_second: 50,
+            poll_interval: Duration::from_secs(10),
+            backpressure_delay: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Everything a handler needs, shared by all jobs of a worker.
+#[derive(Clone)]
+pub struct Context {
+    pub settings: Arc<Settings>,
+    pub jobs: JobSettings,
+    pub ee: EarthEngine,
+    pub bucket: Arc<dyn ExportBucket>,
+    pub dest: Arc<Destination>,
+    pub tracker: Tracker,
+    pub queue: RedisQueue,
+    /// A connection for the operations snapshot ([`poll`]).
+    pub redis: redis::aio::ConnectionManager,
+    submissions: Arc<Mutex<HashMap<String, Arc<Submission>>>>,
+}
+
+impl Context {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: Arc<Settings>,
+        jobs: JobSettings,
+        ee: EarthEngine,
+        bucket: Arc<dyn ExportBucket>,
+        dest: Arc<Destination>,
+        tracker: Tracker,
+        queue: RedisQueue,
+        redis: redis::aio::ConnectionManager,
+    ) -> Self {
+        Context {
+            settings,
+            jobs,
+            ee,
+            bucket,
+            dest,
+            tracker,
+            queue,
+            redis,
+            submissions: Arc::default(),
+        }
+    }
+
+    /// The submission a job belongs to (cached: submissions never change).
+    pub async fn submission(&self, tracking: &str) -> Result<Arc<Submission>, JobError> {
+        if let Some(s) = self
+            .submissions
+            .lock()
+            .expect("submission cache lock")
+            .get(tracking)
+        {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(self.tracker.submission(tracking).await?);
+        self.submissions
+            .lock()
+            .expect("submission cache lock")
+            .insert(tracking.to_string(), s.clone());
+        Ok(s)
+    }
+
+    /// Waits until the shared EE request budget allows one more call.
+    pub async fn ee_permit(&self) -> Result<(), JobError> {
+        loop {
+            match self
+                .queue
+                .acquire_rate(u64::from(self.jobs.ee_requests_per_second))
+                .await?
+            {
+                RateDecision::Go => return Ok(()),
+                RateDecision::WaitMs(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            }
+        }
+    }
+
+    /// The order's names, rendered with the submission time.
+    pub fn names(&self, sub: &Submission, order: &Order) -> Result<OrderNames, JobError> {
+        order
+            .names(&self.settings, sub.submitted)
+            .map_err(|e| JobError::Fatal(e.to_string()))
+    }
+}
+
+/// The order a job is about.
+pub fn order_of(job: &OrderJob) -> Order {
+    Order {
+        collection: job.collection.clone(),
+        row: job.row,
+        col: job.col,
+        period: crate::period::Period {
+            start: job.start,
+            end: job.end,
+        },
+    }
+}
+
+/// The job for an order of a submission.
+pub fn job_for(tracking: &str, order: &Order, operation: Option<String>) -> OrderJob {
+    OrderJob {
+        v: 1,
+        tracking: tracking.to_string(),
+        collection: order.collection.clone(),
+        row: order.row,
+        col: order.col,
+        start: order.period.start,
+        end: order.period.end,
+        operation,
+    }
+}

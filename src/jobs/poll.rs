@@ -1,0 +1,448 @@
+//! Poll: follow an order's EE operation until it ends.
+//!
+//! Polling is batched. EE allows 100 requests/s per project and a campaign keeps up to 3000
+//! tasks in flight, so a poll job never asks EE about its own task: one **sweeper** (a leader
+//! elected through Redis among all workers) pages `operations.list` and writes every
+//! operation's state into a shared snapshot, and poll jobs read the snapshot. The sweeper adapts
+//! its interval to how fast tasks finish, so that each `operations.list` page pays for several
+//! completed tasks. A task still PENDING or RUNNING snoozes its poll job (no retry spent); a task
+//! the sweep no longer sees is looked up once by name, then marked LOST.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use super::{Context, JobError, job_for, order_of};
+use crate::earthengine::types::{Operation, OperationState};
+use crate::queue::{OrderJob, Outcome, Stage};
+use crate::tracking::OrderState;
+
+/// What the snapshot keeps of an operation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpView {
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<DateTime<Utc>>,
+}
+
+impl OpView {
+    pub fn from_operation(op: &Operation) -> OpView {
+        let md = op.metadata.as_ref();
+        OpView {
+            state: op_state_name(op.state()).to_string(),
+            error: op.error.as_ref().and_then(|e| e.message.clone()),
+            attempt: md.and_then(|m| m.attempt).map(|a| a as u32),
+            start: md.and_then(|m| m.start_time()),
+            end: md.and_then(|m| m.end_time()),
+        }
+    }
+}
+
+fn op_state_name(s: OperationState) -> &'static str {
+    match s {
+        OperationState::Pending => "PENDING",
+        OperationState::Running => "RUNNING",
+        OperationState::Cancelling => "CANCELLING",
+        OperationState::Succeeded => "SUCCEEDED",
+        OperationState::Failed => "FAILED",
+        OperationState::Cancelled => "CANCELLED",
+        _ => "UNKNOWN",
+    }
+}
+
+fn ops_key(ns: &str) -> String {
+    format!("{ns}:ops")
+}
+fn swept_key(ns: &str) -> String {
+    format!("{ns}:ops:swept")
+}
+fn waiting_key(ns: &str) -> String {
+    format!("{ns}:ops:waiting")
+}
+fn looked_up_key(ns: &str) -> String {
+    format!("{ns}:ops:looked-up")
+}
+fn leader_key(ns: &str) -> String {
+    format!("{ns}:ops:sweeper")
+}
+
+/// Runs the poll stage of one order.
+pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
+    let operation = job
+        .operation
+        .clone()
+        .ok_or_else(|| JobError::Fatal("poll job without an operation name".into()))?;
+    let order = order_of(job);
+    let status = ctx.tracker.status(&job.tracking, &order).await?;
+    let Some(status) = status else {
+        return Ok(Outcome::Done);
+    };
+    // A stale job: the order moved on, or was re-exported under another operation.
+    if status.operation.as_deref() != Some(operation.as_str())
+        || status.state.rank() >= OrderState::Succeeded.rank()
+    {
+        return Ok(Outcome::Done);
+    }
+    let mut conn = ctx.redis.clone();
+    let ns = ctx.queue.namespace().to_string();
+    mark_waiting(ctx, &operation).await?;
+    let snap: Option<String> = conn
+        .hget(ops_key(&ns), &operation)
+        .await
+        .map_err(redis_err)?;
+    let view = match snap.and_then(|s| serde_json::from_str::<OpView>(&s).ok()) {
+        Some(v) => v,
+        None => {
+            // Not in the snapshot. Until a sweep that started after the export has finished,
+            // that only means the sweeper has not seen it yet.
+            let swept: Option<i64> = conn.get(swept_key(&ns)).await.map_err(redis_err)?;
+            let created = status.exported.unwrap_or(status.updated).timestamp_millis();
+            if swept.is_none_or(|s| s <= created) {
+                return Ok(snooze(ctx));
+            }
+            // EE no longer lists it: look it up by name, once.
+            let first: bool = conn
+                .sadd(looked_up_key(&ns), &operation)
+                .await
+                .map_err(redis_err)?;
+            if !first {
+                return lost(ctx, job, &operation, "not listed by operations.list and already looked up once").await;
+            }
+            ctx.ee_permit().await?;
+            match ctx.ee.get_operation(&operation).await {
+                Ok(op) => OpView::from_operation(&op),
+                Err(e) if e.is_not_found() => {
+                    return lost(ctx, job, &operation, "operations.get answered 404").await;
+                }
+                Err(e) => {
+                    // Let a later run try the lookup again.
+                    let _: () = conn
+                        .srem(looked_up_key(&ns), &operation)
+                        .await
+                        .map_err(redis_err)?;
+                    return Err(e.into());
+                }
+            }
+        }
+    };
+    apply(ctx, job, &operation, &view).await
+}
+
+/// Tells the sweeper to look for `operation` (called when the export starts it).
+pub async fn mark_waiting(ctx: &Context, operation: &str) -> Result<(), JobError> {
+    let ns = ctx.queue.namespace().to_string();
+    let _: () = ctx
+        .redis
+        .clone()
+        .sadd(waiting_key(&ns), operation)
+        .await
+        .map_err(redis_err)?;
+    Ok(())
+}
+
+fn redis_err(e: redis::RedisError) -> JobError {
+    JobError::Retry(format!("Redis: {e}"))
+}
+
+fn snooze(ctx: &Context) -> Outcome {
+    Outcome::Snooze {
+        secs: ctx.jobs.poll_interval.as_secs().max(1),
+    }
+}
+
+async fn stop_waiting(ctx: &Context, operation: &str) -> Result<(), JobError> {
+    let ns = ctx.queue.namespace().to_string();
+    let _: () = redis::pipe()
+        .srem(waiting_key(&ns), operation)
+        .ignore()
+        .srem(looked_up_key(&ns), operation)
+        .ignore()
+        .query_async(&mut ctx.redis.clone())
+        .await
+        .map_err(redis_err)?;
+    Ok(())
+}
+
+async fn lost(
+    ctx: &Context,
+    job: &OrderJob,
+    operation: &str,
+    why: &str,
+) -> Result<Outcome, JobError> {
+    let order = order_of(job);
+    let message = format!("EE no longer knows operation {operation}: {why}");
+    ctx.tracker
+        .update(&job.tracking, &order, false, |s| {
+            s.state = OrderState::Lost;
+            s.error = Some(message.clone());
+        })
+        .await?;
+    ctx.queue.release_slot(&job.id()).await?;
+    stop_waiting(ctx, operation).await?;
+    Ok(Outcome::Done)
+}
+
+/// Acts on an operation's state.
+async fn apply(
+    ctx: &Context,
+    job: &OrderJob,
+    operation: &str,
+    view: &OpView,
+) -> Result<Outcome, JobError> {
+    let order = order_of(job);
+    let new_state = match view.state.as_str() {
+        "PENDING" => OrderState::Pending,
+        "RUNNING" => OrderState::Running,
+        "CANCELLING" => OrderState::Cancelling,
+        "SUCCEEDED" => OrderState::Succeeded,
+        "FAILED" => OrderState::Failed,
+        "CANCELLED" => OrderState::Cancelled,
+        _ => return Ok(snooze(ctx)),
+    };
+    let record = |s: &mut crate::tracking::OrderStatus| {
+        s.state = new_state;
+        s.ee_attempt = view.attempt.or(s.ee_attempt);
+        s.started = view.start.or(s.started);
+        s.ended = view.end.or(s.ended);
+        if let Some(e) = &view.error {
+            s.error = Some(e.clone());
+        }
+    };
+    if new_state.is_active() {
+        let current = ctx.tracker.status(&job.tracking, &order).await?;
+        if current.map(|c| c.state) != Some(new_state) {
+            ctx.tracker.update(&job.tracking, &order, false, record).await?;
+        }
+        return Ok(snooze(ctx));
+    }
+    ctx.tracker.update(&job.tracking, &order, false, record).await?;
+    ctx.queue.release_slot(&job.id()).await?;
+    stop_waiting(ctx, operation).await?;
+    match new_state {
+        OrderState::Succeeded => {
+            ctx.queue
+                .enqueue_bulk(
+                    Stage::Download,
+                    &[job_for(&job.tracking, &order, Some(operation.to_string()))],
+                    Duration::ZERO,
+                )
+                .await?;
+            Ok(Outcome::Done)
+        }
+        OrderState::Failed => Err(JobError::Fatal(format!(
+            "EE task {operation} failed (attempt {}): {}",
+            view.attempt.unwrap_or(1),
+            view.error.as_deref().unwrap_or("no message")
+        ))),
+        _ => Ok(Outcome::Done),
+    }
+}
+
+/// How often the sweeper lists operations: fast while tasks finish quickly, slower when they
+/// do not, so each page read is paid for by several completed tasks.
+#[derive(Debug, Clone)]
+pub struct SweepSettings {
+    pub min_interval: Duration,
+    pub max_interval: Duration,
+    /// Completed tasks a sweep aims to find per page it reads.
+    pub completions_per_page: f64,
+}
+
+impl Default for SweepSettings {
+    fn default() -> Self {
+        SweepSettings {
+            min_interval: Duration::from_secs(2),
+            max_interval: Duration::from_secs(120),
+            completions_per_page: 8.0,
+        }
+    }
+}
+
+/// The adaptive interval: an estimate of the completion rate turned into a wait.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    settings: SweepSettings,
+    interval: Duration,
+    /// Completions per second, smoothed.
+    rate: Option<f64>,
+}
+
+impl Pacer {
+    pub fn new(settings: SweepSettings) -> Self {
+        let interval = settings.min_interval;
+        Pacer {
+            settings,
+            interval,
+            rate: None,
+        }
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Records a sweep that read `pages` pages and saw `completed` tasks finish over `elapsed`.
+    pub fn record(&mut self, pages: u32, completed: u32, elapsed: Duration) {
+        let s = &self.settings;
+        if completed == 0 {
+            // Nothing finished: back off geometrically.
+            self.interval = self.interval.mul_f64(1.5).clamp(s.min_interval, s.max_interval);
+            return;
+        }
+        let observed = f64::from(completed) / elapsed.as_secs_f64().max(0.001);
+        let rate = match self.rate {
+            Some(r) => 0.5 * r + 0.5 * observed,
+            None => observed,
+        };
+        self.rate = Some(rate);
+        let want = f64::from(pages.max(1)) * s.completions_per_page / rate;
+        self.interval = Duration::from_secs_f64(want).clamp(s.min_interval, s.max_interval);
+    }
+}
+
+/// Runs the sweeper until `shutdown` resolves. Every worker runs one; only the leader sweeps.
+pub async fn sweep_loop(
+    ctx: Context,
+    settings: SweepSettings,
+    worker: String,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut pacer = Pacer::new(settings.clone());
+    let mut known: HashMap<String, String> = HashMap::new();
+    let mut last = Instant::now();
+    loop {
+        let wait = pacer.interval();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+        match sweep_once(&ctx, &worker, &mut known, wait * 3).await {
+            Ok(Some((pages, completed))) => {
+                pacer.record(pages, completed, last.elapsed());
+                last = Instant::now();
+            }
+            Ok(None) => last = Instant::now(),
+            Err(e) => tracing::warn!(error = %e, "operations sweep failed; retrying"),
+        }
+    }
+}
+
+/// One sweep, if this worker is the leader and someone waits for an operation: pages
+/// `operations.list` (newest first) until every awaited operation was seen or the pages end.
+/// Returns (pages read, tasks seen finishing since the last sweep).
+pub async fn sweep_once(
+    ctx: &Context,
+    worker: &str,
+    known: &mut HashMap<String, String>,
+    lease: Duration,
+) -> Result<Option<(u32, u32)>, JobError> {
+    let ns = ctx.queue.namespace().to_string();
+    let mut conn = ctx.redis.clone();
+    let leader: Option<String> = redis::cmd("SET")
+        .arg(leader_key(&ns))
+        .arg(worker)
+        .arg("NX")
+        .arg("PX")
+        .arg(lease.as_millis().max(1000) as u64)
+        .query_async(&mut conn)
+        .await
+        .map_err(redis_err)?;
+    if leader.is_none() {
+        let holder: Option<String> = conn.get(leader_key(&ns)).await.map_err(redis_err)?;
+        if holder.as_deref() != Some(worker) {
+            return Ok(None);
+        }
+        let _: () = conn
+            .pexpire(leader_key(&ns), lease.as_millis().max(1000) as i64)
+            .await
+            .map_err(redis_err)?;
+    }
+    // The sweep counts as starting before the waiting set is read, so that an operation added
+    // later is never taken for one EE stopped listing.
+    let started = Utc::now().timestamp_millis();
+    let waiting: HashSet<String> = conn.smembers(waiting_key(&ns)).await.map_err(redis_err)?;
+    if waiting.is_empty() {
+        return Ok(None);
+    }
+    let mut seen = HashSet::new();
+    let mut views = Vec::new();
+    let mut token: Option<String> = None;
+    let mut pages = 0u32;
+    loop {
+        ctx.ee_permit().await?;
+        let page = ctx
+            .ee
+            .list_operations(Some(crate::earthengine::client::LIST_PAGE_SIZE), token.as_deref())
+            .await?;
+        pages += 1;
+        for op in page.operations.unwrap_or_default() {
+            let Some(name) = op.name.clone() else { continue };
+            if waiting.contains(&name) {
+                seen.insert(name.clone());
+                views.push((name, OpView::from_operation(&op)));
+            }
+        }
+        token = page.next_page_token.filter(|t| !t.is_empty());
+        if token.is_none() || seen.len() == waiting.len() {
+            break;
+        }
+    }
+    let mut completed = 0;
+    let mut p = redis::pipe();
+    p.atomic();
+    for (name, view) in &views {
+        let terminal = !matches!(view.state.as_str(), "PENDING" | "RUNNING" | "CANCELLING");
+        let before = known.insert(name.clone(), view.state.clone());
+        if terminal && before.as_deref() != Some(view.state.as_str()) {
+            completed += 1;
+        }
+        p.hset(
+            ops_key(&ns),
+            name,
+            serde_json::to_string(view).expect("view serializes"),
+        )
+        .ignore();
+    }
+    // Operations nobody waits for any more leave the snapshot.
+    let stale: Vec<String> = conn.hkeys(ops_key(&ns)).await.map_err(redis_err)?;
+    for name in stale.iter().filter(|n| !waiting.contains(*n)) {
+        p.hdel(ops_key(&ns), name).ignore();
+        known.remove(name);
+    }
+    p.set(swept_key(&ns), started).ignore();
+    let _: () = p.query_async(&mut conn).await.map_err(redis_err)?;
+    Ok(Some((pages, completed)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacer_backs_off_without_completions_and_speeds_up_with_them() {
+        let mut p = Pacer::new(SweepSettings::default());
+        assert_eq!(p.interval(), Duration::from_secs(2));
+        p.record(2, 0, Duration::from_secs(2));
+        assert_eq!(p.interval(), Duration::from_secs(3));
+        for _ in 0..20 {
+            p.record(2, 0, Duration::from_secs(2));
+        }
+        assert_eq!(p.interval(), Duration::from_secs(120));
+        // 16 completions per second with 2 pages: 16 wanted per sweep → 1 s → clamped to 2 s.
+        p.record(2, 160, Duration::from_secs(10));
+        assert_eq!(p.interval(), Duration::from_secs(2));
+        // 0.1 completions/s: 16 wanted → 160 s → clamped to 120 s.
+        let mut p = Pacer::new(SweepSettings::default());
+        p.record(2, 1, Duration::from_secs(10));
+        assert_eq!(p.interval(), Duration::from_secs(120));
+    }
+}

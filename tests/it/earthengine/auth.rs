@@ -1,0 +1,181 @@
+//! The service-account flow against the emulator's token endpoint: a real RSA key, a signed
+//! JWT, a cached bearer token.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cedar::auth::{AuthError, NoAuth, token_source};
+use cedar::earthengine::{EarthEngine, EeError};
+use cedar::emulator::EmulatorOptions;
+
+use super::calls::setup;
+
+/// A fresh RSA key pair, as PEM (PKCS#8 private key, SPKI public key).
+fn rsa_key(dir: &std::path::Path, name: &str) -> (String, String) {
+    let private = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl is needed to make test keys");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (private_s, public_s) = (private.to_str().unwrap(), public.to_str().unwrap());
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        private_s,
+    ]);
+    run(&["pkey", "-in", private_s, "-pubout", "-out", public_s]);
+    (
+        std::fs::read_to_string(private).unwrap(),
+        std::fs::read_to_string(public).unwrap(),
+    )
+}
+
+/// Writes a service-account key file whose `token_uri` is the emulator's.
+fn key_file(dir: &std::path::Path, private_pem: &str, token_uri: &str) -> String {
+    let path = dir.join("service-account.json");
+    let key = serde_json::json!({
+        "type": "service_account",
+        "project_id": "cedar-test",
+        "private_key_id": "0123456789abcdef",
+        "private_key": private_pem,
+        "client_email": "cedar@cedar-test.iam.gserviceaccount.com",
+        "client_id": "123456789",
+        "token_uri": token_uri,
+    });
+    std::fs::write(&path, key.to_string()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn service_account_tokens_are_fetched_once_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = rsa_key(dir.path(), "sa");
+    let s = setup(EmulatorOptions {
+        require_auth: true,
+        ..EmulatorOptions::default()
+    })
+    .await;
+    s.emulator.register_public_key_pem(&public);
+    let path = key_file(dir.path(), &private, &format!("{}/token", s.emulator.url()));
+
+    let tokens = token_source(Some(&path)).unwrap();
+    let debug = format!("{tokens:?}");
+    assert!(
+        debug.contains("cedar@cedar-test.iam.gserviceaccount.com")
+            && !debug.contains("PRIVATE KEY"),
+        "{debug}"
+    );
+    let ee = EarthEngine::new(
+        &s.emulator.url(),
+        "cedar-test",
+        tokens,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    ee.get_project_config().await.unwrap();
+    ee.list_operations(Some(10), None).await.unwrap();
+    let (a, b) = tokio::join!(ee.get_project_config(), ee.list_all_operations());
+    a.unwrap();
+    b.unwrap();
+    let stats = s.emulator.stats();
+    assert_eq!(stats.requests.get("token"), Some(&1), "{stats:?}");
+    assert_eq!(stats.requests.get("projects.getConfig"), Some(&2));
+
+    // Without a token the emulator, like Google, answers 401: fatal.
+    let anonymous = EarthEngine::new(
+        &s.emulator.url(),
+        "cedar-test",
+        Arc::new(NoAuth),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let e = anonymous.get_project_config().await.unwrap_err();
+    assert_eq!(
+        (e.http_status(), e.ee_status(), e.is_retryable()),
+        (Some(401), Some("UNAUTHENTICATED"), false),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn short_lived_tokens_are_refreshed_before_they_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = rsa_key(dir.path(), "sa");
+    let s = setup(EmulatorOptions {
+        require_auth: true,
+        token_expires_in_secs: 4,
+        ..EmulatorOptions::default()
+    })
+    .await;
+    s.emulator.register_public_key_pem(&public);
+    let path = key_file(dir.path(), &private, &format!("{}/token", s.emulator.url()));
+    let ee = EarthEngine::new(
+        &s.emulator.url(),
+        "cedar-test",
+        token_source(Some(&path)).unwrap(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    ee.get_project_config().await.unwrap();
+    ee.get_project_config().await.unwrap();
+    assert_eq!(s.emulator.stats().requests.get("token"), Some(&1));
+    // Half the 4 s lifetime is the margin: after 2 s the token is replaced, never used stale.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    ee.get_project_config().await.unwrap();
+    assert_eq!(s.emulator.stats().requests.get("token"), Some(&2));
+}
+
+#[tokio::test]
+async fn a_key_the_token_endpoint_rejects_is_an_auth_error_without_key_material() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, registered) = rsa_key(dir.path(), "registered");
+    let (other, _) = rsa_key(dir.path(), "other");
+    let s = setup(EmulatorOptions {
+        require_auth: true,
+        ..EmulatorOptions::default()
+    })
+    .await;
+    s.emulator.register_public_key_pem(&registered);
+    let path = key_file(dir.path(), &other, &format!("{}/token", s.emulator.url()));
+    let ee = EarthEngine::new(
+        &s.emulator.url(),
+        "cedar-test",
+        token_source(Some(&path)).unwrap(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let e = ee.get_project_config().await.unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            EeError::Auth {
+                source: AuthError::Token(_),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let text = format!("{e} {e:?}");
+    assert!(
+        text.contains(&path) && !text.contains("PRIVATE KEY") && !text.contains("ya29"),
+        "{text}"
+    );
+    assert_eq!(
+        s.emulator.stats().requests.get("projects.getConfig"),
+        None,
+        "no API call without a token"
+    );
+}
