@@ -25,6 +25,9 @@ pub const STORAGE_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read
 /// Capped at half the token's lifetime, so short-lived tokens are still reused.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(240);
 
+/// How long one token request may take. 30 s.
+pub const TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Errors while obtaining a token. Never carries the token or key material itself.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -110,15 +113,30 @@ impl TokenCache {
             Some(c) => Some(c.token.clone()),
             None => None,
         };
-        let mut token = fetch(false).await?;
+        let mut token = bounded(fetch(false)).await?;
         if previous.as_deref() == Some(token.as_str()) {
-            token = fetch(true).await?;
+            token = bounded(fetch(true)).await?;
         }
         let cached = to_cached(token);
         let value = cached.token.clone();
         tokens.insert(key, cached);
         Ok(value)
     }
+}
+
+/// Bounds a token request: gcp_auth sets no timeout, and a hung request would hold the cache
+/// lock and stall every caller.
+async fn bounded<T>(
+    fetch: impl std::future::Future<Output = Result<T, AuthError>>,
+) -> Result<T, AuthError> {
+    tokio::time::timeout(TOKEN_TIMEOUT, fetch)
+        .await
+        .map_err(|_| {
+            AuthError::Token(format!(
+                "no answer from the token endpoint in {} s",
+                TOKEN_TIMEOUT.as_secs()
+            ))
+        })?
 }
 
 fn to_cached(t: Arc<gcp_auth::Token>) -> Cached {

@@ -82,12 +82,15 @@ impl Default for EarthEngineConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
     pub url: String,
+    /// Prefix of every Redis key cedar writes, so several deployments can share one Redis.
+    pub namespace: String,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
             url: "redis://127.0.0.1:6379".into(),
+            namespace: "cedar".into(),
         }
     }
 }
@@ -386,6 +389,21 @@ impl Config {
             problem("earthengine.timeout_secs", "must be at least 1".into());
         }
 
+        if self.queue.namespace.is_empty()
+            || !self
+                .queue
+                .namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        {
+            problem(
+                "queue.namespace",
+                format!(
+                    "{:?} must be non-empty letters, digits, '-', '_', '.' or ':'",
+                    self.queue.namespace
+                ),
+            );
+        }
         match url::Url::parse(&self.queue.url) {
             Ok(u) if matches!(u.scheme(), "redis" | "rediss") => {}
             _ => problem(

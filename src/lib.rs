@@ -33,7 +33,9 @@
 //! - [`jobs`]: one module per stage: export, poll, download, clean.
 //! - [`store`]: the export bucket EE writes into, and the destination cedar downloads to.
 //! - [`queue`]: the durable jobs of every stage in Redis (leases, retries, snooze, admission), run by apalis.
+//! - [`submit`]: validates a request, records it, and queues its exports in bulk.
 //! - [`tracking`]: each submission and the state of its orders (Redis), and its JSON document.
+//! - [`worker`]: `cedar worker`, every stage against the shared queue, with SIGTERM drain.
 
 pub mod auth;
 pub mod cli;
@@ -49,4 +51,6 @@ pub mod order;
 pub mod period;
 pub mod queue;
 pub mod store;
+pub mod submit;
 pub mod tracking;
+pub mod worker;

@@ -320,7 +320,11 @@ impl Tracker {
         let _: () = redis::pipe()
             .hset(self.counts_key(&sub.name), "QUEUED", orders.len())
             .ignore()
-            .zadd(self.index_key(), &sub.name, sub.submitted.timestamp_millis())
+            .zadd(
+                self.index_key(),
+                &sub.name,
+                sub.submitted.timestamp_millis(),
+            )
             .ignore()
             .sadd(self.dirty_key(), &sub.name)
             .ignore()
@@ -345,7 +349,11 @@ impl Tracker {
         Ok(c.zrange(self.index_key(), 0, -1).await?)
     }
 
-    pub async fn status(&self, name: &str, order: &Order) -> Result<Option<OrderStatus>, TrackingError> {
+    pub async fn status(
+        &self,
+        name: &str,
+        order: &Order,
+    ) -> Result<Option<OrderStatus>, TrackingError> {
         let mut c = self.conn.clone();
         let raw: Option<String> = c.hget(self.orders_key(name), order_key(order)).await?;
         raw.map(|r| {
@@ -417,8 +425,7 @@ impl Tracker {
     pub async fn all(&self, name: &str) -> Result<BTreeMap<String, OrderStatus>, TrackingError> {
         let mut c = self.conn.clone();
         let mut out = BTreeMap::new();
-        let mut iter: redis::AsyncIter<(String, String)> =
-            c.hscan(self.orders_key(name)).await?;
+        let mut iter: redis::AsyncIter<(String, String)> = c.hscan(self.orders_key(name)).await?;
         let mut bad = None;
         while let Some(item) = iter.next_item().await {
             let (k, v) = item?;
@@ -547,6 +554,40 @@ pub fn document(
         "orders": orders,
         "metadata": metadata,
     })
+}
+
+/// The object name of a tracking document.
+pub fn document_object(settings: &Settings, name: &str) -> String {
+    format!(
+        "{}/{name}.json",
+        settings.config.tracking.prefix.trim_end_matches('/')
+    )
+}
+
+/// Re-renders a submission's tracking document from Redis and writes it to the store.
+pub async fn publish(
+    settings: &Settings,
+    tracker: &Tracker,
+    bucket: &dyn crate::store::ExportBucket,
+    name: &str,
+) -> Result<(), PublishError> {
+    let sub = tracker.submission(name).await?;
+    let statuses = tracker.all(name).await?;
+    let doc = document(settings, &sub, &statuses);
+    let body = serde_json::to_vec_pretty(&doc).expect("document serializes");
+    bucket
+        .put(&document_object(settings, name), body.into())
+        .await?;
+    Ok(())
+}
+
+/// Errors of writing a tracking document.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Tracking(#[from] TrackingError),
+    #[error("writing the tracking document: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// `program` as the original wrote it: name, version, and the EE API used.

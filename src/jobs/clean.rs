@@ -18,7 +18,9 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
         ctx.bucket.delete(&object.name).await?;
     }
     ctx.tracker
-        .update(&job.tracking, &order, false, |s| s.state = OrderState::Cleaned)
+        .update(&job.tracking, &order, false, |s| {
+            s.state = OrderState::Cleaned
+        })
         .await?;
     Ok(Outcome::Done)
 }

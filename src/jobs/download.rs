@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::{Context, JobError, job_for, order_of};
 use crate::order::{parse_piece, piece_object, tile_pieces};
 use crate::queue::{OrderJob, Outcome, Stage};
-use crate::store::{ExportBucket, Expected, ObjectInfo, StoreError};
+use crate::store::{Destination, Expected, ExportBucket, ObjectInfo, StoreError};
 use crate::tracking::{OrderState, VerifiedObject};
 
 /// Runs the download stage of one order.
@@ -38,7 +38,14 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
         &tile_pieces(&tile, ctx.settings.config.export.file_dimensions),
     )
     .await?;
-    let (verified, bytes) = copy_verified(ctx, &job.tracking, &objects).await?;
+    let (verified, bytes) = copy_verified(
+        ctx.bucket.as_ref(),
+        &ctx.dest,
+        &job.tracking,
+        &objects,
+        false,
+    )
+    .await?;
     ctx.tracker
         .update(&job.tracking, &order, false, |s| {
             s.state = OrderState::Downloaded;
@@ -104,19 +111,22 @@ pub async fn export_objects(
     Ok(out)
 }
 
-/// Streams each object to `{tracking}/{file name}` in the destination, verified; returns what
-/// was verified and the bytes it holds.
+/// Streams each object to `{tracking}/{file name}` in `dest`, verified; returns what was
+/// verified and the bytes it holds. Files already there with the right size are kept unless
+/// `overwrite`.
 pub async fn copy_verified(
-    ctx: &Context,
+    bucket: &dyn ExportBucket,
+    dest: &Destination,
     tracking: &str,
     objects: &[ObjectInfo],
+    overwrite: bool,
 ) -> Result<(Vec<VerifiedObject>, u64), JobError> {
     let mut verified = Vec::with_capacity(objects.len());
     let mut bytes = 0;
     for o in objects {
         let file = o.name.rsplit('/').next().unwrap_or(&o.name);
         let rel = format!("{tracking}/{file}");
-        let already = match ctx.dest.existing(&rel).await {
+        let already = match dest.existing(&rel).await {
             Ok(size) => size,
             Err(StoreError::UnsafeName { name }) => {
                 return Err(JobError::Fatal(format!(
@@ -128,26 +138,25 @@ pub async fn copy_verified(
         };
         // Files appear under their final name only once verified, so a matching size means a
         // previous run already copied this object.
-        if already != Some(o.size) {
-            let stream = ctx.bucket.stream(&o.name).await?;
-            ctx.dest
-                .write_verified(
-                    &rel,
-                    stream,
-                    Expected {
-                        size: o.size,
-                        md5: o.md5,
-                        crc32c: o.crc32c,
-                    },
-                )
-                .await
-                .map_err(|e| match e {
-                    StoreError::UnsafeName { name } => JobError::Fatal(format!(
-                        "refused object {:?}: its name {name:?} would escape the destination",
-                        o.name
-                    )),
-                    other => other.into(),
-                })?;
+        if overwrite || already != Some(o.size) {
+            let stream = bucket.stream(&o.name).await?;
+            dest.write_verified(
+                &rel,
+                stream,
+                Expected {
+                    size: o.size,
+                    md5: o.md5,
+                    crc32c: o.crc32c,
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::UnsafeName { name } => JobError::Fatal(format!(
+                    "refused object {:?}: its name {name:?} would escape the destination",
+                    o.name
+                )),
+                other => other.into(),
+            })?;
         }
         bytes += o.size;
         verified.push(VerifiedObject {

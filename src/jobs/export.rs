@@ -12,7 +12,9 @@ use serde_json::json;
 
 use super::{Context, JobError, job_for, order_of};
 use crate::earthengine::client::{ExportParams, export_request, request_id};
-use crate::earthengine::expression::{BandLayout, ImageInfo, list_images, parse_image_list, preard_image};
+use crate::earthengine::expression::{
+    BandLayout, ImageInfo, list_images, parse_image_list, preard_image,
+};
 use crate::order::{Order, OrderNames};
 use crate::queue::{OrderJob, Outcome, Stage};
 use crate::tracking::{OrderState, Submission, program, tile_json};
@@ -25,7 +27,11 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
     let status = status.unwrap_or_else(|| crate::tracking::OrderStatus::new(OrderState::Queued));
     if status.state != OrderState::Queued {
         // A re-delivered job: the export already happened (or the order was cancelled).
-        if let Some(op) = status.operation.clone().filter(|_| status.state.is_active()) {
+        if let Some(op) = status
+            .operation
+            .clone()
+            .filter(|_| status.state.is_active())
+        {
             enqueue_poll(ctx, &job.tracking, &order, op, Duration::ZERO).await?;
         } else if status.state.rank() >= OrderState::Cleaned.rank() {
             ctx.queue.release_slot(&job.id()).await?;
@@ -62,8 +68,25 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
             )));
         }
         if sub.save_empty_metadata {
+            // No EE task writes anything for an empty order, so its metadata goes straight to
+            // the destination instead of through the bucket (which must end up empty).
             let doc = metadata(ctx, &sub, &order, &names, &[], None, "EMPTY");
-            put_json(ctx, &names.metadata_object(), &doc).await?;
+            let body = serde_json::to_vec_pretty(&doc).expect("metadata serializes");
+            let size = body.len() as u64;
+            let stream = futures::stream::iter([Ok::<_, crate::store::StoreError>(
+                bytes::Bytes::from(body),
+            )]);
+            ctx.dest
+                .write_verified(
+                    &format!("{}/{}.json", job.tracking, names.name),
+                    stream,
+                    crate::store::Expected {
+                        size,
+                        md5: None,
+                        crc32c: None,
+                    },
+                )
+                .await?;
         }
         ctx.tracker
             .update(&job.tracking, &order, false, |s| {

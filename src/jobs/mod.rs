@@ -87,6 +87,8 @@ pub struct JobSettings {
     pub poll_interval: Duration,
     /// How long an export waits when EE's task queue is full, or no slot is free.
     pub backpressure_delay: Duration,
+    /// Queue-level retries of failed jobs.
+    pub retry: crate::queue::RetryPolicy,
 }
 
 impl Default for JobSettings {
@@ -95,6 +97,7 @@ impl Default for JobSettings {
             ee_requests_per_second: 50,
             poll_interval: Duration::from_secs(10),
             backpressure_delay: Duration::from_secs(60),
+            retry: crate::queue::RetryPolicy::default(),
         }
     }
 }

@@ -115,7 +115,13 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
                 .await
                 .map_err(redis_err)?;
             if !first {
-                return lost(ctx, job, &operation, "not listed by operations.list and already looked up once").await;
+                return lost(
+                    ctx,
+                    job,
+                    &operation,
+                    "not listed by operations.list and already looked up once",
+                )
+                .await;
             }
             ctx.ee_permit().await?;
             match ctx.ee.get_operation(&operation).await {
@@ -220,11 +226,15 @@ async fn apply(
     if new_state.is_active() {
         let current = ctx.tracker.status(&job.tracking, &order).await?;
         if current.map(|c| c.state) != Some(new_state) {
-            ctx.tracker.update(&job.tracking, &order, false, record).await?;
+            ctx.tracker
+                .update(&job.tracking, &order, false, record)
+                .await?;
         }
         return Ok(snooze(ctx));
     }
-    ctx.tracker.update(&job.tracking, &order, false, record).await?;
+    ctx.tracker
+        .update(&job.tracking, &order, false, record)
+        .await?;
     ctx.queue.release_slot(&job.id()).await?;
     stop_waiting(ctx, operation).await?;
     match new_state {
@@ -295,7 +305,10 @@ impl Pacer {
         let s = &self.settings;
         if completed == 0 {
             // Nothing finished: back off geometrically.
-            self.interval = self.interval.mul_f64(1.5).clamp(s.min_interval, s.max_interval);
+            self.interval = self
+                .interval
+                .mul_f64(1.5)
+                .clamp(s.min_interval, s.max_interval);
             return;
         }
         let observed = f64::from(completed) / elapsed.as_secs_f64().max(0.001);
@@ -381,11 +394,16 @@ pub async fn sweep_once(
         ctx.ee_permit().await?;
         let page = ctx
             .ee
-            .list_operations(Some(crate::earthengine::client::LIST_PAGE_SIZE), token.as_deref())
+            .list_operations(
+                Some(crate::earthengine::client::LIST_PAGE_SIZE),
+                token.as_deref(),
+            )
             .await?;
         pages += 1;
         for op in page.operations.unwrap_or_default() {
-            let Some(name) = op.name.clone() else { continue };
+            let Some(name) = op.name.clone() else {
+                continue;
+            };
             if waiting.contains(&name) {
                 seen.insert(name.clone());
                 views.push((name, OpView::from_operation(&op)));

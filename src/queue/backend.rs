@@ -86,7 +86,11 @@ pub fn worker_name(stage: Stage, index: usize, restarts: usize) -> String {
         let host = hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "host".to_owned());
-        format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+        format!(
+            "{host}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        )
     });
     format!("{stage}-{}-w{index}-r{restarts}", *PROCESS)
 }
@@ -218,8 +222,7 @@ impl<Args: QueueJob> StageStore<Args> {
             }
             // Failed, Running (panic caught, timeout) or Pending (RetryAfterError, duration lost).
             (Err(error), status) => {
-                let outcome =
-                    retrying("fail", || q.fail(stage, worker, id, error, policy)).await?;
+                let outcome = retrying("fail", || q.fail(stage, worker, id, error, policy)).await?;
                 tracing::info!(%stage, id, error, ?status, ?outcome, "queue: job failed");
             }
         }
@@ -248,7 +251,10 @@ impl<Args: QueueJob> Persistence for StageStore<Args> {
         Ok(())
     }
 
-    async fn fetch_next(&mut self, worker: &WorkerContext) -> Result<Vec<Task<Vec<u8>>>, QueueError> {
+    async fn fetch_next(
+        &mut self,
+        worker: &WorkerContext,
+    ) -> Result<Vec<Task<Vec<u8>>>, QueueError> {
         let (q, stage, cfg) = (&self.queue, self.stage, &self.cfg);
         if let (Stage::Export, Some(max)) = (stage, cfg.admit_max_active) {
             retrying("admit", || q.admit(max)).await?;
@@ -329,7 +335,10 @@ impl<Args: QueueJob> Persistence for StageStore<Args> {
             jobs.push((id, task.args));
         }
         let (q, stage) = (&self.queue, self.stage);
-        retrying("enqueue", || q.enqueue_encoded(stage, &jobs, Duration::ZERO)).await?;
+        retrying("enqueue", || {
+            q.enqueue_encoded(stage, &jobs, Duration::ZERO)
+        })
+        .await?;
         Ok(())
     }
 }
@@ -354,7 +363,11 @@ impl<Args: QueueJob> Backend for CedarBackend<Args> {
     type Task = Task<Vec<u8>>;
     type Error = QueueError;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>, w: &WorkerContext) -> Poll<Result<(), QueueError>> {
+    fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: &WorkerContext,
+    ) -> Poll<Result<(), QueueError>> {
         self.persist.poll_ready(cx, w, self.cfg.heartbeat)
     }
 
@@ -366,7 +379,11 @@ impl<Args: QueueJob> Backend for CedarBackend<Args> {
         self.persist.poll_next(cx, w)
     }
 
-    fn poll_close(&mut self, cx: &mut Context<'_>, w: &WorkerContext) -> Poll<Result<(), QueueError>> {
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: &WorkerContext,
+    ) -> Poll<Result<(), QueueError>> {
         self.persist.poll_close(cx, w)
     }
 }

@@ -217,7 +217,10 @@ pub enum QueueError {
     Payload(#[from] serde_json::Error),
     /// A script answered something this version does not understand.
     #[error("unexpected reply from {script}: {detail}")]
-    Reply { script: &'static str, detail: String },
+    Reply {
+        script: &'static str,
+        detail: String,
+    },
     #[error("unknown stage {0:?}; expected export, poll, download or clean")]
     UnknownStage(String),
 }
@@ -309,10 +312,7 @@ mod tests {
         assert_eq!(p.delay(3, 0.0), Duration::ZERO);
         assert_eq!(p.delay(3, 0.5), Duration::from_secs(4));
         assert!(p.delay(3, 0.999_999) < Duration::from_secs(8));
-        let exact = RetryPolicy {
-            jitter: false,
-            ..p
-        };
+        let exact = RetryPolicy { jitter: false, ..p };
         assert_eq!(exact.delay(3, 0.1), Duration::from_secs(8));
         let schedule = p.schedule_ms();
         assert_eq!(schedule.len(), 7);

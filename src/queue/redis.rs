@@ -554,7 +554,12 @@ impl RedisQueue {
             .await?)
     }
 
-    async fn remove(&self, stage: Stage, ids: &[String], free_slot: bool) -> Result<u64, QueueError> {
+    async fn remove(
+        &self,
+        stage: Stage,
+        ids: &[String],
+        free_slot: bool,
+    ) -> Result<u64, QueueError> {
         let mut call = REMOVE.prepare_invoke();
         for key in self.reap_keys(stage) {
             call.key(key);
@@ -670,12 +675,12 @@ impl RedisQueue {
     }
 
     /// Why `id` is dead, if it is.
-    pub async fn dead_reason(&self, stage: Stage, id: &str) -> Result<Option<DeadReason>, QueueError> {
-        let raw: Option<String> = self
-            .conn
-            .clone()
-            .hget(self.key(stage, "dead"), id)
-            .await?;
+    pub async fn dead_reason(
+        &self,
+        stage: Stage,
+        id: &str,
+    ) -> Result<Option<DeadReason>, QueueError> {
+        let raw: Option<String> = self.conn.clone().hget(self.key(stage, "dead"), id).await?;
         Ok(match raw {
             Some(json) => Some(serde_json::from_str(&json)?),
             None => None,

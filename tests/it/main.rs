@@ -3,4 +3,5 @@
 mod cli;
 mod earthengine;
 mod emulator;
+mod queue;
 mod store;

@@ -3,6 +3,8 @@
 //! Every command loads the configuration once ([`crate::config`]) and reports bad input as one
 //! clear message per problem with a non-zero exit status.
 
+pub mod campaign;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -58,6 +60,8 @@ pub enum Command {
     Emulator(crate::emulator::EmulatorArgs),
     /// Run a whole small campaign on embedded defaults: in-process EE emulator, local folders.
     Demo(crate::demo::DemoArgs),
+    #[command(flatten)]
+    Campaign(campaign::CampaignCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,6 +209,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         },
+        Command::Campaign(cmd) => {
+            let s = match settings(&cli) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            campaign::run(s, cmd).await
+        }
         Command::Demo(args) => {
             crate::demo::run(args.clone()).await?;
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,548 @@
+//! The campaign commands: submit, list, show, status, update, download, clean, cancel, retry,
+//! and the worker daemon — parity with the original `Tracker`, plus what it lacked.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use clap::{Args, Subcommand};
+
+use crate::config::Settings;
+use crate::jobs::download::{copy_verified, export_objects};
+use crate::jobs::poll::OpView;
+use crate::jobs::{Context, JobSettings, job_for};
+use crate::order::tile_pieces;
+use crate::period::Frequency;
+use crate::queue::Stage;
+use crate::store::Destination;
+use crate::submit::{self, Request};
+use crate::tracking::{OrderState, document, document_object, order_key, publish};
+use crate::worker::{self, WorkerOptions};
+
+/// Commands that act on submissions and the queue.
+#[derive(Debug, Subcommand)]
+pub enum CampaignCommand {
+    /// Validate a request, record it, and queue one export per collection × tile × period.
+    Submit(SubmitArgs),
+    /// List submissions (optionally those whose name contains PATTERN).
+    List { pattern: Option<String> },
+    /// Print a submission's tracking document.
+    Show { name: String },
+    /// Orders per state; exit 0 when every order is complete, 1 when some failed, 3 while running.
+    Status {
+        name: String,
+        /// Print `{"name", "total", "counts", "done"}`.
+        #[arg(long)]
+        json: bool,
+        /// Keep watching until done (progress bars on a terminal).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Refresh order states from EE now (one operations.list sweep) and rewrite the document.
+    Update { name: String },
+    /// Copy a submission's finished exports from the bucket to DEST/NAME, verified.
+    Download {
+        name: String,
+        #[arg(long)]
+        dest: PathBuf,
+        /// Replace files already in DEST.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Delete a submission's downloaded exports from the bucket, and its tracking record.
+    Clean {
+        name: String,
+        /// Keep the tracking document and state.
+        #[arg(long)]
+        keep_tracking: bool,
+    },
+    /// Cancel a submission: drop its queued jobs and cancel its EE tasks.
+    Cancel { name: String },
+    /// Re-queue a submission's failed, lost and cancelled orders.
+    Retry { name: String },
+    /// Run the daemon: every stage, until SIGTERM (then drain).
+    Worker(WorkerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// EE collection IDs (repeat or separate with commas).
+    #[arg(long = "collection", required = true, value_delimiter = ',')]
+    pub collections: Vec<String>,
+    /// Tiles as ROW,COL (repeatable).
+    #[arg(long = "tile", value_parser = super::parse_tile, conflicts_with_all = ["rows", "tiles_file"])]
+    pub tiles: Vec<(u32, u32)>,
+    /// Row range A-B (inclusive), with --cols: every tile of the rectangle.
+    #[arg(long, value_parser = submit::parse_range, requires = "cols", conflicts_with = "tiles_file")]
+    pub rows: Option<(u32, u32)>,
+    #[arg(long, value_parser = submit::parse_range, requires = "rows")]
+    pub cols: Option<(u32, u32)>,
+    /// A file with one ROW,COL per line.
+    #[arg(long)]
+    pub tiles_file: Option<PathBuf>,
+    #[arg(long)]
+    pub start: NaiveDate,
+    #[arg(long)]
+    pub end: NaiveDate,
+    /// NYS, NQS, NMS, NW or ND; omit for one period from start to end.
+    #[arg(long)]
+    pub freq: Option<Frequency>,
+    /// Record empty tile-periods with a metadata JSON (the default).
+    #[arg(long, overrides_with = "no_save_empty_metadata")]
+    pub save_empty_metadata: bool,
+    #[arg(long)]
+    pub no_save_empty_metadata: bool,
+    /// Fail orders that have no scenes instead of recording them EMPTY.
+    #[arg(long)]
+    pub error_if_empty: bool,
+    /// Wait until every order is complete or failed.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print `{"tracking_name", "jobs"}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Jobs run at once per stage.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Seconds running jobs get to finish after SIGTERM.
+    #[arg(long, default_value_t = 60)]
+    pub drain_secs: u64,
+    /// EE tasks PENDING/RUNNING at once across all workers (default: EE's
+    /// maxConcurrentExports × 10, at most 2900).
+    #[arg(long)]
+    pub max_active_exports: Option<u64>,
+    /// EE requests per second across all workers.
+    #[arg(long, default_value_t = 50)]
+    pub ee_requests_per_second: u32,
+    /// Seconds between looks at a running EE task.
+    #[arg(long, default_value_t = 10)]
+    pub poll_interval_secs: u64,
+    /// Seconds a job held by a dead worker waits before another worker takes it.
+    #[arg(long, default_value_t = 60)]
+    pub lease_secs: u64,
+}
+
+/// Resolves when the process gets SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown requested; draining");
+}
+
+fn usage(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(2)
+}
+
+/// Runs a campaign command.
+pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<ExitCode> {
+    let settings = Arc::new(settings);
+    let jobs = match cmd {
+        CampaignCommand::Worker(a) => JobSettings {
+            ee_requests_per_second: a.ee_requests_per_second,
+            poll_interval: Duration::from_secs(a.poll_interval_secs.max(1)),
+            ..JobSettings::default()
+        },
+        _ => JobSettings::default(),
+    };
+    // Validate what needs no server before connecting to one.
+    let plan = match cmd {
+        CampaignCommand::Submit(a) => match build_request(a) {
+            Ok(req) => match submit::plan(&settings, &req, chrono::Utc::now()) {
+                Ok(p) => Some(p),
+                Err(e) => return Ok(usage(e)),
+            },
+            Err(e) => return Ok(usage(e)),
+        },
+        _ => None,
+    };
+    let ctx = worker::context(settings.clone(), jobs).await?;
+    match cmd {
+        CampaignCommand::Submit(a) => {
+            let plan = plan.expect("planned above");
+            if let Some(d) = plan.dropped {
+                tracing::warn!(
+                    "the partial first period {d} is dropped: periods are anchored to the frequency; start on a period boundary to include it"
+                );
+            }
+            let n = submit::enqueue(
+                &settings,
+                &ctx.tracker,
+                &ctx.queue,
+                ctx.bucket.as_ref(),
+                &plan,
+            )
+            .await?;
+            let name = &plan.submission.name;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"tracking_name": name, "jobs": plan.submission.order_count()})
+                );
+            } else {
+                println!("{name}");
+                eprintln!("queued {n} export jobs");
+            }
+            if a.wait {
+                return watch(&ctx, name, false, true).await;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCommand::List { pattern } => {
+            for name in ctx.tracker.list().await? {
+                if pattern.as_deref().is_some_and(|p| !name.contains(p)) {
+                    continue;
+                }
+                let counts = ctx.tracker.counts(&name).await?;
+                let summary: Vec<String> = counts
+                    .iter()
+                    .map(|(s, n)| format!("{}={n}", s.as_str()))
+                    .collect();
+                println!("{name}\t{}", summary.join(" "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCommand::Show { name } => {
+            let sub = ctx.tracker.submission(name).await?;
+            let statuses = ctx.tracker.all(name).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&document(&settings, &sub, &statuses))?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCommand::Status {
+            name,
+            json,
+            watch: w,
+        } => watch(&ctx, name, *json, *w).await,
+        CampaignCommand::Update { name } => {
+            let n = update(&ctx, name).await?;
+            publish(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
+            eprintln!("{n} orders refreshed from EE");
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCommand::Download {
+            name,
+            dest,
+            overwrite,
+        } => {
+            let dest = Destination::local(dest);
+            let sub = ctx.submission(name).await?;
+            let statuses = ctx.tracker.all(name).await?;
+            let (mut files, mut bytes) = (0, 0);
+            for order in sub.orders() {
+                let state = statuses.get(&order_key(&order)).map(|s| s.state);
+                if !matches!(state, Some(OrderState::Succeeded | OrderState::Downloaded)) {
+                    continue;
+                }
+                let names = ctx.names(&sub, &order)?;
+                let tile = settings.grid.tile(order.row, order.col)?;
+                let objects = export_objects(
+                    ctx.bucket.as_ref(),
+                    &names.object_base(),
+                    &tile_pieces(&tile, settings.config.export.file_dimensions),
+                )
+                .await?;
+                let (v, b) =
+                    copy_verified(ctx.bucket.as_ref(), &dest, name, &objects, *overwrite).await?;
+                files += v.len();
+                bytes += b;
+            }
+            eprintln!(
+                "{files} files ({bytes} bytes) verified in {}",
+                dest_path(&dest, name)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCommand::Clean {
+            name,
+            keep_tracking,
+        } => {
+            let sub = ctx.submission(name).await?;
+            let statuses = ctx.tracker.all(name).await?;
+            let mut deleted = 0;
+            for order in sub.orders() {
+                let Some(s) = statuses.get(&order_key(&order)) else {
+                    continue;
+                };
+                if s.state != OrderState::Downloaded {
+                    continue;
+                }
+                for o in &s.objects {
+                    ctx.bucket.delete(&o.name).await?;
+                    deleted += 1;
+                }
+                ctx.tracker
+                    .update(name, &order, false, |s| s.state = OrderState::Cleaned)
+                    .await?;
+            }
+            if *keep_tracking {
+                publish(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
+            } else {
+                ctx.bucket.delete(&document_object(&settings, name)).await?;
+                ctx.tracker.forget(name).await?;
+            }
+            eprintln!("{deleted} objects deleted");
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCommand::Cancel { name } => {
+            let n = cancel(&ctx, name).await?;
+            publish(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
+            eprintln!("{n} orders cancelled");
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCommand::Retry { name } => {
+            let n = retry(&ctx, name).await?;
+            publish(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
+            eprintln!("{n} orders re-queued");
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCommand::Worker(a) => {
+            let opts = WorkerOptions {
+                concurrency: a.concurrency,
+                drain: Duration::from_secs(a.drain_secs),
+                lease: Duration::from_secs(a.lease_secs.max(3)),
+                max_active_exports: a.max_active_exports,
+                jobs: ctx.jobs.clone(),
+                ..WorkerOptions::default()
+            };
+            worker::run(ctx, opts, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn dest_path(_dest: &Destination, name: &str) -> String {
+    format!("{name}/")
+}
+
+fn build_request(a: &SubmitArgs) -> Result<Request, String> {
+    let tiles = if let Some(path) = &a.tiles_file {
+        submit::read_tiles_file(path)?
+    } else if let (Some(rows), Some(cols)) = (a.rows, a.cols) {
+        (rows.0..=rows.1)
+            .flat_map(|r| (cols.0..=cols.1).map(move |c| (r, c)))
+            .collect()
+    } else {
+        a.tiles.clone()
+    };
+    Ok(Request {
+        collections: a.collections.clone(),
+        tiles,
+        start: a.start,
+        end: a.end,
+        freq: a.freq,
+        save_empty_metadata: !a.no_save_empty_metadata,
+        error_if_empty: a.error_if_empty,
+    })
+}
+
+/// The status line data of a submission.
+async fn snapshot(ctx: &Context, name: &str) -> anyhow::Result<(usize, BTreeMap<OrderState, u64>)> {
+    let sub = ctx.submission(name).await?;
+    Ok((sub.order_count(), ctx.tracker.counts(name).await?))
+}
+
+fn exit_for(total: usize, counts: &BTreeMap<OrderState, u64>) -> (bool, ExitCode) {
+    let complete: u64 = counts
+        .iter()
+        .filter(|(s, _)| s.is_complete())
+        .map(|(_, n)| n)
+        .sum();
+    let failed: u64 = counts
+        .iter()
+        .filter(|(s, _)| s.is_failed())
+        .map(|(_, n)| n)
+        .sum();
+    let finished = (complete + failed) as usize >= total;
+    let code = if !finished {
+        ExitCode::from(3)
+    } else if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    };
+    (finished, code)
+}
+
+async fn watch(ctx: &Context, name: &str, json: bool, follow: bool) -> anyhow::Result<ExitCode> {
+    let bar = (follow && !json && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}",
+            )
+            .expect("valid template"),
+        );
+        b
+    });
+    loop {
+        let (total, counts) = snapshot(ctx, name).await?;
+        let (finished, code) = exit_for(total, &counts);
+        let summary: Vec<String> = counts
+            .iter()
+            .map(|(s, n)| format!("{}={n}", s.as_str()))
+            .collect();
+        if let Some(b) = &bar {
+            let done: u64 = counts
+                .iter()
+                .filter(|(s, _)| s.is_complete() || s.is_failed())
+                .map(|(_, n)| n)
+                .sum();
+            b.set_length(total as u64);
+            b.set_position(done);
+            b.set_message(summary.join(" "));
+        }
+        if !follow || finished {
+            if let Some(b) = &bar {
+                b.finish();
+            }
+            if json {
+                let counts: BTreeMap<&str, u64> =
+                    counts.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"name": name, "total": total, "counts": counts, "done": finished})
+                );
+            } else if bar.is_none() {
+                println!("{name}: {total} orders: {}", summary.join(" "));
+            }
+            return Ok(code);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// One sweep of EE's operations applied to the submission's orders; returns how many changed.
+async fn update(ctx: &Context, name: &str) -> anyhow::Result<usize> {
+    let sub = ctx.submission(name).await?;
+    let statuses = ctx.tracker.all(name).await?;
+    let ops: BTreeMap<String, OpView> = ctx
+        .ee
+        .list_all_operations()
+        .await?
+        .iter()
+        .filter_map(|op| Some((op.name.clone()?, OpView::from_operation(op))))
+        .collect();
+    let mut changed = 0;
+    for order in sub.orders() {
+        let Some(s) = statuses.get(&order_key(&order)) else {
+            continue;
+        };
+        let Some(view) = s.operation.as_ref().and_then(|op| ops.get(op)) else {
+            continue;
+        };
+        let Some(state) = OrderState::parse(&view.state) else {
+            continue;
+        };
+        if state != s.state
+            && ctx
+                .tracker
+                .set(
+                    name,
+                    &order,
+                    &crate::tracking::OrderStatus {
+                        state,
+                        error: view.error.clone().or(s.error.clone()),
+                        ee_attempt: view.attempt.or(s.ee_attempt),
+                        updated: chrono::Utc::now(),
+                        ..s.clone()
+                    },
+                    false,
+                )
+                .await?
+        {
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
+/// Drops every queued job of a submission and cancels its EE tasks.
+async fn cancel(ctx: &Context, name: &str) -> anyhow::Result<usize> {
+    let sub = ctx.submission(name).await?;
+    for stage in [Stage::Export, Stage::Poll, Stage::Download, Stage::Clean] {
+        ctx.queue.remove_tracking(stage, name).await?;
+    }
+    let statuses = ctx.tracker.all(name).await?;
+    let mut n = 0;
+    for order in sub.orders() {
+        let Some(s) = statuses.get(&order_key(&order)) else {
+            continue;
+        };
+        if !(s.state == OrderState::Queued || s.state.is_active()) {
+            continue;
+        }
+        if let Some(op) = s.operation.as_deref().filter(|_| s.state.is_active())
+            && let Err(e) = ctx.ee.cancel_operation(op).await
+        {
+            tracing::warn!(operation = op, error = %e, "cancelling the EE task failed");
+        }
+        ctx.tracker
+            .update(name, &order, false, |s| {
+                s.state = OrderState::Cancelled;
+                s.error = Some("cancelled by cedar cancel".into());
+            })
+            .await?;
+        ctx.queue
+            .release_slot(&job_for(name, &order, None).id())
+            .await?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Puts failed, lost and cancelled orders back in the export backlog with a new export
+/// generation (so EE gets a new requestId); also re-enqueues QUEUED orders whose job is gone.
+async fn retry(ctx: &Context, name: &str) -> anyhow::Result<usize> {
+    let sub = ctx.submission(name).await?;
+    let statuses = ctx.tracker.all(name).await?;
+    let mut jobs = Vec::new();
+    for order in sub.orders() {
+        let Some(s) = statuses.get(&order_key(&order)) else {
+            continue;
+        };
+        let job = job_for(name, &order, None);
+        if s.state.is_failed() {
+            for stage in [Stage::Export, Stage::Poll, Stage::Download, Stage::Clean] {
+                ctx.queue.complete(stage, &job.id()).await?;
+            }
+            ctx.tracker
+                .update(name, &order, true, |s| {
+                    s.state = OrderState::Queued;
+                    s.exports = s.exports.max(1) + 1;
+                    s.operation = None;
+                    s.error = None;
+                })
+                .await?;
+            jobs.push(job);
+        } else if s.state == OrderState::Queued {
+            jobs.push(job);
+        }
+    }
+    let n = jobs.len();
+    ctx.queue
+        .enqueue_bulk(Stage::Export, &jobs, Duration::ZERO)
+        .await?;
+    Ok(n)
+}

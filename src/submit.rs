@@ -1,0 +1,282 @@
+//! Submit: turn collections × tiles × periods into orders, record them, and queue their exports.
+//!
+//! Everything is validated before anything is written — unknown collection, tile outside the
+//! grid, end before start, a frequency that yields no period, two orders with the same name, a
+//! taken tracking name — and the first problem found is one clear error. Then the tracking
+//! state is recorded, the tracking document written, and one export job per order is enqueued
+//! in bulk (pipelined; 100,000 jobs take seconds) into the admission backlog.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::config::Settings;
+use crate::jobs::job_for;
+use crate::naming::TrackingValues;
+use crate::period::{Frequency, Period, periods};
+use crate::queue::Stage;
+use crate::queue::redis::RedisQueue;
+use crate::store::ExportBucket;
+use crate::tracking::{Submission, Tracker, publish};
+
+/// What to submit.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub collections: Vec<String>,
+    /// (row, col), in the order given; duplicates are refused.
+    pub tiles: Vec<(u32, u32)>,
+    pub start: NaiveDate,
+    pub end: NaiveDate,
+    pub freq: Option<Frequency>,
+    pub save_empty_metadata: bool,
+    pub error_if_empty: bool,
+}
+
+/// A submission that was validated: its record and the partial period dropped, if any.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub submission: Submission,
+    pub dropped: Option<Period>,
+}
+
+/// Bad input or a failure to record it.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Tracking(#[from] crate::tracking::TrackingError),
+    #[error(transparent)]
+    Publish(#[from] crate::tracking::PublishError),
+    #[error("queueing the exports: {0}")]
+    Queue(#[from] crate::queue::QueueError),
+}
+
+/// Validates `req` and renders every name; nothing is written.
+pub fn plan(settings: &Settings, req: &Request, now: DateTime<Utc>) -> Result<Plan, SubmitError> {
+    let invalid = |m: String| SubmitError::Invalid(m);
+    if req.collections.is_empty() {
+        return Err(invalid("no collection given; pass --collection ID".into()));
+    }
+    let mut seen = HashSet::new();
+    for c in &req.collections {
+        if !settings.collections.contains_key(c) {
+            let known: Vec<&str> = settings.collections.keys().map(String::as_str).collect();
+            return Err(invalid(format!(
+                "unknown collection {c:?}; configured collections: {} (add others under [collections.\"ID\"])",
+                known.join(", ")
+            )));
+        }
+        if !seen.insert(c) {
+            return Err(invalid(format!("collection {c:?} is given twice")));
+        }
+    }
+    if req.tiles.is_empty() {
+        return Err(invalid(
+            "no tile given; pass --tile ROW,COL, --rows A-B --cols C-D or --tiles-file".into(),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (row, col) in &req.tiles {
+        settings
+            .grid
+            .tile(*row, *col)
+            .map_err(|e| invalid(e.to_string()))?;
+        if !seen.insert((row, col)) {
+            return Err(invalid(format!("tile {row},{col} is given twice")));
+        }
+    }
+    let split = periods(req.start, req.end, req.freq).map_err(|e| invalid(e.to_string()))?;
+    let mut sub = Submission {
+        name: String::new(),
+        submitted: now,
+        collections: req.collections.clone(),
+        tiles: req.tiles.clone(),
+        period_start: req.start,
+        period_end: req.end,
+        period_freq: req.freq.map(|f| f.to_string()),
+        periods: split.periods,
+        save_empty_metadata: req.save_empty_metadata,
+        error_if_empty: req.error_if_empty,
+    };
+    sub.name = settings
+        .tracking_template
+        .render_tracking(&TrackingValues {
+            collections: &req.collections,
+            tiles: &req.tiles,
+            period_start: req.start,
+            period_end: req.end,
+            period_freq: req.freq,
+            now,
+        })
+        .map_err(|e| invalid(e.to_string()))?;
+    let mut names = HashSet::new();
+    for order in sub.orders() {
+        let n = order
+            .names(settings, now)
+            .map_err(|e| invalid(e.to_string()))?;
+        let base = n.object_base();
+        if !names.insert(base.clone()) {
+            return Err(invalid(format!(
+                "two orders would both be named {base:?}; export.name_template must tell collections, tiles and periods apart (e.g. include {{collection}}, {{tile}} and {{date_start}})"
+            )));
+        }
+    }
+    Ok(Plan {
+        submission: sub,
+        dropped: split.dropped,
+    })
+}
+
+/// Records a validated plan and enqueues its exports; returns the number of jobs.
+pub async fn enqueue(
+    settings: &Settings,
+    tracker: &Tracker,
+    queue: &RedisQueue,
+    bucket: &dyn ExportBucket,
+    plan: &Plan,
+) -> Result<u64, SubmitError> {
+    let sub = &plan.submission;
+    tracker.create(sub).await?;
+    publish(settings, tracker, bucket, &sub.name).await?;
+    let jobs: Vec<_> = sub.orders().map(|o| job_for(&sub.name, &o, None)).collect();
+    let mut added = 0;
+    for chunk in jobs.chunks(20_000) {
+        added += queue
+            .enqueue_bulk(Stage::Export, chunk, Duration::ZERO)
+            .await?;
+    }
+    Ok(added)
+}
+
+/// Parses `A-B` (inclusive) or a single number.
+pub fn parse_range(s: &str) -> Result<(u32, u32), String> {
+    let n = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{s:?} must be N or A-B with non-negative integers"))
+    };
+    match s.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (n(a)?, n(b)?);
+            if a > b {
+                return Err(format!(
+                    "range {s:?} goes backwards; write the smaller bound first"
+                ));
+            }
+            Ok((a, b))
+        }
+        None => {
+            let v = n(s)?;
+            Ok((v, v))
+        }
+    }
+}
+
+/// Reads tiles from a file: one `ROW,COL` per line; blank lines and `#` comments ignored.
+pub fn read_tiles_file(path: &std::path::Path) -> Result<Vec<(u32, u32)>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read tiles file {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        out.push(
+            crate::cli::parse_tile(line)
+                .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?,
+        );
+    }
+    if out.is_empty() {
+        return Err(format!("tiles file {} lists no tile", path.display()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn settings() -> Settings {
+        let mut c = Config::default();
+        c.export.bucket = "b-1".into();
+        c.validate().unwrap()
+    }
+
+    fn req() -> Request {
+        Request {
+            collections: vec!["LANDSAT/LC08/C02/T1_L2".into()],
+            tiles: vec![(3, 10), (3, 11)],
+            start: "2020-01-01".parse().unwrap(),
+            end: "2020-12-31".parse().unwrap(),
+            freq: Some("3MS".parse().unwrap()),
+            save_empty_metadata: true,
+            error_if_empty: false,
+        }
+    }
+
+    #[test]
+    fn a_valid_request_plans_every_order() {
+        let p = plan(&settings(), &req(), Utc::now()).unwrap();
+        assert_eq!(p.submission.order_count(), 2 * 4);
+        assert!(
+            p.submission
+                .name
+                .starts_with("TRACKING_PERIOD2020-01-01-2020-12-31_TASK")
+        );
+        assert_eq!(p.dropped, None);
+    }
+
+    #[test]
+    fn bad_requests_name_the_problem() {
+        let s = settings();
+        let cases: Vec<(Box<dyn Fn(&mut Request)>, &str)> = vec![
+            (
+                Box::new(|r| r.collections = vec!["NOPE".into()]),
+                "unknown collection \"NOPE\"",
+            ),
+            (
+                Box::new(|r| r.collections.push("LANDSAT/LC08/C02/T1_L2".into())),
+                "given twice",
+            ),
+            (Box::new(|r| r.tiles.push((99, 0))), "outside the grid"),
+            (
+                Box::new(|r| r.tiles.push((3, 10))),
+                "tile 3,10 is given twice",
+            ),
+            (
+                Box::new(|r| r.end = "2019-01-01".parse().unwrap()),
+                "not after start",
+            ),
+            (Box::new(|r| r.tiles.clear()), "no tile given"),
+            (Box::new(|r| r.collections.clear()), "no collection given"),
+        ];
+        for (change, want) in cases {
+            let mut r = req();
+            change(&mut r);
+            let e = plan(&s, &r, Utc::now()).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+
+    #[test]
+    fn colliding_names_are_refused() {
+        let mut c = Config::default();
+        c.export.bucket = "b-1".into();
+        c.export.name_template = "{collection}_{date_start}".into();
+        let s = c.validate().unwrap();
+        let e = plan(&s, &req(), Utc::now()).unwrap_err().to_string();
+        assert!(e.contains("would both be named"), "{e}");
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("3-5").unwrap(), (3, 5));
+        assert_eq!(parse_range("7").unwrap(), (7, 7));
+        assert!(parse_range("5-3").is_err());
+        assert!(parse_range("a-3").is_err());
+    }
+}

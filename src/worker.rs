@@ -1,0 +1,297 @@
+//! The worker: `cedar worker` runs every stage's handlers against the shared queue, plus the
+//! operations sweeper and the tracking-document publisher, until SIGTERM/Ctrl-C.
+//!
+//! Any number of workers on any number of machines may share one Redis. Each stage is an
+//! apalis worker over [`crate::queue::backend`]; a job a dead process held comes back after its
+//! lease (`[worker] lease_secs`, default 60 s) and runs on another worker. On SIGTERM a worker
+//! stops taking jobs, lets the running ones finish for up to `[worker] drain_secs`, and hands
+//! back the ones it fetched but never started.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::prelude::*;
+use tokio::sync::watch;
+
+use crate::auth;
+use crate::config::Settings;
+use crate::earthengine::client::EarthEngine;
+use crate::jobs::poll::SweepSettings;
+use crate::jobs::{self, Context, JobError, JobSettings, order_of};
+use crate::queue::redis::RedisQueue;
+use crate::queue::{self, BackendConfig, OrderJob, Outcome, Stage};
+use crate::store::{Destination, open_bucket};
+use crate::tracking::{OrderState, Tracker, publish};
+
+/// EE's documented cap on queued tasks per project.
+pub const EE_QUEUE_CAP: u64 = 3000;
+/// Headroom kept below [`EE_QUEUE_CAP`] for tasks started by other tools.
+pub const EE_QUEUE_MARGIN: u64 = 100;
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Jobs run at once per stage.
+    pub concurrency: usize,
+    /// Time running jobs get to finish after SIGTERM.
+    pub drain: Duration,
+    /// How long a job leased by a dead worker waits before another takes it.
+    pub lease: Duration,
+    /// EE tasks PENDING or RUNNING at once across all workers; `None` derives it from EE's
+    /// `maxConcurrentExports` × `active_exports_factor`.
+    pub max_active_exports: Option<u64>,
+    pub active_exports_factor: u64,
+    pub jobs: JobSettings,
+    pub sweep: SweepSettings,
+    /// How often dirty tracking documents are re-written to the store.
+    pub publish_interval: Duration,
+    /// How often idle stages look for new jobs.
+    pub poll_every: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            concurrency: 8,
+            drain: Duration::from_secs(60),
+            lease: Duration::from_secs(60),
+            max_active_exports: None,
+            active_exports_factor: 10,
+            jobs: JobSettings::default(),
+            sweep: SweepSettings::default(),
+            publish_interval: Duration::from_secs(5),
+            poll_every: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The admission cap: configured, else EE's export concurrency × factor; never above EE's queue
+/// cap minus a margin.
+pub fn admission_cap(configured: Option<u64>, ee_max_concurrent: Option<u64>, factor: u64) -> u64 {
+    let derived = ee_max_concurrent.unwrap_or(2).max(1) * factor.max(1);
+    configured
+        .unwrap_or(derived)
+        .clamp(1, EE_QUEUE_CAP - EE_QUEUE_MARGIN)
+}
+
+/// Connects everything a worker needs from the settings.
+pub async fn context(settings: Arc<Settings>, jobs: JobSettings) -> anyhow::Result<Context> {
+    let cfg = &settings.config;
+    let queue = RedisQueue::connect(&cfg.queue.url, &cfg.queue.namespace).await?;
+    let redis = connect_redis(&cfg.queue.url).await?;
+    let tracker = Tracker::new(redis.clone(), &cfg.queue.namespace);
+    let tokens = auth::token_source(cfg.earthengine.credentials.as_deref())?;
+    let ee = EarthEngine::new(
+        &cfg.earthengine.endpoint,
+        &cfg.earthengine.project,
+        tokens.clone(),
+        Duration::from_secs(cfg.earthengine.timeout_secs),
+    )?;
+    let endpoint = Some(cfg.store.endpoint.as_str()).filter(|e| !e.is_empty());
+    let bucket = open_bucket(&settings.store_url, endpoint, tokens)?;
+    let dest = Arc::new(Destination::open(&cfg.download.dest)?);
+    Ok(Context::new(
+        settings.clone(),
+        jobs,
+        ee,
+        bucket,
+        dest,
+        tracker,
+        queue,
+        redis,
+    ))
+}
+
+/// A Redis connection with the timeouts every cedar connection uses.
+pub async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let client = redis::Client::open(url)
+        .map_err(|e| anyhow::anyhow!("queue.url {}: {e}", crate::config::redact_url(url)))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_connection_timeout(Some(Duration::from_secs(5)));
+    Ok(client.get_connection_manager_with_config(config).await?)
+}
+
+/// Runs a worker until `shutdown` resolves, then drains.
+pub async fn run(
+    ctx: Context,
+    opts: WorkerOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let ee_cap = match opts.max_active_exports {
+        Some(_) => None,
+        None => match ctx.ee.get_project_config().await {
+            Ok(c) => c.max_concurrent_exports.map(|n| n as u64),
+            Err(e) => {
+                tracing::warn!(error = %e, "projects.getConfig failed; assuming 2 concurrent exports");
+                None
+            }
+        },
+    };
+    let cap = admission_cap(opts.max_active_exports, ee_cap, opts.active_exports_factor);
+    tracing::info!(max_active_exports = cap, "worker starting");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sweeper = tokio::spawn(jobs::poll::sweep_loop(
+        ctx.clone(),
+        opts.sweep.clone(),
+        queue::worker_name(Stage::Poll, 99, 0),
+        stop_rx.clone(),
+    ));
+    let publisher = tokio::spawn(publish_loop(ctx.clone(), opts.publish_interval, stop_rx));
+
+    let base = BackendConfig {
+        batch_size: opts.concurrency.clamp(1, 16),
+        lease: opts.lease,
+        heartbeat: opts.lease / 4,
+        retry: ctx.jobs.retry,
+        admit_max_active: None,
+    };
+    let mut monitor = Monitor::new();
+    // One apalis worker per stage; a macro because each handler is its own fn type.
+    macro_rules! register {
+        ($stage:expr, $handler:ident) => {{
+            let stage = $stage;
+            let cfg = BackendConfig {
+                admit_max_active: (stage == Stage::Export).then_some(cap),
+                ..base
+            };
+            let backend = queue::backend::<OrderJob>(ctx.queue.clone(), stage, cfg);
+            let ctx = ctx.clone();
+            let concurrency = opts.concurrency.max(1);
+            let every = opts.poll_every;
+            monitor = monitor.register(move |restarts| {
+                WorkerBuilder::new(queue::worker_name(stage, 0, restarts))
+                    .backend(backend.clone().poll_with_interval(every))
+                    .concurrency(concurrency)
+                    .enable_tracing()
+                    .catch_panic()
+                    .data(ctx.clone())
+                    .build($handler)
+            });
+        }};
+    }
+    register!(Stage::Export, handle_export);
+    register!(Stage::Poll, handle_poll);
+    register!(Stage::Download, handle_download);
+    register!(Stage::Clean, handle_clean);
+    let result = monitor
+        .should_restart(|_, _| true)
+        .shutdown_timeout(opts.drain)
+        .run_with_signal(async move {
+            shutdown.await;
+            Ok(())
+        })
+        .await;
+    let _ = stop_tx.send(true);
+    let _ = sweeper.await;
+    let _ = publisher.await;
+    // Whatever changed during the drain is in the documents too.
+    publish_dirty(&ctx).await;
+    result.map_err(|e| anyhow::anyhow!("worker monitor: {e}"))
+}
+
+async fn handle_export(job: OrderJob, ctx: Data<Context>) -> Result<Outcome, BoxDynError> {
+    let r = jobs::export::run(&ctx, &job).await;
+    settle(&ctx, Stage::Export, &job, r).await
+}
+
+async fn handle_poll(job: OrderJob, ctx: Data<Context>) -> Result<Outcome, BoxDynError> {
+    let r = jobs::poll::run(&ctx, &job).await;
+    settle(&ctx, Stage::Poll, &job, r).await
+}
+
+async fn handle_download(job: OrderJob, ctx: Data<Context>) -> Result<Outcome, BoxDynError> {
+    let r = jobs::download::run(&ctx, &job).await;
+    settle(&ctx, Stage::Download, &job, r).await
+}
+
+async fn handle_clean(job: OrderJob, ctx: Data<Context>) -> Result<Outcome, BoxDynError> {
+    let r = jobs::clean::run(&ctx, &job).await;
+    settle(&ctx, Stage::Clean, &job, r).await
+}
+
+/// Turns a handler's result into what the queue needs, recording failures on the order: a fatal
+/// error, or a retryable one on the last allowed attempt, fails the order with its message.
+async fn settle(
+    ctx: &Context,
+    stage: Stage,
+    job: &OrderJob,
+    r: Result<Outcome, JobError>,
+) -> Result<Outcome, BoxDynError> {
+    let max = ctx.jobs.retry.max_attempts;
+    let (message, fatal) = match r {
+        Ok(o) => return Ok(o),
+        Err(JobError::Fatal(m)) => (m, true),
+        Err(JobError::Retry(m)) => {
+            let failures = ctx.queue.attempts(stage, &job.id()).await.unwrap_or(0) + 1;
+            if failures >= max {
+                (format!("gave up after {failures} attempts: {m}"), true)
+            } else {
+                tracing::warn!(stage = %stage, job = %job.id(), attempt = failures, error = %m, "job failed; will retry");
+                (m, false)
+            }
+        }
+    };
+    if fatal {
+        tracing::error!(stage = %stage, job = %job.id(), error = %message, "order failed");
+        let order = order_of(job);
+        let msg = message.clone();
+        if let Err(e) = ctx
+            .tracker
+            .update(&job.tracking, &order, false, |s| {
+                s.state = OrderState::Failed;
+                s.error = Some(msg);
+            })
+            .await
+        {
+            tracing::warn!(error = %e, "could not record the failure");
+        }
+        if let Err(e) = ctx.queue.release_slot(&job.id()).await {
+            tracing::warn!(error = %e, "could not release the admission slot");
+        }
+        return Err(Box::new(AbortError::new(std::io::Error::other(message))));
+    }
+    Err(message.into())
+}
+
+async fn publish_loop(ctx: Context, every: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => publish_dirty(&ctx).await,
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Re-writes the documents of submissions whose orders changed.
+pub async fn publish_dirty(ctx: &Context) {
+    let names = match ctx.tracker.take_dirty(100).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading dirty tracking names failed");
+            return;
+        }
+    };
+    for name in names {
+        if let Err(e) = publish(&ctx.settings, &ctx.tracker, ctx.bucket.as_ref(), &name).await {
+            tracing::warn!(tracking = %name, error = %e, "publishing the tracking document failed");
+            let _ = ctx.tracker.mark_dirty(&name).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admission_cap_is_bounded() {
+        assert_eq!(admission_cap(None, Some(2), 10), 20);
+        assert_eq!(admission_cap(None, None, 10), 20);
+        assert_eq!(admission_cap(Some(1000), Some(2), 10), 1000);
+        assert_eq!(admission_cap(Some(5000), None, 10), 2900);
+        assert_eq!(admission_cap(None, Some(500), 10), 2900);
+        assert_eq!(admission_cap(Some(0), None, 10), 1);
+    }
+}

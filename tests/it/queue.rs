@@ -1,0 +1,671 @@
+//! The Redis queue and its apalis backend against a real Redis on loopback.
+//!
+//! Each test works in its own namespace and deletes its keys at the end (never FLUSHALL).
+//! `CEDAR_TEST_REDIS` overrides the server (default `redis://127.0.0.1:6379`).
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use apalis::prelude::*;
+use cedar::queue::{
+    self, BackendConfig, FailResult, OrderJob, Outcome, QueueJob, RateDecision, RedisQueue,
+    RetryPolicy, Stage,
+};
+use chrono::NaiveDate;
+
+fn redis_url() -> String {
+    std::env::var("CEDAR_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A queue in a namespace of its own.
+struct TestQueue {
+    queue: RedisQueue,
+    namespace: String,
+}
+
+impl TestQueue {
+    async fn new(test: &str) -> TestQueue {
+        let namespace = format!(
+            "cedar-test:{test}:{}:{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let queue = RedisQueue::connect(&redis_url(), &namespace)
+            .await
+            .expect("Redis at CEDAR_TEST_REDIS or redis://127.0.0.1:6379");
+        TestQueue { queue, namespace }
+    }
+
+    /// A second handle on the same namespace, with its own connection: another worker process.
+    async fn other_process(&self) -> RedisQueue {
+        RedisQueue::connect(&redis_url(), &self.namespace)
+            .await
+            .unwrap()
+    }
+
+    async fn keys(&self) -> Vec<String> {
+        let client = redis::Client::open(redis_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}:*", self.namespace))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            keys.extend(page);
+            if next == 0 {
+                return keys;
+            }
+            cursor = next;
+        }
+    }
+
+    async fn hlen(&self, stage: Stage, part: &str) -> u64 {
+        let client = redis::Client::open(redis_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("HLEN")
+            .arg(format!("{}:{}:{}", self.namespace, stage.name(), part))
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    async fn cleanup(self) {
+        let keys = self.keys().await;
+        if keys.is_empty() {
+            return;
+        }
+        let client = redis::Client::open(redis_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: u64 = redis::cmd("UNLINK")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+fn job(tracking: &str, row: u32, col: u32) -> OrderJob {
+    OrderJob {
+        v: 1,
+        tracking: tracking.into(),
+        collection: "S2".into(),
+        row,
+        col,
+        start: NaiveDate::from_ymd_opt(2024, 1, 1).unwrap(),
+        end: NaiveDate::from_ymd_opt(2024, 2, 1).unwrap(),
+        operation: None,
+    }
+}
+
+fn jobs(tracking: &str, n: u32) -> Vec<OrderJob> {
+    (0..n).map(|i| job(tracking, i / 1000, i % 1000)).collect()
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn enqueue_is_idempotent_whatever_the_state() {
+    let t = TestQueue::new("idempotent").await;
+    let q = &t.queue;
+    let batch = jobs("camp", 3);
+    assert_eq!(
+        q.enqueue_bulk(Stage::Poll, &batch, Duration::ZERO)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        q.enqueue_bulk(Stage::Poll, &batch, Duration::ZERO)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(q.depth(Stage::Poll).await.unwrap().due_now, 3);
+
+    // Re-enqueueing a leased job must not put it back in due (it would run twice).
+    let leased = q
+        .lease(Stage::Poll, "w", 1, LEASE, &RetryPolicy::default())
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(
+        q.enqueue_bulk(Stage::Poll, &batch, Duration::ZERO)
+            .await
+            .unwrap(),
+        0
+    );
+    let depth = q.depth(Stage::Poll).await.unwrap();
+    assert_eq!((depth.due_now, depth.leased), (2, 1));
+
+    // Stages are separate queues.
+    assert_eq!(
+        q.enqueue_bulk(Stage::Download, &batch, Duration::ZERO)
+            .await
+            .unwrap(),
+        3
+    );
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn lease_hands_out_each_job_once_and_complete_removes_it() {
+    let t = TestQueue::new("lease").await;
+    let q = &t.queue;
+    let policy = RetryPolicy::default();
+    q.enqueue_bulk(Stage::Download, &jobs("camp", 5), Duration::ZERO)
+        .await
+        .unwrap();
+    let first = q
+        .lease(Stage::Download, "a", 3, LEASE, &policy)
+        .await
+        .unwrap();
+    let second = q
+        .lease(Stage::Download, "b", 3, LEASE, &policy)
+        .await
+        .unwrap();
+    assert_eq!((first.len(), second.len()), (3, 2));
+    let mut ids: Vec<_> = first.iter().chain(&second).map(|l| l.id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 5);
+    let payload: OrderJob = serde_json::from_slice(&first[0].payload).unwrap();
+    assert_eq!(payload.id(), first[0].id);
+    assert_eq!(first[0].attempts, 0);
+
+    for l in first.iter().chain(&second) {
+        assert!(q.complete(Stage::Download, &l.id).await.unwrap());
+    }
+    assert!(!q.complete(Stage::Download, &first[0].id).await.unwrap());
+    assert_eq!(
+        q.depth(Stage::Download).await.unwrap(),
+        queue::Depth::default()
+    );
+    assert!(t.keys().await.iter().all(|k| !k.ends_with(":data")));
+
+    // A delayed job is scheduled, not due.
+    q.enqueue_bulk(Stage::Download, &jobs("camp", 1), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let depth = q.depth(Stage::Download).await.unwrap();
+    assert_eq!((depth.due_now, depth.scheduled), (0, 1));
+    assert!(
+        q.lease(Stage::Download, "a", 3, LEASE, &policy)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn snooze_runs_again_later_without_spending_an_attempt() {
+    let t = TestQueue::new("snooze").await;
+    let q = &t.queue;
+    let policy = RetryPolicy::default();
+    q.enqueue_bulk(Stage::Poll, &jobs("camp", 1), Duration::ZERO)
+        .await
+        .unwrap();
+    let id = q.lease(Stage::Poll, "w", 1, LEASE, &policy).await.unwrap()[0]
+        .id
+        .clone();
+
+    // Only the lease owner may snooze.
+    assert!(
+        !q.snooze(Stage::Poll, "intruder", &id, Duration::ZERO)
+            .await
+            .unwrap()
+    );
+    assert!(
+        q.snooze(Stage::Poll, "w", &id, Duration::from_millis(300))
+            .await
+            .unwrap()
+    );
+    let depth = q.depth(Stage::Poll).await.unwrap();
+    assert_eq!((depth.scheduled, depth.leased), (1, 0));
+    assert!(
+        q.lease(Stage::Poll, "w", 1, LEASE, &policy)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let again = q.lease(Stage::Poll, "w", 1, LEASE, &policy).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, id);
+    assert_eq!(again[0].attempts, 0);
+    assert_eq!(q.attempts(Stage::Poll, &id).await.unwrap(), 0);
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn failures_back_off_then_bury_with_the_last_error() {
+    let t = TestQueue::new("fail").await;
+    let q = &t.queue;
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        base: Duration::from_millis(100),
+        factor: 2.0,
+        cap: Duration::from_millis(150),
+        jitter: false,
+    };
+    q.enqueue_bulk(Stage::Export, &jobs("camp", 1), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(q.admit(5).await.unwrap(), 1);
+    assert_eq!(q.active_count().await.unwrap(), 1);
+
+    let mut expected_delays = vec![100, 150].into_iter();
+    for attempt in 1..=3u32 {
+        let leased = loop {
+            let got = q
+                .lease(Stage::Export, "w", 1, LEASE, &policy)
+                .await
+                .unwrap();
+            if let Some(l) = got.into_iter().next() {
+                break l;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(leased.attempts, attempt - 1);
+        let before = q.now_ms().await.unwrap();
+        let error = format!("boom {attempt}");
+        let result = q
+            .fail(Stage::Export, "w", &leased.id, &error, &policy)
+            .await
+            .unwrap();
+        if attempt < 3 {
+            let FailResult::Retried { at_ms } = result else {
+                panic!("attempt {attempt}: {result:?}")
+            };
+            let delay = expected_delays.next().unwrap();
+            // Redis-clock times: at_ms is `now + delay` measured a moment after `before`.
+            assert!(
+                at_ms >= before + delay && at_ms < before + delay + 50,
+                "{at_ms} {before}"
+            );
+            assert!(
+                q.lease(Stage::Export, "w", 1, LEASE, &policy)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+        } else {
+            assert_eq!(result, FailResult::Buried);
+            let reason = q
+                .dead_reason(Stage::Export, &leased.id)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(reason.reason, "attempts exhausted");
+            assert_eq!(reason.last_error, "boom 3");
+            assert_eq!(reason.attempts, 3);
+        }
+    }
+    let depth = q.depth(Stage::Export).await.unwrap();
+    assert_eq!(
+        (depth.dead, depth.due_now, depth.scheduled, depth.leased),
+        (1, 0, 0, 0)
+    );
+    // A dead export job gives its admission slot back.
+    assert_eq!(q.active_count().await.unwrap(), 0);
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn bury_requeue_dead_and_remove_tracking_select_one_campaign() {
+    let t = TestQueue::new("dead").await;
+    let q = &t.queue;
+    let policy = RetryPolicy::default();
+    // "camp" is a prefix of "camp2": selecting one must never touch the other.
+    let mut batch = jobs("camp", 3);
+    batch.extend(jobs("camp2", 2));
+    q.enqueue_bulk(Stage::Download, &batch, Duration::ZERO)
+        .await
+        .unwrap();
+    let leased = q
+        .lease(Stage::Download, "w", 10, LEASE, &policy)
+        .await
+        .unwrap();
+    for l in &leased {
+        assert!(
+            q.bury(Stage::Download, &l.id, "403 forbidden")
+                .await
+                .unwrap()
+        );
+    }
+    let reason = q
+        .dead_reason(Stage::Download, &leased[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (reason.reason.as_str(), reason.last_error.as_str()),
+        ("fatal", "403 forbidden")
+    );
+    assert_eq!(q.depth(Stage::Download).await.unwrap().dead, 5);
+
+    assert_eq!(q.requeue_dead(Stage::Download, "camp").await.unwrap(), 3);
+    let depth = q.depth(Stage::Download).await.unwrap();
+    assert_eq!((depth.dead, depth.due_now), (2, 3));
+    let again = q
+        .lease(Stage::Download, "w", 10, LEASE, &policy)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 3);
+    assert!(
+        again
+            .iter()
+            .all(|l| l.attempts == 0 && l.id.starts_with("camp|"))
+    );
+
+    assert_eq!(q.remove_tracking(Stage::Download, "camp").await.unwrap(), 3);
+    let depth = q.depth(Stage::Download).await.unwrap();
+    assert_eq!((depth.leased, depth.dead), (0, 2));
+    assert_eq!(t.hlen(Stage::Download, "data").await, 2);
+    // The cancelled job's worker finishes its run, but finds nothing left to reschedule.
+    let result = q
+        .fail(Stage::Download, "w", &again[0].id, "late", &policy)
+        .await
+        .unwrap();
+    assert_eq!(result, FailResult::Stale);
+    assert_eq!(
+        q.remove_tracking(Stage::Download, "camp2").await.unwrap(),
+        2
+    );
+    assert_eq!(t.hlen(Stage::Download, "data").await, 0);
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_redelivered_to_another_worker() {
+    let t = TestQueue::new("expiry").await;
+    let a = t.queue.clone();
+    let b = t.other_process().await;
+    let policy = RetryPolicy::default();
+    let short = Duration::from_millis(400);
+    a.enqueue_bulk(Stage::Poll, &jobs("camp", 1), Duration::ZERO)
+        .await
+        .unwrap();
+
+    // A live worker keeps its lease by renewing it.
+    let id = a.lease(Stage::Poll, "a", 1, short, &policy).await.unwrap()[0]
+        .id
+        .clone();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(a.renew(Stage::Poll, "a", short).await.unwrap(), (1, 0));
+        assert!(
+            b.lease(Stage::Poll, "b", 1, short, &policy)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    // Worker a "dies": no more renewals. After the lease expires b gets the job, and the lost
+    // run counts as an attempt.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let redelivered = b.lease(Stage::Poll, "b", 1, LEASE, &policy).await.unwrap();
+    assert_eq!(redelivered.len(), 1);
+    assert_eq!(redelivered[0].id, id);
+    assert_eq!(redelivered[0].attempts, 1);
+
+    // The stale worker can neither reschedule it nor keep renewing it.
+    // (The reaper already took the job out of a's lease set: nothing renewed, nothing to drop.)
+    assert_eq!(a.renew(Stage::Poll, "a", short).await.unwrap(), (0, 0));
+    assert_eq!(
+        a.fail(Stage::Poll, "a", &id, "late", &policy)
+            .await
+            .unwrap(),
+        FailResult::Stale
+    );
+    assert!(!a.release(Stage::Poll, "a", &id).await.unwrap());
+    assert_eq!(b.depth(Stage::Poll).await.unwrap().leased, 1);
+    assert!(b.complete(Stage::Poll, &id).await.unwrap());
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn release_puts_fetched_jobs_back_without_spending_attempts() {
+    let t = TestQueue::new("release").await;
+    let q = &t.queue;
+    let policy = RetryPolicy::default();
+    q.enqueue_bulk(Stage::Clean, &jobs("camp", 3), Duration::ZERO)
+        .await
+        .unwrap();
+    let leased = q.lease(Stage::Clean, "w", 3, LEASE, &policy).await.unwrap();
+    assert!(
+        !q.release(Stage::Clean, "other", &leased[0].id)
+            .await
+            .unwrap()
+    );
+    for l in &leased {
+        assert!(q.release(Stage::Clean, "w", &l.id).await.unwrap());
+    }
+    let depth = q.depth(Stage::Clean).await.unwrap();
+    assert_eq!((depth.due_now, depth.leased), (3, 0));
+    let again = q
+        .lease(Stage::Clean, "w2", 3, LEASE, &policy)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 3);
+    assert!(again.iter().all(|l| l.attempts == 0));
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn admission_never_exceeds_the_cap_under_concurrent_admitters() {
+    const CAP: u64 = 10;
+    let t = TestQueue::new("admission").await;
+    assert_eq!(
+        t.queue
+            .enqueue_bulk(Stage::Export, &jobs("camp", 400), Duration::ZERO)
+            .await
+            .unwrap(),
+        400
+    );
+    let depth = t.queue.depth(Stage::Export).await.unwrap();
+    assert_eq!((depth.backlog, depth.due_now), (400, 0));
+
+    let admitted = Arc::new(AtomicU64::new(0));
+    let freed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let q = t.other_process().await;
+        let (admitted, freed) = (admitted.clone(), freed.clone());
+        tasks.push(tokio::spawn(async move {
+            let policy = RetryPolicy::default();
+            let worker = format!("admitter-{i}");
+            for _ in 0..60 {
+                admitted.fetch_add(q.admit(CAP).await.unwrap(), Ordering::SeqCst);
+                let active = q.active_count().await.unwrap();
+                assert!(active <= CAP, "{active} active slots");
+                // Run what was admitted: the export ends, the slot is freed (as poll would).
+                for l in q
+                    .lease(Stage::Export, &worker, 2, LEASE, &policy)
+                    .await
+                    .unwrap()
+                {
+                    assert!(q.complete(Stage::Export, &l.id).await.unwrap());
+                    if q.release_slot(&l.id).await.unwrap() {
+                        freed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let active = t.queue.active_count().await.unwrap();
+    assert!(active <= CAP);
+    let depth = t.queue.depth(Stage::Export).await.unwrap();
+    assert!(depth.due_now + depth.leased <= CAP);
+    assert_eq!(
+        admitted.load(Ordering::SeqCst),
+        freed.load(Ordering::SeqCst) + active
+    );
+    assert_eq!(depth.backlog + admitted.load(Ordering::SeqCst), 400);
+    assert!(admitted.load(Ordering::SeqCst) > CAP, "slots were recycled");
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn rate_limiter_shares_one_window_per_second() {
+    let t = TestQueue::new("rate").await;
+    let q = &t.queue;
+    // Start early in a window so all calls land in the same second.
+    while q.now_ms().await.unwrap() % 1000 > 200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let other = t.other_process().await;
+    for i in 0..5 {
+        let handle = if i % 2 == 0 { q } else { &other };
+        assert_eq!(handle.acquire_rate(5).await.unwrap(), RateDecision::Go);
+    }
+    let RateDecision::WaitMs(wait) = q.acquire_rate(5).await.unwrap() else {
+        panic!("the 6th call in one second must wait")
+    };
+    assert!((1..=1000).contains(&wait), "{wait}");
+    tokio::time::sleep(Duration::from_millis(wait + 10)).await;
+    assert_eq!(q.acquire_rate(5).await.unwrap(), RateDecision::Go);
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn bulk_enqueue_of_100k_jobs() {
+    let t = TestQueue::new("bulk").await;
+    let q = &t.queue;
+    let batch = jobs("camp", 100_000);
+    let started = Instant::now();
+    let added = q
+        .enqueue_bulk(Stage::Poll, &batch, Duration::ZERO)
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    println!(
+        "enqueued {added} jobs in {elapsed:?} ({:.0} jobs/s)",
+        added as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(added, 100_000);
+    assert_eq!(q.depth(Stage::Poll).await.unwrap().due_now, 100_000);
+    // 100k due jobs must not break leasing (apalis-redis 1.0.0 died past ~8,000).
+    let leased = q
+        .lease(Stage::Poll, "w", 100, LEASE, &RetryPolicy::default())
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 100);
+    t.cleanup().await;
+}
+
+/// What the end-to-end handler saw.
+#[derive(Default)]
+struct Ledger {
+    runs: Mutex<HashMap<String, u32>>,
+    done: Mutex<HashMap<String, u32>>,
+}
+
+async fn handle(job: OrderJob, ledger: Data<Arc<Ledger>>) -> Result<Outcome, BoxDynError> {
+    let id = job.id();
+    let run = {
+        let mut runs = ledger.runs.lock().unwrap();
+        let run = runs.entry(id.clone()).or_default();
+        *run += 1;
+        *run
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    if job.col.is_multiple_of(5) && run == 1 {
+        // Waiting is not failing: EE task still running.
+        return Ok(Outcome::Snooze { secs: 1 });
+    }
+    // Fails once, on the run after its snooze (if any): spends one attempt, then backs off.
+    let failing_run = 1 + u32::from(job.col.is_multiple_of(5));
+    if job.col.is_multiple_of(7) && run == failing_run {
+        return Err("transient EE 503".into());
+    }
+    *ledger.done.lock().unwrap().entry(id).or_default() += 1;
+    Ok(Outcome::Done)
+}
+
+#[tokio::test]
+async fn apalis_monitor_runs_every_job_to_done_exactly_once() {
+    const N: u32 = 200;
+    let t = TestQueue::new("apalis").await;
+    let cfg = BackendConfig {
+        batch_size: 4,
+        lease: Duration::from_secs(6),
+        heartbeat: Duration::from_secs(1),
+        retry: RetryPolicy {
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(200),
+            ..RetryPolicy::default()
+        },
+        admit_max_active: None,
+    };
+    let b = queue::backend::<OrderJob>(t.queue.clone(), Stage::Poll, cfg);
+
+    // Producer side: apalis's TaskSink, whose tasks carry no id until push_tasks derives it.
+    let mut sink = b.clone();
+    let all = jobs("camp", N);
+    sink.push_bulk(all.clone()).await.unwrap();
+    sink.push_bulk(all[..10].to_vec()).await.unwrap();
+    assert_eq!(t.queue.depth(Stage::Poll).await.unwrap().due_now, N as u64);
+
+    let ledger = Arc::new(Ledger::default());
+    let monitor = Monitor::new().register_n(2, {
+        let (b, ledger) = (b.clone(), ledger.clone());
+        move |index, restarts| {
+            WorkerBuilder::new(queue::worker_name(Stage::Poll, index, restarts))
+                .backend(b.clone().poll_with_interval(Duration::from_millis(100)))
+                .concurrency(4)
+                .enable_tracing()
+                .catch_panic()
+                .data(ledger.clone())
+                .build(handle)
+        }
+    });
+    let watched = ledger.clone();
+    let signal = async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while watched.done.lock().unwrap().len() < N as usize && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    };
+    monitor
+        .shutdown_timeout(Duration::from_secs(10))
+        .run_with_signal(signal)
+        .await
+        .unwrap();
+
+    let done = ledger.done.lock().unwrap().clone();
+    let runs = ledger.runs.lock().unwrap().clone();
+    assert_eq!(done.len(), N as usize, "every job completed");
+    assert!(done.values().all(|&n| n == 1), "no job completed twice");
+    for j in &all {
+        let expected = 1 + u32::from(j.col.is_multiple_of(5)) + u32::from(j.col.is_multiple_of(7));
+        assert_eq!(runs[&j.job_id()], expected, "{}", j.job_id());
+    }
+    // Nothing left in Redis: every Done was acknowledged before the monitor returned.
+    assert_eq!(
+        t.queue.depth(Stage::Poll).await.unwrap(),
+        queue::Depth::default()
+    );
+    assert_eq!(t.hlen(Stage::Poll, "data").await, 0);
+    assert_eq!(t.hlen(Stage::Poll, "attempts").await, 0);
+    t.cleanup().await;
+}
