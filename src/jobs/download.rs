@@ -124,16 +124,17 @@ pub async fn copy_verified(
     let mut verified = Vec::with_capacity(objects.len());
     let mut bytes = 0;
     for o in objects {
+        // Only the last segment names the file, but an object whose name walks up or stays put
+        // ('..' or '.') is refused rather than flattened: EE never names an export that way, so
+        // it is not one of ours, and copying it under another name would hide that.
+        if o.name.split('/').any(|s| s == ".." || s == ".") {
+            return Err(refused(&o.name, &o.name));
+        }
         let file = o.name.rsplit('/').next().unwrap_or(&o.name);
         let rel = format!("{tracking}/{file}");
         let already = match dest.existing(&rel).await {
             Ok(size) => size,
-            Err(StoreError::UnsafeName { name }) => {
-                return Err(JobError::Fatal(format!(
-                    "refused object {:?}: its name {name:?} would escape the destination",
-                    o.name
-                )));
-            }
+            Err(StoreError::UnsafeName { name }) => return Err(refused(&o.name, &name)),
             Err(e) => return Err(e.into()),
         };
         // Files appear under their final name only once verified, so a matching size means a
@@ -151,10 +152,7 @@ pub async fn copy_verified(
             )
             .await
             .map_err(|e| match e {
-                StoreError::UnsafeName { name } => JobError::Fatal(format!(
-                    "refused object {:?}: its name {name:?} would escape the destination",
-                    o.name
-                )),
+                StoreError::UnsafeName { name } => refused(&o.name, &name),
                 other => other.into(),
             })?;
         }
@@ -166,4 +164,11 @@ pub async fn copy_verified(
         });
     }
     Ok((verified, bytes))
+}
+
+/// The fatal error of an object whose name (or the path it would get) escapes the destination.
+fn refused(object: &str, path: &str) -> JobError {
+    JobError::Fatal(format!(
+        "refused object {object:?}: its name {path:?} would escape the destination"
+    ))
 }

@@ -110,6 +110,7 @@ pub fn backend<Args: QueueJob>(
             _args: PhantomData,
         }),
         cfg,
+        renewal: Renewal::default(),
     }
 }
 
@@ -241,12 +242,10 @@ impl<Args: QueueJob> Persistence for StageStore<Args> {
         retrying("register", || q.now_ms()).await.map(|_| ())
     }
 
-    async fn heartbeat(&mut self, worker: &WorkerContext) -> Result<(), QueueError> {
+    async fn heartbeat(&mut self, _worker: &WorkerContext) -> Result<(), QueueError> {
+        // Renewal is not done here: `Persisted` skips heartbeats while it holds fetched tasks
+        // in its buffer, so the leases are renewed by `CedarBackend`'s own timer instead.
         let (q, stage, cfg) = (&self.queue, self.stage, &self.cfg);
-        let (_, lost) = retrying("renew", || q.renew(stage, worker.name(), cfg.lease)).await?;
-        if lost > 0 {
-            tracing::warn!(%stage, worker = worker.name(), lost, "queue: leases expired before renewal");
-        }
         retrying("reap", || q.reap(stage, &cfg.retry)).await?;
         Ok(())
     }
@@ -348,6 +347,7 @@ impl<Args: QueueJob> Persistence for StageStore<Args> {
 pub struct CedarBackend<Args: QueueJob> {
     persist: Persisted<StageStore<Args>>,
     cfg: BackendConfig,
+    renewal: Renewal,
 }
 
 impl<Args: QueueJob> Clone for CedarBackend<Args> {
@@ -355,6 +355,68 @@ impl<Args: QueueJob> Clone for CedarBackend<Args> {
         CedarBackend {
             persist: self.persist.clone(),
             cfg: self.cfg,
+            renewal: Renewal::default(),
+        }
+    }
+}
+
+/// Lease renewal driven beside `Persisted`.
+///
+/// apalis-core 1.0.0's `Persisted::poll_ready` only runs its heartbeat in its `Ready` state;
+/// while fetched tasks wait in its buffer (state `Buffered`) no heartbeat happens at all, and
+/// their leases, and those of the running tasks, would expire under a live worker (reproduced in
+/// `tests/it/queue.rs`). So the backend keeps its own timer, polled on every `poll_ready` and
+/// `poll_next`; the timer's waker wakes the worker when a renewal is due.
+#[derive(Default)]
+struct Renewal {
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    // In a Mutex only to be Sync (apalis's Monitor wants Sync backends); reached through
+    // `get_mut`, so it is never locked.
+    running: Option<std::sync::Mutex<Pin<Box<dyn Future<Output = ()> + Send>>>>,
+}
+
+impl<Args: QueueJob> CedarBackend<Args> {
+    fn drive_renewal(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) {
+eprintln!("DRIVE {:?} {:?}", std::time::Instant::now(), self.persist.state());
+        loop {
+            if let Some(renew) = self.renewal.running.as_mut() {
+                let renew = renew
+                    .get_mut()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if renew.as_mut().poll(cx).is_pending() {
+                    return;
+                }
+                self.renewal.running = None;
+            }
+            let heartbeat = self.cfg.heartbeat;
+            let timer = self
+                .renewal
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(heartbeat)));
+            if timer.as_mut().poll(cx).is_pending() {
+                return;
+            }
+            self.renewal.timer = None;
+            let (queue, stage, lease) = (
+                self.persist.queue.clone(),
+                self.persist.stage,
+                self.cfg.lease,
+            );
+            let name = worker.name().to_owned();
+            self.renewal.running = Some(std::sync::Mutex::new(Box::pin(async move {
+eprintln!("RENEW {} {:?}", name, std::time::Instant::now());
+                // Not retried in a loop and never returned: a missed renewal is retried at the
+                // next tick, well within the lease (heartbeat ≤ lease / 3).
+                match queue.renew(stage, &name, lease).await {
+                    Ok((_, 0)) => {}
+                    Ok((_, lost)) => {
+                        tracing::warn!(%stage, worker = name, lost, "queue: leases expired before renewal")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%stage, worker = name, error = %e, "queue: lease renewal failed")
+                    }
+                }
+            })));
         }
     }
 }
@@ -376,6 +438,7 @@ impl<Args: QueueJob> Backend for CedarBackend<Args> {
         cx: &mut Context<'_>,
         w: &WorkerContext,
     ) -> Poll<Option<Result<Self::Task, QueueError>>> {
+        self.drive_renewal(cx, w);
         self.persist.poll_next(cx, w)
     }
 

@@ -826,6 +826,17 @@ impl RedisQueue {
         })
     }
 
+    /// Leases of `stage` that have expired but were not reaped yet: jobs whose worker died or
+    /// stopped renewing.
+    pub async fn expired_leases(&self, stage: Stage) -> Result<u64, QueueError> {
+        let now = self.now_ms().await?;
+        Ok(self
+            .conn
+            .clone()
+            .zcount(self.key(stage, "leased"), "-inf", now)
+            .await?)
+    }
+
     /// Moves export jobs from the backlog to due while fewer than `max_active` hold an admission
     /// slot; returns how many moved (at most 1,000 per call).
     pub async fn admit(&self, max_active: u64) -> Result<u64, QueueError> {

@@ -669,3 +669,65 @@ async fn apalis_monitor_runs_every_job_to_done_exactly_once() {
     assert_eq!(t.hlen(Stage::Poll, "attempts").await, 0);
     t.cleanup().await;
 }
+
+async fn slow(job: OrderJob, ledger: Data<Arc<Ledger>>) -> Result<Outcome, BoxDynError> {
+    *ledger.runs.lock().unwrap().entry(job.id()).or_default() += 1;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    *ledger.done.lock().unwrap().entry(job.id()).or_default() += 1;
+    Ok(Outcome::Done)
+}
+
+#[tokio::test]
+async fn apalis_heartbeats_keep_leases_of_jobs_longer_than_the_lease() {
+    let t = TestQueue::new("heartbeat").await;
+    let cfg = BackendConfig {
+        // Two jobs fetched at once, one run at a time: the second waits in apalis's buffer
+        // for 2.5 s, longer than its lease.
+        batch_size: 2,
+        lease: Duration::from_millis(900),
+        heartbeat: Duration::from_millis(250),
+        ..BackendConfig::default()
+    };
+    let b = queue::backend::<OrderJob>(t.queue.clone(), Stage::Download, cfg);
+    t.queue
+        .enqueue_bulk(Stage::Download, &jobs("camp", 2), Duration::ZERO)
+        .await
+        .unwrap();
+
+    let ledger = Arc::new(Ledger::default());
+    let monitor = Monitor::new().register({
+        let (b, ledger) = (b.clone(), ledger.clone());
+        move |restarts| {
+            WorkerBuilder::new(queue::worker_name(Stage::Download, 0, restarts))
+                .backend(b.clone().poll_with_interval(Duration::from_millis(100)))
+                .concurrency(1)
+                .data(ledger.clone())
+                .build(slow)
+        }
+    });
+    // Meanwhile, watch the leases: one that expires under a live worker was not renewed.
+    let watched = ledger.clone();
+    let probe = t.other_process().await;
+    let signal = async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while watched.done.lock().unwrap().len() < 2 && Instant::now() < deadline {
+            let expired = probe.expired_leases(Stage::Download).await.unwrap();
+            assert_eq!(expired, 0, "a lease expired under a live worker");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    };
+    monitor
+        .shutdown_timeout(Duration::from_secs(10))
+        .run_with_signal(signal)
+        .await
+        .unwrap();
+
+    assert_eq!(ledger.done.lock().unwrap().len(), 2);
+    assert!(ledger.runs.lock().unwrap().values().all(|&n| n == 1));
+    assert_eq!(
+        t.queue.depth(Stage::Download).await.unwrap(),
+        queue::Depth::default()
+    );
+    t.cleanup().await;
+}

@@ -1,0 +1,1190 @@
+//! The daemon end to end: `cedar submit` and `cedar worker` processes (the real binary, so a
+//! worker can be SIGKILLed) against a real Redis, the in-process EE emulator on port 0, a local
+//! directory as the export bucket and another as the destination.
+//!
+//! Each test gets its own [`Campaign`]: an emulator, a Redis namespace, a bucket, a destination
+//! and a configuration file. Dropping it kills the workers it started and deletes its Redis keys
+//! (SCAN + DEL on the namespace, never FLUSHALL). `CEDAR_TEST_REDIS` overrides the Redis server
+//! (default `redis://127.0.0.1:6379`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cedar::config::{Config, Settings};
+use cedar::emulator::{self, ApiMethod, EmulatorOptions, Fault, RunningEmulator, Stats};
+use cedar::order::{Piece, piece_object, tile_pieces};
+use cedar::queue::Stage;
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use serde_json::Value;
+
+const LC08: &str = "LANDSAT/LC08/C02/T1_L2";
+const LC09: &str = "LANDSAT/LC09/C02/T1_L2";
+const LE07: &str = "LANDSAT/LE07/C02/T1_L2";
+/// The bucket name the configuration exports to and the emulator insists on.
+const BUCKET: &str = "cedar-e2e-bucket";
+/// Small files: a 2048×2048 piece of 48 bands is ~50 KB.
+const BYTES_PER_PIXEL: f64 = 1.0 / 4096.0;
+/// Pieces of 2048 pixels: a 5000-pixel tile is 3×3 pieces, the last row and column 904 wide.
+const FILE_DIMENSIONS: u32 = 2048;
+/// How long any campaign in these tests may take.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn redis_url() -> String {
+    std::env::var("CEDAR_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// What a `cedar` command printed and how it exited.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+}
+
+/// One test's isolated bundle: emulator, Redis namespace, bucket, destination, configuration,
+/// and the worker processes started for it.
+struct Campaign {
+    emulator: RunningEmulator,
+    namespace: String,
+    config: PathBuf,
+    bucket: PathBuf,
+    dest: PathBuf,
+    dir: tempfile::TempDir,
+    workers: Vec<Option<Child>>,
+}
+
+impl Campaign {
+    /// Starts an emulator with `options` (bucket, file sizes and a higher export concurrency
+    /// filled in unless given) and writes the configuration that points cedar at it.
+    async fn start(test: &str, options: EmulatorOptions) -> Campaign {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = dir.path().join("bucket");
+        let dest = dir.path().join("dest");
+        std::fs::create_dir_all(&bucket).unwrap();
+        std::fs::create_dir_all(&dest).unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(&bucket).unwrap());
+        let emulator = emulator::start(
+            "127.0.0.1:0".parse().unwrap(),
+            store,
+            EmulatorOptions {
+                bucket: Some(BUCKET.to_owned()),
+                ..options
+            },
+        )
+        .await
+        .unwrap();
+        let namespace = format!(
+            "cedar-test:daemon:{test}:{}:{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let config = dir.path().join("cedar.toml");
+        let toml = format!(
+            r#"[earthengine]
+project = "cedar-e2e"
+endpoint = "{endpoint}"
+credentials = "none"
+timeout_secs = 10
+
+[queue]
+url = "{redis}"
+namespace = "{namespace}"
+
+[export]
+bucket = "{BUCKET}"
+file_dimensions = {FILE_DIMENSIONS}
+
+[store]
+url = "file://{bucket}"
+
+[download]
+dest = "{dest}"
+"#,
+            endpoint = emulator.url(),
+            redis = redis_url(),
+            bucket = bucket.display(),
+            dest = dest.display(),
+        );
+        std::fs::write(&config, toml).unwrap();
+        Campaign {
+            emulator,
+            namespace,
+            config,
+            bucket,
+            dest,
+            dir,
+            workers: Vec::new(),
+        }
+    }
+
+    /// The emulator options every test starts from: fast tasks, eight running at once.
+    fn options() -> EmulatorOptions {
+        EmulatorOptions {
+            task_seconds: 1.0,
+            max_concurrent_exports: 8,
+            bytes_per_pixel: BYTES_PER_PIXEL,
+            ..EmulatorOptions::default()
+        }
+    }
+
+    /// A `cedar` command with this campaign's configuration and none of the caller's.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cedar"));
+        cmd.current_dir(self.dir.path())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("CEDAR_CONFIG")
+            .env_remove("STORAGE_EMULATOR_HOST")
+            .env("CEDAR_LOG", "info");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CEDAR__") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd
+    }
+
+    /// Runs a `cedar` command to completion without blocking the runtime the emulator runs on.
+    async fn cedar(&self, args: &[&str]) -> Run {
+        self.cedar_env(args, &[]).await
+    }
+
+    /// [`Campaign::cedar`] with environment overrides (`CEDAR__SECTION__KEY`).
+    async fn cedar_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = tokio::process::Command::from(self.command(args));
+        cmd.envs(env.iter().copied());
+        let out = cmd.output().await.expect("run cedar");
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `cedar submit ARGS --json`; returns the tracking name.
+    async fn submit(&self, args: &[&str]) -> String {
+        let mut all = vec!["submit", "--json"];
+        all.extend_from_slice(args);
+        let run = self.cedar(&all).await;
+        assert_eq!(run.code, Some(0), "submit failed: {run:?}");
+        run.json()["tracking_name"]
+            .as_str()
+            .expect("tracking_name")
+            .to_owned()
+    }
+
+    /// Starts a `cedar worker` with fast polling and short leases; returns its index.
+    fn spawn_worker(&mut self) -> usize {
+        let n = self.workers.len();
+        let log = std::fs::File::create(self.log_path(n)).unwrap();
+        let child = self
+            .command(&[
+                "worker",
+                "--poll-interval-secs",
+                "1",
+                "--lease-secs",
+                "5",
+                "--drain-secs",
+                "5",
+            ])
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn cedar worker");
+        self.workers.push(Some(child));
+        n
+    }
+
+    fn log_path(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("worker-{n}.log"))
+    }
+
+    /// SIGKILLs worker `n`: no drain, no hand-back, its leases simply expire.
+    fn kill_worker(&mut self, n: usize) {
+        if let Some(mut child) = self.workers[n].take() {
+            child.kill().expect("SIGKILL the worker");
+            child.wait().unwrap();
+        }
+    }
+
+    /// `status --json` once: (the JSON, the exit code).
+    async fn status(&self, name: &str) -> (Value, Option<i32>) {
+        let run = self.cedar(&["status", name, "--json"]).await;
+        assert!(
+            matches!(run.code, Some(0 | 1 | 3)),
+            "status failed: {run:?}"
+        );
+        (run.json(), run.code)
+    }
+
+    /// Polls `status --json` until the submission is done; returns the last answer.
+    async fn wait_done(&self, name: &str) -> (Value, Option<i32>) {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let (json, code) = self.status(name).await;
+            if json["done"] == Value::Bool(true) {
+                return (json, code);
+            }
+            if Instant::now() > until {
+                panic!("{name} not done after {DEADLINE:?}: {json}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Polls `cond` on the emulator's stats until it holds.
+    async fn wait_stats(&self, what: &str, cond: impl Fn(&Stats) -> bool) -> Stats {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let stats = self.emulator.stats();
+            if cond(&stats) {
+                return stats;
+            }
+            if Instant::now() > until {
+                panic!("timed out waiting for {what}: {stats:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `cedar show NAME`: the tracking document as Redis renders it now.
+    async fn show(&self, name: &str) -> Value {
+        let run = self.cedar(&["show", name]).await;
+        assert_eq!(run.code, Some(0), "show failed: {run:?}");
+        run.json()
+    }
+
+    /// The settings the binary reads, for the grid and naming.
+    fn settings(&self) -> Settings {
+        Config::load(Some(&self.config), std::iter::empty::<(String, String)>())
+            .unwrap()
+            .validate()
+            .unwrap()
+    }
+
+    /// Every regular file under `root`, by path relative to it, with its size.
+    fn files(root: &Path) -> BTreeMap<String, u64> {
+        fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, u64>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries {
+                let entry = entry.unwrap();
+                let path = entry.path();
+                let meta = entry.metadata().unwrap();
+                if meta.is_dir() {
+                    walk(root, &path, out);
+                } else {
+                    let rel = path.strip_prefix(root).unwrap().to_string_lossy();
+                    out.insert(rel.into_owned(), meta.len());
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(root, root, &mut out);
+        out
+    }
+
+    fn bucket_files(&self) -> BTreeMap<String, u64> {
+        Self::files(&self.bucket)
+    }
+
+    fn dest_files(&self) -> BTreeMap<String, u64> {
+        Self::files(&self.dest)
+    }
+
+    async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis at CEDAR_TEST_REDIS or redis://127.0.0.1:6379")
+    }
+
+    /// Every key of this campaign's namespace.
+    async fn keys(&self) -> Vec<String> {
+        let mut conn = self.redis().await;
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}:*", self.namespace))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            keys.extend(page);
+            if next == 0 {
+                return keys;
+            }
+            cursor = next;
+        }
+    }
+
+    /// Jobs still in the queues, per `{stage}:{part}` (and `ee:active`), zeros left out.
+    async fn queued(&self) -> BTreeMap<String, u64> {
+        let mut conn = self.redis().await;
+        let mut out = BTreeMap::new();
+        for stage in Stage::ALL {
+            for (part, cmd) in [
+                ("data", "HLEN"),
+                ("due", "ZCARD"),
+                ("leased", "ZCARD"),
+                ("dead", "HLEN"),
+                ("backlog", "ZCARD"),
+            ] {
+                let n: u64 = redis::cmd(cmd)
+                    .arg(format!("{}:{}:{part}", self.namespace, stage.name()))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                if n > 0 {
+                    out.insert(format!("{}:{part}", stage.name()), n);
+                }
+            }
+        }
+        let active: u64 = redis::cmd("SCARD")
+            .arg(format!("{}:ee:active", self.namespace))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if active > 0 {
+            out.insert("ee:active".to_owned(), active);
+        }
+        out
+    }
+
+    /// Job ids of `tracking` still stored in any stage.
+    async fn jobs_of(&self, tracking: &str) -> Vec<String> {
+        let mut conn = self.redis().await;
+        let mut out = Vec::new();
+        for stage in Stage::ALL {
+            let ids: Vec<String> = redis::cmd("HKEYS")
+                .arg(format!("{}:{}:data", self.namespace, stage.name()))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            out.extend(
+                ids.into_iter()
+                    .filter(|id| id.starts_with(&format!("{tracking}|")))
+                    .map(|id| format!("{}:{id}", stage.name())),
+            );
+        }
+        out
+    }
+
+    /// The tracking document the workers published in the bucket.
+    fn published(&self, name: &str) -> Option<Value> {
+        let path = self.bucket.join(format!("CEDAR_TRACKING/{name}.json"));
+        let body = std::fs::read(path).ok()?;
+        serde_json::from_slice(&body).ok()
+    }
+
+    /// The last lines of every worker's log, for a failing test's report.
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in 0..self.workers.len() {
+            let log = std::fs::read_to_string(self.log_path(n)).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            out.push_str(&format!("--- worker {n} ---\n{}\n", tail.join("\n")));
+        }
+        out
+    }
+}
+
+impl Drop for Campaign {
+    fn drop(&mut self) {
+        for child in self.workers.iter_mut().filter_map(Option::as_mut) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        // The workers are gone, so nothing writes into the namespace any more.
+        let Ok(mut conn) = redis::Client::open(redis_url()).and_then(|c| c.get_connection())
+        else {
+            return;
+        };
+        let mut cursor: u64 = 0;
+        loop {
+            let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}:*", self.namespace))
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut conn)
+            else {
+                return;
+            };
+            if !keys.is_empty() {
+                let _: redis::RedisResult<u64> = redis::cmd("DEL").arg(&keys).query(&mut conn);
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// `{state: count}` of a `status --json` answer.
+fn counts(status: &Value) -> BTreeMap<String, u64> {
+    status["counts"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect()
+}
+
+/// `{state: count}` of a tracking document's orders.
+fn document_counts(doc: &Value) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for o in doc["orders"].as_array().unwrap() {
+        *out.entry(o["status"]["state"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    out
+}
+
+fn state(order: &Value) -> &str {
+    order["status"]["state"].as_str().unwrap()
+}
+
+/// An order's name, which is also its EE task description.
+fn order_name(order: &Value) -> &str {
+    order["name"].as_str().unwrap()
+}
+
+/// The EE requests the emulator answered, all methods together.
+fn ee_requests(stats: &Stats) -> u64 {
+    stats
+        .requests
+        .iter()
+        .filter(|(m, _)| m.as_str() != "token")
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Checks that every exported order of `doc` is in `{dest}/{tracking}/` exactly as EE wrote it:
+/// every piece the tile grid predicts, each of the size the emulator writes for its pixels and
+/// bands, starting with the TIFF magic, plus the metadata JSON; and that `dest` holds nothing
+/// else for this tracking. Returns the number of files checked.
+fn assert_downloaded(campaign: &Campaign, doc: &Value, tracking: &str) -> usize {
+    let settings = campaign.settings();
+    let files = campaign.dest_files();
+    let mut expected = BTreeSet::new();
+    for order in doc["orders"].as_array().unwrap() {
+        let name = order_name(order);
+        match state(order) {
+            "CLEANED" => {}
+            "EMPTY" => {
+                if expected.insert(format!("{tracking}/{name}.json")) {
+                    let meta: Value = serde_json::from_slice(
+                        &std::fs::read(campaign.dest.join(format!("{tracking}/{name}.json")))
+                            .unwrap(),
+                    )
+                    .unwrap();
+                    assert_eq!(meta["task"]["status"]["state"], "EMPTY", "{name}");
+                }
+                continue;
+            }
+            _ => continue,
+        }
+        let index = &order["status"];
+        let tile = {
+            // The tile index is recorded in the metadata JSON beside the pieces.
+            let meta_path = campaign.dest.join(format!("{tracking}/{name}.json"));
+            let meta: Value = serde_json::from_slice(
+                &std::fs::read(&meta_path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", meta_path.display())),
+            )
+            .unwrap();
+            let [row, col] = [0, 1].map(|i| meta["tile"]["index"][i].as_u64().unwrap() as u32);
+            let bands = meta["image"]["band_order"].as_array().unwrap().len() as f64;
+            assert!(bands > 0.0, "{name}: no bands in {meta}");
+            (settings.grid.tile(row, col).unwrap(), bands)
+        };
+        let (tile, bands) = tile;
+        expected.insert(format!("{tracking}/{name}.json"));
+        let base = format!("{tracking}/{name}");
+        let recorded: BTreeMap<String, u64> = index["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                let n = o["name"].as_str().unwrap();
+                (
+                    n.rsplit('/').next().unwrap().to_owned(),
+                    o["size"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let pieces = tile_pieces(&tile, FILE_DIMENSIONS);
+        assert_eq!(pieces.len(), 9, "a 5000-pixel tile is 3×3 pieces of 2048");
+        // The metadata JSON and every piece, nothing else, is what clean may delete.
+        assert_eq!(recorded.len(), pieces.len() + 1, "{name}: {recorded:?}");
+        for piece in pieces {
+            let file = piece_object(&base, piece);
+            let (w, h) = match piece {
+                Piece::At { y, x } => (
+                    (u64::from(tile.width) - x).min(u64::from(FILE_DIMENSIONS)),
+                    (u64::from(tile.height) - y).min(u64::from(FILE_DIMENSIONS)),
+                ),
+                Piece::Whole => (u64::from(tile.width), u64::from(tile.height)),
+            };
+            let want = ((w * h) as f64 * bands * BYTES_PER_PIXEL).ceil() as u64;
+            let got = files
+                .get(&file)
+                .unwrap_or_else(|| panic!("{file} missing from dest"));
+            assert_eq!(*got, want.max(12), "{file}: {w}×{h}×{bands} bands");
+            let short = file.rsplit('/').next().unwrap();
+            assert_eq!(recorded.get(short), Some(got), "{file} as recorded");
+            let head = std::fs::read(campaign.dest.join(&file)).unwrap();
+            assert_eq!(&head[..4], b"II*\0", "{file} is a (fake) TIFF");
+            expected.insert(file);
+        }
+    }
+    let ours: BTreeSet<String> = files
+        .keys()
+        .filter(|f| f.starts_with(&format!("{tracking}/")))
+        .cloned()
+        .collect();
+    assert_eq!(ours, expected, "dest holds exactly the expected files");
+    ours.len()
+}
+
+/// The bucket holds nothing but tracking documents.
+fn assert_bucket_empty(campaign: &Campaign) {
+    let left: Vec<String> = campaign
+        .bucket_files()
+        .into_keys()
+        .filter(|f| !f.starts_with("CEDAR_TRACKING/"))
+        .collect();
+    assert!(left.is_empty(), "export objects left in the bucket: {left:?}");
+}
+
+/// Every description was exported exactly once and its files written once.
+fn assert_exported_once(stats: &Stats) {
+    let twice: Vec<_> = stats
+        .exports_by_description
+        .iter()
+        .filter(|(_, n)| **n != 1)
+        .collect();
+    assert!(twice.is_empty(), "exported more than once: {twice:?}");
+    assert_eq!(
+        stats.succeeded_by_description, stats.exports_by_description,
+        "every export wrote its files once"
+    );
+}
+
+/// 3 collections × 4 tiles × 3 periods with two workers: every order ends CLEANED or EMPTY,
+/// every piece is in dest with the size EE wrote, the bucket is empty, each tile-period was
+/// exported once, and the published tracking document agrees with `status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_runs_to_completion_with_two_workers() {
+    let mut c = Campaign::start("full", Campaign::options()).await;
+    c.spawn_worker();
+    c.spawn_worker();
+    let started = Instant::now();
+    let name = c
+        .submit(&[
+            "--collection",
+            &format!("{LC08},{LC09},{LE07}"),
+            "--rows",
+            "10-11",
+            "--cols",
+            "14-15",
+            "--start",
+            "2021-07-01",
+            "--end",
+            "2021-12-31",
+            "--freq",
+            "2MS",
+        ])
+        .await;
+    let (status, code) = c.wait_done(&name).await;
+    let elapsed = started.elapsed();
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(status["total"], 36);
+    let by_state = counts(&status);
+    let cleaned = by_state.get("CLEANED").copied().unwrap_or(0);
+    let empty = by_state.get("EMPTY").copied().unwrap_or(0);
+    assert_eq!(cleaned + empty, 36, "{status}");
+    assert!(cleaned >= 20, "most orders have scenes: {status}");
+    // Landsat 9 has no scenes before 2021-10-31, so its July–August orders are all EMPTY.
+    assert!(empty >= 4, "{status}");
+
+    let doc = c.show(&name).await;
+    let lc09_july = doc["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(
+            // Orders come collection-major, then tile, then period.
+            [LC08, LC09, LE07]
+                .iter()
+                .flat_map(|c| std::iter::repeat_n(*c, 12)),
+        )
+        .filter(|(o, coll)| *coll == LC09 && order_name(o).contains("2021-07-01"))
+        .map(|(o, _)| state(o).to_owned())
+        .collect::<Vec<_>>();
+    assert_eq!(lc09_july, vec!["EMPTY"; 4], "LC09 before its first scene");
+
+    let files = assert_downloaded(&c, &doc, &name);
+    assert_bucket_empty(&c);
+
+    let stats = c.emulator.stats();
+    assert_exported_once(&stats);
+    assert_eq!(stats.exports_by_description.len() as u64, cleaned);
+    assert_eq!(stats.requests.get("image.export"), Some(&cleaned));
+    let requests = ee_requests(&stats);
+    let per = requests as f64 / 36.0;
+    println!(
+        "36 tile-periods ({cleaned} exported, {empty} empty), {files} files in {elapsed:.1?}: \
+         {requests} EE requests = {per:.2} per completed tile-period \
+         ({:.2} per export); requests {:?}",
+        requests as f64 / cleaned as f64,
+        stats.requests
+    );
+    assert!(per <= 2.2, "{per:.2} EE requests per tile-period: {stats:#?}");
+
+    // The workers re-publish the document a few seconds after the last change.
+    let until = Instant::now() + Duration::from_secs(30);
+    let published = loop {
+        let doc = c.published(&name);
+        if let Some(doc) = doc.filter(|d| document_counts(d) == by_state) {
+            break doc;
+        }
+        assert!(
+            Instant::now() < until,
+            "published document never agreed with status {by_state:?}: {:?}",
+            c.published(&name).map(|d| document_counts(&d))
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let keys: Vec<&str> = published
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        ["program", "submission", "tracking", "orders", "metadata"]
+    );
+    assert_eq!(published["tracking"]["name"], name.as_str());
+    assert_eq!(published["orders"].as_array().unwrap().len(), 36);
+    assert_eq!(c.queued().await, BTreeMap::new(), "queues drained");
+}
+
+/// Empty tile-periods: recorded EMPTY with a metadata JSON by default, without one with
+/// `--no-save-empty-metadata`, and failed with a clear message with `--error-if-empty`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_orders_are_recorded_or_failed_as_asked() {
+    let mut c = Campaign::start("empty", Campaign::options()).await;
+    c.spawn_worker();
+    // Landsat 9's first scene is on 2021-10-31: these months have none anywhere.
+    let tiles = ["--tile", "10,14", "--tile", "11,15"];
+    let submit = |start: &'static str, end: &'static str, flags: &'static [&'static str]| {
+        let mut args = vec!["--collection", LC09, "--start", start, "--end", end];
+        args.extend_from_slice(&tiles);
+        args.extend_from_slice(flags);
+        args
+    };
+    let saved = c.submit(&submit("2021-07-01", "2021-08-01", &[])).await;
+    let unsaved = c
+        .submit(&submit(
+            "2021-08-01",
+            "2021-09-01",
+            &["--no-save-empty-metadata"],
+        ))
+        .await;
+    let failing = c
+        .submit(&submit("2021-09-01", "2021-10-01", &["--error-if-empty"]))
+        .await;
+
+    let (status, code) = c.wait_done(&saved).await;
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(counts(&status), BTreeMap::from([("EMPTY".to_owned(), 2)]));
+    let doc = c.show(&saved).await;
+    let files = assert_downloaded(&c, &doc, &saved);
+    assert_eq!(files, 2, "one metadata JSON per empty order");
+
+    let (status, code) = c.wait_done(&unsaved).await;
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(counts(&status), BTreeMap::from([("EMPTY".to_owned(), 2)]));
+    let written: Vec<String> = c
+        .dest_files()
+        .into_keys()
+        .filter(|f| f.starts_with(&format!("{unsaved}/")))
+        .collect();
+    assert!(written.is_empty(), "{written:?}");
+
+    let (status, code) = c.wait_done(&failing).await;
+    assert_eq!(code, Some(1), "a failed order fails status: {status}");
+    assert_eq!(counts(&status), BTreeMap::from([("FAILED".to_owned(), 2)]));
+    let run = c.cedar(&["status", &failing]).await;
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stdout.contains("FAILED=2"), "{run:?}");
+    let doc = c.show(&failing).await;
+    for order in doc["orders"].as_array().unwrap() {
+        let error = order["status"]["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("no LANDSAT/LC09/C02/T1_L2 scenes for tile")
+                && error.contains("--error-if-empty"),
+            "{order}"
+        );
+    }
+    let written: Vec<String> = c
+        .dest_files()
+        .into_keys()
+        .filter(|f| f.starts_with(&format!("{failing}/")))
+        .collect();
+    assert!(written.is_empty(), "{written:?}");
+
+    let stats = c.emulator.stats();
+    assert!(stats.exports_by_description.is_empty(), "{stats:#?}");
+    assert_bucket_empty(&c);
+    assert_eq!(c.queued().await, BTreeMap::new());
+}
+
+/// Throttling and outages on a third of EE's answers, and exports that EE started although
+/// their answer was lost: every order still completes, each exported exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_and_outages_are_retried_and_export_once() {
+    let mut c = Campaign::start(
+        "storm",
+        EmulatorOptions {
+            throttle_rate: 0.2,
+            unavailable_rate: 0.15,
+            seed: 7,
+            ..Campaign::options()
+        },
+    )
+    .await;
+    // The first answers to image:export are lost after EE started the task: the retry must
+    // get the same task back through its requestId, not a second one.
+    c.emulator.inject(Fault::NextRequests {
+        method: Some(ApiMethod::ImageExport),
+        count: 3,
+        status: 503,
+        message: None,
+        processed: true,
+    });
+    c.spawn_worker();
+    c.spawn_worker();
+    let name = c
+        .submit(&[
+            "--collection",
+            LC08,
+            "--rows",
+            "10-11",
+            "--cols",
+            "14-15",
+            "--start",
+            "2021-07-01",
+            "--end",
+            "2021-12-31",
+            "--freq",
+            "3MS",
+        ])
+        .await;
+    let (status, code) = c.wait_done(&name).await;
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(counts(&status), BTreeMap::from([("CLEANED".to_owned(), 8)]));
+    let stats = c.emulator.stats();
+    let refused = stats.responses.get("429").copied().unwrap_or(0)
+        + stats.responses.get("503").copied().unwrap_or(0);
+    println!(
+        "storm: {refused} of {} EE answers were 429/503; requests {:?}",
+        ee_requests(&stats),
+        stats.requests
+    );
+    assert!(refused >= 10, "the storm happened: {stats:#?}");
+    assert!(
+        stats.requests.get("image.export").copied().unwrap_or(0) > 8,
+        "some exports were retried: {stats:#?}"
+    );
+    assert_eq!(stats.exports_by_description.len(), 8);
+    assert_exported_once(&stats);
+    let doc = c.show(&name).await;
+    assert_downloaded(&c, &doc, &name);
+    assert_bucket_empty(&c);
+    assert_eq!(c.queued().await, BTreeMap::new());
+}
+
+/// EE tasks that fail are reported with EE's message; `cedar retry` exports them again (a new
+/// task each) and brings them home.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_tasks_are_reported_and_retry_brings_them_home() {
+    const MESSAGE: &str = "User memory limit exceeded.";
+    let mut c = Campaign::start("failed", Campaign::options()).await;
+    c.emulator.inject(Fault::NextTasksFail {
+        count: 3,
+        message: Some(MESSAGE.to_owned()),
+    });
+    c.spawn_worker();
+    let name = c
+        .submit(&[
+            "--collection",
+            LC08,
+            "--rows",
+            "10-11",
+            "--cols",
+            "14-15",
+            "--start",
+            "2021-07-01",
+            "--end",
+            "2021-12-31",
+            "--freq",
+            "3MS",
+        ])
+        .await;
+    let (status, code) = c.wait_done(&name).await;
+    assert_eq!(code, Some(1), "{status}");
+    assert_eq!(
+        counts(&status),
+        BTreeMap::from([("CLEANED".to_owned(), 5), ("FAILED".to_owned(), 3)])
+    );
+    let doc = c.show(&name).await;
+    let failed: BTreeSet<String> = doc["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| state(o) == "FAILED")
+        .map(|o| {
+            let error = o["status"]["error"].as_str().unwrap_or_default();
+            assert!(error.contains(MESSAGE), "EE's message is shown: {o}");
+            order_name(o).to_owned()
+        })
+        .collect();
+    assert_eq!(failed.len(), 3);
+
+    let run = c.cedar(&["retry", &name]).await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stderr.contains("3 orders re-queued"), "{run:?}");
+    let (status, code) = c.wait_done(&name).await;
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(counts(&status), BTreeMap::from([("CLEANED".to_owned(), 8)]));
+
+    let stats = c.emulator.stats();
+    for (description, n) in &stats.exports_by_description {
+        let want = if failed.contains(description) { 2 } else { 1 };
+        assert_eq!(*n, want, "{description}: {stats:#?}");
+    }
+    assert_eq!(stats.exports_by_description.len(), 8);
+    let doc = c.show(&name).await;
+    for o in doc["orders"].as_array().unwrap() {
+        let exports = o["status"]["exports"].as_u64().unwrap();
+        let want = if failed.contains(order_name(o)) { 2 } else { 1 };
+        assert_eq!(exports, want, "{o}");
+    }
+    assert_downloaded(&c, &doc, &name);
+    assert_bucket_empty(&c);
+    assert_eq!(c.queued().await, BTreeMap::new());
+}
+
+/// `cedar cancel` on a running submission: every order CANCELLED, every EE task cancelled, and
+/// nothing of the submission left in the queues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_submission() {
+    let mut c = Campaign::start(
+        "cancel",
+        EmulatorOptions {
+            task_seconds: 600.0,
+            max_concurrent_exports: 2,
+            ..Campaign::options()
+        },
+    )
+    .await;
+    c.spawn_worker();
+    let name = c
+        .submit(&[
+            "--collection",
+            LC08,
+            "--rows",
+            "10-11",
+            "--cols",
+            "14-15",
+            "--start",
+            "2021-07-01",
+            "--end",
+            "2021-10-01",
+            "--freq",
+            "3MS",
+        ])
+        .await;
+    // Two tasks run, two wait in EE's queue.
+    c.wait_stats("four tasks in EE", |s| {
+        s.operations.get("RUNNING") == Some(&2) && s.operations.get("PENDING") == Some(&2)
+    })
+    .await;
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let (status, _) = c.status(&name).await;
+        let active: u64 = ["PENDING", "RUNNING"]
+            .iter()
+            .filter_map(|s| counts(&status).get(*s).copied())
+            .sum();
+        if active == 4 {
+            break;
+        }
+        assert!(Instant::now() < until, "{status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let run = c.cedar(&["cancel", &name]).await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stderr.contains("4 orders cancelled"), "{run:?}");
+    let stats = c
+        .wait_stats("EE tasks cancelled", |s| {
+            s.operations.get("CANCELLED") == Some(&4)
+        })
+        .await;
+    assert_eq!(stats.requests.get("operations.cancel"), Some(&4));
+    let (status, code) = c.status(&name).await;
+    assert_eq!(code, Some(1), "cancelled orders are not complete: {status}");
+    assert_eq!(counts(&status), BTreeMap::from([("CANCELLED".to_owned(), 4)]));
+    let doc = c.show(&name).await;
+    for o in doc["orders"].as_array().unwrap() {
+        assert_eq!(o["status"]["error"], "cancelled by cedar cancel", "{o}");
+    }
+    assert_eq!(c.jobs_of(&name).await, Vec::<String>::new());
+    assert_eq!(c.queued().await, BTreeMap::new());
+    // A poll that was running during the cancel cannot bring the order back.
+    c.wait_stats("a sweep after the cancel", |s| {
+        s.requests.get("operations.list").copied().unwrap_or(0)
+            > stats.requests.get("operations.list").copied().unwrap_or(0) + 1
+    })
+    .await;
+    let (status, _) = c.status(&name).await;
+    assert_eq!(counts(&status), BTreeMap::from([("CANCELLED".to_owned(), 4)]));
+    assert_eq!(c.queued().await, BTreeMap::new());
+}
+
+/// A worker SIGKILLed mid-run loses nothing and duplicates nothing: its leased jobs come back
+/// after their lease and the other worker finishes every order, each exported and downloaded
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_loses_and_duplicates_nothing() {
+    let mut c = Campaign::start(
+        "crash",
+        EmulatorOptions {
+            task_seconds: 2.0,
+            ..Campaign::options()
+        },
+    )
+    .await;
+    let doomed = c.spawn_worker();
+    let name = c
+        .submit(&[
+            "--collection",
+            &format!("{LC08},{LE07}"),
+            "--rows",
+            "10-11",
+            "--cols",
+            "14-15",
+            "--start",
+            "2021-07-01",
+            "--end",
+            "2021-12-31",
+            "--freq",
+            "2MS",
+        ])
+        .await;
+    // Let the first worker take jobs and start exports, then start the survivor and kill the
+    // first while its exports are still running and it holds leases.
+    c.wait_stats("exports started", |s| {
+        s.requests.get("image.export").copied().unwrap_or(0) >= 4
+    })
+    .await;
+    c.spawn_worker();
+    let held = c.queued().await;
+    c.kill_worker(doomed);
+    println!("killed worker {doomed} holding {held:?}");
+    let at_kill = c.emulator.stats();
+    assert!(
+        at_kill.succeeded_by_description.len() < 24,
+        "killed mid-run: {at_kill:#?}"
+    );
+
+    let (status, code) = c.wait_done(&name).await;
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(status["total"], 24);
+    let stats = c.emulator.stats();
+    assert_exported_once(&stats);
+    let by_state = counts(&status);
+    assert_eq!(
+        stats.exports_by_description.len() as u64,
+        by_state.get("CLEANED").copied().unwrap_or(0),
+        "{status}"
+    );
+    let doc = c.show(&name).await;
+    assert_downloaded(&c, &doc, &name);
+    assert_bucket_empty(&c);
+    assert_eq!(c.jobs_of(&name).await, Vec::<String>::new());
+    assert_eq!(c.queued().await, BTreeMap::new(), "nothing left in the queues");
+}
+
+/// The download stage refuses object names that would escape the destination, writing
+/// nothing anywhere, and still copies a well-named object.
+#[tokio::test]
+async fn download_refuses_names_that_escape_the_destination() {
+    use cedar::jobs::JobError;
+    use cedar::jobs::download::copy_verified;
+    use cedar::store::{Destination, ExportBucket, ObjectInfo, ObjectStoreBucket};
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("dest");
+    let dest = Destination::local(&root);
+    let store = Arc::new(object_store::memory::InMemory::new());
+    let bucket = ObjectStoreBucket::new(store, object_store::path::Path::from(""));
+    let body = bytes::Bytes::from_static(b"II*\0 a well-named piece");
+    bucket
+        .put("CEDAR_PREARD/ok.tif", body.clone())
+        .await
+        .unwrap();
+    let info = |name: &str| ObjectInfo {
+        name: name.to_owned(),
+        size: body.len() as u64,
+        md5: None,
+        crc32c: None,
+        generation: None,
+    };
+
+    for (tracking, object) in [
+        ("T", "CEDAR_PREARD/../../evil.tif"),
+        ("T", "../evil.tif"),
+        ("T", "CEDAR_PREARD/.."),
+        ("T", "CEDAR_PREARD/..\\..\\evil.tif"),
+        ("../T", "CEDAR_PREARD/ok.tif"),
+        ("T/../..", "CEDAR_PREARD/ok.tif"),
+    ] {
+        let err = copy_verified(&bucket, &dest, tracking, &[info(object)], false)
+            .await
+            .expect_err(object);
+        match &err {
+            JobError::Fatal(m) => assert!(
+                m.contains("refused object") && m.contains("would escape the destination"),
+                "{tracking} {object}: {m}"
+            ),
+            other => panic!("{tracking} {object}: not fatal: {other:?}"),
+        }
+        assert_eq!(
+            Campaign::files(dir.path()),
+            BTreeMap::new(),
+            "{tracking} {object}: nothing written"
+        );
+    }
+
+    let (verified, bytes) =
+        copy_verified(&bucket, &dest, "T", &[info("CEDAR_PREARD/ok.tif")], false)
+            .await
+            .unwrap();
+    assert_eq!(bytes, body.len() as u64);
+    assert_eq!(verified.len(), 1);
+    assert_eq!(
+        Campaign::files(dir.path()),
+        BTreeMap::from([("dest/T/ok.tif".to_owned(), body.len() as u64)])
+    );
+}
+
+/// Bad submissions exit 2 with one clear error line and queue nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_submissions_are_refused_and_queue_nothing() {
+    let c = Campaign::start("bad", Campaign::options()).await;
+    let good = [
+        "--start",
+        "2021-07-01",
+        "--end",
+        "2021-12-31",
+        "--freq",
+        "3MS",
+    ];
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--collection", "NASA/NOPE", "--tile", "10,14"],
+            "unknown collection \"NASA/NOPE\"",
+        ),
+        (&["--collection", LC08, "--tile", "99,14"], "outside"),
+        (
+            &[
+                "--collection",
+                LC08,
+                "--tile",
+                "10,14",
+                "--start",
+                "2021-07-01",
+                "--end",
+                "2021-01-01",
+            ],
+            "not after start",
+        ),
+        (
+            &["--collection", LC08, "--tile", "10,14", "--tile", "10,14"],
+            "tile 10,14 is given twice",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut all = vec!["submit"];
+        all.extend_from_slice(args);
+        if !args.contains(&"--start") {
+            all.extend_from_slice(&good);
+        }
+        let run = c.cedar(&all).await;
+        assert_eq!(run.code, Some(2), "{args:?}: {run:?}");
+        let lines: Vec<&str> = run.stderr.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line: {run:?}");
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].contains(want),
+            "{args:?}: {run:?}"
+        );
+        assert_eq!(run.stdout, "", "{args:?}");
+    }
+    // A prefix template that walks out of the bucket folder renders names with '..'.
+    let run = c
+        .cedar_env(
+            &[
+                "submit",
+                "--collection",
+                LC08,
+                "--tile",
+                "10,14",
+                "--start",
+                "2021-07-01",
+                "--end",
+                "2021-12-31",
+            ],
+            &[("CEDAR__EXPORT__PREFIX_TEMPLATE", "CEDAR/../../{collection}")],
+        )
+        .await;
+    assert_eq!(run.code, Some(2), "{run:?}");
+    let lines: Vec<&str> = run.stderr.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {run:?}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains("CEDAR/../../{collection}"),
+        "{run:?}"
+    );
+    assert_eq!(c.keys().await, Vec::<String>::new(), "nothing recorded");
+    assert_eq!(c.bucket_files(), BTreeMap::new(), "no tracking document");
+}
