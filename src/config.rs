@@ -81,15 +81,18 @@ impl Default for EarthEngineConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
+    /// Where the queue and tracking state live: `redis://…`/`rediss://…` (workers on many
+    /// machines), or `sqlite://PATH` (one machine, no server). Default `""`, which means
+    /// `sqlite://cedar.db` in the working directory.
     pub url: String,
-    /// Prefix of every Redis key cedar writes, so several deployments can share one Redis.
+    /// Prefix of every key cedar writes, so several deployments can share one Redis (or file).
     pub namespace: String,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
-            url: "redis://127.0.0.1:6379".into(),
+            url: String::new(),
             namespace: "cedar".into(),
         }
     }
@@ -162,6 +165,23 @@ impl Default for DownloadConfig {
     }
 }
 
+/// `[metrics]`: the worker's Prometheus endpoint (`/metrics`, `/healthz`, `/readyz`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// The socket address every `cedar worker` serves on; default `127.0.0.1:9464`, loopback,
+    /// so that nothing is exposed unless configured.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
 /// `[grid]`: a preset, or an explicit grid.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -211,8 +231,11 @@ pub struct Config {
     pub store: StoreConfig,
     pub tracking: TrackingConfig,
     pub download: DownloadConfig,
+    pub metrics: MetricsConfig,
     pub grid: GridConfig,
     pub collections: BTreeMap<String, CollectionConfig>,
+    /// `[[ingest]]`: continuous ingest entries (see [`crate::schedule`]).
+    pub ingest: Vec<crate::schedule::IngestConfig>,
 }
 
 /// The validated configuration everything else runs on.
@@ -224,6 +247,8 @@ pub struct Settings {
     pub name_template: Template,
     pub prefix_template: Template,
     pub tracking_template: Template,
+    /// The validated `[[ingest]]` entries.
+    pub ingests: Vec<crate::schedule::Ingest>,
     /// `[store] url`, with the `gs://{bucket}` default applied.
     pub store_url: String,
 }
@@ -404,15 +429,16 @@ impl Config {
                 ),
             );
         }
-        match url::Url::parse(&self.queue.url) {
-            Ok(u) if matches!(u.scheme(), "redis" | "rediss") => {}
-            _ => problem(
+        if crate::queue::QueueUrl::parse(&self.queue.url).is_none() {
+            problem(
                 "queue.url",
                 format!(
-                    "{} is not a redis:// or rediss:// URL; e.g. redis://127.0.0.1:6379",
+                    "{} is not a redis://, rediss:// or sqlite:// URL; e.g. redis://127.0.0.1:6379, \
+                     sqlite:///var/lib/cedar/cedar.db, or leave it empty for sqlite://cedar.db in \
+                     the working directory",
                     redact_url(&self.queue.url)
                 ),
-            ),
+            );
         }
 
         let ex = &self.export;
@@ -472,6 +498,16 @@ impl Config {
             );
         }
 
+        if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            problem(
+                "metrics.listen",
+                format!(
+                    "{:?} is not a socket address; e.g. \"127.0.0.1:9464\" (loopback) or \"0.0.0.0:9464\"",
+                    self.metrics.listen
+                ),
+            );
+        }
+
         let store_url = if self.store.url.is_empty() {
             format!("gs://{}", ex.bucket)
         } else {
@@ -521,6 +557,25 @@ impl Config {
             }
         }
 
+        let known: std::collections::BTreeSet<String> = collections.keys().cloned().collect();
+        let mut ingests = Vec::new();
+        for (i, entry) in self.ingest.iter().enumerate() {
+            match entry.resolve(i, grid.as_ref(), &known) {
+                Ok(x) => ingests.push(x),
+                Err(list) => {
+                    for (key, msg) in list {
+                        problem(&key, msg);
+                    }
+                }
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for x in &ingests {
+            if !names.insert(x.name.clone()) {
+                problem("ingest", format!("two entries are named {:?}; names must be unique", x.name));
+            }
+        }
+
         match (grid, name_template, prefix_template, tracking_template) {
             (Some(grid), Some(name_template), Some(prefix_template), Some(tracking_template))
                 if problems.is_empty() =>
@@ -532,6 +587,7 @@ impl Config {
                     name_template,
                     prefix_template,
                     tracking_template,
+                    ingests,
                     store_url,
                 })
             }
@@ -836,6 +892,8 @@ name_template = "{collection}_{period_start}"
 template = "TRACKING_{date_start}"
 [grid]
 preset = "nope"
+[metrics]
+listen = "localhost"
 [collections."MY/COLL"]
 filters = ["CLOUD = 3"]
 "#;
@@ -853,6 +911,7 @@ filters = ["CLOUD = 3"]
             "export.name_template",
             "tracking.template",
             "grid.preset",
+            "metrics.listen",
             "collections.\"MY/COLL\".bands",
             "collections.\"MY/COLL\".filters",
         ] {
@@ -908,6 +967,29 @@ data_type = "int16"
         };
         let s = c.validate().unwrap();
         assert_eq!(s.grid.tile(1, 1).unwrap().bounds.top, 4_199_000.0);
+    }
+
+    #[test]
+    fn queue_urls_redis_sqlite_or_empty() {
+        for ok in [
+            "",
+            "redis://127.0.0.1:6379",
+            "rediss://:pw@h:6380/1",
+            "sqlite:///var/lib/cedar/cedar.db",
+            "sqlite://cedar.db",
+        ] {
+            let mut c = Config::from_toml("t", &valid_toml(), no_env()).unwrap();
+            c.queue.url = ok.into();
+            assert!(c.validate().is_ok(), "{ok:?}");
+        }
+        for bad in ["sqlite://", "/tmp/cedar.db", "postgres://u:hunter2@h/db"] {
+            let mut c = Config::from_toml("t", &valid_toml(), no_env()).unwrap();
+            c.queue.url = bad.into();
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.problems[0].key, "queue.url", "{bad:?}: {e}");
+            assert!(e.to_string().contains("sqlite://"), "{e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
     }
 
     #[test]

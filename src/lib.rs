@@ -27,17 +27,22 @@
 //! - [`collection`]: per-collection band selection, properties, nodata, type and filters.
 //! - [`cli`]: the command line.
 //! - [`demo`]: a whole campaign on embedded defaults (in-process emulator, local folders).
+//! - [`bench`]: `cedar bench`, speed and memory figures as ratios against a same-run baseline.
 //! - [`auth`]: OAuth2 access tokens (service-account key, Application Default Credentials, none).
 //! - [`earthengine`]: the EE REST client: expressions, exports, operations, errors.
 //! - [`emulator`]: an EE emulator that speaks the same REST API, for tests and demos.
 //! - [`jobs`]: one module per stage: export, poll, download, clean.
+//! - [`schedule`]: continuous ingest: `[[ingest]]` entries submitted on a cron schedule, exactly once per period.
 //! - [`store`]: the export bucket EE writes into, and the destination cedar downloads to.
-//! - [`queue`]: the durable jobs of every stage in Redis (leases, retries, snooze, admission), run by apalis.
+//! - [`metrics`]: the catalogue of Prometheus metrics, `/metrics`, `/healthz` and `/readyz`.
+//! - [`queue`]: the durable jobs of every stage (leases, retries, snooze, admission), run by apalis,
+//!   in Redis or, on one machine without a server, in an SQLite file.
 //! - [`submit`]: validates a request, records it, and queues its exports in bulk.
-//! - [`tracking`]: each submission and the state of its orders (Redis), and its JSON document.
+//! - [`tracking`]: each submission and the state of its orders (beside the queue), and its JSON document.
 //! - [`worker`]: `cedar worker`, every stage against the shared queue, with SIGTERM drain.
 
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod collection;
 pub mod config;
@@ -46,9 +51,11 @@ pub mod earthengine;
 pub mod emulator;
 pub mod grid;
 pub mod jobs;
+pub mod metrics;
 pub mod naming;
 pub mod order;
 pub mod period;
+pub mod schedule;
 pub mod queue;
 pub mod store;
 pub mod submit;

@@ -16,7 +16,7 @@ use crate::jobs::job_for;
 use crate::naming::TrackingValues;
 use crate::period::{Frequency, Period, periods};
 use crate::queue::Stage;
-use crate::queue::redis::RedisQueue;
+use crate::queue::Queue;
 use crate::store::ExportBucket;
 use crate::tracking::{Submission, Tracker, publish};
 
@@ -133,7 +133,7 @@ pub fn plan(settings: &Settings, req: &Request, now: DateTime<Utc>) -> Result<Pl
 pub async fn enqueue(
     settings: &Settings,
     tracker: &Tracker,
-    queue: &RedisQueue,
+    queue: &Queue,
     bucket: &dyn ExportBucket,
     plan: &Plan,
 ) -> Result<u64, SubmitError> {
@@ -233,7 +233,8 @@ mod tests {
     #[test]
     fn bad_requests_name_the_problem() {
         let s = settings();
-        let cases: Vec<(Box<dyn Fn(&mut Request)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut Request)>;
+        let cases: Vec<(Change, &str)> = vec![
             (
                 Box::new(|r| r.collections = vec!["NOPE".into()]),
                 "unknown collection \"NOPE\"",

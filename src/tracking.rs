@@ -1,26 +1,31 @@
 //! Tracking: the record of one submission and the state of each of its orders.
 //!
-//! The source of truth lives in Redis — one hash per submission, one field per order, and a
-//! per-state tally kept in step by a Lua script — so any number of workers can update different
-//! orders at once without losing each other's changes. The tracking **document** in the store
+//! The source of truth lives beside the queue ([`crate::queue::Connection`]). In Redis: one hash
+//! per submission, one field per order, and a per-state tally kept in step by a Lua script. In the
+//! SQLite file: one row per order and one per (submission, state) tally, kept in step in one
+//! transaction. Either way any number of workers can update different orders at once without
+//! losing each other's changes. The tracking **document** in the store
 //! (`{tracking.prefix}/{name}.json`, with the original CEDAR's top-level keys `program`,
-//! `submission`, `tracking`, `orders`, `metadata`) is a projection re-rendered from Redis, so
-//! whoever writes it last writes everything.
+//! `submission`, `tracking`, `orders`, `metadata`) is a projection re-rendered from that state,
+//! so whoever writes it last writes everything.
 //!
 //! States move forward only (QUEUED → PENDING → RUNNING → SUCCEEDED → DOWNLOADED → CLEANED, or to
 //! EMPTY/FAILED/CANCELLED/LOST); a late or repeated job cannot move an order back. Only
 //! `cedar retry` resets a failed order to QUEUED.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
+use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
 use crate::order::{Order, OrderNames};
 use crate::period::Period;
+use crate::queue::{Connection, QueueError, sqlite::Db};
 
 /// Errors of tracking state.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +38,26 @@ pub enum TrackingError {
     Corrupt { name: String, reason: String },
     #[error("tracking {0:?} already exists; submissions need unique names")]
     Exists(String),
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The tracking state's database could not be opened.
+    #[error("tracking state: {0}")]
+    Open(#[from] QueueError),
+}
+
+impl TrackingError {
+    /// True when trying again later may succeed: any Redis error (connection trouble, as the
+    /// jobs always treated it), a busy or failing SQLite file.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            TrackingError::Redis(_) => true,
+            TrackingError::Sqlite(e) => crate::queue::sqlite::is_retryable(e),
+            TrackingError::Open(e) => e.is_retryable(),
+            TrackingError::Unknown(_) | TrackingError::Corrupt { .. } | TrackingError::Exists(_) => {
+                false
+            }
+        }
+    }
 }
 
 /// The state of one order: EE's operation states plus cedar's own.
@@ -261,22 +286,147 @@ redis.call('SADD', KEYS[3], ARGV[6])
 return 1
 "#;
 
-/// Tracking state in Redis, under a namespace.
+/// Tracking state under a namespace, in Redis or in the SQLite file of the queue.
 #[derive(Clone)]
 pub struct Tracker {
-    conn: ConnectionManager,
-    ns: String,
+    inner: TrackerInner,
+}
+
+#[derive(Clone)]
+enum TrackerInner {
+    Redis(RedisTracker),
+    Sqlite(SqliteTracker),
 }
 
 impl std::fmt::Debug for Tracker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tracker").field("ns", &self.ns).finish()
+        let (kind, ns) = match &self.inner {
+            TrackerInner::Redis(t) => ("redis", &*t.ns),
+            TrackerInner::Sqlite(t) => ("sqlite", &*t.ns),
+        };
+        f.debug_struct("Tracker")
+            .field("backend", &kind)
+            .field("ns", &ns)
+            .finish()
     }
 }
 
+/// Calls the same method on whichever backend holds the tracking state.
+macro_rules! dispatch {
+    ($self:ident, $t:ident => $call:expr) => {
+        match &$self.inner {
+            TrackerInner::Redis($t) => $call,
+            TrackerInner::Sqlite($t) => $call,
+        }
+    };
+}
+
 impl Tracker {
-    pub fn new(conn: ConnectionManager, namespace: &str) -> Self {
-        Tracker {
+    /// The tracking state of `namespace` on `conn`.
+    pub fn new(conn: &Connection, namespace: &str) -> Self {
+        let inner = match conn {
+            Connection::Redis(c) => TrackerInner::Redis(RedisTracker::new(c.clone(), namespace)),
+            Connection::Sqlite(db) => TrackerInner::Sqlite(SqliteTracker {
+                db: db.clone(),
+                ns: Arc::from(namespace),
+            }),
+        };
+        Tracker { inner }
+    }
+
+    /// Opens the queue URL `url` (see [`crate::queue::QueueUrl`]) and returns the tracking state
+    /// of `namespace` there.
+    pub async fn open(url: &str, namespace: &str) -> Result<Self, TrackingError> {
+        Ok(Tracker::new(&Connection::open(url).await?, namespace))
+    }
+
+    /// Records a new submission with every order QUEUED. Fails if the name is taken.
+    pub async fn create(&self, sub: &Submission) -> Result<(), TrackingError> {
+        dispatch!(self, t => t.create(sub).await)
+    }
+
+    pub async fn submission(&self, name: &str) -> Result<Submission, TrackingError> {
+        dispatch!(self, t => t.submission(name).await)
+    }
+
+    /// Every submission name, oldest first.
+    pub async fn list(&self) -> Result<Vec<String>, TrackingError> {
+        dispatch!(self, t => t.list().await)
+    }
+
+    pub async fn status(
+        &self,
+        name: &str,
+        order: &Order,
+    ) -> Result<Option<OrderStatus>, TrackingError> {
+        dispatch!(self, t => t.status(name, order).await)
+    }
+
+    /// Writes `status` unless it would move the order backwards (then returns false).
+    /// `force` allows going back (retry).
+    pub async fn set(
+        &self,
+        name: &str,
+        order: &Order,
+        status: &OrderStatus,
+        force: bool,
+    ) -> Result<bool, TrackingError> {
+        dispatch!(self, t => t.set(name, order, status, force).await)
+    }
+
+    /// Reads the order's status, applies `f`, writes it back (forward-only unless `force`).
+    pub async fn update(
+        &self,
+        name: &str,
+        order: &Order,
+        force: bool,
+        f: impl FnOnce(&mut OrderStatus),
+    ) -> Result<OrderStatus, TrackingError> {
+        let mut s = self
+            .status(name, order)
+            .await?
+            .unwrap_or_else(|| OrderStatus::new(OrderState::Queued));
+        f(&mut s);
+        s.updated = Utc::now();
+        self.set(name, order, &s, force).await?;
+        Ok(s)
+    }
+
+    /// Orders per state.
+    pub async fn counts(&self, name: &str) -> Result<BTreeMap<OrderState, u64>, TrackingError> {
+        dispatch!(self, t => t.counts(name).await)
+    }
+
+    /// Every order's status, by order key.
+    pub async fn all(&self, name: &str) -> Result<BTreeMap<String, OrderStatus>, TrackingError> {
+        dispatch!(self, t => t.all(name).await)
+    }
+
+    /// Names whose document needs re-publishing, taken (each at most `n`).
+    pub async fn take_dirty(&self, n: usize) -> Result<Vec<String>, TrackingError> {
+        dispatch!(self, t => t.take_dirty(n).await)
+    }
+
+    pub async fn mark_dirty(&self, name: &str) -> Result<(), TrackingError> {
+        dispatch!(self, t => t.mark_dirty(name).await)
+    }
+
+    /// Forgets a submission's state (its document in the store stays).
+    pub async fn forget(&self, name: &str) -> Result<(), TrackingError> {
+        dispatch!(self, t => t.forget(name).await)
+    }
+}
+
+/// Tracking state in Redis, under a namespace.
+#[derive(Clone)]
+struct RedisTracker {
+    conn: ConnectionManager,
+    ns: String,
+}
+
+impl RedisTracker {
+    fn new(conn: ConnectionManager, namespace: &str) -> Self {
+        RedisTracker {
             conn,
             ns: namespace.to_string(),
         }
@@ -392,24 +542,6 @@ impl Tracker {
         Ok(written == 1)
     }
 
-    /// Reads the order's status, applies `f`, writes it back (forward-only unless `force`).
-    pub async fn update(
-        &self,
-        name: &str,
-        order: &Order,
-        force: bool,
-        f: impl FnOnce(&mut OrderStatus),
-    ) -> Result<OrderStatus, TrackingError> {
-        let mut s = self
-            .status(name, order)
-            .await?
-            .unwrap_or_else(|| OrderStatus::new(OrderState::Queued));
-        f(&mut s);
-        s.updated = Utc::now();
-        self.set(name, order, &s, force).await?;
-        Ok(s)
-    }
-
     /// Orders per state.
     pub async fn counts(&self, name: &str) -> Result<BTreeMap<OrderState, u64>, TrackingError> {
         let mut c = self.conn.clone();
@@ -477,6 +609,264 @@ impl Tracker {
             .query_async(&mut c)
             .await?;
         Ok(())
+    }
+}
+
+/// Tracking state in the queue's SQLite file, under a namespace: tables `submissions`,
+/// `orders`, `order_counts` and `dirty` (see [`crate::queue::sqlite::SCHEMA`]). Every write runs
+/// in one `BEGIN IMMEDIATE` transaction, which does what the Redis scripts do atomically.
+#[derive(Clone)]
+struct SqliteTracker {
+    db: Arc<Db>,
+    ns: Arc<str>,
+}
+
+/// Reads only the state of a stored status, as the Redis script does with `cjson`.
+#[derive(Deserialize)]
+struct StateOnly {
+    state: String,
+}
+
+fn corrupt(name: &str, e: serde_json::Error) -> TrackingError {
+    TrackingError::Corrupt {
+        name: name.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+impl SqliteTracker {
+    async fn create(&self, sub: &Submission) -> Result<(), TrackingError> {
+        let json = serde_json::to_string(sub).expect("submission serializes");
+        let status = serde_json::to_string(&OrderStatus::new(OrderState::Queued))
+            .expect("status serializes");
+        let keys: Vec<String> = sub.orders().map(|o| order_key(&o)).collect();
+        let (ns, name, submitted) = (
+            self.ns.clone(),
+            sub.name.clone(),
+            sub.submitted.timestamp_millis(),
+        );
+        self.db
+            .write(move |tx| -> Result<(), TrackingError> {
+                let created = tx.execute(
+                    "INSERT OR IGNORE INTO submissions (ns, name, submitted_ms, body)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![&*ns, name, submitted, json],
+                )?;
+                if created == 0 {
+                    return Err(TrackingError::Exists(name));
+                }
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO orders (ns, tracking, key, status) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for key in &keys {
+                    insert.execute(params![&*ns, name, key, status])?;
+                }
+                tx.execute(
+                    "INSERT INTO order_counts (ns, tracking, state, n) VALUES (?1, ?2, 'QUEUED', ?3)
+                     ON CONFLICT (ns, tracking, state) DO UPDATE SET n = ?3",
+                    params![&*ns, name, keys.len() as i64],
+                )?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO dirty (ns, tracking) VALUES (?1, ?2)",
+                    params![&*ns, name],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn submission(&self, name: &str) -> Result<Submission, TrackingError> {
+        let (ns, key) = (self.ns.clone(), name.to_owned());
+        let raw: Option<String> = self
+            .db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT body FROM submissions WHERE ns = ?1 AND name = ?2",
+                    params![&*ns, key],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await?;
+        let raw = raw.ok_or_else(|| TrackingError::Unknown(name.to_string()))?;
+        serde_json::from_str(&raw).map_err(|e| corrupt(name, e))
+    }
+
+    async fn list(&self) -> Result<Vec<String>, TrackingError> {
+        let ns = self.ns.clone();
+        Ok(self.db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT name FROM submissions WHERE ns = ?1 ORDER BY submitted_ms, name",
+                )?
+                .query_map(params![&*ns], |r| r.get(0))?
+                .collect()
+            })
+            .await?)
+    }
+
+    async fn status(
+        &self,
+        name: &str,
+        order: &Order,
+    ) -> Result<Option<OrderStatus>, TrackingError> {
+        let (ns, tracking, key) = (self.ns.clone(), name.to_owned(), order_key(order));
+        let raw: Option<String> = self
+            .db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT status FROM orders WHERE ns = ?1 AND tracking = ?2 AND key = ?3",
+                    params![&*ns, tracking, key],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await?;
+        raw.map(|r| serde_json::from_str(&r).map_err(|e| corrupt(name, e)))
+            .transpose()
+    }
+
+    /// As [`SET_STATUS`]: forward-only unless forced, the tally moved in the same transaction.
+    async fn set(
+        &self,
+        name: &str,
+        order: &Order,
+        status: &OrderStatus,
+        force: bool,
+    ) -> Result<bool, TrackingError> {
+        let json = serde_json::to_string(status).expect("status serializes");
+        let (ns, tracking, key, state) = (
+            self.ns.clone(),
+            name.to_owned(),
+            order_key(order),
+            status.state,
+        );
+        self.db
+            .write(move |tx| -> Result<bool, TrackingError> {
+                let old: Option<String> = tx
+                    .query_row(
+                        "SELECT status FROM orders WHERE ns = ?1 AND tracking = ?2 AND key = ?3",
+                        params![&*ns, tracking, key],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(old) = old {
+                    let old_state = serde_json::from_str::<StateOnly>(&old)
+                        .map_err(|e| corrupt(&tracking, e))?
+                        .state;
+                    let old_rank = OrderState::parse(&old_state).map_or(0, OrderState::rank);
+                    if !force && state.rank() < old_rank {
+                        return Ok(false);
+                    }
+                    tx.execute(
+                        "UPDATE order_counts SET n = n - 1
+                         WHERE ns = ?1 AND tracking = ?2 AND state = ?3",
+                        params![&*ns, tracking, old_state],
+                    )?;
+                }
+                tx.execute(
+                    "INSERT INTO orders (ns, tracking, key, status) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (ns, tracking, key) DO UPDATE SET status = ?4",
+                    params![&*ns, tracking, key, json],
+                )?;
+                tx.execute(
+                    "INSERT INTO order_counts (ns, tracking, state, n) VALUES (?1, ?2, ?3, 1)
+                     ON CONFLICT (ns, tracking, state) DO UPDATE SET n = n + 1",
+                    params![&*ns, tracking, state.as_str()],
+                )?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO dirty (ns, tracking) VALUES (?1, ?2)",
+                    params![&*ns, tracking],
+                )?;
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn counts(&self, name: &str) -> Result<BTreeMap<OrderState, u64>, TrackingError> {
+        let (ns, tracking) = (self.ns.clone(), name.to_owned());
+        let raw: Vec<(String, i64)> = self
+            .db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT state, n FROM order_counts WHERE ns = ?1 AND tracking = ?2 AND n > 0",
+                )?
+                .query_map(params![&*ns, tracking], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+            })
+            .await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(k, v)| Some((OrderState::parse(&k)?, v as u64)))
+            .collect())
+    }
+
+    async fn all(&self, name: &str) -> Result<BTreeMap<String, OrderStatus>, TrackingError> {
+        let (ns, tracking) = (self.ns.clone(), name.to_owned());
+        let rows: Vec<(String, String)> = self
+            .db
+            .read(move |c| {
+                c.prepare_cached("SELECT key, status FROM orders WHERE ns = ?1 AND tracking = ?2")?
+                    .query_map(params![&*ns, tracking], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(k, v)| Ok((k, serde_json::from_str(&v).map_err(|e| corrupt(name, e))?)))
+            .collect()
+    }
+
+    async fn take_dirty(&self, n: usize) -> Result<Vec<String>, TrackingError> {
+        let ns = self.ns.clone();
+        self.db
+            .write(move |tx| -> Result<Vec<String>, TrackingError> {
+                let names: Vec<String> = tx
+                    .prepare_cached("SELECT tracking FROM dirty WHERE ns = ?1 LIMIT ?2")?
+                    .query_map(params![&*ns, n as i64], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for name in &names {
+                    tx.execute(
+                        "DELETE FROM dirty WHERE ns = ?1 AND tracking = ?2",
+                        params![&*ns, name],
+                    )?;
+                }
+                Ok(names)
+            })
+            .await
+    }
+
+    async fn mark_dirty(&self, name: &str) -> Result<(), TrackingError> {
+        let (ns, name) = (self.ns.clone(), name.to_owned());
+        self.db
+            .write(move |tx| -> Result<(), TrackingError> {
+                tx.execute(
+                    "INSERT OR IGNORE INTO dirty (ns, tracking) VALUES (?1, ?2)",
+                    params![&*ns, name],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn forget(&self, name: &str) -> Result<(), TrackingError> {
+        let (ns, name) = (self.ns.clone(), name.to_owned());
+        self.db
+            .write(move |tx| -> Result<(), TrackingError> {
+                tx.execute(
+                    "DELETE FROM orders WHERE ns = ?1 AND tracking = ?2",
+                    params![&*ns, name],
+                )?;
+                tx.execute(
+                    "DELETE FROM order_counts WHERE ns = ?1 AND tracking = ?2",
+                    params![&*ns, name],
+                )?;
+                tx.execute(
+                    "DELETE FROM submissions WHERE ns = ?1 AND name = ?2",
+                    params![&*ns, name],
+                )?;
+                Ok(())
+            })
+            .await
     }
 }
 

@@ -1,7 +1,8 @@
 //! The worker: `cedar worker` runs every stage's handlers against the shared queue, plus the
 //! operations sweeper and the tracking-document publisher, until SIGTERM/Ctrl-C.
 //!
-//! Any number of workers on any number of machines may share one Redis. Each stage is an
+//! Any number of workers on any number of machines may share one Redis (or, in single-machine
+//! mode, any number of worker processes on one machine share one SQLite file). Each stage is an
 //! apalis worker over [`crate::queue::backend`]; a job a dead process held comes back after its
 //! lease (`[worker] lease_secs`, default 60 s) and runs on another worker. On SIGTERM a worker
 //! stops taking jobs, lets the running ones finish for up to `[worker] drain_secs`, and hands
@@ -18,8 +19,7 @@ use crate::config::Settings;
 use crate::earthengine::client::EarthEngine;
 use crate::jobs::poll::SweepSettings;
 use crate::jobs::{self, Context, JobError, JobSettings, order_of};
-use crate::queue::redis::RedisQueue;
-use crate::queue::{self, BackendConfig, OrderJob, Outcome, Stage};
+use crate::queue::{self, BackendConfig, Connection, OrderJob, Outcome, Queue, Snapshot, Stage};
 use crate::store::{Destination, open_bucket};
 use crate::tracking::{OrderState, Tracker, publish};
 
@@ -77,9 +77,16 @@ pub fn admission_cap(configured: Option<u64>, ee_max_concurrent: Option<u64>, fa
 /// Connects everything a worker needs from the settings.
 pub async fn context(settings: Arc<Settings>, jobs: JobSettings) -> anyhow::Result<Context> {
     let cfg = &settings.config;
-    let queue = RedisQueue::connect(&cfg.queue.url, &cfg.queue.namespace).await?;
-    let redis = connect_redis(&cfg.queue.url).await?;
-    let tracker = Tracker::new(redis.clone(), &cfg.queue.namespace);
+    // One connection (Redis or the SQLite file) for the queue, tracking and the snapshot.
+    let conn = Connection::open(&cfg.queue.url).await.map_err(|e| {
+        anyhow::anyhow!("queue.url {}: {e}", crate::config::redact_url(&cfg.queue.url))
+    })?;
+    let ns = &cfg.queue.namespace;
+    let (queue, tracker, snapshot) = (
+        Queue::new(&conn, ns),
+        Tracker::new(&conn, ns),
+        Snapshot::new(&conn, ns),
+    );
     let tokens = auth::token_source(cfg.earthengine.credentials.as_deref())?;
     let ee = EarthEngine::new(
         &cfg.earthengine.endpoint,
@@ -98,18 +105,8 @@ pub async fn context(settings: Arc<Settings>, jobs: JobSettings) -> anyhow::Resu
         dest,
         tracker,
         queue,
-        redis,
+        snapshot,
     ))
-}
-
-/// A Redis connection with the timeouts every cedar connection uses.
-pub async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
-    let client = redis::Client::open(url)
-        .map_err(|e| anyhow::anyhow!("queue.url {}: {e}", crate::config::redact_url(url)))?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_response_timeout(Some(Duration::from_secs(10)))
-        .set_connection_timeout(Some(Duration::from_secs(5)));
-    Ok(client.get_connection_manager_with_config(config).await?)
 }
 
 /// Runs a worker until `shutdown` resolves, then drains.
@@ -138,10 +135,14 @@ pub async fn run(
         queue::worker_name(Stage::Poll, 99, 0),
         stop_rx.clone(),
     ));
+    let metrics = tokio::spawn(crate::metrics::serve(ctx.clone(), cap, stop_rx.clone()));
+    let ingest = tokio::spawn(crate::schedule::run_loop(ctx.clone(), stop_rx.clone()));
     let publisher = tokio::spawn(publish_loop(ctx.clone(), opts.publish_interval, stop_rx));
 
     let base = BackendConfig {
-        batch_size: opts.concurrency.clamp(1, 16),
+        // One job per fetch: apalis does not renew the leases of fetched jobs that wait for a
+        // free slot (see src/queue/backend.rs), so a bigger batch could lose leases under load.
+        batch_size: 1,
         lease: opts.lease,
         heartbeat: opts.lease / 4,
         retry: ctx.jobs.retry,
@@ -186,28 +187,30 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = sweeper.await;
     let _ = publisher.await;
+    let _ = ingest.await;
+    let _ = metrics.await;
     // Whatever changed during the drain is in the documents too.
     publish_dirty(&ctx).await;
     result.map_err(|e| anyhow::anyhow!("worker monitor: {e}"))
 }
 
 async fn handle_export(job: OrderJob, ctx: Data<Context>) -> Result<Outcome, BoxDynError> {
-    let r = jobs::export::run(&ctx, &job).await;
+    let r = crate::metrics::timed(Stage::Export, jobs::export::run(&ctx, &job)).await;
     settle(&ctx, Stage::Export, &job, r).await
 }
 
 async fn handle_poll(job: OrderJob, ctx: Data<Context>) -> Result<Outcome, BoxDynError> {
-    let r = jobs::poll::run(&ctx, &job).await;
+    let r = crate::metrics::timed(Stage::Poll, jobs::poll::run(&ctx, &job)).await;
     settle(&ctx, Stage::Poll, &job, r).await
 }
 
 async fn handle_download(job: OrderJob, ctx: Data<Context>) -> Result<Outcome, BoxDynError> {
-    let r = jobs::download::run(&ctx, &job).await;
+    let r = crate::metrics::timed(Stage::Download, jobs::download::run(&ctx, &job)).await;
     settle(&ctx, Stage::Download, &job, r).await
 }
 
 async fn handle_clean(job: OrderJob, ctx: Data<Context>) -> Result<Outcome, BoxDynError> {
-    let r = jobs::clean::run(&ctx, &job).await;
+    let r = crate::metrics::timed(Stage::Clean, jobs::clean::run(&ctx, &job)).await;
     settle(&ctx, Stage::Clean, &job, r).await
 }
 
@@ -221,7 +224,7 @@ async fn settle(
 ) -> Result<Outcome, BoxDynError> {
     let max = ctx.jobs.retry.max_attempts;
     let (message, fatal) = match r {
-        Ok(o) => return Ok(o),
+        Ok(o) => return Ok(crate::metrics::job_done(stage, o)),
         Err(JobError::Fatal(m)) => (m, true),
         Err(JobError::Retry(m)) => {
             let failures = ctx.queue.attempts(stage, &job.id()).await.unwrap_or(0) + 1;
@@ -229,11 +232,13 @@ async fn settle(
                 (format!("gave up after {failures} attempts: {m}"), true)
             } else {
                 tracing::warn!(stage = %stage, job = %job.id(), attempt = failures, error = %m, "job failed; will retry");
+                crate::metrics::job_retried(stage, &m);
                 (m, false)
             }
         }
     };
     if fatal {
+        crate::metrics::job_failed(stage);
         tracing::error!(stage = %stage, job = %job.id(), error = %message, "order failed");
         let order = order_of(job);
         let msg = message.clone();

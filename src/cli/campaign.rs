@@ -66,6 +66,17 @@ pub enum CampaignCommand {
     Retry { name: String },
     /// Run the daemon: every stage, until SIGTERM (then drain).
     Worker(WorkerArgs),
+    /// Continuous ingest entries (`[[ingest]]`).
+    #[command(subcommand)]
+    Ingest(IngestCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IngestCommand {
+    /// Each entry's last submitted period, next period and when it becomes due.
+    List,
+    /// Submit every due period now (what a worker does at each scheduled time).
+    Run,
 }
 
 #[derive(Debug, Args)]
@@ -315,6 +326,40 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             let n = retry(&ctx, name).await?;
             publish(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
             eprintln!("{n} orders re-queued");
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCommand::Ingest(IngestCommand::Run) => {
+            for name in crate::schedule::tick(&ctx, chrono::Utc::now()).await? {
+                println!("{name}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCommand::Ingest(IngestCommand::List) => {
+            let names = ctx.tracker.list().await?;
+            let now = chrono::Utc::now();
+            let today = now.date_naive();
+            println!("name\tschedule\tlast period\tnext period\tdue on\tnext run (UTC)");
+            for i in &settings.ingests {
+                let last = i
+                    .submitted_in(&names)
+                    .last()
+                    .map_or("-".to_string(), |d| d.to_string());
+                let (next, due) = i
+                    .next_due(today)
+                    .map_or(("-".to_string(), "-".to_string()), |(p, d)| {
+                        (p.to_string(), d.to_string())
+                    });
+                let run = i
+                    .schedule
+                    .after(&now)
+                    .next()
+                    .map_or("-".to_string(), |t| t.to_rfc3339());
+                println!(
+                    "{}\t{}\t{last}\t{next}\t{due}\t{run}",
+                    i.name,
+                    i.schedule
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         CampaignCommand::Worker(a) => {

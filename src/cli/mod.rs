@@ -60,6 +60,9 @@ pub enum Command {
     Emulator(crate::emulator::EmulatorArgs),
     /// Run a whole small campaign on embedded defaults: in-process EE emulator, local folders.
     Demo(crate::demo::DemoArgs),
+    /// Benchmarks that print their figures as ratios against a baseline measured in the same run.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
     #[command(flatten)]
     Campaign(campaign::CampaignCommand),
 }
@@ -218,6 +221,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo(args) => {
             crate::demo::run(args.clone()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(cmd) => {
+            crate::bench::run(cmd.clone()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Emulator(args) => {

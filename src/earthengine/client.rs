@@ -237,10 +237,9 @@ impl EarthEngine {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| EeError::from_reqwest(call, e))?;
+        let response = request.send().await;
+        crate::metrics::ee_request(call, response.as_ref().ok().map(|r| r.status().as_u16()));
+        let response = response.map_err(|e| EeError::from_reqwest(call, e))?;
         let status = response.status();
         let bytes = response
             .bytes()

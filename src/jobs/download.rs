@@ -151,10 +151,12 @@ pub async fn copy_verified(
                 },
             )
             .await
+            .inspect_err(crate::metrics::download_error)
             .map_err(|e| match e {
                 StoreError::UnsafeName { name } => refused(&o.name, &name),
                 other => other.into(),
             })?;
+            crate::metrics::downloaded(o.size);
         }
         bytes += o.size;
         verified.push(VerifiedObject {

@@ -1,7 +1,7 @@
 //! Export: list an order's scenes, write its metadata JSON, and start one EE export task.
 //!
 //! The job only runs once admission control gave the order a slot (see
-//! [`crate::queue::redis::RedisQueue::admit`]), so at most `max_active_exports` tasks are in EE at
+//! [`crate::queue::Queue::admit`]), so at most `max_active_exports` tasks are in EE at
 //! once. The export's `requestId` is derived from everything that defines the export, so a
 //! re-delivered or retried job never starts a second task: EE returns the first one.
 

@@ -24,7 +24,7 @@ use crate::earthengine::client::EarthEngine;
 use crate::earthengine::error::EeError;
 use crate::order::{Order, OrderNames};
 use crate::queue::OrderJob;
-use crate::queue::redis::{RateDecision, RedisQueue};
+use crate::queue::{Queue, RateDecision, Snapshot};
 use crate::store::{Destination, ExportBucket, StoreError};
 use crate::tracking::{Submission, Tracker, TrackingError};
 
@@ -61,9 +61,10 @@ impl From<StoreError> for JobError {
 
 impl From<TrackingError> for JobError {
     fn from(e: TrackingError) -> Self {
-        match e {
-            TrackingError::Redis(r) => JobError::Retry(format!("Redis: {r}")),
-            other => JobError::Fatal(other.to_string()),
+        if e.is_retryable() {
+            JobError::Retry(e.to_string())
+        } else {
+            JobError::Fatal(e.to_string())
         }
     }
 }
@@ -111,9 +112,9 @@ pub struct Context {
     pub bucket: Arc<dyn ExportBucket>,
     pub dest: Arc<Destination>,
     pub tracker: Tracker,
-    pub queue: RedisQueue,
-    /// A connection for the operations snapshot ([`poll`]).
-    pub redis: redis::aio::ConnectionManager,
+    pub queue: Queue,
+    /// The EE operations snapshot the sweeper writes and poll jobs read ([`poll`]).
+    pub snapshot: Snapshot,
     submissions: Arc<Mutex<HashMap<String, Arc<Submission>>>>,
 }
 
@@ -126,8 +127,8 @@ impl Context {
         bucket: Arc<dyn ExportBucket>,
         dest: Arc<Destination>,
         tracker: Tracker,
-        queue: RedisQueue,
-        redis: redis::aio::ConnectionManager,
+        queue: Queue,
+        snapshot: Snapshot,
     ) -> Self {
         Context {
             settings,
@@ -137,7 +138,7 @@ impl Context {
             dest,
             tracker,
             queue,
-            redis,
+            snapshot,
             submissions: Arc::default(),
         }
     }

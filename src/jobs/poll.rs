@@ -2,8 +2,8 @@
 //!
 //! Polling is batched. EE allows 100 requests/s per project and a campaign keeps up to 3000
 //! tasks in flight, so a poll job never asks EE about its own task: one **sweeper** (a leader
-//! elected through Redis among all workers) pages `operations.list` and writes every
-//! operation's state into a shared snapshot, and poll jobs read the snapshot. The sweeper adapts
+//! elected among all workers) pages `operations.list` and writes every operation's state into
+//! the shared [`Snapshot`](crate::queue::Snapshot), and poll jobs read the snapshot. The sweeper adapts
 //! its interval to how fast tasks finish, so that each `operations.list` page pays for several
 //! completed tasks. A task still PENDING or RUNNING snoozes its poll job (no retry spent); a task
 //! the sweep no longer sees is looked up once by name, then marked LOST.
@@ -12,12 +12,11 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use super::{Context, JobError, job_for, order_of};
 use crate::earthengine::types::{Operation, OperationState};
-use crate::queue::{OrderJob, Outcome, Stage};
+use crate::queue::{OrderJob, Outcome, QueueError, Stage};
 use crate::tracking::OrderState;
 
 /// What the snapshot keeps of an operation.
@@ -59,22 +58,6 @@ fn op_state_name(s: OperationState) -> &'static str {
     }
 }
 
-fn ops_key(ns: &str) -> String {
-    format!("{ns}:ops")
-}
-fn swept_key(ns: &str) -> String {
-    format!("{ns}:ops:swept")
-}
-fn waiting_key(ns: &str) -> String {
-    format!("{ns}:ops:waiting")
-}
-fn looked_up_key(ns: &str) -> String {
-    format!("{ns}:ops:looked-up")
-}
-fn leader_key(ns: &str) -> String {
-    format!("{ns}:ops:sweeper")
-}
-
 /// Runs the poll stage of one order.
 pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
     let operation = job
@@ -92,28 +75,24 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
     {
         return Ok(Outcome::Done);
     }
-    let mut conn = ctx.redis.clone();
-    let ns = ctx.queue.namespace().to_string();
     mark_waiting(ctx, &operation).await?;
-    let snap: Option<String> = conn
-        .hget(ops_key(&ns), &operation)
-        .await
-        .map_err(redis_err)?;
+    let snap = ctx.snapshot.view(&operation).await.map_err(snapshot_err)?;
     let view = match snap.and_then(|s| serde_json::from_str::<OpView>(&s).ok()) {
         Some(v) => v,
         None => {
             // Not in the snapshot. Until a sweep that started after the export has finished,
             // that only means the sweeper has not seen it yet.
-            let swept: Option<i64> = conn.get(swept_key(&ns)).await.map_err(redis_err)?;
+            let swept = ctx.snapshot.swept_ms().await.map_err(snapshot_err)?;
             let created = status.exported.unwrap_or(status.updated).timestamp_millis();
             if swept.is_none_or(|s| s <= created) {
                 return Ok(snooze(ctx));
             }
             // EE no longer lists it: look it up by name, once.
-            let first: bool = conn
-                .sadd(looked_up_key(&ns), &operation)
+            let first = ctx
+                .snapshot
+                .first_lookup(&operation)
                 .await
-                .map_err(redis_err)?;
+                .map_err(snapshot_err)?;
             if !first {
                 return lost(
                     ctx,
@@ -131,10 +110,10 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
                 }
                 Err(e) => {
                     // Let a later run try the lookup again.
-                    let _: () = conn
-                        .srem(looked_up_key(&ns), &operation)
+                    ctx.snapshot
+                        .forget_lookup(&operation)
                         .await
-                        .map_err(redis_err)?;
+                        .map_err(snapshot_err)?;
                     return Err(e.into());
                 }
             }
@@ -145,18 +124,16 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
 
 /// Tells the sweeper to look for `operation` (called when the export starts it).
 pub async fn mark_waiting(ctx: &Context, operation: &str) -> Result<(), JobError> {
-    let ns = ctx.queue.namespace().to_string();
-    let _: () = ctx
-        .redis
-        .clone()
-        .sadd(waiting_key(&ns), operation)
+    ctx.snapshot
+        .wait_for(operation)
         .await
-        .map_err(redis_err)?;
-    Ok(())
+        .map_err(snapshot_err)
 }
 
-fn redis_err(e: redis::RedisError) -> JobError {
-    JobError::Retry(format!("Redis: {e}"))
+/// The snapshot is shared state like the queue, but failing to reach it is never a reason to
+/// fail an order: the job runs again later.
+fn snapshot_err(e: QueueError) -> JobError {
+    JobError::Retry(e.to_string())
 }
 
 fn snooze(ctx: &Context) -> Outcome {
@@ -166,16 +143,10 @@ fn snooze(ctx: &Context) -> Outcome {
 }
 
 async fn stop_waiting(ctx: &Context, operation: &str) -> Result<(), JobError> {
-    let ns = ctx.queue.namespace().to_string();
-    let _: () = redis::pipe()
-        .srem(waiting_key(&ns), operation)
-        .ignore()
-        .srem(looked_up_key(&ns), operation)
-        .ignore()
-        .query_async(&mut ctx.redis.clone())
+    ctx.snapshot
+        .stop_waiting(operation)
         .await
-        .map_err(redis_err)?;
-    Ok(())
+        .map_err(snapshot_err)
 }
 
 async fn lost(
@@ -237,6 +208,7 @@ async fn apply(
         .await?;
     ctx.queue.release_slot(&job.id()).await?;
     stop_waiting(ctx, operation).await?;
+    crate::metrics::ee_task_ended(&view.state, view.start, view.end);
     match new_state {
         OrderState::Succeeded => {
             ctx.queue
@@ -358,31 +330,18 @@ pub async fn sweep_once(
     known: &mut HashMap<String, String>,
     lease: Duration,
 ) -> Result<Option<(u32, u32)>, JobError> {
-    let ns = ctx.queue.namespace().to_string();
-    let mut conn = ctx.redis.clone();
-    let leader: Option<String> = redis::cmd("SET")
-        .arg(leader_key(&ns))
-        .arg(worker)
-        .arg("NX")
-        .arg("PX")
-        .arg(lease.as_millis().max(1000) as u64)
-        .query_async(&mut conn)
+    if !ctx
+        .snapshot
+        .lead(worker, lease)
         .await
-        .map_err(redis_err)?;
-    if leader.is_none() {
-        let holder: Option<String> = conn.get(leader_key(&ns)).await.map_err(redis_err)?;
-        if holder.as_deref() != Some(worker) {
-            return Ok(None);
-        }
-        let _: () = conn
-            .pexpire(leader_key(&ns), lease.as_millis().max(1000) as i64)
-            .await
-            .map_err(redis_err)?;
+        .map_err(snapshot_err)?
+    {
+        return Ok(None);
     }
     // The sweep counts as starting before the waiting set is read, so that an operation added
     // later is never taken for one EE stopped listing.
     let started = Utc::now().timestamp_millis();
-    let waiting: HashSet<String> = conn.smembers(waiting_key(&ns)).await.map_err(redis_err)?;
+    let waiting = ctx.snapshot.waiting().await.map_err(snapshot_err)?;
     if waiting.is_empty() {
         return Ok(None);
     }
@@ -415,29 +374,27 @@ pub async fn sweep_once(
         }
     }
     let mut completed = 0;
-    let mut p = redis::pipe();
-    p.atomic();
-    for (name, view) in &views {
+    let mut encoded = Vec::with_capacity(views.len());
+    for (name, view) in views {
         let terminal = !matches!(view.state.as_str(), "PENDING" | "RUNNING" | "CANCELLING");
         let before = known.insert(name.clone(), view.state.clone());
         if terminal && before.as_deref() != Some(view.state.as_str()) {
             completed += 1;
         }
-        p.hset(
-            ops_key(&ns),
+        encoded.push((
             name,
-            serde_json::to_string(view).expect("view serializes"),
-        )
-        .ignore();
+            serde_json::to_string(&view).expect("view serializes"),
+        ));
     }
     // Operations nobody waits for any more leave the snapshot.
-    let stale: Vec<String> = conn.hkeys(ops_key(&ns)).await.map_err(redis_err)?;
-    for name in stale.iter().filter(|n| !waiting.contains(*n)) {
-        p.hdel(ops_key(&ns), name).ignore();
+    let dropped = ctx
+        .snapshot
+        .record_sweep(&encoded, &waiting, started)
+        .await
+        .map_err(snapshot_err)?;
+    for name in &dropped {
         known.remove(name);
     }
-    p.set(swept_key(&ns), started).ignore();
-    let _: () = p.query_async(&mut conn).await.map_err(redis_err)?;
     Ok(Some((pages, completed)))
 }
 

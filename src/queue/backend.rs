@@ -1,5 +1,5 @@
 //! The apalis 1.0 backend: lets apalis's `WorkerBuilder`, `Monitor` and layers (concurrency,
-//! timeout, tracing, Prometheus, catch_panic) drive cedar handlers over a [`RedisQueue`].
+//! timeout, tracing, Prometheus, catch_panic) drive cedar handlers over a [`Queue`].
 //!
 //! apalis-core's `Persistence` trait is the seam: `fetch_next` leases, `heartbeat` renews this
 //! worker's leases and reaps dead workers' ones, `handle_events` settles each run from its
@@ -9,14 +9,16 @@
 //!
 //! Quirks of apalis-core 1.0.0 this module works around:
 //! - Any error returned by a `Persistence` method turns `Persisted` Dead, which stops the worker;
-//!   so every method retries transient Redis errors itself, for as long as it takes.
+//!   so every method retries transient queue errors (Redis, a busy SQLite file) itself, for as
+//!   long as it takes.
 //! - An empty fetch parks the worker until the next heartbeat: wrap the backend with
 //!   `.poll_with_interval(..)` (about 1 s).
 //! - `push_bulk` builds tasks without ids: `push_tasks` derives them from the payload.
-//! - apalis's attempt counter lives in the process; ours lives in Redis and is handed to
+//! - apalis's attempt counter lives in the process; ours lives in the queue and is handed to
 //!   apalis only for tracing.
 //! - `TaskPersistService` stringifies errors, so a `RetryAfterError`'s duration is lost: such
 //!   errors are ordinary failures here. Handlers wait with `Ok(Outcome::Snooze { .. })`.
+//! - `Persisted` heartbeats only when its fetch buffer is empty: see [`BackendConfig::batch_size`].
 //! - Panics caught by `catch_panic` and timeouts arrive with status `Running` and an error: they
 //!   are failures like any other.
 
@@ -43,14 +45,15 @@ use apalis_core::{
 use futures::Sink;
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{Outcome, QueueError, QueueJob, RedisQueue, RetryPolicy, Stage};
+use super::{Outcome, QueueError, QueueJob, Queue, RetryPolicy, Stage};
 
 /// How one stage's workers lease and retry jobs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BackendConfig {
-    /// Jobs leased per fetch (default 4). Keep it ≤ the worker's concurrency: fetched jobs wait
-    /// in apalis's buffer, and although heartbeats renew their leases too, a big buffer only
-    /// delays other workers.
+    /// Jobs leased per fetch (default 1). apalis-core 1.0.0's `Persisted` sends no heartbeat
+    /// while fetched tasks wait in its buffer for a free concurrency slot, so during that time
+    /// neither their leases nor those of the running tasks are renewed (reproduced). Raise it
+    /// only when `lease` exceeds the longest run, or when workers are rarely saturated.
     pub batch_size: usize,
     /// How long a lease lasts without renewal (default 60 s): the time a dead worker's jobs wait
     /// before another worker takes them.
@@ -68,7 +71,7 @@ pub struct BackendConfig {
 impl Default for BackendConfig {
     fn default() -> Self {
         BackendConfig {
-            batch_size: 4,
+            batch_size: 1,
             lease: Duration::from_secs(60),
             heartbeat: Duration::from_secs(15),
             retry: RetryPolicy::default(),
@@ -97,7 +100,7 @@ pub fn worker_name(stage: Stage, index: usize, restarts: usize) -> String {
 
 /// Builds the apalis backend of `stage` for handlers taking `Args`.
 pub fn backend<Args: QueueJob>(
-    queue: RedisQueue,
+    queue: Queue,
     stage: Stage,
     cfg: BackendConfig,
 ) -> CedarBackend<Args> {
@@ -110,7 +113,6 @@ pub fn backend<Args: QueueJob>(
             _args: PhantomData,
         }),
         cfg,
-        renewal: Renewal::default(),
     }
 }
 
@@ -169,7 +171,7 @@ where
     loop {
         match op().await {
             Err(e) if e.is_retryable() => {
-                tracing::warn!(operation = what, error = %e, retry_in_ms = delay.as_millis() as u64, "queue: transient Redis error");
+                tracing::warn!(operation = what, error = %e, retry_in_ms = delay.as_millis() as u64, "queue: transient error");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -180,7 +182,7 @@ where
 
 /// The `Persistence` of one stage: what apalis calls to fetch and settle jobs.
 pub struct StageStore<Args> {
-    queue: RedisQueue,
+    queue: Queue,
     stage: Stage,
     cfg: BackendConfig,
     _args: PhantomData<fn() -> Args>,
@@ -237,15 +239,17 @@ impl<Args: QueueJob> Persistence for StageStore<Args> {
     type Error = QueueError;
 
     async fn register(&mut self, _worker: &WorkerContext) -> Result<(), QueueError> {
-        // Nothing to record (leases are the liveness); this only waits until Redis answers.
+        // Nothing to record (leases are the liveness); this only waits until the queue answers.
         let q = &self.queue;
         retrying("register", || q.now_ms()).await.map(|_| ())
     }
 
-    async fn heartbeat(&mut self, _worker: &WorkerContext) -> Result<(), QueueError> {
-        // Renewal is not done here: `Persisted` skips heartbeats while it holds fetched tasks
-        // in its buffer, so the leases are renewed by `CedarBackend`'s own timer instead.
+    async fn heartbeat(&mut self, worker: &WorkerContext) -> Result<(), QueueError> {
         let (q, stage, cfg) = (&self.queue, self.stage, &self.cfg);
+        let (_, lost) = retrying("renew", || q.renew(stage, worker.name(), cfg.lease)).await?;
+        if lost > 0 {
+            tracing::warn!(%stage, worker = worker.name(), lost, "queue: leases expired before renewal");
+        }
         retrying("reap", || q.reap(stage, &cfg.retry)).await?;
         Ok(())
     }
@@ -347,7 +351,6 @@ impl<Args: QueueJob> Persistence for StageStore<Args> {
 pub struct CedarBackend<Args: QueueJob> {
     persist: Persisted<StageStore<Args>>,
     cfg: BackendConfig,
-    renewal: Renewal,
 }
 
 impl<Args: QueueJob> Clone for CedarBackend<Args> {
@@ -355,68 +358,6 @@ impl<Args: QueueJob> Clone for CedarBackend<Args> {
         CedarBackend {
             persist: self.persist.clone(),
             cfg: self.cfg,
-            renewal: Renewal::default(),
-        }
-    }
-}
-
-/// Lease renewal driven beside `Persisted`.
-///
-/// apalis-core 1.0.0's `Persisted::poll_ready` only runs its heartbeat in its `Ready` state;
-/// while fetched tasks wait in its buffer (state `Buffered`) no heartbeat happens at all, and
-/// their leases, and those of the running tasks, would expire under a live worker (reproduced in
-/// `tests/it/queue.rs`). So the backend keeps its own timer, polled on every `poll_ready` and
-/// `poll_next`; the timer's waker wakes the worker when a renewal is due.
-#[derive(Default)]
-struct Renewal {
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    // In a Mutex only to be Sync (apalis's Monitor wants Sync backends); reached through
-    // `get_mut`, so it is never locked.
-    running: Option<std::sync::Mutex<Pin<Box<dyn Future<Output = ()> + Send>>>>,
-}
-
-impl<Args: QueueJob> CedarBackend<Args> {
-    fn drive_renewal(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) {
-eprintln!("DRIVE {:?} {:?}", std::time::Instant::now(), self.persist.state());
-        loop {
-            if let Some(renew) = self.renewal.running.as_mut() {
-                let renew = renew
-                    .get_mut()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                if renew.as_mut().poll(cx).is_pending() {
-                    return;
-                }
-                self.renewal.running = None;
-            }
-            let heartbeat = self.cfg.heartbeat;
-            let timer = self
-                .renewal
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(heartbeat)));
-            if timer.as_mut().poll(cx).is_pending() {
-                return;
-            }
-            self.renewal.timer = None;
-            let (queue, stage, lease) = (
-                self.persist.queue.clone(),
-                self.persist.stage,
-                self.cfg.lease,
-            );
-            let name = worker.name().to_owned();
-            self.renewal.running = Some(std::sync::Mutex::new(Box::pin(async move {
-eprintln!("RENEW {} {:?}", name, std::time::Instant::now());
-                // Not retried in a loop and never returned: a missed renewal is retried at the
-                // next tick, well within the lease (heartbeat ≤ lease / 3).
-                match queue.renew(stage, &name, lease).await {
-                    Ok((_, 0)) => {}
-                    Ok((_, lost)) => {
-                        tracing::warn!(%stage, worker = name, lost, "queue: leases expired before renewal")
-                    }
-                    Err(e) => {
-                        tracing::warn!(%stage, worker = name, error = %e, "queue: lease renewal failed")
-                    }
-                }
-            })));
         }
     }
 }
@@ -438,7 +379,6 @@ impl<Args: QueueJob> Backend for CedarBackend<Args> {
         cx: &mut Context<'_>,
         w: &WorkerContext,
     ) -> Poll<Option<Result<Self::Task, QueueError>>> {
-        self.drive_renewal(cx, w);
         self.persist.poll_next(cx, w)
     }
 

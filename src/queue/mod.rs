@@ -1,4 +1,4 @@
-//! A queue holds the durable jobs of every stage in Redis and hands them to workers under a lease.
+//! A queue holds the durable jobs of every stage and hands them to workers under a lease.
 //!
 //! One job is one order (collection × tile × period) at one [`Stage`]. Its payload, an
 //! [`OrderJob`], is a durable contract: identifiers only, versioned, new fields defaulted.
@@ -21,19 +21,34 @@
 //! reaps it back to `due`, spending one attempt so that a job which kills its worker every time
 //! ends up `dead` instead of looping forever.
 //!
+//! [`Queue`] is the one handle the rest of cedar uses. `[queue] url` picks where it lives
+//! ([`Connection::open`]): Redis (`redis://`, `rediss://`), the primary deployment, shared by
+//! workers on any number of machines; or an SQLite file (`sqlite://PATH`, the default
+//! `sqlite://cedar.db` when the URL is empty), for one machine without a server. Both run the
+//! same state machine with the same guarantees; the tracking state ([`crate::tracking`]) and the
+//! operations [`snapshot`] live in the same place as the queue.
+//!
 //! - [`redis`]: the Redis data structures and Lua scripts ([`RedisQueue`]).
-//! - [`backend`]: the apalis 1.0 backend that drives handlers from a [`RedisQueue`].
+//! - [`sqlite`]: the same operations as SQL transactions on one file ([`SqliteQueue`]).
+//! - [`snapshot`]: the EE operations snapshot shared by the poll jobs and their sweeper.
+//! - [`backend`]: the apalis 1.0 backend that drives handlers from a [`Queue`].
 
 pub mod backend;
 pub mod redis;
+pub mod snapshot;
+pub mod sqlite;
 
-use std::{fmt, str::FromStr, time::Duration};
+use std::{fmt, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 pub use self::backend::{BackendConfig, CedarBackend, backend, worker_name};
-pub use self::redis::{DEFAULT_NAMESPACE, Depth, FailResult, Leased, RateDecision, RedisQueue};
+pub use self::redis::{
+    DEFAULT_NAMESPACE, DeadReason, Depth, FailResult, Leased, RateDecision, RedisQueue,
+};
+pub use self::snapshot::Snapshot;
+pub use self::sqlite::SqliteQueue;
 
 /// A stage of the order lifecycle; each stage is its own queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -223,6 +238,16 @@ pub enum QueueError {
     },
     #[error("unknown stage {0:?}; expected export, poll, download or clean")]
     UnknownStage(String),
+    /// A statement on the SQLite file failed; [`sqlite::is_retryable`] tells a busy database or
+    /// a disk problem (retry) from anything else (fatal).
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The SQLite file cannot be opened or was written by a newer cedar.
+    #[error("sqlite database {path}: {reason}")]
+    Database { path: String, reason: String },
+    /// `[queue] url` names no backend cedar knows.
+    #[error("{0} is not a redis://, rediss:// or sqlite:// URL")]
+    Url(String),
 }
 
 impl QueueError {
@@ -245,10 +270,287 @@ impl QueueError {
                         )
                     )
             }
-            QueueError::Payload(_) | QueueError::Reply { .. } | QueueError::UnknownStage(_) => {
-                false
-            }
+            QueueError::Sqlite(e) => sqlite::is_retryable(e),
+            QueueError::Payload(_)
+            | QueueError::Reply { .. }
+            | QueueError::UnknownStage(_)
+            | QueueError::Database { .. }
+            | QueueError::Url(_) => false,
         }
+    }
+}
+
+/// What a `[queue] url` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueUrl {
+    /// A Redis server, `redis://…` or `rediss://…` (TLS).
+    Redis(String),
+    /// An SQLite file on this machine.
+    Sqlite(PathBuf),
+}
+
+impl QueueUrl {
+    /// The database an empty `[queue] url` stands for: `cedar.db` in the working directory.
+    pub const DEFAULT_SQLITE: &'static str = "sqlite://cedar.db";
+
+    /// Reads a queue URL: `redis://…`, `rediss://…`, `sqlite:///abs/path`, `sqlite://rel.db`
+    /// (relative to the working directory), or "" for [`QueueUrl::DEFAULT_SQLITE`].
+    pub fn parse(url: &str) -> Option<QueueUrl> {
+        let url = if url.is_empty() {
+            Self::DEFAULT_SQLITE
+        } else {
+            url
+        };
+        if let Some(path) = sqlite::path_of(url) {
+            return Some(QueueUrl::Sqlite(path));
+        }
+        match url::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "redis" | "rediss") => {
+                Some(QueueUrl::Redis(url.to_owned()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Where the queue, the tracking state and the operations snapshot live; clones share one
+/// connection (Redis: a reconnecting connection manager; SQLite: one connection per process).
+#[derive(Clone)]
+pub enum Connection {
+    Redis(::redis::aio::ConnectionManager),
+    Sqlite(Arc<sqlite::Db>),
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Connection::Redis(_) => f.write_str("Connection::Redis"),
+            Connection::Sqlite(db) => f.debug_tuple("Connection::Sqlite").field(db).finish(),
+        }
+    }
+}
+
+impl Connection {
+    /// Connects to what `url` names (see [`QueueUrl::parse`]); an SQLite file is created, with
+    /// its schema, if it does not exist.
+    pub async fn open(url: &str) -> Result<Connection, QueueError> {
+        match QueueUrl::parse(url) {
+            Some(QueueUrl::Redis(url)) => Ok(Connection::Redis(redis::connect(&url).await?)),
+            Some(QueueUrl::Sqlite(path)) => Ok(Connection::Sqlite(sqlite::Db::open(&path).await?)),
+            None => Err(QueueError::Url(crate::config::redact_url(url))),
+        }
+    }
+}
+
+/// The queue of every stage under one namespace, in Redis or in an SQLite file.
+///
+/// Every method does the same on both backends; the docs of [`RedisQueue`] describe each
+/// operation, and [`SqliteQueue`] follows them.
+#[derive(Clone)]
+pub struct Queue {
+    inner: QueueInner,
+}
+
+#[derive(Clone)]
+enum QueueInner {
+    Redis(RedisQueue),
+    Sqlite(SqliteQueue),
+}
+
+impl fmt::Debug for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner {
+            QueueInner::Redis(q) => q.fmt(f),
+            QueueInner::Sqlite(q) => q.fmt(f),
+        }
+    }
+}
+
+/// Calls the same method on whichever backend the queue uses.
+macro_rules! dispatch {
+    ($self:ident, $q:ident => $call:expr) => {
+        match &$self.inner {
+            QueueInner::Redis($q) => $call,
+            QueueInner::Sqlite($q) => $call,
+        }
+    };
+}
+
+impl Queue {
+    /// The queue of `namespace` on `conn`.
+    pub fn new(conn: &Connection, namespace: &str) -> Queue {
+        let inner = match conn {
+            Connection::Redis(c) => QueueInner::Redis(RedisQueue::new(c.clone(), namespace)),
+            Connection::Sqlite(db) => QueueInner::Sqlite(SqliteQueue::new(db.clone(), namespace)),
+        };
+        Queue { inner }
+    }
+
+    /// Opens `url` (see [`QueueUrl::parse`]) and returns the queue of `namespace` there.
+    pub async fn open(url: &str, namespace: &str) -> Result<Queue, QueueError> {
+        Ok(Queue::new(&Connection::open(url).await?, namespace))
+    }
+
+    pub fn namespace(&self) -> &str {
+        dispatch!(self, q => q.namespace())
+    }
+
+    /// Succeeds when the backend answers (readiness).
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        dispatch!(self, q => q.ping().await)
+    }
+
+    /// The clock every run-at and lease is measured on, in ms.
+    pub async fn now_ms(&self) -> Result<u64, QueueError> {
+        dispatch!(self, q => q.now_ms().await)
+    }
+
+    /// Adds jobs that are not queued yet and returns how many were added; enqueueing an order
+    /// twice is a no-op whatever its state. Export jobs go to the backlog (`delay` ignored) and
+    /// become due when [`Queue::admit`] gives them an admission slot.
+    pub async fn enqueue_bulk<J: QueueJob>(
+        &self,
+        stage: Stage,
+        jobs: &[J],
+        delay: Duration,
+    ) -> Result<u64, QueueError> {
+        let mut encoded = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            encoded.push((job.job_id(), serde_json::to_vec(job)?));
+        }
+        self.enqueue_encoded(stage, &encoded, delay).await
+    }
+
+    /// [`Queue::enqueue_bulk`] for payloads already encoded (the apalis sink encodes them).
+    pub(crate) async fn enqueue_encoded(
+        &self,
+        stage: Stage,
+        jobs: &[(String, Vec<u8>)],
+        delay: Duration,
+    ) -> Result<u64, QueueError> {
+        dispatch!(self, q => q.enqueue_encoded(stage, jobs, delay).await)
+    }
+
+    /// Reaps a bounded number of expired leases, then leases up to `n` due jobs to `worker`.
+    pub async fn lease(
+        &self,
+        stage: Stage,
+        worker: &str,
+        n: usize,
+        lease: Duration,
+        policy: &RetryPolicy,
+    ) -> Result<Vec<Leased>, QueueError> {
+        dispatch!(self, q => q.lease(stage, worker, n, lease, policy).await)
+    }
+
+    /// Reaps up to a bounded number of expired leases; returns how many.
+    pub async fn reap(&self, stage: Stage, policy: &RetryPolicy) -> Result<u64, QueueError> {
+        dispatch!(self, q => q.reap(stage, policy).await)
+    }
+
+    /// Extends every lease `worker` still holds by `lease`; returns (renewed, lost).
+    pub async fn renew(
+        &self,
+        stage: Stage,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<(u64, u64), QueueError> {
+        dispatch!(self, q => q.renew(stage, worker, lease).await)
+    }
+
+    /// Removes a finished job (its admission slot is kept); false if it was already gone.
+    pub async fn complete(&self, stage: Stage, id: &str) -> Result<bool, QueueError> {
+        dispatch!(self, q => q.complete(stage, id).await)
+    }
+
+    /// Runs the job `worker` holds again after `delay` without spending an attempt; false if
+    /// `worker` no longer owns the lease.
+    pub async fn snooze(
+        &self,
+        stage: Stage,
+        worker: &str,
+        id: &str,
+        delay: Duration,
+    ) -> Result<bool, QueueError> {
+        dispatch!(self, q => q.snooze(stage, worker, id, delay).await)
+    }
+
+    /// Puts a job `worker` holds back to due now without spending an attempt.
+    pub async fn release(&self, stage: Stage, worker: &str, id: &str) -> Result<bool, QueueError> {
+        dispatch!(self, q => q.release(stage, worker, id).await)
+    }
+
+    /// Records a failed run of the job `worker` holds: retried after backoff, or dead.
+    pub async fn fail(
+        &self,
+        stage: Stage,
+        worker: &str,
+        id: &str,
+        error: &str,
+        policy: &RetryPolicy,
+    ) -> Result<FailResult, QueueError> {
+        dispatch!(self, q => q.fail(stage, worker, id, error, policy).await)
+    }
+
+    /// Buries a job at once (fatal error); false if it does not exist.
+    pub async fn bury(&self, stage: Stage, id: &str, reason: &str) -> Result<bool, QueueError> {
+        dispatch!(self, q => q.bury(stage, id, reason).await)
+    }
+
+    /// Why `id` is dead, if it is.
+    pub async fn dead_reason(
+        &self,
+        stage: Stage,
+        id: &str,
+    ) -> Result<Option<DeadReason>, QueueError> {
+        dispatch!(self, q => q.dead_reason(stage, id).await)
+    }
+
+    /// Failed runs recorded for `id` (0 if none).
+    pub async fn attempts(&self, stage: Stage, id: &str) -> Result<u32, QueueError> {
+        dispatch!(self, q => q.attempts(stage, id).await)
+    }
+
+    /// Gives every dead job of `tracking` a fresh set of attempts; returns how many.
+    pub async fn requeue_dead(&self, stage: Stage, tracking: &str) -> Result<u64, QueueError> {
+        dispatch!(self, q => q.requeue_dead(stage, tracking).await)
+    }
+
+    /// Removes every job of `tracking` from `stage` and frees their slots; returns how many.
+    pub async fn remove_tracking(&self, stage: Stage, tracking: &str) -> Result<u64, QueueError> {
+        dispatch!(self, q => q.remove_tracking(stage, tracking).await)
+    }
+
+    /// Counts the jobs of `stage` in each state.
+    pub async fn depth(&self, stage: Stage) -> Result<Depth, QueueError> {
+        dispatch!(self, q => q.depth(stage).await)
+    }
+
+    /// Leases of `stage` that have expired but were not reaped yet.
+    pub async fn expired_leases(&self, stage: Stage) -> Result<u64, QueueError> {
+        dispatch!(self, q => q.expired_leases(stage).await)
+    }
+
+    /// Moves export jobs from the backlog to due while fewer than `max_active` hold an
+    /// admission slot; returns how many moved.
+    pub async fn admit(&self, max_active: u64) -> Result<u64, QueueError> {
+        dispatch!(self, q => q.admit(max_active).await)
+    }
+
+    /// Frees the admission slot of `id`; false if it held none.
+    pub async fn release_slot(&self, id: &str) -> Result<bool, QueueError> {
+        dispatch!(self, q => q.release_slot(id).await)
+    }
+
+    /// Jobs holding an admission slot.
+    pub async fn active_count(&self) -> Result<u64, QueueError> {
+        dispatch!(self, q => q.active_count().await)
+    }
+
+    /// Takes one call from the EE budget of `limit_per_sec` calls per second shared by every
+    /// process on this queue.
+    pub async fn acquire_rate(&self, limit_per_sec: u64) -> Result<RateDecision, QueueError> {
+        dispatch!(self, q => q.acquire_rate(limit_per_sec).await)
     }
 }
 
@@ -266,6 +568,27 @@ mod tests {
             start: NaiveDate::from_ymd_opt(2024, 1, 1).unwrap(),
             end: NaiveDate::from_ymd_opt(2024, 2, 1).unwrap(),
             operation: None,
+        }
+    }
+
+    #[test]
+    fn queue_urls_pick_the_backend() {
+        assert_eq!(
+            QueueUrl::parse("redis://:pw@h:6379/0"),
+            Some(QueueUrl::Redis("redis://:pw@h:6379/0".into()))
+        );
+        assert!(matches!(QueueUrl::parse("rediss://h"), Some(QueueUrl::Redis(_))));
+        assert_eq!(
+            QueueUrl::parse("sqlite:///var/lib/cedar/cedar.db"),
+            Some(QueueUrl::Sqlite("/var/lib/cedar/cedar.db".into()))
+        );
+        assert_eq!(
+            QueueUrl::parse("sqlite://state/cedar.db"),
+            Some(QueueUrl::Sqlite("state/cedar.db".into()))
+        );
+        assert_eq!(QueueUrl::parse(""), Some(QueueUrl::Sqlite("cedar.db".into())));
+        for bad in ["sqlite://", "http://h", "cedar.db", "postgres://h/db"] {
+            assert_eq!(QueueUrl::parse(bad), None, "{bad}");
         }
     }
 

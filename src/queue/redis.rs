@@ -38,13 +38,13 @@ pub const DEFAULT_NAMESPACE: &str = "cedar";
 
 /// Jobs sent to Redis per script call by [`RedisQueue::enqueue_bulk`]: big enough to amortise the
 /// round trip, small enough that one script never blocks Redis for long (about 20 ms).
-const ENQUEUE_CHUNK: usize = 5_000;
+pub(super) const ENQUEUE_CHUNK: usize = 5_000;
 
 /// Expired leases reaped per lease or heartbeat call; bounds the time one script runs.
-const REAP_LIMIT: usize = 100;
+pub(super) const REAP_LIMIT: usize = 100;
 
 /// Jobs moved from backlog to due per [`RedisQueue::admit`] call; bounds the time one script runs.
-const ADMIT_LIMIT: usize = 1_000;
+pub(super) const ADMIT_LIMIT: usize = 1_000;
 
 /// Ids per script call when re-queueing or removing a campaign's jobs.
 const SCAN_CHUNK: usize = 1_000;
@@ -366,6 +366,20 @@ pub struct Depth {
     pub oldest_due_age_secs: u64,
 }
 
+/// A connection to `url` (`redis://` or `rediss://`) with the timeouts every cedar connection
+/// uses, shared by the queue, the tracking state and the operations snapshot.
+///
+/// The connection manager reconnects by itself. Its response timeout is 10 s instead of the
+/// 500 ms default, which under load turns a slow reply into an error that kills apalis workers
+/// (apalis-redis#76).
+pub async fn connect(url: &str) -> Result<ConnectionManager, QueueError> {
+    let client = redis::Client::open(url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_connection_timeout(Some(Duration::from_secs(5)));
+    Ok(client.get_connection_manager_with_config(config).await?)
+}
+
 /// The queue of every stage, in one Redis, under one namespace.
 #[derive(Clone)]
 pub struct RedisQueue {
@@ -382,18 +396,9 @@ impl std::fmt::Debug for RedisQueue {
 }
 
 impl RedisQueue {
-    /// Connects to `url` (`redis://` or `rediss://`).
-    ///
-    /// The connection manager reconnects by itself. Its response timeout is 10 s instead of the
-    /// 500 ms default, which under load turns a slow reply into an error that kills apalis
-    /// workers (apalis-redis#76).
+    /// Connects to `url` (`redis://` or `rediss://`, see [`connect`]).
     pub async fn connect(url: &str, namespace: &str) -> Result<Self, QueueError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(10)))
-            .set_connection_timeout(Some(Duration::from_secs(5)));
-        let conn = client.get_connection_manager_with_config(config).await?;
-        Ok(Self::new(conn, namespace))
+        Ok(Self::new(connect(url).await?, namespace))
     }
 
     pub fn new(conn: ConnectionManager, namespace: &str) -> Self {
@@ -434,6 +439,14 @@ impl RedisQueue {
             self.key(stage, "dead"),
             self.active_key(),
         ]
+    }
+
+    /// Answers when Redis does (readiness).
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
     }
 
     /// Redis clock in ms, the clock every score is measured on.

@@ -1,0 +1,889 @@
+//! Metrics are the numbers every `cedar worker` serves to Prometheus; this module is the one
+//! place that defines them.
+//!
+//! [`CATALOGUE`] lists every metric as data — name, type, unit, labels with every value they may
+//! take, meaning — and both the registration ([`install`]) and the table in `docs/metrics.md`
+//! ([`catalogue_markdown`]) are produced from it, so the two cannot drift apart (a test fails
+//! when the file is stale). Names follow `cedar_<name>_<unit>[_total]` in base units, and every
+//! label value comes from a fixed list: never a tile, a tracking name, an operation or an error
+//! text. A value outside its list is recorded as `other`, so a new EE method or error can never
+//! grow the number of series.
+//!
+//! The code records through the small functions below (`job_done`, `ee_request`,
+//! `downloaded`, …), one line at each place where something happens. Numbers that live in Redis
+//! — queue depths, orders per state, EE tasks in flight — are read by a collector every
+//! [`COLLECT_INTERVAL`]; every worker reports the same values for them, so dashboards and alerts
+//! aggregate those with `max`, and per-process counters with `sum`.
+//!
+//! [`serve`] answers `/metrics`, `/healthz` (the process is alive) and `/readyz` (Redis and the
+//! store answer) on `[metrics] listen`.
+//!
+//! apalis's own `PrometheusLayer` is not used: it labels every series with the worker name,
+//! which is unique per process start (see [`crate::queue::worker_name`]), so each restart would
+//! add series forever.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::sync::watch;
+
+use crate::jobs::Context;
+use crate::jobs::poll::OpView;
+use crate::queue::{Outcome, Stage};
+use crate::store::StoreError;
+use crate::tracking::OrderState;
+use crate::worker::EE_QUEUE_CAP;
+
+/// How a metric behaves, in Prometheus terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// A label and every value it may take.
+#[derive(Debug, Clone, Copy)]
+pub struct LabelDef {
+    pub name: &'static str,
+    pub values: &'static [&'static str],
+}
+
+/// One metric of the catalogue.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// The base unit the value is in (`seconds`, `bytes`, or what is counted).
+    pub unit: &'static str,
+    pub labels: &'static [LabelDef],
+    /// What the number means, for `# HELP` and the docs.
+    pub help: &'static str,
+    /// Histogram bucket upper bounds; empty for counters and gauges.
+    pub buckets: &'static [f64],
+}
+
+/// The `other` value every open-ended label falls back to.
+pub const OTHER: &str = "other";
+
+const STAGE: LabelDef = LabelDef {
+    name: "stage",
+    values: &["export", "poll", "download", "clean"],
+};
+const OUTCOME: LabelDef = LabelDef {
+    name: "outcome",
+    values: &["done", "snoozed", "retried", "failed"],
+};
+const ERROR_CLASS: LabelDef = LabelDef {
+    name: "error_class",
+    values: &[
+        "ee_throttled",
+        "ee_server",
+        "ee_network",
+        "ee_other",
+        "redis",
+        "incomplete_export",
+        OTHER,
+    ],
+};
+const EE_METHOD: LabelDef = LabelDef {
+    name: "method",
+    values: &[
+        "value:compute",
+        "image:export",
+        "operations.get",
+        "operations.list",
+        "operations.cancel",
+        "projects.getConfig",
+        OTHER,
+    ],
+};
+const CODE_CLASS: LabelDef = LabelDef {
+    name: "code_class",
+    values: &["2xx", "3xx", "4xx", "5xx", "transport", OTHER],
+};
+const EE_STATE: LabelDef = LabelDef {
+    name: "ee_state",
+    values: &[
+        "PENDING",
+        "RUNNING",
+        "CANCELLING",
+        "SUCCEEDED",
+        "FAILED",
+        "CANCELLED",
+        "UNKNOWN",
+    ],
+};
+const EE_END_STATE: LabelDef = LabelDef {
+    name: "ee_state",
+    values: &["SUCCEEDED", "FAILED", "CANCELLED"],
+};
+const ORDER_STATE: LabelDef = LabelDef {
+    name: "state",
+    values: &[
+        "QUEUED",
+        "PENDING",
+        "RUNNING",
+        "CANCELLING",
+        "SUCCEEDED",
+        "DOWNLOADED",
+        "CLEANED",
+        "EMPTY",
+        "FAILED",
+        "CANCELLED",
+        "LOST",
+    ],
+};
+const QUEUE_STATE: LabelDef = LabelDef {
+    name: "state",
+    values: &["backlog", "due", "scheduled", "leased", "dead"],
+};
+const CHECK: LabelDef = LabelDef {
+    name: "check",
+    values: &["size", "md5", "crc32c", OTHER],
+};
+const DEPENDENCY: LabelDef = LabelDef {
+    name: "dependency",
+    values: &["queue", "store"],
+};
+const VERSION: LabelDef = LabelDef {
+    name: "version",
+    values: &[env!("CARGO_PKG_VERSION")],
+};
+
+/// From 10 ms (a snooze) to 10 min (a large download).
+const JOB_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+/// From a minute to EE's 10-day limit on a task.
+const EE_TASK_BUCKETS: &[f64] = &[
+    60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
+    172800.0, 432000.0, 864000.0,
+];
+
+/// Every metric cedar exports.
+pub const CATALOGUE: &[MetricDef] = &[
+    MetricDef {
+        name: "cedar_build_info",
+        kind: Kind::Gauge,
+        unit: "info",
+        labels: &[VERSION],
+        help: "Always 1; the version label names the running cedar.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_jobs_finished_total",
+        kind: Kind::Counter,
+        unit: "jobs",
+        labels: &[STAGE, OUTCOME],
+        help: "Job runs by stage and outcome: done, snoozed (waiting, no retry spent), retried (failed, will run again), failed (fatal or out of attempts; the order is FAILED).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_job_retries_total",
+        kind: Kind::Counter,
+        unit: "jobs",
+        labels: &[STAGE, ERROR_CLASS],
+        help: "Job runs that failed with a retryable error and were scheduled again, by stage and error class.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_job_duration_seconds",
+        kind: Kind::Histogram,
+        unit: "seconds",
+        labels: &[STAGE],
+        help: "Time one job run took in its handler, whatever its outcome.",
+        buckets: JOB_BUCKETS,
+    },
+    MetricDef {
+        name: "cedar_last_success_timestamp_seconds",
+        kind: Kind::Gauge,
+        unit: "seconds",
+        labels: &[STAGE],
+        help: "Unix time of this process's last job of the stage that finished done; 0 until one does.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_ee_requests_total",
+        kind: Kind::Counter,
+        unit: "requests",
+        labels: &[EE_METHOD, CODE_CLASS],
+        help: "HTTP requests sent to the Earth Engine REST API, by method and HTTP status class (transport: no response, e.g. timeout or refused connection).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_ee_tasks_active",
+        kind: Kind::Gauge,
+        unit: "tasks",
+        labels: &[],
+        help: "EE export tasks holding an admission slot (submitted, not yet ended), across all workers of the namespace.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_ee_admission_cap",
+        kind: Kind::Gauge,
+        unit: "tasks",
+        labels: &[],
+        help: "The most EE tasks this worker lets be in flight at once (--max-active-exports, or EE's maxConcurrentExports x factor).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_ee_queue_cap",
+        kind: Kind::Gauge,
+        unit: "tasks",
+        labels: &[],
+        help: "EE's documented limit of pending batch tasks per project (3000).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_ee_tasks",
+        kind: Kind::Gauge,
+        unit: "tasks",
+        labels: &[EE_STATE],
+        help: "EE tasks cedar waits for, by the state the last operations sweep saw.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_ee_task_running_oldest_age_seconds",
+        kind: Kind::Gauge,
+        unit: "seconds",
+        labels: &[],
+        help: "How long the longest-running EE task cedar waits for has been RUNNING (0 if none).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_ee_task_duration_seconds",
+        kind: Kind::Histogram,
+        unit: "seconds",
+        labels: &[EE_END_STATE],
+        help: "Run time of EE tasks (start to end, as EE reports them), observed when a poll job sees the task end.",
+        buckets: EE_TASK_BUCKETS,
+    },
+    MetricDef {
+        name: "cedar_orders",
+        kind: Kind::Gauge,
+        unit: "orders",
+        labels: &[ORDER_STATE],
+        help: "Orders (collection x tile x period) per tracking state, summed over every submission in the namespace.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_queue_jobs",
+        kind: Kind::Gauge,
+        unit: "jobs",
+        labels: &[STAGE, QUEUE_STATE],
+        help: "Jobs in the queue of a stage: backlog (exports waiting for admission), due (runnable now), scheduled (due later: backoff or snooze), leased (running), dead (given up).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_queue_oldest_waiting_age_seconds",
+        kind: Kind::Gauge,
+        unit: "seconds",
+        labels: &[STAGE],
+        help: "How long the oldest due job of a stage has waited for a worker (0 if none).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_download_bytes_total",
+        kind: Kind::Counter,
+        unit: "bytes",
+        labels: &[],
+        help: "Bytes copied from the export bucket to the destination and verified.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_download_checksum_failures_total",
+        kind: Kind::Counter,
+        unit: "objects",
+        labels: &[CHECK],
+        help: "Downloads refused because the bytes received did not match the bucket's size, MD5 or CRC32C.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_dependency_up",
+        kind: Kind::Gauge,
+        unit: "boolean",
+        labels: &[DEPENDENCY],
+        help: "1 if the last check of the dependency succeeded, else 0: queue (Redis, or the SQLite file), store (the export bucket).",
+        buckets: &[],
+    },
+];
+
+/// How often the collector reads the queue, tracking and snapshot numbers.
+pub const COLLECT_INTERVAL: Duration = Duration::from_secs(10);
+/// How long `/readyz` waits for each dependency.
+const READY_TIMEOUT: Duration = Duration::from_secs(3);
+/// The prefix the store probe lists: no object is ever named so, so the answer is empty and cheap.
+const STORE_PROBE: &str = ".cedar-readyz-probe";
+
+/// `value` if the label allows it, else [`OTHER`] (for labels that have it).
+fn bounded(label: &LabelDef, value: &str) -> &'static str {
+    label
+        .values
+        .iter()
+        .find(|v| **v == value)
+        .copied()
+        .unwrap_or(OTHER)
+}
+
+/// The recorder, installed once per process; `/metrics` renders it.
+pub fn install() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let mut builder = PrometheusBuilder::new();
+        for d in CATALOGUE.iter().filter(|d| d.kind == Kind::Histogram) {
+            builder = builder
+                .set_buckets_for_metric(Matcher::Full(d.name.to_owned()), d.buckets)
+                .expect("catalogue buckets are non-empty");
+        }
+        let handle = match builder.install_recorder() {
+            Ok(h) => h,
+            Err(e) => {
+                // Another recorder owns the facade; metrics still render, but stay empty.
+                tracing::error!(error = %e, "cannot install the Prometheus recorder");
+                PrometheusBuilder::new().build_recorder().handle()
+            }
+        };
+        register();
+        handle
+    })
+}
+
+/// Describes every metric and creates every labelled series at zero, so that `rate()` works
+/// from the first event and a missing series means a missing worker, not a quiet one.
+fn register() {
+    for d in CATALOGUE {
+        let unit = match d.unit {
+            "seconds" => ::metrics::Unit::Seconds,
+            "bytes" => ::metrics::Unit::Bytes,
+            _ => ::metrics::Unit::Count,
+        };
+        match d.kind {
+            Kind::Counter => ::metrics::describe_counter!(d.name, unit, d.help),
+            Kind::Gauge => ::metrics::describe_gauge!(d.name, unit, d.help),
+            Kind::Histogram => ::metrics::describe_histogram!(d.name, unit, d.help),
+        }
+        for labels in label_sets(d.labels) {
+            match d.kind {
+                Kind::Counter => ::metrics::counter!(d.name, &labels).increment(0),
+                Kind::Gauge => ::metrics::gauge!(d.name, &labels).set(0.0),
+                Kind::Histogram => {
+                    let _ = ::metrics::histogram!(d.name, &labels);
+                }
+            }
+        }
+    }
+    ::metrics::gauge!("cedar_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    ::metrics::gauge!("cedar_ee_queue_cap").set(EE_QUEUE_CAP as f64);
+}
+
+/// Every combination of label values (one empty set for a metric without labels).
+fn label_sets(labels: &[LabelDef]) -> Vec<Vec<(&'static str, &'static str)>> {
+    let mut sets = vec![Vec::new()];
+    for l in labels {
+        sets = sets
+            .into_iter()
+            .flat_map(|set| {
+                l.values.iter().map(move |v| {
+                    let mut s = set.clone();
+                    s.push((l.name, *v));
+                    s
+                })
+            })
+            .collect();
+    }
+    sets
+}
+
+/// Runs a handler and records how long it took.
+pub async fn timed<T>(stage: Stage, run: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = run.await;
+    ::metrics::histogram!("cedar_job_duration_seconds", "stage" => stage.name())
+        .record(started.elapsed().as_secs_f64());
+    out
+}
+
+/// Records a job run that succeeded (done or snoozed); returns its outcome unchanged.
+pub fn job_done(stage: Stage, outcome: Outcome) -> Outcome {
+    let label = match outcome {
+        Outcome::Done => {
+            ::metrics::gauge!("cedar_last_success_timestamp_seconds", "stage" => stage.name())
+                .set(Utc::now().timestamp() as f64);
+            "done"
+        }
+        Outcome::Snooze { .. } => "snoozed",
+    };
+    finished(stage, label);
+    outcome
+}
+
+/// Records a job run that failed with a retryable error and will run again.
+pub fn job_retried(stage: Stage, message: &str) {
+    finished(stage, "retried");
+    ::metrics::counter!(
+        "cedar_job_retries_total",
+        "stage" => stage.name(),
+        "error_class" => error_class(message)
+    )
+    .increment(1);
+}
+
+/// Records a job run that failed for good (fatal, or out of attempts).
+pub fn job_failed(stage: Stage) {
+    finished(stage, "failed");
+}
+
+fn finished(stage: Stage, outcome: &'static str) {
+    ::metrics::counter!(
+        "cedar_jobs_finished_total",
+        "stage" => stage.name(),
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
+/// The class of a retryable job error, from the message its source wrote: the EE client's
+/// errors start with `Earth Engine {method}:` and say the HTTP status, Redis errors start with
+/// `Redis:`. Anything else (storage, mostly) is `other`.
+pub fn error_class(message: &str) -> &'static str {
+    if let Some(rest) = message.strip_prefix("Earth Engine ") {
+        let status = rest
+            .split_once(": HTTP ")
+            .and_then(|(_, s)| s.get(..3))
+            .and_then(|s| s.parse::<u16>().ok());
+        return match status {
+            Some(429) => "ee_throttled",
+            Some(500..=599) => "ee_server",
+            Some(_) => "ee_other",
+            None if rest.contains(": timed out") || rest.contains(": connection failed") => {
+                "ee_network"
+            }
+            None => "ee_other",
+        };
+    }
+    if message.starts_with("Redis: ") || message.starts_with("redis: ") {
+        "redis"
+    } else if message.starts_with("incomplete export") {
+        "incomplete_export"
+    } else {
+        OTHER
+    }
+}
+
+/// Records one HTTP request to EE: `status` is `None` when no response came back.
+pub fn ee_request(method: &str, status: Option<u16>) {
+    let class = match status {
+        None => "transport",
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        Some(_) => OTHER,
+    };
+    ::metrics::counter!(
+        "cedar_ee_requests_total",
+        "method" => bounded(&EE_METHOD, method),
+        "code_class" => class
+    )
+    .increment(1);
+}
+
+/// Records bytes written to the destination and verified.
+pub fn downloaded(bytes: u64) {
+    ::metrics::counter!("cedar_download_bytes_total").increment(bytes);
+}
+
+/// Records a failed download write; only checksum and size mismatches count.
+pub fn download_error(e: &StoreError) {
+    if let StoreError::Mismatch { what, .. } = e {
+        ::metrics::counter!(
+            "cedar_download_checksum_failures_total",
+            "check" => bounded(&CHECK, what)
+        )
+        .increment(1);
+    }
+}
+
+/// Records an EE task that ended in `state`, with the start and end times EE reported.
+pub fn ee_task_ended(state: &str, start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>) {
+    let (Some(start), Some(end)) = (start, end) else {
+        return;
+    };
+    if !EE_END_STATE.values.contains(&state) {
+        return;
+    }
+    let secs = (end - start).num_milliseconds().max(0) as f64 / 1000.0;
+    ::metrics::histogram!(
+        "cedar_ee_task_duration_seconds",
+        "ee_state" => bounded(&EE_END_STATE, state)
+    )
+    .record(secs);
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `[metrics] listen` and runs the collector,
+/// until `stop` turns true. A worker that cannot bind (the port is taken, e.g. by a second
+/// worker on the host) logs an error and keeps processing jobs without the endpoint: losing
+/// metrics must not stop a campaign, and Prometheus reports the target down.
+pub async fn serve(ctx: Context, admission_cap: u64, mut stop: watch::Receiver<bool>) {
+    let handle = install();
+    ::metrics::gauge!("cedar_ee_admission_cap").set(admission_cap as f64);
+    let collector = tokio::spawn(collect_loop(ctx.clone(), handle, stop.clone()));
+    let listen = ctx.settings.config.metrics.listen.clone();
+    let addr: Option<SocketAddr> = listen.parse().ok();
+    let listener = match addr {
+        Some(a) => tokio::net::TcpListener::bind(a).await.map_err(|e| e.to_string()),
+        None => Err("not a socket address".to_owned()),
+    };
+    match listener {
+        Ok(listener) => {
+            let local = listener.local_addr().map(|a| a.to_string());
+            tracing::info!(
+                addr = %local.unwrap_or_else(|_| listen.clone()),
+                "serving metrics at /metrics, /healthz, /readyz"
+            );
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, router(ctx, handle))
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "the metrics endpoint stopped");
+            }
+        }
+        Err(e) => tracing::error!(
+            listen = %listen,
+            error = %e,
+            "cannot serve metrics; set [metrics] listen to a free address (each worker on a host needs its own port)"
+        ),
+    }
+    let _ = collector.await;
+}
+
+fn router(ctx: Context, handle: &'static PrometheusHandle) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    handle.render(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(ctx)
+}
+
+/// 200 when the queue (Redis) and the store answer, else 503 naming what does not (details go to the log).
+async fn readyz(State(ctx): State<Context>) -> impl IntoResponse {
+    let (queue, store) = tokio::join!(queue_ok(&ctx), store_ok(&ctx));
+    let mut body = String::new();
+    for (name, ok) in [("queue", queue), ("store", store)] {
+        let _ = writeln!(body, "{name}: {}", if ok { "ok" } else { "unreachable" });
+    }
+    let status = if queue && store {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body)
+}
+
+async fn queue_ok(ctx: &Context) -> bool {
+    let ok = match tokio::time::timeout(READY_TIMEOUT, ctx.queue.ping()).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the queue (Redis) does not answer");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("readiness: the queue (Redis) timed out");
+            false
+        }
+    };
+    ::metrics::gauge!("cedar_dependency_up", "dependency" => "queue").set(f64::from(ok));
+    ok
+}
+
+async fn store_ok(ctx: &Context) -> bool {
+    let ok = match tokio::time::timeout(READY_TIMEOUT, ctx.bucket.list(STORE_PROBE)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the export store does not answer");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("readiness: the export store timed out");
+            false
+        }
+    };
+    ::metrics::gauge!("cedar_dependency_up", "dependency" => "store").set(f64::from(ok));
+    ok
+}
+
+async fn collect_loop(
+    ctx: Context,
+    handle: &'static PrometheusHandle,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let ok = collect(&ctx).await;
+        if let Err(e) = &ok {
+            tracing::warn!(error = %e, "collecting queue metrics failed");
+        }
+        ::metrics::gauge!("cedar_dependency_up", "dependency" => "queue").set(f64::from(ok.is_ok()));
+        store_ok(&ctx).await;
+        // Drains histogram samples into their buckets, so memory stays flat between scrapes.
+        handle.run_upkeep();
+        tokio::select! {
+            _ = tokio::time::sleep(COLLECT_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Reads the numbers that live in Redis into their gauges.
+async fn collect(ctx: &Context) -> anyhow::Result<()> {
+    for stage in Stage::ALL {
+        let d = ctx.queue.depth(stage).await?;
+        for (state, n) in [
+            ("backlog", d.backlog),
+            ("due", d.due_now),
+            ("scheduled", d.scheduled),
+            ("leased", d.leased),
+            ("dead", d.dead),
+        ] {
+            ::metrics::gauge!("cedar_queue_jobs", "stage" => stage.name(), "state" => state)
+                .set(n as f64);
+        }
+        ::metrics::gauge!("cedar_queue_oldest_waiting_age_seconds", "stage" => stage.name())
+            .set(d.oldest_due_age_secs as f64);
+    }
+    ::metrics::gauge!("cedar_ee_tasks_active").set(ctx.queue.active_count().await? as f64);
+
+    let mut orders: BTreeMap<OrderState, u64> = BTreeMap::new();
+    for name in ctx.tracker.list().await? {
+        for (state, n) in ctx.tracker.counts(&name).await? {
+            *orders.entry(state).or_default() += n;
+        }
+    }
+    for state in OrderState::ALL {
+        let n = orders.get(&state).copied().unwrap_or(0);
+        ::metrics::gauge!("cedar_orders", "state" => state.as_str()).set(n as f64);
+    }
+
+    // The operations snapshot the sweeper writes: one entry per EE task cedar waits for.
+    let views = ctx.snapshot.views().await?;
+    let now = Utc::now();
+    let mut per_state: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut oldest_running = 0.0f64;
+    for raw in views {
+        let Ok(view) = serde_json::from_str::<OpView>(&raw) else {
+            continue;
+        };
+        let state = EE_STATE
+            .values
+            .iter()
+            .find(|v| **v == view.state)
+            .copied()
+            .unwrap_or("UNKNOWN");
+        *per_state.entry(state).or_default() += 1;
+        if state == "RUNNING"
+            && let Some(start) = view.start
+        {
+            let age = (now - start).num_milliseconds().max(0) as f64 / 1000.0;
+            oldest_running = oldest_running.max(age);
+        }
+    }
+    for state in EE_STATE.values {
+        let n = per_state.get(state).copied().unwrap_or(0);
+        ::metrics::gauge!("cedar_ee_tasks", "ee_state" => *state).set(n as f64);
+    }
+    ::metrics::gauge!("cedar_ee_task_running_oldest_age_seconds").set(oldest_running);
+    Ok(())
+}
+
+/// The catalogue as the Markdown page `docs/metrics.md`.
+pub fn catalogue_markdown() -> String {
+    let mut out = String::from(
+        "# Metrics\n\n\
+         <!-- Generated from `CATALOGUE` in src/metrics.rs by the test \
+         `metrics::docs_metrics_md_is_current` (CEDAR_UPDATE_DOCS=1 rewrites it). Do not edit. -->\n\n\
+         Every `cedar worker` serves these at `http://{[metrics] listen}/metrics` (default \
+         `127.0.0.1:9464`), next to `/healthz` (the process is alive) and `/readyz` (Redis and \
+         the export store answer; 503 otherwise).\n\n\
+         Counters and histograms count what this process did: aggregate them with `sum`. \
+         Gauges read from Redis (queue, orders, EE tasks) are the same on every worker of a \
+         namespace: aggregate them with `max`. Every labelled series exists from the start at \
+         0. Label values are fixed lists; an unexpected value is recorded as `other`.\n\n\
+         | name | type | unit | labels (values) | meaning |\n\
+         |---|---|---|---|---|\n",
+    );
+    for d in CATALOGUE {
+        let labels = if d.labels.is_empty() {
+            "—".to_owned()
+        } else {
+            d.labels
+                .iter()
+                .map(|l| {
+                    if l.name == "version" {
+                        "`version` (crate version)".to_owned()
+                    } else {
+                        format!("`{}` ({})", l.name, l.values.join(", "))
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {} | {} | {} |",
+            d.name,
+            d.kind.as_str(),
+            d.unit,
+            labels,
+            d.help
+        );
+    }
+    out.push_str(
+        "\nAlert rules: `deploy/prometheus/alerts.yml`; dashboard: `deploy/grafana/cedar.json`.\n",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_conventions() {
+        let mut seen = std::collections::HashSet::new();
+        for d in CATALOGUE {
+            assert!(seen.insert(d.name), "{} defined twice", d.name);
+            assert!(d.name.starts_with("cedar_"), "{}", d.name);
+            assert!(
+                d.name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{}",
+                d.name
+            );
+            assert_eq!(
+                d.kind == Kind::Counter,
+                d.name.ends_with("_total"),
+                "{}: counters and only counters end in _total",
+                d.name
+            );
+            if d.unit == "seconds" || d.unit == "bytes" {
+                assert!(
+                    d.name.contains(&format!("_{}", d.unit)),
+                    "{} must name its unit",
+                    d.name
+                );
+            }
+            assert_eq!(d.kind == Kind::Histogram, !d.buckets.is_empty(), "{}", d.name);
+            assert!(d.buckets.windows(2).all(|w| w[0] < w[1]), "{}", d.name);
+            for l in d.labels {
+                assert!(!l.values.is_empty(), "{} {}", d.name, l.name);
+            }
+        }
+    }
+
+    #[test]
+    fn label_value_lists_agree_with_the_code() {
+        let stages: Vec<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(STAGE.values, stages.as_slice());
+        let states: Vec<&str> = OrderState::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(ORDER_STATE.values, states.as_slice());
+        // The series never exceed the product of the label lists.
+        let series: usize = CATALOGUE.iter().map(|d| label_sets(d.labels).len()).sum();
+        assert!(series < 250, "{series} series");
+    }
+
+    #[test]
+    fn unknown_label_values_become_other() {
+        assert_eq!(bounded(&EE_METHOD, "image:export"), "image:export");
+        assert_eq!(bounded(&EE_METHOD, "projects/x/operations/123"), OTHER);
+        assert_eq!(bounded(&CHECK, "sha256"), OTHER);
+    }
+
+    #[test]
+    fn error_classes() {
+        let cases = [
+            (
+                "Earth Engine image:export: HTTP 429 RESOURCE_EXHAUSTED: quota",
+                "ee_throttled",
+            ),
+            ("Earth Engine value:compute: HTTP 503: unavailable", "ee_server"),
+            ("Earth Engine operations.get: timed out: after 60 s", "ee_network"),
+            (
+                "Earth Engine operations.list: connection failed: refused",
+                "ee_network",
+            ),
+            (
+                "Earth Engine value:compute: unexpected response (HTTP 200): eof",
+                "ee_other",
+            ),
+            ("Redis: connection refused", "redis"),
+            ("redis: broken pipe", "redis"),
+            (
+                "incomplete export: 2 of 9 pieces missing, e.g. x",
+                "incomplete_export",
+            ),
+            ("list gs://b/p: HTTP 503: backend error", OTHER),
+        ];
+        for (message, class) in cases {
+            assert_eq!(error_class(message), class, "{message}");
+            assert!(ERROR_CLASS.values.contains(&class));
+        }
+    }
+
+    #[test]
+    fn every_catalogue_metric_renders_with_its_type_before_any_event() {
+        let text = install().render();
+        for d in CATALOGUE {
+            assert!(
+                text.contains(&format!("# TYPE {} {}\n", d.name, d.kind.as_str())),
+                "{} missing from:\n{text}",
+                d.name
+            );
+        }
+        assert!(text.contains(&format!(
+            "cedar_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert!(text.contains("cedar_ee_queue_cap 3000\n"), "{text}");
+    }
+
+    #[test]
+    fn label_sets_are_the_cartesian_product() {
+        assert_eq!(label_sets(&[]), vec![Vec::new()]);
+        let sets = label_sets(&[STAGE, OUTCOME]);
+        assert_eq!(sets.len(), 16);
+        assert!(sets.contains(&vec![("stage", "poll"), ("outcome", "snoozed")]));
+    }
+}

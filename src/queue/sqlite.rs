@@ -1,0 +1,987 @@
+//! The SQLite side of the queue: single-machine mode, one database file instead of a Redis server.
+//!
+//! The file holds everything Redis holds otherwise — the jobs of every stage, the admission
+//! slots, the EE rate window, the tracking state ([`crate::tracking`]) and the operations
+//! snapshot ([`super::snapshot`]) — in the tables of [`SCHEMA`], every row keyed by namespace so
+//! that several deployments (or tests) can share one file. The queue operations below implement
+//! exactly the semantics of the Lua scripts in [`super::redis`]; their comments say why.
+//!
+//! Several cedar processes on one machine may share the file:
+//! - each process keeps **one connection** behind a mutex, and runs every statement on tokio's
+//!   blocking pool, so a slow disk never stalls the async workers;
+//! - the database is in **WAL mode**: readers (status, metrics) never block the writer;
+//! - every read-modify-write runs in a **`BEGIN IMMEDIATE`** transaction, which takes the write
+//!   lock before its first read: two processes can never both see the same free admission slot
+//!   or lease the same due job. A process that finds the lock taken waits up to
+//!   [`BUSY_TIMEOUT`]; past that its error is retryable, like a dropped Redis connection.
+//! - `synchronous = NORMAL`: a committed transaction survives the process being killed (the WAL
+//!   is in the OS's hands); only a power cut may lose the last transactions, as with Redis's
+//!   default `appendfsync everysec`.
+//!
+//! All times come from the local clock: every process sharing the file runs on this machine.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{
+    Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params,
+};
+use serde::Deserialize;
+
+use super::redis::{ADMIT_LIMIT, ENQUEUE_CHUNK, REAP_LIMIT};
+use super::{
+    DeadReason, Depth, FailResult, Leased, QueueError, RateDecision, RetryPolicy, Stage,
+};
+
+/// How long a process waits for another one's write transaction before giving up (retryably).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The version of [`SCHEMA`], kept in `PRAGMA user_version`. A file written by a newer cedar is
+/// refused instead of being half-understood.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Every table of the file. Job states are the Redis structures a job id can be in: `backlog`
+/// (export jobs waiting for an admission slot; `run_at` is their enqueue sequence), `due`
+/// (`run_at` is when it may run), `leased` (`run_at` is the lease expiry, `owner` the worker) and
+/// `dead` (`dead_reason` says why). A job exists while its row does, whatever its state.
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS jobs (
+  ns TEXT NOT NULL,
+  stage TEXT NOT NULL,
+  id TEXT NOT NULL,
+  payload BLOB NOT NULL,
+  -- The payload's tracking name, for `cedar retry` and cancel (NULL if it has none).
+  tracking TEXT,
+  state TEXT NOT NULL CHECK (state IN ('backlog', 'due', 'leased', 'dead')),
+  run_at INTEGER,
+  owner TEXT,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT,
+  dead_reason TEXT,
+  enqueued_ms INTEGER NOT NULL,
+  PRIMARY KEY (ns, stage, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (ns, stage, state, run_at, id);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (ns, stage, owner) WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_by_tracking ON jobs (ns, stage, tracking);
+-- Ids holding an EE admission slot (Redis `{ns}:ee:active`).
+CREATE TABLE IF NOT EXISTS slots (
+  ns TEXT NOT NULL,
+  id TEXT NOT NULL,
+  PRIMARY KEY (ns, id)
+) WITHOUT ROWID;
+-- EE calls per unix second (Redis `{ns}:ee:rate:{second}`).
+CREATE TABLE IF NOT EXISTS rate (
+  ns TEXT NOT NULL,
+  second INTEGER NOT NULL,
+  calls INTEGER NOT NULL,
+  PRIMARY KEY (ns, second)
+) WITHOUT ROWID;
+-- Sequences, e.g. the export backlog's (Redis `{ns}:export:seq`).
+CREATE TABLE IF NOT EXISTS counters (
+  ns TEXT NOT NULL,
+  name TEXT NOT NULL,
+  value INTEGER NOT NULL,
+  PRIMARY KEY (ns, name)
+) WITHOUT ROWID;
+-- Tracking: one row per submission, one per order, one per (submission, state) tally.
+CREATE TABLE IF NOT EXISTS submissions (
+  ns TEXT NOT NULL,
+  name TEXT NOT NULL,
+  submitted_ms INTEGER NOT NULL,
+  body TEXT NOT NULL,
+  PRIMARY KEY (ns, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS orders (
+  ns TEXT NOT NULL,
+  tracking TEXT NOT NULL,
+  key TEXT NOT NULL,
+  status TEXT NOT NULL,
+  PRIMARY KEY (ns, tracking, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS order_counts (
+  ns TEXT NOT NULL,
+  tracking TEXT NOT NULL,
+  state TEXT NOT NULL,
+  n INTEGER NOT NULL,
+  PRIMARY KEY (ns, tracking, state)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dirty (
+  ns TEXT NOT NULL,
+  tracking TEXT NOT NULL,
+  PRIMARY KEY (ns, tracking)
+) WITHOUT ROWID;
+-- The operations snapshot: views by operation name, awaited and looked-up operations, and the
+-- sweeper's leader lock and last sweep start.
+CREATE TABLE IF NOT EXISTS ops (
+  ns TEXT NOT NULL,
+  name TEXT NOT NULL,
+  view TEXT NOT NULL,
+  PRIMARY KEY (ns, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ops_waiting (
+  ns TEXT NOT NULL,
+  name TEXT NOT NULL,
+  PRIMARY KEY (ns, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ops_looked_up (
+  ns TEXT NOT NULL,
+  name TEXT NOT NULL,
+  PRIMARY KEY (ns, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ops_sweep (
+  ns TEXT NOT NULL PRIMARY KEY,
+  leader TEXT,
+  leader_until_ms INTEGER,
+  swept_ms INTEGER
+) WITHOUT ROWID;
+"#;
+
+/// The file a `sqlite://` queue URL names: `sqlite:///abs/path` is absolute, `sqlite://rel.db`
+/// relative to the working directory. None for other URLs or an empty path.
+pub fn path_of(url: &str) -> Option<PathBuf> {
+    url.strip_prefix("sqlite://")
+        .filter(|path| !path.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Milliseconds since the Unix epoch on the local clock.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// True for errors worth retrying: another process held the write lock past [`BUSY_TIMEOUT`],
+/// or the disk failed or filled up (an operator can fix that while the job waits).
+pub fn is_retryable(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DiskFull
+        )
+    )
+}
+
+/// One process's connection to the database file.
+pub struct Db {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.path).finish()
+    }
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Arc<Db>, QueueError> {
+        let path = path.to_owned();
+        let shown = path.display().to_string();
+        let opened = tokio::task::spawn_blocking(move || Db::open_blocking(path))
+            .await
+            .map_err(|e| QueueError::Database {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        opened.map(Arc::new).map_err(|e| match e {
+            QueueError::Sqlite(e) => QueueError::Database {
+                path: shown,
+                reason: e.to_string(),
+            },
+            other => other,
+        })
+    }
+
+    fn open_blocking(path: PathBuf) -> Result<Db, QueueError> {
+        let mut conn = Connection::open(&path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // journal_mode answers with the mode now in force; anything but WAL would let a long
+        // read block every writer.
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(QueueError::Database {
+                path: path.display().to_string(),
+                reason: format!("cannot switch to WAL mode (journal mode is {mode})"),
+            });
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(QueueError::Database {
+                path: path.display().to_string(),
+                reason: format!(
+                    "schema version {version} was written by a newer cedar (this one knows {SCHEMA_VERSION})"
+                ),
+            });
+        }
+        if version < SCHEMA_VERSION {
+            tx.execute_batch(SCHEMA)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        tx.commit()?;
+        Ok(Db {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the connection, on the blocking pool.
+    pub(crate) async fn read<T, F>(self: &Arc<Self>, f: F) -> rusqlite::Result<T>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let db = self.clone();
+        join(tokio::task::spawn_blocking(move || {
+            let conn = db.conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        }))
+        .await
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction, committed if `f` succeeds.
+    pub(crate) async fn write<T, E, F>(self: &Arc<Self>, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&Transaction) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<rusqlite::Error> + Send + 'static,
+    {
+        let db = self.clone();
+        join(tokio::task::spawn_blocking(move || {
+            let mut conn = db.conn.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        }))
+        .await
+    }
+}
+
+/// Waits for a blocking task: its panic is re-raised here (a bug, as it would be inline); a task
+/// dropped because the runtime shuts down reads as an interrupted statement.
+async fn join<T, E: From<rusqlite::Error>>(
+    task: tokio::task::JoinHandle<Result<T, E>>,
+) -> Result<T, E> {
+    match task.await {
+        Ok(out) => out,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(E::from(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERRUPT),
+            Some("the runtime shut down before the statement ran".into()),
+        ))),
+    }
+}
+
+/// The queue of every stage in one database file, under one namespace.
+#[derive(Clone)]
+pub struct SqliteQueue {
+    db: Arc<Db>,
+    ns: Arc<str>,
+}
+
+impl std::fmt::Debug for SqliteQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteQueue")
+            .field("path", &self.db.path)
+            .field("namespace", &self.ns)
+            .finish()
+    }
+}
+
+/// Reads only the tracking name of a payload.
+#[derive(Deserialize)]
+struct TrackingOnly {
+    tracking: String,
+}
+
+/// The last error recorded when a lease expires, as in the Redis reaper.
+const LEASE_EXPIRED: &str = "lease expired (worker lost)";
+
+/// Takes the next value of a sequence (Redis `INCR`).
+fn next_seq(tx: &Transaction, ns: &str, name: &str) -> rusqlite::Result<i64> {
+    tx.query_row(
+        "INSERT INTO counters (ns, name, value) VALUES (?1, ?2, 1)
+         ON CONFLICT (ns, name) DO UPDATE SET value = value + 1 RETURNING value",
+        params![ns, name],
+        |r| r.get(0),
+    )
+}
+
+/// Makes a job dead with its reason and frees its admission slot.
+fn kill(
+    tx: &Transaction,
+    ns: &str,
+    stage: &str,
+    id: &str,
+    why: &DeadReason,
+) -> Result<(), QueueError> {
+    let why = serde_json::to_string(why)?;
+    tx.execute(
+        "UPDATE jobs SET state = 'dead', run_at = NULL, owner = NULL, dead_reason = ?4
+         WHERE ns = ?1 AND stage = ?2 AND id = ?3",
+        params![ns, stage, id, why],
+    )?;
+    tx.execute(
+        "DELETE FROM slots WHERE ns = ?1 AND id = ?2",
+        params![ns, id],
+    )?;
+    Ok(())
+}
+
+/// A [`DeadReason`] as the Lua `dead_reason` helper writes it.
+fn dead(reason: &str, attempts: u32, last_error: &str, now: i64) -> DeadReason {
+    DeadReason {
+        reason: reason.to_owned(),
+        attempts,
+        last_error: last_error.to_owned(),
+        at_ms: now as u64,
+    }
+}
+
+/// Records a failed run (attempts + 1, last error kept, lease dropped); returns the attempts.
+fn spend_attempt(
+    tx: &Transaction,
+    ns: &str,
+    stage: &str,
+    id: &str,
+    error: &str,
+) -> rusqlite::Result<u32> {
+    tx.query_row(
+        "UPDATE jobs SET attempts = attempts + 1, last_error = ?4, owner = NULL
+         WHERE ns = ?1 AND stage = ?2 AND id = ?3 RETURNING attempts",
+        params![ns, stage, id, error],
+        |r| r.get(0),
+    )
+}
+
+/// Reaps at most `limit` expired leases: the lost run counts as a failed attempt (a job that
+/// kills its worker every time must end up dead), then back to due or dead. As REAP_LUA.
+fn reap_expired(
+    tx: &Transaction,
+    ns: &str,
+    stage: &str,
+    now: i64,
+    limit: usize,
+    max_attempts: u32,
+) -> Result<u64, QueueError> {
+    let expired: Vec<String> = tx
+        .prepare_cached(
+            "SELECT id FROM jobs WHERE ns = ?1 AND stage = ?2 AND state = 'leased' AND run_at <= ?3
+             ORDER BY run_at, id LIMIT ?4",
+        )?
+        .query_map(params![ns, stage, now, limit as i64], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for id in &expired {
+        let attempts = spend_attempt(tx, ns, stage, id, LEASE_EXPIRED)?;
+        if attempts >= max_attempts {
+            let why = dead("attempts exhausted", attempts, LEASE_EXPIRED, now);
+            kill(tx, ns, stage, id, &why)?;
+        } else {
+            tx.execute(
+                "UPDATE jobs SET state = 'due', run_at = ?4 WHERE ns = ?1 AND stage = ?2 AND id = ?3",
+                params![ns, stage, id, now],
+            )?;
+        }
+    }
+    Ok(expired.len() as u64)
+}
+
+/// Deletes jobs from every state (complete, cancel); returns how many existed. As REMOVE_LUA.
+fn remove(
+    tx: &Transaction,
+    ns: &str,
+    stage: &str,
+    ids: &[String],
+    free_slot: bool,
+) -> rusqlite::Result<u64> {
+    let mut removed = 0;
+    for id in ids {
+        removed += tx.execute(
+            "DELETE FROM jobs WHERE ns = ?1 AND stage = ?2 AND id = ?3",
+            params![ns, stage, id],
+        )? as u64;
+        if free_slot {
+            tx.execute(
+                "DELETE FROM slots WHERE ns = ?1 AND id = ?2",
+                params![ns, id],
+            )?;
+        }
+    }
+    Ok(removed)
+}
+
+impl SqliteQueue {
+    pub fn new(db: Arc<Db>, namespace: &str) -> Self {
+        SqliteQueue {
+            db,
+            ns: Arc::from(namespace),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    /// The local clock in ms, the clock every `run_at` is measured on.
+    pub async fn now_ms(&self) -> Result<u64, QueueError> {
+        Ok(now_ms() as u64)
+    }
+
+    /// Answers when the database can be read.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        self.db
+            .read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+            .await
+            .map_err(QueueError::from)
+    }
+
+    /// Adds the jobs that do not exist yet, whatever the state of those that do (as
+    /// ENQUEUE_LUA); export jobs go to the backlog in enqueue order.
+    pub(crate) async fn enqueue_encoded(
+        &self,
+        stage: Stage,
+        jobs: &[(String, Vec<u8>)],
+        delay: Duration,
+    ) -> Result<u64, QueueError> {
+        let mut added = 0;
+        // One transaction per chunk: other processes get the write lock between chunks.
+        for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+            let ns = self.ns.clone();
+            let chunk = chunk.to_vec();
+            added += self
+                .db
+                .write(move |tx| -> Result<u64, QueueError> {
+                    let now = now_ms();
+                    let backlog = stage == Stage::Export;
+                    let mut added = 0;
+                    let mut insert = tx.prepare_cached(
+                        "INSERT INTO jobs (ns, stage, id, payload, tracking, state, run_at, enqueued_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+                    )?;
+                    for (id, payload) in &chunk {
+                        let exists: bool = tx.query_row(
+                            "SELECT EXISTS (SELECT 1 FROM jobs WHERE ns = ?1 AND stage = ?2 AND id = ?3)",
+                            params![&*ns, stage.name(), id],
+                            |r| r.get(0),
+                        )?;
+                        if exists {
+                            continue;
+                        }
+                        let tracking = serde_json::from_slice::<TrackingOnly>(payload)
+                            .ok()
+                            .map(|t| t.tracking);
+                        let (state, run_at) = if backlog {
+                            ("backlog", next_seq(tx, &ns, "export:seq")?)
+                        } else {
+                            ("due", now + delay.as_millis() as i64)
+                        };
+                        added += insert.execute(params![
+                            &*ns,
+                            stage.name(),
+                            id,
+                            payload,
+                            tracking,
+                            state,
+                            run_at,
+                            now
+                        ])? as u64;
+                    }
+                    Ok(added)
+                })
+                .await?;
+        }
+        Ok(added)
+    }
+
+    /// Reaps a bounded number of expired leases (spending an attempt each), then leases up to `n`
+    /// due jobs to `worker` for `lease`. As LEASE_LUA.
+    pub async fn lease(
+        &self,
+        stage: Stage,
+        worker: &str,
+        n: usize,
+        lease: Duration,
+        policy: &RetryPolicy,
+    ) -> Result<Vec<Leased>, QueueError> {
+        let (ns, worker, max_attempts) = (self.ns.clone(), worker.to_owned(), policy.max_attempts);
+        self.db
+            .write(move |tx| -> Result<Vec<Leased>, QueueError> {
+                let now = now_ms();
+                reap_expired(tx, &ns, stage.name(), now, REAP_LIMIT, max_attempts)?;
+                let due: Vec<Leased> = tx
+                    .prepare_cached(
+                        "SELECT id, payload, attempts FROM jobs
+                         WHERE ns = ?1 AND stage = ?2 AND state = 'due' AND run_at <= ?3
+                         ORDER BY run_at, id LIMIT ?4",
+                    )?
+                    .query_map(params![&*ns, stage.name(), now, n as i64], |r| {
+                        Ok(Leased {
+                            id: r.get(0)?,
+                            payload: r.get(1)?,
+                            attempts: r.get(2)?,
+                        })
+                    })?
+                    .collect::<Result<_, _>>()?;
+                let until = now + lease.as_millis() as i64;
+                for job in &due {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'leased', run_at = ?4, owner = ?5
+                         WHERE ns = ?1 AND stage = ?2 AND id = ?3",
+                        params![&*ns, stage.name(), job.id, until, worker],
+                    )?;
+                }
+                Ok(due)
+            })
+            .await
+    }
+
+    /// Reaps up to a bounded number of expired leases; returns how many.
+    pub async fn reap(&self, stage: Stage, policy: &RetryPolicy) -> Result<u64, QueueError> {
+        let (ns, max_attempts) = (self.ns.clone(), policy.max_attempts);
+        self.db
+            .write(move |tx| reap_expired(tx, &ns, stage.name(), now_ms(), REAP_LIMIT, max_attempts))
+            .await
+    }
+
+    /// Extends every lease `worker` still holds by `lease`; returns (renewed, lost). Nothing is
+    /// ever lost here: every transition that takes a job from its owner clears `owner` in the
+    /// same transaction, so the owner's leases are exactly the rows naming it (Redis keeps a
+    /// separate per-worker set, which can go stale).
+    pub async fn renew(
+        &self,
+        stage: Stage,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<(u64, u64), QueueError> {
+        let (ns, worker) = (self.ns.clone(), worker.to_owned());
+        self.db
+            .write(move |tx| -> Result<(u64, u64), QueueError> {
+                let renewed = tx.execute(
+                    "UPDATE jobs SET run_at = ?4
+                     WHERE ns = ?1 AND stage = ?2 AND owner = ?3 AND state = 'leased'",
+                    params![
+                        &*ns,
+                        stage.name(),
+                        worker,
+                        now_ms() + lease.as_millis() as i64
+                    ],
+                )?;
+                Ok((renewed as u64, 0))
+            })
+            .await
+    }
+
+    /// Removes a finished job; returns false if it was already gone. The admission slot is kept
+    /// (it is freed when the poll ends).
+    pub async fn complete(&self, stage: Stage, id: &str) -> Result<bool, QueueError> {
+        let (ns, ids) = (self.ns.clone(), vec![id.to_owned()]);
+        self.db
+            .write(move |tx| -> Result<bool, QueueError> {
+                Ok(remove(tx, &ns, stage.name(), &ids, false)? == 1)
+            })
+            .await
+    }
+
+    /// Puts a leased job back in due after `delay`, fenced by owner, no attempt spent. As
+    /// RESCHEDULE_LUA.
+    async fn reschedule(
+        &self,
+        stage: Stage,
+        worker: &str,
+        id: &str,
+        delay: Duration,
+    ) -> Result<bool, QueueError> {
+        let (ns, worker, id) = (self.ns.clone(), worker.to_owned(), id.to_owned());
+        self.db
+            .write(move |tx| -> Result<bool, QueueError> {
+                let n = tx.execute(
+                    "UPDATE jobs SET state = 'due', run_at = ?5, owner = NULL
+                     WHERE ns = ?1 AND stage = ?2 AND id = ?3 AND state = 'leased' AND owner = ?4",
+                    params![
+                        &*ns,
+                        stage.name(),
+                        id,
+                        worker,
+                        now_ms() + delay.as_millis() as i64
+                    ],
+                )?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    /// Runs the job `worker` holds again after `delay`, without spending an attempt. Returns
+    /// false if `worker` no longer owns the lease.
+    pub async fn snooze(
+        &self,
+        stage: Stage,
+        worker: &str,
+        id: &str,
+        delay: Duration,
+    ) -> Result<bool, QueueError> {
+        self.reschedule(stage, worker, id, delay).await
+    }
+
+    /// Puts a job `worker` holds back to due now without spending an attempt.
+    pub async fn release(&self, stage: Stage, worker: &str, id: &str) -> Result<bool, QueueError> {
+        self.reschedule(stage, worker, id, Duration::ZERO).await
+    }
+
+    /// Records a failed run of the job `worker` holds: retried after the policy's backoff, or
+    /// dead once `policy.max_attempts` runs have failed. As FAIL_LUA; the delay comes from
+    /// [`RetryPolicy::delay`], the one place the formula lives.
+    pub async fn fail(
+        &self,
+        stage: Stage,
+        worker: &str,
+        id: &str,
+        error: &str,
+        policy: &RetryPolicy,
+    ) -> Result<FailResult, QueueError> {
+        let (ns, worker, id, error, policy) = (
+            self.ns.clone(),
+            worker.to_owned(),
+            id.to_owned(),
+            error.to_owned(),
+            *policy,
+        );
+        self.db
+            .write(move |tx| -> Result<FailResult, QueueError> {
+                let now = now_ms();
+                let owner: Option<String> = tx
+                    .query_row(
+                        "SELECT owner FROM jobs
+                         WHERE ns = ?1 AND stage = ?2 AND id = ?3 AND state = 'leased'",
+                        params![&*ns, stage.name(), id],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .flatten();
+                if owner.as_deref() != Some(worker.as_str()) {
+                    return Ok(FailResult::Stale);
+                }
+                let attempts = spend_attempt(tx, &ns, stage.name(), &id, &error)?;
+                if attempts >= policy.max_attempts.max(1) {
+                    let why = dead("attempts exhausted", attempts, &error, now);
+                    kill(tx, &ns, stage.name(), &id, &why)?;
+                    return Ok(FailResult::Buried);
+                }
+                let delay = policy.delay(attempts, rand::random::<f64>());
+                let at = now + delay.as_millis() as i64;
+                tx.execute(
+                    "UPDATE jobs SET state = 'due', run_at = ?4 WHERE ns = ?1 AND stage = ?2 AND id = ?3",
+                    params![&*ns, stage.name(), id, at],
+                )?;
+                Ok(FailResult::Retried { at_ms: at as u64 })
+            })
+            .await
+    }
+
+    /// Buries a job at once (a fatal error): dead with `reason`, admission slot freed. Returns
+    /// false if the job does not exist. As BURY_LUA.
+    pub async fn bury(&self, stage: Stage, id: &str, reason: &str) -> Result<bool, QueueError> {
+        let (ns, id, reason) = (self.ns.clone(), id.to_owned(), reason.to_owned());
+        self.db
+            .write(move |tx| -> Result<bool, QueueError> {
+                let exists: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM jobs WHERE ns = ?1 AND stage = ?2 AND id = ?3)",
+                    params![&*ns, stage.name(), id],
+                    |r| r.get(0),
+                )?;
+                if !exists {
+                    return Ok(false);
+                }
+                let attempts = spend_attempt(tx, &ns, stage.name(), &id, &reason)?;
+                let why = dead("fatal", attempts, &reason, now_ms());
+                kill(tx, &ns, stage.name(), &id, &why)?;
+                Ok(true)
+            })
+            .await
+    }
+
+    /// Why `id` is dead, if it is.
+    pub async fn dead_reason(
+        &self,
+        stage: Stage,
+        id: &str,
+    ) -> Result<Option<DeadReason>, QueueError> {
+        let (ns, id) = (self.ns.clone(), id.to_owned());
+        let raw: Option<String> = self
+            .db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT dead_reason FROM jobs
+                     WHERE ns = ?1 AND stage = ?2 AND id = ?3 AND state = 'dead'",
+                    params![&*ns, stage.name(), id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map(Option::flatten)
+            })
+            .await?;
+        Ok(match raw {
+            Some(json) => Some(serde_json::from_str(&json)?),
+            None => None,
+        })
+    }
+
+    /// Failed runs recorded for `id` (0 if none).
+    pub async fn attempts(&self, stage: Stage, id: &str) -> Result<u32, QueueError> {
+        let (ns, id) = (self.ns.clone(), id.to_owned());
+        let n: Option<u32> = self
+            .db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT attempts FROM jobs WHERE ns = ?1 AND stage = ?2 AND id = ?3",
+                    params![&*ns, stage.name(), id],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// Gives every dead job of `tracking` a fresh set of attempts (`cedar retry`); export jobs go
+    /// back to the backlog. As REQUEUE_DEAD_LUA.
+    pub async fn requeue_dead(&self, stage: Stage, tracking: &str) -> Result<u64, QueueError> {
+        let (ns, tracking) = (self.ns.clone(), tracking.to_owned());
+        self.db
+            .write(move |tx| -> Result<u64, QueueError> {
+                let now = now_ms();
+                let ids: Vec<String> = tx
+                    .prepare_cached(
+                        "SELECT id FROM jobs
+                         WHERE ns = ?1 AND stage = ?2 AND tracking = ?3 AND state = 'dead'
+                         ORDER BY id",
+                    )?
+                    .query_map(params![&*ns, stage.name(), tracking], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for id in &ids {
+                    let (state, run_at) = match stage {
+                        Stage::Export => ("backlog", next_seq(tx, &ns, "export:seq")?),
+                        _ => ("due", now),
+                    };
+                    tx.execute(
+                        "UPDATE jobs SET state = ?4, run_at = ?5, attempts = 0, dead_reason = NULL
+                         WHERE ns = ?1 AND stage = ?2 AND id = ?3",
+                        params![&*ns, stage.name(), id, state, run_at],
+                    )?;
+                }
+                Ok(ids.len() as u64)
+            })
+            .await
+    }
+
+    /// Removes every job of `tracking` from `stage`, whatever its state, and frees their
+    /// admission slots (cancel); returns how many.
+    pub async fn remove_tracking(&self, stage: Stage, tracking: &str) -> Result<u64, QueueError> {
+        let (ns, tracking) = (self.ns.clone(), tracking.to_owned());
+        self.db
+            .write(move |tx| -> Result<u64, QueueError> {
+                let ids: Vec<String> = tx
+                    .prepare_cached(
+                        "SELECT id FROM jobs WHERE ns = ?1 AND stage = ?2 AND tracking = ?3",
+                    )?
+                    .query_map(params![&*ns, stage.name(), tracking], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                Ok(remove(tx, &ns, stage.name(), &ids, true)?)
+            })
+            .await
+    }
+
+    /// Counts the jobs of `stage` in each state.
+    pub async fn depth(&self, stage: Stage) -> Result<Depth, QueueError> {
+        let ns = self.ns.clone();
+        let now = now_ms();
+        let (due_now, scheduled, leased, dead, backlog, oldest): (
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            Option<i64>,
+        ) = self
+            .db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT
+                       coalesce(sum(state = 'due' AND run_at <= ?3), 0),
+                       coalesce(sum(state = 'due' AND run_at > ?3), 0),
+                       coalesce(sum(state = 'leased'), 0),
+                       coalesce(sum(state = 'dead'), 0),
+                       coalesce(sum(state = 'backlog'), 0),
+                       min(CASE WHEN state = 'due' THEN run_at END)
+                     FROM jobs WHERE ns = ?1 AND stage = ?2",
+                    params![&*ns, stage.name(), now],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                )
+            })
+            .await?;
+        Ok(Depth {
+            due_now: due_now as u64,
+            scheduled: scheduled as u64,
+            leased: leased as u64,
+            dead: dead as u64,
+            backlog: backlog as u64,
+            oldest_due_age_secs: oldest
+                .filter(|at| *at <= now)
+                .map(|at| ((now - at) / 1000) as u64)
+                .unwrap_or(0),
+        })
+    }
+
+    /// Leases of `stage` that have expired but were not reaped yet.
+    pub async fn expired_leases(&self, stage: Stage) -> Result<u64, QueueError> {
+        let ns = self.ns.clone();
+        let n: i64 = self
+            .db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT count(*) FROM jobs
+                     WHERE ns = ?1 AND stage = ?2 AND state = 'leased' AND run_at <= ?3",
+                    params![&*ns, stage.name(), now_ms()],
+                    |r| r.get(0),
+                )
+            })
+            .await?;
+        Ok(n as u64)
+    }
+
+    /// Moves export jobs from the backlog to due while fewer than `max_active` hold an admission
+    /// slot, taking a slot for each, in one transaction: concurrent admitters never overshoot
+    /// the cap. As ADMIT_LUA.
+    pub async fn admit(&self, max_active: u64) -> Result<u64, QueueError> {
+        let ns = self.ns.clone();
+        self.db
+            .write(move |tx| -> Result<u64, QueueError> {
+                let active: i64 = tx.query_row(
+                    "SELECT count(*) FROM slots WHERE ns = ?1",
+                    params![&*ns],
+                    |r| r.get(0),
+                )?;
+                let free = (max_active as i64 - active).min(ADMIT_LIMIT as i64);
+                if free <= 0 {
+                    return Ok(0);
+                }
+                let ids: Vec<String> = tx
+                    .prepare_cached(
+                        "SELECT id FROM jobs WHERE ns = ?1 AND stage = ?2 AND state = 'backlog'
+                         ORDER BY run_at, id LIMIT ?3",
+                    )?
+                    .query_map(params![&*ns, Stage::Export.name(), free], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let now = now_ms();
+                for id in &ids {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'due', run_at = ?4 WHERE ns = ?1 AND stage = ?2 AND id = ?3",
+                        params![&*ns, Stage::Export.name(), id, now],
+                    )?;
+                    tx.execute(
+                        "INSERT OR IGNORE INTO slots (ns, id) VALUES (?1, ?2)",
+                        params![&*ns, id],
+                    )?;
+                }
+                Ok(ids.len() as u64)
+            })
+            .await
+    }
+
+    /// Frees the admission slot of `id`; returns false if it held none.
+    pub async fn release_slot(&self, id: &str) -> Result<bool, QueueError> {
+        let (ns, id) = (self.ns.clone(), id.to_owned());
+        self.db
+            .write(move |tx| -> Result<bool, QueueError> {
+                Ok(tx.execute(
+                    "DELETE FROM slots WHERE ns = ?1 AND id = ?2",
+                    params![&*ns, id],
+                )? == 1)
+            })
+            .await
+    }
+
+    /// Jobs holding an admission slot.
+    pub async fn active_count(&self) -> Result<u64, QueueError> {
+        let ns = self.ns.clone();
+        let n: i64 = self
+            .db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT count(*) FROM slots WHERE ns = ?1",
+                    params![&*ns],
+                    |r| r.get(0),
+                )
+            })
+            .await?;
+        Ok(n as u64)
+    }
+
+    /// Takes one call from the EE budget of `limit_per_sec` calls per second, shared by every
+    /// process on this file: a fixed one-second window, as RATE_LUA.
+    pub async fn acquire_rate(&self, limit_per_sec: u64) -> Result<RateDecision, QueueError> {
+        let ns = self.ns.clone();
+        self.db
+            .write(move |tx| -> Result<RateDecision, QueueError> {
+                let now = now_ms();
+                let second = now / 1000;
+                // Old windows never pile up (Redis lets their keys expire).
+                tx.execute(
+                    "DELETE FROM rate WHERE ns = ?1 AND second < ?2",
+                    params![&*ns, second - 1],
+                )?;
+                let calls: i64 = tx.query_row(
+                    "INSERT INTO rate (ns, second, calls) VALUES (?1, ?2, 1)
+                     ON CONFLICT (ns, second) DO UPDATE SET calls = calls + 1 RETURNING calls",
+                    params![&*ns, second],
+                    |r| r.get(0),
+                )?;
+                Ok(if calls as u64 <= limit_per_sec {
+                    RateDecision::Go
+                } else {
+                    RateDecision::WaitMs((1000 - now % 1000) as u64)
+                })
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_name_absolute_and_relative_files() {
+        assert_eq!(
+            path_of("sqlite:///var/lib/cedar.db"),
+            Some(PathBuf::from("/var/lib/cedar.db"))
+        );
+        assert_eq!(path_of("sqlite://cedar.db"), Some(PathBuf::from("cedar.db")));
+        assert_eq!(path_of("sqlite://"), None);
+        assert_eq!(path_of("redis://h"), None);
+    }
+
+    #[test]
+    fn busy_and_disk_errors_are_retryable_constraint_errors_are_not() {
+        let code = |c| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(c), None);
+        assert!(is_retryable(&code(rusqlite::ffi::SQLITE_BUSY)));
+        assert!(is_retryable(&code(rusqlite::ffi::SQLITE_FULL)));
+        assert!(!is_retryable(&code(rusqlite::ffi::SQLITE_CONSTRAINT)));
+        assert!(!is_retryable(&rusqlite::Error::QueryReturnedNoRows));
+    }
+}
