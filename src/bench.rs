@@ -286,10 +286,10 @@ async fn lpush_baseline(redis: &str, key: &str, n: u64) -> anyhow::Result<f64> {
 /// The figure of `…: 488585.34 requests per second, p50=…`; progress lines before it are
 /// separated by carriage returns.
 fn parse_requests_per_second(text: &str) -> Option<f64> {
-    text.split(['\r', '\n'])
-        .filter_map(|line| line.split_once(" requests per second"))
-        .filter_map(|(before, _)| before.split_whitespace().last()?.parse().ok())
-        .last()
+    text.split(['\r', '\n']).rev().find_map(|line| {
+        let (before, _) = line.split_once(" requests per second")?;
+        before.split_whitespace().next_back()?.parse().ok()
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -424,7 +424,12 @@ async fn requests_in(
         sweep.completions_per_page
     );
     println!("orders: {}", describe_counts(&counts));
-    let mut t = Table::new(["EE method", "requests", "per completed tile-period", "target"]);
+    let mut t = Table::new([
+        "EE method",
+        "requests",
+        "per completed tile-period",
+        "target",
+    ]);
     for (method, n) in &stats.requests {
         t.row([
             method.clone(),
@@ -447,7 +452,10 @@ async fn requests_in(
             "{:.3}",
             (completed + exported) as f64 / completed.max(1) as f64
         ),
-        format!("ratio {:.3}", all as f64 / (completed + exported).max(1) as f64),
+        format!(
+            "ratio {:.3}",
+            all as f64 / (completed + exported).max(1) as f64
+        ),
     ]);
     t.print();
     let mut t = Table::new(["time", "real s", "emulated s", "÷ baseline"]);
@@ -907,7 +915,7 @@ fn campaign(settings: &Settings, jobs: u64) -> anyhow::Result<Request> {
     let exact = (1..=COLLECTIONS.len() as u64).find_map(|c| {
         (1..=u64::from(MAX_MONTHS)).find_map(|m| {
             let per = c * m;
-            (jobs % per == 0 && jobs / per <= max_tiles).then_some((c, m, jobs / per))
+            (jobs.is_multiple_of(per) && jobs / per <= max_tiles).then_some((c, m, jobs / per))
         })
     });
     let (collections, months, tiles) = exact.unwrap_or_else(|| {
@@ -1023,16 +1031,18 @@ mod tests {
         let mut c = Config::default();
         c.export.bucket = "b-1".into();
         let s = c.validate().unwrap();
-        for (jobs, collections, tiles, months) in [
-            (1000, 1, 500, 2),
-            (100_000, 2, 625, 80),
-            (7, 1, 7, 1),
-        ] {
+        for (jobs, collections, tiles, months) in
+            [(1000, 1, 500, 2), (100_000, 2, 625, 80), (7, 1, 7, 1)]
+        {
             let r = campaign(&s, jobs).unwrap();
             let plan = submit::plan(&s, &r, chrono::Utc::now()).unwrap();
             assert_eq!(plan.submission.order_count() as u64, jobs);
             assert_eq!(
-                (r.collections.len(), r.tiles.len(), plan.submission.periods.len()),
+                (
+                    r.collections.len(),
+                    r.tiles.len(),
+                    plan.submission.periods.len()
+                ),
                 (collections, tiles, months)
             );
         }

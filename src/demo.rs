@@ -1,10 +1,11 @@
-//! `cedar demo`: a whole campaign on embedded defaults — an in-process EE emulator, a local
-//! folder as the export bucket and another as the destination — so a newcomer sees every stage
-//! work without a Google account or any server.
+//! `cedar demo`: a whole campaign on embedded defaults — an in-process EE emulator, the
+//! embedded SQLite queue, a local folder as the export bucket and another as the destination —
+//! so a newcomer sees the real daemon work without a Google account or any server.
 //!
-//! The demo drives the stages in one process: list and export every order, poll the operations
-//! in batches (one `operations.list` sweep per tick, never one `operations.get` per task),
-//! download and verify each finished export, and clean the bucket.
+//! It submits 2 collections × 6 tiles × 4 quarters (Landsat 9 has no data before 2021-10-31,
+//! so some orders are EMPTY), injects one 503 answer to an export (retried by the queue) and one
+//! failed EE task (brought home with `retry`), shows progress bars while an in-process worker
+//! runs every stage, and prints a summary table and where the files are.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,22 +14,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::auth::NoAuth;
-use crate::config::{Config, Settings};
-use crate::earthengine::client::{EarthEngine, ExportParams, export_request, request_id};
-use crate::earthengine::expression::{list_images, parse_image_list, preard_image};
-use crate::earthengine::types::OperationState;
-use crate::emulator::{self, EmulatorOptions};
-use crate::order::{Order, OrderNames, parse_piece, piece_object, tile_pieces};
-use crate::period::{Frequency, periods};
-use crate::store::{Destination, Expected, ExportBucket, open_bucket};
+use crate::config::Config;
+use crate::emulator::{self, ApiMethod, EmulatorOptions, Fault};
+use crate::jobs::JobSettings;
+use crate::jobs::poll::SweepSettings;
+use crate::period::Frequency;
+use crate::submit::{self, Request};
+use crate::tracking::{OrderState, order_key};
+use crate::worker::{self, WorkerOptions};
 
 /// Options of `cedar demo`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// Folder for the emulated bucket and the downloads (created; reused runs start clean).
+    /// Folder for the emulated bucket, the queue database and the downloads (recreated).
     #[arg(long, default_value = "cedar-demo")]
     pub dir: PathBuf,
     /// Emulated seconds each export runs.
@@ -36,31 +36,16 @@ pub struct DemoArgs {
     pub task_seconds: f64,
 }
 
-/// Where each order ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Outcome {
-    Empty,
-    Downloaded,
-    Failed,
-}
-
-struct Demo {
-    settings: Settings,
-    ee: EarthEngine,
-    bucket: Arc<dyn ExportBucket>,
-    dest: Destination,
-    tracking: String,
-}
-
 /// Runs the demo and prints a summary.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
     let root = std::path::absolute(&args.dir)?;
+    if root.exists() {
+        std::fs::remove_dir_all(&root).with_context(|| format!("clearing {}", root.display()))?;
+    }
     let bucket_dir = root.join("bucket");
     let dest_dir = root.join("downloads");
     for d in [&bucket_dir, &dest_dir] {
-        if d.exists() {
-            std::fs::remove_dir_all(d).with_context(|| format!("clearing {}", d.display()))?;
-        }
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(
@@ -80,7 +65,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
-    println!("EE emulator listening on {}", emulator.url());
+    // One transient error the queue retries, and one failed EE task that `retry` brings home.
+    emulator.inject(Fault::NextRequests {
+        method: Some(ApiMethod::ImageExport),
+        count: 1,
+        status: 503,
+        message: None,
+        processed: false,
+    });
+    emulator.inject(Fault::NextTasksFail {
+        count: 1,
+        message: None,
+    });
 
     let mut config = Config::default();
     config.earthengine.project = "cedar-demo".into();
@@ -91,255 +87,186 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .map_err(|()| anyhow::anyhow!("{} is not absolute", bucket_dir.display()))?
         .to_string();
     config.download.dest = dest_dir.display().to_string();
-    let settings = config.validate()?;
+    config.queue.url = format!("sqlite://{}", root.join("queue.db").display());
+    config.queue.namespace = "demo".into();
+    let settings = Arc::new(config.validate()?);
+    let jobs = JobSettings {
+        poll_interval: Duration::from_secs(1),
+        retry: crate::queue::RetryPolicy {
+            base: Duration::from_millis(200),
+            ..Default::default()
+        },
+        ..JobSettings::default()
+    };
+    let ctx = worker::context(settings.clone(), jobs.clone()).await?;
 
-    let ee = EarthEngine::new(
-        &settings.config.earthengine.endpoint,
-        &settings.config.earthengine.project,
-        Arc::new(NoAuth),
-        Duration::from_secs(settings.config.earthengine.timeout_secs),
-    )?;
-    let bucket = open_bucket(&settings.store_url, None, Arc::new(NoAuth))?;
-    let dest = Destination::open(&settings.config.download.dest)?;
-
-    // 2 collections × 6 tiles × 4 quarters from mid 2021: Landsat 9 data starts on 2021-10-31,
-    // so its first quarter is empty everywhere.
-    let collections = ["LANDSAT/LC08/C02/T1_L2", "LANDSAT/LC09/C02/T1_L2"];
-    let tiles: Vec<(u32, u32)> = (10..12)
-        .flat_map(|r| (14..17).map(move |c| (r, c)))
-        .collect();
-    let freq: Frequency = "3MS".parse()?;
-    let start = chrono::NaiveDate::from_ymd_opt(2021, 7, 1).expect("valid date");
-    let end = chrono::NaiveDate::from_ymd_opt(2022, 6, 30).expect("valid date");
-    let quarters = periods(start, end, Some(freq))?.periods;
-    let mut orders = Vec::new();
-    for c in collections {
-        for (row, col) in &tiles {
-            for p in &quarters {
-                orders.push(Order {
-                    collection: c.to_string(),
-                    row: *row,
-                    col: *col,
-                    period: *p,
-                });
-            }
-        }
-    }
-    let now = chrono::Utc::now();
-    let collection_names: Vec<String> = collections.iter().map(|c| c.to_string()).collect();
-    let tracking = settings
-        .tracking_template
-        .render_tracking(&crate::naming::TrackingValues {
-            collections: &collection_names,
-            tiles: &tiles,
-            period_start: start,
-            period_end: end,
-            period_freq: Some(freq),
-            now,
-        })?;
+    let request = Request {
+        collections: vec![
+            "LANDSAT/LC08/C02/T1_L2".into(),
+            "LANDSAT/LC09/C02/T1_L2".into(),
+        ],
+        tiles: (10..12)
+            .flat_map(|r| (14..17).map(move |c| (r, c)))
+            .collect(),
+        start: "2021-07-01".parse()?,
+        end: "2022-06-30".parse()?,
+        freq: Some("3MS".parse::<Frequency>()?),
+        save_empty_metadata: true,
+        error_if_empty: false,
+    };
+    let plan = submit::plan(&settings, &request, chrono::Utc::now())?;
+    let name = plan.submission.name.clone();
+    let total = plan.submission.order_count() as u64;
+    submit::enqueue(
+        &settings,
+        &ctx.tracker,
+        &ctx.queue,
+        ctx.bucket.as_ref(),
+        &plan,
+    )
+    .await?;
     println!(
-        "submitting {} orders ({} collections x {} tiles x {} periods) as {tracking}",
-        orders.len(),
-        collections.len(),
-        tiles.len(),
-        quarters.len()
+        "EE emulator at {}; queue {}",
+        emulator.url(),
+        settings.config.queue.url
+    );
+    println!(
+        "submitted {name}: {} collections x {} tiles x {} periods = {total} orders",
+        request.collections.len(),
+        request.tiles.len(),
+        plan.submission.periods.len()
     );
 
-    let demo = Arc::new(Demo {
-        settings,
-        ee,
-        bucket,
-        dest,
-        tracking,
-    });
-    let started = Instant::now();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let opts = WorkerOptions {
+        concurrency: 8,
+        drain: Duration::from_secs(10),
+        lease: Duration::from_secs(30),
+        max_active_exports: Some(total),
+        jobs,
+        sweep: SweepSettings {
+            min_interval: Duration::from_millis(500),
+            max_interval: Duration::from_secs(2),
+            ..SweepSettings::default()
+        },
+        publish_interval: Duration::from_secs(1),
+        poll_every: Duration::from_millis(200),
+        ..WorkerOptions::default()
+    };
+    let mut stop = stop_rx.clone();
+    let daemon = tokio::spawn(worker::run(ctx.clone(), opts, async move {
+        let _ = stop.changed().await;
+    }));
 
-    // Export: list the scenes of each order, then start one export per non-empty order.
-    let mut outcomes: BTreeMap<Order, Outcome> = BTreeMap::new();
-    let mut running: BTreeMap<String, (Order, OrderNames)> = BTreeMap::new();
-    let exports = futures::stream::iter(orders.iter().cloned().map(|order| {
-        let demo = demo.clone();
-        async move {
-            let r = demo.export(&order, now).await;
-            (order, r)
+    let bars = MultiProgress::new();
+    let style = ProgressStyle::with_template("{prefix:>10} {bar:40} {pos:>3}/{len} {msg}")
+        .expect("valid template");
+    let bar = |prefix: &'static str| {
+        let b = bars.add(ProgressBar::new(total));
+        b.set_style(style.clone());
+        b.set_prefix(prefix);
+        b
+    };
+    let (exported, downloaded, finished) = (bar("exported"), bar("downloaded"), bar("finished"));
+    let mut retried = false;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let counts = loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let counts = ctx.tracker.counts(&name).await?;
+        let n = |states: &[OrderState]| -> u64 {
+            states
+                .iter()
+                .map(|s| counts.get(s).copied().unwrap_or(0))
+                .sum()
+        };
+        use OrderState::*;
+        exported.set_position(n(&[
+            Pending, Running, Succeeded, Downloaded, Cleaned, Empty, Failed,
+        ]));
+        downloaded.set_position(n(&[Downloaded, Cleaned, Empty]));
+        finished.set_position(n(&[Cleaned, Empty, Failed, Cancelled, Lost]));
+        let failed = n(&[Failed, Cancelled, Lost]);
+        finished.set_message(if failed > 0 {
+            format!("{failed} failed")
+        } else {
+            String::new()
+        });
+        if n(&[Cleaned, Empty]) == total {
+            break counts;
         }
-    }))
-    .buffer_unordered(8)
-    .collect::<Vec<_>>()
-    .await;
-    for (order, r) in exports {
-        match r? {
-            None => {
-                outcomes.insert(order, Outcome::Empty);
-            }
-            Some((operation, names)) => {
-                running.insert(operation, (order, names));
-            }
+        // The injected EE failure: re-queue it as `cedar retry` does.
+        if failed > 0 && !retried {
+            retried = true;
+            let n = crate::cli::campaign::retry(&ctx, &name).await?;
+            bars.println(format!(
+                "{n} order(s) failed in EE (the injected task failure); re-queued as `cedar retry` does"
+            ))?;
         }
-    }
-    println!(
-        "{} exports started, {} orders empty ({:.1}s)",
-        running.len(),
-        outcomes.len(),
-        started.elapsed().as_secs_f64()
-    );
-
-    // Poll in batches: one sweep of operations.list per tick covers every task.
-    let mut bytes = 0u64;
-    let mut files = 0usize;
-    while !running.is_empty() {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let ops = demo.ee.list_all_operations().await?;
-        for op in ops {
-            let Some(name) = op.name.clone() else {
-                continue;
-            };
-            if !running.contains_key(&name) || !op.state().is_terminal() {
-                continue;
-            }
-            let (order, names) = running.remove(&name).expect("checked above");
-            if op.state() == OperationState::Succeeded {
-                let (n, b) = demo.download_and_clean(&order, &names).await?;
-                files += n;
-                bytes += b;
-                outcomes.insert(order, Outcome::Downloaded);
-            } else {
-                let why = op.error.as_ref().and_then(|e| e.message.clone());
-                println!(
-                    "{}: {:?} {}",
-                    names.name,
-                    op.state(),
-                    why.unwrap_or_default()
-                );
-                outcomes.insert(order, Outcome::Failed);
-            }
-        }
-        println!(
-            "  {} running, {} done ({:.1}s)",
-            running.len(),
-            outcomes.len(),
-            started.elapsed().as_secs_f64()
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the demo did not finish in 2 minutes"
         );
+    };
+    for b in [&exported, &downloaded, &finished] {
+        b.finish();
     }
+    let _ = stop_tx.send(true);
+    daemon.await??;
 
+    let sub = ctx.tracker.submission(&name).await?;
+    let statuses = ctx.tracker.all(&name).await?;
     let stats = emulator.stats();
     emulator.shutdown().await;
     println!();
     println!(
-        "{:<26} {:>6} {:>10} {:>6}",
-        "collection", "empty", "downloaded", "failed"
+        "{:<26} {:>6} {:>8} {:>6} {:>12}",
+        "collection", "empty", "cleaned", "files", "bytes"
     );
-    for c in &collections {
-        let count = |o: Outcome| {
-            outcomes
-                .iter()
-                .filter(|(k, v)| k.collection == *c && **v == o)
-                .count()
+    let mut per: BTreeMap<&str, (u32, u32, usize, u64)> = BTreeMap::new();
+    for order in sub.orders() {
+        let Some(s) = statuses.get(&order_key(&order)) else {
+            continue;
         };
-        println!(
-            "{:<26} {:>6} {:>10} {:>6}",
-            c,
-            count(Outcome::Empty),
-            count(Outcome::Downloaded),
-            count(Outcome::Failed)
-        );
+        let e = per
+            .entry(
+                sub.collections
+                    .iter()
+                    .find(|c| **c == order.collection)
+                    .map_or("", |c| c.as_str()),
+            )
+            .or_default();
+        match s.state {
+            OrderState::Empty => e.0 += 1,
+            OrderState::Cleaned => {
+                e.1 += 1;
+                e.2 += s.objects.len();
+                e.3 += s.bytes;
+            }
+            _ => {}
+        }
+    }
+    for (c, (empty, cleaned, files, bytes)) in &per {
+        println!("{c:<26} {empty:>6} {cleaned:>8} {files:>6} {bytes:>12}");
     }
     println!(
-        "\n{files} files, {bytes} bytes verified (size, md5, crc32c) in {}",
-        dest_dir.join(&demo.tracking).display()
+        "\norders by state: {}",
+        counts
+            .iter()
+            .map(|(s, n)| format!("{}={n}", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("EE requests: {}", serde_json::to_string(&stats.requests)?);
+    println!(
+        "files (verified size, md5, crc32c): {}",
+        dest_dir.join(&name).display()
     );
     println!(
-        "EE requests: {}; took {:.1}s",
-        serde_json::to_string(&stats.requests)?,
-        started.elapsed().as_secs_f64()
+        "tracking document: {}",
+        bucket_dir
+            .join(crate::tracking::document_object(&settings, &name))
+            .display()
     );
-    let failed = outcomes.values().filter(|o| **o == Outcome::Failed).count();
-    anyhow::ensure!(failed == 0, "{failed} orders failed");
+    println!("took {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
-}
-
-impl Demo {
-    /// Lists the order's scenes and starts its export; `None` when it has no scenes.
-    async fn export(
-        &self,
-        order: &Order,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> anyhow::Result<Option<(String, OrderNames)>> {
-        let spec = &self.settings.collections[&order.collection];
-        let tile = self.settings.grid.tile(order.row, order.col)?;
-        let names = order.names(&self.settings, now)?;
-        let listed = self
-            .ee
-            .compute_value(&list_images(spec, &tile, &order.period))
-            .await?;
-        let images = parse_image_list(spec, &listed)?;
-        if images.is_empty() {
-            return Ok(None);
-        }
-        let (expression, _layout) = preard_image(spec, &images);
-        let export = &self.settings.config.export;
-        let params = ExportParams {
-            bucket: export.bucket.clone(),
-            filename_prefix: names.object_base(),
-            description: names.name.clone(),
-            request_id: request_id(&[names.object_base().as_str(), &self.tracking]),
-            file_dimensions: Some(export.file_dimensions),
-            cloud_optimized: export.cloud_optimized,
-            max_pixels: Some(export.max_pixels as i64),
-        };
-        let op = self
-            .ee
-            .export_image(&export_request(&tile, expression, &params))
-            .await?;
-        Ok(Some((op.name.unwrap_or_default(), names)))
-    }
-
-    /// Downloads every piece of a finished export, verified, then deletes them from the bucket.
-    async fn download_and_clean(
-        &self,
-        order: &Order,
-        names: &OrderNames,
-    ) -> anyhow::Result<(usize, u64)> {
-        let tile = self.settings.grid.tile(order.row, order.col)?;
-        let base = names.object_base();
-        let expected = tile_pieces(&tile, self.settings.config.export.file_dimensions);
-        let listed = self.bucket.list(&base).await?;
-        let found: BTreeMap<_, _> = listed
-            .iter()
-            .filter_map(|o| parse_piece(&base, &o.name).map(|p| (p, o)))
-            .collect();
-        let missing: Vec<String> = expected
-            .iter()
-            .filter(|p| !found.contains_key(p))
-            .map(|p| piece_object(&base, *p))
-            .collect();
-        anyhow::ensure!(
-            missing.is_empty(),
-            "{}: missing pieces {missing:?}",
-            names.name
-        );
-        let mut bytes = 0;
-        for object in found.values() {
-            let file = object.name.rsplit('/').next().unwrap_or(&object.name);
-            let rel = format!("{}/{file}", self.tracking);
-            let stream = self.bucket.stream(&object.name).await?;
-            let written = self
-                .dest
-                .write_verified(
-                    &rel,
-                    stream,
-                    Expected {
-                        size: object.size,
-                        md5: object.md5,
-                        crc32c: object.crc32c,
-                    },
-                )
-                .await?;
-            bytes += written.size;
-        }
-        for object in found.values() {
-            self.bucket.delete(&object.name).await?;
-        }
-        Ok((found.len(), bytes))
-    }
 }

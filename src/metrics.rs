@@ -178,8 +178,8 @@ const JOB_BUCKETS: &[f64] = &[
 ];
 /// From a minute to EE's 10-day limit on a task.
 const EE_TASK_BUCKETS: &[f64] = &[
-    60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
-    172800.0, 432000.0, 864000.0,
+    60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 172800.0,
+    432000.0, 864000.0,
 ];
 
 /// Every metric cedar exports.
@@ -553,7 +553,9 @@ pub async fn serve(ctx: Context, admission_cap: u64, mut stop: watch::Receiver<b
     let listen = ctx.settings.config.metrics.listen.clone();
     let addr: Option<SocketAddr> = listen.parse().ok();
     let listener = match addr {
-        Some(a) => tokio::net::TcpListener::bind(a).await.map_err(|e| e.to_string()),
+        Some(a) => tokio::net::TcpListener::bind(a)
+            .await
+            .map_err(|e| e.to_string()),
         None => Err("not a socket address".to_owned()),
     };
     match listener {
@@ -588,7 +590,10 @@ fn router(ctx: Context, handle: &'static PrometheusHandle) -> Router {
             "/metrics",
             get(move || async move {
                 (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
                     handle.render(),
                 )
             }),
@@ -655,7 +660,8 @@ async fn collect_loop(
         if let Err(e) = &ok {
             tracing::warn!(error = %e, "collecting queue metrics failed");
         }
-        ::metrics::gauge!("cedar_dependency_up", "dependency" => "queue").set(f64::from(ok.is_ok()));
+        ::metrics::gauge!("cedar_dependency_up", "dependency" => "queue")
+            .set(f64::from(ok.is_ok()));
         store_ok(&ctx).await;
         // Drains histogram samples into their buckets, so memory stays flat between scrapes.
         handle.run_upkeep();
@@ -805,7 +811,12 @@ mod tests {
                     d.name
                 );
             }
-            assert_eq!(d.kind == Kind::Histogram, !d.buckets.is_empty(), "{}", d.name);
+            assert_eq!(
+                d.kind == Kind::Histogram,
+                !d.buckets.is_empty(),
+                "{}",
+                d.name
+            );
             assert!(d.buckets.windows(2).all(|w| w[0] < w[1]), "{}", d.name);
             for l in d.labels {
                 assert!(!l.values.is_empty(), "{} {}", d.name, l.name);
@@ -838,8 +849,14 @@ mod tests {
                 "Earth Engine image:export: HTTP 429 RESOURCE_EXHAUSTED: quota",
                 "ee_throttled",
             ),
-            ("Earth Engine value:compute: HTTP 503: unavailable", "ee_server"),
-            ("Earth Engine operations.get: timed out: after 60 s", "ee_network"),
+            (
+                "Earth Engine value:compute: HTTP 503: unavailable",
+                "ee_server",
+            ),
+            (
+                "Earth Engine operations.get: timed out: after 60 s",
+                "ee_network",
+            ),
             (
                 "Earth Engine operations.list: connection failed: refused",
                 "ee_network",

@@ -115,7 +115,10 @@ impl IngestConfig {
             .map_err(|e| errs.push((key("freq"), e.to_string())))
             .ok();
         if self.collections.is_empty() {
-            errs.push((key("collections"), "must list at least one collection".into()));
+            errs.push((
+                key("collections"),
+                "must list at least one collection".into(),
+            ));
         }
         for c in &self.collections {
             if !collections.contains(c) {
@@ -354,8 +357,14 @@ mod tests {
     fn first_run_takes_the_latest_complete_period_after_the_lag() {
         let i = ingest("1MS", 5, None);
         // March ended, but only 4 days ago: February is the latest due month.
-        assert_eq!(starts(&i.to_submit(d("2024-04-05"), &BTreeSet::new())), ["2024-02-01"]);
-        assert_eq!(starts(&i.to_submit(d("2024-04-06"), &BTreeSet::new())), ["2024-03-01"]);
+        assert_eq!(
+            starts(&i.to_submit(d("2024-04-05"), &BTreeSet::new())),
+            ["2024-02-01"]
+        );
+        assert_eq!(
+            starts(&i.to_submit(d("2024-04-06"), &BTreeSet::new())),
+            ["2024-03-01"]
+        );
     }
 
     #[test]
@@ -367,7 +376,13 @@ mod tests {
             starts(&i.to_submit(d("2024-05-15"), &done)),
             ["2024-02-01", "2024-03-01", "2024-04-01"]
         );
-        let done: BTreeSet<_> = [d("2024-01-01"), d("2024-02-01"), d("2024-03-01"), d("2024-04-01")].into();
+        let done: BTreeSet<_> = [
+            d("2024-01-01"),
+            d("2024-02-01"),
+            d("2024-03-01"),
+            d("2024-04-01"),
+        ]
+        .into();
         assert!(i.to_submit(d("2024-05-15"), &done).is_empty());
     }
 
@@ -389,7 +404,11 @@ mod tests {
             start: d("2024-02-01"),
             end: d("2024-03-01"),
         };
-        let names = vec![i.tracking_name(&p), "INGEST-other-2024-01-01".into(), "TRACKING_x".into()];
+        let names = vec![
+            i.tracking_name(&p),
+            "INGEST-other-2024-01-01".into(),
+            "TRACKING_x".into(),
+        ];
         assert_eq!(i.submitted_in(&names), [d("2024-02-01")].into());
     }
 
@@ -410,7 +429,10 @@ mod tests {
         let errs = c.resolve(2, None, &BTreeSet::new()).unwrap_err();
         let keys: Vec<&str> = errs.iter().map(|(k, _)| k.as_str()).collect();
         for k in ["name", "schedule", "freq", "collections", "tiles"] {
-            assert!(keys.contains(&format!("ingest[2].{k}").as_str()), "{k}: {errs:?}");
+            assert!(
+                keys.contains(&format!("ingest[2].{k}").as_str()),
+                "{k}: {errs:?}"
+            );
         }
     }
 }

@@ -559,7 +559,7 @@ async fn cancel(ctx: &Context, name: &str) -> anyhow::Result<usize> {
 
 /// Puts failed, lost and cancelled orders back in the export backlog with a new export
 /// generation (so EE gets a new requestId); also re-enqueues QUEUED orders whose job is gone.
-async fn retry(ctx: &Context, name: &str) -> anyhow::Result<usize> {
+pub async fn retry(ctx: &Context, name: &str) -> anyhow::Result<usize> {
     let sub = ctx.submission(name).await?;
     let statuses = ctx.tracker.all(name).await?;
     let mut jobs = Vec::new();

@@ -88,9 +88,10 @@ pub fn parse_tile(s: &str) -> Result<(u32, u32), String> {
     Ok((n(r, "row")?, n(c, "col")?))
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr at `default` level unless `CEDAR_LOG` (an env-filter) says otherwise.
+fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CEDAR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -127,7 +128,12 @@ fn settings(cli: &Cli) -> Result<Settings, ExitCode> {
 /// Entry point of the binary.
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo tells its own story with progress bars; logs would tear them.
+    let default_level = match cli.command {
+        Command::Demo(_) => "off",
+        _ => "info",
+    };
+    init_logging(cli.log_format, default_level);
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {

@@ -1,7 +1,12 @@
-//! The Redis queue and its apalis backend against a real Redis on loopback.
+//! The queue and its apalis backend, on both backends: a real Redis on loopback and an SQLite
+//! file in a temporary directory. Every behaviour test is one function taking a [`TestQueue`],
+//! run once per backend (the `on_both!` modules), so the single-machine queue is held to exactly
+//! the Redis queue's contract.
 //!
-//! Each test works in its own namespace and deletes its keys at the end (never FLUSHALL).
-//! `CEDAR_TEST_REDIS` overrides the server (default `redis://127.0.0.1:6379`).
+//! Each Redis test works in its own namespace and deletes its keys at the end (never FLUSHALL).
+//! `CEDAR_TEST_REDIS` overrides the server (default `redis://127.0.0.1:6379`). Each SQLite test
+//! gets its own file; "another process" is another [`Queue`] opened on the same file, with its
+//! own connection.
 
 use std::{
     collections::HashMap,
@@ -14,7 +19,7 @@ use std::{
 
 use apalis::prelude::*;
 use cedar::queue::{
-    self, BackendConfig, FailResult, OrderJob, Outcome, QueueJob, RateDecision, RedisQueue,
+    self, BackendConfig, FailResult, OrderJob, Outcome, Queue, QueueJob, RateDecision,
     RetryPolicy, Stage,
 };
 use chrono::NaiveDate;
@@ -23,36 +28,93 @@ fn redis_url() -> String {
     std::env::var("CEDAR_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
-/// A queue in a namespace of its own.
+/// A queue of its own: a fresh Redis namespace, or a fresh SQLite file.
 struct TestQueue {
-    queue: RedisQueue,
+    queue: Queue,
+    url: String,
     namespace: String,
+    /// The SQLite file's directory, deleted on drop (None for Redis).
+    dir: Option<tempfile::TempDir>,
 }
 
 impl TestQueue {
-    async fn new(test: &str) -> TestQueue {
+    async fn redis(test: &str) -> TestQueue {
         let namespace = format!(
             "cedar-test:{test}:{}:{:08x}",
             std::process::id(),
             rand::random::<u32>()
         );
-        let queue = RedisQueue::connect(&redis_url(), &namespace)
+        let url = redis_url();
+        let queue = Queue::open(&url, &namespace)
             .await
             .expect("Redis at CEDAR_TEST_REDIS or redis://127.0.0.1:6379");
-        TestQueue { queue, namespace }
+        TestQueue {
+            queue,
+            url,
+            namespace,
+            dir: None,
+        }
     }
 
-    /// A second handle on the same namespace, with its own connection: another worker process.
-    async fn other_process(&self) -> RedisQueue {
-        RedisQueue::connect(&redis_url(), &self.namespace)
-            .await
-            .unwrap()
+    async fn sqlite(test: &str) -> TestQueue {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("cedar.db").display());
+        let namespace = format!("cedar-test:{test}");
+        let queue = Queue::open(&url, &namespace).await.unwrap();
+        TestQueue {
+            queue,
+            url,
+            namespace,
+            dir: Some(dir),
+        }
     }
 
-    async fn keys(&self) -> Vec<String> {
+    /// A second handle on the same queue, with its own connection: another worker process.
+    async fn other_process(&self) -> Queue {
+        Queue::open(&self.url, &self.namespace).await.unwrap()
+    }
+
+    /// Jobs of `stage` stored at all (`part` "data"), or with an attempt count recorded
+    /// (`part` "attempts"), read behind the queue's back.
+    async fn stored(&self, stage: Stage, part: &str) -> u64 {
+        match &self.dir {
+            None => {
+                let client = redis::Client::open(redis_url()).unwrap();
+                let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+                redis::cmd("HLEN")
+                    .arg(format!("{}:{}:{}", self.namespace, stage.name(), part))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap()
+            }
+            Some(dir) => {
+                let db = rusqlite::Connection::open(dir.path().join("cedar.db")).unwrap();
+                let filter = match part {
+                    "data" => "1",
+                    "attempts" => "attempts > 0",
+                    other => panic!("no part {other} in SQLite"),
+                };
+                let n: i64 = db
+                    .query_row(
+                        &format!(
+                            "SELECT count(*) FROM jobs WHERE ns = ?1 AND stage = ?2 AND {filter}"
+                        ),
+                        rusqlite::params![self.namespace, stage.name()],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                n as u64
+            }
+        }
+    }
+
+    async fn cleanup(self) {
+        if self.dir.is_some() {
+            return;
+        }
         let client = redis::Client::open(redis_url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let mut keys = Vec::new();
+        let mut keys: Vec<String> = Vec::new();
         let mut cursor: u64 = 0;
         loop {
             let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -66,36 +128,52 @@ impl TestQueue {
                 .unwrap();
             keys.extend(page);
             if next == 0 {
-                return keys;
+                break;
             }
             cursor = next;
         }
-    }
-
-    async fn hlen(&self, stage: Stage, part: &str) -> u64 {
-        let client = redis::Client::open(redis_url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        redis::cmd("HLEN")
-            .arg(format!("{}:{}:{}", self.namespace, stage.name(), part))
-            .query_async(&mut conn)
-            .await
-            .unwrap()
-    }
-
-    async fn cleanup(self) {
-        let keys = self.keys().await;
-        if keys.is_empty() {
-            return;
+        if !keys.is_empty() {
+            let _: u64 = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
         }
-        let client = redis::Client::open(redis_url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let _: u64 = redis::cmd("UNLINK")
-            .arg(&keys)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
     }
 }
+
+/// Runs the behaviour test `$name` (an `async fn(TestQueue)`) once per backend, as
+/// `$name::redis` and `$name::sqlite`.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$name(super::TestQueue::redis(stringify!($name)).await).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::TestQueue::sqlite(stringify!($name)).await).await
+            }
+        }
+    )*};
+}
+
+on_both!(
+    enqueue_is_idempotent_whatever_the_state,
+    lease_hands_out_each_job_once_and_complete_removes_it,
+    snooze_runs_again_later_without_spending_an_attempt,
+    failures_back_off_then_bury_with_the_last_error,
+    bury_requeue_dead_and_remove_tracking_select_one_campaign,
+    an_expired_lease_is_redelivered_to_another_worker,
+    release_puts_fetched_jobs_back_without_spending_attempts,
+    admission_never_exceeds_the_cap_under_concurrent_admitters,
+    rate_limiter_shares_one_window_per_second,
+    bulk_enqueue_of_100k_jobs,
+    apalis_monitor_runs_every_job_to_done_exactly_once,
+    apalis_heartbeats_keep_the_lease_of_a_job_longer_than_the_lease,
+);
 
 fn job(tracking: &str, row: u32, col: u32) -> OrderJob {
     OrderJob {
@@ -116,9 +194,7 @@ fn jobs(tracking: &str, n: u32) -> Vec<OrderJob> {
 
 const LEASE: Duration = Duration::from_secs(30);
 
-#[tokio::test]
-async fn enqueue_is_idempotent_whatever_the_state() {
-    let t = TestQueue::new("idempotent").await;
+async fn enqueue_is_idempotent_whatever_the_state(t: TestQueue) {
     let q = &t.queue;
     let batch = jobs("camp", 3);
     assert_eq!(
@@ -160,9 +236,7 @@ async fn enqueue_is_idempotent_whatever_the_state() {
     t.cleanup().await;
 }
 
-#[tokio::test]
-async fn lease_hands_out_each_job_once_and_complete_removes_it() {
-    let t = TestQueue::new("lease").await;
+async fn lease_hands_out_each_job_once_and_complete_removes_it(t: TestQueue) {
     let q = &t.queue;
     let policy = RetryPolicy::default();
     q.enqueue_bulk(Stage::Download, &jobs("camp", 5), Duration::ZERO)
@@ -193,7 +267,7 @@ async fn lease_hands_out_each_job_once_and_complete_removes_it() {
         q.depth(Stage::Download).await.unwrap(),
         queue::Depth::default()
     );
-    assert!(t.keys().await.iter().all(|k| !k.ends_with(":data")));
+    assert_eq!(t.stored(Stage::Download, "data").await, 0);
 
     // A delayed job is scheduled, not due.
     q.enqueue_bulk(Stage::Download, &jobs("camp", 1), Duration::from_secs(60))
@@ -210,9 +284,7 @@ async fn lease_hands_out_each_job_once_and_complete_removes_it() {
     t.cleanup().await;
 }
 
-#[tokio::test]
-async fn snooze_runs_again_later_without_spending_an_attempt() {
-    let t = TestQueue::new("snooze").await;
+async fn snooze_runs_again_later_without_spending_an_attempt(t: TestQueue) {
     let q = &t.queue;
     let policy = RetryPolicy::default();
     q.enqueue_bulk(Stage::Poll, &jobs("camp", 1), Duration::ZERO)
@@ -251,9 +323,7 @@ async fn snooze_runs_again_later_without_spending_an_attempt() {
     t.cleanup().await;
 }
 
-#[tokio::test]
-async fn failures_back_off_then_bury_with_the_last_error() {
-    let t = TestQueue::new("fail").await;
+async fn failures_back_off_then_bury_with_the_last_error(t: TestQueue) {
     let q = &t.queue;
     let policy = RetryPolicy {
         max_attempts: 3,
@@ -325,9 +395,7 @@ async fn failures_back_off_then_bury_with_the_last_error() {
     t.cleanup().await;
 }
 
-#[tokio::test]
-async fn bury_requeue_dead_and_remove_tracking_select_one_campaign() {
-    let t = TestQueue::new("dead").await;
+async fn bury_requeue_dead_and_remove_tracking_select_one_campaign(t: TestQueue) {
     let q = &t.queue;
     let policy = RetryPolicy::default();
     // "camp" is a prefix of "camp2": selecting one must never touch the other.
@@ -375,7 +443,7 @@ async fn bury_requeue_dead_and_remove_tracking_select_one_campaign() {
     assert_eq!(q.remove_tracking(Stage::Download, "camp").await.unwrap(), 3);
     let depth = q.depth(Stage::Download).await.unwrap();
     assert_eq!((depth.leased, depth.dead), (0, 2));
-    assert_eq!(t.hlen(Stage::Download, "data").await, 2);
+    assert_eq!(t.stored(Stage::Download, "data").await, 2);
     // The cancelled job's worker finishes its run, but finds nothing left to reschedule.
     let result = q
         .fail(Stage::Download, "w", &again[0].id, "late", &policy)
@@ -386,13 +454,11 @@ async fn bury_requeue_dead_and_remove_tracking_select_one_campaign() {
         q.remove_tracking(Stage::Download, "camp2").await.unwrap(),
         2
     );
-    assert_eq!(t.hlen(Stage::Download, "data").await, 0);
+    assert_eq!(t.stored(Stage::Download, "data").await, 0);
     t.cleanup().await;
 }
 
-#[tokio::test]
-async fn an_expired_lease_is_redelivered_to_another_worker() {
-    let t = TestQueue::new("expiry").await;
+async fn an_expired_lease_is_redelivered_to_another_worker(t: TestQueue) {
     let a = t.queue.clone();
     let b = t.other_process().await;
     let policy = RetryPolicy::default();
@@ -439,9 +505,7 @@ async fn an_expired_lease_is_redelivered_to_another_worker() {
     t.cleanup().await;
 }
 
-#[tokio::test]
-async fn release_puts_fetched_jobs_back_without_spending_attempts() {
-    let t = TestQueue::new("release").await;
+async fn release_puts_fetched_jobs_back_without_spending_attempts(t: TestQueue) {
     let q = &t.queue;
     let policy = RetryPolicy::default();
     q.enqueue_bulk(Stage::Clean, &jobs("camp", 3), Duration::ZERO)
@@ -467,10 +531,8 @@ async fn release_puts_fetched_jobs_back_without_spending_attempts() {
     t.cleanup().await;
 }
 
-#[tokio::test]
-async fn admission_never_exceeds_the_cap_under_concurrent_admitters() {
+async fn admission_never_exceeds_the_cap_under_concurrent_admitters(t: TestQueue) {
     const CAP: u64 = 10;
-    let t = TestQueue::new("admission").await;
     assert_eq!(
         t.queue
             .enqueue_bulk(Stage::Export, &jobs("camp", 400), Duration::ZERO)
@@ -524,9 +586,7 @@ async fn admission_never_exceeds_the_cap_under_concurrent_admitters() {
     t.cleanup().await;
 }
 
-#[tokio::test]
-async fn rate_limiter_shares_one_window_per_second() {
-    let t = TestQueue::new("rate").await;
+async fn rate_limiter_shares_one_window_per_second(t: TestQueue) {
     let q = &t.queue;
     // Start early in a window so all calls land in the same second.
     while q.now_ms().await.unwrap() % 1000 > 200 {
@@ -546,9 +606,7 @@ async fn rate_limiter_shares_one_window_per_second() {
     t.cleanup().await;
 }
 
-#[tokio::test]
-async fn bulk_enqueue_of_100k_jobs() {
-    let t = TestQueue::new("bulk").await;
+async fn bulk_enqueue_of_100k_jobs(t: TestQueue) {
     let q = &t.queue;
     let batch = jobs("camp", 100_000);
     let started = Instant::now();
@@ -601,10 +659,8 @@ async fn handle(job: OrderJob, ledger: Data<Arc<Ledger>>) -> Result<Outcome, Box
     Ok(Outcome::Done)
 }
 
-#[tokio::test]
-async fn apalis_monitor_runs_every_job_to_done_exactly_once() {
+async fn apalis_monitor_runs_every_job_to_done_exactly_once(t: TestQueue) {
     const N: u32 = 200;
-    let t = TestQueue::new("apalis").await;
     let cfg = BackendConfig {
         batch_size: 4,
         lease: Duration::from_secs(6),
@@ -660,13 +716,13 @@ async fn apalis_monitor_runs_every_job_to_done_exactly_once() {
         let expected = 1 + u32::from(j.col.is_multiple_of(5)) + u32::from(j.col.is_multiple_of(7));
         assert_eq!(runs[&j.job_id()], expected, "{}", j.job_id());
     }
-    // Nothing left in Redis: every Done was acknowledged before the monitor returned.
+    // Nothing left in the queue: every Done was acknowledged before the monitor returned.
     assert_eq!(
         t.queue.depth(Stage::Poll).await.unwrap(),
         queue::Depth::default()
     );
-    assert_eq!(t.hlen(Stage::Poll, "data").await, 0);
-    assert_eq!(t.hlen(Stage::Poll, "attempts").await, 0);
+    assert_eq!(t.stored(Stage::Poll, "data").await, 0);
+    assert_eq!(t.stored(Stage::Poll, "attempts").await, 0);
     t.cleanup().await;
 }
 
@@ -677,9 +733,7 @@ async fn slow(job: OrderJob, ledger: Data<Arc<Ledger>>) -> Result<Outcome, BoxDy
     Ok(Outcome::Done)
 }
 
-#[tokio::test]
-async fn apalis_heartbeats_keep_the_lease_of_a_job_longer_than_the_lease() {
-    let t = TestQueue::new("heartbeat").await;
+async fn apalis_heartbeats_keep_the_lease_of_a_job_longer_than_the_lease(t: TestQueue) {
     let cfg = BackendConfig {
         batch_size: 1,
         lease: Duration::from_millis(900),

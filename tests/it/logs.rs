@@ -1,0 +1,263 @@
+//! Secrets never reach logs, errors or `config` output: the binary runs with debug logging in
+//! JSON, a Redis URL with a password and a real service-account key (made with openssl), and
+//! everything it prints is searched for the password, the key and any token.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cedar::emulator::{self, EmulatorOptions};
+use object_store::ObjectStore;
+use object_store::memory::InMemory;
+
+fn redis_url() -> String {
+    std::env::var("CEDAR_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A 2048-bit RSA key in PKCS#8 PEM, from openssl.
+fn private_key_pem(dir: &Path) -> String {
+    let path = dir.join("key.pem");
+    let out = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&path)
+        .output()
+        .expect("openssl is required (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Runs `cedar` with debug JSON logs; returns stdout + stderr and the exit code.
+fn run(
+    dir: &Path,
+    config: &Path,
+    args: &[&str],
+    kill_after: Option<Duration>,
+) -> (String, Option<i32>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cedar"));
+    cmd.current_dir(dir)
+        .arg("--config")
+        .arg(config)
+        .arg("--log-format")
+        .arg("json")
+        .args(args)
+        .env_remove("CEDAR_CONFIG")
+        .env_remove("STORAGE_EMULATOR_HOST")
+        .env("CEDAR_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CEDAR__") {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd.spawn().expect("run cedar");
+    let pid = child.id();
+    let stopper = kill_after.map(|after| {
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        })
+    });
+    let out = child.wait_with_output().unwrap();
+    if let Some(s) = stopper {
+        s.join().unwrap();
+    }
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (text, out.status.code())
+}
+
+/// Fails naming the secret if `output` holds the password, any line of the key's body, a token
+/// or the signed assertion that buys one.
+fn assert_no_secrets(what: &str, output: &str, password: &str, key_pem: &str) {
+    assert!(
+        !output.contains(password),
+        "{what} printed the Redis password:\n{output}"
+    );
+    for line in key_pem.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(
+            !output.contains(line),
+            "{what} printed part of the private key ({line}):\n{output}"
+        );
+    }
+    assert!(
+        !output.contains("PRIVATE KEY"),
+        "{what} printed the private key:\n{output}"
+    );
+    for token in ["ya29.", "Bearer ", "bearer ", "assertion=", "eyJhbGci"] {
+        assert!(
+            !output.contains(token),
+            "{what} printed a credential ({token}):\n{output}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_logs_errors_or_config_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_pem = private_key_pem(dir.path());
+    // The emulator is the token endpoint, so a worker that runs really holds a token.
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let emulator = emulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        store,
+        EmulatorOptions {
+            require_auth: true,
+            ..EmulatorOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let key = serde_json::json!({
+        "type": "service_account",
+        "project_id": "cedar-logs",
+        "private_key_id": "0123456789abcdef0123456789abcdef01234567",
+        "private_key": key_pem,
+        "client_email": "cedar@cedar-logs.iam.gserviceaccount.com",
+        "client_id": "123456789012345678901",
+        "token_uri": format!("{}/token", emulator.url()),
+    });
+    let key_path = dir.path().join("service-account.json");
+    std::fs::write(&key_path, serde_json::to_vec_pretty(&key).unwrap()).unwrap();
+
+    let password = format!("pw-{:016x}-never-print", rand::random::<u64>());
+    let namespace = format!(
+        "cedar-test:logs:{}:{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let write_config = |name: &str, queue_url: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                r#"[earthengine]
+project = "cedar-logs"
+endpoint = "{endpoint}"
+credentials = "{key}"
+timeout_secs = 5
+
+[queue]
+url = "{queue_url}"
+namespace = "{namespace}"
+
+[export]
+bucket = "cedar-logs-bucket"
+
+[store]
+url = "memory:///"
+
+[download]
+dest = "{dest}"
+
+[metrics]
+listen = "127.0.0.1:0"
+"#,
+                endpoint = emulator.url(),
+                key = key_path.display(),
+                dest = dir.path().join("dest").display(),
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let unreachable = write_config(
+        "unreachable.toml",
+        &format!("redis://:{password}@127.0.0.1:{}/0", closed_port()),
+    );
+
+    let (out, code) = run(dir.path(), &unreachable, &["config", "check"], None);
+    assert_eq!(code, Some(0), "{out}");
+    assert_no_secrets("config check", &out, &password, &key_pem);
+
+    let (out, code) = run(dir.path(), &unreachable, &["config", "show"], None);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(":***@127.0.0.1"),
+        "config show redacts the password:\n{out}"
+    );
+    assert_no_secrets("config show", &out, &password, &key_pem);
+
+    let (out, code) = run(
+        dir.path(),
+        &unreachable,
+        &["worker"],
+        Some(Duration::from_secs(30)),
+    );
+    assert_ne!(code, Some(0), "a worker without Redis must fail:\n{out}");
+    assert!(out.contains("error"), "{out}");
+    assert_no_secrets("worker (Redis unreachable)", &out, &password, &key_pem);
+
+    // A worker that runs: it signs an assertion, gets a token and calls EE with it.
+    let reachable = write_config("reachable.toml", &redis_url());
+    let (out, _) = run(
+        dir.path(),
+        &reachable,
+        &["worker", "--drain-secs", "1"],
+        Some(Duration::from_secs(4)),
+    );
+    delete_keys(&namespace).await;
+    let stats = emulator.stats();
+    // With require_auth, a 200 from EE means a token was fetched and sent.
+    assert!(
+        stats.requests.values().sum::<u64>() >= 2 && stats.responses.get("200") >= Some(&2),
+        "the worker never reached EE with a token: {stats:?}\n{out}"
+    );
+    assert!(out.contains("worker starting"), "{out}");
+    assert_no_secrets("worker (running)", &out, &password, &key_pem);
+}
+
+/// Deletes the keys the running worker wrote (SCAN + DEL on its namespace, never FLUSHALL).
+async fn delete_keys(namespace: &str) {
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis at CEDAR_TEST_REDIS or redis://127.0.0.1:6379");
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{namespace}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
+    }
+}

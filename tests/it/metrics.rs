@@ -1,0 +1,904 @@
+//! Observability end to end: a real `cedar worker` process scraped over HTTP and its output
+//! checked by `promtool`; the alert rules checked and unit-tested by `promtool`; the alerts, the
+//! dashboard and `docs/metrics.md` held to the catalogue in `src/metrics.rs`; and the deployment
+//! files under `deploy/` checked for what can be checked without Docker or Kubernetes.
+//!
+//! `promtool` comes from the Debian package `prometheus`, which `.ci/run` installs; set
+//! `CEDAR_PROMTOOL` to use another. Without it these tests fail rather than skip.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cedar::config::Config;
+use cedar::emulator::{self, EmulatorOptions, RunningEmulator};
+use cedar::metrics::{CATALOGUE, Kind};
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use serde_json::Value;
+use serde_norway::Value as Yaml;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// The bucket name the configuration exports to and the emulator insists on.
+const BUCKET: &str = "cedar-metrics-bucket";
+/// How long the tiny campaign and every wait in these tests may take.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn redis_url() -> String {
+    std::env::var("CEDAR_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// `promtool` from `CEDAR_PROMTOOL` or `PATH`; a missing one fails the test with the fix.
+fn promtool() -> PathBuf {
+    if let Some(p) = std::env::var_os("CEDAR_PROMTOOL") {
+        return PathBuf::from(p);
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("promtool"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "promtool not found in PATH: run .ci/run (it installs the Debian package \
+                 prometheus), `apt-get install prometheus`, or set CEDAR_PROMTOOL"
+            )
+        })
+}
+
+/// Runs promtool with `args` (and `stdin`), failing the test with its output unless it succeeds.
+fn run_promtool(args: &[&str], stdin: Option<&str>) -> String {
+    let mut child = Command::new(promtool())
+        .args(args)
+        .current_dir(repo())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+// ---------------------------------------------------------------------------------------------
+// The catalogue, its documentation, and what refers to it
+// ---------------------------------------------------------------------------------------------
+
+/// `docs/metrics.md` is generated from the catalogue; `CEDAR_UPDATE_DOCS=1` rewrites it.
+#[test]
+fn docs_metrics_md_is_current() {
+    let path = repo().join("docs/metrics.md");
+    let want = cedar::metrics::catalogue_markdown();
+    if std::env::var_os("CEDAR_UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &want).unwrap();
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == want,
+        "docs/metrics.md is stale: regenerate it with \
+         `CEDAR_UPDATE_DOCS=1 cargo test --test it metrics::docs_metrics_md_is_current`"
+    );
+    for d in CATALOGUE {
+        assert!(have.contains(&format!("| `{}` |", d.name)), "{}", d.name);
+    }
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    assert!(
+        readme.contains("docs/metrics.md"),
+        "README.md links the catalogue"
+    );
+}
+
+/// Every `cedar_…` metric an expression names, with histogram suffixes removed.
+fn metrics_named(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = expr[i..].find("cedar_") {
+        let start = i + pos;
+        let boundary = start == 0 || {
+            let c = bytes[start - 1];
+            !(c.is_ascii_alphanumeric() || c == b'_')
+        };
+        let end = expr[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(expr.len(), |e| start + e);
+        if boundary {
+            let name = &expr[start..end];
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    let b = name.strip_suffix(s)?;
+                    CATALOGUE
+                        .iter()
+                        .any(|d| d.name == b && d.kind == Kind::Histogram)
+                        .then_some(b)
+                })
+                .unwrap_or(name);
+            out.insert(base.to_owned());
+        }
+        i = end;
+    }
+    out
+}
+
+/// The names in `used` that the catalogue does not define.
+fn unknown(used: &BTreeSet<String>) -> Vec<String> {
+    used.iter()
+        .filter(|n| !CATALOGUE.iter().any(|d| d.name == n.as_str()))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn metric_names_are_found_in_expressions() {
+    let used = metrics_named(
+        "histogram_quantile(0.9, rate(cedar_job_duration_seconds_bucket[5m])) / \
+         cedar_nope_total + xcedar_not_a_metric",
+    );
+    let want: BTreeSet<String> = ["cedar_job_duration_seconds", "cedar_nope_total"]
+        .map(String::from)
+        .into();
+    assert_eq!(used, want);
+    assert_eq!(unknown(&used), vec!["cedar_nope_total".to_owned()]);
+}
+
+fn alert_rules() -> Vec<Yaml> {
+    let text = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml")).unwrap();
+    let doc: Yaml = serde_norway::from_str(&text).unwrap();
+    doc["groups"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().unwrap().clone())
+        .collect()
+}
+
+#[test]
+fn alerts_name_only_catalogue_metrics_and_carry_runbooks() {
+    let rules = alert_rules();
+    assert!(rules.len() >= 10, "{} rules", rules.len());
+    for rule in &rules {
+        let name = rule["alert"].as_str().expect("alerting rules only");
+        let expr = rule["expr"].as_str().unwrap();
+        let used = metrics_named(expr);
+        assert_eq!(unknown(&used), Vec::<String>::new(), "{name}: {expr}");
+        assert!(!used.is_empty() || expr.contains("up{"), "{name}: {expr}");
+        for key in ["summary", "description", "runbook"] {
+            let text = rule["annotations"][key].as_str().unwrap_or_default();
+            assert!(text.len() > 20, "{name} needs a {key} annotation");
+        }
+        assert!(
+            matches!(
+                rule["labels"]["severity"].as_str(),
+                Some("critical" | "warning")
+            ),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn dashboard_panels_name_only_catalogue_metrics() {
+    let text = std::fs::read_to_string(repo().join("deploy/grafana/cedar.json")).unwrap();
+    let dash: Value = serde_json::from_str(&text).unwrap();
+    let panels = dash["panels"].as_array().unwrap();
+    let mut all = BTreeSet::new();
+    for p in panels {
+        let title = p["title"].as_str().unwrap();
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}");
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap();
+            let used = metrics_named(expr);
+            assert_eq!(unknown(&used), Vec::<String>::new(), "{title}: {expr}");
+            assert!(!used.is_empty() || expr.contains("up{"), "{title}: {expr}");
+            all.extend(used);
+        }
+    }
+    // What the dashboard is for: throughput, orders, EE tasks vs cap, failures, queue age, bytes.
+    for m in [
+        "cedar_jobs_finished_total",
+        "cedar_orders",
+        "cedar_ee_tasks_active",
+        "cedar_ee_admission_cap",
+        "cedar_job_retries_total",
+        "cedar_queue_oldest_waiting_age_seconds",
+        "cedar_download_bytes_total",
+    ] {
+        assert!(all.contains(m), "no panel shows {m}");
+    }
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_their_unit_tests() {
+    run_promtool(&["check", "rules", "deploy/prometheus/alerts.yml"], None);
+    run_promtool(
+        &["check", "config", "deploy/prometheus/prometheus.yml"],
+        None,
+    );
+    let out = run_promtool(
+        &["test", "rules", "deploy/prometheus/alerts_test.yml"],
+        None,
+    );
+    assert!(out.contains("SUCCESS"), "{out}");
+
+    // Every alert has a test where it fires and one where it stays quiet.
+    let text = std::fs::read_to_string(repo().join("deploy/prometheus/alerts_test.yml")).unwrap();
+    let tests: Yaml = serde_norway::from_str(&text).unwrap();
+    let mut fires = BTreeSet::new();
+    let mut quiet = BTreeSet::new();
+    for t in tests["tests"].as_sequence().unwrap() {
+        for a in t["alert_rule_test"].as_sequence().unwrap() {
+            let name = a["alertname"].as_str().unwrap().to_owned();
+            if a["exp_alerts"].as_sequence().is_some_and(|e| e.is_empty()) {
+                quiet.insert(name);
+            } else {
+                fires.insert(name);
+            }
+        }
+    }
+    for rule in alert_rules() {
+        let name = rule["alert"].as_str().unwrap();
+        assert!(fires.contains(name), "no test where {name} fires");
+        assert!(quiet.contains(name), "no test where {name} stays quiet");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deployment files
+// ---------------------------------------------------------------------------------------------
+
+fn yaml_docs(rel: &str) -> Vec<Yaml> {
+    let text = std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    serde_norway::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{rel}: {e}")))
+        .collect()
+}
+
+/// The number after `--drain-secs` in a command line.
+fn drain_secs<'a>(args: impl IntoIterator<Item = &'a str>) -> u64 {
+    let args: Vec<&str> = args.into_iter().collect();
+    let i = args
+        .iter()
+        .position(|a| *a == "--drain-secs")
+        .unwrap_or_else(|| panic!("no --drain-secs in {args:?}"));
+    args[i + 1].parse().unwrap()
+}
+
+fn strings(v: &Yaml) -> Vec<&str> {
+    v.as_sequence()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn kubernetes_manifests_fit_together() {
+    let mut by_kind: HashMap<String, Yaml> = HashMap::new();
+    let kustomization = &yaml_docs("deploy/k8s/kustomization.yaml")[0];
+    for file in strings(&kustomization["resources"]) {
+        for doc in yaml_docs(&format!("deploy/k8s/{file}")) {
+            let kind = doc["kind"].as_str().unwrap().to_owned();
+            by_kind.insert(kind, doc);
+        }
+    }
+    for kind in [
+        "Deployment",
+        "ConfigMap",
+        "Secret",
+        "Service",
+        "ServiceMonitor",
+    ] {
+        assert!(by_kind.contains_key(kind), "no {kind} in deploy/k8s");
+    }
+    let pod = &by_kind["Deployment"]["spec"]["template"]["spec"];
+    let worker = &pod["containers"][0];
+    let drain = drain_secs(strings(&worker["args"]));
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        grace >= drain + 10 && grace <= drain + 60,
+        "terminationGracePeriodSeconds {grace} must cover --drain-secs {drain} plus a margin"
+    );
+    assert_eq!(worker["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(worker["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let init = strings(&pod["initContainers"][0]["args"]);
+    assert!(init.ends_with(&["config", "check"]), "{init:?}");
+
+    // The configuration parses, with the metrics endpoint reachable from outside the pod.
+    let toml = by_kind["ConfigMap"]["data"]["cedar.toml"].as_str().unwrap();
+    let config = Config::from_toml("configmap", toml, Vec::new()).unwrap();
+    assert_eq!(config.metrics.listen, "0.0.0.0:9464");
+    let credentials = config.earthengine.credentials.unwrap();
+    let secret_mount = worker["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "service-account")
+        .unwrap();
+    assert!(credentials.starts_with(secret_mount["mountPath"].as_str().unwrap()));
+    assert!(
+        by_kind["Secret"]["stringData"]["service-account.json"].is_string(),
+        "the Secret holds the key"
+    );
+
+    // Prometheus finds the port by name, and the job label is what the alerts expect.
+    let port = worker["ports"][0]["name"].as_str().unwrap();
+    let service = &by_kind["Service"];
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], port);
+    assert_eq!(service["spec"]["publishNotReadyAddresses"], true);
+    let monitor = &by_kind["ServiceMonitor"]["spec"];
+    assert_eq!(
+        monitor["endpoints"][0]["port"],
+        service["spec"]["ports"][0]["name"]
+    );
+    assert_eq!(monitor["endpoints"][0]["path"], "/metrics");
+    let job_label = monitor["jobLabel"].as_str().unwrap();
+    assert_eq!(service["metadata"]["labels"][job_label], "cedar");
+    for (k, v) in monitor["selector"]["matchLabels"].as_mapping().unwrap() {
+        assert_eq!(&service["metadata"]["labels"][k.as_str().unwrap()], v);
+    }
+}
+
+#[test]
+fn compose_file_runs_the_whole_stack() {
+    let compose = &yaml_docs("deploy/compose.yaml")[0];
+    let services = compose["services"].as_mapping().unwrap();
+    let redis = strings(&compose["services"]["redis"]["command"]);
+    assert!(
+        redis.windows(2).any(|w| w == ["--appendonly", "yes"]),
+        "{redis:?}"
+    );
+    let workers: Vec<&Yaml> = services
+        .iter()
+        .filter(|(k, _)| k.as_str().unwrap().starts_with("worker"))
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(workers.len(), 2);
+    for w in workers {
+        let drain = drain_secs(strings(&w["command"]));
+        let grace: u64 = w["stop_grace_period"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches('s')
+            .parse()
+            .unwrap();
+        assert!(
+            grace > drain,
+            "stop_grace_period {grace}s vs --drain-secs {drain}"
+        );
+        assert_eq!(w["environment"]["CEDAR__METRICS__LISTEN"], "0.0.0.0:9464");
+    }
+    let mounts = |svc: &str| strings(&compose["services"][svc]["volumes"]).join("\n");
+    assert!(mounts("prometheus").contains("./prometheus/alerts.yml:"));
+    assert!(mounts("grafana").contains("./grafana/cedar.json:"));
+    assert!(services.contains_key("alertmanager"));
+    // Every file the stack mounts from the repository exists (the key is the user's to add).
+    for svc in ["worker-1", "prometheus", "alertmanager", "grafana"] {
+        for m in mounts(svc).lines() {
+            if let Some(rel) = m.strip_prefix("./") {
+                let rel = rel.split(':').next().unwrap();
+                assert!(
+                    repo().join("deploy").join(rel).exists(),
+                    "{svc} mounts {rel}"
+                );
+            }
+        }
+    }
+    let toml = std::fs::read_to_string(repo().join("deploy/compose/cedar.toml")).unwrap();
+    Config::from_toml("compose", &toml, Vec::new()).unwrap();
+
+    // Prometheus scrapes both workers under the job name the alerts use.
+    let prom = &yaml_docs("deploy/prometheus/prometheus.yml")[0];
+    let job = &prom["scrape_configs"][0];
+    assert_eq!(job["job_name"], "cedar");
+    assert_eq!(
+        strings(&job["static_configs"][0]["targets"]),
+        ["worker-1:9464", "worker-2:9464"]
+    );
+    assert_eq!(strings(&prom["rule_files"]), ["alerts.yml"]);
+    let am = &yaml_docs("deploy/alertmanager/alertmanager.yml")[0];
+    assert!(am["route"]["receiver"].is_string());
+    for p in [
+        "deploy/grafana/provisioning/datasources/prometheus.yml",
+        "deploy/grafana/provisioning/dashboards/cedar.yml",
+    ] {
+        assert_eq!(yaml_docs(p)[0]["apiVersion"], 1, "{p}");
+    }
+}
+
+#[test]
+fn dockerfile_and_systemd_unit_agree_with_the_crate() {
+    let docker = std::fs::read_to_string(repo().join("deploy/docker/Dockerfile")).unwrap();
+    let cargo = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    let msrv = cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .unwrap()
+        .trim_matches('"');
+    assert!(
+        docker.contains(&format!("FROM rust:{msrv}-")),
+        "the build image must be Rust {msrv}"
+    );
+    assert!(docker.matches("FROM ").count() >= 2, "multi-stage");
+    assert!(docker.contains("USER cedar"));
+
+    let unit = std::fs::read_to_string(repo().join("deploy/systemd/cedar-worker.service")).unwrap();
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in the unit"))
+    };
+    assert!(value("ExecStartPre").ends_with("cedar config check"));
+    let drain = drain_secs(value("ExecStart").split_whitespace());
+    let stop: u64 = value("TimeoutStopSec").parse().unwrap();
+    assert!(
+        stop > drain,
+        "TimeoutStopSec {stop} vs --drain-secs {drain}"
+    );
+
+    // systemd's own check, with the binary path pointed at the one cargo built.
+    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("systemd-analyze not installed: `systemd-analyze verify` not run");
+        return;
+    };
+    assert!(out.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cedar-worker.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/cedar", env!("CARGO_BIN_EXE_cedar")),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A live worker
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn the_metrics_endpoint_defaults_to_loopback() {
+    let default = Config::default().metrics.listen;
+    let addr: std::net::SocketAddr = default.parse().unwrap();
+    assert!(addr.ip().is_loopback(), "{default}");
+    let embedded = Config::from_toml("default", cedar::config::DEFAULT_TOML, Vec::new()).unwrap();
+    assert_eq!(embedded.metrics.listen, default);
+    let bad = Config::from_toml("t", "[metrics]\nlisten = \"9464\"\n", Vec::new())
+        .unwrap()
+        .validate()
+        .unwrap_err();
+    assert!(
+        bad.problems.iter().any(|p| p.key == "metrics.listen"),
+        "{bad}"
+    );
+}
+
+/// A TCP relay in front of Redis that the test can cut, to make Redis unreachable for a worker
+/// without touching the shared server.
+struct Relay {
+    addr: std::net::SocketAddr,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(target: String) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let inner = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let target = target.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                inner.lock().unwrap().push(conn);
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+        Relay { addr, tasks }
+    }
+
+    /// Closes every connection and stops listening: the port now refuses connections.
+    fn cut(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// One worker process, its configuration and the lines it logs.
+struct LiveWorker {
+    _emulator: RunningEmulator,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    namespace: String,
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl LiveWorker {
+    /// Starts an emulator and writes a configuration whose queue goes through `queue_url`.
+    async fn configure(queue_url: &str) -> LiveWorker {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = dir.path().join("bucket");
+        let dest = dir.path().join("dest");
+        std::fs::create_dir_all(&bucket).unwrap();
+        std::fs::create_dir_all(&dest).unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(&bucket).unwrap());
+        let emulator = emulator::start(
+            "127.0.0.1:0".parse().unwrap(),
+            store,
+            EmulatorOptions {
+                bucket: Some(BUCKET.to_owned()),
+                task_seconds: 1.0,
+                max_concurrent_exports: 4,
+                bytes_per_pixel: 1.0 / 4096.0,
+                ..EmulatorOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let namespace = format!(
+            "cedar-test:metrics:{}:{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let config = dir.path().join("cedar.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[earthengine]
+project = "cedar-metrics"
+endpoint = "{endpoint}"
+credentials = "none"
+timeout_secs = 10
+
+[queue]
+url = "{queue_url}"
+namespace = "{namespace}"
+
+[export]
+bucket = "{BUCKET}"
+file_dimensions = 2048
+
+[store]
+url = "file://{bucket}"
+
+[download]
+dest = "{dest}"
+
+[metrics]
+listen = "127.0.0.1:0"
+"#,
+                endpoint = emulator.url(),
+                bucket = bucket.display(),
+                dest = dest.display(),
+            ),
+        )
+        .unwrap();
+        LiveWorker {
+            _emulator: emulator,
+            dir,
+            config,
+            namespace,
+            child: None,
+            log: Arc::default(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cedar"));
+        cmd.current_dir(self.dir.path())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("CEDAR_CONFIG")
+            .env_remove("STORAGE_EMULATOR_HOST")
+            .env("CEDAR_LOG", "info");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CEDAR__") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd
+    }
+
+    /// Runs a `cedar` command against the test Redis directly (not through the relay).
+    async fn cedar(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let mut cmd = tokio::process::Command::from(self.command(args));
+        cmd.env("CEDAR__QUEUE__URL", redis_url());
+        let out = cmd.output().await.expect("run cedar");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Starts `cedar worker` with JSON logs and returns the address its metrics endpoint bound.
+    async fn spawn(&mut self) -> String {
+        let mut child = self
+            .command(&[
+                "--log-format",
+                "json",
+                "worker",
+                "--poll-interval-secs",
+                "1",
+                "--lease-secs",
+                "5",
+                "--drain-secs",
+                "5",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cedar worker");
+        let stderr = child.stderr.take().unwrap();
+        self.child = Some(child);
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        });
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = self.log.lock().unwrap().iter().find_map(|line| {
+                let v: Value = serde_json::from_str(line).ok()?;
+                let msg = v["fields"]["message"].as_str()?;
+                msg.starts_with("serving metrics")
+                    .then(|| v["fields"]["addr"].as_str().map(str::to_owned))?
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                Instant::now() < until,
+                "the worker never said where it serves metrics:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Deletes this test's keys (SCAN + DEL on its namespace, never FLUSHALL).
+    async fn delete_keys(&self) {
+        let mut conn = redis::Client::open(redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis at CEDAR_TEST_REDIS or redis://127.0.0.1:6379");
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}:*", self.namespace))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if !keys.is_empty() {
+                let _: () = redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
+    }
+}
+
+impl Drop for LiveWorker {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- worker log ---\n{}", self.logs());
+        }
+    }
+}
+
+/// The value of the series `series` (name and labels exactly as rendered) in a scrape.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn get(url: &str) -> (u16, String, String) {
+    let r = reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let status = r.status().as_u16();
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, content_type, r.text().await.unwrap())
+}
+
+/// Scrapes until `cond` holds on the text; returns the last scrape.
+async fn scrape_until(base: &str, what: &str, cond: impl Fn(&str) -> bool) -> String {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let (_, _, text) = get(&format!("{base}/metrics")).await;
+        if cond(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out waiting for {what}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A worker runs a one-order campaign; its `/metrics` passes `promtool check metrics`, holds
+/// every catalogue metric and the campaign's numbers; `/healthz` and `/readyz` answer, and
+/// `/readyz` turns 503 (with `cedar_dependency_up{dependency="queue"} 0`) once Redis is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_worker_serves_metrics_health_and_readiness() {
+    let target = url::Url::parse(&redis_url()).unwrap();
+    let relay = Relay::start(format!(
+        "{}:{}",
+        target.host_str().unwrap(),
+        target.port().unwrap_or(6379)
+    ))
+    .await;
+    let mut relayed = target.clone();
+    relayed.set_host(Some("127.0.0.1")).unwrap();
+    relayed.set_port(Some(relay.addr.port())).unwrap();
+    let mut w = LiveWorker::configure(relayed.as_str()).await;
+    let addr = w.spawn().await;
+    let base = format!("http://{addr}");
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+
+    let (code, stdout, stderr) = w
+        .cedar(&[
+            "submit",
+            "--json",
+            "--collection",
+            "LANDSAT/LC08/C02/T1_L2",
+            "--tile",
+            "10,14",
+            "--start",
+            "2021-07-01",
+            "--end",
+            "2021-07-31",
+            "--freq",
+            "1MS",
+        ])
+        .await;
+    assert_eq!(code, Some(0), "submit: {stdout}{stderr}");
+    let name = serde_json::from_str::<Value>(&stdout).unwrap()["tracking_name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Counters move as jobs finish; gauges follow within the collector's interval.
+    let text = scrape_until(&base, "the order to be cleaned and counted", |t| {
+        sample(
+            t,
+            r#"cedar_jobs_finished_total{stage="clean",outcome="done"}"#,
+        ) >= Some(1.0)
+            && sample(t, r#"cedar_orders{state="CLEANED"}"#) == Some(1.0)
+            && sample(t, r#"cedar_queue_jobs{stage="export",state="backlog"}"#) == Some(0.0)
+    })
+    .await;
+    let (code, stdout, _) = w.cedar(&["status", &name, "--json"]).await;
+    assert_eq!(code, Some(0), "status: {stdout}");
+
+    let (status, content_type, text2) = get(&format!("{base}/metrics")).await;
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    run_promtool(&["check", "metrics"], Some(&text2));
+    for d in CATALOGUE {
+        assert!(
+            text.contains(&format!("# TYPE {} {}\n", d.name, d.kind.as_str())),
+            "{} missing from /metrics",
+            d.name
+        );
+    }
+    for stage in ["export", "poll", "download", "clean"] {
+        let done = format!(r#"cedar_jobs_finished_total{{stage="{stage}",outcome="done"}}"#);
+        assert!(sample(&text, &done) >= Some(1.0), "{done}");
+        let last = format!(r#"cedar_last_success_timestamp_seconds{{stage="{stage}"}}"#);
+        assert!(sample(&text, &last) > Some(1.7e9), "{last}");
+        let runs = format!(r#"cedar_job_duration_seconds_count{{stage="{stage}"}}"#);
+        assert!(sample(&text, &runs) >= Some(1.0), "{runs}");
+    }
+    assert!(sample(&text, "cedar_download_bytes_total") > Some(0.0));
+    for method in ["value:compute", "image:export", "operations.list"] {
+        let series = format!(r#"cedar_ee_requests_total{{method="{method}",code_class="2xx"}}"#);
+        assert!(sample(&text, &series) >= Some(1.0), "{series}");
+    }
+    assert!(
+        sample(
+            &text,
+            r#"cedar_ee_task_duration_seconds_count{ee_state="SUCCEEDED"}"#
+        ) >= Some(1.0)
+    );
+    assert_eq!(sample(&text, "cedar_ee_tasks_active"), Some(0.0));
+    assert!(sample(&text, "cedar_ee_admission_cap") >= Some(1.0));
+    assert_eq!(sample(&text, "cedar_ee_queue_cap"), Some(3000.0));
+    assert_eq!(
+        sample(&text, r#"cedar_dependency_up{dependency="queue"}"#),
+        Some(1.0)
+    );
+    assert!(!text.contains(&name), "a tracking name leaked into a label");
+
+    assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+    let (status, _, body) = get(&format!("{base}/readyz")).await;
+    assert_eq!((status, body.as_str()), (200, "queue: ok\nstore: ok\n"));
+
+    // Redis goes away: the process is still alive, but not ready.
+    relay.cut();
+    let until = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let (status, _, body) = get(&format!("{base}/readyz")).await;
+        if status == 503 {
+            break body;
+        }
+        assert!(Instant::now() < until, "/readyz stayed {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(body.contains("queue: unreachable"), "{body}");
+    assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+    let text = get(&format!("{base}/metrics")).await.2;
+    assert_eq!(
+        sample(&text, r#"cedar_dependency_up{dependency="queue"}"#),
+        Some(0.0)
+    );
+    w.delete_keys().await;
+}

@@ -1,0 +1,184 @@
+//! Tracking state on both backends (Redis on loopback, an SQLite file): submissions are unique,
+//! order states only move forward unless forced, the per-state tally stays in step with the
+//! orders, and every change marks the submission's document dirty.
+
+use std::collections::BTreeMap;
+
+use cedar::period::Period;
+use cedar::tracking::{OrderState, OrderStatus, Submission, Tracker, TrackingError, order_key};
+use chrono::{NaiveDate, TimeZone, Utc};
+
+fn redis_url() -> String {
+    std::env::var("CEDAR_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+fn submission(name: &str) -> Submission {
+    let day = |m| NaiveDate::from_ymd_opt(2024, m, 1).unwrap();
+    Submission {
+        name: name.to_owned(),
+        submitted: Utc.with_ymd_and_hms(2024, 6, 1, 12, 0, 0).unwrap(),
+        collections: vec!["LANDSAT/LC08/C02/T1_L2".into()],
+        tiles: vec![(1, 2), (3, 4)],
+        period_start: day(1),
+        period_end: day(3),
+        period_freq: Some("MS".into()),
+        periods: vec![
+            Period {
+                start: day(1),
+                end: day(2),
+            },
+            Period {
+                start: day(2),
+                end: day(3),
+            },
+        ],
+        save_empty_metadata: true,
+        error_if_empty: false,
+    }
+}
+
+fn counts(pairs: &[(OrderState, u64)]) -> BTreeMap<OrderState, u64> {
+    pairs.iter().copied().collect()
+}
+
+/// The whole contract, against one backend; `tracker` is in a namespace of its own.
+async fn forward_only_counts_in_step_and_dirty(tracker: Tracker) {
+    let sub = submission("camp");
+    tracker.create(&sub).await.unwrap();
+    assert!(matches!(
+        tracker.create(&sub).await,
+        Err(TrackingError::Exists(_))
+    ));
+    assert_eq!(tracker.submission("camp").await.unwrap(), sub);
+    assert!(matches!(
+        tracker.submission("nope").await,
+        Err(TrackingError::Unknown(_))
+    ));
+    assert_eq!(tracker.list().await.unwrap(), vec!["camp".to_owned()]);
+    assert_eq!(
+        tracker.counts("camp").await.unwrap(),
+        counts(&[(OrderState::Queued, 4)])
+    );
+    assert_eq!(tracker.take_dirty(10).await.unwrap(), vec!["camp".to_owned()]);
+    assert!(tracker.take_dirty(10).await.unwrap().is_empty());
+
+    let orders: Vec<_> = sub.orders().collect();
+    let running = tracker
+        .update("camp", &orders[0], false, |s| {
+            s.state = OrderState::Running;
+            s.operation = Some("projects/p/operations/A".into());
+        })
+        .await
+        .unwrap();
+    assert_eq!(running.state, OrderState::Running);
+    assert_eq!(tracker.take_dirty(10).await.unwrap(), vec!["camp".to_owned()]);
+
+    // A late poll job must not move the order back to PENDING.
+    let mut pending = running.clone();
+    pending.state = OrderState::Pending;
+    assert!(!tracker.set("camp", &orders[0], &pending, false).await.unwrap());
+    assert_eq!(
+        tracker.status("camp", &orders[0]).await.unwrap().unwrap(),
+        running
+    );
+    assert!(tracker.take_dirty(10).await.unwrap().is_empty());
+
+    // Forward moves and a forced step back (retry) keep the tally in step.
+    let mut done = OrderStatus::new(OrderState::Cleaned);
+    done.bytes = 42;
+    assert!(tracker.set("camp", &orders[1], &done, false).await.unwrap());
+    assert!(
+        tracker
+            .set("camp", &orders[2], &OrderStatus::new(OrderState::Failed), false)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        tracker.counts("camp").await.unwrap(),
+        counts(&[
+            (OrderState::Queued, 1),
+            (OrderState::Running, 1),
+            (OrderState::Cleaned, 1),
+            (OrderState::Failed, 1),
+        ])
+    );
+    assert!(
+        !tracker
+            .set("camp", &orders[2], &OrderStatus::new(OrderState::Queued), false)
+            .await
+            .unwrap()
+    );
+    assert!(
+        tracker
+            .set("camp", &orders[2], &OrderStatus::new(OrderState::Queued), true)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        tracker.counts("camp").await.unwrap(),
+        counts(&[
+            (OrderState::Queued, 2),
+            (OrderState::Running, 1),
+            (OrderState::Cleaned, 1),
+        ])
+    );
+
+    let all = tracker.all("camp").await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[&order_key(&orders[1])].bytes, 42);
+    let tally: u64 = tracker.counts("camp").await.unwrap().values().sum();
+    assert_eq!(tally, all.len() as u64, "the tally counts every order once");
+
+    tracker.mark_dirty("camp").await.unwrap();
+    tracker.mark_dirty("camp").await.unwrap();
+    assert_eq!(tracker.take_dirty(10).await.unwrap(), vec!["camp".to_owned()]);
+
+    tracker.forget("camp").await.unwrap();
+    assert!(tracker.list().await.unwrap().is_empty());
+    assert!(tracker.all("camp").await.unwrap().is_empty());
+    assert!(tracker.counts("camp").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn tracking_on_redis() {
+    let namespace = format!(
+        "cedar-test:tracking:{}:{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let tracker = Tracker::open(&redis_url(), &namespace)
+        .await
+        .expect("Redis at CEDAR_TEST_REDIS or redis://127.0.0.1:6379");
+    forward_only_counts_in_step_and_dirty(tracker).await;
+    // forget() leaves no state behind; only the (now empty) dirty set could remain.
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{namespace}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: u64 = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn tracking_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("cedar.db").display());
+    let tracker = Tracker::open(&url, "test").await.unwrap();
+    // Another namespace in the same file sees nothing of it.
+    let other = Tracker::open(&url, "other").await.unwrap();
+    other.create(&submission("camp")).await.unwrap();
+    forward_only_counts_in_step_and_dirty(tracker).await;
+    assert_eq!(other.list().await.unwrap(), vec!["camp".to_owned()]);
+    assert_eq!(
+        other.counts("camp").await.unwrap(),
+        counts(&[(OrderState::Queued, 4)])
+    );
+}
