@@ -4,6 +4,7 @@ mod cli;
 mod daemon;
 mod earthengine;
 mod emulator;
+mod ingest;
 mod logs;
 mod metrics;
 mod queue;

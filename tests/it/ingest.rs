@@ -1,0 +1,170 @@
+//! Continuous ingest: each ingest × period is submitted exactly once however many workers tick
+//! at once, and periods missed while nothing ran are caught up on return — on Redis and on the
+//! embedded SQLite queue.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cedar::config::Config;
+use cedar::emulator::{self, EmulatorOptions};
+use cedar::jobs::{Context, JobSettings};
+use cedar::schedule::{IngestConfig, TilesConfig, tick};
+use cedar::worker;
+use chrono::{DateTime, TimeZone, Utc};
+
+fn redis_url() -> String {
+    std::env::var("CEDAR_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+fn at(y: i32, m: u32, d: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, m, d, 6, 0, 0).unwrap()
+}
+
+struct Bench {
+    _dir: tempfile::TempDir,
+    _emulator: emulator::RunningEmulator,
+    ctx: Context,
+}
+
+async fn setup(queue_url: String, backfill: Option<&str>) -> Bench {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    std::fs::create_dir_all(&bucket).unwrap();
+    let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&bucket).unwrap());
+    let emu = emulator::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        store,
+        EmulatorOptions::default(),
+    )
+    .await
+    .unwrap();
+    let mut c = Config::default();
+    c.earthengine.project = "ingest-test".into();
+    c.earthengine.endpoint = emu.url();
+    c.earthengine.credentials = Some("none".into());
+    c.export.bucket = "b-ingest".into();
+    c.store.url = url::Url::from_directory_path(&bucket).unwrap().to_string();
+    c.download.dest = dir.path().join("dest").display().to_string();
+    c.queue.url = if queue_url.is_empty() {
+        format!("sqlite://{}", dir.path().join("q.db").display())
+    } else {
+        queue_url
+    };
+    c.queue.namespace = format!("it-ingest-{}", rand::random::<u32>());
+    c.ingest = vec![IngestConfig {
+        name: "l8".into(),
+        schedule: "0 0 6 * * *".into(),
+        collections: vec!["LANDSAT/LC08/C02/T1_L2".into()],
+        tiles: Some(TilesConfig::List(vec!["3,10".into(), "3,11".into()])),
+        rows: None,
+        cols: None,
+        freq: "1MS".into(),
+        lag_days: 5,
+        backfill_start: backfill.map(|d| d.parse().unwrap()),
+        save_empty_metadata: true,
+    }];
+    let settings = Arc::new(c.validate().unwrap());
+    let ctx = worker::context(settings, JobSettings::default())
+        .await
+        .unwrap();
+    Bench {
+        _dir: dir,
+        _emulator: emu,
+        ctx,
+    }
+}
+
+async fn names(ctx: &Context) -> Vec<String> {
+    let mut n = ctx.tracker.list().await.unwrap();
+    n.sort();
+    n
+}
+
+async fn cleanup(ctx: &Context) {
+    for name in ctx.tracker.list().await.unwrap() {
+        for stage in cedar::queue::Stage::ALL {
+            ctx.queue.remove_tracking(stage, &name).await.unwrap();
+        }
+        ctx.tracker.forget(&name).await.unwrap();
+    }
+}
+
+async fn exactly_once_and_catch_up(queue_url: String) {
+    let b = setup(queue_url, Some("2024-01-01")).await;
+    // Four workers tick at the same moment: January to March are due (lag 5 days).
+    let ticks = futures::future::join_all((0..4).map(|_| tick(&b.ctx, at(2024, 4, 10)))).await;
+    let mut submitted: Vec<String> = ticks.into_iter().flat_map(|r| r.unwrap()).collect();
+    submitted.sort();
+    assert_eq!(
+        submitted,
+        vec![
+            "INGEST-l8-2024-01-01",
+            "INGEST-l8-2024-02-01",
+            "INGEST-l8-2024-03-01"
+        ],
+        "each period submitted by exactly one of the concurrent ticks"
+    );
+    assert_eq!(names(&b.ctx).await, submitted);
+    // Each submission queued one export per tile.
+    let depth = b
+        .ctx
+        .queue
+        .depth(cedar::queue::Stage::Export)
+        .await
+        .unwrap();
+    assert_eq!(depth.backlog + depth.due_now, 3 * 2);
+    // Ticking again the same day submits nothing.
+    assert!(tick(&b.ctx, at(2024, 4, 10)).await.unwrap().is_empty());
+    // Down until August 10: April, May and June are caught up once; July is not due yet (lag).
+    assert_eq!(
+        tick(&b.ctx, at(2024, 8, 5)).await.unwrap(),
+        vec![
+            "INGEST-l8-2024-04-01",
+            "INGEST-l8-2024-05-01",
+            "INGEST-l8-2024-06-01"
+        ]
+    );
+    assert_eq!(
+        tick(&b.ctx, at(2024, 8, 6)).await.unwrap(),
+        vec!["INGEST-l8-2024-07-01"]
+    );
+    let sub = b
+        .ctx
+        .tracker
+        .submission("INGEST-l8-2024-07-01")
+        .await
+        .unwrap();
+    assert_eq!(sub.period_start.to_string(), "2024-07-01");
+    assert_eq!(sub.period_end.to_string(), "2024-08-01");
+    assert_eq!(sub.tiles, vec![(3, 10), (3, 11)]);
+    cleanup(&b.ctx).await;
+}
+
+#[tokio::test]
+async fn redis_ingest_submits_each_period_exactly_once_and_catches_up() {
+    exactly_once_and_catch_up(redis_url()).await;
+}
+
+#[tokio::test]
+async fn sqlite_ingest_submits_each_period_exactly_once_and_catches_up() {
+    exactly_once_and_catch_up(String::new()).await;
+}
+
+#[tokio::test]
+async fn without_backfill_ingest_starts_at_the_latest_complete_period() {
+    let b = setup(redis_url(), None).await;
+    assert_eq!(
+        tick(&b.ctx, at(2024, 5, 10)).await.unwrap(),
+        vec!["INGEST-l8-2024-04-01"]
+    );
+    // Missed June and July while down.
+    assert_eq!(
+        tick(&b.ctx, at(2024, 8, 10)).await.unwrap(),
+        vec![
+            "INGEST-l8-2024-05-01",
+            "INGEST-l8-2024-06-01",
+            "INGEST-l8-2024-07-01"
+        ]
+    );
+    cleanup(&b.ctx).await;
+}
