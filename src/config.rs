@@ -87,6 +87,9 @@ pub struct QueueConfig {
     pub url: String,
     /// Prefix of every key cedar writes, so several deployments can share one Redis (or file).
     pub namespace: String,
+    /// A PEM file of the CA that signed the Redis server's certificate, for a `rediss://` URL
+    /// whose server uses a private CA. Default unset: the system's trust store decides.
+    pub tls_ca_file: Option<String>,
 }
 
 impl Default for QueueConfig {
@@ -94,6 +97,7 @@ impl Default for QueueConfig {
         QueueConfig {
             url: String::new(),
             namespace: "cedar".into(),
+            tls_ca_file: None,
         }
     }
 }
@@ -183,15 +187,27 @@ impl Default for MetricsConfig {
 }
 
 /// `[grid]`: a preset, or an explicit grid.
+///
+/// Without a `[grid]` table the default preset applies ([`GridConfig::default`]). A `[grid]`
+/// table that is present starts from nothing, not from the default preset: otherwise a file
+/// giving `crs`, `ul`, `res`, `size` and `limits` would always collide with the preset it never
+/// asked for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct GridConfig {
+    #[serde(default)]
     pub preset: Option<String>,
+    #[serde(default)]
     pub name: Option<String>,
+    #[serde(default)]
     pub crs: Option<String>,
+    #[serde(default)]
     pub ul: Option<[f64; 2]>,
+    #[serde(default)]
     pub res: Option<[f64; 2]>,
+    #[serde(default)]
     pub size: Option<[u32; 2]>,
+    #[serde(default)]
     pub limits: Option<[[u32; 2]; 2]>,
 }
 
@@ -322,7 +338,9 @@ impl Config {
             }),
             Err(e) => {
                 let key = e.path().to_string();
-                let inner = e.into_inner().to_string();
+                // The bare message: toml's Display adds "in `key`" on lines of its own, and the
+                // key is already in front of every problem.
+                let inner = e.into_inner().message().to_owned();
                 // serde reports unknown fields itself when deny_unknown_fields trips first.
                 let message = if inner.starts_with("unknown field") {
                     format!("{inner}; remove it or check its spelling against config/default.toml")
@@ -401,7 +419,8 @@ impl Config {
         }
         if let Some(path) = ee.credentials.as_deref()
             && path != "none"
-            && let Err(e) = std::fs::File::open(path)
+            // Read, not just opened: opening a directory succeeds, reading it does not.
+            && let Err(e) = std::fs::read(path)
         {
             problem(
                 "earthengine.credentials",
@@ -439,6 +458,23 @@ impl Config {
                     redact_url(&self.queue.url)
                 ),
             );
+        }
+
+        if let Some(path) = self.queue.tls_ca_file.as_deref() {
+            if !self.queue.url.starts_with("rediss://") {
+                problem(
+                    "queue.tls_ca_file",
+                    format!(
+                        "is only used with a rediss:// (TLS) queue.url, not {}; remove it or switch to rediss://",
+                        redact_url(&self.queue.url)
+                    ),
+                );
+            } else if let Err(e) = std::fs::read(path) {
+                problem(
+                    "queue.tls_ca_file",
+                    format!("cannot read the CA certificate {path}: {e}; give a readable PEM file"),
+                );
+            }
         }
 
         let ex = &self.export;
@@ -572,7 +608,10 @@ impl Config {
         let mut names = std::collections::BTreeSet::new();
         for x in &ingests {
             if !names.insert(x.name.clone()) {
-                problem("ingest", format!("two entries are named {:?}; names must be unique", x.name));
+                problem(
+                    "ingest",
+                    format!("two entries are named {:?}; names must be unique", x.name),
+                );
             }
         }
 
@@ -967,6 +1006,25 @@ data_type = "int16"
         };
         let s = c.validate().unwrap();
         assert_eq!(s.grid.tile(1, 1).unwrap().bounds.top, 4_199_000.0);
+    }
+
+    #[test]
+    fn an_explicit_grid_in_a_file_replaces_the_default_preset() {
+        let text = format!(
+            "{}[grid]\nname = \"utm\"\ncrs = \"EPSG:32610\"\nul = [500000.0, 4200000.0]\nres = [10.0, 20.0]\nsize = [100, 50]\nlimits = [[0, 3], [0, 4]]\n",
+            valid_toml()
+        );
+        let s = Config::from_toml("t", &text, no_env())
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(s.grid.name, "utm");
+        // No [grid] table at all keeps the default preset.
+        let s = Config::from_toml("t", &valid_toml(), no_env())
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(s.grid.name, "Landsat ARD v1 - CONUS");
     }
 
     #[test]

@@ -239,7 +239,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             OrderState::Empty => e.0 += 1,
             OrderState::Cleaned => {
                 e.1 += 1;
-                e.2 += s.objects.len();
+                e.2 += s.files as usize;
                 e.3 += s.bytes;
             }
             _ => {}

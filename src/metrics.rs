@@ -544,8 +544,8 @@ pub fn ee_task_ended(state: &str, start: Option<DateTime<Utc>>, end: Option<Date
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `[metrics] listen` and runs the collector,
 /// until `stop` turns true. A worker that cannot bind (the port is taken, e.g. by a second
-/// worker on the host) logs an error and keeps processing jobs without the endpoint: losing
-/// metrics must not stop a campaign, and Prometheus reports the target down.
+/// worker on the host) logs an error naming the fix and keeps processing jobs without the
+/// endpoint: losing metrics must not stop a campaign that has run for weeks.
 pub async fn serve(ctx: Context, admission_cap: u64, mut stop: watch::Receiver<bool>) {
     let handle = install();
     ::metrics::gauge!("cedar_ee_admission_cap").set(admission_cap as f64);

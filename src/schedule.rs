@@ -102,10 +102,13 @@ impl IngestConfig {
         }
         let schedule = cron::Schedule::from_str(&self.schedule)
             .map_err(|e| {
+                // The cron crate's message spans lines (the input, a caret, the reason); a
+                // problem is one line.
+                let reason = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
                 errs.push((
                     key("schedule"),
                     format!(
-                        "{:?} is not a cron expression ({e}); write sec min hour day month weekday, e.g. \"0 0 6 * * *\"",
+                        "{:?} is not a cron expression ({reason}); write sec min hour day month weekday, e.g. \"0 0 6 * * *\"",
                         self.schedule
                     ),
                 ))

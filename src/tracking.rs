@@ -53,9 +53,9 @@ impl TrackingError {
             TrackingError::Redis(_) => true,
             TrackingError::Sqlite(e) => crate::queue::sqlite::is_retryable(e),
             TrackingError::Open(e) => e.is_retryable(),
-            TrackingError::Unknown(_) | TrackingError::Corrupt { .. } | TrackingError::Exists(_) => {
-                false
-            }
+            TrackingError::Unknown(_)
+            | TrackingError::Corrupt { .. }
+            | TrackingError::Exists(_) => false,
         }
     }
 }
@@ -185,8 +185,12 @@ pub struct OrderStatus {
     /// Scenes in the export.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<u32>,
+    /// The verified objects, kept until clean has deleted them from the bucket.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<VerifiedObject>,
+    /// How many files were downloaded (kept after clean drops `objects`).
+    #[serde(default)]
+    pub files: u32,
     #[serde(default)]
     pub bytes: u64,
     /// When cedar started the export (cedar's clock).
@@ -212,6 +216,7 @@ impl OrderStatus {
             error: None,
             images: None,
             objects: Vec::new(),
+            files: 0,
             bytes: 0,
             exported: None,
             created: None,
@@ -279,6 +284,9 @@ if old then
   local old_state = cjson.decode(old)['state']
   if ARGV[5] ~= '1' and tonumber(ARGV[4]) < (ranks[old_state] or 0) then return 0 end
   redis.call('HINCRBY', KEYS[2], old_state, -1)
+else
+  -- No field yet: the order was QUEUED (submit records none per order).
+  redis.call('HINCRBY', KEYS[2], 'QUEUED', -1)
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
@@ -360,6 +368,31 @@ impl Tracker {
         order: &Order,
     ) -> Result<Option<OrderStatus>, TrackingError> {
         dispatch!(self, t => t.status(name, order).await)
+    }
+
+    /// The statuses of `orders` (in that order; `None` = no record yet, i.e. QUEUED). Read in
+    /// one round trip, so callers walk a large submission in bounded chunks.
+    pub async fn statuses(
+        &self,
+        name: &str,
+        orders: &[Order],
+    ) -> Result<Vec<Option<OrderStatus>>, TrackingError> {
+        if orders.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = orders.iter().map(order_key).collect();
+        let raw: Vec<Option<String>> = dispatch!(self, t => t.raw_statuses(name, keys).await)?;
+        raw.into_iter()
+            .map(|r| {
+                r.map(|r| {
+                    serde_json::from_str(&r).map_err(|e| TrackingError::Corrupt {
+                        name: name.to_string(),
+                        reason: e.to_string(),
+                    })
+                })
+                .transpose()
+            })
+            .collect()
     }
 
     /// Writes `status` unless it would move the order backwards (then returns false).
@@ -456,19 +489,10 @@ impl RedisTracker {
         if !created {
             return Err(TrackingError::Exists(sub.name.clone()));
         }
-        let status = serde_json::to_string(&OrderStatus::new(OrderState::Queued))
-            .expect("status serializes");
-        let key = self.orders_key(&sub.name);
-        let orders: Vec<Order> = sub.orders().collect();
-        for chunk in orders.chunks(5000) {
-            let mut p = redis::pipe();
-            for o in chunk {
-                p.hset_nx(&key, order_key(o), &status).ignore();
-            }
-            let _: () = p.query_async(&mut c).await?;
-        }
+        // Orders start QUEUED without a record each: a missing order field means QUEUED, so a
+        // 100,000-order submission costs a few commands, not 100,000 writes.
         let _: () = redis::pipe()
-            .hset(self.counts_key(&sub.name), "QUEUED", orders.len())
+            .hset(self.counts_key(&sub.name), "QUEUED", sub.order_count())
             .ignore()
             .zadd(
                 self.index_key(),
@@ -513,6 +537,19 @@ impl RedisTracker {
             })
         })
         .transpose()
+    }
+
+    async fn raw_statuses(
+        &self,
+        name: &str,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<String>>, TrackingError> {
+        let mut c = self.conn.clone();
+        Ok(redis::cmd("HMGET")
+            .arg(self.orders_key(name))
+            .arg(&keys)
+            .query_async(&mut c)
+            .await?)
     }
 
     /// Writes `status` unless it would move the order backwards (then returns false).
@@ -637,9 +674,8 @@ fn corrupt(name: &str, e: serde_json::Error) -> TrackingError {
 impl SqliteTracker {
     async fn create(&self, sub: &Submission) -> Result<(), TrackingError> {
         let json = serde_json::to_string(sub).expect("submission serializes");
-        let status = serde_json::to_string(&OrderStatus::new(OrderState::Queued))
-            .expect("status serializes");
-        let keys: Vec<String> = sub.orders().map(|o| order_key(&o)).collect();
+        // Orders start QUEUED without a row each (a missing row means QUEUED).
+        let count = sub.order_count() as i64;
         let (ns, name, submitted) = (
             self.ns.clone(),
             sub.name.clone(),
@@ -655,16 +691,10 @@ impl SqliteTracker {
                 if created == 0 {
                     return Err(TrackingError::Exists(name));
                 }
-                let mut insert = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO orders (ns, tracking, key, status) VALUES (?1, ?2, ?3, ?4)",
-                )?;
-                for key in &keys {
-                    insert.execute(params![&*ns, name, key, status])?;
-                }
                 tx.execute(
                     "INSERT INTO order_counts (ns, tracking, state, n) VALUES (?1, ?2, 'QUEUED', ?3)
                      ON CONFLICT (ns, tracking, state) DO UPDATE SET n = ?3",
-                    params![&*ns, name, keys.len() as i64],
+                    params![&*ns, name, count],
                 )?;
                 tx.execute(
                     "INSERT OR IGNORE INTO dirty (ns, tracking) VALUES (?1, ?2)",
@@ -694,7 +724,8 @@ impl SqliteTracker {
 
     async fn list(&self) -> Result<Vec<String>, TrackingError> {
         let ns = self.ns.clone();
-        Ok(self.db
+        Ok(self
+            .db
             .read(move |c| {
                 c.prepare_cached(
                     "SELECT name FROM submissions WHERE ns = ?1 ORDER BY submitted_ms, name",
@@ -727,6 +758,28 @@ impl SqliteTracker {
     }
 
     /// As [`SET_STATUS`]: forward-only unless forced, the tally moved in the same transaction.
+    async fn raw_statuses(
+        &self,
+        name: &str,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<String>>, TrackingError> {
+        let (ns, tracking) = (self.ns.clone(), name.to_owned());
+        self.db
+            .read(move |c| {
+                let mut q = c.prepare_cached(
+                    "SELECT status FROM orders WHERE ns = ?1 AND tracking = ?2 AND key = ?3",
+                )?;
+                keys.iter()
+                    .map(|k| {
+                        q.query_row(params![&*ns, tracking, k], |r| r.get(0))
+                            .optional()
+                    })
+                    .collect()
+            })
+            .await
+            .map_err(TrackingError::from)
+    }
+
     async fn set(
         &self,
         name: &str,
@@ -762,6 +815,13 @@ impl SqliteTracker {
                         "UPDATE order_counts SET n = n - 1
                          WHERE ns = ?1 AND tracking = ?2 AND state = ?3",
                         params![&*ns, tracking, old_state],
+                    )?;
+                } else {
+                    // No row yet: the order was QUEUED.
+                    tx.execute(
+                        "UPDATE order_counts SET n = n - 1
+                         WHERE ns = ?1 AND tracking = ?2 AND state = 'QUEUED'",
+                        params![&*ns, tracking],
                     )?;
                 }
                 tx.execute(
@@ -879,45 +939,29 @@ fn set_status_script() -> String {
     SET_STATUS.replace("__RANKS__", &ranks.join(","))
 }
 
-/// The tracking document: the original CEDAR's keys, rendered from Redis.
-pub fn document(
+/// Orders read per round trip while rendering a document.
+const DOCUMENT_CHUNK: usize = 1000;
+
+/// Renders a submission's tracking document — the original CEDAR's keys `program`,
+/// `submission`, `tracking`, `orders`, `metadata` — as compact JSON.
+///
+/// Order statuses are read and written out in chunks, so a 100,000-order submission never
+/// holds more than one chunk of statuses (plus the output) in memory.
+pub async fn render(
     settings: &Settings,
-    sub: &Submission,
-    statuses: &BTreeMap<String, OrderStatus>,
-) -> serde_json::Value {
+    tracker: &Tracker,
+    name: &str,
+) -> Result<Vec<u8>, TrackingError> {
     use serde_json::json;
+    let sub = tracker.submission(name).await?;
     let grid = &settings.grid;
-    let mut orders = Vec::new();
-    let mut metadata = Vec::new();
-    let mut tiles = Vec::new();
-    for (row, col) in &sub.tiles {
-        if let Ok(t) = grid.tile(*row, *col) {
-            tiles.push(tile_json(&t, grid.res, grid.size));
-        }
-    }
-    for order in sub.orders() {
-        let key = order_key(&order);
-        let status = statuses
-            .get(&key)
-            .cloned()
-            .unwrap_or_else(|| OrderStatus::new(OrderState::Queued));
-        if status.state == OrderState::Empty && !sub.save_empty_metadata {
-            continue;
-        }
-        let names = order
-            .names(settings, sub.submitted)
-            .unwrap_or_else(|_| OrderNames {
-                name: key.clone(),
-                prefix: String::new(),
-            });
-        metadata.push(json!(names.metadata_object()));
-        orders.push(json!({
-            "name": names.name,
-            "prefix": names.prefix,
-            "status": status,
-        }));
-    }
-    json!({
+    let tiles: Vec<serde_json::Value> = sub
+        .tiles
+        .iter()
+        .filter_map(|(row, col)| grid.tile(*row, *col).ok())
+        .map(|t| tile_json(&t, grid.res, grid.size))
+        .collect();
+    let head = json!({
         "program": program(),
         "submission": {
             "submitted": sub.submitted,
@@ -941,9 +985,45 @@ pub fn document(
             "name_template": settings.name_template.as_str(),
             "prefix_template": settings.prefix_template.as_str(),
         },
-        "orders": orders,
-        "metadata": metadata,
-    })
+    });
+    let mut out = serde_json::to_vec(&head).expect("document head serializes");
+    out.pop(); // the closing brace; orders and metadata follow
+    out.extend_from_slice(b",\"orders\":[");
+    let mut metadata = Vec::new();
+    let queued = OrderStatus::new(OrderState::Queued);
+    let orders: Vec<Order> = sub.orders().collect();
+    let mut first = true;
+    for chunk in orders.chunks(DOCUMENT_CHUNK) {
+        let statuses = tracker.statuses(name, chunk).await?;
+        for (order, status) in chunk.iter().zip(statuses) {
+            let status = status.unwrap_or_else(|| queued.clone());
+            if status.state == OrderState::Empty && !sub.save_empty_metadata {
+                continue;
+            }
+            let names = order
+                .names(settings, sub.submitted)
+                .unwrap_or_else(|_| OrderNames {
+                    name: order_key(order),
+                    prefix: String::new(),
+                });
+            if !first {
+                out.push(b',');
+                metadata.push(b',');
+            }
+            first = false;
+            serde_json::to_writer(
+                &mut out,
+                &json!({"name": names.name, "prefix": names.prefix, "status": status}),
+            )
+            .expect("order serializes");
+            serde_json::to_writer(&mut metadata, &names.metadata_object())
+                .expect("name serializes");
+        }
+    }
+    out.extend_from_slice(b"],\"metadata\":[");
+    out.extend_from_slice(&metadata);
+    out.extend_from_slice(b"]}");
+    Ok(out)
 }
 
 /// The object name of a tracking document.
@@ -954,17 +1034,15 @@ pub fn document_object(settings: &Settings, name: &str) -> String {
     )
 }
 
-/// Re-renders a submission's tracking document from Redis and writes it to the store.
+/// Re-renders a submission's tracking document from the tracking state and writes it to the
+/// store.
 pub async fn publish(
     settings: &Settings,
     tracker: &Tracker,
     bucket: &dyn crate::store::ExportBucket,
     name: &str,
 ) -> Result<(), PublishError> {
-    let sub = tracker.submission(name).await?;
-    let statuses = tracker.all(name).await?;
-    let doc = document(settings, &sub, &statuses);
-    let body = serde_json::to_vec_pretty(&doc).expect("document serializes");
+    let body = render(settings, tracker, name).await?;
     bucket
         .put(&document_object(settings, name), body.into())
         .await?;

@@ -78,9 +78,15 @@ pub fn admission_cap(configured: Option<u64>, ee_max_concurrent: Option<u64>, fa
 pub async fn context(settings: Arc<Settings>, jobs: JobSettings) -> anyhow::Result<Context> {
     let cfg = &settings.config;
     // One connection (Redis or the SQLite file) for the queue, tracking and the snapshot.
-    let conn = Connection::open(&cfg.queue.url).await.map_err(|e| {
-        anyhow::anyhow!("queue.url {}: {e}", crate::config::redact_url(&cfg.queue.url))
-    })?;
+    let tls_ca_file = cfg.queue.tls_ca_file.as_deref().map(std::path::Path::new);
+    let conn = Connection::open_with_ca(&cfg.queue.url, tls_ca_file)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "queue.url {}: {e}",
+                crate::config::redact_url(&cfg.queue.url)
+            )
+        })?;
     let ns = &cfg.queue.namespace;
     let (queue, tracker, snapshot) = (
         Queue::new(&conn, ns),
@@ -261,16 +267,28 @@ async fn settle(
 }
 
 async fn publish_loop(ctx: Context, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut last = std::collections::HashMap::new();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => publish_dirty(&ctx).await,
+            _ = tokio::time::sleep(every) => publish_due(&ctx, &mut last, every).await,
             _ = stop.changed() => return,
         }
     }
 }
 
-/// Re-writes the documents of submissions whose orders changed.
-pub async fn publish_dirty(ctx: &Context) {
+/// How long to wait between two publications of one document: `every`, and longer for big
+/// submissions (one second per 2,000 orders), since each re-renders every order.
+fn publish_gap(every: Duration, orders: usize) -> Duration {
+    every.max(Duration::from_secs((orders / 2000) as u64))
+}
+
+/// Re-writes the documents of submissions whose orders changed, each at most once per
+/// [`publish_gap`]; a document not due yet stays marked.
+async fn publish_due(
+    ctx: &Context,
+    last: &mut std::collections::HashMap<String, std::time::Instant>,
+    every: Duration,
+) {
     let names = match ctx.tracker.take_dirty(100).await {
         Ok(n) => n,
         Err(e) => {
@@ -279,10 +297,35 @@ pub async fn publish_dirty(ctx: &Context) {
         }
     };
     for name in names {
-        if let Err(e) = publish(&ctx.settings, &ctx.tracker, ctx.bucket.as_ref(), &name).await {
-            tracing::warn!(tracking = %name, error = %e, "publishing the tracking document failed");
+        let orders = ctx.submission(&name).await.map_or(0, |s| s.order_count());
+        if last
+            .get(&name)
+            .is_some_and(|t| t.elapsed() < publish_gap(every, orders))
+        {
             let _ = ctx.tracker.mark_dirty(&name).await;
+            continue;
         }
+        publish_one(ctx, &name).await;
+        last.insert(name, std::time::Instant::now());
+    }
+}
+
+async fn publish_one(ctx: &Context, name: &str) {
+    if let Err(e) = publish(&ctx.settings, &ctx.tracker, ctx.bucket.as_ref(), name).await {
+        tracing::warn!(tracking = %name, error = %e, "publishing the tracking document failed");
+        let _ = ctx.tracker.mark_dirty(name).await;
+    }
+}
+
+/// Re-writes the documents of every submission whose orders changed, now.
+pub async fn publish_dirty(ctx: &Context) {
+    match ctx.tracker.take_dirty(100).await {
+        Ok(names) => {
+            for name in names {
+                publish_one(ctx, &name).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "reading dirty tracking names failed"),
     }
 }
 

@@ -20,7 +20,7 @@ use crate::period::Frequency;
 use crate::queue::Stage;
 use crate::store::Destination;
 use crate::submit::{self, Request};
-use crate::tracking::{OrderState, document, document_object, order_key, publish};
+use crate::tracking::{OrderState, document_object, order_key, publish, render};
 use crate::worker::{self, WorkerOptions};
 
 /// Commands that act on submissions and the queue.
@@ -233,12 +233,14 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             Ok(ExitCode::SUCCESS)
         }
         CampaignCommand::Show { name } => {
-            let sub = ctx.tracker.submission(name).await?;
-            let statuses = ctx.tracker.all(name).await?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&document(&settings, &sub, &statuses))?
-            );
+            let doc = render(&settings, &ctx.tracker, name).await?;
+            // Pretty for people; a very large document stays compact.
+            if doc.len() < 16 << 20 {
+                let v: serde_json::Value = serde_json::from_slice(&doc)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{}", String::from_utf8_lossy(&doc));
+            }
             Ok(ExitCode::SUCCESS)
         }
         CampaignCommand::Status {
@@ -304,7 +306,10 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
                     deleted += 1;
                 }
                 ctx.tracker
-                    .update(name, &order, false, |s| s.state = OrderState::Cleaned)
+                    .update(name, &order, false, |s| {
+                        s.state = OrderState::Cleaned;
+                        s.objects.clear();
+                    })
                     .await?;
             }
             if *keep_tracking {
@@ -354,11 +359,7 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
                     .after(&now)
                     .next()
                     .map_or("-".to_string(), |t| t.to_rfc3339());
-                println!(
-                    "{}\t{}\t{last}\t{next}\t{due}\t{run}",
-                    i.name,
-                    i.schedule
-                );
+                println!("{}\t{}\t{last}\t{next}\t{due}\t{run}", i.name, i.schedule);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -532,9 +533,9 @@ async fn cancel(ctx: &Context, name: &str) -> anyhow::Result<usize> {
     let statuses = ctx.tracker.all(name).await?;
     let mut n = 0;
     for order in sub.orders() {
-        let Some(s) = statuses.get(&order_key(&order)) else {
-            continue;
-        };
+        // Orders without a record are still QUEUED (submit records none per order).
+        let queued = crate::tracking::OrderStatus::new(OrderState::Queued);
+        let s = statuses.get(&order_key(&order)).unwrap_or(&queued);
         if !(s.state == OrderState::Queued || s.state.is_active()) {
             continue;
         }
@@ -564,9 +565,9 @@ pub async fn retry(ctx: &Context, name: &str) -> anyhow::Result<usize> {
     let statuses = ctx.tracker.all(name).await?;
     let mut jobs = Vec::new();
     for order in sub.orders() {
-        let Some(s) = statuses.get(&order_key(&order)) else {
-            continue;
-        };
+        // Orders without a record are still QUEUED (submit records none per order).
+        let queued = crate::tracking::OrderStatus::new(OrderState::Queued);
+        let s = statuses.get(&order_key(&order)).unwrap_or(&queued);
         let job = job_for(name, &order, None);
         if s.state.is_failed() {
             for stage in [Stage::Export, Stage::Poll, Stage::Download, Stage::Clean] {

@@ -49,6 +49,7 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
     ctx.tracker
         .update(&job.tracking, &order, false, |s| {
             s.state = OrderState::Downloaded;
+            s.files = verified.len() as u32;
             s.objects = verified;
             s.bytes = bytes;
         })

@@ -124,10 +124,7 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
 
 /// Tells the sweeper to look for `operation` (called when the export starts it).
 pub async fn mark_waiting(ctx: &Context, operation: &str) -> Result<(), JobError> {
-    ctx.snapshot
-        .wait_for(operation)
-        .await
-        .map_err(snapshot_err)
+    ctx.snapshot.wait_for(operation).await.map_err(snapshot_err)
 }
 
 /// The snapshot is shared state like the queue, but failing to reach it is never a reason to
@@ -381,10 +378,7 @@ pub async fn sweep_once(
         if terminal && before.as_deref() != Some(view.state.as_str()) {
             completed += 1;
         }
-        encoded.push((
-            name,
-            serde_json::to_string(&view).expect("view serializes"),
-        ));
+        encoded.push((name, serde_json::to_string(&view).expect("view serializes")));
     }
     // Operations nobody waits for any more leave the snapshot.
     let dropped = ctx

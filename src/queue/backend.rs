@@ -45,7 +45,7 @@ use apalis_core::{
 use futures::Sink;
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{Outcome, QueueError, QueueJob, Queue, RetryPolicy, Stage};
+use super::{Outcome, Queue, QueueError, QueueJob, RetryPolicy, Stage};
 
 /// How one stage's workers lease and retry jobs.
 #[derive(Debug, Clone, Copy, PartialEq)]

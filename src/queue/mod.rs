@@ -248,6 +248,9 @@ pub enum QueueError {
     /// `[queue] url` names no backend cedar knows.
     #[error("{0} is not a redis://, rediss:// or sqlite:// URL")]
     Url(String),
+    /// `[queue] tls_ca_file` cannot be read or holds no usable certificate.
+    #[error("queue.tls_ca_file {path}: {reason}")]
+    TlsCa { path: String, reason: String },
 }
 
 impl QueueError {
@@ -275,7 +278,8 @@ impl QueueError {
             | QueueError::Reply { .. }
             | QueueError::UnknownStage(_)
             | QueueError::Database { .. }
-            | QueueError::Url(_) => false,
+            | QueueError::Url(_)
+            | QueueError::TlsCa { .. } => false,
         }
     }
 }
@@ -334,8 +338,19 @@ impl Connection {
     /// Connects to what `url` names (see [`QueueUrl::parse`]); an SQLite file is created, with
     /// its schema, if it does not exist.
     pub async fn open(url: &str) -> Result<Connection, QueueError> {
+        Self::open_with_ca(url, None).await
+    }
+
+    /// [`Connection::open`], trusting the CA certificates in the PEM file `tls_ca_file` (`[queue]
+    /// tls_ca_file`) for a `rediss://` URL instead of the system's trust store.
+    pub async fn open_with_ca(
+        url: &str,
+        tls_ca_file: Option<&std::path::Path>,
+    ) -> Result<Connection, QueueError> {
         match QueueUrl::parse(url) {
-            Some(QueueUrl::Redis(url)) => Ok(Connection::Redis(redis::connect(&url).await?)),
+            Some(QueueUrl::Redis(url)) => Ok(Connection::Redis(
+                redis::connect_with_ca(&url, tls_ca_file).await?,
+            )),
             Some(QueueUrl::Sqlite(path)) => Ok(Connection::Sqlite(sqlite::Db::open(&path).await?)),
             None => Err(QueueError::Url(crate::config::redact_url(url))),
         }
@@ -577,7 +592,10 @@ mod tests {
             QueueUrl::parse("redis://:pw@h:6379/0"),
             Some(QueueUrl::Redis("redis://:pw@h:6379/0".into()))
         );
-        assert!(matches!(QueueUrl::parse("rediss://h"), Some(QueueUrl::Redis(_))));
+        assert!(matches!(
+            QueueUrl::parse("rediss://h"),
+            Some(QueueUrl::Redis(_))
+        ));
         assert_eq!(
             QueueUrl::parse("sqlite:///var/lib/cedar/cedar.db"),
             Some(QueueUrl::Sqlite("/var/lib/cedar/cedar.db".into()))
@@ -586,7 +604,10 @@ mod tests {
             QueueUrl::parse("sqlite://state/cedar.db"),
             Some(QueueUrl::Sqlite("state/cedar.db".into()))
         );
-        assert_eq!(QueueUrl::parse(""), Some(QueueUrl::Sqlite("cedar.db".into())));
+        assert_eq!(
+            QueueUrl::parse(""),
+            Some(QueueUrl::Sqlite("cedar.db".into()))
+        );
         for bad in ["sqlite://", "http://h", "cedar.db", "postgres://h/db"] {
             assert_eq!(QueueUrl::parse(bad), None, "{bad}");
         }

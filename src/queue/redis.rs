@@ -98,16 +98,48 @@ end
 const ENQUEUE_LUA: &str = r#"
 local backlog = ARGV[1] == 'backlog'
 local score = now + tonumber(ARGV[2])
+local seq = 0
+if backlog then seq = tonumber(redis.call('GET', KEYS[4]) or '0') end
 local added = 0
-for i = 3, #ARGV, 2 do
-  local id = ARGV[i]
-  if redis.call('HSETNX', KEYS[1], id, ARGV[i + 1]) == 1 then
-    redis.call('HSET', KEYS[2], id, now)
-    if backlog then score = redis.call('INCR', KEYS[4]) end
-    redis.call('ZADD', KEYS[3], score, id)
-    added = added + 1
+local seen = {}
+-- Jobs go in batches of ENQUEUE_BATCH: one HMGET tells which exist, then one HSET per hash
+-- and one ZADD write the new ones. That is a handful of calls per batch instead of four per
+-- job. `unpack` only ever spreads one batch (at most 2 x ENQUEUE_BATCH values), far below
+-- Lua's stack limit (about 8,000) that apalis-redis 1.0.0 crashed on with unbounded lists.
+local i = 3
+while i <= #ARGV do
+  local ids, payloads = {}, {}
+  while i <= #ARGV and #ids < ENQUEUE_BATCH do
+    ids[#ids + 1] = ARGV[i]
+    payloads[#payloads + 1] = ARGV[i + 1]
+    i = i + 2
+  end
+  local exists = redis.call('HMGET', KEYS[1], unpack(ids))
+  local data, enq, z = {}, {}, {}
+  for k, id in ipairs(ids) do
+    if not exists[k] and not seen[id] then
+      seen[id] = true
+      data[#data + 1] = id
+      data[#data + 1] = payloads[k]
+      enq[#enq + 1] = id
+      enq[#enq + 1] = now
+      if backlog then
+        seq = seq + 1
+        z[#z + 1] = seq
+      else
+        z[#z + 1] = score
+      end
+      z[#z + 1] = id
+      added = added + 1
+    end
+  end
+  if #data > 0 then
+    redis.call('HSET', KEYS[1], unpack(data))
+    redis.call('HSET', KEYS[2], unpack(enq))
+    redis.call('ZADD', KEYS[3], unpack(z))
   end
 end
+if backlog and added > 0 then redis.call('SET', KEYS[4], seq) end
 return added
 "#;
 
@@ -299,7 +331,16 @@ fn script(parts: &[&str]) -> Script {
     Script::new(&parts.concat())
 }
 
-static ENQUEUE: LazyLock<Script> = LazyLock::new(|| script(&[NOW_LUA, ENQUEUE_LUA]));
+static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    script(&[
+        &format!("local ENQUEUE_BATCH = {ENQUEUE_BATCH}\n"),
+        NOW_LUA,
+        ENQUEUE_LUA,
+    ])
+});
+
+/// Jobs per `unpack` in the enqueue script: bounded, so no call ever spreads a long list.
+const ENQUEUE_BATCH: usize = 500;
 static LEASE: LazyLock<Script> = LazyLock::new(|| script(&[NOW_LUA, REAP_LUA, LEASE_LUA]));
 static REAP: LazyLock<Script> = LazyLock::new(|| script(&[NOW_LUA, REAP_LUA, REAP_ONLY_LUA]));
 static RENEW: LazyLock<Script> = LazyLock::new(|| script(&[NOW_LUA, RENEW_LUA]));
@@ -373,7 +414,33 @@ pub struct Depth {
 /// 500 ms default, which under load turns a slow reply into an error that kills apalis workers
 /// (apalis-redis#76).
 pub async fn connect(url: &str) -> Result<ConnectionManager, QueueError> {
-    let client = redis::Client::open(url)?;
+    connect_with_ca(url, None).await
+}
+
+/// [`connect`], trusting only the CA certificates of the PEM file `tls_ca_file` (for a
+/// `rediss://` server with a private CA) instead of the system's trust store.
+pub async fn connect_with_ca(
+    url: &str,
+    tls_ca_file: Option<&std::path::Path>,
+) -> Result<ConnectionManager, QueueError> {
+    let client = match tls_ca_file {
+        None => redis::Client::open(url)?,
+        Some(path) => {
+            let tls_ca = |reason: String| QueueError::TlsCa {
+                path: path.display().to_string(),
+                reason,
+            };
+            let root_cert = std::fs::read(path).map_err(|e| tls_ca(e.to_string()))?;
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            )
+            .map_err(|e| tls_ca(e.to_string()))?
+        }
+    };
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(Duration::from_secs(10)))
         .set_connection_timeout(Some(Duration::from_secs(5)));
@@ -913,10 +980,12 @@ mod tests {
     }
 
     #[test]
-    fn scripts_never_unpack() {
-        // apalis-redis 1.0.0 crashed every worker with `unpack` over an unbounded list.
+    fn scripts_never_unpack_unbounded_lists() {
+        // apalis-redis 1.0.0 crashed every worker with `unpack` over an unbounded list. Only
+        // the enqueue script unpacks, and only batches of ENQUEUE_BATCH jobs.
+        assert!(ENQUEUE_LUA.contains("#ids < ENQUEUE_BATCH"));
+        assert!(2 * ENQUEUE_BATCH < 8000);
         for lua in [
-            ENQUEUE_LUA,
             REAP_LUA,
             LEASE_LUA,
             RENEW_LUA,

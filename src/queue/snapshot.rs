@@ -104,15 +104,16 @@ impl Snapshot {
             Inner::Redis { conn, ns } => Ok(conn.clone().hget(ops_key(ns), operation).await?),
             Inner::Sqlite { db, ns } => {
                 let (ns, op) = (ns.clone(), operation.to_owned());
-                Ok(db.read(move |c| {
-                    c.query_row(
-                        "SELECT view FROM ops WHERE ns = ?1 AND name = ?2",
-                        params![&*ns, op],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                })
-                .await?)
+                Ok(db
+                    .read(move |c| {
+                        c.query_row(
+                            "SELECT view FROM ops WHERE ns = ?1 AND name = ?2",
+                            params![&*ns, op],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                    })
+                    .await?)
             }
         }
     }
@@ -126,12 +127,13 @@ impl Snapshot {
                 .await?),
             Inner::Sqlite { db, ns } => {
                 let ns = ns.clone();
-                Ok(db.read(move |c| {
-                    c.prepare_cached("SELECT view FROM ops WHERE ns = ?1")?
-                        .query_map(params![&*ns], |r| r.get(0))?
-                        .collect()
-                })
-                .await?)
+                Ok(db
+                    .read(move |c| {
+                        c.prepare_cached("SELECT view FROM ops WHERE ns = ?1")?
+                            .query_map(params![&*ns], |r| r.get(0))?
+                            .collect()
+                    })
+                    .await?)
             }
         }
     }
@@ -142,16 +144,17 @@ impl Snapshot {
             Inner::Redis { conn, ns } => Ok(conn.clone().get(swept_key(ns)).await?),
             Inner::Sqlite { db, ns } => {
                 let ns = ns.clone();
-                Ok(db.read(move |c| {
-                    c.query_row(
-                        "SELECT swept_ms FROM ops_sweep WHERE ns = ?1",
-                        params![&*ns],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map(Option::flatten)
-                })
-                .await?)
+                Ok(db
+                    .read(move |c| {
+                        c.query_row(
+                            "SELECT swept_ms FROM ops_sweep WHERE ns = ?1",
+                            params![&*ns],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map(Option::flatten)
+                    })
+                    .await?)
             }
         }
     }
@@ -163,9 +166,9 @@ impl Snapshot {
                 let _: () = conn.clone().sadd(waiting_key(ns), operation).await?;
                 Ok(())
             }
-            Inner::Sqlite { db, ns } => add_name(db, ns, "ops_waiting", operation)
-                .await
-                .map(|_| ()),
+            Inner::Sqlite { db, ns } => {
+                add_name(db, ns, "ops_waiting", operation).await.map(|_| ())
+            }
         }
     }
 
@@ -175,12 +178,13 @@ impl Snapshot {
             Inner::Redis { conn, ns } => Ok(conn.clone().smembers(waiting_key(ns)).await?),
             Inner::Sqlite { db, ns } => {
                 let ns = ns.clone();
-                Ok(db.read(move |c| {
-                    c.prepare_cached("SELECT name FROM ops_waiting WHERE ns = ?1")?
-                        .query_map(params![&*ns], |r| r.get(0))?
-                        .collect()
-                })
-                .await?)
+                Ok(db
+                    .read(move |c| {
+                        c.prepare_cached("SELECT name FROM ops_waiting WHERE ns = ?1")?
+                            .query_map(params![&*ns], |r| r.get(0))?
+                            .collect()
+                    })
+                    .await?)
             }
         }
     }
@@ -318,10 +322,8 @@ impl Snapshot {
                 }
                 // Operations nobody waits for any more leave the snapshot.
                 let stale: Vec<String> = conn.hkeys(ops_key(ns)).await?;
-                let stale: Vec<String> = stale
-                    .into_iter()
-                    .filter(|n| !waiting.contains(n))
-                    .collect();
+                let stale: Vec<String> =
+                    stale.into_iter().filter(|n| !waiting.contains(n)).collect();
                 for name in &stale {
                     p.hdel(ops_key(ns), name).ignore();
                 }
@@ -343,10 +345,8 @@ impl Snapshot {
                         .prepare_cached("SELECT name FROM ops WHERE ns = ?1")?
                         .query_map(params![&*ns], |r| r.get(0))?
                         .collect::<Result<_, _>>()?;
-                    let stale: Vec<String> = names
-                        .into_iter()
-                        .filter(|n| !waiting.contains(n))
-                        .collect();
+                    let stale: Vec<String> =
+                        names.into_iter().filter(|n| !waiting.contains(n)).collect();
                     for name in &stale {
                         tx.execute(
                             "DELETE FROM ops WHERE ns = ?1 AND name = ?2",

@@ -32,9 +32,7 @@ use rusqlite::{
 use serde::Deserialize;
 
 use super::redis::{ADMIT_LIMIT, ENQUEUE_CHUNK, REAP_LIMIT};
-use super::{
-    DeadReason, Depth, FailResult, Leased, QueueError, RateDecision, RetryPolicy, Stage,
-};
+use super::{DeadReason, Depth, FailResult, Leased, QueueError, RateDecision, RetryPolicy, Stage};
 
 /// How long a process waits for another one's write transaction before giving up (retryably).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -555,7 +553,9 @@ impl SqliteQueue {
     pub async fn reap(&self, stage: Stage, policy: &RetryPolicy) -> Result<u64, QueueError> {
         let (ns, max_attempts) = (self.ns.clone(), policy.max_attempts);
         self.db
-            .write(move |tx| reap_expired(tx, &ns, stage.name(), now_ms(), REAP_LIMIT, max_attempts))
+            .write(move |tx| {
+                reap_expired(tx, &ns, stage.name(), now_ms(), REAP_LIMIT, max_attempts)
+            })
             .await
     }
 
@@ -830,7 +830,16 @@ impl SqliteQueue {
                        min(CASE WHEN state = 'due' THEN run_at END)
                      FROM jobs WHERE ns = ?1 AND stage = ?2",
                     params![&*ns, stage.name(), now],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                        ))
+                    },
                 )
             })
             .await?;
@@ -971,7 +980,10 @@ mod tests {
             path_of("sqlite:///var/lib/cedar.db"),
             Some(PathBuf::from("/var/lib/cedar.db"))
         );
-        assert_eq!(path_of("sqlite://cedar.db"), Some(PathBuf::from("cedar.db")));
+        assert_eq!(
+            path_of("sqlite://cedar.db"),
+            Some(PathBuf::from("cedar.db"))
+        );
         assert_eq!(path_of("sqlite://"), None);
         assert_eq!(path_of("redis://h"), None);
     }

@@ -943,14 +943,14 @@ async fn cancel_stops_a_running_submission() {
             "--start",
             "2021-07-01",
             "--end",
-            "2021-09-30",
+            "2021-10-01",
             "--freq",
             "3MS",
         ])
         .await;
     // Two tasks run, two wait in EE's queue.
     c.wait_stats("four tasks in EE", |s| {
-        s.operations.get("RUNNING") == Some(&2) && s.operations.get("PENDING") == Some(&2)
+        s.operations.get("RUNNING") == Some(&2) && s.operations.get("PENDING") == Some(&6)
     })
     .await;
     let until = Instant::now() + DEADLINE;
@@ -960,14 +960,14 @@ async fn cancel_stops_a_running_submission() {
             .iter()
             .filter_map(|s| counts(&status).get(*s).copied())
             .sum();
-        if active == 4 {
+        if active == 8 {
             break;
         }
         assert!(Instant::now() < until, "{status}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    tokio::time::sleep(Duration::from_secs(40)).await;
+    tokio::time::sleep(Duration::from_secs(130)).await;
     println!(
         "DEBUG before cancel {:#?} {:?}",
         c.emulator.stats(),

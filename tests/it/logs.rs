@@ -207,8 +207,15 @@ listen = "127.0.0.1:0"
         &["worker"],
         Some(Duration::from_secs(30)),
     );
-    assert_ne!(code, Some(0), "a worker without Redis must fail:\n{out}");
-    assert!(out.contains("error"), "{out}");
+    assert_eq!(
+        code,
+        Some(1),
+        "a worker without Redis must fail, not hang:\n{out}"
+    );
+    assert!(
+        out.contains("redis://:***@127.0.0.1"),
+        "the error names the redacted URL:\n{out}"
+    );
     assert_no_secrets("worker (Redis unreachable)", &out, &password, &key_pem);
 
     // A worker that runs: it signs an assertion, gets a token and calls EE with it.

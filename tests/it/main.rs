@@ -1,5 +1,6 @@
 //! End-to-end tests: every remote is a real server on loopback.
 
+mod bad_input;
 mod cli;
 mod daemon;
 mod earthengine;

@@ -89,6 +89,7 @@ fn docs_metrics_md_is_current() {
     let path = repo().join("docs/metrics.md");
     let want = cedar::metrics::catalogue_markdown();
     if std::env::var_os("CEDAR_UPDATE_DOCS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &want).unwrap();
     }
     let have = std::fs::read_to_string(&path).unwrap_or_default();
@@ -361,7 +362,10 @@ fn kubernetes_manifests_fit_together() {
 
 #[test]
 fn compose_file_runs_the_whole_stack() {
-    let compose = &yaml_docs("deploy/compose.yaml")[0];
+    let mut compose = yaml_docs("deploy/compose.yaml").remove(0);
+    // The workers share one definition through a YAML merge key (`<<: *worker`).
+    compose.apply_merge().unwrap();
+    let compose = &compose;
     let services = compose["services"].as_mapping().unwrap();
     let redis = strings(&compose["services"]["redis"]["command"]);
     assert!(

@@ -19,8 +19,8 @@ use std::{
 
 use apalis::prelude::*;
 use cedar::queue::{
-    self, BackendConfig, FailResult, OrderJob, Outcome, Queue, QueueJob, RateDecision,
-    RetryPolicy, Stage,
+    self, BackendConfig, FailResult, OrderJob, Outcome, Queue, QueueJob, RateDecision, RetryPolicy,
+    Stage,
 };
 use chrono::NaiveDate;
 

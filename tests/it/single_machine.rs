@@ -176,7 +176,11 @@ listen = "127.0.0.1:0"
             if status["done"] == Value::Bool(true) {
                 return status;
             }
-            assert!(Instant::now() < until, "{name} not done: {status}\n{}", self.logs());
+            assert!(
+                Instant::now() < until,
+                "{name} not done: {status}\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
@@ -211,7 +215,11 @@ listen = "127.0.0.1:0"
                 if path.is_dir() {
                     stack.push(path);
                 } else {
-                    let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                    let rel = path
+                        .strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned();
                     out.insert(rel, path.metadata().unwrap().len());
                 }
             }
@@ -258,7 +266,10 @@ listen = "127.0.0.1:0"
             .keys()
             .filter(|f| !f.starts_with("CEDAR_TRACKING/"))
             .collect();
-        assert!(left.is_empty(), "export objects left in the bucket: {left:?}");
+        assert!(
+            left.is_empty(),
+            "export objects left in the bucket: {left:?}"
+        );
         assert!(bucket.contains_key(&format!("CEDAR_TRACKING/{name}.json")));
 
         let stats = self.emulator.stats();
@@ -270,13 +281,31 @@ listen = "127.0.0.1:0"
         assert!(twice.is_empty(), "exported more than once: {twice:?}");
         assert_eq!(stats.exports_by_description.len(), exported);
 
+        // The last clean job records CLEANED just before the queue acknowledges it: give the
+        // acknowledgement a moment.
         let queue = Queue::open(&format!("sqlite://{}", self.db.display()), NAMESPACE)
             .await
             .unwrap();
-        for stage in Stage::ALL {
-            assert_eq!(queue.depth(stage).await.unwrap(), Depth::default(), "{stage}");
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut left = Vec::new();
+            for stage in Stage::ALL {
+                let depth = queue.depth(stage).await.unwrap();
+                if depth != Depth::default() {
+                    left.push((stage, depth));
+                }
+            }
+            let active = queue.active_count().await.unwrap();
+            if left.is_empty() && active == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "left in the queue: {left:?}, {active} slots\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(queue.active_count().await.unwrap(), 0);
     }
 }
 

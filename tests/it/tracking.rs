@@ -59,7 +59,10 @@ async fn forward_only_counts_in_step_and_dirty(tracker: Tracker) {
         tracker.counts("camp").await.unwrap(),
         counts(&[(OrderState::Queued, 4)])
     );
-    assert_eq!(tracker.take_dirty(10).await.unwrap(), vec!["camp".to_owned()]);
+    assert_eq!(
+        tracker.take_dirty(10).await.unwrap(),
+        vec!["camp".to_owned()]
+    );
     assert!(tracker.take_dirty(10).await.unwrap().is_empty());
 
     let orders: Vec<_> = sub.orders().collect();
@@ -71,12 +74,20 @@ async fn forward_only_counts_in_step_and_dirty(tracker: Tracker) {
         .await
         .unwrap();
     assert_eq!(running.state, OrderState::Running);
-    assert_eq!(tracker.take_dirty(10).await.unwrap(), vec!["camp".to_owned()]);
+    assert_eq!(
+        tracker.take_dirty(10).await.unwrap(),
+        vec!["camp".to_owned()]
+    );
 
     // A late poll job must not move the order back to PENDING.
     let mut pending = running.clone();
     pending.state = OrderState::Pending;
-    assert!(!tracker.set("camp", &orders[0], &pending, false).await.unwrap());
+    assert!(
+        !tracker
+            .set("camp", &orders[0], &pending, false)
+            .await
+            .unwrap()
+    );
     assert_eq!(
         tracker.status("camp", &orders[0]).await.unwrap().unwrap(),
         running
@@ -89,7 +100,12 @@ async fn forward_only_counts_in_step_and_dirty(tracker: Tracker) {
     assert!(tracker.set("camp", &orders[1], &done, false).await.unwrap());
     assert!(
         tracker
-            .set("camp", &orders[2], &OrderStatus::new(OrderState::Failed), false)
+            .set(
+                "camp",
+                &orders[2],
+                &OrderStatus::new(OrderState::Failed),
+                false
+            )
             .await
             .unwrap()
     );
@@ -104,13 +120,23 @@ async fn forward_only_counts_in_step_and_dirty(tracker: Tracker) {
     );
     assert!(
         !tracker
-            .set("camp", &orders[2], &OrderStatus::new(OrderState::Queued), false)
+            .set(
+                "camp",
+                &orders[2],
+                &OrderStatus::new(OrderState::Queued),
+                false
+            )
             .await
             .unwrap()
     );
     assert!(
         tracker
-            .set("camp", &orders[2], &OrderStatus::new(OrderState::Queued), true)
+            .set(
+                "camp",
+                &orders[2],
+                &OrderStatus::new(OrderState::Queued),
+                true
+            )
             .await
             .unwrap()
     );
@@ -131,7 +157,10 @@ async fn forward_only_counts_in_step_and_dirty(tracker: Tracker) {
 
     tracker.mark_dirty("camp").await.unwrap();
     tracker.mark_dirty("camp").await.unwrap();
-    assert_eq!(tracker.take_dirty(10).await.unwrap(), vec!["camp".to_owned()]);
+    assert_eq!(
+        tracker.take_dirty(10).await.unwrap(),
+        vec!["camp".to_owned()]
+    );
 
     tracker.forget("camp").await.unwrap();
     assert!(tracker.list().await.unwrap().is_empty());
