@@ -368,9 +368,9 @@ impl Config {
         let problems: Vec<Problem> = grid
             .validate()
             .into_iter()
-            .map(|e| Problem {
-                key: "grid".into(),
-                message: e.to_string(),
+            .map(|e| {
+                let (key, message) = grid_problem(e);
+                Problem { key, message }
             })
             .collect();
         if problems.is_empty() {
@@ -562,7 +562,8 @@ impl Config {
         let grid = match self.grid.resolve() {
             Ok(g) => {
                 for e in g.validate() {
-                    problem("grid", e.to_string());
+                    let (key, message) = grid_problem(e);
+                    problem(&key, message);
                 }
                 Some(g)
             }
@@ -676,7 +677,7 @@ impl GridConfig {
             return Err(missing);
         }
         let crs = Crs::try_from(self.crs.clone().unwrap_or_default())
-            .map_err(|e| vec![("grid.crs".into(), e.to_string())])?;
+            .map_err(|e| vec![grid_problem(e)])?;
         let [[r0, r1], [c0, c1]] = self.limits.unwrap_or_default();
         Ok(TileGrid {
             name: self.name.clone().unwrap_or_else(|| "custom".into()),
@@ -822,6 +823,15 @@ fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, Str
             cur = entry.as_table_mut().expect("just made a table");
         }
         cur.insert(keys[keys.len() - 1].clone(), value);
+    }
+}
+
+/// The key and message of a grid error: `grid.res` and what is wrong with it, so that the key is
+/// not printed twice ("grid: grid.res: …").
+fn grid_problem(e: crate::grid::GridError) -> (String, String) {
+    match e {
+        crate::grid::GridError::Invalid { field, reason } => (format!("grid.{field}"), reason),
+        other => ("grid".into(), other.to_string()),
     }
 }
 

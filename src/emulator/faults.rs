@@ -64,6 +64,13 @@ pub enum Fault {
     },
     /// The next `count` exports end FAILED with `message` (default "Computation timed out.").
     NextTasksFail { count: u32, message: Option<String> },
+    /// The next `alt=media` download of an object whose name contains `object_contains` stops
+    /// after `after_bytes` bytes: the headers announce the whole object, then the connection
+    /// drops, as a network cut mid-transfer does. One-shot.
+    TruncateNextDownload {
+        object_contains: String,
+        after_bytes: u64,
+    },
     /// Removes pending one-shot faults and sets every rate back to 0.
     Clear,
 }
@@ -91,6 +98,8 @@ pub(crate) struct Faults {
     fail_rate: Option<f64>,
     next_requests: Vec<NextRequests>,
     next_task_failures: VecDeque<String>,
+    /// Pending truncations: (name substring, bytes sent before the cut).
+    truncations: Vec<(String, u64)>,
     draws: u64,
 }
 
@@ -128,6 +137,10 @@ impl Faults {
                 self.next_task_failures
                     .extend(std::iter::repeat_n(message, count as usize));
             }
+            Fault::TruncateNextDownload {
+                object_contains,
+                after_bytes,
+            } => self.truncations.push((object_contains, after_bytes)),
             Fault::Clear => {
                 *self = Faults {
                     throttle_rate: Some(0.0),
@@ -138,6 +151,16 @@ impl Faults {
                 }
             }
         }
+    }
+
+    /// Whether the download of `name` is to be cut, and after how many bytes; consumes the
+    /// fault.
+    pub fn take_truncation(&mut self, name: &str) -> Option<u64> {
+        let index = self
+            .truncations
+            .iter()
+            .position(|(contains, _)| name.contains(contains.as_str()))?;
+        Some(self.truncations.remove(index).1)
     }
 
     /// Decides whether a request to `method` is answered with an injected error.
@@ -276,6 +299,18 @@ mod tests {
         assert!(faults.task_failure("t1", 2, &repeats).is_some());
         faults.inject(Fault::Clear);
         assert_eq!(faults.task_failure("t2", 1, &options), None);
+    }
+
+    #[test]
+    fn a_truncation_is_one_shot_and_matches_by_substring() {
+        let mut faults = Faults::default();
+        faults.inject(Fault::TruncateNextDownload {
+            object_contains: ".tif".to_owned(),
+            after_bytes: 100,
+        });
+        assert_eq!(faults.take_truncation("a/b.json"), None);
+        assert_eq!(faults.take_truncation("a/b-0000.tif"), Some(100));
+        assert_eq!(faults.take_truncation("a/b-0000.tif"), None);
     }
 
     #[test]

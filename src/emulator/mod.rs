@@ -14,6 +14,8 @@
 //!   them into an [`ObjectStore`] that stands for the bucket ([`output`]).
 //! - `operations.get/list/cancel`, `projects.getConfig`, and Google's OAuth token endpoint
 //!   ([`auth`]).
+//! - A minimal Cloud Storage JSON API over the same object store ([`storage`]): list, get,
+//!   media download, delete, media upload, so cedar's `gs://` client runs against it.
 //!
 //! # A fake that can disagree
 //!
@@ -25,8 +27,9 @@
 //!
 //! Throttling (429), outages (503) and task failures happen at configurable, seeded rates, and
 //! one-shot faults can be injected in-process ([`RunningEmulator::inject`]) or over HTTP
-//! (`POST /_emulator/faults`). `GET /_emulator/stats` counts requests, responses, operation
-//! states and exports per description.
+//! (`POST /_emulator/faults`), including a download cut mid-stream. `GET /_emulator/stats`
+//! counts requests, responses, operation states and exports per description;
+//! `GET /_emulator/objects` lists every object written with its size, MD5 and CRC32C.
 
 mod auth;
 mod catalogue;
@@ -40,6 +43,7 @@ mod output;
 mod schema;
 mod server;
 mod stats;
+mod storage;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -51,7 +55,7 @@ use tokio::task::JoinHandle;
 
 pub use cli::{EmulatorArgs, open_store, run};
 pub use faults::{ApiMethod, Fault};
-pub use stats::Stats;
+pub use stats::{Stats, WrittenObject};
 
 /// How the emulator answers an `image:export` whose non-empty `requestId` was already used.
 ///
@@ -257,6 +261,11 @@ impl RunningEmulator {
     pub fn stats(&self) -> Stats {
         let state = self.shared.lock();
         state.counters.snapshot(&state.operations)
+    }
+
+    /// Every object written (exports and storage uploads), as `GET /_emulator/objects` lists.
+    pub fn objects(&self) -> Vec<WrittenObject> {
+        self.shared.lock().counters.manifest()
     }
 
     /// Injects a fault, as `POST /_emulator/faults` does.

@@ -348,8 +348,8 @@ pub(crate) async fn advance(shared: &Shared) {
         let result = output::write(&shared.store, &plan, shared.options.bytes_per_pixel).await;
         let mut state = shared.lock();
         let now = shared.clock.now();
-        if let Ok(bytes) = &result {
-            state.counters.record_written(&plan, *bytes);
+        if let Ok(objects) = &result {
+            state.counters.record_written(&plan, objects);
         }
         let Some(&index) = state.operations.by_id.get(&id) else {
             continue;

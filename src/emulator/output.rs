@@ -11,6 +11,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::export::ExportPlan;
+use super::stats::WrittenObject;
 use super::{splitmix, stable_hash};
 
 /// Why writing failed; the task then ends FAILED with this message.
@@ -30,13 +31,13 @@ pub(crate) enum OutputError {
     },
 }
 
-/// Writes every piece of `plan`; returns the number of bytes written.
+/// Writes every piece of `plan`; returns what was written, with checksums, for the manifest.
 pub(crate) async fn write(
     store: &Arc<dyn ObjectStore>,
     plan: &ExportPlan,
     bytes_per_pixel: f64,
-) -> Result<u64, OutputError> {
-    let mut written = 0;
+) -> Result<Vec<WrittenObject>, OutputError> {
+    let mut written = Vec::with_capacity(plan.pieces.len());
     for piece in &plan.pieces {
         let path = Path::parse(&piece.name).map_err(|source| OutputError::Name {
             name: piece.name.clone(),
@@ -45,7 +46,7 @@ pub(crate) async fn write(
         let pixels = piece.width as f64 * piece.height as f64 * plan.bands as f64;
         let size = ((pixels * bytes_per_pixel).ceil() as usize).max(MAGIC.len() + 8);
         let bytes = contents(&piece.name, size);
-        written += bytes.len() as u64;
+        written.push(super::storage::exported(&piece.name, &bytes));
         store
             .put(&path, PutPayload::from(bytes))
             .await

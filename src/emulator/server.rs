@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::auth::{self, GOOGLE_TOKEN_URI, GRANT_TYPE, TokenError};
 use super::faults::{ApiMethod, Fault, Injected};
-use super::{DuplicateRequest, Shared, export, schema};
+use super::{DuplicateRequest, Shared, export, schema, storage};
 use super::{evaluate, expression};
 
 /// Google's request payload limit (reference §8).
@@ -143,7 +143,14 @@ pub(crate) async fn serve(
         )
         .route("/v1/projects/{project}/config", get(get_config))
         .route("/token", post(token))
+        .route("/storage/v1/b/{bucket}/o", get(storage::list))
+        .route(
+            "/storage/v1/b/{bucket}/o/{object}",
+            get(storage::get).delete(storage::delete),
+        )
+        .route("/upload/storage/v1/b/{bucket}/o", post(storage::upload))
         .route("/_emulator/stats", get(stats))
+        .route("/_emulator/objects", get(objects))
         .route("/_emulator/faults", post(faults))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
@@ -165,7 +172,11 @@ pub(crate) async fn serve(
 }
 
 async fn count_responses(State(shared): SharedState, request: Request, next: Next) -> Response {
-    let internal = request.uri().path().starts_with("/_emulator");
+    // Only EE's answers are counted: the control endpoints and the storage API are not EE.
+    let path = request.uri().path();
+    let internal = ["/_emulator", "/storage/", "/upload/"]
+        .iter()
+        .any(|p| path.starts_with(p));
     let response = next.run(request).await;
     if !internal {
         shared.lock().counters.response(response.status().as_u16());
@@ -495,6 +506,12 @@ async fn token(State(shared): SharedState, body: Bytes) -> Response {
 async fn stats(State(shared): SharedState) -> Response {
     let state = shared.lock();
     axum::Json(state.counters.snapshot(&state.operations)).into_response()
+}
+
+/// `{"objects": [{name, size, md5, crc32c, source}, …]}`: every object ever written.
+async fn objects(State(shared): SharedState) -> Response {
+    let manifest = shared.lock().counters.manifest();
+    axum::Json(json!({ "objects": manifest })).into_response()
 }
 
 /// Accepts one [`Fault`] or a list of them.

@@ -1,5 +1,6 @@
 //! Counters for tests and benchmarks: requests per method, responses per HTTP status,
-//! operations per state and exports per description ("was this exported exactly once?").
+//! operations per state and exports per description ("was this exported exactly once?"), plus
+//! the storage API's requests and the manifest of every object written.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,28 @@ pub struct Stats {
     pub objects_written: u64,
     /// Bytes written into the store.
     pub bytes_written: u64,
+    /// Storage JSON API requests per method (`objects.list`, `objects.get.media`, …).
+    #[serde(default)]
+    pub storage_requests: BTreeMap<String, u64>,
+    /// Bytes of `alt=media` downloads served whole.
+    #[serde(default)]
+    pub media_bytes_served: u64,
+    /// Downloads cut mid-stream by [`super::Fault::TruncateNextDownload`].
+    #[serde(default)]
+    pub downloads_truncated: u64,
+}
+
+/// One object the emulator wrote, as `GET /_emulator/objects` lists it: by an export (`source`
+/// "export") or a storage upload ("upload"; a later upload of the same name replaces it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrittenObject {
+    pub name: String,
+    pub size: u64,
+    /// Hex MD5 of the content.
+    pub md5: String,
+    /// CRC32C (Castagnoli) of the content.
+    pub crc32c: u32,
+    pub source: String,
 }
 
 #[derive(Default)]
@@ -36,6 +59,11 @@ pub(crate) struct Counters {
     succeeded: BTreeMap<String, u64>,
     objects: u64,
     bytes: u64,
+    storage: BTreeMap<&'static str, u64>,
+    media_bytes: u64,
+    truncated: u64,
+    /// Every object written, by name (the last write of a name wins).
+    manifest: BTreeMap<String, WrittenObject>,
 }
 
 impl Counters {
@@ -59,10 +87,34 @@ impl Counters {
         self.exports.get(description).copied().unwrap_or(0) + 1
     }
 
-    pub fn record_written(&mut self, plan: &ExportPlan, bytes: u64) {
+    pub fn record_written(&mut self, plan: &ExportPlan, objects: &[WrittenObject]) {
         *self.succeeded.entry(plan.description.clone()).or_default() += 1;
-        self.objects += plan.pieces.len() as u64;
-        self.bytes += bytes;
+        self.objects += objects.len() as u64;
+        self.bytes += objects.iter().map(|o| o.size).sum::<u64>();
+        for o in objects {
+            self.record_object(o.clone());
+        }
+    }
+
+    pub fn record_object(&mut self, object: WrittenObject) {
+        self.manifest.insert(object.name.clone(), object);
+    }
+
+    pub fn storage_request(&mut self, method: &'static str) {
+        *self.storage.entry(method).or_default() += 1;
+    }
+
+    pub fn media_served(&mut self, bytes: u64) {
+        self.media_bytes += bytes;
+    }
+
+    pub fn download_truncated(&mut self) {
+        self.truncated += 1;
+    }
+
+    /// Every object written, in name order.
+    pub fn manifest(&self) -> Vec<WrittenObject> {
+        self.manifest.values().cloned().collect()
     }
 
     pub fn snapshot(&self, operations: &Operations) -> Stats {
@@ -86,6 +138,13 @@ impl Counters {
             succeeded_by_description: self.succeeded.clone(),
             objects_written: self.objects,
             bytes_written: self.bytes,
+            storage_requests: self
+                .storage
+                .iter()
+                .map(|(m, n)| ((*m).to_owned(), *n))
+                .collect(),
+            media_bytes_served: self.media_bytes,
+            downloads_truncated: self.truncated,
         }
     }
 }

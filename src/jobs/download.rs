@@ -126,9 +126,10 @@ pub async fn copy_verified(
     let mut bytes = 0;
     for o in objects {
         // Only the last segment names the file, but an object whose name walks up or stays put
-        // ('..' or '.') is refused rather than flattened: EE never names an export that way, so
-        // it is not one of ours, and copying it under another name would hide that.
-        if o.name.split('/').any(|s| s == ".." || s == ".") {
+        // ('..' or '.'), is absolute or has an empty segment ('/x', 'a//b') is refused rather
+        // than flattened: EE never names an export that way, so it is not one of ours, and
+        // copying it under another name would hide that.
+        if o.name.split('/').any(|s| matches!(s, "" | "." | "..")) {
             return Err(refused(&o.name, &o.name));
         }
         let file = o.name.rsplit('/').next().unwrap_or(&o.name);

@@ -987,7 +987,7 @@ fn table(f: &Fixture) -> Vec<Case> {
         ),
         cli(
             "config: grid res 0",
-            "grid: res: must be two positive pixel sizes",
+            "error: grid.res: must be two positive pixel sizes",
             2,
             |f| {
                 submit_with(f.config_plus(
@@ -998,7 +998,7 @@ fn table(f: &Fixture) -> Vec<Case> {
         ),
         cli(
             "config: grid limits reversed",
-            "grid: limits: each range must be [min, max]",
+            "error: grid.limits: each range must be [min, max]",
             2,
             |f| {
                 submit_with(f.config_plus(
@@ -1187,7 +1187,7 @@ fn table(f: &Fixture) -> Vec<Case> {
             if f.root {
                 // Root writes into a read-only directory; a path under a regular file stops
                 // everyone, and here the file is the one downloaded earlier.
-                "kept.tif/sub: Not a directory"
+                "kept.tif/sub/T/a.tif: Not a directory"
             } else {
                 "permission denied"
             },

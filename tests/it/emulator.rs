@@ -818,3 +818,215 @@ async fn a_configured_project_rejects_others_and_shutdown_stops_serving() {
             .is_err()
     );
 }
+
+/// The storage JSON API's object resource fields, checked against checksums computed here.
+fn assert_resource(resource: &Value, name: &str, content: &[u8]) {
+    use base64::engine::general_purpose::STANDARD;
+    use md5::Digest;
+    assert_eq!(resource["name"], name, "{resource}");
+    assert_eq!(resource["bucket"], "exports", "{resource}");
+    // uint64 and int64 fields are JSON strings in the JSON API.
+    assert_eq!(resource["size"], content.len().to_string(), "{resource}");
+    assert!(
+        resource["generation"]
+            .as_str()
+            .is_some_and(|g| g.parse::<i64>().is_ok()),
+        "{resource}"
+    );
+    let md5 = md5::Md5::digest(content);
+    assert_eq!(resource["md5Hash"], STANDARD.encode(md5), "{resource}");
+    // CRC32C in big-endian byte order, as Google documents.
+    let crc = crc32c::crc32c(content).to_be_bytes();
+    assert_eq!(resource["crc32c"], STANDARD.encode(crc), "{resource}");
+}
+
+/// Upload, list by string prefix with paging, resource and media reads, delete, and Google's
+/// answers to what is missing or unsupported.
+#[tokio::test]
+async fn the_storage_api_uploads_lists_reads_and_deletes_objects() {
+    let t = TestEmulator::spawn(EmulatorOptions {
+        bucket: Some("exports".to_owned()),
+        ..fast()
+    })
+    .await;
+    let upload = |name: &str, body: &'static [u8]| {
+        let request = t
+            .http
+            .post(t.url("/upload/storage/v1/b/exports/o"))
+            .query(&[("uploadType", "media"), ("name", name)])
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, resource) = upload("camp/a-1.tif", b"first object").await;
+    assert_eq!(status, 200, "{resource}");
+    assert_resource(&resource, "camp/a-1.tif", b"first object");
+    for (name, body) in [
+        ("camp/a-2.tif", &b"second"[..]),
+        ("camp/ab.json", &b"{}"[..]),
+        ("camp/b.tif", &b"other"[..]),
+        ("campaign2/a.tif", &b"elsewhere"[..]),
+    ] {
+        let (status, resource) = upload(name, body).await;
+        assert_eq!(status, 200, "{name}: {resource}");
+    }
+
+    // A plain string prefix, not a folder: "camp/a" matches a-1, a-2 and ab, one per page.
+    let mut names = Vec::new();
+    let mut token: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut query = vec![("prefix", "camp/a".to_owned()), ("maxResults", "1".to_owned())];
+        if let Some(t) = &token {
+            query.push(("pageToken", t.clone()));
+        }
+        let response = t
+            .http
+            .get(t.url("/storage/v1/b/exports/o"))
+            .query(&query)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let page: Value = response.json().await.unwrap();
+        pages += 1;
+        for item in page["items"].as_array().unwrap() {
+            names.push(item["name"].as_str().unwrap().to_owned());
+            if item["name"] == "camp/a-1.tif" {
+                assert_resource(item, "camp/a-1.tif", b"first object");
+            }
+        }
+        match page["nextPageToken"].as_str() {
+            Some(next) => token = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(names, ["camp/a-1.tif", "camp/a-2.tif", "camp/ab.json"]);
+    assert_eq!(pages, 3);
+    // Nothing matches: no `items` at all, as Google answers.
+    let (status, empty) = t.get("/storage/v1/b/exports/o?prefix=nothing/").await;
+    assert_eq!(status, 200);
+    assert!(empty.get("items").is_none(), "{empty}");
+    assert!(empty.get("nextPageToken").is_none(), "{empty}");
+
+    // The name is one percent-encoded path segment.
+    let (status, resource) = t.get("/storage/v1/b/exports/o/camp%2Fa-1.tif").await;
+    assert_eq!(status, 200, "{resource}");
+    assert_resource(&resource, "camp/a-1.tif", b"first object");
+    let media = t
+        .http
+        .get(t.url("/storage/v1/b/exports/o/camp%2Fa-1.tif?alt=media"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(media.status(), 200);
+    let hash = media.headers()["x-goog-hash"].to_str().unwrap().to_owned();
+    assert!(hash.contains(&format!("md5={}", resource["md5Hash"].as_str().unwrap())), "{hash}");
+    assert_eq!(&media.bytes().await.unwrap()[..], b"first object");
+
+    let delete = || async {
+        t.http
+            .delete(t.url("/storage/v1/b/exports/o/camp%2Fa-1.tif"))
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(delete().await.status(), 204);
+    let again = delete().await;
+    assert_eq!(again.status(), 404);
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(body["error"]["code"], 404, "{body}");
+    let (status, _) = t.get("/storage/v1/b/exports/o/camp%2Fa-1.tif?alt=media").await;
+    assert_eq!(status, 404);
+    let (status, _) = t.get("/storage/v1/b/other-bucket/o").await;
+    assert_eq!(status, 404, "another bucket does not exist");
+    let multipart = t
+        .http
+        .post(t.url("/upload/storage/v1/b/exports/o?uploadType=multipart&name=x"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(multipart.status(), 400);
+
+    let stats = t.emulator.stats();
+    assert_eq!(stats.storage_requests["objects.insert"], 6);
+    assert_eq!(stats.storage_requests["objects.delete"], 2);
+    assert_eq!(stats.media_bytes_served, b"first object".len() as u64);
+    assert!(stats.responses.is_empty(), "storage answers are not EE answers: {stats:?}");
+}
+
+/// `/_emulator/objects` lists what an export wrote with the checksums the storage API reports;
+/// a truncation fault cuts exactly one download of a matching object mid-stream.
+#[tokio::test]
+async fn exports_are_in_the_manifest_and_a_download_can_be_cut_mid_stream() {
+    let t = TestEmulator::spawn(fast()).await;
+    let operation = t
+        .export(&export_body("tile_h1v1_2021", "cut-1", 600, 300))
+        .await;
+    t.wait_done(operation["name"].as_str().unwrap()).await;
+    let (status, manifest) = t.get("/_emulator/objects").await;
+    assert_eq!(status, 200);
+    let objects = manifest["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 6, "{manifest}");
+    let (status, listing) = t.get("/storage/v1/b/exports/o?prefix=campaign/tile_h1v1").await;
+    assert_eq!(status, 200);
+    let items = listing["items"].as_array().unwrap();
+    assert_eq!(items.len(), 6);
+    for (object, item) in objects.iter().zip(items) {
+        let name = object["name"].as_str().unwrap();
+        assert_eq!(object["source"], "export");
+        let bytes = std::fs::read(t.root.join(name)).unwrap();
+        assert_resource(item, name, &bytes);
+        assert_eq!(object["size"], bytes.len() as u64);
+        assert_eq!(object["crc32c"], crc32c::crc32c(&bytes));
+    }
+    assert_eq!(t.emulator.objects().len(), 6);
+
+    let (status, _) = t
+        .post(
+            "/_emulator/faults",
+            &json!({"kind": "truncate_next_download", "object_contains": "0000000000-0000000256", "after_bytes": 100}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let path = "/storage/v1/b/exports/o/campaign%2Ftile_h1v1_2021-0000000000-0000000256.tif?alt=media";
+    let full = std::fs::read(
+        t.root
+            .join("campaign/tile_h1v1_2021-0000000000-0000000256.tif"),
+    )
+    .unwrap();
+    // Another object is not cut.
+    let other = t
+        .http
+        .get(t.url("/storage/v1/b/exports/o/campaign%2Ftile_h1v1_2021-0000000000-0000000000.tif?alt=media"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.bytes().await.unwrap().len(), 384);
+    let cut = t.http.get(t.url(path)).send().await.unwrap();
+    assert_eq!(cut.status(), 200);
+    assert_eq!(cut.content_length(), Some(full.len() as u64), "the whole length is announced");
+    let mut received = 0;
+    let mut stream = cut.bytes_stream();
+    let mut failed = false;
+    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+        match chunk {
+            Ok(c) => received += c.len(),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed, "the client sees the transfer fail (got {received} bytes)");
+    assert_eq!(received, 100);
+    // One-shot: the next download is whole.
+    let whole = t.http.get(t.url(path)).send().await.unwrap();
+    assert_eq!(&whole.bytes().await.unwrap()[..], &full[..]);
+    let stats = t.emulator.stats();
+    assert_eq!(stats.downloads_truncated, 1);
+    assert_eq!(stats.media_bytes_served, 384 + full.len() as u64);
+}

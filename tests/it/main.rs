@@ -9,6 +9,7 @@ mod ingest;
 mod logs;
 mod metrics;
 mod queue;
+mod security;
 mod single_machine;
 mod store;
 mod tracking;
