@@ -904,7 +904,7 @@ async fn delete_namespace(redis: &str, namespace: &str) -> anyhow::Result<u64> {
 
 /// A campaign of `jobs` monthly tile-periods: collections × tiles × months, the smallest number
 /// of collections and months whose product is exactly `jobs`, else the nearest above it.
-fn campaign(settings: &Settings, jobs: u64) -> anyhow::Result<Request> {
+pub(crate) fn campaign(settings: &Settings, jobs: u64) -> anyhow::Result<Request> {
     let all_tiles: Vec<(u32, u32)> = settings.grid.limits.indices().collect();
     let max_tiles = all_tiles.len() as u64;
     let max = COLLECTIONS.len() as u64 * u64::from(MAX_MONTHS) * max_tiles;
