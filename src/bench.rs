@@ -1,5 +1,7 @@
-//! Benchmarks: `cedar bench enqueue|requests|rss` measure submit throughput, EE requests per
-//! tile-period and worker memory, each as a ratio against a baseline measured in the same run.
+//! Benchmarks: `cedar bench enqueue|requests|rss|e2e|download` measure submit throughput, EE
+//! requests per tile-period, worker memory, campaign throughput against the original CEDAR's
+//! sequential loop, and download throughput against `cp -r`, each as a ratio against a baseline
+//! measured in the same run.
 //!
 //! Speed and memory targets live here, never in timed tests: a figure taken on a busy or slow
 //! machine only means something next to a baseline taken on the same machine a moment earlier.
@@ -35,6 +37,11 @@ pub enum BenchCommand {
     Requests(RequestsArgs),
     /// Peak RSS of a `cedar worker` process with N jobs queued and thousands in flight.
     Rss(RssArgs),
+    /// Tile-periods per second through export → poll → download → clean with `cedar worker`
+    /// processes, against the original CEDAR's sequential loop on the real Python EE client.
+    E2e(E2eArgs),
+    /// MB/s of `copy_verified` from the emulator's bucket (`file://`, `gs://`) against `cp -r`.
+    Download(DownloadArgs),
 }
 
 /// The Redis every bench runs against.
@@ -131,12 +138,70 @@ pub struct RssArgs {
     pub timeout_secs: u64,
 }
 
+/// Where the workers of `cedar bench e2e` read the export bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BucketAccess {
+    /// `gs://` through the emulator's Cloud Storage JSON API, as the Python baseline does.
+    Gs,
+    /// `file://` on the folder the emulator writes into.
+    File,
+}
+
+/// Options of `cedar bench e2e`. EE tasks finish at once, so the figure is cedar's own
+/// throughput: queue, EE client, bucket and destination.
+#[derive(Debug, Clone, clap::Args)]
+pub struct E2eArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Tile-periods submitted.
+    #[arg(long, default_value_t = 5000)]
+    pub tile_periods: u64,
+    /// `cedar worker` processes sharing the queue.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Jobs run at once per stage, per worker (the worker's `--concurrency`).
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// EE requests per real second across all workers; the emulator has no quota, so high.
+    #[arg(long, default_value_t = 10_000)]
+    pub ee_requests_per_second: u32,
+    /// How the workers read the export bucket.
+    #[arg(long, value_enum, default_value_t = BucketAccess::Gs)]
+    pub bucket: BucketAccess,
+    /// Tile-periods the (slow, sequential) baseline runs: the first ones of the same campaign.
+    #[arg(long, default_value_t = 200)]
+    pub baseline_items: u64,
+    /// The Python that has `earthengine-api` and `google-cloud-storage` installed.
+    #[arg(long, default_value = ".venv/bin/python")]
+    pub python: PathBuf,
+    /// The baseline script, relative to the working directory (`scripts/bench` runs from the
+    /// crate root).
+    #[arg(long, default_value = "scripts/baseline_cedar_original.py")]
+    pub baseline_script: PathBuf,
+    /// Give up when cedar, or the baseline, is not done after this many real seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+}
+
+/// Options of `cedar bench download`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DownloadArgs {
+    /// GiB of pieces in the bucket.
+    #[arg(long, default_value_t = 2.0)]
+    pub gib: f64,
+    /// MiB per piece: a 1024×1024 piece of 8 int16 bands is 16 MiB.
+    #[arg(long, default_value_t = 16)]
+    pub piece_mib: u64,
+}
+
 /// Runs one benchmark and prints its table.
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Enqueue(a) => enqueue(a).await,
         BenchCommand::Requests(a) => requests(a).await,
         BenchCommand::Rss(a) => rss(a).await,
+        BenchCommand::E2e(a) => e2e(a).await,
+        BenchCommand::Download(a) => download(a).await,
     }
 }
 
@@ -382,7 +447,11 @@ async fn requests_in(
             break counts;
         }
         if Instant::now() > deadline {
+            // Drained before the cleanup, which would otherwise race their last writes.
             let _ = stop_tx.send(true);
+            for w in workers {
+                let _ = w.await;
+            }
             bail!(
                 "not done after {} s: {}",
                 a.timeout_secs,
@@ -771,6 +840,650 @@ async fn namespace_memory(redis: &str, namespace: &str) -> anyhow::Result<u64> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// cedar bench e2e
+
+async fn e2e(a: E2eArgs) -> anyhow::Result<()> {
+    let bench = Scratch::new(&a.redis.redis)?;
+    let emulator = bench
+        .emulator(EmulatorOptions {
+            // A task ends at the emulator's next tick (2 ms) and EE runs any number at once:
+            // what is left to measure is cedar (and, for the baseline, the original's loop).
+            task_seconds: 0.0,
+            max_concurrent_exports: 1_000_000,
+            ..EmulatorOptions::default()
+        })
+        .await?;
+    let result = e2e_in(&bench, &emulator, &a).await;
+    emulator.shutdown().await;
+    bench.cleanup().await;
+    result
+}
+
+async fn e2e_in(bench: &Scratch, emulator: &RunningEmulator, a: &E2eArgs) -> anyhow::Result<()> {
+    let mut config = bench.config(Some(emulator))?;
+    if a.bucket == BucketAccess::Gs {
+        config.store.url = format!("gs://{PROJECT}");
+        config.store.endpoint = emulator.url();
+    }
+    let settings = Arc::new(config.validate()?);
+    let config_path = bench.dir.join("cedar.toml");
+    std::fs::write(&config_path, toml::to_string(&settings.config)?)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    let req = campaign(&settings, a.tile_periods)?;
+    let plan = submit::plan(&settings, &req, chrono::Utc::now())?;
+    let total = plan.submission.order_count() as u64;
+    let ctx = worker::context(settings.clone(), JobSettings::default()).await?;
+
+    // The workers start first, so that the clock measures the campaign, not process start-up.
+    let cap = worker::admission_cap(Some(u64::MAX), None, 1);
+    let mut workers = Vec::new();
+    for i in 0..a.workers.max(1) {
+        workers.push(WorkerProcess::spawn(
+            &config_path,
+            &bench.dir.join(format!("worker-{i}.log")),
+            &[
+                "--concurrency".into(),
+                a.concurrency.to_string(),
+                "--max-active-exports".into(),
+                cap.to_string(),
+                "--ee-requests-per-second".into(),
+                a.ee_requests_per_second.to_string(),
+                "--poll-interval-secs".into(),
+                "1".into(),
+                "--drain-secs".into(),
+                "5".into(),
+            ],
+        )?);
+    }
+    let campaign_run = e2e_campaign(bench, emulator, &ctx, &plan, &mut workers, a).await;
+    for w in workers {
+        w.stop().await;
+    }
+    let (wall, counts, cedar_requests) = campaign_run?;
+
+    // The baseline on the first tile-periods of the same campaign, under a prefix of its own.
+    let items: Vec<serde_json::Value> = plan
+        .submission
+        .orders()
+        .take(a.baseline_items as usize)
+        .map(|o| baseline_item(&settings, &plan.submission, &o))
+        .collect::<anyhow::Result<_>>()?;
+    let items_path = bench.dir.join("baseline-items.json");
+    std::fs::write(&items_path, serde_json::to_vec(&items)?)
+        .with_context(|| format!("writing {}", items_path.display()))?;
+    let before = emulator.stats();
+    let base = run_baseline(bench, emulator, a, &items_path).await?;
+    let baseline_requests = request_counts(&emulator.stats(), &before);
+    anyhow::ensure!(
+        base.items == items.len() as u64,
+        "the baseline ran {} of {} items",
+        base.items,
+        items.len()
+    );
+
+    let count = |s: OrderState| counts.get(&s).copied().unwrap_or(0);
+    let empty = count(OrderState::Empty);
+    let cedar_rate = total as f64 / wall.as_secs_f64();
+    let ratio = cedar_rate / base.items_per_second.max(1e-9);
+    println!(
+        "cedar bench e2e: {total} tile-periods ({}), EE tasks instant (task_seconds 0, no concurrency limit), bucket {}",
+        describe(&plan),
+        match a.bucket {
+            BucketAccess::Gs => "gs:// through the emulator's Cloud Storage JSON API",
+            BucketAccess::File => "file:// on the emulator's folder",
+        }
+    );
+    println!(
+        "cedar: {} `cedar worker` processes x concurrency {}, max-active-exports {cap}, EE budget {}/s, poll interval 1 s; orders: {}",
+        a.workers.max(1),
+        a.concurrency,
+        a.ee_requests_per_second,
+        describe_counts(&counts)
+    );
+    println!(
+        "baseline: {} (the real client, sequential: getInfo, Export.image.toCloudStorage().start(), task.status() until done, list + download), first {} tile-periods, {} objects, start-up {:.1} s not counted",
+        base.client, base.items, base.objects, base.init_seconds
+    );
+    let mut t = Table::new([
+        "run",
+        "tile-periods",
+        "empty",
+        "seconds",
+        "tile-periods/s",
+        "÷ baseline",
+        "target",
+    ]);
+    t.row([
+        "baseline: original CEDAR loop, Python earthengine-api".into(),
+        base.items.to_string(),
+        base.empty.to_string(),
+        format!("{:.2}", base.seconds),
+        format!("{:.1}", base.items_per_second),
+        "1".into(),
+        "".into(),
+    ]);
+    t.row([
+        format!(
+            "cedar: {} workers, submit to last order done",
+            a.workers.max(1)
+        ),
+        total.to_string(),
+        empty.to_string(),
+        secs(wall),
+        format!("{cedar_rate:.1}"),
+        format!("{ratio:.1}x"),
+        verdict(ratio >= 20.0, "≥ 20x"),
+    ]);
+    t.print();
+    let mut t = Table::new([
+        "request (counted by the emulator)",
+        "baseline per tile-period",
+        "cedar per tile-period",
+    ]);
+    let methods: std::collections::BTreeSet<&String> = baseline_requests
+        .keys()
+        .chain(cedar_requests.keys())
+        .collect();
+    let per = |m: &BTreeMap<String, u64>, k: &String, n: u64| {
+        format!(
+            "{:.2}",
+            m.get(k).copied().unwrap_or(0) as f64 / n.max(1) as f64
+        )
+    };
+    for k in methods {
+        t.row([
+            k.clone(),
+            per(&baseline_requests, k, base.items),
+            per(&cedar_requests, k, total),
+        ]);
+    }
+    t.print();
+    Ok(())
+}
+
+/// Submits the campaign to the running workers and waits for every order to end; returns the
+/// wall time, the final counts and the requests the emulator saw meanwhile.
+async fn e2e_campaign(
+    bench: &Scratch,
+    emulator: &RunningEmulator,
+    ctx: &crate::jobs::Context,
+    plan: &Plan,
+    workers: &mut [WorkerProcess],
+    a: &E2eArgs,
+) -> anyhow::Result<(Duration, BTreeMap<OrderState, u64>, BTreeMap<String, u64>)> {
+    // Long enough for both to connect and start polling their queues.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for w in workers.iter_mut() {
+        w.check_alive()?;
+    }
+    let total = plan.submission.order_count() as u64;
+    let before = emulator.stats();
+    let started = Instant::now();
+    submit::enqueue(
+        &ctx.settings,
+        &ctx.tracker,
+        &ctx.queue,
+        ctx.bucket.as_ref(),
+        plan,
+    )
+    .await?;
+    let deadline = started + Duration::from_secs(a.timeout_secs);
+    let counts = loop {
+        let counts = ctx.tracker.counts(&plan.submission.name).await?;
+        if ended(&counts) >= total {
+            break counts;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "not done after {} s: {}; see the worker logs in {}",
+                a.timeout_secs,
+                describe_counts(&counts),
+                bench.dir.display()
+            );
+        }
+        for w in workers.iter_mut() {
+            w.check_alive()?;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let wall = started.elapsed();
+    let requests = request_counts(&emulator.stats(), &before);
+    let failed: u64 = [OrderState::Failed, OrderState::Lost, OrderState::Cancelled]
+        .iter()
+        .filter_map(|s| counts.get(s))
+        .sum();
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} orders did not complete ({}); a throughput of failures means nothing",
+        describe_counts(&counts)
+    );
+    Ok((wall, counts, requests))
+}
+
+/// EE API and storage API requests per method between two snapshots of the emulator's stats.
+fn request_counts(after: &emulator::Stats, before: &emulator::Stats) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for (now, then, kind) in [
+        (&after.requests, &before.requests, "EE"),
+        (&after.storage_requests, &before.storage_requests, "storage"),
+    ] {
+        for (method, n) in now {
+            let d = n - then.get(method).copied().unwrap_or(0);
+            if d > 0 {
+                out.insert(format!("{kind} {method}"), d);
+            }
+        }
+    }
+    out
+}
+
+/// What `scripts/baseline_cedar_original.py` prints on its last line.
+#[derive(Debug, serde::Deserialize)]
+struct BaselineRun {
+    client: String,
+    items: u64,
+    empty: u64,
+    objects: u64,
+    init_seconds: f64,
+    seconds: f64,
+    items_per_second: f64,
+}
+
+async fn run_baseline(
+    bench: &Scratch,
+    emulator: &RunningEmulator,
+    a: &E2eArgs,
+    items: &Path,
+) -> anyhow::Result<BaselineRun> {
+    let dest = bench.dir.join("baseline-downloads");
+    std::fs::create_dir_all(&dest)?;
+    let mut cmd = tokio::process::Command::new(&a.python);
+    cmd.arg(&a.baseline_script)
+        .arg("--emulator")
+        .arg(emulator.url())
+        .args(["--project", PROJECT, "--bucket", PROJECT])
+        .arg("--items")
+        .arg(items)
+        .arg("--dest")
+        .arg(&dest)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(a.timeout_secs), cmd.output())
+        .await
+        .with_context(|| format!("the baseline was not done after {} s", a.timeout_secs))?
+        .with_context(|| {
+            format!(
+                "running {} {} (see --python, --baseline-script)",
+                a.python.display(),
+                a.baseline_script.display()
+            )
+        })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "the baseline failed ({}): {}{}",
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).with_context(|| format!("reading the baseline's result {last:?}"))
+}
+
+/// One tile-period as the baseline script reads it: what the original's `create_ard` and
+/// `Export.image.toCloudStorage` need, taken from the same settings cedar runs with.
+fn baseline_item(
+    settings: &Settings,
+    sub: &crate::tracking::Submission,
+    order: &crate::order::Order,
+) -> anyhow::Result<serde_json::Value> {
+    use crate::collection::{DataType, FilterValue};
+    let spec = settings
+        .collections
+        .get(&order.collection)
+        .with_context(|| format!("collection {} is not configured", order.collection))?;
+    let tile = settings.grid.tile(order.row, order.col)?;
+    let names = order.names(settings, sub.submitted)?;
+    let crs = match &tile.crs {
+        crate::grid::Crs::Code(s) | crate::grid::Crs::Wkt(s) => s.clone(),
+    };
+    let inner = tile
+        .bounds
+        .inset(crate::earthengine::expression::FOOTPRINT_INSET);
+    let b = &tile.bounds;
+    let t = &tile.transform;
+    let export = &settings.config.export;
+    // The Python client's method for cedar's cast.
+    let cast = match spec.data_type {
+        DataType::Int8 => "toInt8",
+        DataType::Uint8 => "toUint8",
+        DataType::Int16 => "toInt16",
+        DataType::Uint16 => "toUint16",
+        DataType::Int32 => "toInt32",
+        DataType::Uint32 => "toUint32",
+        DataType::Float => "toFloat",
+        DataType::Double => "toDouble",
+    };
+    let filters: Vec<serde_json::Value> = spec
+        .filters
+        .iter()
+        .map(|f| {
+            let value = match &f.value {
+                FilterValue::Number(n) => serde_json::json!(n),
+                FilterValue::Text(s) => serde_json::json!(s),
+            };
+            serde_json::json!({"property": f.property, "op": f.op.symbol(), "value": value})
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "collection": spec.id,
+        "bands": spec.bands.iter().map(|b| b.native.as_str()).collect::<Vec<_>>(),
+        "names": spec.bands.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
+        "nodata": spec.nodata,
+        "cast": cast,
+        "mosaic_per_day": spec.mosaic_per_day,
+        "filters": filters,
+        "footprint": {"crs": crs, "coordinates": [inner.left, inner.bottom, inner.right, inner.top]},
+        "start": order.period.start.to_string(),
+        "end": order.period.end.to_string(),
+        "crs": crs,
+        "crs_transform": [t.scale_x, t.shear_x, t.translate_x, t.shear_y, t.scale_y, t.translate_y],
+        "dimensions": tile.dimensions(),
+        "region": [b.left, b.bottom, b.right, b.top],
+        "file_dimensions": export.file_dimensions,
+        "cloud_optimized": export.cloud_optimized,
+        "max_pixels": export.max_pixels,
+        "description": names.name,
+        "file_name_prefix": format!("baseline/{}", names.object_base()),
+        "tracking": sub.name,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// cedar bench download
+
+/// The folder the download bench's pieces are exported under.
+const DOWNLOAD_PREFIX: &str = "CEDAR_PREARD/";
+
+async fn download(a: DownloadArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.gib > 0.0 && a.gib.is_finite() && a.piece_mib > 0,
+        "--gib and --piece-mib must be positive"
+    );
+    let (_, dir) = scratch_dir()?;
+    let result = download_in(&dir, &a).await;
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        eprintln!("warning: could not remove {}: {e}", dir.display());
+    }
+    result
+}
+
+/// Size and checksums of one piece, as written.
+#[derive(Debug, Clone, Copy)]
+struct PieceSums {
+    md5: [u8; 16],
+    crc32c: u32,
+}
+
+async fn download_in(dir: &Path, a: &DownloadArgs) -> anyhow::Result<()> {
+    let bucket_dir = dir.join("bucket");
+    let piece_bytes = a.piece_mib * 1024 * 1024;
+    let pieces = ((a.gib * f64::from(1u32 << 30)) / piece_bytes as f64)
+        .ceil()
+        .max(1.0) as usize;
+    let generate_dir = bucket_dir.clone();
+    let sums = tokio::task::spawn_blocking(move || {
+        write_pieces(&generate_dir, pieces, piece_bytes as usize)
+    })
+    .await??;
+    let total: u64 = piece_bytes * pieces as u64;
+    let emulator = start_emulator(&bucket_dir, EmulatorOptions::default()).await?;
+    let result = download_runs(dir, &bucket_dir, &emulator, &sums, total).await;
+    emulator.shutdown().await;
+    let runs = result?;
+
+    let mb_per_s = |d: Duration| total as f64 / 1e6 / d.as_secs_f64();
+    let (cp_before, cp_after, cp_sync, file, gs) = runs;
+    let baseline = cp_before.min(cp_after);
+    println!(
+        "cedar bench download: {pieces} pieces of {} MiB ({:.2} GiB) in the emulator's bucket folder {}, copied to a local folder on the same disk",
+        a.piece_mib,
+        total as f64 / f64::from(1u32 << 30),
+        bucket_dir.display()
+    );
+    println!(
+        "page cache: every run reads the same source files, read once in full just before it (warm); each run starts after `sync`; cedar fsyncs every file it writes, cp does not (see the cp + sync row); MB = 10^6 bytes"
+    );
+    let mut t = Table::new(["copy", "list s", "copy s", "MB/s", "÷ baseline", "checks"]);
+    t.row([
+        "baseline: cp -r (best of two)".into(),
+        "".into(),
+        secs(baseline),
+        format!("{:.0}", mb_per_s(baseline)),
+        "1".into(),
+        format!(
+            "runs {:.0} and {:.0} MB/s",
+            mb_per_s(cp_before),
+            mb_per_s(cp_after)
+        ),
+    ]);
+    t.row([
+        "cp -r, then sync".into(),
+        "".into(),
+        secs(cp_sync),
+        format!("{:.0}", mb_per_s(cp_sync)),
+        format!("{:.2}", baseline.as_secs_f64() / cp_sync.as_secs_f64()),
+        "".into(),
+    ]);
+    for (label, run, checks) in [
+        (
+            "cedar copy_verified from file://",
+            file,
+            "size, md5, crc32c (from the generation manifest: a local listing has none)",
+        ),
+        (
+            "cedar copy_verified from gs:// (emulator JSON API)",
+            gs,
+            "size, md5, crc32c (from objects.list)",
+        ),
+    ] {
+        t.row([
+            label.into(),
+            secs(run.list),
+            secs(run.copy),
+            format!("{:.0}", mb_per_s(run.copy)),
+            format!("{:.2}", baseline.as_secs_f64() / run.copy.as_secs_f64()),
+            checks.into(),
+        ]);
+    }
+    t.print();
+    Ok(())
+}
+
+/// Writes `pieces` random pieces named as EE names the pieces of 5000×5000 exports split at
+/// 1024 pixels, and returns their checksums by object name.
+fn write_pieces(
+    bucket_dir: &Path,
+    pieces: usize,
+    piece_bytes: usize,
+) -> anyhow::Result<BTreeMap<String, PieceSums>> {
+    use md5::Digest as _;
+    use rand::RngCore as _;
+    let per_export = crate::order::expected_pieces(5000, 5000, 1024);
+    let mut sums = BTreeMap::new();
+    let mut rng = rand::rng();
+    let mut body = vec![0u8; piece_bytes];
+    for i in 0..pieces {
+        let base = format!("{DOWNLOAD_PREFIX}bench_{:03}", i / per_export.len());
+        let name = crate::order::piece_object(&base, per_export[i % per_export.len()]);
+        rng.fill_bytes(&mut body);
+        let path = bucket_dir.join(&name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, &body).with_context(|| format!("writing {}", path.display()))?;
+        sums.insert(
+            name,
+            PieceSums {
+                md5: md5::Md5::digest(&body).into(),
+                crc32c: crc32c::crc32c(&body),
+            },
+        );
+    }
+    Ok(sums)
+}
+
+/// Listing and copying time of one `copy_verified` run.
+#[derive(Debug, Clone, Copy)]
+struct CopyRun {
+    list: Duration,
+    copy: Duration,
+}
+
+/// `cp -r` before, cedar from `file://`, cedar from `gs://`, `cp -r` after, `cp -r` + sync.
+async fn download_runs(
+    dir: &Path,
+    bucket_dir: &Path,
+    emulator: &RunningEmulator,
+    sums: &BTreeMap<String, PieceSums>,
+    total: u64,
+) -> anyhow::Result<(Duration, Duration, Duration, CopyRun, CopyRun)> {
+    let cp_before = cp_run(bucket_dir, &dir.join("cp-1"), false).await?;
+    let file_url = url::Url::from_directory_path(bucket_dir)
+        .map_err(|()| anyhow::anyhow!("{} is not absolute", bucket_dir.display()))?;
+    let file = copy_run(
+        bucket_dir,
+        &dir.join("cedar-file"),
+        crate::store::open_bucket(file_url.as_str(), None, Arc::new(crate::auth::NoAuth))?,
+        sums,
+        total,
+        true,
+    )
+    .await?;
+    let gs = copy_run(
+        bucket_dir,
+        &dir.join("cedar-gs"),
+        crate::store::open_bucket(
+            &format!("gs://{PROJECT}"),
+            Some(&emulator.url()),
+            Arc::new(crate::auth::NoAuth),
+        )?,
+        sums,
+        total,
+        false,
+    )
+    .await?;
+    let cp_after = cp_run(bucket_dir, &dir.join("cp-2"), false).await?;
+    let cp_sync = cp_run(bucket_dir, &dir.join("cp-3"), true).await?;
+    Ok((cp_before, cp_after, cp_sync, file, gs))
+}
+
+/// Reads every file under `dir` once, so that the copy that follows reads from the page cache.
+async fn warm(dir: &Path) -> anyhow::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d)? {
+                let path = entry?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    std::io::copy(&mut std::fs::File::open(&path)?, &mut std::io::sink())?;
+                }
+            }
+        }
+        Ok(())
+    })
+    .await?
+}
+
+async fn sync() -> anyhow::Result<()> {
+    let status = tokio::process::Command::new("sync").status().await?;
+    anyhow::ensure!(status.success(), "sync failed: {status}");
+    Ok(())
+}
+
+/// Times `cp -r bucket dest` (and a `sync` after it when `then_sync`), then deletes `dest`.
+async fn cp_run(bucket_dir: &Path, dest: &Path, then_sync: bool) -> anyhow::Result<Duration> {
+    sync().await?;
+    warm(bucket_dir).await?;
+    let started = Instant::now();
+    let status = tokio::process::Command::new("cp")
+        .arg("-r")
+        .arg(bucket_dir)
+        .arg(dest)
+        .status()
+        .await
+        .context("running cp")?;
+    anyhow::ensure!(status.success(), "cp -r failed: {status}");
+    if then_sync {
+        sync().await?;
+    }
+    let took = started.elapsed();
+    std::fs::remove_dir_all(dest)?;
+    Ok(took)
+}
+
+/// Lists the pieces in `bucket` and times `copy_verified` of all of them into `dest`, checked
+/// against the manifest; `add_sums` supplies the checksums a local listing lacks.
+async fn copy_run(
+    bucket_dir: &Path,
+    dest: &Path,
+    bucket: Arc<dyn crate::store::ExportBucket>,
+    sums: &BTreeMap<String, PieceSums>,
+    total: u64,
+    add_sums: bool,
+) -> anyhow::Result<CopyRun> {
+    sync().await?;
+    warm(bucket_dir).await?;
+    let started = Instant::now();
+    let mut objects = bucket.list(DOWNLOAD_PREFIX).await?;
+    let list = started.elapsed();
+    anyhow::ensure!(
+        objects.len() == sums.len(),
+        "listed {} of {} pieces",
+        objects.len(),
+        sums.len()
+    );
+    for o in &mut objects {
+        let s = sums
+            .get(&o.name)
+            .with_context(|| format!("listed an unknown object {}", o.name))?;
+        if add_sums {
+            o.md5 = Some(s.md5);
+            o.crc32c = Some(s.crc32c);
+        }
+        anyhow::ensure!(
+            o.md5 == Some(s.md5) && o.crc32c == Some(s.crc32c),
+            "{}: the listing's checksums are not the ones written",
+            o.name
+        );
+    }
+    let destination = crate::store::Destination::local(dest);
+    let started = Instant::now();
+    let (verified, bytes) = crate::jobs::download::copy_verified(
+        bucket.as_ref(),
+        &destination,
+        "bench",
+        &objects,
+        true,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("copy_verified: {e}"))?;
+    let copy = started.elapsed();
+    anyhow::ensure!(
+        verified.len() == sums.len() && bytes == total,
+        "copied {} objects, {bytes} bytes; expected {}, {total}",
+        verified.len(),
+        sums.len()
+    );
+    std::fs::remove_dir_all(dest)?;
+    Ok(CopyRun { list, copy })
+}
+
+// ---------------------------------------------------------------------------------------------
 // What every bench shares
 
 /// A bench's own namespace and scratch folder.
@@ -782,16 +1495,7 @@ struct Scratch {
 
 impl Scratch {
     fn new(redis: &str) -> anyhow::Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let namespace = format!("cedar-bench-{}-{nanos}", std::process::id());
-        let dir = std::env::temp_dir().join(&namespace);
-        for sub in ["bucket", "downloads"] {
-            std::fs::create_dir_all(dir.join(sub))
-                .with_context(|| format!("creating {}", dir.join(sub).display()))?;
-        }
+        let (namespace, dir) = scratch_dir()?;
         Ok(Scratch {
             redis: redis.to_string(),
             namespace,
@@ -811,6 +1515,11 @@ impl Scratch {
 
     /// Settings pointing at this bench's Redis namespace, folders and (if any) emulator.
     fn settings(&self, emulator: Option<&RunningEmulator>) -> anyhow::Result<Settings> {
+        Ok(self.config(emulator)?.validate()?)
+    }
+
+    /// The configuration behind [`Scratch::settings`], for a bench to adjust before validating.
+    fn config(&self, emulator: Option<&RunningEmulator>) -> anyhow::Result<Config> {
         let mut c = Config::default();
         c.earthengine.project = PROJECT.into();
         if let Some(e) = emulator {
@@ -826,25 +1535,12 @@ impl Scratch {
         c.queue.namespace = self.namespace.clone();
         // A free port: a worker already running on this host holds the default one.
         c.metrics.listen = "127.0.0.1:0".into();
-        Ok(c.validate()?)
+        Ok(c)
     }
 
     /// An emulator on a free loopback port that writes into this bench's bucket folder.
     async fn emulator(&self, options: EmulatorOptions) -> anyhow::Result<RunningEmulator> {
-        let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(
-            self.dir.join("bucket"),
-        )?);
-        Ok(emulator::start(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            store,
-            EmulatorOptions {
-                project: Some(PROJECT.into()),
-                bucket: Some(PROJECT.into()),
-                bytes_per_pixel: BYTES_PER_PIXEL,
-                ..options
-            },
-        )
-        .await?)
+        start_emulator(&self.dir.join("bucket"), options).await
     }
 
     /// Deletes the namespace and the folder; problems are reported, not returned, so that
@@ -861,6 +1557,44 @@ impl Scratch {
             eprintln!("warning: could not remove {}: {e}", self.dir.display());
         }
     }
+}
+
+/// A fresh name (also the Redis namespace) and scratch folder, with `bucket/` and
+/// `downloads/` in it.
+fn scratch_dir() -> anyhow::Result<(String, PathBuf)> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let name = format!("cedar-bench-{}-{nanos}", std::process::id());
+    let dir = std::env::temp_dir().join(&name);
+    for sub in ["bucket", "downloads"] {
+        std::fs::create_dir_all(dir.join(sub))
+            .with_context(|| format!("creating {}", dir.join(sub).display()))?;
+    }
+    Ok((name, dir))
+}
+
+/// An emulator on a free loopback port serving project and bucket [`PROJECT`], whose bucket
+/// is the folder `bucket_dir`.
+async fn start_emulator(
+    bucket_dir: &Path,
+    options: EmulatorOptions,
+) -> anyhow::Result<RunningEmulator> {
+    let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(
+        bucket_dir,
+    )?);
+    Ok(emulator::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        store,
+        EmulatorOptions {
+            project: Some(PROJECT.into()),
+            bucket: Some(PROJECT.into()),
+            bytes_per_pixel: BYTES_PER_PIXEL,
+            ..options
+        },
+    )
+    .await?)
 }
 
 /// The keys of `namespace`, in SCAN batches.

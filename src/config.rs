@@ -515,6 +515,26 @@ impl Config {
         let prefix_template = template("export.prefix_template", Kind::Prefix, &ex.prefix_template);
         let tracking_template =
             template("tracking.template", Kind::Tracking, &self.tracking.template);
+        // A literal such as "../" can only show when rendered: try a sample order now rather
+        // than failing at submit time.
+        let sample = naming::ItemValues {
+            collection_id: "LANDSAT/LC08/C02/T1_L2",
+            row: 0,
+            col: 0,
+            period: crate::period::Period {
+                start: chrono::NaiveDate::from_ymd_opt(2020, 1, 1).expect("valid date"),
+                end: chrono::NaiveDate::from_ymd_opt(2021, 1, 1).expect("valid date"),
+            },
+            now: chrono::Utc::now(),
+        };
+        for (key, t) in [
+            ("export.name_template", &name_template),
+            ("export.prefix_template", &prefix_template),
+        ] {
+            if let Some(Err(e)) = t.as_ref().map(|t| t.render_item(&sample)) {
+                problem(key, e.to_string());
+            }
+        }
         if self.tracking.prefix.is_empty()
             || self.tracking.prefix.starts_with('/')
             || self.tracking.prefix.split('/').any(|s| s == "..")

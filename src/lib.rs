@@ -28,6 +28,7 @@
 //! - [`cli`]: the command line.
 //! - [`demo`]: a whole campaign on embedded defaults (in-process emulator, local folders).
 //! - [`bench`]: `cedar bench`, speed and memory figures as ratios against a same-run baseline.
+//! - [`soak`]: `cedar soak`, a campaign under every fault at once, then its invariants checked.
 //! - [`auth`]: OAuth2 access tokens (service-account key, Application Default Credentials, none).
 //! - [`earthengine`]: the EE REST client: expressions, exports, operations, errors.
 //! - [`emulator`]: an EE emulator that speaks the same REST API, for tests and demos.
@@ -56,6 +57,7 @@ pub mod naming;
 pub mod order;
 pub mod period;
 pub mod schedule;
+pub mod soak;
 pub mod queue;
 pub mod store;
 pub mod submit;

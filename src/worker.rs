@@ -79,20 +79,25 @@ pub async fn context(settings: Arc<Settings>, jobs: JobSettings) -> anyhow::Resu
     let cfg = &settings.config;
     // One connection (Redis or the SQLite file) for the queue, tracking and the snapshot.
     let tls_ca_file = cfg.queue.tls_ca_file.as_deref().map(std::path::Path::new);
+    let queue_error = |e: crate::queue::QueueError| {
+        anyhow::anyhow!(
+            "queue.url {}: {e}",
+            crate::config::redact_url(&cfg.queue.url)
+        )
+    };
     let conn = Connection::open_with_ca(&cfg.queue.url, tls_ca_file)
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "queue.url {}: {e}",
-                crate::config::redact_url(&cfg.queue.url)
-            )
-        })?;
+        .map_err(queue_error)?;
     let ns = &cfg.queue.namespace;
     let (queue, tracker, snapshot) = (
         Queue::new(&conn, ns),
         Tracker::new(&conn, ns),
         Snapshot::new(&conn, ns),
     );
+    // Redis accepts a connection without a password and refuses only the first command: ask
+    // one now, so that a missing password is one message naming queue.url, not a failure deep
+    // inside the first command that needs the queue.
+    queue.ping().await.map_err(queue_error)?;
     let tokens = auth::token_source(cfg.earthengine.credentials.as_deref())?;
     let ee = EarthEngine::new(
         &cfg.earthengine.endpoint,
@@ -133,6 +138,15 @@ pub async fn run(
     };
     let cap = admission_cap(opts.max_active_exports, ee_cap, opts.active_exports_factor);
     tracing::info!(max_active_exports = cap, "worker starting");
+
+    // A worker SIGKILLed on this host left its half-written downloads behind; remove them.
+    let dest = ctx.dest.clone();
+    tokio::spawn(async move {
+        let n = dest.remove_stale_temps().await;
+        if n > 0 {
+            tracing::info!(files = n, "removed temporary files of dead processes");
+        }
+    });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = tokio::spawn(jobs::poll::sweep_loop(

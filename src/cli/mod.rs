@@ -63,6 +63,8 @@ pub enum Command {
     /// Benchmarks that print their figures as ratios against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
+    /// Run a campaign under every fault at once (workers killed, Redis restarted, EE errors) and check its invariants.
+    Soak(crate::soak::SoakArgs),
     #[command(flatten)]
     Campaign(campaign::CampaignCommand),
 }
@@ -131,6 +133,8 @@ pub async fn main() -> ExitCode {
     // The demo tells its own story with progress bars; logs would tear them.
     let default_level = match cli.command {
         Command::Demo(_) => "off",
+        // The soak prints its own progress and verdicts; its workers log to files.
+        Command::Soak(_) => "warn",
         _ => "info",
     };
     init_logging(cli.log_format, default_level);
@@ -233,6 +237,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::bench::run(cmd.clone()).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Soak(args) => crate::soak::run(args.clone()).await,
         Command::Emulator(args) => {
             crate::emulator::run(args.clone()).await?;
             Ok(ExitCode::SUCCESS)

@@ -41,6 +41,8 @@ const MAX_RESULTS: usize = 1000;
 const CUT_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 type SharedState = State<Arc<Shared>>;
+/// An answer that ends a request early (boxed: a response is large).
+type Rejected = Box<Response>;
 
 /// Google's storage error shape: `{"error": {"code", "message", "errors": [{…}]}}`.
 fn error(code: StatusCode, reason: &str, message: String) -> Response {
@@ -61,24 +63,24 @@ fn no_such_object(bucket: &str, name: &str) -> Response {
 }
 
 /// 404 unless the emulator serves `bucket` (any bucket when none is configured).
-fn check_bucket(shared: &Shared, bucket: &str) -> Result<(), Response> {
+fn check_bucket(shared: &Shared, bucket: &str) -> Result<(), Rejected> {
     match &shared.options.bucket {
-        Some(own) if own != bucket => Err(error(
+        Some(own) if own != bucket => Err(Box::new(error(
             StatusCode::NOT_FOUND,
             "notFound",
             "The specified bucket does not exist.".to_owned(),
-        )),
+        ))),
         _ => Ok(()),
     }
 }
 
-fn store_path(name: &str) -> Result<StorePath, Response> {
+fn store_path(name: &str) -> Result<StorePath, Rejected> {
     StorePath::parse(name).map_err(|e| {
-        error(
+        Box::new(error(
             StatusCode::BAD_REQUEST,
             "invalid",
             format!("Invalid object name {name:?}: {e}"),
-        )
+        ))
     })
 }
 
@@ -100,7 +102,10 @@ fn digest(name: &str, bytes: &[u8], source: &str) -> WrittenObject {
     WrittenObject {
         name: name.to_owned(),
         size: bytes.len() as u64,
-        md5: Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect(),
+        md5: Md5::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
         crc32c: crc32c::crc32c(bytes),
         source: source.to_owned(),
     }
@@ -110,7 +115,9 @@ fn resource(bucket: &str, meta: &ObjectMeta, bytes: &[u8]) -> Value {
     let name = meta.location.as_ref();
     let generation = generation(meta);
     let md5: [u8; 16] = Md5::digest(bytes).into();
-    let time = meta.last_modified.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let time = meta
+        .last_modified
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     json!({
         "kind": "storage#object",
         "id": format!("{bucket}/{name}/{generation}"),
@@ -131,15 +138,18 @@ fn resource(bucket: &str, meta: &ObjectMeta, bytes: &[u8]) -> Value {
 }
 
 /// Reads one object: its metadata and bytes, or `None` when it does not exist.
-async fn read(store: &dyn ObjectStore, path: &StorePath) -> Result<Option<(ObjectMeta, Bytes)>, Response> {
+async fn read(
+    store: &dyn ObjectStore,
+    path: &StorePath,
+) -> Result<Option<(ObjectMeta, Bytes)>, Rejected> {
     match store.get(path).await {
         Ok(got) => {
             let meta = got.meta.clone();
-            let bytes = got.bytes().await.map_err(internal)?;
+            let bytes = got.bytes().await.map_err(|e| Box::new(internal(e)))?;
             Ok(Some((meta, bytes)))
         }
         Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(internal(e)),
+        Err(e) => Err(Box::new(internal(e))),
     }
 }
 
@@ -151,7 +161,7 @@ pub(crate) async fn list(
 ) -> Response {
     shared.lock().counters.storage_request("objects.list");
     if let Err(r) = check_bucket(&shared, &bucket) {
-        return r;
+        return *r;
     }
     if query.get("delimiter").is_some_and(|d| !d.is_empty()) {
         return error(
@@ -174,7 +184,11 @@ pub(crate) async fn list(
     };
     let after = match query.get("pageToken").filter(|t| !t.is_empty()) {
         None => None,
-        Some(token) => match URL_SAFE_NO_PAD.decode(token).ok().and_then(|b| String::from_utf8(b).ok()) {
+        Some(token) => match URL_SAFE_NO_PAD
+            .decode(token)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+        {
             Some(name) => Some(name),
             None => {
                 return error(
@@ -210,7 +224,7 @@ pub(crate) async fn list(
             Ok(Some((meta, bytes))) => items.push(resource(&bucket, &meta, &bytes)),
             // Deleted between listing and reading: Google's listing would not show it either.
             Ok(None) => {}
-            Err(r) => return r,
+            Err(r) => return *r,
         }
     }
     let mut body = json!({"kind": "storage#objects"});
@@ -230,21 +244,22 @@ pub(crate) async fn get(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let media = query.get("alt").map(String::as_str) == Some("media");
-    shared
-        .lock()
-        .counters
-        .storage_request(if media { "objects.get.media" } else { "objects.get" });
+    shared.lock().counters.storage_request(if media {
+        "objects.get.media"
+    } else {
+        "objects.get"
+    });
     if let Err(r) = check_bucket(&shared, &bucket) {
-        return r;
+        return *r;
     }
     let path = match store_path(&name) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (meta, bytes) = match read(shared.store.as_ref(), &path).await {
         Ok(Some(found)) => found,
         Ok(None) => return no_such_object(&bucket, &name),
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !media {
         return axum::Json(resource(&bucket, &meta, &bytes)).into_response();
@@ -302,11 +317,11 @@ pub(crate) async fn delete(
 ) -> Response {
     shared.lock().counters.storage_request("objects.delete");
     if let Err(r) = check_bucket(&shared, &bucket) {
-        return r;
+        return *r;
     }
     let path = match store_path(&name) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match shared.store.head(&path).await {
         Ok(_) => {}
@@ -314,7 +329,9 @@ pub(crate) async fn delete(
         Err(e) => return internal(e),
     }
     match shared.store.delete(&path).await {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => StatusCode::NO_CONTENT.into_response(),
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+            StatusCode::NO_CONTENT.into_response()
+        }
         Err(e) => internal(e),
     }
 }
@@ -328,7 +345,7 @@ pub(crate) async fn upload(
 ) -> Response {
     shared.lock().counters.storage_request("objects.insert");
     if let Err(r) = check_bucket(&shared, &bucket) {
-        return r;
+        return *r;
     }
     match query.get("uploadType").map(String::as_str) {
         Some("media") => {}
@@ -349,9 +366,13 @@ pub(crate) async fn upload(
     };
     let path = match store_path(name) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
-    if let Err(e) = shared.store.put(&path, PutPayload::from(body.clone())).await {
+    if let Err(e) = shared
+        .store
+        .put(&path, PutPayload::from(body.clone()))
+        .await
+    {
         return internal(e);
     }
     let meta = match shared.store.head(&path).await {

@@ -69,10 +69,17 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
     let Some(status) = status else {
         return Ok(Outcome::Done);
     };
-    // A stale job: the order moved on, or was re-exported under another operation.
-    if status.operation.as_deref() != Some(operation.as_str())
-        || status.state.rank() >= OrderState::Succeeded.rank()
-    {
+    // A stale job: the order was re-exported under another operation, or moved on.
+    if status.operation.as_deref() != Some(operation.as_str()) {
+        return Ok(Outcome::Done);
+    }
+    if status.state == OrderState::Succeeded {
+        // A re-run after a crash between recording SUCCEEDED and enqueueing the download:
+        // enqueue it again (a no-op if it is queued already).
+        enqueue_download(ctx, job, &order, &operation).await?;
+        return Ok(Outcome::Done);
+    }
+    if status.state.rank() > OrderState::Succeeded.rank() {
         return Ok(Outcome::Done);
     }
     mark_waiting(ctx, &operation).await?;
@@ -208,13 +215,7 @@ async fn apply(
     crate::metrics::ee_task_ended(&view.state, view.start, view.end);
     match new_state {
         OrderState::Succeeded => {
-            ctx.queue
-                .enqueue_bulk(
-                    Stage::Download,
-                    &[job_for(&job.tracking, &order, Some(operation.to_string()))],
-                    Duration::ZERO,
-                )
-                .await?;
+            enqueue_download(ctx, job, &order, operation).await?;
             Ok(Outcome::Done)
         }
         OrderState::Failed => Err(JobError::Fatal(format!(
@@ -224,6 +225,22 @@ async fn apply(
         ))),
         _ => Ok(Outcome::Done),
     }
+}
+
+async fn enqueue_download(
+    ctx: &Context,
+    job: &OrderJob,
+    order: &crate::order::Order,
+    operation: &str,
+) -> Result<(), JobError> {
+    ctx.queue
+        .enqueue_bulk(
+            Stage::Download,
+            &[job_for(&job.tracking, order, Some(operation.to_string()))],
+            Duration::ZERO,
+        )
+        .await?;
+    Ok(())
 }
 
 /// How often the sweeper lists operations: fast while tasks finish quickly, slower when they

@@ -153,6 +153,23 @@ impl Destination {
         }
     }
 
+    /// Removes the temporary files that processes of this host which no longer run left in a
+    /// local destination: a SIGKILLed worker cannot remove its own half-written file. Temporary
+    /// files of other hosts (a shared network folder) and of live processes stay, and so does
+    /// everything on a system without `/proc`. Returns how many were removed.
+    pub async fn remove_stale_temps(&self) -> u64 {
+        match &self.backend {
+            Backend::Local { root } => {
+                let root = root.clone();
+                tokio::task::spawn_blocking(move || remove_stale_temps_in(&root))
+                    .await
+                    .unwrap_or(0)
+            }
+            // Object stores make a multipart object visible only on completion; nothing to do.
+            Backend::Store { .. } => 0,
+        }
+    }
+
     /// Streams `stream` to `rel_path`, replacing any file there, and makes it visible only if
     /// its size and every checksum in `expected` match. On any failure nothing appears at
     /// `rel_path` (an older file there stays as it was) and no temporary file is left behind.
@@ -267,14 +284,58 @@ impl<'a> Verifier<'a> {
 /// the same file inside one process apart (a redelivered job racing the original).
 fn temp_name(file_name: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{file_name}.tmp.{}{}.{n}", host(), std::process::id())
+}
+
+fn host() -> &'static str {
     static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let host = HOST.get_or_init(|| {
+    HOST.get_or_init(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|name| name.trim().to_owned())
             .unwrap_or_else(|_| "localhost".to_owned())
-    });
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{file_name}.tmp.{host}{}.{n}", std::process::id())
+    })
+}
+
+/// The pid in a [`temp_name`] written on `host`, or `None` for any other name.
+fn temp_pid(file_name: &str, host: &str) -> Option<u32> {
+    let (_, tail) = file_name.rsplit_once(".tmp.")?;
+    let (pid, n) = tail.strip_prefix(host)?.split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(pid) && digits(n)).then(|| pid.parse().ok())?
+}
+
+/// Removes, under `root`, the temporary files of processes of this host that no longer run.
+fn remove_stale_temps_in(root: &std::path::Path) -> u64 {
+    // Without /proc, liveness is unknown: remove nothing rather than a live writer's file.
+    if !std::path::Path::new("/proc/self").exists() {
+        return 0;
+    }
+    let (host, own) = (host(), std::process::id());
+    let mut removed = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                stack.push(entry.path());
+                continue;
+            }
+            let name = entry.file_name();
+            let Some(pid) = temp_pid(&name.to_string_lossy(), host) else {
+                continue;
+            };
+            if pid != own
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && std::fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    removed
 }
 
 async fn write_local<S>(
@@ -467,6 +528,48 @@ mod tests {
     use super::*;
     use futures::stream;
     use object_store::memory::InMemory;
+
+    #[test]
+    fn temp_names_give_back_their_pid_on_this_host_only() {
+        assert_eq!(temp_pid("a.tif.tmp.vm3687.238", "vm"), Some(3687));
+        assert_eq!(temp_pid("a.tif.tmp.vm3687.238", "other"), None);
+        assert_eq!(temp_pid("a.tif", "vm"), None);
+        assert_eq!(temp_pid("a.tif.tmp.vmx.1", "vm"), None);
+        assert_eq!(
+            temp_pid(&temp_name("a.tif"), host()),
+            Some(std::process::id())
+        );
+    }
+
+    #[tokio::test]
+    async fn stale_temp_files_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("T");
+        std::fs::create_dir_all(&sub).unwrap();
+        // A pid that ran and is gone.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let host = host();
+        let names = [
+            format!("a.tif.tmp.{host}{dead}.0"),
+            format!("b.tif.tmp.{host}1.0"),
+            format!("c.tif.tmp.{host}{}.0", std::process::id()),
+            format!("d.tif.tmp.elsewhere{dead}.0"),
+            "e.tif".to_owned(),
+        ];
+        for n in &names {
+            std::fs::write(sub.join(n), b"x").unwrap();
+        }
+        let removed = Destination::local(dir.path()).remove_stale_temps().await;
+        assert_eq!(removed, 1);
+        let mut left: Vec<String> = std::fs::read_dir(&sub)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, names[1..].to_vec());
+    }
 
     #[test]
     fn unsafe_relative_paths_are_refused() {

@@ -421,10 +421,13 @@ dest = "{dest}"
         for n in 0..self.workers.len() {
             let log = std::fs::read_to_string(self.log_path(n)).unwrap_or_default();
             // Only the log events: other output (debug prints) would push them out of the tail.
-            let lines: Vec<&str> = log
+            let mut lines: Vec<&str> = log
                 .lines()
                 .filter(|l| ["INFO", "WARN", "ERROR"].iter().any(|w| l.contains(w)))
                 .collect();
+            if lines.is_empty() {
+                lines = log.lines().collect();
+            }
             let tail = &lines[lines.len().saturating_sub(15)..];
             out.push_str(&format!("--- worker {n} ---\n{}\n", tail.join("\n")));
         }

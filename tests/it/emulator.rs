@@ -857,7 +857,10 @@ async fn the_storage_api_uploads_lists_reads_and_deletes_objects() {
             .body(body);
         async move {
             let response = request.send().await.unwrap();
-            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
         }
     };
     let (status, resource) = upload("camp/a-1.tif", b"first object").await;
@@ -878,7 +881,10 @@ async fn the_storage_api_uploads_lists_reads_and_deletes_objects() {
     let mut token: Option<String> = None;
     let mut pages = 0;
     loop {
-        let mut query = vec![("prefix", "camp/a".to_owned()), ("maxResults", "1".to_owned())];
+        let mut query = vec![
+            ("prefix", "camp/a".to_owned()),
+            ("maxResults", "1".to_owned()),
+        ];
         if let Some(t) = &token {
             query.push(("pageToken", t.clone()));
         }
@@ -923,7 +929,10 @@ async fn the_storage_api_uploads_lists_reads_and_deletes_objects() {
         .unwrap();
     assert_eq!(media.status(), 200);
     let hash = media.headers()["x-goog-hash"].to_str().unwrap().to_owned();
-    assert!(hash.contains(&format!("md5={}", resource["md5Hash"].as_str().unwrap())), "{hash}");
+    assert!(
+        hash.contains(&format!("md5={}", resource["md5Hash"].as_str().unwrap())),
+        "{hash}"
+    );
     assert_eq!(&media.bytes().await.unwrap()[..], b"first object");
 
     let delete = || async {
@@ -938,7 +947,9 @@ async fn the_storage_api_uploads_lists_reads_and_deletes_objects() {
     assert_eq!(again.status(), 404);
     let body: Value = again.json().await.unwrap();
     assert_eq!(body["error"]["code"], 404, "{body}");
-    let (status, _) = t.get("/storage/v1/b/exports/o/camp%2Fa-1.tif?alt=media").await;
+    let (status, _) = t
+        .get("/storage/v1/b/exports/o/camp%2Fa-1.tif?alt=media")
+        .await;
     assert_eq!(status, 404);
     let (status, _) = t.get("/storage/v1/b/other-bucket/o").await;
     assert_eq!(status, 404, "another bucket does not exist");
@@ -955,7 +966,10 @@ async fn the_storage_api_uploads_lists_reads_and_deletes_objects() {
     assert_eq!(stats.storage_requests["objects.insert"], 6);
     assert_eq!(stats.storage_requests["objects.delete"], 2);
     assert_eq!(stats.media_bytes_served, b"first object".len() as u64);
-    assert!(stats.responses.is_empty(), "storage answers are not EE answers: {stats:?}");
+    assert!(
+        stats.responses.is_empty(),
+        "storage answers are not EE answers: {stats:?}"
+    );
 }
 
 /// `/_emulator/objects` lists what an export wrote with the checksums the storage API reports;
@@ -971,7 +985,9 @@ async fn exports_are_in_the_manifest_and_a_download_can_be_cut_mid_stream() {
     assert_eq!(status, 200);
     let objects = manifest["objects"].as_array().unwrap();
     assert_eq!(objects.len(), 6, "{manifest}");
-    let (status, listing) = t.get("/storage/v1/b/exports/o?prefix=campaign/tile_h1v1").await;
+    let (status, listing) = t
+        .get("/storage/v1/b/exports/o?prefix=campaign/tile_h1v1")
+        .await;
     assert_eq!(status, 200);
     let items = listing["items"].as_array().unwrap();
     assert_eq!(items.len(), 6);
@@ -992,7 +1008,8 @@ async fn exports_are_in_the_manifest_and_a_download_can_be_cut_mid_stream() {
         )
         .await;
     assert_eq!(status, 200);
-    let path = "/storage/v1/b/exports/o/campaign%2Ftile_h1v1_2021-0000000000-0000000256.tif?alt=media";
+    let path =
+        "/storage/v1/b/exports/o/campaign%2Ftile_h1v1_2021-0000000000-0000000256.tif?alt=media";
     let full = std::fs::read(
         t.root
             .join("campaign/tile_h1v1_2021-0000000000-0000000256.tif"),
@@ -1001,14 +1018,20 @@ async fn exports_are_in_the_manifest_and_a_download_can_be_cut_mid_stream() {
     // Another object is not cut.
     let other = t
         .http
-        .get(t.url("/storage/v1/b/exports/o/campaign%2Ftile_h1v1_2021-0000000000-0000000000.tif?alt=media"))
+        .get(t.url(
+            "/storage/v1/b/exports/o/campaign%2Ftile_h1v1_2021-0000000000-0000000000.tif?alt=media",
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(other.bytes().await.unwrap().len(), 384);
     let cut = t.http.get(t.url(path)).send().await.unwrap();
     assert_eq!(cut.status(), 200);
-    assert_eq!(cut.content_length(), Some(full.len() as u64), "the whole length is announced");
+    assert_eq!(
+        cut.content_length(),
+        Some(full.len() as u64),
+        "the whole length is announced"
+    );
     let mut received = 0;
     let mut stream = cut.bytes_stream();
     let mut failed = false;
@@ -1021,7 +1044,10 @@ async fn exports_are_in_the_manifest_and_a_download_can_be_cut_mid_stream() {
             }
         }
     }
-    assert!(failed, "the client sees the transfer fail (got {received} bytes)");
+    assert!(
+        failed,
+        "the client sees the transfer fail (got {received} bytes)"
+    );
     assert_eq!(received, 100);
     // One-shot: the next download is whole.
     let whole = t.http.get(t.url(path)).send().await.unwrap();

@@ -11,5 +11,6 @@ mod metrics;
 mod queue;
 mod security;
 mod single_machine;
+mod soak;
 mod store;
 mod tracking;
