@@ -186,6 +186,29 @@ impl Default for MetricsConfig {
     }
 }
 
+/// `[limits]`: how hard cedar may push Earth Engine, across all workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// EE tasks PENDING or RUNNING at once from this project; 0 (the default) derives it from
+    /// EE's `maxConcurrentExports` × `active_exports_factor`. Never above 3000 minus a margin.
+    pub max_active_exports: u64,
+    /// Default 10: enough queued tasks that EE never idles between cedar's polls.
+    pub active_exports_factor: u64,
+    /// EE requests per second across all workers (default 50; EE allows 100 per project).
+    pub ee_requests_per_second: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_active_exports: 0,
+            active_exports_factor: 10,
+            ee_requests_per_second: 50,
+        }
+    }
+}
+
 /// `[grid]`: a preset, or an explicit grid.
 ///
 /// Without a `[grid]` table the default preset applies ([`GridConfig::default`]). A `[grid]`
@@ -248,6 +271,7 @@ pub struct Config {
     pub tracking: TrackingConfig,
     pub download: DownloadConfig,
     pub metrics: MetricsConfig,
+    pub limits: LimitsConfig,
     pub grid: GridConfig,
     pub collections: BTreeMap<String, CollectionConfig>,
     /// `[[ingest]]`: continuous ingest entries (see [`crate::schedule`]).
@@ -426,6 +450,24 @@ impl Config {
                 "earthengine.credentials",
                 format!(
                     "cannot read the service-account key {path}: {e}; give a readable JSON key path, \"none\" for emulators, or remove the key to use Application Default Credentials"
+                ),
+            );
+        }
+        if self.limits.ee_requests_per_second == 0 {
+            problem(
+                "limits.ee_requests_per_second",
+                "must be at least 1 (EE allows 100 per project)".into(),
+            );
+        }
+        if self.limits.active_exports_factor == 0 {
+            problem("limits.active_exports_factor", "must be at least 1".into());
+        }
+        if self.limits.max_active_exports > 2900 {
+            problem(
+                "limits.max_active_exports",
+                format!(
+                    "{} is above EE's 3000-task queue minus a margin of 100; use at most 2900 (0 = derive from EE)",
+                    self.limits.max_active_exports
                 ),
             );
         }

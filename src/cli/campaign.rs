@@ -126,13 +126,13 @@ pub struct WorkerArgs {
     /// Seconds running jobs get to finish after SIGTERM.
     #[arg(long, default_value_t = 60)]
     pub drain_secs: u64,
-    /// EE tasks PENDING/RUNNING at once across all workers (default: EE's
-    /// maxConcurrentExports × 10, at most 2900).
+    /// EE tasks PENDING/RUNNING at once across all workers; overrides
+    /// `[limits] max_active_exports` (default: EE's maxConcurrentExports × 10, at most 2900).
     #[arg(long)]
     pub max_active_exports: Option<u64>,
-    /// EE requests per second across all workers.
-    #[arg(long, default_value_t = 50)]
-    pub ee_requests_per_second: u32,
+    /// EE requests per second across all workers; overrides `[limits] ee_requests_per_second`.
+    #[arg(long)]
+    pub ee_requests_per_second: Option<u32>,
     /// Seconds between looks at a running EE task.
     #[arg(long, default_value_t = 10)]
     pub poll_interval_secs: u64,
@@ -169,11 +169,16 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
     let settings = Arc::new(settings);
     let jobs = match cmd {
         CampaignCommand::Worker(a) => JobSettings {
-            ee_requests_per_second: a.ee_requests_per_second,
+            ee_requests_per_second: a
+                .ee_requests_per_second
+                .unwrap_or(settings.config.limits.ee_requests_per_second),
             poll_interval: Duration::from_secs(a.poll_interval_secs.max(1)),
             ..JobSettings::default()
         },
-        _ => JobSettings::default(),
+        _ => JobSettings {
+            ee_requests_per_second: settings.config.limits.ee_requests_per_second,
+            ..JobSettings::default()
+        },
     };
     // Validate what needs no server before connecting to one.
     let plan = match cmd {
@@ -368,7 +373,10 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
                 concurrency: a.concurrency,
                 drain: Duration::from_secs(a.drain_secs),
                 lease: Duration::from_secs(a.lease_secs.max(3)),
-                max_active_exports: a.max_active_exports,
+                max_active_exports: a
+                    .max_active_exports
+                    .or(Some(settings.config.limits.max_active_exports).filter(|n| *n > 0)),
+                active_exports_factor: settings.config.limits.active_exports_factor,
                 jobs: ctx.jobs.clone(),
                 ..WorkerOptions::default()
             };
