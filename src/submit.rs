@@ -15,8 +15,8 @@ use crate::config::Settings;
 use crate::jobs::job_for;
 use crate::naming::TrackingValues;
 use crate::period::{Frequency, Period, periods};
-use crate::queue::Stage;
 use crate::queue::Queue;
+use crate::queue::Stage;
 use crate::store::ExportBucket;
 use crate::tracking::{Submission, Tracker, publish};
 
