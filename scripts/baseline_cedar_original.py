@@ -28,6 +28,11 @@ The client is the real one, pointed at the cedar emulator:
   client builds `clipToBoundsAndScale(geometry=Rectangle(..., crs=Image.projection(...)))`;
   the emulator does not implement `Image.projection`, so `region` (the tile's exact bounds in
   its CRS) is passed as well. The output pixel grid is the same.
+- google-cloud-storage downloads from an object's `mediaLink`, or, when the listing has none,
+  from `{endpoint}/download/storage/v1/b/...`; the emulator serves neither (its listing has no
+  `mediaLink`, and it serves media only as `/storage/v1/b/{bucket}/o/{object}?alt=media`, which
+  Google serves too), so the listed blobs get that URL as their `mediaLink`. The download is
+  still the client's own: one media GET per object, checksum validated.
 
 Reads the items (one JSON object per tile-period, written by `cedar bench e2e`) and prints one
 JSON line with the timings and request counts on stdout.
@@ -42,6 +47,7 @@ import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import quote
 
 import httplib2
 import ee
@@ -101,7 +107,7 @@ def day_of(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
 
 
-def run_item(item, bucket, gcs_bucket, dest, poll_interval, calls):
+def run_item(item, bucket, gcs_bucket, media_root, dest, poll_interval, calls):
     """One tile-period through list, export, poll and download; returns (objects, bytes)."""
     projection = ee.Projection(item["footprint"]["crs"])
     footprint = ee.Geometry.Rectangle(
@@ -172,6 +178,10 @@ def run_item(item, bucket, gcs_bucket, dest, poll_interval, calls):
     for blob in blobs:
         if not blob.name.endswith((".tif", ".json")):
             continue
+        if not blob.media_link:
+            blob._properties["mediaLink"] = (
+                f"{media_root}/{quote(blob.name, safe='')}?alt=media"
+            )
         target = folder / blob.name.rsplit("/", 1)[-1]
         tmp = target.with_name(f"{target.name}.tmp.{socket.gethostname()}{os.getpid()}")
         blob.download_to_filename(str(tmp))
@@ -207,11 +217,14 @@ def main() -> int:
         client_options={"api_endpoint": a.emulator},
     )
     gcs_bucket = gcs.bucket(a.bucket)
+    media_root = f"{a.emulator.rstrip('/')}/storage/v1/b/{a.bucket}/o"
     ready = time.monotonic()
     calls = Counter()
     objects = size = empty = 0
     for item in items:
-        n, b = run_item(item, a.bucket, gcs_bucket, Path(a.dest), a.poll_interval_secs, calls)
+        n, b = run_item(
+            item, a.bucket, gcs_bucket, media_root, Path(a.dest), a.poll_interval_secs, calls
+        )
         objects += n
         size += b
         empty += n == 0

@@ -139,6 +139,9 @@ pub struct WorkerArgs {
     /// Seconds a job held by a dead worker waits before another worker takes it.
     #[arg(long, default_value_t = 60)]
     pub lease_secs: u64,
+    /// Ceiling of the first retry delay of a failed job, in ms; it doubles per failure.
+    #[arg(long, default_value_t = 2000)]
+    pub retry_base_ms: u64,
 }
 
 /// Resolves when the process gets SIGTERM or Ctrl-C.
@@ -173,6 +176,10 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
                 .ee_requests_per_second
                 .unwrap_or(settings.config.limits.ee_requests_per_second),
             poll_interval: Duration::from_secs(a.poll_interval_secs.max(1)),
+            retry: crate::queue::RetryPolicy {
+                base: Duration::from_millis(a.retry_base_ms),
+                ..Default::default()
+            },
             ..JobSettings::default()
         },
         _ => JobSettings {

@@ -149,11 +149,24 @@ async fn forward_only_counts_in_step_and_dirty(tracker: Tracker) {
         ])
     );
 
+    // Orders start QUEUED without a record: only the three written since have one.
     let all = tracker.all("camp").await.unwrap();
-    assert_eq!(all.len(), 4);
+    assert_eq!(all.len(), 3);
     assert_eq!(all[&order_key(&orders[1])].bytes, 42);
     let tally: u64 = tracker.counts("camp").await.unwrap().values().sum();
-    assert_eq!(tally, all.len() as u64, "the tally counts every order once");
+    assert_eq!(
+        tally,
+        orders.len() as u64,
+        "the tally counts every order once"
+    );
+    let read = tracker.statuses("camp", &orders).await.unwrap();
+    assert_eq!(read.len(), orders.len());
+    assert_eq!(
+        read.iter().filter(|s| s.is_none()).count(),
+        1,
+        "one order never written"
+    );
+    assert_eq!(read[1].as_ref().unwrap().bytes, 42);
 
     tracker.mark_dirty("camp").await.unwrap();
     tracker.mark_dirty("camp").await.unwrap();
