@@ -239,14 +239,7 @@ async fn enqueue_in(bench: &Scratch, a: &EnqueueArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let plan = submit::plan(&settings, &req, chrono::Utc::now())?;
     let planned = started.elapsed();
-    let added = submit::enqueue(
-        &settings,
-        &ctx.tracker,
-        &ctx.queue,
-        ctx.bucket.as_ref(),
-        &plan,
-    )
-    .await?;
+    let added = submit::enqueue(&ctx, &plan).await?;
     let submitted = started.elapsed();
     anyhow::ensure!(
         added == plan.submission.order_count() as u64,
@@ -432,14 +425,7 @@ async fn requests_in(
         })));
     }
     let started = Instant::now();
-    submit::enqueue(
-        &settings,
-        &submitter.tracker,
-        &submitter.queue,
-        submitter.bucket.as_ref(),
-        &plan,
-    )
-    .await?;
+    submit::enqueue(&submitter, &plan).await?;
     let deadline = started + Duration::from_secs(a.timeout_secs);
     let counts = loop {
         let counts = submitter.tracker.counts(&name).await?;
@@ -624,14 +610,7 @@ async fn rss_in(bench: &Scratch, emulator: &RunningEmulator, a: &RssArgs) -> any
     let ctx = worker::context(settings.clone(), JobSettings::default()).await?;
     let req = campaign(&settings, a.jobs)?;
     let plan = submit::plan(&settings, &req, chrono::Utc::now())?;
-    let queued = submit::enqueue(
-        &settings,
-        &ctx.tracker,
-        &ctx.queue,
-        ctx.bucket.as_ref(),
-        &plan,
-    )
-    .await?;
+    let queued = submit::enqueue(&ctx, &plan).await?;
     let redis_queued = namespace_memory(&bench.redis, &bench.namespace).await?;
 
     let mut loaded = worker_args(&config_path, "worker.log")?;
@@ -842,6 +821,9 @@ async fn namespace_memory(redis: &str, namespace: &str) -> anyhow::Result<u64> {
 // ---------------------------------------------------------------------------------------------
 // cedar bench e2e
 
+/// `[export] prefix_template` of `cedar bench e2e`: the default folder, one sub-folder per tile.
+const E2E_PREFIX_TEMPLATE: &str = "CEDAR_PREARD/{tile}";
+
 async fn e2e(a: E2eArgs) -> anyhow::Result<()> {
     let bench = Scratch::new(&a.redis.redis)?;
     let emulator = bench
@@ -861,6 +843,11 @@ async fn e2e(a: E2eArgs) -> anyhow::Result<()> {
 
 async fn e2e_in(bench: &Scratch, emulator: &RunningEmulator, a: &E2eArgs) -> anyhow::Result<()> {
     let mut config = bench.config(Some(emulator))?;
+    // One folder per tile: the emulator's bucket is a local folder, and both its listing and
+    // the `file://` bucket list a prefix by walking the folder that holds it, so with every
+    // export in one folder each listing would cost O(objects in the bucket), which GCS's
+    // prefix index does not.
+    config.export.prefix_template = E2E_PREFIX_TEMPLATE.into();
     if a.bucket == BucketAccess::Gs {
         config.store.url = format!("gs://{PROJECT}");
         config.store.endpoint = emulator.url();
@@ -926,7 +913,7 @@ async fn e2e_in(bench: &Scratch, emulator: &RunningEmulator, a: &E2eArgs) -> any
     let cedar_rate = total as f64 / wall.as_secs_f64();
     let ratio = cedar_rate / base.items_per_second.max(1e-9);
     println!(
-        "cedar bench e2e: {total} tile-periods ({}), EE tasks instant (task_seconds 0, no concurrency limit), bucket {}",
+        "cedar bench e2e: {total} tile-periods ({}), EE tasks instant (task_seconds 0, no concurrency limit), prefix_template {E2E_PREFIX_TEMPLATE:?}, bucket {}",
         describe(&plan),
         match a.bucket {
             BucketAccess::Gs => "gs:// through the emulator's Cloud Storage JSON API",
@@ -1019,14 +1006,7 @@ async fn e2e_campaign(
     let total = plan.submission.order_count() as u64;
     let before = emulator.stats();
     let started = Instant::now();
-    submit::enqueue(
-        &ctx.settings,
-        &ctx.tracker,
-        &ctx.queue,
-        ctx.bucket.as_ref(),
-        plan,
-    )
-    .await?;
+    submit::enqueue(ctx, plan).await?;
     let deadline = started + Duration::from_secs(a.timeout_secs);
     let counts = loop {
         let counts = ctx.tracker.counts(&plan.submission.name).await?;

@@ -117,14 +117,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let plan = submit::plan(&settings, &request, chrono::Utc::now())?;
     let name = plan.submission.name.clone();
     let total = plan.submission.order_count() as u64;
-    submit::enqueue(
-        &settings,
-        &ctx.tracker,
-        &ctx.queue,
-        ctx.bucket.as_ref(),
-        &plan,
-    )
-    .await?;
+    submit::enqueue(&ctx, &plan).await?;
     println!(
         "EE emulator at {}; queue {}",
         emulator.url(),

@@ -478,14 +478,7 @@ listen = "127.0.0.1:0"
 
     async fn submit(&self, request: &submit::Request) -> anyhow::Result<String> {
         let plan = submit::plan(&self.settings, request, chrono::Utc::now())?;
-        submit::enqueue(
-            &self.settings,
-            &self.ctx.tracker,
-            &self.ctx.queue,
-            self.ctx.bucket.as_ref(),
-            &plan,
-        )
-        .await?;
+        submit::enqueue(&self.ctx, &plan).await?;
         Ok(plan.submission.name)
     }
 

@@ -12,13 +12,11 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::config::Settings;
-use crate::jobs::job_for;
+use crate::jobs::{Context, job_for};
 use crate::naming::TrackingValues;
 use crate::period::{Frequency, Period, periods};
-use crate::queue::Queue;
 use crate::queue::Stage;
-use crate::store::ExportBucket;
-use crate::tracking::{Submission, Tracker, publish};
+use crate::tracking::{Submission, publish};
 
 /// What to submit.
 #[derive(Debug, Clone)]
@@ -129,21 +127,17 @@ pub fn plan(settings: &Settings, req: &Request, now: DateTime<Utc>) -> Result<Pl
     })
 }
 
-/// Records a validated plan and enqueues its exports; returns the number of jobs.
-pub async fn enqueue(
-    settings: &Settings,
-    tracker: &Tracker,
-    queue: &Queue,
-    bucket: &dyn ExportBucket,
-    plan: &Plan,
-) -> Result<u64, SubmitError> {
+/// Records a validated plan, writes its tracking document and enqueues its exports; returns
+/// the number of jobs added.
+pub async fn enqueue(ctx: &Context, plan: &Plan) -> Result<u64, SubmitError> {
     let sub = &plan.submission;
-    tracker.create(sub).await?;
-    publish(settings, tracker, bucket, &sub.name).await?;
+    ctx.tracker.create(sub).await?;
+    publish(&ctx.settings, &ctx.tracker, ctx.bucket.as_ref(), &sub.name).await?;
     let jobs: Vec<_> = sub.orders().map(|o| job_for(&sub.name, &o, None)).collect();
     let mut added = 0;
     for chunk in jobs.chunks(20_000) {
-        added += queue
+        added += ctx
+            .queue
             .enqueue_bulk(Stage::Export, chunk, Duration::ZERO)
             .await?;
     }

@@ -207,14 +207,7 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
                     "the partial first period {d} is dropped: periods are anchored to the frequency; start on a period boundary to include it"
                 );
             }
-            let n = submit::enqueue(
-                &settings,
-                &ctx.tracker,
-                &ctx.queue,
-                ctx.bucket.as_ref(),
-                &plan,
-            )
-            .await?;
+            let n = submit::enqueue(&ctx, &plan).await?;
             let name = &plan.submission.name;
             if a.json {
                 println!(

@@ -33,7 +33,10 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
             .filter(|_| status.state.is_active())
         {
             enqueue_poll(ctx, &job.tracking, &order, op, Duration::ZERO).await?;
-        } else if status.state.rank() >= OrderState::Cleaned.rank() {
+        } else if !status.state.is_active() {
+            // No EE task runs for it any more, yet admitting this duplicate (e.g. re-queued
+            // by `cedar retry` while the first job ran) took a slot: give it back, whatever
+            // stage the order is at, or the slot leaks (SUCCEEDED and DOWNLOADED included).
             ctx.queue.release_slot(&job.id()).await?;
         }
         return Ok(Outcome::Done);

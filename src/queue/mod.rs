@@ -487,12 +487,12 @@ impl Queue {
         id: &str,
         delay: Duration,
     ) -> Result<bool, QueueError> {
-        dispatch!(self, q => q.snooze(stage, worker, id, delay).await)
+        dispatch!(self, q => q.reschedule(stage, worker, id, delay).await)
     }
 
     /// Puts a job `worker` holds back to due now without spending an attempt.
     pub async fn release(&self, stage: Stage, worker: &str, id: &str) -> Result<bool, QueueError> {
-        dispatch!(self, q => q.release(stage, worker, id).await)
+        dispatch!(self, q => q.reschedule(stage, worker, id, Duration::ZERO).await)
     }
 
     /// Records a failed run of the job `worker` holds: retried after backoff, or dead.

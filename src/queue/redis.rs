@@ -31,7 +31,7 @@ use std::{sync::LazyLock, time::Duration};
 use redis::{AsyncCommands, Script, aio::ConnectionManager, aio::ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 
-use super::{QueueError, QueueJob, RetryPolicy, Stage};
+use super::{QueueError, RetryPolicy, Stage};
 
 /// The namespace used when the configuration does not name one.
 pub const DEFAULT_NAMESPACE: &str = "cedar";
@@ -526,25 +526,7 @@ impl RedisQueue {
         Ok(secs * 1000 + micros / 1000)
     }
 
-    /// Adds jobs that are not queued yet and returns how many were added; the others are left
-    /// untouched whatever their state, so enqueueing an order twice is a no-op.
-    ///
-    /// Jobs become due after `delay`. Export jobs go to the backlog instead (`delay` is ignored)
-    /// and become due when [`RedisQueue::admit`] gives them an admission slot.
-    pub async fn enqueue_bulk<J: QueueJob>(
-        &self,
-        stage: Stage,
-        jobs: &[J],
-        delay: Duration,
-    ) -> Result<u64, QueueError> {
-        let mut encoded = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            encoded.push((job.job_id(), serde_json::to_vec(job)?));
-        }
-        self.enqueue_encoded(stage, &encoded, delay).await
-    }
-
-    /// [`RedisQueue::enqueue_bulk`] for payloads already encoded (the apalis sink encodes them).
+    /// Adds jobs not queued yet (see [`super::Queue::enqueue_bulk`]); payloads already encoded.
     pub(crate) async fn enqueue_encoded(
         &self,
         stage: Stage,
@@ -663,7 +645,9 @@ impl RedisQueue {
         Ok(self.remove(stage, &[id.to_owned()], false).await? == 1)
     }
 
-    async fn reschedule(
+    /// Puts the job `worker` holds back in due after `delay` without spending an attempt
+    /// (snooze, or release with no delay); false if `worker` no longer owns the lease.
+    pub(crate) async fn reschedule(
         &self,
         stage: Stage,
         worker: &str,
@@ -681,24 +665,6 @@ impl RedisQueue {
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(n == 1)
-    }
-
-    /// Runs the job `worker` holds again after `delay`, without spending an attempt. Returns
-    /// false if `worker` no longer owns the lease.
-    pub async fn snooze(
-        &self,
-        stage: Stage,
-        worker: &str,
-        id: &str,
-        delay: Duration,
-    ) -> Result<bool, QueueError> {
-        self.reschedule(stage, worker, id, delay).await
-    }
-
-    /// Puts a job `worker` holds back to due now without spending an attempt (shutdown, or a
-    /// fetched job the worker never started). Returns false if `worker` no longer owns the lease.
-    pub async fn release(&self, stage: Stage, worker: &str, id: &str) -> Result<bool, QueueError> {
-        self.reschedule(stage, worker, id, Duration::ZERO).await
     }
 
     /// Records a failed run of the job `worker` holds: retried after the policy's backoff, or

@@ -600,7 +600,8 @@ impl SqliteQueue {
 
     /// Puts a leased job back in due after `delay`, fenced by owner, no attempt spent. As
     /// RESCHEDULE_LUA.
-    async fn reschedule(
+    /// As [`super::redis::RedisQueue::reschedule`].
+    pub(crate) async fn reschedule(
         &self,
         stage: Stage,
         worker: &str,
@@ -624,23 +625,6 @@ impl SqliteQueue {
                 Ok(n == 1)
             })
             .await
-    }
-
-    /// Runs the job `worker` holds again after `delay`, without spending an attempt. Returns
-    /// false if `worker` no longer owns the lease.
-    pub async fn snooze(
-        &self,
-        stage: Stage,
-        worker: &str,
-        id: &str,
-        delay: Duration,
-    ) -> Result<bool, QueueError> {
-        self.reschedule(stage, worker, id, delay).await
-    }
-
-    /// Puts a job `worker` holds back to due now without spending an attempt.
-    pub async fn release(&self, stage: Stage, worker: &str, id: &str) -> Result<bool, QueueError> {
-        self.reschedule(stage, worker, id, Duration::ZERO).await
     }
 
     /// Records a failed run of the job `worker` holds: retried after the policy's backoff, or
