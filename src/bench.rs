@@ -214,6 +214,13 @@ const COLLECTIONS: [&str; 2] = ["LANDSAT/LC08/C02/T1_L2", "LANDSAT/LE07/C02/T1_L
 const CAMPAIGN_START: (i32, u32, u32) = (2014, 1, 1);
 const MAX_MONTHS: u32 = 96;
 
+/// `[export] prefix_template` of every bench: the default folder, one sub-folder per tile. The
+/// emulator's bucket is a local folder, and both its listing and the `file://` bucket list a
+/// prefix by walking the folder that holds it; with every export in one folder each listing
+/// would cost O(objects in the bucket), which GCS's prefix index does not, and a campaign of
+/// thousands of tile-periods would measure that walk.
+const PREFIX_TEMPLATE: &str = "CEDAR_PREARD/{tile}";
+
 /// Emulated bytes per pixel per band: small, so downloads cost little and the bench measures
 /// cedar rather than the disk.
 const BYTES_PER_PIXEL: f64 = 1.0 / 65536.0;
@@ -821,9 +828,6 @@ async fn namespace_memory(redis: &str, namespace: &str) -> anyhow::Result<u64> {
 // ---------------------------------------------------------------------------------------------
 // cedar bench e2e
 
-/// `[export] prefix_template` of `cedar bench e2e`: the default folder, one sub-folder per tile.
-const E2E_PREFIX_TEMPLATE: &str = "CEDAR_PREARD/{tile}";
-
 async fn e2e(a: E2eArgs) -> anyhow::Result<()> {
     let bench = Scratch::new(&a.redis.redis)?;
     let emulator = bench
@@ -843,11 +847,6 @@ async fn e2e(a: E2eArgs) -> anyhow::Result<()> {
 
 async fn e2e_in(bench: &Scratch, emulator: &RunningEmulator, a: &E2eArgs) -> anyhow::Result<()> {
     let mut config = bench.config(Some(emulator))?;
-    // One folder per tile: the emulator's bucket is a local folder, and both its listing and
-    // the `file://` bucket list a prefix by walking the folder that holds it, so with every
-    // export in one folder each listing would cost O(objects in the bucket), which GCS's
-    // prefix index does not.
-    config.export.prefix_template = E2E_PREFIX_TEMPLATE.into();
     if a.bucket == BucketAccess::Gs {
         config.store.url = format!("gs://{PROJECT}");
         config.store.endpoint = emulator.url();
@@ -913,7 +912,7 @@ async fn e2e_in(bench: &Scratch, emulator: &RunningEmulator, a: &E2eArgs) -> any
     let cedar_rate = total as f64 / wall.as_secs_f64();
     let ratio = cedar_rate / base.items_per_second.max(1e-9);
     println!(
-        "cedar bench e2e: {total} tile-periods ({}), EE tasks instant (task_seconds 0, no concurrency limit), prefix_template {E2E_PREFIX_TEMPLATE:?}, bucket {}",
+        "cedar bench e2e: {total} tile-periods ({}), EE tasks instant (task_seconds 0, no concurrency limit), prefix_template {PREFIX_TEMPLATE:?}, bucket {}",
         describe(&plan),
         match a.bucket {
             BucketAccess::Gs => "gs:// through the emulator's Cloud Storage JSON API",
@@ -1221,10 +1220,16 @@ async fn download_in(dir: &Path, a: &DownloadArgs) -> anyhow::Result<()> {
     let emulator = start_emulator(&bucket_dir, EmulatorOptions::default()).await?;
     let result = download_runs(dir, &bucket_dir, &emulator, &sums, total).await;
     emulator.shutdown().await;
-    let runs = result?;
+    let CopyTimes {
+        cp_before,
+        cp_after,
+        cp_sync,
+        fsync_each,
+        file,
+        gs,
+    } = result?;
 
     let mb_per_s = |d: Duration| total as f64 / 1e6 / d.as_secs_f64();
-    let (cp_before, cp_after, cp_sync, file, gs) = runs;
     let baseline = cp_before.min(cp_after);
     println!(
         "cedar bench download: {pieces} pieces of {} MiB ({:.2} GiB) in the emulator's bucket folder {}, copied to a local folder on the same disk",
@@ -1255,6 +1260,14 @@ async fn download_in(dir: &Path, a: &DownloadArgs) -> anyhow::Result<()> {
         format!("{:.0}", mb_per_s(cp_sync)),
         format!("{:.2}", baseline.as_secs_f64() / cp_sync.as_secs_f64()),
         "".into(),
+    ]);
+    t.row([
+        "copy + fsync of each file in turn (std::fs::copy, sync_all)".into(),
+        "".into(),
+        secs(fsync_each),
+        format!("{:.0}", mb_per_s(fsync_each)),
+        format!("{:.2}", baseline.as_secs_f64() / fsync_each.as_secs_f64()),
+        "the durability cedar gives each file".into(),
     ]);
     for (label, run, checks) in [
         (
@@ -1321,14 +1334,15 @@ struct CopyRun {
     copy: Duration,
 }
 
-/// `cp -r` before, cedar from `file://`, cedar from `gs://`, `cp -r` after, `cp -r` + sync.
+/// `cp -r` before, cedar from `file://`, cedar from `gs://`, `cp -r` after, `cp -r` + sync,
+/// a copy fsyncing each file.
 async fn download_runs(
     dir: &Path,
     bucket_dir: &Path,
     emulator: &RunningEmulator,
     sums: &BTreeMap<String, PieceSums>,
     total: u64,
-) -> anyhow::Result<(Duration, Duration, Duration, CopyRun, CopyRun)> {
+) -> anyhow::Result<CopyTimes> {
     let cp_before = cp_run(bucket_dir, &dir.join("cp-1"), false).await?;
     let file_url = url::Url::from_directory_path(bucket_dir)
         .map_err(|()| anyhow::anyhow!("{} is not absolute", bucket_dir.display()))?;
@@ -1356,7 +1370,55 @@ async fn download_runs(
     .await?;
     let cp_after = cp_run(bucket_dir, &dir.join("cp-2"), false).await?;
     let cp_sync = cp_run(bucket_dir, &dir.join("cp-3"), true).await?;
-    Ok((cp_before, cp_after, cp_sync, file, gs))
+    let fsync_each = fsync_copy_run(bucket_dir, &dir.join("fsync-copy")).await?;
+    Ok(CopyTimes {
+        cp_before,
+        cp_after,
+        cp_sync,
+        fsync_each,
+        file,
+        gs,
+    })
+}
+
+/// The times of every copy of `cedar bench download`.
+#[derive(Debug, Clone, Copy)]
+struct CopyTimes {
+    cp_before: Duration,
+    cp_after: Duration,
+    cp_sync: Duration,
+    fsync_each: Duration,
+    file: CopyRun,
+    gs: CopyRun,
+}
+
+/// Times a copy of every file, one after the other, each fsynced before the next: the
+/// durability cedar gives each download, without its checks. Deletes `dest` afterwards.
+async fn fsync_copy_run(bucket_dir: &Path, dest: &Path) -> anyhow::Result<Duration> {
+    sync().await?;
+    warm(bucket_dir).await?;
+    let (from, to) = (bucket_dir.to_path_buf(), dest.to_path_buf());
+    let took = tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let mut stack = vec![from.clone()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d)? {
+                let path = entry?.path();
+                let target = to.join(path.strip_prefix(&from)?);
+                if path.is_dir() {
+                    std::fs::create_dir_all(&target)?;
+                    stack.push(path);
+                } else {
+                    std::fs::copy(&path, &target)?;
+                    std::fs::File::open(&target)?.sync_all()?;
+                }
+            }
+        }
+        Ok(started.elapsed())
+    })
+    .await??;
+    std::fs::remove_dir_all(dest)?;
+    Ok(took)
 }
 
 /// Reads every file under `dir` once, so that the copy that follows reads from the page cache.
@@ -1507,6 +1569,7 @@ impl Scratch {
         }
         c.earthengine.credentials = Some("none".into());
         c.export.bucket = PROJECT.into();
+        c.export.prefix_template = PREFIX_TEMPLATE.into();
         c.store.url = url::Url::from_directory_path(self.dir.join("bucket"))
             .map_err(|()| anyhow::anyhow!("{} is not absolute", self.dir.display()))?
             .to_string();

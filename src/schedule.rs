@@ -276,7 +276,7 @@ pub async fn tick(ctx: &Context, now: DateTime<Utc>) -> anyhow::Result<Vec<Strin
             };
             let mut plan = submit::plan(&ctx.settings, &req, now)?;
             plan.submission.name = name.clone();
-            match submit::enqueue(&ctx, &plan).await {
+            match submit::enqueue(ctx, &plan).await {
                 Ok(n) => {
                     tracing::info!(ingest = %ingest.name, tracking = %name, jobs = n, "ingest submitted a period");
                     done.push(name);

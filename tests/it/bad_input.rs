@@ -13,11 +13,11 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::http::{StatusCode, Uri};
@@ -26,7 +26,7 @@ use bytes::Bytes;
 use cedar::auth::NoAuth;
 use cedar::earthengine::types::{Expression, ValueNode};
 use cedar::earthengine::{EarthEngine, EeError, ExportParams, export_request};
-use cedar::emulator::{self, ApiMethod, EmulatorOptions, Fault};
+use cedar::emulator::{ApiMethod, Fault};
 use cedar::grid::TileGrid;
 use cedar::jobs::JobError;
 use cedar::jobs::download::{copy_verified, export_objects};
@@ -36,9 +36,13 @@ use cedar::store::{
 };
 use cedar::tracking::{OrderState, Tracker};
 use futures::stream::{self, BoxStream};
-use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use serde_json::Value;
+
+use crate::support::{
+    Process, TestConfig, cedar_command, files, free_port, run, small_exports, start_emulator,
+    wait_until,
+};
 
 const NAMESPACE: &str = "bad-input";
 const BUCKET: &str = "cedar-bad-input";
@@ -268,33 +272,19 @@ impl Fixture {
     /// A valid configuration: SQLite queue, local bucket and destination; Earth Engine is an
     /// unreachable port, since nothing here should get that far.
     fn good_config(&self) -> String {
-        format!(
-            r#"[earthengine]
-project = "cedar-bad-input"
-endpoint = "http://127.0.0.1:9"
-credentials = "none"
-timeout_secs = 5
-
-[queue]
-url = "sqlite://{db}"
-namespace = "{NAMESPACE}"
-
-[export]
-bucket = "{BUCKET}"
-
-[store]
-url = "file://{bucket}"
-
-[download]
-dest = "{dest}"
-
-[metrics]
-listen = "127.0.0.1:0"
-"#,
-            db = self.db.display(),
-            bucket = self.bucket.display(),
-            dest = self.dest.display(),
-        )
+        TestConfig {
+            project: "cedar-bad-input".to_owned(),
+            endpoint: "http://127.0.0.1:9".to_owned(),
+            timeout_secs: 5,
+            queue_url: format!("sqlite://{}", self.db.display()),
+            namespace: NAMESPACE.to_owned(),
+            bucket: BUCKET.to_owned(),
+            file_dimensions: None,
+            store_url: format!("file://{}", self.bucket.display()),
+            dest: self.dest.display().to_string(),
+            ..TestConfig::default()
+        }
+        .toml()
     }
 
     /// Writes `text` as a configuration file of its own and returns its path.
@@ -317,15 +307,8 @@ listen = "127.0.0.1:0"
     }
 
     fn command(&self, args: &[String]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cedar"));
-        cmd.current_dir(self.dir.path())
-            .env_remove("CEDAR_CONFIG")
-            .env("CEDAR_LOG", "warn");
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CEDAR__") {
-                cmd.env_remove(k);
-            }
-        }
+        let mut cmd = cedar_command();
+        cmd.current_dir(self.dir.path()).env("CEDAR_LOG", "warn");
         // A row may pass its own --config; the global flag may come anywhere.
         if !args.iter().any(|a| a == "--config") {
             cmd.arg("--config").arg(self.config_path());
@@ -336,23 +319,10 @@ listen = "127.0.0.1:0"
 
     /// Runs the binary to completion without blocking the runtime's other tasks.
     async fn run(&self, args: &[String]) -> Outcome {
-        let out = tokio::time::timeout(
-            Duration::from_secs(60),
-            tokio::process::Command::from(self.command(args))
-                .stdin(Stdio::null())
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("cedar {args:?} still running after 60 s"))
-        .expect("run cedar");
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
+        let (code, stdout, stderr) = run(self.command(args)).await.parts();
         let errors = stderr.lines().filter(|l| l.starts_with("error:")).count();
         Outcome {
-            got: Want::Exit(out.status.code().unwrap_or(-1)),
+            got: Want::Exit(code.unwrap_or(-1)),
             single: errors == 1 && !stderr.contains("panicked"),
             message: format!("{stderr}{stdout}"),
             stdout,
@@ -410,37 +380,6 @@ fn submit_with(config: String) -> Vec<String> {
     let mut args = vec!["--config".to_string(), config];
     args.extend(submit(&["--tile", "3,10"]));
     args
-}
-
-/// Every regular file under `root` (relative path → size).
-pub(crate) fn files(root: &Path) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let rel = path
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                out.insert(rel, path.metadata().map_or(0, |m| m.len()));
-            }
-        }
-    }
-    out
-}
-
-/// A free loopback port (bound, then released), for "nothing listens here".
-pub(crate) fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn serve(router: axum::Router) -> SocketAddr {
@@ -531,6 +470,35 @@ fn ee(f: &Fixture, project: &str) -> EarthEngine {
         Duration::from_secs(5),
     )
     .unwrap()
+}
+
+/// The EE call a row makes.
+#[derive(Debug, Clone, Copy)]
+enum EeCall {
+    Config,
+    Export,
+    List,
+}
+
+/// Makes `call` against the fake Earth Engine, whose answer the `project` chooses.
+async fn call_ee(f: &Fixture, project: &str, call: EeCall) -> Result<(), Classified> {
+    let ee = ee(f, project);
+    match call {
+        EeCall::Config => ee.get_project_config().await.map(drop),
+        EeCall::Export => ee.export_image(&export_body()).await.map(drop),
+        EeCall::List => ee.list_operations(None, None).await.map(drop),
+    }
+    .map_err(Into::into)
+}
+
+/// Lists `x/y` in the fake Cloud Storage, whose answer the `bucket` chooses.
+async fn list_bucket(f: &Fixture, bucket: &str) -> Result<(), Classified> {
+    let bucket =
+        GcsJsonBucket::new(&format!("http://{}", f.gcs), bucket, "", Arc::new(NoAuth)).unwrap();
+    export_objects(&bucket, "x/y", &[])
+        .await
+        .map(drop)
+        .map_err(Into::into)
 }
 
 fn export_body() -> cedar::earthengine::ExportImageRequest {
@@ -695,20 +663,8 @@ async fn worker_meets_ee_400(f: &Fixture) -> Outcome {
     const EE_MESSAGE: &str = "Image.select: Pattern 'SR_B99' did not match any bands.";
     let root = f.dir.path().join("ee400");
     let (bucket, dest) = (root.join("bucket"), root.join("dest"));
-    std::fs::create_dir_all(&bucket).unwrap();
     std::fs::create_dir_all(&dest).unwrap();
-    let emulator = emulator::start(
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::new(LocalFileSystem::new_with_prefix(&bucket).unwrap()),
-        EmulatorOptions {
-            bucket: Some(BUCKET.to_owned()),
-            task_seconds: 1.0,
-            bytes_per_pixel: 1.0 / 4096.0,
-            ..EmulatorOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let emulator = start_emulator(&bucket, small_exports(BUCKET)).await;
     emulator.inject(Fault::NextRequests {
         method: Some(ApiMethod::ImageExport),
         count: 1000,
@@ -754,37 +710,33 @@ async fn worker_meets_ee_400(f: &Fixture) -> Outcome {
     let name: Value = serde_json::from_str(out.stdout.trim()).unwrap();
     let name = name["tracking_name"].as_str().unwrap().to_owned();
 
-    let log = std::fs::File::create(root.join("worker.log")).unwrap();
-    let mut worker = tokio::process::Command::from(f.command(&with_config(&[
-        "worker",
-        "--poll-interval-secs",
-        "1",
-        "--drain-secs",
-        "1",
-    ])))
-    .stdout(Stdio::from(log.try_clone().unwrap()))
-    .stderr(Stdio::from(log))
-    .kill_on_drop(true)
-    .spawn()
-    .unwrap();
-    let until = Instant::now() + Duration::from_secs(90);
-    let doc = loop {
-        let out = f.run(&with_config(&["show", &name])).await;
-        let doc: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
-        let state = doc["orders"][0]["status"]["state"]
-            .as_str()
-            .map(str::to_owned);
-        if matches!(state.as_deref(), Some("FAILED" | "CLEANED" | "EMPTY")) {
-            break doc;
-        }
-        assert!(
-            Instant::now() < until,
-            "the order did not end: {doc}\n{}",
-            std::fs::read_to_string(root.join("worker.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
-    worker.kill().await.unwrap();
+    let mut worker = Process::spawn(
+        f.command(&with_config(&[
+            "worker",
+            "--poll-interval-secs",
+            "1",
+            "--drain-secs",
+            "1",
+        ])),
+        root.join("worker.log"),
+    );
+    let (show, log) = (&with_config(&["show", &name]), &worker);
+    let doc = wait_until(
+        Duration::from_secs(90),
+        Duration::from_millis(300),
+        move || async move {
+            let out = f.run(show).await;
+            let doc: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+            let state = doc["orders"][0]["status"]["state"].as_str();
+            if matches!(state, Some("FAILED" | "CLEANED" | "EMPTY")) {
+                Ok(doc)
+            } else {
+                Err(format!("the order did not end: {doc}\n{}", log.log()))
+            }
+        },
+    )
+    .await;
+    worker.kill();
     assert!(
         emulator
             .stats()
@@ -816,7 +768,7 @@ fn table(f: &Fixture) -> Vec<Case> {
         std::fs::write(&p, body).unwrap();
         p.display().to_string()
     };
-    let refused_redis = format!("redis://:hunter2@127.0.0.1:{}", closed_port());
+    let refused_redis = format!("redis://:hunter2@127.0.0.1:{}", free_port());
     let refused_redis2 = refused_redis.clone();
     vec![
         // --- the command line -------------------------------------------------------------
@@ -1081,99 +1033,43 @@ fn table(f: &Fixture) -> Vec<Case> {
             "EE: malformed JSON",
             "Earth Engine projects.getConfig: unexpected response (HTTP 200)",
             Want::Fatal,
-            |f| {
-                Box::pin(async move {
-                    ee(f, "malformed")
-                        .get_project_config()
-                        .await
-                        .map(drop)
-                        .map_err(Into::into)
-                })
-            },
+            |f| Box::pin(call_ee(f, "malformed", EeCall::Config)),
         ),
         lib(
             "EE: export answer without an operation name",
             "Earth Engine image:export: unexpected response (HTTP 200): the operation has no name",
             Want::Fatal,
-            |f| {
-                Box::pin(async move {
-                    ee(f, "nameless")
-                        .export_image(&export_body())
-                        .await
-                        .map(drop)
-                        .map_err(Into::into)
-                })
-            },
+            |f| Box::pin(call_ee(f, "nameless", EeCall::Export)),
         ),
         lib(
             "EE: HTML error page",
             "Earth Engine operations.list: HTTP 503: non-JSON error body: <html><head><title>Error 503",
             Want::Retryable,
-            |f| {
-                Box::pin(async move {
-                    ee(f, "html")
-                        .list_operations(None, None)
-                        .await
-                        .map(drop)
-                        .map_err(Into::into)
-                })
-            },
+            |f| Box::pin(call_ee(f, "html", EeCall::List)),
         ),
         lib(
             "EE: HTML page with 200",
             "Earth Engine operations.list: unexpected response (HTTP 200)",
             Want::Fatal,
-            |f| {
-                Box::pin(async move {
-                    ee(f, "html200")
-                        .list_operations(None, None)
-                        .await
-                        .map(drop)
-                        .map_err(Into::into)
-                })
-            },
+            |f| Box::pin(call_ee(f, "html200", EeCall::List)),
         ),
         lib(
             "EE: 400 with Google's error body",
             "Earth Engine image:export: HTTP 400 INVALID_ARGUMENT: Image.select: Pattern 'SR_B99' did not match any bands.",
             Want::Fatal,
-            |f| {
-                Box::pin(async move {
-                    ee(f, "invalid")
-                        .export_image(&export_body())
-                        .await
-                        .map(drop)
-                        .map_err(Into::into)
-                })
-            },
+            |f| Box::pin(call_ee(f, "invalid", EeCall::Export)),
         ),
         lib(
             "EE: 401",
             "Earth Engine projects.getConfig: HTTP 401 UNAUTHENTICATED: Request had invalid authentication credentials.",
             Want::Fatal,
-            |f| {
-                Box::pin(async move {
-                    ee(f, "unauthenticated")
-                        .get_project_config()
-                        .await
-                        .map(drop)
-                        .map_err(Into::into)
-                })
-            },
+            |f| Box::pin(call_ee(f, "unauthenticated", EeCall::Config)),
         ),
         lib(
             "EE: 403",
             "Earth Engine image:export: HTTP 403 PERMISSION_DENIED: Permission 'earthengine.exports.create' denied",
             Want::Fatal,
-            |f| {
-                Box::pin(async move {
-                    ee(f, "denied")
-                        .export_image(&export_body())
-                        .await
-                        .map(drop)
-                        .map_err(Into::into)
-                })
-            },
+            |f| Box::pin(call_ee(f, "denied", EeCall::Export)),
         ),
         case(
             "EE: 400 on export through a worker fails the order",
@@ -1259,41 +1155,13 @@ fn table(f: &Fixture) -> Vec<Case> {
             "store: bucket listing denied",
             "list gs://denied/x/y: HTTP 403: cedar@example.iam.gserviceaccount.com does not have storage.objects.list access",
             Want::Fatal,
-            |f| {
-                Box::pin(async move {
-                    let bucket = GcsJsonBucket::new(
-                        &format!("http://{}", f.gcs),
-                        "denied",
-                        "",
-                        Arc::new(NoAuth),
-                    )
-                    .unwrap();
-                    export_objects(&bucket, "x/y", &[])
-                        .await
-                        .map(drop)
-                        .map_err(Into::into)
-                })
-            },
+            |f| Box::pin(list_bucket(f, "denied")),
         ),
         lib(
             "store: bucket listing unavailable",
             "list gs://overloaded/x/y: HTTP 503: Backend Error",
             Want::Retryable,
-            |f| {
-                Box::pin(async move {
-                    let bucket = GcsJsonBucket::new(
-                        &format!("http://{}", f.gcs),
-                        "overloaded",
-                        "",
-                        Arc::new(NoAuth),
-                    )
-                    .unwrap();
-                    export_objects(&bucket, "x/y", &[])
-                        .await
-                        .map(drop)
-                        .map_err(Into::into)
-                })
-            },
+            |f| Box::pin(list_bucket(f, "overloaded")),
         ),
         // --- Redis down at start ---------------------------------------------------------------
         cli(

@@ -1,20 +1,14 @@
 //! The `cedar` binary: configuration checks, tiles and periods, with their exit codes.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
+use crate::support::cedar_command;
+
+/// Runs `cedar ARGS` in `dir` with the developer's own settings kept out and `env` added.
 fn cedar(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cedar"));
-    cmd.current_dir(dir).args(args).env_remove("CEDAR_CONFIG");
-    // Keep the developer's own overrides out of the test.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CEDAR__") {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    let mut cmd = cedar_command();
+    cmd.current_dir(dir).args(args).envs(env.iter().copied());
     cmd.output().expect("run cedar")
 }
 

@@ -8,124 +8,76 @@
 //! (default `redis://127.0.0.1:6379`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cedar::config::{Config, Settings};
-use cedar::emulator::{self, ApiMethod, EmulatorOptions, Fault, RunningEmulator, Stats};
+use cedar::emulator::{ApiMethod, EmulatorOptions, Fault, RunningEmulator, Stats};
 use cedar::order::{Piece, piece_object, tile_pieces};
 use cedar::queue::Stage;
-use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
 use serde_json::Value;
+
+use crate::support::{
+    BYTES_PER_PIXEL, Emulated, Namespace, Process, Run, TestConfig, cedar_command, files,
+    four_tiles, redis_connection, redis_url, run, wait_until,
+};
 
 const LC08: &str = "LANDSAT/LC08/C02/T1_L2";
 const LC09: &str = "LANDSAT/LC09/C02/T1_L2";
 const LE07: &str = "LANDSAT/LE07/C02/T1_L2";
 /// The bucket name the configuration exports to and the emulator insists on.
 const BUCKET: &str = "cedar-e2e-bucket";
-/// Small files: a 2048×2048 piece of 48 bands is ~50 KB.
-const BYTES_PER_PIXEL: f64 = 1.0 / 4096.0;
 /// Pieces of 2048 pixels: a 5000-pixel tile is 3×3 pieces, the last row and column 904 wide.
 const FILE_DIMENSIONS: u32 = 2048;
 /// How long any campaign in these tests may take.
 const DEADLINE: Duration = Duration::from_secs(120);
 
-fn redis_url() -> String {
-    std::env::var("CEDAR_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-/// What a `cedar` command printed and how it exited.
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
-    }
-}
-
 /// One test's isolated bundle: emulator, Redis namespace, bucket, destination, configuration,
 /// and the worker processes started for it.
 struct Campaign {
+    /// Dropped first: the workers are gone before the namespace's keys are deleted, so nothing
+    /// writes into it any more.
+    workers: Vec<Process>,
+    namespace: Namespace,
     emulator: RunningEmulator,
-    namespace: String,
     config: PathBuf,
     bucket: PathBuf,
     dest: PathBuf,
     dir: tempfile::TempDir,
-    workers: Vec<Option<Child>>,
 }
 
 impl Campaign {
     /// Starts an emulator with `options` (bucket, file sizes and a higher export concurrency
     /// filled in unless given) and writes the configuration that points cedar at it.
     async fn start(test: &str, options: EmulatorOptions) -> Campaign {
-        let dir = tempfile::tempdir().unwrap();
-        let bucket = dir.path().join("bucket");
-        let dest = dir.path().join("dest");
-        std::fs::create_dir_all(&bucket).unwrap();
-        std::fs::create_dir_all(&dest).unwrap();
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(LocalFileSystem::new_with_prefix(&bucket).unwrap());
-        let emulator = emulator::start(
-            "127.0.0.1:0".parse().unwrap(),
-            store,
-            EmulatorOptions {
-                bucket: Some(BUCKET.to_owned()),
-                ..options
-            },
-        )
-        .await
-        .unwrap();
-        let namespace = format!(
-            "cedar-test:daemon:{test}:{}:{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
-        let config = dir.path().join("cedar.toml");
-        let toml = format!(
-            r#"[earthengine]
-project = "cedar-e2e"
-endpoint = "{endpoint}"
-credentials = "none"
-timeout_secs = 10
-
-[queue]
-url = "{redis}"
-namespace = "{namespace}"
-
-[export]
-bucket = "{BUCKET}"
-file_dimensions = {FILE_DIMENSIONS}
-
-[store]
-url = "file://{bucket}"
-
-[download]
-dest = "{dest}"
-"#,
-            endpoint = emulator.url(),
-            redis = redis_url(),
-            bucket = bucket.display(),
-            dest = dest.display(),
-        );
-        std::fs::write(&config, toml).unwrap();
-        Campaign {
+        let env = Emulated::start(EmulatorOptions {
+            bucket: Some(BUCKET.to_owned()),
+            ..options
+        })
+        .await;
+        let namespace = Namespace::new(&format!("daemon:{test}"));
+        let config = TestConfig {
+            file_dimensions: Some(FILE_DIMENSIONS),
+            metrics_listen: None,
+            ..env.config(BUCKET, &redis_url(), &namespace.name)
+        }
+        .write(env.path("cedar.toml"));
+        let Emulated {
             emulator,
+            bucket,
+            dest,
+            dir,
+        } = env;
+        Campaign {
+            workers: Vec::new(),
             namespace,
+            emulator,
             config,
             bucket,
             dest,
             dir,
-            workers: Vec::new(),
         }
     }
 
@@ -141,19 +93,12 @@ dest = "{dest}"
 
     /// A `cedar` command with this campaign's configuration and none of the caller's.
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cedar"));
+        let mut cmd = cedar_command();
         cmd.current_dir(self.dir.path())
             .arg("--config")
             .arg(&self.config)
             .args(args)
-            .env_remove("CEDAR_CONFIG")
-            .env_remove("STORAGE_EMULATOR_HOST")
             .env("CEDAR_LOG", "info");
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CEDAR__") {
-                cmd.env_remove(k);
-            }
-        }
         cmd
     }
 
@@ -164,14 +109,9 @@ dest = "{dest}"
 
     /// [`Campaign::cedar`] with environment overrides (`CEDAR__SECTION__KEY`).
     async fn cedar_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut cmd = tokio::process::Command::from(self.command(args));
+        let mut cmd = self.command(args);
         cmd.envs(env.iter().copied());
-        let out = cmd.output().await.expect("run cedar");
-        Run {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        run(cmd).await
     }
 
     /// `cedar submit ARGS --json`; returns the tracking name.
@@ -186,40 +126,31 @@ dest = "{dest}"
             .to_owned()
     }
 
-    /// Starts a `cedar worker` with fast polling and short leases; returns its index.
+    /// Starts a `cedar` worker with fast polling and short leases; returns its index.
     fn spawn_worker(&mut self) -> usize {
         let n = self.workers.len();
-        let log = std::fs::File::create(self.log_path(n)).unwrap();
-        let child = self
-            .command(&[
-                "worker",
-                "--poll-interval-secs",
-                "1",
-                "--lease-secs",
-                "5",
-                "--drain-secs",
-                "5",
-            ])
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn cedar worker");
-        self.workers.push(Some(child));
+        let cmd = self.command(&[
+            "worker",
+            "--poll-interval-secs",
+            "1",
+            "--lease-secs",
+            "5",
+            "--drain-secs",
+            "5",
+        ]);
+        let log = self.dir.path().join(format!("worker-{n}.log"));
+        self.workers.push(Process::spawn(cmd, log));
         n
-    }
-
-    fn log_path(&self, n: usize) -> PathBuf {
-        self.dir.path().join(format!("worker-{n}.log"))
     }
 
     /// Jobs leased right now by worker `n` (lease owners are named `{stage}-{host}-{pid}-…`).
     async fn leases_of(&self, n: usize) -> usize {
-        let pid = self.workers[n].as_ref().expect("a live worker").id();
-        let mut conn = self.redis().await;
+        let pid = self.workers[n].id().expect("a live worker");
+        let mut conn = redis_connection().await;
         let mut held = 0;
         for stage in Stage::ALL {
             let owners: Vec<String> = redis::cmd("HVALS")
-                .arg(format!("{}:{}:owner", self.namespace, stage.name()))
+                .arg(format!("{}:{}:owner", self.namespace.name, stage.name()))
                 .query_async(&mut conn)
                 .await
                 .unwrap();
@@ -233,10 +164,7 @@ dest = "{dest}"
 
     /// SIGKILLs worker `n`: no drain, no hand-back, its leases simply expire.
     fn kill_worker(&mut self, n: usize) {
-        if let Some(mut child) = self.workers[n].take() {
-            child.kill().expect("SIGKILL the worker");
-            child.wait().unwrap();
-        }
+        self.workers[n].kill();
     }
 
     /// `status --json` once: (the JSON, the exit code).
@@ -251,32 +179,29 @@ dest = "{dest}"
 
     /// Polls `status --json` until the submission is done; returns the last answer.
     async fn wait_done(&self, name: &str) -> (Value, Option<i32>) {
-        let until = Instant::now() + DEADLINE;
-        loop {
+        wait_until(DEADLINE, Duration::from_millis(500), move || async move {
             let (json, code) = self.status(name).await;
             if json["done"] == Value::Bool(true) {
-                return (json, code);
+                Ok((json, code))
+            } else {
+                Err(format!("{name} not done: {json}"))
             }
-            if Instant::now() > until {
-                panic!("{name} not done after {DEADLINE:?}: {json}");
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        })
+        .await
     }
 
     /// Polls `cond` on the emulator's stats until it holds.
     async fn wait_stats(&self, what: &str, cond: impl Fn(&Stats) -> bool) -> Stats {
-        let until = Instant::now() + DEADLINE;
-        loop {
+        let cond = &cond;
+        wait_until(DEADLINE, Duration::from_millis(100), move || async move {
             let stats = self.emulator.stats();
             if cond(&stats) {
-                return stats;
+                Ok(stats)
+            } else {
+                Err(format!("{what}: {stats:#?}"))
             }
-            if Instant::now() > until {
-                panic!("timed out waiting for {what}: {stats:#?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     /// `cedar show NAME`: the tracking document as Redis renders it now.
@@ -294,71 +219,17 @@ dest = "{dest}"
             .unwrap()
     }
 
-    /// Every regular file under `root`, by path relative to it, with its size.
-    fn files(root: &Path) -> BTreeMap<String, u64> {
-        fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, u64>) {
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                return;
-            };
-            for entry in entries {
-                let entry = entry.unwrap();
-                let path = entry.path();
-                let meta = entry.metadata().unwrap();
-                if meta.is_dir() {
-                    walk(root, &path, out);
-                } else {
-                    let rel = path.strip_prefix(root).unwrap().to_string_lossy();
-                    out.insert(rel.into_owned(), meta.len());
-                }
-            }
-        }
-        let mut out = BTreeMap::new();
-        walk(root, root, &mut out);
-        out
-    }
-
     fn bucket_files(&self) -> BTreeMap<String, u64> {
-        Self::files(&self.bucket)
+        files(&self.bucket)
     }
 
     fn dest_files(&self) -> BTreeMap<String, u64> {
-        Self::files(&self.dest)
-    }
-
-    async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(redis_url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("Redis at CEDAR_TEST_REDIS or redis://127.0.0.1:6379")
-    }
-
-    /// Every key of this campaign's namespace.
-    async fn keys(&self) -> Vec<String> {
-        let mut conn = self.redis().await;
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", self.namespace))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            keys.extend(page);
-            if next == 0 {
-                return keys;
-            }
-            cursor = next;
-        }
+        files(&self.dest)
     }
 
     /// Jobs still in the queues, per `{stage}:{part}` (and `ee:active`), zeros left out.
     async fn queued(&self) -> BTreeMap<String, u64> {
-        let mut conn = self.redis().await;
+        let mut conn = redis_connection().await;
         let mut out = BTreeMap::new();
         for stage in Stage::ALL {
             for (part, cmd) in [
@@ -369,7 +240,7 @@ dest = "{dest}"
                 ("backlog", "ZCARD"),
             ] {
                 let n: u64 = redis::cmd(cmd)
-                    .arg(format!("{}:{}:{part}", self.namespace, stage.name()))
+                    .arg(format!("{}:{}:{part}", self.namespace.name, stage.name()))
                     .query_async(&mut conn)
                     .await
                     .unwrap();
@@ -379,7 +250,7 @@ dest = "{dest}"
             }
         }
         let active: u64 = redis::cmd("SCARD")
-            .arg(format!("{}:ee:active", self.namespace))
+            .arg(format!("{}:ee:active", self.namespace.name))
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -391,11 +262,11 @@ dest = "{dest}"
 
     /// Job ids of `tracking` still stored in any stage.
     async fn jobs_of(&self, tracking: &str) -> Vec<String> {
-        let mut conn = self.redis().await;
+        let mut conn = redis_connection().await;
         let mut out = Vec::new();
         for stage in Stage::ALL {
             let ids: Vec<String> = redis::cmd("HKEYS")
-                .arg(format!("{}:{}:data", self.namespace, stage.name()))
+                .arg(format!("{}:{}:data", self.namespace.name, stage.name()))
                 .query_async(&mut conn)
                 .await
                 .unwrap();
@@ -413,61 +284,6 @@ dest = "{dest}"
         let path = self.bucket.join(format!("CEDAR_TRACKING/{name}.json"));
         let body = std::fs::read(path).ok()?;
         serde_json::from_slice(&body).ok()
-    }
-
-    /// The last lines of every worker's log, for a failing test's report.
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        for n in 0..self.workers.len() {
-            let log = std::fs::read_to_string(self.log_path(n)).unwrap_or_default();
-            // Only the log events: other output (debug prints) would push them out of the tail.
-            let mut lines: Vec<&str> = log
-                .lines()
-                .filter(|l| ["INFO", "WARN", "ERROR"].iter().any(|w| l.contains(w)))
-                .collect();
-            if lines.is_empty() {
-                lines = log.lines().collect();
-            }
-            let tail = &lines[lines.len().saturating_sub(15)..];
-            out.push_str(&format!("--- worker {n} ---\n{}\n", tail.join("\n")));
-        }
-        out
-    }
-}
-
-impl Drop for Campaign {
-    fn drop(&mut self) {
-        for child in self.workers.iter_mut().filter_map(Option::as_mut) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("{}", self.logs());
-        }
-        // The workers are gone, so nothing writes into the namespace any more.
-        let Ok(mut conn) = redis::Client::open(redis_url()).and_then(|c| c.get_connection()) else {
-            return;
-        };
-        let mut cursor: u64 = 0;
-        loop {
-            let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", self.namespace))
-                .arg("COUNT")
-                .arg(1000)
-                .query(&mut conn)
-            else {
-                return;
-            };
-            if !keys.is_empty() {
-                let _: redis::RedisResult<u64> = redis::cmd("DEL").arg(&keys).query(&mut conn);
-            }
-            if next == 0 {
-                return;
-            }
-            cursor = next;
-        }
     }
 }
 
@@ -635,20 +451,11 @@ async fn a_campaign_runs_to_completion_with_two_workers() {
     c.spawn_worker();
     let started = Instant::now();
     let name = c
-        .submit(&[
-            "--collection",
+        .submit(&four_tiles(
             &format!("{LC08},{LC09},{LE07}"),
-            "--rows",
-            "10-11",
-            "--cols",
-            "14-15",
-            "--start",
-            "2021-07-01",
-            "--end",
             "2021-12-31",
-            "--freq",
             "2MS",
-        ])
+        ))
         .await;
     let (status, code) = c.wait_done(&name).await;
     let elapsed = started.elapsed();
@@ -700,19 +507,22 @@ async fn a_campaign_runs_to_completion_with_two_workers() {
     );
 
     // The workers re-publish the document a few seconds after the last change.
-    let until = Instant::now() + Duration::from_secs(30);
-    let published = loop {
-        let doc = c.published(&name);
-        if let Some(doc) = doc.filter(|d| document_counts(d) == by_state) {
-            break doc;
-        }
-        assert!(
-            Instant::now() < until,
-            "published document never agreed with status {by_state:?}: {:?}",
-            c.published(&name).map(|d| document_counts(&d))
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (c_ref, name_ref, by_state_ref) = (&c, &name, &by_state);
+    let published = wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        move || async move {
+            let doc = c_ref.published(name_ref);
+            match doc.filter(|d| document_counts(d) == *by_state_ref) {
+                Some(doc) => Ok(doc),
+                None => Err(format!(
+                    "published document never agreed with status {by_state_ref:?}: {:?}",
+                    c_ref.published(name_ref).map(|d| document_counts(&d))
+                )),
+            }
+        },
+    )
+    .await;
     let keys: Vec<&str> = published
         .as_object()
         .unwrap()
@@ -829,22 +639,7 @@ async fn throttling_and_outages_are_retried_and_export_once() {
     });
     c.spawn_worker();
     c.spawn_worker();
-    let name = c
-        .submit(&[
-            "--collection",
-            LC08,
-            "--rows",
-            "10-11",
-            "--cols",
-            "14-15",
-            "--start",
-            "2021-07-01",
-            "--end",
-            "2021-12-31",
-            "--freq",
-            "3MS",
-        ])
-        .await;
+    let name = c.submit(&four_tiles(LC08, "2021-12-31", "3MS")).await;
     let (status, code) = c.wait_done(&name).await;
     assert_eq!(code, Some(0), "{status}");
     assert_eq!(counts(&status), BTreeMap::from([("CLEANED".to_owned(), 8)]));
@@ -880,22 +675,7 @@ async fn failed_tasks_are_reported_and_retry_brings_them_home() {
         message: Some(MESSAGE.to_owned()),
     });
     c.spawn_worker();
-    let name = c
-        .submit(&[
-            "--collection",
-            LC08,
-            "--rows",
-            "10-11",
-            "--cols",
-            "14-15",
-            "--start",
-            "2021-07-01",
-            "--end",
-            "2021-12-31",
-            "--freq",
-            "3MS",
-        ])
-        .await;
+    let name = c.submit(&four_tiles(LC08, "2021-12-31", "3MS")).await;
     let (status, code) = c.wait_done(&name).await;
     assert_eq!(code, Some(1), "{status}");
     assert_eq!(
@@ -954,40 +734,26 @@ async fn cancel_stops_a_running_submission() {
     )
     .await;
     c.spawn_worker();
-    let name = c
-        .submit(&[
-            "--collection",
-            LC08,
-            "--rows",
-            "10-11",
-            "--cols",
-            "14-15",
-            "--start",
-            "2021-07-01",
-            "--end",
-            "2021-09-30",
-            "--freq",
-            "3MS",
-        ])
-        .await;
+    let name = c.submit(&four_tiles(LC08, "2021-09-30", "3MS")).await;
     // Two tasks run, two wait in EE's queue.
     c.wait_stats("four tasks in EE", |s| {
         s.operations.get("RUNNING") == Some(&2) && s.operations.get("PENDING") == Some(&2)
     })
     .await;
-    let until = Instant::now() + DEADLINE;
-    loop {
-        let (status, _) = c.status(&name).await;
+    let (c_ref, name_ref) = (&c, &name);
+    wait_until(DEADLINE, Duration::from_millis(200), move || async move {
+        let (status, _) = c_ref.status(name_ref).await;
         let active: u64 = ["PENDING", "RUNNING"]
             .iter()
             .filter_map(|s| counts(&status).get(*s).copied())
             .sum();
         if active == 4 {
-            break;
+            Ok(())
+        } else {
+            Err(status.to_string())
         }
-        assert!(Instant::now() < until, "{status}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
 
     let run = c.cedar(&["cancel", &name]).await;
     assert_eq!(run.code, Some(0), "{run:?}");
@@ -1039,20 +805,7 @@ async fn a_killed_worker_loses_and_duplicates_nothing() {
     .await;
     let doomed = c.spawn_worker();
     let name = c
-        .submit(&[
-            "--collection",
-            &format!("{LC08},{LE07}"),
-            "--rows",
-            "10-11",
-            "--cols",
-            "14-15",
-            "--start",
-            "2021-07-01",
-            "--end",
-            "2021-12-31",
-            "--freq",
-            "2MS",
-        ])
+        .submit(&four_tiles(&format!("{LC08},{LE07}"), "2021-12-31", "2MS"))
         .await;
     // Let the first worker take jobs and start exports, then start the survivor and kill the
     // first while its EE tasks are still running and it holds leases.
@@ -1061,15 +814,16 @@ async fn a_killed_worker_loses_and_duplicates_nothing() {
     })
     .await;
     c.spawn_worker();
-    let until = Instant::now() + DEADLINE;
-    let held = loop {
-        let held = c.leases_of(doomed).await;
+    let c_ref = &c;
+    let held = wait_until(DEADLINE, Duration::from_millis(10), move || async move {
+        let held = c_ref.leases_of(doomed).await;
         if held > 0 {
-            break held;
+            Ok(held)
+        } else {
+            Err(format!("worker {doomed} never held a lease"))
         }
-        assert!(Instant::now() < until, "worker {doomed} never held a lease");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    })
+    .await;
     let queued = c.queued().await;
     c.kill_worker(doomed);
     println!("killed worker {doomed} holding {held} leases; queues {queued:?}");
@@ -1146,7 +900,7 @@ async fn download_refuses_names_that_escape_the_destination() {
             other => panic!("{tracking} {object}: not fatal: {other:?}"),
         }
         assert_eq!(
-            Campaign::files(dir.path()),
+            files(dir.path()),
             BTreeMap::new(),
             "{tracking} {object}: nothing written"
         );
@@ -1159,7 +913,7 @@ async fn download_refuses_names_that_escape_the_destination() {
     assert_eq!(bytes, body.len() as u64);
     assert_eq!(verified.len(), 1);
     assert_eq!(
-        Campaign::files(dir.path()),
+        files(dir.path()),
         BTreeMap::from([("dest/T/ok.tif".to_owned(), body.len() as u64)])
     );
 }
@@ -1240,6 +994,10 @@ async fn bad_submissions_are_refused_and_queue_nothing() {
         lines[0].starts_with("error: ") && lines[0].contains("CEDAR/../../{collection}"),
         "{run:?}"
     );
-    assert_eq!(c.keys().await, Vec::<String>::new(), "nothing recorded");
+    assert_eq!(
+        c.namespace.keys().await,
+        Vec::<String>::new(),
+        "nothing recorded"
+    );
     assert_eq!(c.bucket_files(), BTreeMap::new(), "no tracking document");
 }

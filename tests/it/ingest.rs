@@ -2,55 +2,46 @@
 //! at once, and periods missed while nothing ran are caught up on return — on Redis and on the
 //! embedded SQLite queue.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use cedar::config::Config;
-use cedar::emulator::{self, EmulatorOptions};
+use cedar::emulator::EmulatorOptions;
 use cedar::jobs::{Context, JobSettings};
 use cedar::schedule::{IngestConfig, TilesConfig, tick};
 use cedar::worker;
 use chrono::{DateTime, TimeZone, Utc};
 
-fn redis_url() -> String {
-    std::env::var("CEDAR_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
+use crate::support::{Emulated, Namespace, redis_url};
 
 fn at(y: i32, m: u32, d: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(y, m, d, 6, 0, 0).unwrap()
 }
 
 struct Bench {
-    _dir: tempfile::TempDir,
-    _emulator: emulator::RunningEmulator,
     ctx: Context,
+    /// Deletes the Redis keys of the test (nothing to do on SQLite, whose file is in `_env`).
+    _keys: Namespace,
+    _env: Emulated,
 }
 
 async fn setup(queue_url: String, backfill: Option<&str>) -> Bench {
-    let dir = tempfile::tempdir().unwrap();
-    let bucket = dir.path().join("bucket");
-    std::fs::create_dir_all(&bucket).unwrap();
-    let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&bucket).unwrap());
-    let emu = emulator::start(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        store,
-        EmulatorOptions::default(),
-    )
-    .await
-    .unwrap();
+    let env = Emulated::start(EmulatorOptions::default()).await;
+    let keys = Namespace::new("ingest");
     let mut c = Config::default();
     c.earthengine.project = "ingest-test".into();
-    c.earthengine.endpoint = emu.url();
+    c.earthengine.endpoint = env.emulator.url();
     c.earthengine.credentials = Some("none".into());
     c.export.bucket = "b-ingest".into();
-    c.store.url = url::Url::from_directory_path(&bucket).unwrap().to_string();
-    c.download.dest = dir.path().join("dest").display().to_string();
+    c.store.url = url::Url::from_directory_path(&env.bucket)
+        .unwrap()
+        .to_string();
+    c.download.dest = env.dest.display().to_string();
     c.queue.url = if queue_url.is_empty() {
-        format!("sqlite://{}", dir.path().join("q.db").display())
+        format!("sqlite://{}", env.path("q.db").display())
     } else {
         queue_url
     };
-    c.queue.namespace = format!("it-ingest-{}", rand::random::<u32>());
+    c.queue.namespace = keys.name.clone();
     c.ingest = vec![IngestConfig {
         name: "l8".into(),
         schedule: "0 0 6 * * *".into(),
@@ -68,9 +59,9 @@ async fn setup(queue_url: String, backfill: Option<&str>) -> Bench {
         .await
         .unwrap();
     Bench {
-        _dir: dir,
-        _emulator: emu,
         ctx,
+        _keys: keys,
+        _env: env,
     }
 }
 
@@ -78,15 +69,6 @@ async fn names(ctx: &Context) -> Vec<String> {
     let mut n = ctx.tracker.list().await.unwrap();
     n.sort();
     n
-}
-
-async fn cleanup(ctx: &Context) {
-    for name in ctx.tracker.list().await.unwrap() {
-        for stage in cedar::queue::Stage::ALL {
-            ctx.queue.remove_tracking(stage, &name).await.unwrap();
-        }
-        ctx.tracker.forget(&name).await.unwrap();
-    }
 }
 
 async fn exactly_once_and_catch_up(queue_url: String) {
@@ -137,7 +119,6 @@ async fn exactly_once_and_catch_up(queue_url: String) {
     assert_eq!(sub.period_start.to_string(), "2024-07-01");
     assert_eq!(sub.period_end.to_string(), "2024-08-01");
     assert_eq!(sub.tiles, vec![(3, 10), (3, 11)]);
-    cleanup(&b.ctx).await;
 }
 
 #[tokio::test]
@@ -166,5 +147,4 @@ async fn without_backfill_ingest_starts_at_the_latest_complete_period() {
             "INGEST-l8-2024-07-01"
         ]
     );
-    cleanup(&b.ctx).await;
 }

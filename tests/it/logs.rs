@@ -11,38 +11,7 @@ use cedar::emulator::{self, EmulatorOptions};
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
 
-fn redis_url() -> String {
-    std::env::var("CEDAR_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-/// A 2048-bit RSA key in PKCS#8 PEM, from openssl.
-fn private_key_pem(dir: &Path) -> String {
-    let path = dir.join("key.pem");
-    let out = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&path)
-        .output()
-        .expect("openssl is required (apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read_to_string(path).unwrap()
-}
-
-/// A loopback port nothing listens on.
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+use crate::support::{Namespace, TestConfig, cedar_command, free_port, redis_url, rsa_key};
 
 /// Runs `cedar` with debug JSON logs; returns stdout + stderr and the exit code.
 fn run(
@@ -51,23 +20,16 @@ fn run(
     args: &[&str],
     kill_after: Option<Duration>,
 ) -> (String, Option<i32>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cedar"));
+    let mut cmd = cedar_command();
     cmd.current_dir(dir)
         .arg("--config")
         .arg(config)
         .arg("--log-format")
         .arg("json")
         .args(args)
-        .env_remove("CEDAR_CONFIG")
-        .env_remove("STORAGE_EMULATOR_HOST")
         .env("CEDAR_LOG", "debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CEDAR__") {
-            cmd.env_remove(k);
-        }
-    }
     let child = cmd.spawn().expect("run cedar");
     let pid = child.id();
     let stopper = kill_after.map(|after| {
@@ -118,7 +80,7 @@ fn assert_no_secrets(what: &str, output: &str, password: &str, key_pem: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_logs_errors_or_config_output() {
     let dir = tempfile::tempdir().unwrap();
-    let key_pem = private_key_pem(dir.path());
+    let (key_pem, _) = rsa_key(dir.path(), "key");
     // The emulator is the token endpoint, so a worker that runs really holds a token.
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let emulator = emulator::start(
@@ -144,49 +106,26 @@ async fn secrets_never_reach_logs_errors_or_config_output() {
     std::fs::write(&key_path, serde_json::to_vec_pretty(&key).unwrap()).unwrap();
 
     let password = format!("pw-{:016x}-never-print", rand::random::<u64>());
-    let namespace = format!(
-        "cedar-test:logs:{}:{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    );
+    let namespace = Namespace::new("logs");
     let write_config = |name: &str, queue_url: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(
-            &path,
-            format!(
-                r#"[earthengine]
-project = "cedar-logs"
-endpoint = "{endpoint}"
-credentials = "{key}"
-timeout_secs = 5
-
-[queue]
-url = "{queue_url}"
-namespace = "{namespace}"
-
-[export]
-bucket = "cedar-logs-bucket"
-
-[store]
-url = "memory:///"
-
-[download]
-dest = "{dest}"
-
-[metrics]
-listen = "127.0.0.1:0"
-"#,
-                endpoint = emulator.url(),
-                key = key_path.display(),
-                dest = dir.path().join("dest").display(),
-            ),
-        )
-        .unwrap();
-        path
+        TestConfig {
+            project: "cedar-logs".to_owned(),
+            endpoint: emulator.url(),
+            credentials: key_path.display().to_string(),
+            timeout_secs: 5,
+            queue_url: queue_url.to_owned(),
+            namespace: namespace.name.clone(),
+            bucket: "cedar-logs-bucket".to_owned(),
+            file_dimensions: None,
+            store_url: "memory:///".to_owned(),
+            dest: dir.path().join("dest").display().to_string(),
+            ..TestConfig::default()
+        }
+        .write(dir.path().join(name))
     };
     let unreachable = write_config(
         "unreachable.toml",
-        &format!("redis://:{password}@127.0.0.1:{}/0", closed_port()),
+        &format!("redis://:{password}@127.0.0.1:{}/0", free_port()),
     );
 
     let (out, code) = run(dir.path(), &unreachable, &["config", "check"], None);
@@ -226,7 +165,6 @@ listen = "127.0.0.1:0"
         &["worker", "--drain-secs", "1"],
         Some(Duration::from_secs(4)),
     );
-    delete_keys(&namespace).await;
     let stats = emulator.stats();
     // With require_auth, a 200 from EE means a token was fetched and sent.
     assert!(
@@ -235,36 +173,4 @@ listen = "127.0.0.1:0"
     );
     assert!(out.contains("worker starting"), "{out}");
     assert_no_secrets("worker (running)", &out, &password, &key_pem);
-}
-
-/// Deletes the keys the running worker wrote (SCAN + DEL on its namespace, never FLUSHALL).
-async fn delete_keys(namespace: &str) {
-    let mut conn = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis at CEDAR_TEST_REDIS or redis://127.0.0.1:6379");
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{namespace}:*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-        }
-        if next == 0 {
-            return;
-        }
-        cursor = next;
-    }
 }

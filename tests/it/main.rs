@@ -13,4 +13,5 @@ mod security;
 mod single_machine;
 mod soak;
 mod store;
+mod support;
 mod tracking;

@@ -7,21 +7,24 @@
 //! `CEDAR_PROMTOOL` to use another. Without it these tests fail rather than skip.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cedar::config::Config;
-use cedar::emulator::{self, EmulatorOptions, RunningEmulator};
+use cedar::emulator::EmulatorOptions;
 use cedar::metrics::{CATALOGUE, Kind};
-use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
 use serde_json::Value;
 use serde_norway::Value as Yaml;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+
+use crate::support::{
+    Emulated, Namespace, Process, TestConfig, cedar_command, redis_url, run, small_exports,
+    wait_until,
+};
 
 /// The bucket name the configuration exports to and the emulator insists on.
 const BUCKET: &str = "cedar-metrics-bucket";
@@ -30,10 +33,6 @@ const DEADLINE: Duration = Duration::from_secs(120);
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn redis_url() -> String {
-    std::env::var("CEDAR_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
 /// `promtool` from `CEDAR_PROMTOOL` or `PATH`; a missing one fails the test with the fix.
@@ -550,206 +549,84 @@ impl Drop for Relay {
 
 /// One worker process, its configuration and the lines it logs.
 struct LiveWorker {
-    _emulator: RunningEmulator,
-    dir: tempfile::TempDir,
+    worker: Option<Process>,
+    /// Its keys are deleted once the worker (dropped first) is gone.
+    _namespace: Namespace,
+    env: Emulated,
     config: PathBuf,
-    namespace: String,
-    child: Option<Child>,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl LiveWorker {
     /// Starts an emulator and writes a configuration whose queue goes through `queue_url`.
     async fn configure(queue_url: &str) -> LiveWorker {
-        let dir = tempfile::tempdir().unwrap();
-        let bucket = dir.path().join("bucket");
-        let dest = dir.path().join("dest");
-        std::fs::create_dir_all(&bucket).unwrap();
-        std::fs::create_dir_all(&dest).unwrap();
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(LocalFileSystem::new_with_prefix(&bucket).unwrap());
-        let emulator = emulator::start(
-            "127.0.0.1:0".parse().unwrap(),
-            store,
-            EmulatorOptions {
-                bucket: Some(BUCKET.to_owned()),
-                task_seconds: 1.0,
-                max_concurrent_exports: 4,
-                bytes_per_pixel: 1.0 / 4096.0,
-                ..EmulatorOptions::default()
-            },
-        )
-        .await
-        .unwrap();
-        let namespace = format!(
-            "cedar-test:metrics:{}:{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
-        let config = dir.path().join("cedar.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"[earthengine]
-project = "cedar-metrics"
-endpoint = "{endpoint}"
-credentials = "none"
-timeout_secs = 10
-
-[queue]
-url = "{queue_url}"
-namespace = "{namespace}"
-
-[export]
-bucket = "{BUCKET}"
-file_dimensions = 2048
-
-[store]
-url = "file://{bucket}"
-
-[download]
-dest = "{dest}"
-
-[metrics]
-listen = "127.0.0.1:0"
-"#,
-                endpoint = emulator.url(),
-                bucket = bucket.display(),
-                dest = dest.display(),
-            ),
-        )
-        .unwrap();
+        let env = Emulated::start(EmulatorOptions {
+            max_concurrent_exports: 4,
+            ..small_exports(BUCKET)
+        })
+        .await;
+        let namespace = Namespace::new("metrics");
+        let config = TestConfig {
+            project: "cedar-metrics".to_owned(),
+            ..env.config(BUCKET, queue_url, &namespace.name)
+        }
+        .write(env.path("cedar.toml"));
         LiveWorker {
-            _emulator: emulator,
-            dir,
+            worker: None,
+            _namespace: namespace,
+            env,
             config,
-            namespace,
-            child: None,
-            log: Arc::default(),
         }
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cedar"));
-        cmd.current_dir(self.dir.path())
+        let mut cmd = cedar_command();
+        cmd.current_dir(self.env.dir.path())
             .arg("--config")
             .arg(&self.config)
             .args(args)
-            .env_remove("CEDAR_CONFIG")
-            .env_remove("STORAGE_EMULATOR_HOST")
             .env("CEDAR_LOG", "info");
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CEDAR__") {
-                cmd.env_remove(k);
-            }
-        }
         cmd
     }
 
     /// Runs a `cedar` command against the test Redis directly (not through the relay).
     async fn cedar(&self, args: &[&str]) -> (Option<i32>, String, String) {
-        let mut cmd = tokio::process::Command::from(self.command(args));
+        let mut cmd = self.command(args);
         cmd.env("CEDAR__QUEUE__URL", redis_url());
-        let out = cmd.output().await.expect("run cedar");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        run(cmd).await.parts()
     }
 
     /// Starts `cedar worker` with JSON logs and returns the address its metrics endpoint bound.
     async fn spawn(&mut self) -> String {
-        let mut child = self
-            .command(&[
-                "--log-format",
-                "json",
-                "worker",
-                "--poll-interval-secs",
-                "1",
-                "--lease-secs",
-                "5",
-                "--drain-secs",
-                "5",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn cedar worker");
-        let stderr = child.stderr.take().unwrap();
-        self.child = Some(child);
-        let log = self.log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log.lock().unwrap().push(line);
-            }
-        });
-        let until = Instant::now() + Duration::from_secs(30);
-        loop {
-            let found = self.log.lock().unwrap().iter().find_map(|line| {
-                let v: Value = serde_json::from_str(line).ok()?;
-                let msg = v["fields"]["message"].as_str()?;
-                msg.starts_with("serving metrics")
-                    .then(|| v["fields"]["addr"].as_str().map(str::to_owned))?
-            });
-            if let Some(addr) = found {
-                return addr;
-            }
-            assert!(
-                Instant::now() < until,
-                "the worker never said where it serves metrics:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn logs(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// Deletes this test's keys (SCAN + DEL on its namespace, never FLUSHALL).
-    async fn delete_keys(&self) {
-        let mut conn = redis::Client::open(redis_url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("Redis at CEDAR_TEST_REDIS or redis://127.0.0.1:6379");
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", self.namespace))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            if !keys.is_empty() {
-                let _: () = redis::cmd("DEL")
-                    .arg(&keys)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-            }
-            if next == 0 {
-                return;
-            }
-            cursor = next;
-        }
-    }
-}
-
-impl Drop for LiveWorker {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- worker log ---\n{}", self.logs());
-        }
+        let cmd = self.command(&[
+            "--log-format",
+            "json",
+            "worker",
+            "--poll-interval-secs",
+            "1",
+            "--lease-secs",
+            "5",
+            "--drain-secs",
+            "5",
+        ]);
+        let worker = &*self
+            .worker
+            .insert(Process::spawn(cmd, self.env.path("worker.log")));
+        wait_until(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            move || async move {
+                let log = worker.log();
+                let found = log.lines().find_map(|line| {
+                    let v: Value = serde_json::from_str(line).ok()?;
+                    let msg = v["fields"]["message"].as_str()?;
+                    msg.starts_with("serving metrics")
+                        .then(|| v["fields"]["addr"].as_str().map(str::to_owned))?
+                });
+                found
+                    .ok_or_else(|| format!("the worker never said where it serves metrics:\n{log}"))
+            },
+        )
+        .await
     }
 }
 
@@ -774,18 +651,16 @@ async fn get(url: &str) -> (u16, String, String) {
 
 /// Scrapes until `cond` holds on the text; returns the last scrape.
 async fn scrape_until(base: &str, what: &str, cond: impl Fn(&str) -> bool) -> String {
-    let until = Instant::now() + DEADLINE;
-    loop {
+    let cond = &cond;
+    wait_until(DEADLINE, Duration::from_millis(500), move || async move {
         let (_, _, text) = get(&format!("{base}/metrics")).await;
         if cond(&text) {
-            return text;
+            Ok(text)
+        } else {
+            Err(format!("{what}:\n{text}"))
         }
-        assert!(
-            Instant::now() < until,
-            "timed out waiting for {what}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await
 }
 
 /// A worker runs a one-order campaign; its `/metrics` passes `promtool check metrics`, holds
@@ -888,15 +763,20 @@ async fn a_live_worker_serves_metrics_health_and_readiness() {
 
     // Redis goes away: the process is still alive, but not ready.
     relay.cut();
-    let until = Instant::now() + Duration::from_secs(30);
-    let body = loop {
-        let (status, _, body) = get(&format!("{base}/readyz")).await;
-        if status == 503 {
-            break body;
-        }
-        assert!(Instant::now() < until, "/readyz stayed {status}: {body}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let base = &base;
+    let body = wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        move || async move {
+            let (status, _, body) = get(&format!("{base}/readyz")).await;
+            if status == 503 {
+                Ok(body)
+            } else {
+                Err(format!("/readyz stayed {status}: {body}"))
+            }
+        },
+    )
+    .await;
     assert!(body.contains("queue: unreachable"), "{body}");
     assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
     let text = get(&format!("{base}/metrics")).await.2;
@@ -904,5 +784,4 @@ async fn a_live_worker_serves_metrics_health_and_readiness() {
         sample(&text, r#"cedar_dependency_up{dependency="queue"}"#),
         Some(0.0)
     );
-    w.delete_keys().await;
 }

@@ -3,7 +3,8 @@
 //! run once per backend (the `on_both!` modules), so the single-machine queue is held to exactly
 //! the Redis queue's contract.
 //!
-//! Each Redis test works in its own namespace and deletes its keys at the end (never FLUSHALL).
+//! Each Redis test works in its own namespace, whose keys are deleted when the test ends (never
+//! FLUSHALL).
 //! `CEDAR_TEST_REDIS` overrides the server (default `redis://127.0.0.1:6379`). Each SQLite test
 //! gets its own file; "another process" is another [`Queue`] opened on the same file, with its
 //! own connection.
@@ -24,34 +25,31 @@ use cedar::queue::{
 };
 use chrono::NaiveDate;
 
-fn redis_url() -> String {
-    std::env::var("CEDAR_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
+use crate::support::{Namespace, redis_connection, redis_url};
 
 /// A queue of its own: a fresh Redis namespace, or a fresh SQLite file.
 struct TestQueue {
     queue: Queue,
     url: String,
     namespace: String,
+    /// The Redis namespace, its keys deleted on drop (None for SQLite).
+    _keys: Option<Namespace>,
     /// The SQLite file's directory, deleted on drop (None for Redis).
     dir: Option<tempfile::TempDir>,
 }
 
 impl TestQueue {
     async fn redis(test: &str) -> TestQueue {
-        let namespace = format!(
-            "cedar-test:{test}:{}:{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
+        let keys = Namespace::new(test);
         let url = redis_url();
-        let queue = Queue::open(&url, &namespace)
+        let queue = Queue::open(&url, &keys.name)
             .await
             .expect("Redis at CEDAR_TEST_REDIS or redis://127.0.0.1:6379");
         TestQueue {
             queue,
             url,
-            namespace,
+            namespace: keys.name.clone(),
+            _keys: Some(keys),
             dir: None,
         }
     }
@@ -65,6 +63,7 @@ impl TestQueue {
             queue,
             url,
             namespace,
+            _keys: None,
             dir: Some(dir),
         }
     }
@@ -79,8 +78,7 @@ impl TestQueue {
     async fn stored(&self, stage: Stage, part: &str) -> u64 {
         match &self.dir {
             None => {
-                let client = redis::Client::open(redis_url()).unwrap();
-                let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+                let mut conn = redis_connection().await;
                 redis::cmd("HLEN")
                     .arg(format!("{}:{}:{}", self.namespace, stage.name(), part))
                     .query_async(&mut conn)
@@ -105,39 +103,6 @@ impl TestQueue {
                     .unwrap();
                 n as u64
             }
-        }
-    }
-
-    async fn cleanup(self) {
-        if self.dir.is_some() {
-            return;
-        }
-        let client = redis::Client::open(redis_url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", self.namespace))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            keys.extend(page);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        if !keys.is_empty() {
-            let _: u64 = redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
         }
     }
 }
@@ -233,7 +198,6 @@ async fn enqueue_is_idempotent_whatever_the_state(t: TestQueue) {
             .unwrap(),
         3
     );
-    t.cleanup().await;
 }
 
 async fn lease_hands_out_each_job_once_and_complete_removes_it(t: TestQueue) {
@@ -281,7 +245,6 @@ async fn lease_hands_out_each_job_once_and_complete_removes_it(t: TestQueue) {
             .unwrap()
             .is_empty()
     );
-    t.cleanup().await;
 }
 
 async fn snooze_runs_again_later_without_spending_an_attempt(t: TestQueue) {
@@ -320,7 +283,6 @@ async fn snooze_runs_again_later_without_spending_an_attempt(t: TestQueue) {
     assert_eq!(again[0].id, id);
     assert_eq!(again[0].attempts, 0);
     assert_eq!(q.attempts(Stage::Poll, &id).await.unwrap(), 0);
-    t.cleanup().await;
 }
 
 async fn failures_back_off_then_bury_with_the_last_error(t: TestQueue) {
@@ -392,7 +354,6 @@ async fn failures_back_off_then_bury_with_the_last_error(t: TestQueue) {
     );
     // A dead export job gives its admission slot back.
     assert_eq!(q.active_count().await.unwrap(), 0);
-    t.cleanup().await;
 }
 
 async fn bury_requeue_dead_and_remove_tracking_select_one_campaign(t: TestQueue) {
@@ -455,7 +416,6 @@ async fn bury_requeue_dead_and_remove_tracking_select_one_campaign(t: TestQueue)
         2
     );
     assert_eq!(t.stored(Stage::Download, "data").await, 0);
-    t.cleanup().await;
 }
 
 async fn an_expired_lease_is_redelivered_to_another_worker(t: TestQueue) {
@@ -502,7 +462,6 @@ async fn an_expired_lease_is_redelivered_to_another_worker(t: TestQueue) {
     assert!(!a.release(Stage::Poll, "a", &id).await.unwrap());
     assert_eq!(b.depth(Stage::Poll).await.unwrap().leased, 1);
     assert!(b.complete(Stage::Poll, &id).await.unwrap());
-    t.cleanup().await;
 }
 
 async fn release_puts_fetched_jobs_back_without_spending_attempts(t: TestQueue) {
@@ -528,7 +487,6 @@ async fn release_puts_fetched_jobs_back_without_spending_attempts(t: TestQueue) 
         .unwrap();
     assert_eq!(again.len(), 3);
     assert!(again.iter().all(|l| l.attempts == 0));
-    t.cleanup().await;
 }
 
 async fn admission_never_exceeds_the_cap_under_concurrent_admitters(t: TestQueue) {
@@ -583,7 +541,6 @@ async fn admission_never_exceeds_the_cap_under_concurrent_admitters(t: TestQueue
     );
     assert_eq!(depth.backlog + admitted.load(Ordering::SeqCst), 400);
     assert!(admitted.load(Ordering::SeqCst) > CAP, "slots were recycled");
-    t.cleanup().await;
 }
 
 async fn rate_limiter_shares_one_window_per_second(t: TestQueue) {
@@ -603,7 +560,6 @@ async fn rate_limiter_shares_one_window_per_second(t: TestQueue) {
     assert!((1..=1000).contains(&wait), "{wait}");
     tokio::time::sleep(Duration::from_millis(wait + 10)).await;
     assert_eq!(q.acquire_rate(5).await.unwrap(), RateDecision::Go);
-    t.cleanup().await;
 }
 
 async fn bulk_enqueue_of_100k_jobs(t: TestQueue) {
@@ -627,7 +583,6 @@ async fn bulk_enqueue_of_100k_jobs(t: TestQueue) {
         .await
         .unwrap();
     assert_eq!(leased.len(), 100);
-    t.cleanup().await;
 }
 
 /// What the end-to-end handler saw.
@@ -723,7 +678,6 @@ async fn apalis_monitor_runs_every_job_to_done_exactly_once(t: TestQueue) {
     );
     assert_eq!(t.stored(Stage::Poll, "data").await, 0);
     assert_eq!(t.stored(Stage::Poll, "attempts").await, 0);
-    t.cleanup().await;
 }
 
 async fn slow(job: OrderJob, ledger: Data<Arc<Ledger>>) -> Result<Outcome, BoxDynError> {
@@ -781,5 +735,4 @@ async fn apalis_heartbeats_keep_the_lease_of_a_job_longer_than_the_lease(t: Test
         t.queue.depth(Stage::Download).await.unwrap(),
         queue::Depth::default()
     );
-    t.cleanup().await;
 }

@@ -7,27 +7,28 @@
 //! emulator and the `cedar` binary on an SQLite queue. (Secrets in logs: see `logs.rs`.)
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use cedar::config::{Config, DEFAULT_TOML};
-use cedar::emulator::{self, EmulatorOptions};
+use cedar::emulator;
 use cedar::jobs::JobError;
 use cedar::jobs::download::copy_verified;
 use cedar::queue::{Connection, Queue};
 use cedar::store::{Destination, Expected, ExportBucket, ObjectInfo, StoreError, check_rel_path};
 use futures::stream::{self, BoxStream, StreamExt};
-use object_store::local::LocalFileSystem;
 use serde_json::Value;
 
-use crate::bad_input::{closed_port, files};
+use crate::support::{
+    Emulated, Process, TestConfig, clean_env, files, free_port, openssl, run, small_exports,
+    wait_until,
+};
 
 const LC08: &str = "LANDSAT/LC08/C02/T1_L2";
 const BUCKET: &str = "cedar-security";
@@ -204,18 +205,19 @@ async fn a_worker_without_metrics_config_serves_on_loopback() {
     assert!(!text.contains("[metrics]"));
     std::fs::write(&c.config, text).unwrap();
     let mut worker = c.spawn_worker(None);
-    let until = Instant::now() + Duration::from_secs(30);
-    let line = loop {
-        let log = std::fs::read_to_string(c.log()).unwrap_or_default();
-        if let Some(l) = log
-            .lines()
-            .find(|l| l.contains("serving metrics") || l.contains("cannot serve metrics"))
-        {
-            break l.to_owned();
-        }
-        assert!(Instant::now() < until, "no metrics line in:\n{log}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let log = &worker;
+    let line = wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        move || async move {
+            let log = log.log();
+            log.lines()
+                .find(|l| l.contains("serving metrics") || l.contains("cannot serve metrics"))
+                .map(str::to_owned)
+                .ok_or_else(|| format!("no metrics line in:\n{log}"))
+        },
+    )
+    .await;
     // Either way the address is the default one on loopback; another process may hold the
     // port, in which case this worker runs without the endpoint.
     assert!(line.contains("127.0.0.1:9464"), "{line}");
@@ -230,8 +232,7 @@ async fn a_worker_without_metrics_config_serves_on_loopback() {
             );
         }
     }
-    worker.kill().unwrap();
-    worker.wait().unwrap();
+    worker.kill();
 }
 
 /// A plain HTTP/1.0 GET; the body, if the server answered 200.
@@ -249,64 +250,42 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
 
 /// A `redis-server` of this test alone, killed when dropped.
 struct RedisServer {
-    child: Child,
+    _process: Process,
     port: u16,
     _dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     /// Starts `redis-server` with `args` on a free port (`--port` or `--tls-port` per `tls`).
-    fn start(args: &[&str], tls: bool) -> RedisServer {
+    async fn start(args: &[&str], tls: bool) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
-        let port = closed_port();
+        let port = free_port();
         let mut cmd = Command::new("redis-server");
         cmd.current_dir(dir.path())
             .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .args(args);
         if tls {
             cmd.args(["--port", "0", "--tls-port", &port.to_string()]);
         } else {
             cmd.args(["--port", &port.to_string()]);
         }
-        let child = cmd.spawn().expect("redis-server on PATH");
-        let server = RedisServer {
-            child,
+        let process = Process::spawn(cmd, dir.path().join("redis.log"));
+        wait_until(
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || async {
+                TcpStream::connect(("127.0.0.1", port))
+                    .map(drop)
+                    .map_err(|_| format!("redis-server did not listen on {port}"))
+            },
+        )
+        .await;
+        RedisServer {
+            _process: process,
             port,
             _dir: dir,
-        };
-        let until = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < until,
-                "redis-server did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        server
     }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The lines of an `openssl` run, which must succeed.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl on PATH");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A self-signed CA (`{name}-ca.pem`) and, signed by it, a server certificate for 127.0.0.1
@@ -385,7 +364,7 @@ fn certificates(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
 async fn redis_auth_works_with_the_password_and_fails_clearly_without_it() {
     const PASSWORD: &str = "s3cret-auth-pw";
     const WRONG: &str = "wr0ng-auth-pw";
-    let redis = RedisServer::start(&["--requirepass", PASSWORD], false);
+    let redis = RedisServer::start(&["--requirepass", PASSWORD], false).await;
     let port = redis.port;
     let c = Campaign::start(Some(format!("redis://:{PASSWORD}@127.0.0.1:{port}"))).await;
 
@@ -401,8 +380,7 @@ async fn redis_auth_works_with_the_password_and_fails_clearly_without_it() {
     // The worker connects with the password and starts.
     let mut worker = c.spawn_worker(None);
     c.wait_log("worker starting", &mut worker).await;
-    worker.kill().unwrap();
-    worker.wait().unwrap();
+    worker.kill();
     assert!(!std::fs::read_to_string(c.log()).unwrap().contains(PASSWORD));
 
     for (what, url) in [
@@ -462,7 +440,8 @@ async fn redis_tls_verifies_the_server_with_the_configured_ca() {
             "no",
         ],
         true,
-    );
+    )
+    .await;
     let url = format!("rediss://127.0.0.1:{}", redis.port);
 
     // The library: a verified connection answers; an unverifiable one is refused at once.
@@ -495,8 +474,7 @@ async fn redis_tls_verifies_the_server_with_the_configured_ca() {
     assert_eq!(code, Some(3), "{out}{err}");
     let mut worker = c.spawn_worker(None);
     c.wait_log("worker starting", &mut worker).await;
-    worker.kill().unwrap();
-    worker.wait().unwrap();
+    worker.kill();
 
     // Without the CA, the binary fails with one message naming queue.url.
     c.set_queue_extra("");
@@ -516,22 +494,18 @@ async fn campaign_under_umask(umask: &'static str) -> (Campaign, String) {
     assert_eq!(code, Some(0), "{out}{err}");
     let name = out.trim().to_owned();
     let mut worker = c.spawn_worker(Some(umask));
-    let until = Instant::now() + DEADLINE;
-    loop {
-        let (_, out, _) = c.cedar(&["status", &name, "--json"]).await;
+    let (c_ref, name_ref, log) = (&c, &name, &worker);
+    wait_until(DEADLINE, Duration::from_millis(300), move || async move {
+        let (_, out, _) = c_ref.cedar(&["status", name_ref, "--json"]).await;
         let status: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
         if status["done"] == Value::Bool(true) {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{status}\n{}", log.log()))
         }
-        assert!(
-            Instant::now() < until,
-            "{status}\n{}",
-            std::fs::read_to_string(c.log()).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    worker.kill().unwrap();
-    worker.wait().unwrap();
+    })
+    .await;
+    worker.kill();
     let (_, doc, _) = c.cedar(&["show", &name]).await;
     let doc: Value = serde_json::from_str(&doc).unwrap();
     let states: Vec<&str> = doc["orders"]
@@ -632,27 +606,14 @@ struct Campaign {
 
 impl Campaign {
     async fn start(redis: Option<String>) -> Campaign {
-        let dir = tempfile::tempdir().unwrap();
-        let (bucket, dest, state) = (
-            dir.path().join("bucket"),
-            dir.path().join("dest"),
-            dir.path().join("state"),
-        );
-        for d in [&bucket, &dest, &state] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        let emulator = emulator::start(
-            "127.0.0.1:0".parse().unwrap(),
-            Arc::new(LocalFileSystem::new_with_prefix(&bucket).unwrap()),
-            EmulatorOptions {
-                bucket: Some(BUCKET.to_owned()),
-                task_seconds: 1.0,
-                bytes_per_pixel: 1.0 / 4096.0,
-                ..EmulatorOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+        let Emulated {
+            emulator,
+            bucket,
+            dest,
+            dir,
+        } = Emulated::start(small_exports(BUCKET)).await;
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
         let queue_url =
             redis.unwrap_or_else(|| format!("sqlite://{}", state.join("cedar.db").display()));
         let c = Campaign {
@@ -670,37 +631,18 @@ impl Campaign {
     }
 
     fn config_text(&self) -> String {
-        format!(
-            r#"[earthengine]
-project = "cedar-security"
-endpoint = "{endpoint}"
-credentials = "none"
-timeout_secs = 10
-
-[queue]
-url = "{queue}"
-namespace = "security-{ns}"
-{extra}
-[export]
-bucket = "{BUCKET}"
-file_dimensions = 2048
-
-[store]
-url = "file://{bucket}"
-
-[download]
-dest = "{dest}"
-
-[metrics]
-listen = "127.0.0.1:0"
-"#,
-            endpoint = self.emulator.url(),
-            queue = self.queue_url.lock().unwrap(),
-            extra = self.queue_extra.lock().unwrap(),
-            ns = std::process::id(),
-            bucket = self.bucket.display(),
-            dest = self.dest.display(),
-        )
+        TestConfig {
+            project: "cedar-security".to_owned(),
+            endpoint: self.emulator.url(),
+            queue_url: self.queue_url.lock().unwrap().clone(),
+            namespace: format!("security-{}", std::process::id()),
+            queue_extra: self.queue_extra.lock().unwrap().clone(),
+            bucket: BUCKET.to_owned(),
+            store_url: format!("file://{}", self.bucket.display()),
+            dest: self.dest.display().to_string(),
+            ..TestConfig::default()
+        }
+        .toml()
     }
 
     fn set_queue_url(&self, url: &str) {
@@ -728,45 +670,25 @@ listen = "127.0.0.1:0"
         } else {
             Command::new(env!("CARGO_BIN_EXE_cedar"))
         };
-        cmd.current_dir(self.dir.path())
+        clean_env(&mut cmd)
+            .current_dir(self.dir.path())
             .arg("--config")
             .arg(&self.config)
             .args(args)
-            .env_remove("CEDAR_CONFIG")
             .env("CEDAR_LOG", "info");
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CEDAR__") {
-                cmd.env_remove(k);
-            }
-        }
         cmd
     }
 
     async fn output(&self, cmd: Command) -> (Option<i32>, String, String) {
-        let out = tokio::time::timeout(
-            Duration::from_secs(60),
-            tokio::process::Command::from(cmd)
-                .stdin(Stdio::null())
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .expect("cedar finished within 60 s")
-        .expect("run cedar");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        run(cmd).await.parts()
     }
 
     async fn cedar(&self, args: &[&str]) -> (Option<i32>, String, String) {
         self.output(self.command(args, None)).await
     }
 
-    fn spawn_worker(&self, umask: Option<&str>) -> Child {
-        let log = std::fs::File::create(self.log()).unwrap();
-        self.command(
+    fn spawn_worker(&self, umask: Option<&str>) -> Process {
+        let cmd = self.command(
             &[
                 "worker",
                 "--poll-interval-secs",
@@ -777,27 +699,23 @@ listen = "127.0.0.1:0"
                 "5",
             ],
             umask,
-        )
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("spawn cedar worker")
+        );
+        Process::spawn(cmd, self.log())
     }
 
     /// Waits until the worker's log has `needle`; fails if the worker exits first.
-    async fn wait_log(&self, needle: &str, worker: &mut Child) {
-        let until = Instant::now() + Duration::from_secs(30);
+    async fn wait_log(&self, needle: &str, worker: &mut Process) {
+        let until = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let log = BufReader::new(std::fs::File::open(self.log()).unwrap());
-            if log.lines().any(|l| l.is_ok_and(|l| l.contains(needle))) {
+            let text = worker.log();
+            if text.lines().any(|l| l.contains(needle)) {
                 return;
             }
-            let text = std::fs::read_to_string(self.log()).unwrap_or_default();
+            assert!(!worker.exited(), "the worker exited:\n{text}");
             assert!(
-                worker.try_wait().unwrap().is_none(),
-                "the worker exited:\n{text}"
+                std::time::Instant::now() < until,
+                "no {needle:?} in:\n{text}"
             );
-            assert!(Instant::now() < until, "no {needle:?} in:\n{text}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -8,9 +8,7 @@ use cedar::period::Period;
 use cedar::tracking::{OrderState, OrderStatus, Submission, Tracker, TrackingError, order_key};
 use chrono::{NaiveDate, TimeZone, Utc};
 
-fn redis_url() -> String {
-    std::env::var("CEDAR_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
+use crate::support::{Namespace, redis_url};
 
 fn submission(name: &str) -> Submission {
     let day = |m| NaiveDate::from_ymd_opt(2024, m, 1).unwrap();
@@ -183,30 +181,13 @@ async fn forward_only_counts_in_step_and_dirty(tracker: Tracker) {
 
 #[tokio::test]
 async fn tracking_on_redis() {
-    let namespace = format!(
-        "cedar-test:tracking:{}:{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    );
-    let tracker = Tracker::open(&redis_url(), &namespace)
+    let namespace = Namespace::new("tracking");
+    let tracker = Tracker::open(&redis_url(), &namespace.name)
         .await
         .expect("Redis at CEDAR_TEST_REDIS or redis://127.0.0.1:6379");
     forward_only_counts_in_step_and_dirty(tracker).await;
-    // forget() leaves no state behind; only the (now empty) dirty set could remain.
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{namespace}:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: u64 = redis::cmd("DEL")
-            .arg(&keys)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
+    // forget() leaves no state behind; only the (now empty) dirty set could remain, and the
+    // namespace's keys go when `namespace` is dropped.
 }
 
 #[tokio::test]

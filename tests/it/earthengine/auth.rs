@@ -1,7 +1,6 @@
 //! The service-account flow against the emulator's token endpoint: a real RSA key, a signed
 //! JWT, a cached bearer token.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,38 +8,32 @@ use cedar::auth::{AuthError, NoAuth, token_source};
 use cedar::earthengine::{EarthEngine, EeError};
 use cedar::emulator::EmulatorOptions;
 
-use super::calls::setup;
+use super::calls::{Setup, setup};
+use crate::support::rsa_key;
 
-/// A fresh RSA key pair, as PEM (PKCS#8 private key, SPKI public key).
-fn rsa_key(dir: &std::path::Path, name: &str) -> (String, String) {
-    let private = dir.join(format!("{name}.pem"));
-    let public = dir.join(format!("{name}.pub.pem"));
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .output()
-            .expect("openssl is needed to make test keys");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let (private_s, public_s) = (private.to_str().unwrap(), public.to_str().unwrap());
-    run(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        private_s,
-    ]);
-    run(&["pkey", "-in", private_s, "-pubout", "-out", public_s]);
-    (
-        std::fs::read_to_string(private).unwrap(),
-        std::fs::read_to_string(public).unwrap(),
+/// An emulator that requires tokens and knows the public key `registered`, and a client of it
+/// whose service-account key holds `private`; the key file's path.
+async fn signed_in(
+    dir: &std::path::Path,
+    private: &str,
+    registered: &str,
+    options: EmulatorOptions,
+) -> (Setup, EarthEngine, String) {
+    let s = setup(EmulatorOptions {
+        require_auth: true,
+        ..options
+    })
+    .await;
+    s.emulator.register_public_key_pem(registered);
+    let path = key_file(dir, private, &format!("{}/token", s.emulator.url()));
+    let ee = EarthEngine::new(
+        &s.emulator.url(),
+        "cedar-test",
+        token_source(Some(&path)).unwrap(),
+        Duration::from_secs(10),
     )
+    .unwrap();
+    (s, ee, path)
 }
 
 /// Writes a service-account key file whose `token_uri` is the emulator's.
@@ -114,21 +107,11 @@ async fn service_account_tokens_are_fetched_once_and_reused() {
 async fn short_lived_tokens_are_refreshed_before_they_expire() {
     let dir = tempfile::tempdir().unwrap();
     let (private, public) = rsa_key(dir.path(), "sa");
-    let s = setup(EmulatorOptions {
-        require_auth: true,
+    let options = EmulatorOptions {
         token_expires_in_secs: 4,
         ..EmulatorOptions::default()
-    })
-    .await;
-    s.emulator.register_public_key_pem(&public);
-    let path = key_file(dir.path(), &private, &format!("{}/token", s.emulator.url()));
-    let ee = EarthEngine::new(
-        &s.emulator.url(),
-        "cedar-test",
-        token_source(Some(&path)).unwrap(),
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    };
+    let (s, ee, _) = signed_in(dir.path(), &private, &public, options).await;
     ee.get_project_config().await.unwrap();
     ee.get_project_config().await.unwrap();
     assert_eq!(s.emulator.stats().requests.get("token"), Some(&1));
@@ -143,20 +126,8 @@ async fn a_key_the_token_endpoint_rejects_is_an_auth_error_without_key_material(
     let dir = tempfile::tempdir().unwrap();
     let (_, registered) = rsa_key(dir.path(), "registered");
     let (other, _) = rsa_key(dir.path(), "other");
-    let s = setup(EmulatorOptions {
-        require_auth: true,
-        ..EmulatorOptions::default()
-    })
-    .await;
-    s.emulator.register_public_key_pem(&registered);
-    let path = key_file(dir.path(), &other, &format!("{}/token", s.emulator.url()));
-    let ee = EarthEngine::new(
-        &s.emulator.url(),
-        "cedar-test",
-        token_source(Some(&path)).unwrap(),
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let (s, ee, path) =
+        signed_in(dir.path(), &other, &registered, EmulatorOptions::default()).await;
     let e = ee.get_project_config().await.unwrap_err();
     assert!(
         matches!(

@@ -10,13 +10,15 @@ use cedar::earthengine::{
     EarthEngine, EeError, ExportImageRequest, ExportParams, ImageInfo, Operation, export_request,
     list_images, parse_image_list, preard_image, request_id,
 };
-use cedar::emulator::{self, ApiMethod, EmulatorOptions, Fault, RunningEmulator};
+use cedar::emulator::{ApiMethod, EmulatorOptions, Fault, RunningEmulator};
 use cedar::grid::{Crs, Limits, Tile, TileGrid};
 use cedar::period::Period;
 use chrono::NaiveDate;
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
+
+use crate::support::start_emulator;
 
 /// One emulator with its own bucket directory and a client of it.
 pub(super) struct Setup {
@@ -28,10 +30,8 @@ pub(super) struct Setup {
 
 pub(super) async fn setup(options: EmulatorOptions) -> Setup {
     let dir = tempfile::tempdir().unwrap();
+    let emulator = start_emulator(dir.path(), options).await;
     let store = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
-    let emulator = emulator::start("127.0.0.1:0".parse().unwrap(), store.clone(), options)
-        .await
-        .unwrap();
     let ee = EarthEngine::new(
         &emulator.url(),
         "cedar-test",
@@ -50,6 +50,14 @@ pub(super) async fn setup(options: EmulatorOptions) -> Setup {
 fn fast() -> EmulatorOptions {
     EmulatorOptions {
         task_seconds: 0.2,
+        ..EmulatorOptions::default()
+    }
+}
+
+/// Tasks that outlast the test: they stay PENDING or RUNNING.
+fn slow() -> EmulatorOptions {
+    EmulatorOptions {
+        task_seconds: 600.0,
         ..EmulatorOptions::default()
     }
 }
@@ -237,11 +245,7 @@ async fn the_same_request_id_starts_one_operation() {
 
 #[tokio::test]
 async fn listing_follows_page_tokens() {
-    let s = setup(EmulatorOptions {
-        task_seconds: 600.0,
-        ..EmulatorOptions::default()
-    })
-    .await;
+    let s = setup(slow()).await;
     let spec = collection::preset("LANDSAT/LC08/C02/T1_L2").unwrap();
     let (tile, images) = tile_with_images(&s.ee, &spec).await;
     let (expression, _) = preard_image(&spec, &images);
@@ -293,11 +297,7 @@ async fn listing_follows_page_tokens() {
 
 #[tokio::test]
 async fn cancel_ends_cancelled_with_code_1() {
-    let s = setup(EmulatorOptions {
-        task_seconds: 600.0,
-        ..EmulatorOptions::default()
-    })
-    .await;
+    let s = setup(slow()).await;
     let (_, op) = export(&s.ee, "cancel-me").await;
     let name = op.name.unwrap();
     s.ee.cancel_operation(&name).await.unwrap();
@@ -383,8 +383,7 @@ async fn google_error_bodies_are_classified() {
 async fn a_full_queue_is_back_pressure() {
     let s = setup(EmulatorOptions {
         queue_limit: 1,
-        task_seconds: 600.0,
-        ..EmulatorOptions::default()
+        ..slow()
     })
     .await;
     export(&s.ee, "fills-the-queue").await;

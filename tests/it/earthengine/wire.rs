@@ -10,6 +10,8 @@ use cedar::earthengine::{EarthEngine, EeError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::support::free_port;
+
 /// What the scripted server does with each connection.
 #[derive(Clone)]
 enum Reply {
@@ -93,6 +95,11 @@ async fn scripted(reply: Reply) -> (String, Arc<Mutex<Vec<Received>>>) {
     (url, seen)
 }
 
+/// A client of `url` for project `p`, without credentials and with a 5 s timeout.
+fn client(url: &str) -> EarthEngine {
+    EarthEngine::new(url, "p", Arc::new(NoAuth), Duration::from_secs(5)).unwrap()
+}
+
 /// A token source that always yields the same token and counts the scopes it was asked for.
 #[derive(Debug, Default)]
 struct FixedToken(Mutex<Vec<Vec<String>>>);
@@ -158,7 +165,7 @@ async fn requests_carry_token_project_and_documented_paths() {
 
     // No token source, no Authorization header.
     let (url, seen) = scripted(Reply::Respond("200 OK", "application/json", "{}")).await;
-    let ee = EarthEngine::new(&url, "p", Arc::new(NoAuth), Duration::from_secs(5)).unwrap();
+    let ee = client(&url);
     ee.get_project_config().await.unwrap();
     let seen = seen.lock().unwrap().clone();
     assert!(seen[0].head.starts_with("GET /v1/projects/p/config "));
@@ -169,7 +176,7 @@ async fn requests_carry_token_project_and_documented_paths() {
 async fn html_pages_are_classified_by_status() {
     let page = "<!DOCTYPE html><html><title>Error 502 (Server Error)!!1</title><p>That's an error.</p></html>";
     let (url, _) = scripted(Reply::Respond("502 Bad Gateway", "text/html", page)).await;
-    let ee = EarthEngine::new(&url, "p", Arc::new(NoAuth), Duration::from_secs(5)).unwrap();
+    let ee = client(&url);
     let e = ee.get_operation("ABC").await.unwrap_err();
     assert!(e.is_retryable() && e.http_status() == Some(502), "{e}");
     assert!(e.to_string().contains("That's an error."), "{e}");
@@ -180,7 +187,7 @@ async fn html_pages_are_classified_by_status() {
         "<html>captive portal</html>",
     ))
     .await;
-    let ee = EarthEngine::new(&url, "p", Arc::new(NoAuth), Duration::from_secs(5)).unwrap();
+    let ee = client(&url);
     let e = ee.get_operation("ABC").await.unwrap_err();
     assert!(
         matches!(e, EeError::Malformed { status: 200, .. }) && !e.is_retryable(),
@@ -194,7 +201,7 @@ async fn html_pages_are_classified_by_status() {
         "<html>nope</html>",
     ))
     .await;
-    let ee = EarthEngine::new(&url, "p", Arc::new(NoAuth), Duration::from_secs(5)).unwrap();
+    let ee = client(&url);
     let e = ee.get_operation("ABC").await.unwrap_err();
     assert!(e.is_not_found() && !e.is_retryable(), "{e}");
 }
@@ -202,7 +209,7 @@ async fn html_pages_are_classified_by_status() {
 #[tokio::test]
 async fn resets_and_timeouts_are_retryable() {
     let (url, _) = scripted(Reply::Close).await;
-    let ee = EarthEngine::new(&url, "p", Arc::new(NoAuth), Duration::from_secs(5)).unwrap();
+    let ee = client(&url);
     let e = ee.get_operation("ABC").await.unwrap_err();
     assert!(
         matches!(e, EeError::Connection { .. }) && e.is_retryable(),
@@ -218,19 +225,7 @@ async fn resets_and_timeouts_are_retryable() {
     );
 
     // Nothing listens on the port any more.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let ee = EarthEngine::new(
-        &format!("http://127.0.0.1:{port}"),
-        "p",
-        Arc::new(NoAuth),
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let ee = client(&format!("http://127.0.0.1:{}", free_port()));
     let e = ee.get_project_config().await.unwrap_err();
     assert!(
         matches!(e, EeError::Connection { .. }) && e.is_retryable(),
@@ -246,7 +241,7 @@ async fn a_page_token_that_repeats_is_an_error_not_a_loop() {
         r#"{"operations": [{"name": "projects/p/operations/A"}], "nextPageToken": "same"}"#,
     ))
     .await;
-    let ee = EarthEngine::new(&url, "p", Arc::new(NoAuth), Duration::from_secs(5)).unwrap();
+    let ee = client(&url);
     let e = ee.list_all_operations().await.unwrap_err();
     assert!(matches!(e, EeError::Malformed { .. }), "{e}");
     assert_eq!(seen.lock().unwrap().len(), 2);
