@@ -627,7 +627,10 @@ listen = "127.0.0.1:0"
                 break;
             }
         }
-        self.wait_queues_empty(Duration::from_secs(60)).await?;
+        // Leftovers are reported by invariant (5); the calm can still run and be measured.
+        if let Err(e) = self.wait_queues_empty(Duration::from_secs(60)).await {
+            println!("storm: {e:#}");
+        }
         println!(
             "storm: home after {:.0}s: {} kills, Redis restarted, {} retry runs on {} failed orders",
             started.elapsed().as_secs_f64(),
@@ -666,7 +669,9 @@ listen = "127.0.0.1:0"
                 break;
             }
         }
-        self.wait_queues_empty(Duration::from_secs(60)).await?;
+        if let Err(e) = self.wait_queues_empty(Duration::from_secs(60)).await {
+            println!("calm: {e:#}");
+        }
         let lives_after: Vec<(usize, usize)> =
             self.workers.iter().map(|w| (w.slot, w.life)).collect();
         anyhow::ensure!(

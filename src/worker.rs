@@ -244,7 +244,12 @@ async fn settle(
 ) -> Result<Outcome, BoxDynError> {
     let max = ctx.jobs.retry.max_attempts;
     let (message, fatal) = match r {
-        Ok(o) => return Ok(crate::metrics::job_done(stage, o)),
+        Ok(o) => {
+            if o == Outcome::Done {
+                free_slot_if_settled(ctx, job).await;
+            }
+            return Ok(crate::metrics::job_done(stage, o));
+        }
         Err(JobError::Fatal(m)) => (m, true),
         Err(JobError::Retry(m)) => {
             let failures = ctx.queue.attempts(stage, &job.id()).await.unwrap_or(0) + 1;
@@ -278,6 +283,21 @@ async fn settle(
         return Err(Box::new(AbortError::new(std::io::Error::other(message))));
     }
     Err(message.into())
+}
+
+/// Frees the order's admission slot once no EE task can be running for it any more. Every
+/// path that ends an order frees it too; this catches the duplicates (a re-delivered or
+/// re-enqueued job admitted after the order had moved on) that would otherwise leak one.
+async fn free_slot_if_settled(ctx: &Context, job: &OrderJob) {
+    match ctx.tracker.status(&job.tracking, &order_of(job)).await {
+        Ok(Some(s)) if s.state != OrderState::Queued && !s.state.is_active() => {
+            if let Err(e) = ctx.queue.release_slot(&job.id()).await {
+                tracing::warn!(error = %e, "could not release the admission slot");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the order to free its slot"),
+    }
 }
 
 async fn publish_loop(ctx: Context, every: Duration, mut stop: watch::Receiver<bool>) {

@@ -8,6 +8,8 @@
 //! enqueued, with exactly the verified objects recorded on the order.
 
 use std::collections::BTreeMap;
+
+use futures::StreamExt;
 use std::time::Duration;
 
 use super::{Context, JobError, job_for, order_of};
@@ -122,52 +124,74 @@ pub async fn copy_verified(
     objects: &[ObjectInfo],
     overwrite: bool,
 ) -> Result<(Vec<VerifiedObject>, u64), JobError> {
-    let mut verified = Vec::with_capacity(objects.len());
-    let mut bytes = 0;
-    for o in objects {
-        // Only the last segment names the file, but an object whose name walks up or stays put
-        // ('..' or '.'), is absolute or has an empty segment ('/x', 'a//b') is refused rather
-        // than flattened: EE never names an export that way, so it is not one of ours, and
-        // copying it under another name would hide that.
-        if o.name.split('/').any(|s| matches!(s, "" | "." | "..")) {
-            return Err(refused(&o.name, &o.name));
-        }
-        let file = o.name.rsplit('/').next().unwrap_or(&o.name);
-        let rel = format!("{tracking}/{file}");
-        let already = match dest.existing(&rel).await {
-            Ok(size) => size,
-            Err(StoreError::UnsafeName { name }) => return Err(refused(&o.name, &name)),
-            Err(e) => return Err(e.into()),
-        };
-        // Files appear under their final name only once verified, so a matching size means a
-        // previous run already copied this object.
-        if overwrite || already != Some(o.size) {
-            let stream = bucket.stream(&o.name).await?;
-            dest.write_verified(
-                &rel,
-                stream,
-                Expected {
-                    size: o.size,
-                    md5: o.md5,
-                    crc32c: o.crc32c,
-                },
-            )
-            .await
-            .inspect_err(crate::metrics::download_error)
-            .map_err(|e| match e {
-                StoreError::UnsafeName { name } => refused(&o.name, &name),
-                other => other.into(),
-            })?;
-            crate::metrics::downloaded(o.size);
-        }
-        bytes += o.size;
-        verified.push(VerifiedObject {
-            name: o.name.clone(),
-            size: o.size,
-            crc32c: o.crc32c,
-        });
+    // Only the last segment names the file, but an object whose name walks up or stays put
+    // ('..' or '.'), is absolute or has an empty segment ('/x', 'a//b') is refused rather than
+    // flattened: EE never names an export that way, so it is not one of ours, and copying it
+    // under another name would hide that. All names are checked before any byte is copied.
+    if let Some(o) = objects
+        .iter()
+        .find(|o| o.name.split('/').any(|s| matches!(s, "" | "." | "..")))
+    {
+        return Err(refused(&o.name, &o.name));
     }
+    // Pieces are copied a few at a time: hashing and writing one file leaves the network and
+    // the other core idle.
+    let copies: Vec<_> = objects
+        .iter()
+        .map(|o| copy_one(bucket, dest, tracking, o, overwrite))
+        .collect();
+    let copied: Vec<Result<VerifiedObject, JobError>> = futures::stream::iter(copies)
+        .buffered(COPY_CONCURRENCY)
+        .collect()
+        .await;
+    let verified = copied.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let bytes = verified.iter().map(|v| v.size).sum();
     Ok((verified, bytes))
+}
+
+/// Objects of one order copied at once.
+const COPY_CONCURRENCY: usize = 4;
+
+async fn copy_one(
+    bucket: &dyn ExportBucket,
+    dest: &Destination,
+    tracking: &str,
+    o: &ObjectInfo,
+    overwrite: bool,
+) -> Result<VerifiedObject, JobError> {
+    let file = o.name.rsplit('/').next().unwrap_or(&o.name);
+    let rel = format!("{tracking}/{file}");
+    let already = match dest.existing(&rel).await {
+        Ok(size) => size,
+        Err(StoreError::UnsafeName { name }) => return Err(refused(&o.name, &name)),
+        Err(e) => return Err(e.into()),
+    };
+    // Files appear under their final name only once verified, so a matching size means a
+    // previous run already copied this object.
+    if overwrite || already != Some(o.size) {
+        let stream = bucket.stream(&o.name).await?;
+        dest.write_verified(
+            &rel,
+            stream,
+            Expected {
+                size: o.size,
+                md5: o.md5,
+                crc32c: o.crc32c,
+            },
+        )
+        .await
+        .inspect_err(crate::metrics::download_error)
+        .map_err(|e| match e {
+            StoreError::UnsafeName { name } => refused(&o.name, &name),
+            other => other.into(),
+        })?;
+        crate::metrics::downloaded(o.size);
+    }
+    Ok(VerifiedObject {
+        name: o.name.clone(),
+        size: o.size,
+        crc32c: o.crc32c,
+    })
 }
 
 /// The fatal error of an object whose name (or the path it would get) escapes the destination.

@@ -23,11 +23,12 @@
 //!   are failures like any other.
 
 use std::{
+    collections::{HashMap, HashSet},
     convert::Infallible,
     future::Future,
     marker::PhantomData,
     pin::Pin,
-    sync::LazyLock,
+    sync::{Arc, LazyLock, Mutex},
     task::{Context, Poll},
     time::Duration,
 };
@@ -110,6 +111,7 @@ pub fn backend<Args: QueueJob>(
             queue,
             stage,
             cfg,
+            held: Arc::default(),
             _args: PhantomData,
         }),
         cfg,
@@ -185,6 +187,8 @@ pub struct StageStore<Args> {
     queue: Queue,
     stage: Stage,
     cfg: BackendConfig,
+    /// The ids each worker of this process holds (fetched and not yet settled), by worker name.
+    held: Arc<Mutex<HashMap<String, HashSet<String>>>>,
     _args: PhantomData<fn() -> Args>,
 }
 
@@ -194,12 +198,17 @@ impl<Args> Clone for StageStore<Args> {
             queue: self.queue.clone(),
             stage: self.stage,
             cfg: self.cfg,
+            held: self.held.clone(),
             _args: PhantomData,
         }
     }
 }
 
 impl<Args: QueueJob> StageStore<Args> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<String>>> {
+        self.held.lock().expect("held-jobs lock")
+    }
+
     /// Applies one finished run to the queue.
     async fn settle(&self, result: TaskResult<Outcome>, worker: &str) -> Result<(), QueueError> {
         let Some(id) = result.task_id.as_string() else {
@@ -207,6 +216,9 @@ impl<Args: QueueJob> StageStore<Args> {
             tracing::warn!(task_id = ?result.task_id, "queue: result for a task id that is not a string");
             return Ok(());
         };
+        if let Some(ids) = self.held().get_mut(worker) {
+            ids.remove(id);
+        }
         let (q, stage, policy) = (&self.queue, self.stage, &self.cfg.retry);
         match (&result.result, &result.status) {
             (Ok(Outcome::Done), _) => {
@@ -250,6 +262,23 @@ impl<Args: QueueJob> Persistence for StageStore<Args> {
         if lost > 0 {
             tracing::warn!(%stage, worker = worker.name(), lost, "queue: leases expired before renewal");
         }
+        // The queue may record leases this worker no longer holds: a Redis restarted from its
+        // append-only file can have lost the last second of acks. Renewing those forever would
+        // strand the jobs, so hand back every lease this process does not hold.
+        let recorded = retrying("leased_by", || q.leased_by(stage, worker.name())).await?;
+        let stray: Vec<String> = {
+            let held = self.held();
+            let mine = held.get(worker.name());
+            recorded
+                .into_iter()
+                .filter(|id| mine.is_none_or(|m| !m.contains(id)))
+                .collect()
+        };
+        for id in &stray {
+            if retrying("release", || q.release(stage, worker.name(), id)).await? {
+                tracing::warn!(%stage, id, "queue: released a lease this worker no longer held");
+            }
+        }
         retrying("reap", || q.reap(stage, &cfg.retry)).await?;
         Ok(())
     }
@@ -283,6 +312,13 @@ impl<Args: QueueJob> Persistence for StageStore<Args> {
                     .lock_by(Some(worker.name().to_owned()))
                     .build(),
             );
+        }
+        let mut held = self.held();
+        let mine = held.entry(worker.name().to_owned()).or_default();
+        for t in &tasks {
+            if let Some(id) = t.task_id().and_then(|id| id.as_string()) {
+                mine.insert(id.to_owned());
+            }
         }
         Ok(tasks)
     }

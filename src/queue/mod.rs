@@ -541,6 +541,11 @@ impl Queue {
         dispatch!(self, q => q.depth(stage).await)
     }
 
+    /// The ids the queue records as leased by `worker`.
+    pub async fn leased_by(&self, stage: Stage, worker: &str) -> Result<Vec<String>, QueueError> {
+        dispatch!(self, q => q.leased_by(stage, worker).await)
+    }
+
     /// Leases of `stage` that have expired but were not reaped yet.
     pub async fn expired_leases(&self, stage: Stage) -> Result<u64, QueueError> {
         dispatch!(self, q => q.expired_leases(stage).await)

@@ -874,6 +874,16 @@ impl RedisQueue {
         })
     }
 
+    /// The ids Redis records as leased by `worker` (its lease set; stale entries are filtered by
+    /// the owner checks of `release`).
+    pub async fn leased_by(&self, stage: Stage, worker: &str) -> Result<Vec<String>, QueueError> {
+        Ok(self
+            .conn
+            .clone()
+            .smembers(self.worker_key(stage, worker))
+            .await?)
+    }
+
     /// Leases of `stage` that have expired but were not reaped yet: jobs whose worker died or
     /// stopped renewing.
     pub async fn expired_leases(&self, stage: Stage) -> Result<u64, QueueError> {

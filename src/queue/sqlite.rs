@@ -840,6 +840,24 @@ impl SqliteQueue {
         })
     }
 
+    /// The ids leased by `worker`.
+    pub async fn leased_by(&self, stage: Stage, worker: &str) -> Result<Vec<String>, QueueError> {
+        let (ns, worker) = (self.ns.clone(), worker.to_owned());
+        Ok(self
+            .db
+            .read(move |c| {
+                let mut q = c.prepare_cached(
+                    "SELECT id FROM jobs
+                     WHERE ns = ?1 AND stage = ?2 AND state = 'leased' AND owner = ?3",
+                )?;
+                let ids = q
+                    .query_map(params![&*ns, stage.name(), worker], |r| r.get(0))?
+                    .collect::<Result<Vec<String>, _>>();
+                ids
+            })
+            .await?)
+    }
+
     /// Leases of `stage` that have expired but were not reaped yet.
     pub async fn expired_leases(&self, stage: Stage) -> Result<u64, QueueError> {
         let ns = self.ns.clone();
