@@ -850,10 +850,8 @@ impl SqliteQueue {
                     "SELECT id FROM jobs
                      WHERE ns = ?1 AND stage = ?2 AND state = 'leased' AND owner = ?3",
                 )?;
-                let ids = q
-                    .query_map(params![&*ns, stage.name(), worker], |r| r.get(0))?
-                    .collect::<Result<Vec<String>, _>>();
-                ids
+                q.query_map(params![&*ns, stage.name(), worker], |r| r.get(0))?
+                    .collect::<Result<Vec<String>, _>>()
             })
             .await?)
     }
