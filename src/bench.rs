@@ -365,20 +365,17 @@ async fn requests(a: RequestsArgs) -> anyhow::Result<()> {
         a.time_scale > 0.0 && a.time_scale.is_finite(),
         "--time-scale must be positive"
     );
-    let bench = Scratch::new(&a.redis.redis)?;
-    let emulator = bench
-        .emulator(EmulatorOptions {
-            task_seconds: a.task_seconds,
-            time_scale: a.time_scale,
-            max_concurrent_exports: a.max_concurrent_exports,
-            queue_limit: 3000,
-            ..EmulatorOptions::default()
-        })
-        .await?;
-    let result = requests_in(&bench, &emulator, &a).await;
-    emulator.shutdown().await;
-    bench.cleanup().await;
-    result
+    let options = EmulatorOptions {
+        task_seconds: a.task_seconds,
+        time_scale: a.time_scale,
+        max_concurrent_exports: a.max_concurrent_exports,
+        queue_limit: 3000,
+        ..EmulatorOptions::default()
+    };
+    with_emulator(&a.redis.redis, options, async |bench, emulator| {
+        requests_in(bench, emulator, &a).await
+    })
+    .await
 }
 
 async fn requests_in(
@@ -568,20 +565,17 @@ fn describe_counts(counts: &BTreeMap<OrderState, u64>) -> String {
 // cedar bench rss
 
 async fn rss(a: RssArgs) -> anyhow::Result<()> {
-    let bench = Scratch::new(&a.redis.redis)?;
-    let emulator = bench
-        .emulator(EmulatorOptions {
-            task_seconds: a.task_seconds,
-            time_scale: a.time_scale,
-            max_concurrent_exports: a.max_concurrent_exports,
-            queue_limit: 3000,
-            ..EmulatorOptions::default()
-        })
-        .await?;
-    let result = rss_in(&bench, &emulator, &a).await;
-    emulator.shutdown().await;
-    bench.cleanup().await;
-    result
+    let options = EmulatorOptions {
+        task_seconds: a.task_seconds,
+        time_scale: a.time_scale,
+        max_concurrent_exports: a.max_concurrent_exports,
+        queue_limit: 3000,
+        ..EmulatorOptions::default()
+    };
+    with_emulator(&a.redis.redis, options, async |bench, emulator| {
+        rss_in(bench, emulator, &a).await
+    })
+    .await
 }
 
 async fn rss_in(bench: &Scratch, emulator: &RunningEmulator, a: &RssArgs) -> anyhow::Result<()> {
@@ -829,20 +823,17 @@ async fn namespace_memory(redis: &str, namespace: &str) -> anyhow::Result<u64> {
 // cedar bench e2e
 
 async fn e2e(a: E2eArgs) -> anyhow::Result<()> {
-    let bench = Scratch::new(&a.redis.redis)?;
-    let emulator = bench
-        .emulator(EmulatorOptions {
-            // A task ends at the emulator's next tick (2 ms) and EE runs any number at once:
-            // what is left to measure is cedar (and, for the baseline, the original's loop).
-            task_seconds: 0.0,
-            max_concurrent_exports: 1_000_000,
-            ..EmulatorOptions::default()
-        })
-        .await?;
-    let result = e2e_in(&bench, &emulator, &a).await;
-    emulator.shutdown().await;
-    bench.cleanup().await;
-    result
+    let options = EmulatorOptions {
+        // A task ends at the emulator's next tick (2 ms) and EE runs any number at once:
+        // what is left to measure is cedar (and, for the baseline, the original's loop).
+        task_seconds: 0.0,
+        max_concurrent_exports: 1_000_000,
+        ..EmulatorOptions::default()
+    };
+    with_emulator(&a.redis.redis, options, async |bench, emulator| {
+        e2e_in(bench, emulator, &a).await
+    })
+    .await
 }
 
 async fn e2e_in(bench: &Scratch, emulator: &RunningEmulator, a: &E2eArgs) -> anyhow::Result<()> {
@@ -1527,6 +1518,21 @@ async fn copy_run(
 
 // ---------------------------------------------------------------------------------------------
 // What every bench shares
+
+/// Runs `body` with a fresh [`Scratch`] and an emulator on it, then shuts both down and deletes
+/// the scratch data whatever `body` returned.
+async fn with_emulator(
+    redis: &str,
+    options: EmulatorOptions,
+    body: impl AsyncFnOnce(&Scratch, &RunningEmulator) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let bench = Scratch::new(redis)?;
+    let emulator = bench.emulator(options).await?;
+    let result = body(&bench, &emulator).await;
+    emulator.shutdown().await;
+    bench.cleanup().await;
+    result
+}
 
 /// A bench's own namespace and scratch folder.
 struct Scratch {

@@ -215,19 +215,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "{:<26} {:>6} {:>8} {:>6} {:>12}",
         "collection", "empty", "cleaned", "files", "bytes"
     );
-    let mut per: BTreeMap<&str, (u32, u32, usize, u64)> = BTreeMap::new();
+    let mut per: BTreeMap<String, (u32, u32, usize, u64)> = BTreeMap::new();
     for order in sub.orders() {
         let Some(s) = statuses.get(&order_key(&order)) else {
             continue;
         };
-        let e = per
-            .entry(
-                sub.collections
-                    .iter()
-                    .find(|c| **c == order.collection)
-                    .map_or("", |c| c.as_str()),
-            )
-            .or_default();
+        let e = per.entry(order.collection.clone()).or_default();
         match s.state {
             OrderState::Empty => e.0 += 1,
             OrderState::Cleaned => {

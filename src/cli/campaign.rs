@@ -12,10 +12,9 @@ use chrono::NaiveDate;
 use clap::{Args, Subcommand};
 
 use crate::config::Settings;
-use crate::jobs::download::{copy_verified, export_objects};
+use crate::jobs::download::fetch_order;
 use crate::jobs::poll::OpView;
 use crate::jobs::{Context, JobSettings, job_for};
-use crate::order::tile_pieces;
 use crate::period::Frequency;
 use crate::queue::Stage;
 use crate::store::Destination;
@@ -264,6 +263,7 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             dest,
             overwrite,
         } => {
+            let folder = dest.join(name);
             let dest = Destination::local(dest);
             let sub = ctx.submission(name).await?;
             let statuses = ctx.tracker.all(name).await?;
@@ -273,22 +273,13 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
                 if !matches!(state, Some(OrderState::Succeeded | OrderState::Downloaded)) {
                     continue;
                 }
-                let names = ctx.names(&sub, &order)?;
-                let tile = settings.grid.tile(order.row, order.col)?;
-                let objects = export_objects(
-                    ctx.bucket.as_ref(),
-                    &names.object_base(),
-                    &tile_pieces(&tile, settings.config.export.file_dimensions),
-                )
-                .await?;
-                let (v, b) =
-                    copy_verified(ctx.bucket.as_ref(), &dest, name, &objects, *overwrite).await?;
+                let (v, b) = fetch_order(&ctx, &sub, &order, &dest, *overwrite).await?;
                 files += v.len();
                 bytes += b;
             }
             eprintln!(
                 "{files} files ({bytes} bytes) verified in {}",
-                dest_path(&dest, name)
+                folder.display()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -384,10 +375,6 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-fn dest_path(_dest: &Destination, name: &str) -> String {
-    format!("{name}/")
 }
 
 fn build_request(a: &SubmitArgs) -> Result<Request, String> {

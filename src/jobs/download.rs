@@ -13,10 +13,11 @@ use futures::StreamExt;
 use std::time::Duration;
 
 use super::{Context, JobError, job_for, order_of};
+use crate::order::Order;
 use crate::order::{parse_piece, piece_object, tile_pieces};
 use crate::queue::{OrderJob, Outcome, Stage};
 use crate::store::{Destination, Expected, ExportBucket, ObjectInfo, StoreError};
-use crate::tracking::{OrderState, VerifiedObject};
+use crate::tracking::{OrderState, Submission, VerifiedObject};
 
 /// Runs the download stage of one order.
 pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
@@ -28,26 +29,7 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
         return Ok(Outcome::Done);
     }
     let sub = ctx.submission(&job.tracking).await?;
-    let names = ctx.names(&sub, &order)?;
-    let tile = ctx
-        .settings
-        .grid
-        .tile(order.row, order.col)
-        .map_err(|e| JobError::Fatal(e.to_string()))?;
-    let objects = export_objects(
-        ctx.bucket.as_ref(),
-        &names.object_base(),
-        &tile_pieces(&tile, ctx.settings.config.export.file_dimensions),
-    )
-    .await?;
-    let (verified, bytes) = copy_verified(
-        ctx.bucket.as_ref(),
-        &ctx.dest,
-        &job.tracking,
-        &objects,
-        false,
-    )
-    .await?;
+    let (verified, bytes) = fetch_order(ctx, &sub, &order, &ctx.dest, false).await?;
     ctx.tracker
         .update(&job.tracking, &order, false, |s| {
             s.state = OrderState::Downloaded;
@@ -64,6 +46,30 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
         )
         .await?;
     Ok(Outcome::Done)
+}
+
+/// Lists the export of `order` in the bucket, checks its piece set is complete, and copies it
+/// verified to `{tracking}/` in `dest` (the job's destination, or `cedar download --dest`).
+pub async fn fetch_order(
+    ctx: &Context,
+    sub: &Submission,
+    order: &Order,
+    dest: &Destination,
+    overwrite: bool,
+) -> Result<(Vec<VerifiedObject>, u64), JobError> {
+    let names = ctx.names(sub, order)?;
+    let tile = ctx
+        .settings
+        .grid
+        .tile(order.row, order.col)
+        .map_err(|e| JobError::Fatal(e.to_string()))?;
+    let objects = export_objects(
+        ctx.bucket.as_ref(),
+        &names.object_base(),
+        &tile_pieces(&tile, ctx.settings.config.export.file_dimensions),
+    )
+    .await?;
+    copy_verified(ctx.bucket.as_ref(), dest, &sub.name, &objects, overwrite).await
 }
 
 /// The objects of one export: every expected piece (an error names the missing ones) and the

@@ -606,11 +606,23 @@ async fn empty_orders_are_recorded_or_failed_as_asked() {
     let stats = c.emulator.stats();
     assert!(stats.exports_by_description.is_empty(), "{stats:#?}");
     assert_bucket_empty(&c);
-    // Nothing waits to run; the failed orders' export jobs stay dead for `cedar retry`.
-    assert_eq!(
-        c.queued().await,
-        BTreeMap::from([("export:data".to_owned(), 2), ("export:dead".to_owned(), 2)])
-    );
+    // Nothing waits to run; the failed orders' export jobs stay dead for `cedar retry`. The
+    // order is recorded FAILED before the worker acknowledges the job, so wait for the ack.
+    let want = BTreeMap::from([("export:data".to_owned(), 2), ("export:dead".to_owned(), 2)]);
+    let c = &c;
+    let got = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let want = want.clone();
+        async move {
+            let q = c.queued().await;
+            if q == want {
+                Ok(q)
+            } else {
+                Err(format!("{q:?}"))
+            }
+        }
+    })
+    .await;
+    assert_eq!(got, want);
     assert_eq!(c.jobs_of(&failing).await.len(), 2);
 }
 
