@@ -261,6 +261,24 @@ impl Campaign {
     }
 
     /// Job ids of `tracking` still stored in any stage.
+    /// The jobs of `tracking` and the queue keys left, once the last acknowledgements arrived:
+    /// `status` says done when the last order is recorded, just before its job is acked.
+    async fn drained(&self, tracking: &str) -> (Vec<String>, BTreeMap<String, u64>) {
+        wait_until(
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || async {
+                let left = (self.jobs_of(tracking).await, self.queued().await);
+                if left.0.is_empty() && left.1.is_empty() {
+                    Ok(left)
+                } else {
+                    Err(format!("{left:?}"))
+                }
+            },
+        )
+        .await
+    }
+
     async fn jobs_of(&self, tracking: &str) -> Vec<String> {
         let mut conn = redis_connection().await;
         let mut out = Vec::new();
@@ -535,7 +553,7 @@ async fn a_campaign_runs_to_completion_with_two_workers() {
     );
     assert_eq!(published["tracking"]["name"], name.as_str());
     assert_eq!(published["orders"].as_array().unwrap().len(), 36);
-    assert_eq!(c.queued().await, BTreeMap::new(), "queues drained");
+    assert_eq!(c.drained(&name).await.1, BTreeMap::new(), "queues drained");
 }
 
 /// Empty tile-periods: recorded EMPTY with a metadata JSON by default, without one with
@@ -673,7 +691,7 @@ async fn throttling_and_outages_are_retried_and_export_once() {
     let doc = c.show(&name).await;
     assert_downloaded(&c, &doc, &name);
     assert_bucket_empty(&c);
-    assert_eq!(c.queued().await, BTreeMap::new());
+    assert_eq!(c.drained(&name).await.1, BTreeMap::new());
 }
 
 /// EE tasks that fail are reported with EE's message; `cedar retry` exports them again (a new
@@ -729,7 +747,7 @@ async fn failed_tasks_are_reported_and_retry_brings_them_home() {
     }
     assert_downloaded(&c, &doc, &name);
     assert_bucket_empty(&c);
-    assert_eq!(c.queued().await, BTreeMap::new());
+    assert_eq!(c.drained(&name).await.1, BTreeMap::new());
 }
 
 /// `cedar cancel` on a running submission: every order CANCELLED, every EE task cancelled, and
@@ -859,12 +877,9 @@ async fn a_killed_worker_loses_and_duplicates_nothing() {
     let doc = c.show(&name).await;
     assert_downloaded(&c, &doc, &name);
     assert_bucket_empty(&c);
-    assert_eq!(c.jobs_of(&name).await, Vec::<String>::new());
-    assert_eq!(
-        c.queued().await,
-        BTreeMap::new(),
-        "nothing left in the queues"
-    );
+    let (jobs, queued) = c.drained(&name).await;
+    assert_eq!(jobs, Vec::<String>::new());
+    assert_eq!(queued, BTreeMap::new(), "nothing left in the queues");
 }
 
 /// The download stage refuses object names that would escape the destination, writing
