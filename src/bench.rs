@@ -19,14 +19,14 @@ use anyhow::{Context as _, bail};
 use chrono::{Months, NaiveDate};
 use tokio::sync::watch;
 
-use crate::config::{Config, Settings};
-use crate::emulator::{self, EmulatorOptions, RunningEmulator};
-use crate::jobs::JobSettings;
-use crate::jobs::poll::SweepSettings;
-use crate::queue::Stage;
-use crate::submit::{self, Plan, Request};
-use crate::tracking::OrderState;
-use crate::worker::{self, WorkerOptions};
+use cedar::config::{Config, Settings};
+use cedar::emulator::{self, EmulatorOptions, RunningEmulator};
+use cedar::jobs::JobSettings;
+use cedar::jobs::poll::SweepSettings;
+use cedar::queue::Stage;
+use cedar::submit::{self, Plan, Request};
+use cedar::tracking::OrderState;
+use cedar::worker::{self, WorkerOptions};
 
 /// The benchmarks.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -259,9 +259,9 @@ async fn enqueue_in(bench: &Scratch, a: &EnqueueArgs) -> anyhow::Result<()> {
     let jobs: Vec<_> = plan
         .submission
         .orders()
-        .map(|o| crate::jobs::job_for(&plan.submission.name, &o, None))
+        .map(|o| cedar::jobs::job_for(&plan.submission.name, &o, None))
         .collect();
-    let queue_only = crate::queue::Queue::open(&bench.redis, &bench.sub("q")).await?;
+    let queue_only = cedar::queue::Queue::open(&bench.redis, &bench.sub("q")).await?;
     let bulk_started = Instant::now();
     let mut bulk_added = 0;
     for chunk in jobs.chunks(20_000) {
@@ -281,7 +281,7 @@ async fn enqueue_in(bench: &Scratch, a: &EnqueueArgs) -> anyhow::Result<()> {
     println!(
         "cedar bench enqueue: {added} jobs ({}), Redis {}",
         describe(&plan),
-        crate::config::redact_url(&bench.redis)
+        cedar::config::redact_url(&bench.redis)
     );
     println!("export backlog after submit: {}", depth.backlog);
     let mut t = Table::new(["measure", "seconds", "jobs/s", "÷ baseline", "target"]);
@@ -710,7 +710,7 @@ async fn rss_in(bench: &Scratch, emulator: &RunningEmulator, a: &RssArgs) -> any
 }
 
 /// Tasks started in EE and not yet ended: the poll stage's jobs, due or leased.
-async fn in_flight(ctx: &crate::jobs::Context) -> anyhow::Result<u64> {
+async fn in_flight(ctx: &cedar::jobs::Context) -> anyhow::Result<u64> {
     let d = ctx.queue.depth(Stage::Poll).await?;
     Ok(d.due_now + d.scheduled + d.leased)
 }
@@ -806,7 +806,7 @@ impl WorkerProcess {
 /// Bytes Redis holds for every key of `namespace` (`MEMORY USAGE … SAMPLES 0`: exact, and
 /// blind to other users of the same Redis).
 async fn namespace_memory(redis: &str, namespace: &str) -> anyhow::Result<u64> {
-    let mut conn = crate::queue::redis::connect(redis).await?;
+    let mut conn = cedar::queue::redis::connect(redis).await?;
     let mut total = 0;
     for keys in scan_keys(&mut conn, namespace).await? {
         let mut p = redis::pipe();
@@ -983,7 +983,7 @@ async fn e2e_in(bench: &Scratch, emulator: &RunningEmulator, a: &E2eArgs) -> any
 async fn e2e_campaign(
     bench: &Scratch,
     emulator: &RunningEmulator,
-    ctx: &crate::jobs::Context,
+    ctx: &cedar::jobs::Context,
     plan: &Plan,
     workers: &mut [WorkerProcess],
     a: &E2eArgs,
@@ -1105,10 +1105,10 @@ async fn run_baseline(
 /// `Export.image.toCloudStorage` need, taken from the same settings cedar runs with.
 fn baseline_item(
     settings: &Settings,
-    sub: &crate::tracking::Submission,
-    order: &crate::order::Order,
+    sub: &cedar::tracking::Submission,
+    order: &cedar::order::Order,
 ) -> anyhow::Result<serde_json::Value> {
-    use crate::collection::{DataType, FilterValue};
+    use cedar::collection::{DataType, FilterValue};
     let spec = settings
         .collections
         .get(&order.collection)
@@ -1116,11 +1116,11 @@ fn baseline_item(
     let tile = settings.grid.tile(order.row, order.col)?;
     let names = order.names(settings, sub.submitted)?;
     let crs = match &tile.crs {
-        crate::grid::Crs::Code(s) | crate::grid::Crs::Wkt(s) => s.clone(),
+        cedar::grid::Crs::Code(s) | cedar::grid::Crs::Wkt(s) => s.clone(),
     };
     let inner = tile
         .bounds
-        .inset(crate::earthengine::expression::FOOTPRINT_INSET);
+        .inset(cedar::earthengine::expression::FOOTPRINT_INSET);
     let b = &tile.bounds;
     let t = &tile.transform;
     let export = &settings.config.export;
@@ -1294,13 +1294,13 @@ fn write_pieces(
 ) -> anyhow::Result<BTreeMap<String, PieceSums>> {
     use md5::Digest as _;
     use rand::RngCore as _;
-    let per_export = crate::order::expected_pieces(5000, 5000, 1024);
+    let per_export = cedar::order::expected_pieces(5000, 5000, 1024);
     let mut sums = BTreeMap::new();
     let mut rng = rand::rng();
     let mut body = vec![0u8; piece_bytes];
     for i in 0..pieces {
         let base = format!("{DOWNLOAD_PREFIX}bench_{:03}", i / per_export.len());
-        let name = crate::order::piece_object(&base, per_export[i % per_export.len()]);
+        let name = cedar::order::piece_object(&base, per_export[i % per_export.len()]);
         rng.fill_bytes(&mut body);
         let path = bucket_dir.join(&name);
         if let Some(parent) = path.parent() {
@@ -1340,7 +1340,7 @@ async fn download_runs(
     let file = copy_run(
         bucket_dir,
         &dir.join("cedar-file"),
-        crate::store::open_bucket(file_url.as_str(), None, Arc::new(crate::auth::NoAuth))?,
+        cedar::store::open_bucket(file_url.as_str(), None, Arc::new(cedar::auth::NoAuth))?,
         sums,
         total,
         true,
@@ -1349,10 +1349,10 @@ async fn download_runs(
     let gs = copy_run(
         bucket_dir,
         &dir.join("cedar-gs"),
-        crate::store::open_bucket(
+        cedar::store::open_bucket(
             &format!("gs://{PROJECT}"),
             Some(&emulator.url()),
-            Arc::new(crate::auth::NoAuth),
+            Arc::new(cedar::auth::NoAuth),
         )?,
         sums,
         total,
@@ -1464,7 +1464,7 @@ async fn cp_run(bucket_dir: &Path, dest: &Path, then_sync: bool) -> anyhow::Resu
 async fn copy_run(
     bucket_dir: &Path,
     dest: &Path,
-    bucket: Arc<dyn crate::store::ExportBucket>,
+    bucket: Arc<dyn cedar::store::ExportBucket>,
     sums: &BTreeMap<String, PieceSums>,
     total: u64,
     add_sums: bool,
@@ -1494,9 +1494,9 @@ async fn copy_run(
             o.name
         );
     }
-    let destination = crate::store::Destination::local(dest);
+    let destination = cedar::store::Destination::local(dest);
     let started = Instant::now();
-    let (verified, bytes) = crate::jobs::download::copy_verified(
+    let (verified, bytes) = cedar::jobs::download::copy_verified(
         bucket.as_ref(),
         &destination,
         "bench",
@@ -1675,7 +1675,7 @@ async fn scan_keys(
 
 /// Deletes every key of `namespace`; returns how many.
 async fn delete_namespace(redis: &str, namespace: &str) -> anyhow::Result<u64> {
-    let mut conn = crate::queue::redis::connect(redis).await?;
+    let mut conn = cedar::queue::redis::connect(redis).await?;
     let mut deleted = 0;
     // SCAN may return a key twice; DEL of a missing key is harmless.
     for keys in scan_keys(&mut conn, namespace).await? {

@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::config::Config;
-use crate::emulator::{self, ApiMethod, EmulatorOptions, Fault};
-use crate::jobs::JobSettings;
-use crate::jobs::poll::SweepSettings;
-use crate::period::Frequency;
-use crate::submit::{self, Request};
-use crate::tracking::{OrderState, order_key};
-use crate::worker::{self, WorkerOptions};
+use cedar::config::Config;
+use cedar::emulator::{self, ApiMethod, EmulatorOptions, Fault};
+use cedar::jobs::JobSettings;
+use cedar::jobs::poll::SweepSettings;
+use cedar::period::Frequency;
+use cedar::submit::{self, Request};
+use cedar::tracking::{OrderState, order_key};
+use cedar::worker::{self, WorkerOptions};
 
 /// Options of `cedar demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -92,7 +92,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let settings = Arc::new(config.validate()?);
     let jobs = JobSettings {
         poll_interval: Duration::from_secs(1),
-        retry: crate::queue::RetryPolicy {
+        retry: cedar::queue::RetryPolicy {
             base: Duration::from_millis(200),
             ..Default::default()
         },
@@ -250,7 +250,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "tracking document: {}",
         bucket_dir
-            .join(crate::tracking::document_object(&settings, &name))
+            .join(cedar::tracking::document_object(&settings, &name))
             .display()
     );
     println!("took {:.1}s", started.elapsed().as_secs_f64());

@@ -325,6 +325,19 @@ impl TileGrid {
     }
 }
 
+/// Parses a tile written `ROW,COL` (the CLI, tile files and `[[ingest]] tiles`).
+pub fn parse_tile(s: &str) -> Result<(u32, u32), String> {
+    let (r, c) = s
+        .split_once(',')
+        .ok_or_else(|| format!("tile {s:?} must be ROW,COL, e.g. 3,10"))?;
+    let n = |v: &str, what: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("tile {s:?}: {what} {v:?} is not a non-negative integer"))
+    };
+    Ok((n(r, "row")?, n(c, "col")?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

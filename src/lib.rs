@@ -43,11 +43,8 @@
 //! - [`worker`]: `cedar worker`, every stage against the shared queue, with SIGTERM drain.
 
 pub mod auth;
-pub mod bench;
-pub mod cli;
 pub mod collection;
 pub mod config;
-pub mod demo;
 pub mod earthengine;
 pub mod emulator;
 pub mod grid;
@@ -58,7 +55,6 @@ pub mod order;
 pub mod period;
 pub mod queue;
 pub mod schedule;
-pub mod soak;
 pub mod store;
 pub mod submit;
 pub mod tracking;

@@ -1,8 +1,13 @@
 //! The `cedar` binary: parses the command line and hands over to [`cedar::cli`].
 
+mod bench;
+mod cli;
+mod demo;
+mod soak;
+
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    cedar::cli::main().await
+    cli::main().await
 }

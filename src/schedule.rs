@@ -171,7 +171,7 @@ impl IngestConfig {
             )),
             (Some(TilesConfig::List(list)), None, None) if !list.is_empty() => list
                 .iter()
-                .map(|t| crate::cli::parse_tile(t))
+                .map(|t| crate::grid::parse_tile(t))
                 .collect(),
             (None, Some(rows), Some(cols)) => {
                 let (r0, r1) = submit::parse_range(rows)?;

@@ -35,13 +35,13 @@ use md5::{Digest, Md5};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-use crate::config::{Config, Settings};
-use crate::emulator::{self, EmulatorOptions, Fault, RunningEmulator, Stats, WrittenObject};
-use crate::jobs::{Context, JobSettings};
-use crate::order::parse_piece;
-use crate::queue::{Depth, Stage};
-use crate::submit;
-use crate::tracking::{OrderState, OrderStatus, order_key};
+use cedar::config::{Config, Settings};
+use cedar::emulator::{self, EmulatorOptions, Fault, RunningEmulator, Stats, WrittenObject};
+use cedar::jobs::{Context, JobSettings};
+use cedar::order::parse_piece;
+use cedar::queue::{Depth, Stage};
+use cedar::submit;
+use cedar::tracking::{OrderState, OrderStatus, order_key};
 
 /// Options of `cedar soak`.
 #[derive(Debug, Clone, clap::Args)]
@@ -353,7 +353,7 @@ listen = "127.0.0.1:0"
         let settings = Arc::new(
             Config::load(Some(&config), std::iter::empty::<(String, String)>())?.validate()?,
         );
-        let ctx = crate::worker::context(settings.clone(), JobSettings::default()).await?;
+        let ctx = cedar::worker::context(settings.clone(), JobSettings::default()).await?;
         let worker_args = [
             "worker",
             "--concurrency",
@@ -540,7 +540,7 @@ listen = "127.0.0.1:0"
         let mut request = crate::bench::campaign(&self.settings, args.tile_periods)?;
         request.save_empty_metadata = true;
         let per_tile = (request.collections.len() as u64)
-            * crate::period::periods(request.start, request.end, request.freq)?
+            * cedar::period::periods(request.start, request.end, request.freq)?
                 .periods
                 .len() as u64;
         let tiles = request.tiles.clone();
@@ -1095,7 +1095,7 @@ fn documents_agree(
     for name in names {
         let path = dir
             .join("bucket")
-            .join(crate::tracking::document_object(settings, name));
+            .join(cedar::tracking::document_object(settings, name));
         let doc: Value = match std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())

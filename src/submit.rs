@@ -179,7 +179,7 @@ pub fn read_tiles_file(path: &std::path::Path) -> Result<Vec<(u32, u32)>, String
             continue;
         }
         out.push(
-            crate::cli::parse_tile(line)
+            crate::grid::parse_tile(line)
                 .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?,
         );
     }

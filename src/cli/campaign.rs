@@ -11,16 +11,16 @@ use std::time::Duration;
 use chrono::NaiveDate;
 use clap::{Args, Subcommand};
 
-use crate::config::Settings;
-use crate::jobs::download::fetch_order;
-use crate::jobs::poll::OpView;
-use crate::jobs::{Context, JobSettings, job_for};
-use crate::period::Frequency;
-use crate::queue::Stage;
-use crate::store::Destination;
-use crate::submit::{self, Request};
-use crate::tracking::{OrderState, document_object, order_key, publish, render};
-use crate::worker::{self, WorkerOptions};
+use cedar::config::Settings;
+use cedar::jobs::download::fetch_order;
+use cedar::jobs::poll::OpView;
+use cedar::jobs::{Context, JobSettings, job_for};
+use cedar::period::Frequency;
+use cedar::queue::Stage;
+use cedar::store::Destination;
+use cedar::submit::{self, Request};
+use cedar::tracking::{OrderState, document_object, order_key, publish, render};
+use cedar::worker::{self, WorkerOptions};
 
 /// Commands that act on submissions and the queue.
 #[derive(Debug, Subcommand)]
@@ -84,7 +84,7 @@ pub struct SubmitArgs {
     #[arg(long = "collection", required = true, value_delimiter = ',')]
     pub collections: Vec<String>,
     /// Tiles as ROW,COL (repeatable).
-    #[arg(long = "tile", value_parser = super::parse_tile, conflicts_with_all = ["rows", "tiles_file"])]
+    #[arg(long = "tile", value_parser = cedar::grid::parse_tile, conflicts_with_all = ["rows", "tiles_file"])]
     pub tiles: Vec<(u32, u32)>,
     /// Row range A-B (inclusive), with --cols: every tile of the rectangle.
     #[arg(long, value_parser = submit::parse_range, requires = "cols", conflicts_with = "tiles_file")]
@@ -175,7 +175,7 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
                 .ee_requests_per_second
                 .unwrap_or(settings.config.limits.ee_requests_per_second),
             poll_interval: Duration::from_secs(a.poll_interval_secs.max(1)),
-            retry: crate::queue::RetryPolicy {
+            retry: cedar::queue::RetryPolicy {
                 base: Duration::from_millis(a.retry_base_ms),
                 ..Default::default()
             },
@@ -330,7 +330,7 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             Ok(ExitCode::SUCCESS)
         }
         CampaignCommand::Ingest(IngestCommand::Run) => {
-            for name in crate::schedule::tick(&ctx, chrono::Utc::now()).await? {
+            for name in cedar::schedule::tick(&ctx, chrono::Utc::now()).await? {
                 println!("{name}");
             }
             Ok(ExitCode::SUCCESS)
@@ -502,7 +502,7 @@ async fn update(ctx: &Context, name: &str) -> anyhow::Result<usize> {
                 .set(
                     name,
                     &order,
-                    &crate::tracking::OrderStatus {
+                    &cedar::tracking::OrderStatus {
                         state,
                         error: view.error.clone().or(s.error.clone()),
                         ee_attempt: view.attempt.or(s.ee_attempt),
@@ -529,7 +529,7 @@ async fn cancel(ctx: &Context, name: &str) -> anyhow::Result<usize> {
     let mut n = 0;
     for order in sub.orders() {
         // Orders without a record are still QUEUED (submit records none per order).
-        let queued = crate::tracking::OrderStatus::new(OrderState::Queued);
+        let queued = cedar::tracking::OrderStatus::new(OrderState::Queued);
         let s = statuses.get(&order_key(&order)).unwrap_or(&queued);
         if !(s.state == OrderState::Queued || s.state.is_active()) {
             continue;
@@ -561,7 +561,7 @@ pub async fn retry(ctx: &Context, name: &str) -> anyhow::Result<usize> {
     let mut jobs = Vec::new();
     for order in sub.orders() {
         // Orders without a record are still QUEUED (submit records none per order).
-        let queued = crate::tracking::OrderStatus::new(OrderState::Queued);
+        let queued = cedar::tracking::OrderStatus::new(OrderState::Queued);
         let s = statuses.get(&order_key(&order)).unwrap_or(&queued);
         let job = job_for(name, &order, None);
         if s.state.is_failed() {

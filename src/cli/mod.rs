@@ -1,6 +1,6 @@
 //! The command line: `cedar [--config FILE] <command>`.
 //!
-//! Every command loads the configuration once ([`crate::config`]) and reports bad input as one
+//! Every command loads the configuration once ([`cedar::config`]) and reports bad input as one
 //! clear message per problem with a non-zero exit status.
 
 pub mod campaign;
@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use chrono::NaiveDate;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{Config, ConfigError, Settings};
-use crate::period::{self, Frequency};
+use cedar::config::{Config, ConfigError, Settings};
+use cedar::period::{self, Frequency};
 
 /// Runs Google Earth Engine export campaigns: tile × period pre-ARD exports, tracked,
 /// downloaded, verified and cleaned.
@@ -43,7 +43,7 @@ pub enum Command {
     /// Show the exact pixel grid of tiles.
     Tile {
         /// Tiles as ROW,COL (row = vertical index, col = horizontal).
-        #[arg(required = true, value_parser = parse_tile)]
+        #[arg(required = true, value_parser = cedar::grid::parse_tile)]
         tiles: Vec<(u32, u32)>,
     },
     /// Show the periods a date range splits into.
@@ -57,7 +57,7 @@ pub enum Command {
         freq: Option<Frequency>,
     },
     /// Run the Earth Engine emulator (same REST API as Google, synthetic catalogue).
-    Emulator(crate::emulator::EmulatorArgs),
+    Emulator(cedar::emulator::EmulatorArgs),
     /// Run a whole small campaign on embedded defaults: in-process EE emulator, local folders.
     Demo(crate::demo::DemoArgs),
     /// Benchmarks that print their figures as ratios against a baseline measured in the same run.
@@ -75,19 +75,6 @@ pub enum ConfigCommand {
     Check,
     /// Print the effective configuration (defaults, file and environment merged) as TOML.
     Show,
-}
-
-/// Parses `ROW,COL`.
-pub fn parse_tile(s: &str) -> Result<(u32, u32), String> {
-    let (r, c) = s
-        .split_once(',')
-        .ok_or_else(|| format!("tile {s:?} must be ROW,COL, e.g. 3,10"))?;
-    let n = |v: &str, what: &str| {
-        v.trim()
-            .parse::<u32>()
-            .map_err(|_| format!("tile {s:?}: {what} {v:?} is not a non-negative integer"))
-    };
-    Ok((n(r, "row")?, n(c, "col")?))
 }
 
 /// Logs go to stderr at `default` level unless `CEDAR_LOG` (an env-filter) says otherwise.
@@ -159,7 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 s.grid.name,
                 s.collections.len(),
                 s.config.export.bucket,
-                crate::config::redact_url(&s.store_url)
+                cedar::config::redact_url(&s.store_url)
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -168,7 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            c.queue.url = crate::config::redact_url(&c.queue.url);
+            c.queue.url = cedar::config::redact_url(&c.queue.url);
             print!("{}", toml::to_string_pretty(&c)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -239,7 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Soak(args) => crate::soak::run(args.clone()).await,
         Command::Emulator(args) => {
-            crate::emulator::run(args.clone()).await?;
+            cedar::emulator::run(args.clone()).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
