@@ -281,7 +281,7 @@ async fn enqueue_in(bench: &Scratch, a: &EnqueueArgs) -> anyhow::Result<()> {
     println!(
         "cedar bench enqueue: {added} jobs ({}), Redis {}",
         describe(&plan),
-        cedar::config::redact_url(&bench.redis)
+        cedar::queue::redact_url(&bench.redis)
     );
     println!("export backlog after submit: {}", depth.backlog);
     let mut t = Table::new(["measure", "seconds", "jobs/s", "÷ baseline", "target"]);

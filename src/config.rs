@@ -11,9 +11,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::earthengine::{EE_QUEUE_CAP, EE_QUEUE_MARGIN, MAX_ACTIVE_EXPORTS};
 use crate::collection::{self, Band, CollectionSpec, DataType, PropertyFilter};
 use crate::grid::{Crs, Limits, TileGrid};
 use crate::naming::{self, Kind, Template};
+use crate::queue::redact_url;
 
 /// The documented defaults, embedded so that cedar runs without any file.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -191,7 +193,7 @@ impl Default for MetricsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// EE tasks PENDING or RUNNING at once from this project; 0 (the default) derives it from
-    /// EE's `maxConcurrentExports` × `active_exports_factor`. Never above 3000 minus a margin.
+    /// EE's `maxConcurrentExports` × `active_exports_factor`. Never above [`MAX_ACTIVE_EXPORTS`].
     pub max_active_exports: u64,
     /// Default 10: enough queued tasks that EE never idles between cedar's polls.
     pub active_exports_factor: u64,
@@ -274,8 +276,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub grid: GridConfig,
     pub collections: BTreeMap<String, CollectionConfig>,
-    /// `[[ingest]]`: continuous ingest entries (see [`crate::schedule`]).
-    pub ingest: Vec<crate::schedule::IngestConfig>,
+    /// `[[ingest]]`: continuous ingest entries (see [`crate::ingest`]).
+    pub ingest: Vec<crate::ingest::IngestConfig>,
 }
 
 /// The validated configuration everything else runs on.
@@ -288,7 +290,7 @@ pub struct Settings {
     pub prefix_template: Template,
     pub tracking_template: Template,
     /// The validated `[[ingest]]` entries.
-    pub ingests: Vec<crate::schedule::Ingest>,
+    pub ingests: Vec<crate::ingest::Ingest>,
     /// `[store] url`, with the `gs://{bucket}` default applied.
     pub store_url: String,
 }
@@ -462,11 +464,11 @@ impl Config {
         if self.limits.active_exports_factor == 0 {
             problem("limits.active_exports_factor", "must be at least 1".into());
         }
-        if self.limits.max_active_exports > 2900 {
+        if self.limits.max_active_exports > MAX_ACTIVE_EXPORTS {
             problem(
                 "limits.max_active_exports",
                 format!(
-                    "{} is above EE's 3000-task queue minus a margin of 100; use at most 2900 (0 = derive from EE)",
+                    "{} is above EE's {EE_QUEUE_CAP}-task queue minus a margin of {EE_QUEUE_MARGIN}; use at most {MAX_ACTIVE_EXPORTS} (0 = derive from EE)",
                     self.limits.max_active_exports
                 ),
             );
@@ -905,20 +907,6 @@ fn valid_bucket_name(b: &str) -> bool {
         && b.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
-/// A URL with any password replaced by `***`, for logs and messages.
-pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        // Not a URL: it may still hold a secret, so show only its shape.
-        Err(_) if raw.contains('@') => "<unparseable URL with credentials>".to_string(),
-        Err(_) => raw.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1122,11 +1110,4 @@ data_type = "int16"
         }
     }
 
-    #[test]
-    fn redaction() {
-        assert_eq!(redact_url("redis://:pw@h:6379/0"), "redis://:***@h:6379/0");
-        assert_eq!(redact_url("redis://u:pw@h"), "redis://u:***@h");
-        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
-        assert!(!redact_url("not a url pw@x").contains("pw"));
-    }
 }

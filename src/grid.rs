@@ -338,6 +338,30 @@ pub fn parse_tile(s: &str) -> Result<(u32, u32), String> {
     Ok((n(r, "row")?, n(c, "col")?))
 }
 
+/// Parses a range of rows or columns: `A-B` (inclusive) or a single number.
+pub fn parse_range(s: &str) -> Result<(u32, u32), String> {
+    let n = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{s:?} must be N or A-B with non-negative integers"))
+    };
+    match s.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (n(a)?, n(b)?);
+            if a > b {
+                return Err(format!(
+                    "range {s:?} goes backwards; write the smaller bound first"
+                ));
+            }
+            Ok((a, b))
+        }
+        None => {
+            let v = n(s)?;
+            Ok((v, v))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,5 +478,13 @@ mod tests {
             .collect();
         assert_eq!(fields, vec!["res", "size", "limits"]);
         assert!(conus().validate().is_empty());
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("3-5").unwrap(), (3, 5));
+        assert_eq!(parse_range("7").unwrap(), (7, 7));
+        assert!(parse_range("5-3").is_err());
+        assert!(parse_range("a-3").is_err());
     }
 }

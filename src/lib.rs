@@ -48,6 +48,7 @@ pub mod config;
 pub mod earthengine;
 pub mod emulator;
 pub mod grid;
+pub mod ingest;
 pub mod jobs;
 pub mod metrics;
 pub mod naming;

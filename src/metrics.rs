@@ -43,7 +43,7 @@ use crate::jobs::poll::OpView;
 use crate::queue::{Outcome, Stage};
 use crate::store::StoreError;
 use crate::tracking::OrderState;
-use crate::worker::EE_QUEUE_CAP;
+use crate::earthengine::EE_QUEUE_CAP;
 
 /// How a metric behaves, in Prometheus terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

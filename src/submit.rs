@@ -144,30 +144,6 @@ pub async fn enqueue(ctx: &Context, plan: &Plan) -> Result<u64, SubmitError> {
     Ok(added)
 }
 
-/// Parses `A-B` (inclusive) or a single number.
-pub fn parse_range(s: &str) -> Result<(u32, u32), String> {
-    let n = |v: &str| {
-        v.trim()
-            .parse::<u32>()
-            .map_err(|_| format!("{s:?} must be N or A-B with non-negative integers"))
-    };
-    match s.split_once('-') {
-        Some((a, b)) => {
-            let (a, b) = (n(a)?, n(b)?);
-            if a > b {
-                return Err(format!(
-                    "range {s:?} goes backwards; write the smaller bound first"
-                ));
-            }
-            Ok((a, b))
-        }
-        None => {
-            let v = n(s)?;
-            Ok((v, v))
-        }
-    }
-}
-
 /// Reads tiles from a file: one `ROW,COL` per line; blank lines and `#` comments ignored.
 pub fn read_tiles_file(path: &std::path::Path) -> Result<Vec<(u32, u32)>, String> {
     let text = std::fs::read_to_string(path)
@@ -265,13 +241,5 @@ mod tests {
         let s = c.validate().unwrap();
         let e = plan(&s, &req(), Utc::now()).unwrap_err().to_string();
         assert!(e.contains("would both be named"), "{e}");
-    }
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range("3-5").unwrap(), (3, 5));
-        assert_eq!(parse_range("7").unwrap(), (7, 7));
-        assert!(parse_range("5-3").is_err());
-        assert!(parse_range("a-3").is_err());
     }
 }

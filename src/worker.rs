@@ -16,17 +16,13 @@ use tokio::sync::watch;
 
 use crate::auth;
 use crate::config::Settings;
+use crate::earthengine::MAX_ACTIVE_EXPORTS;
 use crate::earthengine::client::EarthEngine;
 use crate::jobs::poll::SweepSettings;
 use crate::jobs::{self, Context, JobError, JobSettings, order_of};
 use crate::queue::{self, BackendConfig, Connection, OrderJob, Outcome, Queue, Snapshot, Stage};
 use crate::store::{Destination, open_bucket};
 use crate::tracking::{OrderState, Tracker, publish};
-
-/// EE's documented cap on queued tasks per project.
-pub const EE_QUEUE_CAP: u64 = 3000;
-/// Headroom kept below [`EE_QUEUE_CAP`] for tasks started by other tools.
-pub const EE_QUEUE_MARGIN: u64 = 100;
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -71,7 +67,7 @@ pub fn admission_cap(configured: Option<u64>, ee_max_concurrent: Option<u64>, fa
     let derived = ee_max_concurrent.unwrap_or(2).max(1) * factor.max(1);
     configured
         .unwrap_or(derived)
-        .clamp(1, EE_QUEUE_CAP - EE_QUEUE_MARGIN)
+        .clamp(1, MAX_ACTIVE_EXPORTS)
 }
 
 /// Connects everything a worker needs from the settings.
@@ -82,7 +78,7 @@ pub async fn context(settings: Arc<Settings>, jobs: JobSettings) -> anyhow::Resu
     let queue_error = |e: crate::queue::QueueError| {
         anyhow::anyhow!(
             "queue.url {}: {e}",
-            crate::config::redact_url(&cfg.queue.url)
+            crate::queue::redact_url(&cfg.queue.url)
         )
     };
     let conn = Connection::open_with_ca(&cfg.queue.url, tls_ca_file)
@@ -372,8 +368,8 @@ mod tests {
         assert_eq!(admission_cap(None, Some(2), 10), 20);
         assert_eq!(admission_cap(None, None, 10), 20);
         assert_eq!(admission_cap(Some(1000), Some(2), 10), 1000);
-        assert_eq!(admission_cap(Some(5000), None, 10), 2900);
-        assert_eq!(admission_cap(None, Some(500), 10), 2900);
+        assert_eq!(admission_cap(Some(5000), None, 10), MAX_ACTIVE_EXPORTS);
+        assert_eq!(admission_cap(None, Some(500), 10), MAX_ACTIVE_EXPORTS);
         assert_eq!(admission_cap(Some(0), None, 10), 1);
     }
 }

@@ -87,9 +87,9 @@ pub struct SubmitArgs {
     #[arg(long = "tile", value_parser = cedar::grid::parse_tile, conflicts_with_all = ["rows", "tiles_file"])]
     pub tiles: Vec<(u32, u32)>,
     /// Row range A-B (inclusive), with --cols: every tile of the rectangle.
-    #[arg(long, value_parser = submit::parse_range, requires = "cols", conflicts_with = "tiles_file")]
+    #[arg(long, value_parser = cedar::grid::parse_range, requires = "cols", conflicts_with = "tiles_file")]
     pub rows: Option<(u32, u32)>,
-    #[arg(long, value_parser = submit::parse_range, requires = "rows")]
+    #[arg(long, value_parser = cedar::grid::parse_range, requires = "rows")]
     pub cols: Option<(u32, u32)>,
     /// A file with one ROW,COL per line.
     #[arg(long)]

@@ -146,7 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 s.grid.name,
                 s.collections.len(),
                 s.config.export.bucket,
-                cedar::config::redact_url(&s.store_url)
+                cedar::queue::redact_url(&s.store_url)
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -155,7 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            c.queue.url = cedar::config::redact_url(&c.queue.url);
+            c.queue.url = cedar::queue::redact_url(&c.queue.url);
             print!("{}", toml::to_string_pretty(&c)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -19,3 +19,10 @@ pub use client::{
 pub use error::EeError;
 pub use expression::{BandLayout, ImageInfo, Slice, list_images, parse_image_list, preard_image};
 pub use types::{ExportImageRequest, Expression, Operation, OperationState, ProjectConfig};
+
+/// EE's documented cap on queued (PENDING or RUNNING) tasks per project.
+pub const EE_QUEUE_CAP: u64 = 3000;
+/// Headroom kept below [`EE_QUEUE_CAP`] for tasks started by other tools.
+pub const EE_QUEUE_MARGIN: u64 = 100;
+/// The most EE tasks cedar keeps active at once: the queue cap minus the margin.
+pub const MAX_ACTIVE_EXPORTS: u64 = EE_QUEUE_CAP - EE_QUEUE_MARGIN;

@@ -352,7 +352,7 @@ impl Connection {
                 redis::connect_with_ca(&url, tls_ca_file).await?,
             )),
             Some(QueueUrl::Sqlite(path)) => Ok(Connection::Sqlite(sqlite::Db::open(&path).await?)),
-            None => Err(QueueError::Url(crate::config::redact_url(url))),
+            None => Err(QueueError::Url(redact_url(url))),
         }
     }
 }
@@ -574,6 +574,20 @@ impl Queue {
     }
 }
 
+/// A URL with any password replaced by `***`, for logs and messages.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        // Not a URL: it may still hold a secret, so show only its shape.
+        Err(_) if raw.contains('@') => "<unparseable URL with credentials>".to_string(),
+        Err(_) => raw.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -668,5 +682,13 @@ mod tests {
         for (k, ms) in schedule.iter().enumerate() {
             assert!(*ms <= p.ceiling(k as u32 + 1).as_millis() as u64);
         }
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact_url("redis://:pw@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redact_url("redis://u:pw@h"), "redis://u:***@h");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert!(!redact_url("not a url pw@x").contains("pw"));
     }
 }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use cedar::config::Config;
 use cedar::emulator::EmulatorOptions;
 use cedar::jobs::{Context, JobSettings};
-use cedar::schedule::{IngestConfig, TilesConfig, tick};
+use cedar::ingest::{IngestConfig, TilesConfig};
+use cedar::schedule::tick;
 use cedar::worker;
 use chrono::{DateTime, TimeZone, Utc};
 
