@@ -11,8 +11,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::earthengine::{EE_QUEUE_CAP, EE_QUEUE_MARGIN, MAX_ACTIVE_EXPORTS};
 use crate::collection::{self, Band, CollectionSpec, DataType, PropertyFilter};
+use crate::earthengine::{EE_QUEUE_CAP, EE_QUEUE_MARGIN, MAX_ACTIVE_EXPORTS};
 use crate::grid::{Crs, Limits, TileGrid};
 use crate::naming::{self, Kind, Template};
 use crate::queue::redact_url;
@@ -1109,5 +1109,4 @@ data_type = "int16"
             assert!(!e.to_string().contains("hunter2"), "{e}");
         }
     }
-
 }

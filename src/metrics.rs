@@ -11,12 +11,12 @@
 //!
 //! The code records through the small functions below (`job_done`, `ee_request`,
 //! `downloaded`, …), one line at each place where something happens. Numbers that live in Redis
-//! — queue depths, orders per state, EE tasks in flight — are read by a collector every
-//! [`COLLECT_INTERVAL`]; every worker reports the same values for them, so dashboards and alerts
+//! — queue depths, orders per state, EE tasks in flight — are read by the worker's collector
+//! (`crate::worker`) every few seconds and recorded here too; every worker reports the same values for them, so dashboards and alerts
 //! aggregate those with `max`, and per-process counters with `sum`.
 //!
-//! [`serve`] answers `/metrics`, `/healthz` (the process is alive) and `/readyz` (Redis and the
-//! store answer) on `[metrics] listen`.
+//! The worker's HTTP server answers `/metrics` with [`install`]'s handle, beside `/healthz` and
+//! `/readyz`, on `[metrics] listen`.
 //!
 //! apalis's own `PrometheusLayer` is not used: it labels every series with the worker name,
 //! which is unique per process start (see [`crate::queue::worker_name`]), so each restart would
@@ -25,25 +25,17 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::sync::watch;
 
-use crate::jobs::Context;
-use crate::jobs::poll::OpView;
-use crate::queue::{Outcome, Stage};
+use crate::earthengine::EE_QUEUE_CAP;
+use crate::earthengine::types::OpView;
+use crate::queue::{Depth, Outcome, Stage};
 use crate::store::StoreError;
 use crate::tracking::OrderState;
-use crate::earthengine::EE_QUEUE_CAP;
 
 /// How a metric behaves, in Prometheus terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,13 +322,6 @@ pub const CATALOGUE: &[MetricDef] = &[
     },
 ];
 
-/// How often the collector reads the queue, tracking and snapshot numbers.
-pub const COLLECT_INTERVAL: Duration = Duration::from_secs(10);
-/// How long `/readyz` waits for each dependency.
-const READY_TIMEOUT: Duration = Duration::from_secs(3);
-/// The prefix the store probe lists: no object is ever named so, so the answer is empty and cheap.
-const STORE_PROBE: &str = ".cedar-readyz-probe";
-
 /// `value` if the label allows it, else [`OTHER`] (for labels that have it).
 fn bounded(label: &LabelDef, value: &str) -> &'static str {
     label
@@ -542,175 +527,46 @@ pub fn ee_task_ended(state: &str, start: Option<DateTime<Utc>>, end: Option<Date
     .record(secs);
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `[metrics] listen` and runs the collector,
-/// until `stop` turns true. A worker that cannot bind (the port is taken, e.g. by a second
-/// worker on the host) logs an error naming the fix and keeps processing jobs without the
-/// endpoint: losing metrics must not stop a campaign that has run for weeks.
-pub async fn serve(ctx: Context, admission_cap: u64, mut stop: watch::Receiver<bool>) {
-    let handle = install();
-    ::metrics::gauge!("cedar_ee_admission_cap").set(admission_cap as f64);
-    let collector = tokio::spawn(collect_loop(ctx.clone(), handle, stop.clone()));
-    let listen = ctx.settings.config.metrics.listen.clone();
-    let addr: Option<SocketAddr> = listen.parse().ok();
-    let listener = match addr {
-        Some(a) => tokio::net::TcpListener::bind(a)
-            .await
-            .map_err(|e| e.to_string()),
-        None => Err("not a socket address".to_owned()),
-    };
-    match listener {
-        Ok(listener) => {
-            let local = listener.local_addr().map(|a| a.to_string());
-            tracing::info!(
-                addr = %local.unwrap_or_else(|_| listen.clone()),
-                "serving metrics at /metrics, /healthz, /readyz"
-            );
-            let shutdown = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, router(ctx, handle))
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "the metrics endpoint stopped");
-            }
-        }
-        Err(e) => tracing::error!(
-            listen = %listen,
-            error = %e,
-            "cannot serve metrics; set [metrics] listen to a free address (each worker on a host needs its own port)"
-        ),
+/// Records the depth of one stage's queue.
+pub fn queue_depth(stage: Stage, d: &Depth) {
+    for (state, n) in [
+        ("backlog", d.backlog),
+        ("due", d.due_now),
+        ("scheduled", d.scheduled),
+        ("leased", d.leased),
+        ("dead", d.dead),
+    ] {
+        ::metrics::gauge!("cedar_queue_jobs", "stage" => stage.name(), "state" => state)
+            .set(n as f64);
     }
-    let _ = collector.await;
+    ::metrics::gauge!("cedar_queue_oldest_waiting_age_seconds", "stage" => stage.name())
+        .set(d.oldest_due_age_secs as f64);
 }
 
-fn router(ctx: Context, handle: &'static PrometheusHandle) -> Router {
-    Router::new()
-        .route(
-            "/metrics",
-            get(move || async move {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    handle.render(),
-                )
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .with_state(ctx)
+/// Records the EE tasks that hold an admission slot, and the admission cap.
+pub fn ee_tasks_active(active: u64) {
+    ::metrics::gauge!("cedar_ee_tasks_active").set(active as f64);
 }
 
-/// 200 when the queue (Redis) and the store answer, else 503 naming what does not (details go to the log).
-async fn readyz(State(ctx): State<Context>) -> impl IntoResponse {
-    let (queue, store) = tokio::join!(queue_ok(&ctx), store_ok(&ctx));
-    let mut body = String::new();
-    for (name, ok) in [("queue", queue), ("store", store)] {
-        let _ = writeln!(body, "{name}: {}", if ok { "ok" } else { "unreachable" });
-    }
-    let status = if queue && store {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, body)
+/// Records the admission cap a worker runs with.
+pub fn admission_cap(cap: u64) {
+    ::metrics::gauge!("cedar_ee_admission_cap").set(cap as f64);
 }
 
-async fn queue_ok(ctx: &Context) -> bool {
-    let ok = match tokio::time::timeout(READY_TIMEOUT, ctx.queue.ping()).await {
-        Ok(Ok(_)) => true,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness: the queue (Redis) does not answer");
-            false
-        }
-        Err(_) => {
-            tracing::warn!("readiness: the queue (Redis) timed out");
-            false
-        }
-    };
-    ::metrics::gauge!("cedar_dependency_up", "dependency" => "queue").set(f64::from(ok));
-    ok
-}
-
-async fn store_ok(ctx: &Context) -> bool {
-    let ok = match tokio::time::timeout(READY_TIMEOUT, ctx.bucket.list(STORE_PROBE)).await {
-        Ok(Ok(_)) => true,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness: the export store does not answer");
-            false
-        }
-        Err(_) => {
-            tracing::warn!("readiness: the export store timed out");
-            false
-        }
-    };
-    ::metrics::gauge!("cedar_dependency_up", "dependency" => "store").set(f64::from(ok));
-    ok
-}
-
-async fn collect_loop(
-    ctx: Context,
-    handle: &'static PrometheusHandle,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let ok = collect(&ctx).await;
-        if let Err(e) = &ok {
-            tracing::warn!(error = %e, "collecting queue metrics failed");
-        }
-        ::metrics::gauge!("cedar_dependency_up", "dependency" => "queue")
-            .set(f64::from(ok.is_ok()));
-        store_ok(&ctx).await;
-        // Drains histogram samples into their buckets, so memory stays flat between scrapes.
-        handle.run_upkeep();
-        tokio::select! {
-            _ = tokio::time::sleep(COLLECT_INTERVAL) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-    }
-}
-
-/// Reads the numbers that live in Redis into their gauges.
-async fn collect(ctx: &Context) -> anyhow::Result<()> {
-    for stage in Stage::ALL {
-        let d = ctx.queue.depth(stage).await?;
-        for (state, n) in [
-            ("backlog", d.backlog),
-            ("due", d.due_now),
-            ("scheduled", d.scheduled),
-            ("leased", d.leased),
-            ("dead", d.dead),
-        ] {
-            ::metrics::gauge!("cedar_queue_jobs", "stage" => stage.name(), "state" => state)
-                .set(n as f64);
-        }
-        ::metrics::gauge!("cedar_queue_oldest_waiting_age_seconds", "stage" => stage.name())
-            .set(d.oldest_due_age_secs as f64);
-    }
-    ::metrics::gauge!("cedar_ee_tasks_active").set(ctx.queue.active_count().await? as f64);
-
-    let mut orders: BTreeMap<OrderState, u64> = BTreeMap::new();
-    for name in ctx.tracker.list().await? {
-        for (state, n) in ctx.tracker.counts(&name).await? {
-            *orders.entry(state).or_default() += n;
-        }
-    }
+/// Records the orders of every submission by state (summed over submissions).
+pub fn orders(counts: &BTreeMap<OrderState, u64>) {
     for state in OrderState::ALL {
-        let n = orders.get(&state).copied().unwrap_or(0);
+        let n = counts.get(&state).copied().unwrap_or(0);
         ::metrics::gauge!("cedar_orders", "state" => state.as_str()).set(n as f64);
     }
+}
 
-    // The operations snapshot the sweeper writes: one entry per EE task cedar waits for.
-    let views = ctx.snapshot.views().await?;
-    let now = Utc::now();
+/// Records the EE tasks cedar waits for, by the state the last sweep saw, and the age of the
+/// oldest RUNNING one at `now`.
+pub fn ee_tasks<'a>(views: impl IntoIterator<Item = &'a OpView>, now: DateTime<Utc>) {
     let mut per_state: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut oldest_running = 0.0f64;
-    for raw in views {
-        let Ok(view) = serde_json::from_str::<OpView>(&raw) else {
-            continue;
-        };
+    for view in views {
         let state = EE_STATE
             .values
             .iter()
@@ -730,7 +586,12 @@ async fn collect(ctx: &Context) -> anyhow::Result<()> {
         ::metrics::gauge!("cedar_ee_tasks", "ee_state" => *state).set(n as f64);
     }
     ::metrics::gauge!("cedar_ee_task_running_oldest_age_seconds").set(oldest_running);
-    Ok(())
+}
+
+/// Records whether a dependency (`queue` or `store`) answered.
+pub fn dependency_up(dependency: &'static str, up: bool) {
+    ::metrics::gauge!("cedar_dependency_up", "dependency" => bounded(&DEPENDENCY, dependency))
+        .set(f64::from(up));
 }
 
 /// The catalogue as the Markdown page `docs/metrics.md`.

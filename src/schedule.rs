@@ -77,4 +77,3 @@ pub fn next_fire(settings: &Settings, after: DateTime<Utc>) -> Option<DateTime<U
         .filter_map(|i| i.schedule.after(&after).next())
         .min()
 }
-

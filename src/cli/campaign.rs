@@ -12,8 +12,8 @@ use chrono::NaiveDate;
 use clap::{Args, Subcommand};
 
 use cedar::config::Settings;
+use cedar::earthengine::types::OpView;
 use cedar::jobs::download::fetch_order;
-use cedar::jobs::poll::OpView;
 use cedar::jobs::{Context, JobSettings, job_for};
 use cedar::period::Frequency;
 use cedar::queue::Stage;

@@ -18,7 +18,7 @@ pub use client::{
 };
 pub use error::EeError;
 pub use expression::{BandLayout, ImageInfo, Slice, list_images, parse_image_list, preard_image};
-pub use types::{ExportImageRequest, Expression, Operation, OperationState, ProjectConfig};
+pub use types::{ExportImageRequest, Expression, OpView, Operation, OperationState, ProjectConfig};
 
 /// EE's documented cap on queued (PENDING or RUNNING) tasks per project.
 pub const EE_QUEUE_CAP: u64 = 3000;

@@ -432,6 +432,47 @@ mod lenient {
     }
 }
 
+/// What cedar keeps of an operation between sweeps (the snapshot's entries): its state, error,
+/// attempt and times.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpView {
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<DateTime<Utc>>,
+}
+
+impl OpView {
+    /// The view of `op` as `operations.list` or `operations.get` returned it.
+    pub fn from_operation(op: &Operation) -> OpView {
+        let md = op.metadata.as_ref();
+        OpView {
+            state: op_state_name(op.state()).to_string(),
+            error: op.error.as_ref().and_then(|e| e.message.clone()),
+            attempt: md.and_then(|m| m.attempt).map(|a| a as u32),
+            start: md.and_then(|m| m.start_time()),
+            end: md.and_then(|m| m.end_time()),
+        }
+    }
+}
+
+fn op_state_name(s: OperationState) -> &'static str {
+    match s {
+        OperationState::Pending => "PENDING",
+        OperationState::Running => "RUNNING",
+        OperationState::Cancelling => "CANCELLING",
+        OperationState::Succeeded => "SUCCEEDED",
+        OperationState::Failed => "FAILED",
+        OperationState::Cancelled => "CANCELLED",
+        _ => "UNKNOWN",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,52 +11,12 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
 
 use super::{Context, JobError, job_for, order_of};
-use crate::earthengine::types::{Operation, OperationState};
+use crate::earthengine::types::OpView;
 use crate::queue::{OrderJob, Outcome, QueueError, Stage};
 use crate::tracking::OrderState;
-
-/// What the snapshot keeps of an operation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OpView {
-    pub state: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attempt: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub end: Option<DateTime<Utc>>,
-}
-
-impl OpView {
-    pub fn from_operation(op: &Operation) -> OpView {
-        let md = op.metadata.as_ref();
-        OpView {
-            state: op_state_name(op.state()).to_string(),
-            error: op.error.as_ref().and_then(|e| e.message.clone()),
-            attempt: md.and_then(|m| m.attempt).map(|a| a as u32),
-            start: md.and_then(|m| m.start_time()),
-            end: md.and_then(|m| m.end_time()),
-        }
-    }
-}
-
-fn op_state_name(s: OperationState) -> &'static str {
-    match s {
-        OperationState::Pending => "PENDING",
-        OperationState::Running => "RUNNING",
-        OperationState::Cancelling => "CANCELLING",
-        OperationState::Succeeded => "SUCCEEDED",
-        OperationState::Failed => "FAILED",
-        OperationState::Cancelled => "CANCELLED",
-        _ => "UNKNOWN",
-    }
-}
 
 /// Runs the poll stage of one order.
 pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {

@@ -12,7 +12,7 @@
 //! | `{ns}:ops:swept` (string) | `ops_sweep.swept_ms` | start of the last finished sweep (ms) |
 //! | `{ns}:ops:sweeper` (string, PX) | `ops_sweep.leader`, `leader_until_ms` | the sweeper's leader lock |
 //!
-//! Views are opaque JSON strings here; [`crate::jobs::poll::OpView`] is their shape.
+//! Views are opaque JSON strings here; [`crate::earthengine::types::OpView`] is their shape.
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use cedar::config::Config;
 use cedar::emulator::EmulatorOptions;
-use cedar::jobs::{Context, JobSettings};
 use cedar::ingest::{IngestConfig, TilesConfig};
+use cedar::jobs::{Context, JobSettings};
 use cedar::schedule::tick;
 use cedar::worker;
 use chrono::{DateTime, TimeZone, Utc};

@@ -8,6 +8,8 @@
 //! stops taking jobs, lets the running ones finish for up to `[worker] drain_secs`, and hands
 //! back the ones it fetched but never started.
 
+mod server;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,9 +67,7 @@ impl Default for WorkerOptions {
 /// cap minus a margin.
 pub fn admission_cap(configured: Option<u64>, ee_max_concurrent: Option<u64>, factor: u64) -> u64 {
     let derived = ee_max_concurrent.unwrap_or(2).max(1) * factor.max(1);
-    configured
-        .unwrap_or(derived)
-        .clamp(1, MAX_ACTIVE_EXPORTS)
+    configured.unwrap_or(derived).clamp(1, MAX_ACTIVE_EXPORTS)
 }
 
 /// Connects everything a worker needs from the settings.
@@ -151,7 +151,7 @@ pub async fn run(
         queue::worker_name(Stage::Poll, 99, 0),
         stop_rx.clone(),
     ));
-    let metrics = tokio::spawn(crate::metrics::serve(ctx.clone(), cap, stop_rx.clone()));
+    let metrics = tokio::spawn(server::serve(ctx.clone(), cap, stop_rx.clone()));
     let ingest = tokio::spawn(crate::schedule::run_loop(ctx.clone(), stop_rx.clone()));
     let publisher = tokio::spawn(publish_loop(ctx.clone(), opts.publish_interval, stop_rx));
 

@@ -1,0 +1,185 @@
+//! The worker's HTTP endpoint: `/metrics` (the catalogue in [`crate::metrics`]), `/healthz` and
+//! `/readyz`, and the collector that reads the queue's numbers into their gauges.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use chrono::Utc;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
+
+use crate::earthengine::types::OpView;
+use crate::jobs::Context;
+use crate::metrics;
+use crate::queue::Stage;
+use crate::tracking::OrderState;
+
+/// How often the collector reads the queue, tracking and snapshot numbers.
+pub const COLLECT_INTERVAL: Duration = Duration::from_secs(10);
+/// How long `/readyz` waits for each dependency.
+const READY_TIMEOUT: Duration = Duration::from_secs(3);
+/// The prefix the store probe lists: no object is ever named so, so the answer is empty and cheap.
+const STORE_PROBE: &str = ".cedar-readyz-probe";
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `[metrics] listen` and runs the collector,
+/// until `stop` turns true. A worker that cannot bind (the port is taken, e.g. by a second
+/// worker on the host) logs an error naming the fix and keeps processing jobs without the
+/// endpoint: losing metrics must not stop a campaign that has run for weeks.
+pub async fn serve(ctx: Context, admission_cap: u64, mut stop: watch::Receiver<bool>) {
+    let handle = metrics::install();
+    metrics::admission_cap(admission_cap);
+    let collector = tokio::spawn(collect_loop(ctx.clone(), handle, stop.clone()));
+    let listen = ctx.settings.config.metrics.listen.clone();
+    let addr: Option<SocketAddr> = listen.parse().ok();
+    let listener = match addr {
+        Some(a) => tokio::net::TcpListener::bind(a)
+            .await
+            .map_err(|e| e.to_string()),
+        None => Err("not a socket address".to_owned()),
+    };
+    match listener {
+        Ok(listener) => {
+            let local = listener.local_addr().map(|a| a.to_string());
+            tracing::info!(
+                addr = %local.unwrap_or_else(|_| listen.clone()),
+                "serving metrics at /metrics, /healthz, /readyz"
+            );
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, router(ctx, handle))
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "the metrics endpoint stopped");
+            }
+        }
+        Err(e) => tracing::error!(
+            listen = %listen,
+            error = %e,
+            "cannot serve metrics; set [metrics] listen to a free address (each worker on a host needs its own port)"
+        ),
+    }
+    let _ = collector.await;
+}
+
+fn router(ctx: Context, handle: &'static PrometheusHandle) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(ctx)
+}
+
+/// 200 when the queue (Redis) and the store answer, else 503 naming what does not (details go to the log).
+async fn readyz(State(ctx): State<Context>) -> impl IntoResponse {
+    let (queue, store) = tokio::join!(queue_ok(&ctx), store_ok(&ctx));
+    let mut body = String::new();
+    for (name, ok) in [("queue", queue), ("store", store)] {
+        let _ = writeln!(body, "{name}: {}", if ok { "ok" } else { "unreachable" });
+    }
+    let status = if queue && store {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body)
+}
+
+async fn queue_ok(ctx: &Context) -> bool {
+    let ok = match tokio::time::timeout(READY_TIMEOUT, ctx.queue.ping()).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the queue (Redis) does not answer");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("readiness: the queue (Redis) timed out");
+            false
+        }
+    };
+    metrics::dependency_up("queue", ok);
+    ok
+}
+
+async fn store_ok(ctx: &Context) -> bool {
+    let ok = match tokio::time::timeout(READY_TIMEOUT, ctx.bucket.list(STORE_PROBE)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the export store does not answer");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("readiness: the export store timed out");
+            false
+        }
+    };
+    metrics::dependency_up("store", ok);
+    ok
+}
+
+async fn collect_loop(
+    ctx: Context,
+    handle: &'static PrometheusHandle,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let ok = collect(&ctx).await;
+        if let Err(e) = &ok {
+            tracing::warn!(error = %e, "collecting queue metrics failed");
+        }
+        metrics::dependency_up("queue", ok.is_ok());
+        store_ok(&ctx).await;
+        // Drains histogram samples into their buckets, so memory stays flat between scrapes.
+        handle.run_upkeep();
+        tokio::select! {
+            _ = tokio::time::sleep(COLLECT_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Reads the numbers that live in the queue (Redis or SQLite) into their gauges.
+async fn collect(ctx: &Context) -> anyhow::Result<()> {
+    for stage in Stage::ALL {
+        metrics::queue_depth(stage, &ctx.queue.depth(stage).await?);
+    }
+    metrics::ee_tasks_active(ctx.queue.active_count().await?);
+
+    let mut orders: BTreeMap<OrderState, u64> = BTreeMap::new();
+    for name in ctx.tracker.list().await? {
+        for (state, n) in ctx.tracker.counts(&name).await? {
+            *orders.entry(state).or_default() += n;
+        }
+    }
+    metrics::orders(&orders);
+
+    // The operations snapshot the sweeper writes: one entry per EE task cedar waits for.
+    let views: Vec<OpView> = ctx
+        .snapshot
+        .views()
+        .await?
+        .iter()
+        .filter_map(|raw| serde_json::from_str(raw).ok())
+        .collect();
+    metrics::ee_tasks(&views, Utc::now());
+    Ok(())
+}
