@@ -43,6 +43,7 @@
 //! - [`worker`]: `cedar worker`, every stage against the shared queue, with SIGTERM drain.
 
 pub mod auth;
+pub mod campaign;
 pub mod collection;
 pub mod config;
 pub mod earthengine;

@@ -12,13 +12,12 @@ use chrono::NaiveDate;
 use clap::{Args, Subcommand};
 
 use cedar::config::Settings;
-use cedar::earthengine::types::OpView;
 use cedar::jobs::download::fetch_order;
-use cedar::jobs::{Context, JobSettings, job_for};
+use cedar::jobs::{Context, JobSettings};
 use cedar::period::Frequency;
-use cedar::queue::Stage;
 use cedar::store::Destination;
 use cedar::submit::{self, Request};
+use cedar::campaign;
 use cedar::tracking::{OrderState, document_object, order_key, publish, render};
 use cedar::worker::{self, WorkerOptions};
 
@@ -253,7 +252,7 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             watch: w,
         } => watch(&ctx, name, *json, *w).await,
         CampaignCommand::Update { name } => {
-            let n = update(&ctx, name).await?;
+            let n = campaign::update(&ctx, name).await?;
             publish(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
             eprintln!("{n} orders refreshed from EE");
             Ok(ExitCode::SUCCESS)
@@ -318,13 +317,13 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             Ok(ExitCode::SUCCESS)
         }
         CampaignCommand::Cancel { name } => {
-            let n = cancel(&ctx, name).await?;
+            let n = campaign::cancel(&ctx, name).await?;
             publish(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
             eprintln!("{n} orders cancelled");
             Ok(ExitCode::SUCCESS)
         }
         CampaignCommand::Retry { name } => {
-            let n = retry(&ctx, name).await?;
+            let n = campaign::retry(&ctx, name).await?;
             publish(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
             eprintln!("{n} orders re-queued");
             Ok(ExitCode::SUCCESS)
@@ -472,118 +471,4 @@ async fn watch(ctx: &Context, name: &str, json: bool, follow: bool) -> anyhow::R
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-}
-
-/// One sweep of EE's operations applied to the submission's orders; returns how many changed.
-async fn update(ctx: &Context, name: &str) -> anyhow::Result<usize> {
-    let sub = ctx.submission(name).await?;
-    let statuses = ctx.tracker.all(name).await?;
-    let ops: BTreeMap<String, OpView> = ctx
-        .ee
-        .list_all_operations()
-        .await?
-        .iter()
-        .filter_map(|op| Some((op.name.clone()?, OpView::from_operation(op))))
-        .collect();
-    let mut changed = 0;
-    for order in sub.orders() {
-        let Some(s) = statuses.get(&order_key(&order)) else {
-            continue;
-        };
-        let Some(view) = s.operation.as_ref().and_then(|op| ops.get(op)) else {
-            continue;
-        };
-        let Some(state) = OrderState::parse(&view.state) else {
-            continue;
-        };
-        if state != s.state
-            && ctx
-                .tracker
-                .set(
-                    name,
-                    &order,
-                    &cedar::tracking::OrderStatus {
-                        state,
-                        error: view.error.clone().or(s.error.clone()),
-                        ee_attempt: view.attempt.or(s.ee_attempt),
-                        updated: chrono::Utc::now(),
-                        ..s.clone()
-                    },
-                    false,
-                )
-                .await?
-        {
-            changed += 1;
-        }
-    }
-    Ok(changed)
-}
-
-/// Drops every queued job of a submission and cancels its EE tasks.
-async fn cancel(ctx: &Context, name: &str) -> anyhow::Result<usize> {
-    let sub = ctx.submission(name).await?;
-    for stage in [Stage::Export, Stage::Poll, Stage::Download, Stage::Clean] {
-        ctx.queue.remove_tracking(stage, name).await?;
-    }
-    let statuses = ctx.tracker.all(name).await?;
-    let mut n = 0;
-    for order in sub.orders() {
-        // Orders without a record are still QUEUED (submit records none per order).
-        let queued = cedar::tracking::OrderStatus::new(OrderState::Queued);
-        let s = statuses.get(&order_key(&order)).unwrap_or(&queued);
-        if !(s.state == OrderState::Queued || s.state.is_active()) {
-            continue;
-        }
-        if let Some(op) = s.operation.as_deref().filter(|_| s.state.is_active())
-            && let Err(e) = ctx.ee.cancel_operation(op).await
-        {
-            tracing::warn!(operation = op, error = %e, "cancelling the EE task failed");
-        }
-        ctx.tracker
-            .update(name, &order, false, |s| {
-                s.state = OrderState::Cancelled;
-                s.error = Some("cancelled by cedar cancel".into());
-            })
-            .await?;
-        ctx.queue
-            .release_slot(&job_for(name, &order, None).id())
-            .await?;
-        n += 1;
-    }
-    Ok(n)
-}
-
-/// Puts failed, lost and cancelled orders back in the export backlog with a new export
-/// generation (so EE gets a new requestId); also re-enqueues QUEUED orders whose job is gone.
-pub async fn retry(ctx: &Context, name: &str) -> anyhow::Result<usize> {
-    let sub = ctx.submission(name).await?;
-    let statuses = ctx.tracker.all(name).await?;
-    let mut jobs = Vec::new();
-    for order in sub.orders() {
-        // Orders without a record are still QUEUED (submit records none per order).
-        let queued = cedar::tracking::OrderStatus::new(OrderState::Queued);
-        let s = statuses.get(&order_key(&order)).unwrap_or(&queued);
-        let job = job_for(name, &order, None);
-        if s.state.is_failed() {
-            for stage in [Stage::Export, Stage::Poll, Stage::Download, Stage::Clean] {
-                ctx.queue.complete(stage, &job.id()).await?;
-            }
-            ctx.tracker
-                .update(name, &order, true, |s| {
-                    s.state = OrderState::Queued;
-                    s.exports = s.exports.max(1) + 1;
-                    s.operation = None;
-                    s.error = None;
-                })
-                .await?;
-            jobs.push(job);
-        } else if s.state == OrderState::Queued {
-            jobs.push(job);
-        }
-    }
-    let n = jobs.len();
-    ctx.queue
-        .enqueue_bulk(Stage::Export, &jobs, Duration::ZERO)
-        .await?;
-    Ok(n)
 }
