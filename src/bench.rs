@@ -24,8 +24,8 @@ use cedar::emulator::{self, EmulatorOptions, RunningEmulator};
 use cedar::jobs::JobSettings;
 use cedar::jobs::poll::SweepSettings;
 use cedar::queue::Stage;
+use cedar::queue::tracking::OrderState;
 use cedar::submit::{self, Plan, Request};
-use cedar::tracking::OrderState;
 use cedar::worker::{self, WorkerOptions};
 
 /// The benchmarks.
@@ -1105,7 +1105,7 @@ async fn run_baseline(
 /// `Export.image.toCloudStorage` need, taken from the same settings cedar runs with.
 fn baseline_item(
     settings: &Settings,
-    sub: &cedar::tracking::Submission,
+    sub: &cedar::queue::tracking::Submission,
     order: &cedar::order::Order,
 ) -> anyhow::Result<serde_json::Value> {
     use cedar::collection::{DataType, FilterValue};
@@ -1114,7 +1114,7 @@ fn baseline_item(
         .get(&order.collection)
         .with_context(|| format!("collection {} is not configured", order.collection))?;
     let tile = settings.grid.tile(order.row, order.col)?;
-    let names = order.names(settings, sub.submitted)?;
+    let names = order.names(settings.item_templates(), sub.submitted)?;
     let crs = match &tile.crs {
         cedar::grid::Crs::Code(s) | cedar::grid::Crs::Wkt(s) => s.clone(),
     };

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::earthengine::types::OpView;
 use crate::jobs::{Context, job_for};
 use crate::queue::Stage;
-use crate::tracking::{OrderState, OrderStatus, order_key};
+use crate::queue::tracking::{OrderState, OrderStatus, order_key};
 
 /// One sweep of EE's operations applied to the submission's orders; returns how many changed.
 pub async fn update(ctx: &Context, name: &str) -> anyhow::Result<usize> {

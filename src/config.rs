@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::collection::{self, Band, CollectionSpec, DataType, PropertyFilter};
 use crate::earthengine::{EE_QUEUE_CAP, EE_QUEUE_MARGIN, MAX_ACTIVE_EXPORTS};
 use crate::grid::{Crs, Limits, TileGrid};
-use crate::naming::{self, Kind, Template};
+use crate::naming::{self, ItemTemplates, Kind, Template};
 use crate::queue::redact_url;
 
 /// The documented defaults, embedded so that cedar runs without any file.
@@ -293,6 +293,16 @@ pub struct Settings {
     pub ingests: Vec<crate::ingest::Ingest>,
     /// `[store] url`, with the `gs://{bucket}` default applied.
     pub store_url: String,
+}
+
+impl Settings {
+    /// The templates that name each order's objects.
+    pub fn item_templates(&self) -> ItemTemplates<'_> {
+        ItemTemplates {
+            name: &self.name_template,
+            prefix: &self.prefix_template,
+        }
+    }
 }
 
 impl Config {

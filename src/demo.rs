@@ -21,8 +21,8 @@ use cedar::emulator::{self, ApiMethod, EmulatorOptions, Fault};
 use cedar::jobs::JobSettings;
 use cedar::jobs::poll::SweepSettings;
 use cedar::period::Frequency;
+use cedar::queue::tracking::{OrderState, order_key};
 use cedar::submit::{self, Request};
-use cedar::tracking::{OrderState, order_key};
 use cedar::worker::{self, WorkerOptions};
 
 /// Options of `cedar demo`.
@@ -250,7 +250,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "tracking document: {}",
         bucket_dir
-            .join(cedar::tracking::document_object(&settings, &name))
+            .join(cedar::document::document_object(&settings, &name))
             .display()
     );
     println!("took {:.1}s", started.elapsed().as_secs_f64());

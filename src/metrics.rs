@@ -33,9 +33,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::earthengine::EE_QUEUE_CAP;
 use crate::earthengine::types::OpView;
+use crate::queue::tracking::OrderState;
 use crate::queue::{Depth, Outcome, Stage};
 use crate::store::StoreError;
-use crate::tracking::OrderState;
 
 /// How a metric behaves, in Prometheus terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

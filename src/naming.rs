@@ -362,6 +362,13 @@ fn parse_spec(spec: &str, is_int: bool) -> Option<(usize, bool)> {
     Some((digits.parse().ok()?, zero))
 }
 
+/// The two templates that name an order: its object name and its folder prefix.
+#[derive(Debug, Clone, Copy)]
+pub struct ItemTemplates<'a> {
+    pub name: &'a Template,
+    pub prefix: &'a Template,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

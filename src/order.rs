@@ -5,9 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Settings;
 use crate::grid::Tile;
-use crate::naming::{ItemValues, NamingError};
+use crate::naming::{ItemTemplates, ItemValues, NamingError};
 use crate::period::Period;
 
 /// One collection × tile × period.
@@ -45,7 +44,7 @@ impl Order {
     /// job renders the same names.
     pub fn names(
         &self,
-        settings: &Settings,
+        templates: ItemTemplates<'_>,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<OrderNames, NamingError> {
         let v = ItemValues {
@@ -56,9 +55,9 @@ impl Order {
             now,
         };
         Ok(OrderNames {
-            name: settings.name_template.render_item(&v)?,
-            prefix: settings
-                .prefix_template
+            name: templates.name.render_item(&v)?,
+            prefix: templates
+                .prefix
                 .render_item(&v)?
                 .trim_end_matches('/')
                 .to_string(),

@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Settings;
 use crate::jobs::Context;
+use crate::queue::tracking::TrackingError;
 use crate::submit::{self, Request};
-use crate::tracking::TrackingError;
 
 /// Submits every due, not yet submitted period of every entry; returns the names submitted.
 pub async fn tick(ctx: &Context, now: DateTime<Utc>) -> anyhow::Result<Vec<String>> {

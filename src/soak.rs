@@ -39,9 +39,9 @@ use cedar::config::{Config, Settings};
 use cedar::emulator::{self, EmulatorOptions, Fault, RunningEmulator, Stats, WrittenObject};
 use cedar::jobs::{Context, JobSettings};
 use cedar::order::parse_piece;
+use cedar::queue::tracking::{OrderState, OrderStatus, order_key};
 use cedar::queue::{Depth, Stage};
 use cedar::submit;
-use cedar::tracking::{OrderState, OrderStatus, order_key};
 
 /// Options of `cedar soak`.
 #[derive(Debug, Clone, clap::Args)]
@@ -719,7 +719,7 @@ listen = "127.0.0.1:0"
             let sub = self.ctx.submission(name).await?;
             let statuses = self.ctx.tracker.all(name).await?;
             for order in sub.orders() {
-                let names = order.names(&self.settings, sub.submitted)?;
+                let names = order.names(self.settings.item_templates(), sub.submitted)?;
                 let status = statuses
                     .get(&order_key(&order))
                     .cloned()
@@ -1095,7 +1095,7 @@ fn documents_agree(
     for name in names {
         let path = dir
             .join("bucket")
-            .join(cedar::tracking::document_object(settings, name));
+            .join(cedar::document::document_object(settings, name));
         let doc: Value = match std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())

@@ -12,11 +12,12 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::config::Settings;
+use crate::document::publish;
 use crate::jobs::{Context, job_for};
 use crate::naming::TrackingValues;
 use crate::period::{Frequency, Period, periods};
 use crate::queue::Stage;
-use crate::tracking::{Submission, publish};
+use crate::queue::tracking::Submission;
 
 /// What to submit.
 #[derive(Debug, Clone)]
@@ -44,9 +45,9 @@ pub enum SubmitError {
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
-    Tracking(#[from] crate::tracking::TrackingError),
+    Tracking(#[from] crate::queue::tracking::TrackingError),
     #[error(transparent)]
-    Publish(#[from] crate::tracking::PublishError),
+    Publish(#[from] crate::document::PublishError),
     #[error("queueing the exports: {0}")]
     Queue(#[from] crate::queue::QueueError),
 }
@@ -112,7 +113,7 @@ pub fn plan(settings: &Settings, req: &Request, now: DateTime<Utc>) -> Result<Pl
     let mut names = HashSet::new();
     for order in sub.orders() {
         let n = order
-            .names(settings, now)
+            .names(settings.item_templates(), now)
             .map_err(|e| invalid(e.to_string()))?;
         let base = n.object_base();
         if !names.insert(base.clone()) {

@@ -11,14 +11,15 @@ use std::time::Duration;
 use chrono::NaiveDate;
 use clap::{Args, Subcommand};
 
+use cedar::campaign;
 use cedar::config::Settings;
+use cedar::document::{document_object, publish, render};
 use cedar::jobs::download::fetch_order;
 use cedar::jobs::{Context, JobSettings};
 use cedar::period::Frequency;
+use cedar::queue::tracking::{OrderState, order_key};
 use cedar::store::Destination;
 use cedar::submit::{self, Request};
-use cedar::campaign;
-use cedar::tracking::{OrderState, document_object, order_key, publish, render};
 use cedar::worker::{self, WorkerOptions};
 
 /// Commands that act on submissions and the queue.

@@ -2,8 +2,8 @@
 //! never by pattern. An object already gone counts as deleted, so clean can run twice.
 
 use super::{Context, JobError, order_of};
+use crate::queue::tracking::OrderState;
 use crate::queue::{OrderJob, Outcome};
-use crate::tracking::OrderState;
 
 /// Runs the clean stage of one order.
 pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {

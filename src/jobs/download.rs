@@ -15,9 +15,9 @@ use std::time::Duration;
 use super::{Context, JobError, job_for, order_of};
 use crate::order::Order;
 use crate::order::{parse_piece, piece_object, tile_pieces};
+use crate::queue::tracking::{OrderState, Submission, VerifiedObject};
 use crate::queue::{OrderJob, Outcome, Stage};
 use crate::store::{Destination, Expected, ExportBucket, ObjectInfo, StoreError};
-use crate::tracking::{OrderState, Submission, VerifiedObject};
 
 /// Runs the download stage of one order.
 pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {

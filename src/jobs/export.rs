@@ -11,20 +11,22 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::{Context, JobError, job_for, order_of};
+use crate::document::{program, tile_json};
 use crate::earthengine::client::{ExportParams, export_request, request_id};
 use crate::earthengine::expression::{
     BandLayout, ImageInfo, list_images, parse_image_list, preard_image,
 };
 use crate::order::{Order, OrderNames};
+use crate::queue::tracking::{OrderState, Submission};
 use crate::queue::{OrderJob, Outcome, Stage};
-use crate::tracking::{OrderState, Submission, program, tile_json};
 
 /// Runs the export stage of one order.
 pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
     let sub = ctx.submission(&job.tracking).await?;
     let order = order_of(job);
     let status = ctx.tracker.status(&job.tracking, &order).await?;
-    let status = status.unwrap_or_else(|| crate::tracking::OrderStatus::new(OrderState::Queued));
+    let status =
+        status.unwrap_or_else(|| crate::queue::tracking::OrderStatus::new(OrderState::Queued));
     if status.state != OrderState::Queued {
         // A re-delivered job: the export already happened (or the order was cancelled).
         if let Some(op) = status

@@ -24,9 +24,9 @@ use crate::earthengine::client::EarthEngine;
 use crate::earthengine::error::EeError;
 use crate::order::{Order, OrderNames};
 use crate::queue::OrderJob;
+use crate::queue::tracking::{Submission, Tracker, TrackingError};
 use crate::queue::{Queue, RateDecision, Snapshot};
 use crate::store::{Destination, ExportBucket, StoreError};
-use crate::tracking::{Submission, Tracker, TrackingError};
 
 /// How a job failed.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +178,7 @@ impl Context {
     /// The order's names, rendered with the submission time.
     pub fn names(&self, sub: &Submission, order: &Order) -> Result<OrderNames, JobError> {
         order
-            .names(&self.settings, sub.submitted)
+            .names(self.settings.item_templates(), sub.submitted)
             .map_err(|e| JobError::Fatal(e.to_string()))
     }
 }

@@ -15,8 +15,8 @@ use chrono::Utc;
 
 use super::{Context, JobError, job_for, order_of};
 use crate::earthengine::types::OpView;
+use crate::queue::tracking::OrderState;
 use crate::queue::{OrderJob, Outcome, QueueError, Stage};
-use crate::tracking::OrderState;
 
 /// Runs the poll stage of one order.
 pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
@@ -149,7 +149,7 @@ async fn apply(
         "CANCELLED" => OrderState::Cancelled,
         _ => return Ok(snooze(ctx)),
     };
-    let record = |s: &mut crate::tracking::OrderStatus| {
+    let record = |s: &mut crate::queue::tracking::OrderStatus| {
         s.state = new_state;
         s.ee_attempt = view.attempt.or(s.ee_attempt);
         s.started = view.start.or(s.started);

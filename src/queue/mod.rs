@@ -37,6 +37,7 @@ pub mod backend;
 pub mod redis;
 pub mod snapshot;
 pub mod sqlite;
+pub mod tracking;
 
 use std::{fmt, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
 

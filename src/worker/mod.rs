@@ -18,13 +18,14 @@ use tokio::sync::watch;
 
 use crate::auth;
 use crate::config::Settings;
+use crate::document::publish;
 use crate::earthengine::MAX_ACTIVE_EXPORTS;
 use crate::earthengine::client::EarthEngine;
 use crate::jobs::poll::SweepSettings;
 use crate::jobs::{self, Context, JobError, JobSettings, order_of};
+use crate::queue::tracking::{OrderState, Tracker};
 use crate::queue::{self, BackendConfig, Connection, OrderJob, Outcome, Queue, Snapshot, Stage};
 use crate::store::{Destination, open_bucket};
-use crate::tracking::{OrderState, Tracker, publish};
 
 /// How a worker runs.
 #[derive(Debug, Clone)]

@@ -19,7 +19,7 @@ use crate::earthengine::types::OpView;
 use crate::jobs::Context;
 use crate::metrics;
 use crate::queue::Stage;
-use crate::tracking::OrderState;
+use crate::queue::tracking::OrderState;
 
 /// How often the collector reads the queue, tracking and snapshot numbers.
 pub const COLLECT_INTERVAL: Duration = Duration::from_secs(10);

@@ -30,11 +30,11 @@ use cedar::emulator::{ApiMethod, Fault};
 use cedar::grid::TileGrid;
 use cedar::jobs::JobError;
 use cedar::jobs::download::{copy_verified, export_objects};
+use cedar::queue::tracking::{OrderState, Tracker};
 use cedar::queue::{Depth, Queue, Stage};
 use cedar::store::{
     Destination, ExportBucket, GcsJsonBucket, ObjectInfo, ObjectStoreBucket, StoreError,
 };
-use cedar::tracking::{OrderState, Tracker};
 use futures::stream::{self, BoxStream};
 use object_store::memory::InMemory;
 use serde_json::Value;

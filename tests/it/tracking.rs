@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use cedar::period::Period;
-use cedar::tracking::{OrderState, OrderStatus, Submission, Tracker, TrackingError, order_key};
+use cedar::queue::tracking::{
+    OrderState, OrderStatus, Submission, Tracker, TrackingError, order_key,
+};
 use chrono::{NaiveDate, TimeZone, Utc};
 
 use crate::support::{Namespace, redis_url};

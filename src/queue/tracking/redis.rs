@@ -1,0 +1,254 @@
+//! Tracking state in Redis: one hash per submission (a field per order), a per-state tally kept
+//! in step by [`SET_STATUS`], a dirty set for document publishing and an index of names.
+
+use std::collections::BTreeMap;
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+use super::{OrderState, OrderStatus, Submission, TrackingError, order_key};
+use crate::order::Order;
+
+/// Sets an order's status and keeps the per-state tally in step, atomically; refuses to move
+/// an order backwards unless forced. Returns 1 when written, 0 when refused.
+///
+/// KEYS: orders hash, counts hash, dirty set. ARGV: order key, status JSON, new state, new
+/// rank, force ("1"/"0"), tracking name. `__RANKS__` is replaced by the rank of every state.
+const SET_STATUS: &str = r#"
+local ranks = {__RANKS__}
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then
+  local old_state = cjson.decode(old)['state']
+  if ARGV[5] ~= '1' and tonumber(ARGV[4]) < (ranks[old_state] or 0) then return 0 end
+  redis.call('HINCRBY', KEYS[2], old_state, -1)
+else
+  -- No field yet: the order was QUEUED (submit records none per order).
+  redis.call('HINCRBY', KEYS[2], 'QUEUED', -1)
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+redis.call('SADD', KEYS[3], ARGV[6])
+return 1
+"#;
+
+/// Tracking state in Redis, under a namespace.
+#[derive(Clone)]
+pub(super) struct RedisTracker {
+    conn: ConnectionManager,
+    pub(super) ns: String,
+}
+
+impl RedisTracker {
+    pub(super) fn new(conn: ConnectionManager, namespace: &str) -> Self {
+        RedisTracker {
+            conn,
+            ns: namespace.to_string(),
+        }
+    }
+
+    fn orders_key(&self, name: &str) -> String {
+        format!("{}:tracking:{name}:orders", self.ns)
+    }
+    fn counts_key(&self, name: &str) -> String {
+        format!("{}:tracking:{name}:counts", self.ns)
+    }
+    fn submission_key(&self, name: &str) -> String {
+        format!("{}:tracking:{name}:submission", self.ns)
+    }
+    fn index_key(&self) -> String {
+        format!("{}:trackings", self.ns)
+    }
+    fn dirty_key(&self) -> String {
+        format!("{}:tracking:dirty", self.ns)
+    }
+
+    /// Records a new submission with every order QUEUED. Fails if the name is taken.
+    pub async fn create(&self, sub: &Submission) -> Result<(), TrackingError> {
+        let mut c = self.conn.clone();
+        let json = serde_json::to_string(sub).expect("submission serializes");
+        let created: bool = c.set_nx(self.submission_key(&sub.name), json).await?;
+        if !created {
+            return Err(TrackingError::Exists(sub.name.clone()));
+        }
+        // Orders start QUEUED without a record each: a missing order field means QUEUED, so a
+        // 100,000-order submission costs a few commands, not 100,000 writes.
+        let _: () = redis::pipe()
+            .hset(self.counts_key(&sub.name), "QUEUED", sub.order_count())
+            .ignore()
+            .zadd(
+                self.index_key(),
+                &sub.name,
+                sub.submitted.timestamp_millis(),
+            )
+            .ignore()
+            .sadd(self.dirty_key(), &sub.name)
+            .ignore()
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn submission(&self, name: &str) -> Result<Submission, TrackingError> {
+        let mut c = self.conn.clone();
+        let raw: Option<String> = c.get(self.submission_key(name)).await?;
+        let raw = raw.ok_or_else(|| TrackingError::Unknown(name.to_string()))?;
+        serde_json::from_str(&raw).map_err(|e| TrackingError::Corrupt {
+            name: name.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Every submission name, oldest first.
+    pub async fn list(&self) -> Result<Vec<String>, TrackingError> {
+        let mut c = self.conn.clone();
+        Ok(c.zrange(self.index_key(), 0, -1).await?)
+    }
+
+    pub async fn status(
+        &self,
+        name: &str,
+        order: &Order,
+    ) -> Result<Option<OrderStatus>, TrackingError> {
+        let mut c = self.conn.clone();
+        let raw: Option<String> = c.hget(self.orders_key(name), order_key(order)).await?;
+        raw.map(|r| {
+            serde_json::from_str(&r).map_err(|e| TrackingError::Corrupt {
+                name: name.to_string(),
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
+    pub(super) async fn raw_statuses(
+        &self,
+        name: &str,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<String>>, TrackingError> {
+        let mut c = self.conn.clone();
+        Ok(redis::cmd("HMGET")
+            .arg(self.orders_key(name))
+            .arg(&keys)
+            .query_async(&mut c)
+            .await?)
+    }
+
+    /// Writes `status` unless it would move the order backwards (then returns false).
+    /// `force` allows going back (retry).
+    pub async fn set(
+        &self,
+        name: &str,
+        order: &Order,
+        status: &OrderStatus,
+        force: bool,
+    ) -> Result<bool, TrackingError> {
+        let mut c = self.conn.clone();
+        let script = redis::Script::new(&set_status_script());
+        let json = serde_json::to_string(status).expect("status serializes");
+        let written: i64 = script
+            .key(self.orders_key(name))
+            .key(self.counts_key(name))
+            .key(self.dirty_key())
+            .arg(order_key(order))
+            .arg(json)
+            .arg(status.state.as_str())
+            .arg(status.state.rank())
+            .arg(if force { "1" } else { "0" })
+            .arg(name)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(written == 1)
+    }
+
+    /// Orders per state.
+    pub async fn counts(&self, name: &str) -> Result<BTreeMap<OrderState, u64>, TrackingError> {
+        let mut c = self.conn.clone();
+        let raw: BTreeMap<String, i64> = c.hgetall(self.counts_key(name)).await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(k, v)| Some((OrderState::parse(&k)?, v.max(0) as u64)))
+            .filter(|(_, v)| *v > 0)
+            .collect())
+    }
+
+    /// Every order's status, by order key (streams through HSCAN for large campaigns).
+    pub async fn all(&self, name: &str) -> Result<BTreeMap<String, OrderStatus>, TrackingError> {
+        let mut c = self.conn.clone();
+        let mut out = BTreeMap::new();
+        let mut iter: redis::AsyncIter<(String, String)> = c.hscan(self.orders_key(name)).await?;
+        let mut bad = None;
+        while let Some(item) = iter.next_item().await {
+            let (k, v) = item?;
+            match serde_json::from_str(&v) {
+                Ok(s) => {
+                    out.insert(k, s);
+                }
+                Err(e) => bad = Some(e.to_string()),
+            }
+        }
+        if let Some(reason) = bad {
+            return Err(TrackingError::Corrupt {
+                name: name.to_string(),
+                reason,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Names whose document needs re-publishing, taken (each at most `n`).
+    pub async fn take_dirty(&self, n: usize) -> Result<Vec<String>, TrackingError> {
+        let mut c = self.conn.clone();
+        let names: Vec<String> = redis::cmd("SPOP")
+            .arg(self.dirty_key())
+            .arg(n)
+            .query_async(&mut c)
+            .await?;
+        Ok(names)
+    }
+
+    pub async fn mark_dirty(&self, name: &str) -> Result<(), TrackingError> {
+        let mut c = self.conn.clone();
+        let _: () = c.sadd(self.dirty_key(), name).await?;
+        Ok(())
+    }
+
+    /// Forgets a submission's state in Redis (its document in the store stays).
+    pub async fn forget(&self, name: &str) -> Result<(), TrackingError> {
+        let mut c = self.conn.clone();
+        let _: () = redis::pipe()
+            .del(self.orders_key(name))
+            .ignore()
+            .del(self.counts_key(name))
+            .ignore()
+            .del(self.submission_key(name))
+            .ignore()
+            .zrem(self.index_key(), name)
+            .ignore()
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+}
+
+/// [`SET_STATUS`] with the rank table filled in from [`OrderState::rank`].
+fn set_status_script() -> String {
+    let ranks: Vec<String> = OrderState::ALL
+        .iter()
+        .map(|s| format!("{}={}", s.as_str(), s.rank()))
+        .collect();
+    SET_STATUS.replace("__RANKS__", &ranks.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_embeds_every_rank() {
+        let s = set_status_script();
+        for st in OrderState::ALL {
+            assert!(s.contains(&format!("{}={}", st.as_str(), st.rank())));
+        }
+        assert!(!s.contains("__RANKS__"));
+    }
+}

@@ -1,0 +1,305 @@
+//! Tracking state in the queue's SQLite file.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rusqlite::{OptionalExtension, params};
+use serde::Deserialize;
+
+use super::{OrderState, OrderStatus, Submission, TrackingError, order_key};
+use crate::order::Order;
+use crate::queue::sqlite::Db;
+
+/// Tracking state in the queue's SQLite file, under a namespace: tables `submissions`,
+/// `orders`, `order_counts` and `dirty` (see [`crate::queue::sqlite::SCHEMA`]). Every write runs
+/// in one `BEGIN IMMEDIATE` transaction, which does what the Redis scripts do atomically.
+#[derive(Clone)]
+pub(super) struct SqliteTracker {
+    db: Arc<Db>,
+    pub(super) ns: Arc<str>,
+}
+
+/// Reads only the state of a stored status, as the Redis script does with `cjson`.
+#[derive(Deserialize)]
+struct StateOnly {
+    state: String,
+}
+
+fn corrupt(name: &str, e: serde_json::Error) -> TrackingError {
+    TrackingError::Corrupt {
+        name: name.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+impl SqliteTracker {
+    pub(super) fn new(db: Arc<Db>, namespace: &str) -> Self {
+        SqliteTracker {
+            db,
+            ns: Arc::from(namespace),
+        }
+    }
+
+    pub(super) async fn create(&self, sub: &Submission) -> Result<(), TrackingError> {
+        let json = serde_json::to_string(sub).expect("submission serializes");
+        // Orders start QUEUED without a row each (a missing row means QUEUED).
+        let count = sub.order_count() as i64;
+        let (ns, name, submitted) = (
+            self.ns.clone(),
+            sub.name.clone(),
+            sub.submitted.timestamp_millis(),
+        );
+        self.db
+            .write(move |tx| -> Result<(), TrackingError> {
+                let created = tx.execute(
+                    "INSERT OR IGNORE INTO submissions (ns, name, submitted_ms, body)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![&*ns, name, submitted, json],
+                )?;
+                if created == 0 {
+                    return Err(TrackingError::Exists(name));
+                }
+                tx.execute(
+                    "INSERT INTO order_counts (ns, tracking, state, n) VALUES (?1, ?2, 'QUEUED', ?3)
+                     ON CONFLICT (ns, tracking, state) DO UPDATE SET n = ?3",
+                    params![&*ns, name, count],
+                )?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO dirty (ns, tracking) VALUES (?1, ?2)",
+                    params![&*ns, name],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    pub(super) async fn submission(&self, name: &str) -> Result<Submission, TrackingError> {
+        let (ns, key) = (self.ns.clone(), name.to_owned());
+        let raw: Option<String> = self
+            .db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT body FROM submissions WHERE ns = ?1 AND name = ?2",
+                    params![&*ns, key],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await?;
+        let raw = raw.ok_or_else(|| TrackingError::Unknown(name.to_string()))?;
+        serde_json::from_str(&raw).map_err(|e| corrupt(name, e))
+    }
+
+    pub(super) async fn list(&self) -> Result<Vec<String>, TrackingError> {
+        let ns = self.ns.clone();
+        Ok(self
+            .db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT name FROM submissions WHERE ns = ?1 ORDER BY submitted_ms, name",
+                )?
+                .query_map(params![&*ns], |r| r.get(0))?
+                .collect()
+            })
+            .await?)
+    }
+
+    pub(super) async fn status(
+        &self,
+        name: &str,
+        order: &Order,
+    ) -> Result<Option<OrderStatus>, TrackingError> {
+        let (ns, tracking, key) = (self.ns.clone(), name.to_owned(), order_key(order));
+        let raw: Option<String> = self
+            .db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT status FROM orders WHERE ns = ?1 AND tracking = ?2 AND key = ?3",
+                    params![&*ns, tracking, key],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await?;
+        raw.map(|r| serde_json::from_str(&r).map_err(|e| corrupt(name, e)))
+            .transpose()
+    }
+
+    /// As [`SET_STATUS`]: forward-only unless forced, the tally moved in the same transaction.
+    pub(super) async fn raw_statuses(
+        &self,
+        name: &str,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<String>>, TrackingError> {
+        let (ns, tracking) = (self.ns.clone(), name.to_owned());
+        self.db
+            .read(move |c| {
+                let mut q = c.prepare_cached(
+                    "SELECT status FROM orders WHERE ns = ?1 AND tracking = ?2 AND key = ?3",
+                )?;
+                keys.iter()
+                    .map(|k| {
+                        q.query_row(params![&*ns, tracking, k], |r| r.get(0))
+                            .optional()
+                    })
+                    .collect()
+            })
+            .await
+            .map_err(TrackingError::from)
+    }
+
+    pub(super) async fn set(
+        &self,
+        name: &str,
+        order: &Order,
+        status: &OrderStatus,
+        force: bool,
+    ) -> Result<bool, TrackingError> {
+        let json = serde_json::to_string(status).expect("status serializes");
+        let (ns, tracking, key, state) = (
+            self.ns.clone(),
+            name.to_owned(),
+            order_key(order),
+            status.state,
+        );
+        self.db
+            .write(move |tx| -> Result<bool, TrackingError> {
+                let old: Option<String> = tx
+                    .query_row(
+                        "SELECT status FROM orders WHERE ns = ?1 AND tracking = ?2 AND key = ?3",
+                        params![&*ns, tracking, key],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(old) = old {
+                    let old_state = serde_json::from_str::<StateOnly>(&old)
+                        .map_err(|e| corrupt(&tracking, e))?
+                        .state;
+                    let old_rank = OrderState::parse(&old_state).map_or(0, OrderState::rank);
+                    if !force && state.rank() < old_rank {
+                        return Ok(false);
+                    }
+                    tx.execute(
+                        "UPDATE order_counts SET n = n - 1
+                         WHERE ns = ?1 AND tracking = ?2 AND state = ?3",
+                        params![&*ns, tracking, old_state],
+                    )?;
+                } else {
+                    // No row yet: the order was QUEUED.
+                    tx.execute(
+                        "UPDATE order_counts SET n = n - 1
+                         WHERE ns = ?1 AND tracking = ?2 AND state = 'QUEUED'",
+                        params![&*ns, tracking],
+                    )?;
+                }
+                tx.execute(
+                    "INSERT INTO orders (ns, tracking, key, status) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (ns, tracking, key) DO UPDATE SET status = ?4",
+                    params![&*ns, tracking, key, json],
+                )?;
+                tx.execute(
+                    "INSERT INTO order_counts (ns, tracking, state, n) VALUES (?1, ?2, ?3, 1)
+                     ON CONFLICT (ns, tracking, state) DO UPDATE SET n = n + 1",
+                    params![&*ns, tracking, state.as_str()],
+                )?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO dirty (ns, tracking) VALUES (?1, ?2)",
+                    params![&*ns, tracking],
+                )?;
+                Ok(true)
+            })
+            .await
+    }
+
+    pub(super) async fn counts(
+        &self,
+        name: &str,
+    ) -> Result<BTreeMap<OrderState, u64>, TrackingError> {
+        let (ns, tracking) = (self.ns.clone(), name.to_owned());
+        let raw: Vec<(String, i64)> = self
+            .db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT state, n FROM order_counts WHERE ns = ?1 AND tracking = ?2 AND n > 0",
+                )?
+                .query_map(params![&*ns, tracking], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+            })
+            .await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(k, v)| Some((OrderState::parse(&k)?, v as u64)))
+            .collect())
+    }
+
+    pub(super) async fn all(
+        &self,
+        name: &str,
+    ) -> Result<BTreeMap<String, OrderStatus>, TrackingError> {
+        let (ns, tracking) = (self.ns.clone(), name.to_owned());
+        let rows: Vec<(String, String)> = self
+            .db
+            .read(move |c| {
+                c.prepare_cached("SELECT key, status FROM orders WHERE ns = ?1 AND tracking = ?2")?
+                    .query_map(params![&*ns, tracking], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(k, v)| Ok((k, serde_json::from_str(&v).map_err(|e| corrupt(name, e))?)))
+            .collect()
+    }
+
+    pub(super) async fn take_dirty(&self, n: usize) -> Result<Vec<String>, TrackingError> {
+        let ns = self.ns.clone();
+        self.db
+            .write(move |tx| -> Result<Vec<String>, TrackingError> {
+                let names: Vec<String> = tx
+                    .prepare_cached("SELECT tracking FROM dirty WHERE ns = ?1 LIMIT ?2")?
+                    .query_map(params![&*ns, n as i64], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for name in &names {
+                    tx.execute(
+                        "DELETE FROM dirty WHERE ns = ?1 AND tracking = ?2",
+                        params![&*ns, name],
+                    )?;
+                }
+                Ok(names)
+            })
+            .await
+    }
+
+    pub(super) async fn mark_dirty(&self, name: &str) -> Result<(), TrackingError> {
+        let (ns, name) = (self.ns.clone(), name.to_owned());
+        self.db
+            .write(move |tx| -> Result<(), TrackingError> {
+                tx.execute(
+                    "INSERT OR IGNORE INTO dirty (ns, tracking) VALUES (?1, ?2)",
+                    params![&*ns, name],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    pub(super) async fn forget(&self, name: &str) -> Result<(), TrackingError> {
+        let (ns, name) = (self.ns.clone(), name.to_owned());
+        self.db
+            .write(move |tx| -> Result<(), TrackingError> {
+                tx.execute(
+                    "DELETE FROM orders WHERE ns = ?1 AND tracking = ?2",
+                    params![&*ns, name],
+                )?;
+                tx.execute(
+                    "DELETE FROM order_counts WHERE ns = ?1 AND tracking = ?2",
+                    params![&*ns, name],
+                )?;
+                tx.execute(
+                    "DELETE FROM submissions WHERE ns = ?1 AND name = ?2",
+                    params![&*ns, name],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+}
