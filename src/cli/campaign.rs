@@ -12,7 +12,7 @@ use chrono::NaiveDate;
 use clap::{Args, Subcommand};
 
 use cedar::campaign;
-use cedar::config::Settings;
+use cedar::config::{Config, Settings};
 use cedar::document::{document_object, publish, render};
 use cedar::jobs::download::fetch_order;
 use cedar::jobs::{Context, JobSettings};
@@ -117,14 +117,15 @@ pub struct SubmitArgs {
     pub json: bool,
 }
 
+/// `cedar worker` flags: each overrides the configuration key of the same name.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// Jobs run at once per stage.
-    #[arg(long, default_value_t = 8)]
-    pub concurrency: usize,
-    /// Seconds running jobs get to finish after SIGTERM.
-    #[arg(long, default_value_t = 60)]
-    pub drain_secs: u64,
+    /// Jobs run at once per stage; overrides `[worker] concurrency` (default 8).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Seconds running jobs get to finish after SIGTERM; overrides `[worker] drain_secs` (default 60).
+    #[arg(long)]
+    pub drain_secs: Option<u64>,
     /// EE tasks PENDING/RUNNING at once across all workers; overrides
     /// `[limits] max_active_exports` (default: EE's maxConcurrentExports × 10, at most 2900).
     #[arg(long)]
@@ -132,15 +133,43 @@ pub struct WorkerArgs {
     /// EE requests per second across all workers; overrides `[limits] ee_requests_per_second`.
     #[arg(long)]
     pub ee_requests_per_second: Option<u32>,
-    /// Seconds between looks at a running EE task.
-    #[arg(long, default_value_t = 10)]
-    pub poll_interval_secs: u64,
-    /// Seconds a job held by a dead worker waits before another worker takes it.
-    #[arg(long, default_value_t = 60)]
-    pub lease_secs: u64,
-    /// Ceiling of the first retry delay of a failed job, in ms; it doubles per failure.
-    #[arg(long, default_value_t = 2000)]
-    pub retry_base_ms: u64,
+    /// Seconds between looks at a running EE task; overrides `[worker] poll_interval_secs` (default 10).
+    #[arg(long)]
+    pub poll_interval_secs: Option<u64>,
+    /// Seconds a job held by a dead worker waits before another worker takes it; overrides
+    /// `[worker] lease_secs` (default 60).
+    #[arg(long)]
+    pub lease_secs: Option<u64>,
+    /// Ceiling of the first retry delay of a failed job, in ms, doubling per failure; overrides
+    /// `[worker] retry_base_ms` (default 2000).
+    #[arg(long)]
+    pub retry_base_ms: Option<u64>,
+}
+
+impl WorkerArgs {
+    /// Writes the flags given into the configuration, before it is validated.
+    pub fn apply(&self, config: &mut Config) {
+        let w = &mut config.worker;
+        let set = |slot: &mut u64, flag: Option<u64>| {
+            if let Some(v) = flag {
+                *slot = v;
+            }
+        };
+        if let Some(n) = self.concurrency {
+            w.concurrency = n;
+        }
+        set(&mut w.drain_secs, self.drain_secs);
+        set(&mut w.poll_interval_secs, self.poll_interval_secs);
+        set(&mut w.lease_secs, self.lease_secs);
+        set(&mut w.retry_base_ms, self.retry_base_ms);
+        set(
+            &mut config.limits.max_active_exports,
+            self.max_active_exports,
+        );
+        if let Some(n) = self.ee_requests_per_second {
+            config.limits.ee_requests_per_second = n;
+        }
+    }
 }
 
 /// Resolves when the process gets SIGTERM or Ctrl-C.
@@ -169,23 +198,7 @@ fn usage(msg: impl std::fmt::Display) -> ExitCode {
 /// Runs a campaign command.
 pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<ExitCode> {
     let settings = Arc::new(settings);
-    let jobs = match cmd {
-        CampaignCommand::Worker(a) => JobSettings {
-            ee_requests_per_second: a
-                .ee_requests_per_second
-                .unwrap_or(settings.config.limits.ee_requests_per_second),
-            poll_interval: Duration::from_secs(a.poll_interval_secs.max(1)),
-            retry: cedar::queue::RetryPolicy {
-                base: Duration::from_millis(a.retry_base_ms),
-                ..Default::default()
-            },
-            ..JobSettings::default()
-        },
-        _ => JobSettings {
-            ee_requests_per_second: settings.config.limits.ee_requests_per_second,
-            ..JobSettings::default()
-        },
-    };
+    let jobs = JobSettings::from_config(&settings.config);
     // Validate what needs no server before connecting to one.
     let plan = match cmd {
         CampaignCommand::Submit(a) => match build_request(a) {
@@ -359,18 +372,8 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             }
             Ok(ExitCode::SUCCESS)
         }
-        CampaignCommand::Worker(a) => {
-            let opts = WorkerOptions {
-                concurrency: a.concurrency,
-                drain: Duration::from_secs(a.drain_secs),
-                lease: Duration::from_secs(a.lease_secs.max(3)),
-                max_active_exports: a
-                    .max_active_exports
-                    .or(Some(settings.config.limits.max_active_exports).filter(|n| *n > 0)),
-                active_exports_factor: settings.config.limits.active_exports_factor,
-                jobs: ctx.jobs.clone(),
-                ..WorkerOptions::default()
-            };
+        CampaignCommand::Worker(_) => {
+            let opts = WorkerOptions::from_config(&settings.config);
             worker::run(ctx, opts, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -108,7 +108,11 @@ fn load(cli: &Cli) -> Result<Config, ExitCode> {
 }
 
 fn settings(cli: &Cli) -> Result<Settings, ExitCode> {
-    load(cli)?.validate().map_err(|e| {
+    let mut config = load(cli)?;
+    if let Command::Campaign(campaign::CampaignCommand::Worker(flags)) = &cli.command {
+        flags.apply(&mut config);
+    }
+    config.validate().map_err(|e| {
         print_config_error(&e);
         ExitCode::from(2)
     })

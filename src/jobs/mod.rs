@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::Settings;
+use crate::config::{Config, Settings};
 use crate::earthengine::client::EarthEngine;
 use crate::earthengine::error::EeError;
 use crate::order::{Order, OrderNames};
@@ -79,7 +79,7 @@ impl From<crate::queue::QueueError> for JobError {
     }
 }
 
-/// Tunables of the stages, from `[limits]` and `[poll]`.
+/// Tunables of the stages, from `[limits]` and `[worker]`.
 #[derive(Debug, Clone)]
 pub struct JobSettings {
     /// EE requests per second across all workers.
@@ -92,14 +92,26 @@ pub struct JobSettings {
     pub retry: crate::queue::RetryPolicy,
 }
 
-impl Default for JobSettings {
-    fn default() -> Self {
+impl JobSettings {
+    /// The stages' tunables as configured.
+    pub fn from_config(config: &Config) -> JobSettings {
+        let w = &config.worker;
         JobSettings {
-            ee_requests_per_second: 50,
-            poll_interval: Duration::from_secs(10),
-            backpressure_delay: Duration::from_secs(60),
-            retry: crate::queue::RetryPolicy::default(),
+            ee_requests_per_second: config.limits.ee_requests_per_second,
+            poll_interval: Duration::from_secs(w.poll_interval_secs.max(1)),
+            backpressure_delay: Duration::from_secs(w.backpressure_secs),
+            retry: crate::queue::RetryPolicy {
+                base: Duration::from_millis(w.retry_base_ms),
+                ..Default::default()
+            },
         }
+    }
+}
+
+impl Default for JobSettings {
+    /// The documented defaults (`config/default.toml`).
+    fn default() -> Self {
+        JobSettings::from_config(&Config::default())
     }
 }
 

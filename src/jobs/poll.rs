@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use super::{Context, JobError, job_for, order_of};
+use crate::config::WorkerConfig;
 use crate::earthengine::types::OpView;
 use crate::queue::tracking::OrderState;
 use crate::queue::{OrderJob, Outcome, QueueError, Stage};
@@ -213,13 +214,21 @@ pub struct SweepSettings {
     pub completions_per_page: f64,
 }
 
-impl Default for SweepSettings {
-    fn default() -> Self {
+impl SweepSettings {
+    /// The sweeper's pacing as configured in `[worker]`.
+    pub fn from_config(w: &WorkerConfig) -> SweepSettings {
         SweepSettings {
-            min_interval: Duration::from_secs(2),
-            max_interval: Duration::from_secs(120),
-            completions_per_page: 8.0,
+            min_interval: Duration::from_secs(w.sweep_min_interval_secs),
+            max_interval: Duration::from_secs(w.sweep_max_interval_secs),
+            completions_per_page: w.sweep_completions_per_page,
         }
+    }
+}
+
+impl Default for SweepSettings {
+    /// The documented defaults (`config/default.toml`).
+    fn default() -> Self {
+        SweepSettings::from_config(&WorkerConfig::default())
     }
 }
 

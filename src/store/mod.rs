@@ -70,9 +70,8 @@ pub trait ExportBucket: Send + Sync + std::fmt::Debug {
 
 /// Opens the export bucket named by `url`.
 ///
-/// - `gs://bucket[/prefix]` → [`GcsJsonBucket`] on `endpoint`, else on the host in the
-///   `STORAGE_EMULATOR_HOST` environment variable (as Google's own client libraries do), else on
-///   [`DEFAULT_ENDPOINT`]; tokens come from `tokens` with [`crate::auth::STORAGE_SCOPE`].
+/// - `gs://bucket[/prefix]` → [`GcsJsonBucket`] on `endpoint` (`[store] endpoint`, which the
+///   configuration fills from `STORAGE_EMULATOR_HOST`), else on [`DEFAULT_ENDPOINT`]; tokens come from `tokens` with [`crate::auth::STORAGE_SCOPE`].
 /// - `file:///dir`, `memory:///`, `s3://bucket[/prefix]` → [`ObjectStoreBucket`].
 /// - a plain path (no scheme) → [`ObjectStoreBucket`] over that local directory.
 pub fn open_bucket(
@@ -82,9 +81,8 @@ pub fn open_bucket(
 ) -> Result<Arc<dyn ExportBucket>, StoreError> {
     if let Some(rest) = url.strip_prefix("gs://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        // Read once here, at the edge, so that nothing deeper in the crate looks at the environment.
-        let emulator = std::env::var(EMULATOR_HOST_ENV).ok();
-        let endpoint = gcs_endpoint(endpoint, emulator.as_deref());
+        // `STORAGE_EMULATOR_HOST` is read by the configuration, which puts it in `endpoint`.
+        let endpoint = gcs_endpoint(endpoint, None);
         let bucket =
             GcsJsonBucket::new(&endpoint, bucket, prefix, tokens).map_err(|e| match e {
                 StoreError::Url { reason, .. } => StoreError::Url {

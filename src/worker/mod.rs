@@ -17,7 +17,7 @@ use apalis::prelude::*;
 use tokio::sync::watch;
 
 use crate::auth;
-use crate::config::Settings;
+use crate::config::{Config, Settings};
 use crate::document::publish;
 use crate::earthengine::MAX_ACTIVE_EXPORTS;
 use crate::earthengine::client::EarthEngine;
@@ -48,19 +48,30 @@ pub struct WorkerOptions {
     pub poll_every: Duration,
 }
 
-impl Default for WorkerOptions {
-    fn default() -> Self {
+impl WorkerOptions {
+    /// How a worker runs as configured (`[worker]`, `[limits]`); `cedar worker` flags are
+    /// applied to the configuration before it is validated.
+    pub fn from_config(config: &Config) -> WorkerOptions {
+        let w = &config.worker;
         WorkerOptions {
-            concurrency: 8,
-            drain: Duration::from_secs(60),
-            lease: Duration::from_secs(60),
-            max_active_exports: None,
-            active_exports_factor: 10,
-            jobs: JobSettings::default(),
-            sweep: SweepSettings::default(),
-            publish_interval: Duration::from_secs(5),
-            poll_every: Duration::from_millis(500),
+            concurrency: w.concurrency,
+            drain: Duration::from_secs(w.drain_secs),
+            // Heartbeats renew leases every third of it: shorter leases would race them.
+            lease: Duration::from_secs(w.lease_secs.max(3)),
+            max_active_exports: Some(config.limits.max_active_exports).filter(|n| *n > 0),
+            active_exports_factor: config.limits.active_exports_factor,
+            jobs: JobSettings::from_config(config),
+            sweep: SweepSettings::from_config(w),
+            publish_interval: Duration::from_secs(w.publish_interval_secs),
+            poll_every: Duration::from_millis(w.idle_poll_ms),
         }
+    }
+}
+
+impl Default for WorkerOptions {
+    /// The documented defaults (`config/default.toml`).
+    fn default() -> Self {
+        WorkerOptions::from_config(&Config::default())
     }
 }
 

@@ -1,0 +1,677 @@
+//! Typed settings, loaded once — embedded defaults, then a TOML file, then `CEDAR__SECTION__KEY`
+//! environment overrides — and validated into [`Settings`] before anything runs.
+//!
+//! `config/default.toml` documents every key with its default; [`Config::default`] must agree
+//! with it (a test checks). Unknown keys are errors, and validation reports every problem it
+//! finds, one line each, naming the key and the fix.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::collection::{self, CollectionSpec};
+use crate::grid::TileGrid;
+use crate::naming::{self, ItemTemplates, Kind, Template};
+use crate::store::{EMULATOR_HOST_ENV, gcs_endpoint};
+
+mod collections;
+mod grid;
+mod sections;
+
+pub use self::collections::CollectionConfig;
+pub use self::grid::GridConfig;
+use self::grid::grid_problem;
+pub use self::sections::{
+    DownloadConfig, EarthEngineConfig, ExportConfig, LimitsConfig, MetricsConfig, QueueConfig,
+    StoreConfig, TrackingConfig, WorkerConfig,
+};
+
+/// The documented defaults, embedded so that cedar runs without any file.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// Prefix of environment overrides: `CEDAR__EXPORT__BUCKET=…` sets `[export] bucket`.
+pub const ENV_PREFIX: &str = "CEDAR__";
+
+/// One problem in a configuration, rendered as `key: what is wrong; how to fix it`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Everything wrong with a configuration (never empty).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    /// Where the configuration came from, for messages.
+    pub source_name: String,
+    pub problems: Vec<Problem>,
+}
+
+impl ConfigError {
+    fn one(source_name: &str, key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            source_name: source_name.to_string(),
+            problems: vec![Problem {
+                key: key.into(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+/// The problems found so far, in the order found.
+#[derive(Debug, Default)]
+pub(crate) struct Problems(Vec<Problem>);
+
+impl Problems {
+    pub(crate) fn add(&mut self, key: &str, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn extend(&mut self, list: Vec<(String, String)>) {
+        for (key, message) in list {
+            self.add(&key, message);
+        }
+    }
+}
+
+/// The configuration as written (after defaults and environment overrides).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub earthengine: EarthEngineConfig,
+    pub queue: QueueConfig,
+    pub export: ExportConfig,
+    pub store: StoreConfig,
+    pub tracking: TrackingConfig,
+    pub download: DownloadConfig,
+    pub metrics: MetricsConfig,
+    pub limits: LimitsConfig,
+    pub worker: WorkerConfig,
+    pub grid: GridConfig,
+    pub collections: BTreeMap<String, CollectionConfig>,
+    /// `[[ingest]]`: continuous ingest entries (see [`crate::ingest`]).
+    pub ingest: Vec<crate::ingest::IngestConfig>,
+}
+
+/// The validated configuration everything else runs on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Config,
+    pub grid: TileGrid,
+    pub collections: BTreeMap<String, CollectionSpec>,
+    pub name_template: Template,
+    pub prefix_template: Template,
+    pub tracking_template: Template,
+    /// The validated `[[ingest]]` entries.
+    pub ingests: Vec<crate::ingest::Ingest>,
+    /// `[store] url`, with the `gs://{bucket}` default applied.
+    pub store_url: String,
+}
+
+impl Settings {
+    /// The templates that name each order's objects.
+    pub fn item_templates(&self) -> ItemTemplates<'_> {
+        ItemTemplates {
+            name: &self.name_template,
+            prefix: &self.prefix_template,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration: `path` if given (else the embedded defaults), then environment
+    /// overrides from `env` (pass `std::env::vars()`).
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (name, text) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    ConfigError::one(
+                        &p.display().to_string(),
+                        "config",
+                        format!(
+                            "cannot read {}: {e}; pass an existing file with --config or CEDAR_CONFIG",
+                            p.display()
+                        ),
+                    )
+                })?;
+                (p.display().to_string(), text)
+            }
+            None => ("(embedded defaults)".to_string(), DEFAULT_TOML.to_string()),
+        };
+        Self::from_toml(&name, &text, env)
+    }
+
+    /// Parses TOML text and applies environment overrides.
+    pub fn from_toml(
+        source_name: &str,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start].lines().count().max(1))
+                .map_or(String::new(), |l| format!(" (line {l})"));
+            ConfigError::one(
+                source_name,
+                "toml",
+                format!("malformed TOML{line}: {}", e.message()),
+            )
+        })?;
+        apply_env(&mut table, env);
+        let mut unknown = Vec::new();
+        let de = toml::Value::Table(table);
+        let result: Result<Config, _> = serde_path_to_error::deserialize(
+            serde_ignored::Deserializer::new(de, &mut |path: serde_ignored::Path<'_>| {
+                unknown.push(path.to_string())
+            }),
+        );
+        let mut problems: Vec<Problem> = unknown
+            .into_iter()
+            .map(|key| Problem {
+                message: format!(
+                    "unknown key; remove it or check its spelling against {}",
+                    "config/default.toml"
+                ),
+                key,
+            })
+            .collect();
+        match result {
+            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigError {
+                source_name: source_name.into(),
+                problems,
+            }),
+            Err(e) => {
+                let key = e.path().to_string();
+                // The bare message: toml's Display adds "in `key`" on lines of its own, and the
+                // key is already in front of every problem.
+                let inner = e.into_inner().message().to_owned();
+                // serde reports unknown fields itself when deny_unknown_fields trips first.
+                let message = if inner.starts_with("unknown field") {
+                    format!("{inner}; remove it or check its spelling against config/default.toml")
+                } else {
+                    format!("{inner}; see config/default.toml for the expected type")
+                };
+                problems.push(Problem { key, message });
+                Err(ConfigError {
+                    source_name: source_name.into(),
+                    problems,
+                })
+            }
+        }
+    }
+
+    /// The tile grid alone, for commands that need nothing else from the configuration.
+    pub fn grid_settings(&self) -> Result<TileGrid, ConfigError> {
+        let grid = self.grid.resolve().map_err(|list| ConfigError {
+            source_name: String::new(),
+            problems: list
+                .into_iter()
+                .map(|(key, message)| Problem { key, message })
+                .collect(),
+        })?;
+        let problems: Vec<Problem> = grid
+            .validate()
+            .into_iter()
+            .map(|e| {
+                let (key, message) = grid_problem(e);
+                Problem { key, message }
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(grid)
+        } else {
+            Err(ConfigError {
+                source_name: String::new(),
+                problems,
+            })
+        }
+    }
+
+    /// Validates everything and resolves presets and templates; reports every problem found.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let mut p = Problems::default();
+        self.earthengine.validate(&mut p);
+        self.limits.validate(&mut p);
+        self.queue.validate(&mut p);
+        self.export.validate(&mut p);
+        let (name_template, prefix_template, tracking_template) = self.templates(&mut p);
+        self.tracking.validate(&mut p);
+        self.download.validate(&mut p);
+        self.metrics.validate(&mut p);
+        self.worker.validate(&mut p);
+        let store_url = if self.store.url.is_empty() {
+            format!("gs://{}", self.export.bucket)
+        } else {
+            self.store.url.clone()
+        };
+        self.store.validate(&mut p);
+
+        let grid = match self.grid.resolve() {
+            Ok(g) => {
+                for e in g.validate() {
+                    let (key, message) = grid_problem(e);
+                    p.add(&key, message);
+                }
+                Some(g)
+            }
+            Err(list) => {
+                p.extend(list);
+                None
+            }
+        };
+
+        let mut collections = BTreeMap::new();
+        for id in collection::PRESET_IDS {
+            if let Some(spec) = collection::preset(id) {
+                collections.insert(id.to_string(), spec);
+            }
+        }
+        for (id, c) in &self.collections {
+            match c.apply(id, collections.remove(id)) {
+                Ok(spec) => {
+                    collections.insert(id.clone(), spec);
+                }
+                Err(list) => {
+                    for (field, msg) in list {
+                        p.add(&format!("collections.\"{id}\".{field}"), msg);
+                    }
+                }
+            }
+        }
+
+        let known: std::collections::BTreeSet<String> = collections.keys().cloned().collect();
+        let mut ingests = Vec::new();
+        for (i, entry) in self.ingest.iter().enumerate() {
+            match entry.resolve(i, grid.as_ref(), &known) {
+                Ok(x) => ingests.push(x),
+                Err(list) => p.extend(list),
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for x in &ingests {
+            if !names.insert(x.name.clone()) {
+                p.add(
+                    "ingest",
+                    format!("two entries are named {:?}; names must be unique", x.name),
+                );
+            }
+        }
+
+        match (grid, name_template, prefix_template, tracking_template) {
+            (Some(grid), Some(name_template), Some(prefix_template), Some(tracking_template))
+                if p.0.is_empty() =>
+            {
+                Ok(Settings {
+                    config: self.clone(),
+                    grid,
+                    collections,
+                    name_template,
+                    prefix_template,
+                    tracking_template,
+                    ingests,
+                    store_url,
+                })
+            }
+            _ => Err(ConfigError {
+                source_name: String::new(),
+                problems: p.0,
+            }),
+        }
+    }
+
+    /// Parses the three templates; a literal such as "../" can only show when rendered, so a
+    /// sample order is rendered now rather than failing at submit time.
+    fn templates(
+        &self,
+        p: &mut Problems,
+    ) -> (Option<Template>, Option<Template>, Option<Template>) {
+        let mut template = |key: &str, kind: Kind, text: &str| match Template::parse(kind, text) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                p.add(key, e.to_string());
+                None
+            }
+        };
+        let ex = &self.export;
+        let name_template = template("export.name_template", Kind::Name, &ex.name_template);
+        let prefix_template = template("export.prefix_template", Kind::Prefix, &ex.prefix_template);
+        let tracking_template =
+            template("tracking.template", Kind::Tracking, &self.tracking.template);
+        let sample = naming::ItemValues {
+            collection_id: "LANDSAT/LC08/C02/T1_L2",
+            row: 0,
+            col: 0,
+            period: crate::period::Period {
+                start: chrono::NaiveDate::from_ymd_opt(2020, 1, 1).expect("valid date"),
+                end: chrono::NaiveDate::from_ymd_opt(2021, 1, 1).expect("valid date"),
+            },
+            now: chrono::Utc::now(),
+        };
+        for (key, t) in [
+            ("export.name_template", &name_template),
+            ("export.prefix_template", &prefix_template),
+        ] {
+            if let Some(Err(e)) = t.as_ref().map(|t| t.render_item(&sample)) {
+                p.add(key, e.to_string());
+            }
+        }
+        (name_template, prefix_template, tracking_template)
+    }
+}
+
+/// Applies `CEDAR__SECTION__KEY=value` overrides. Values are read as TOML when they parse
+/// (numbers, booleans, arrays), else taken as plain strings.
+///
+/// `STORAGE_EMULATOR_HOST` (the variable Google's own client libraries honour) fills
+/// `[store] endpoint` when neither the file nor a `CEDAR__STORE__ENDPOINT` override set it, so
+/// that nothing deeper in the crate reads the environment.
+fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) {
+    let mut emulator_host = None;
+    for (name, raw) in env {
+        if name == EMULATOR_HOST_ENV {
+            emulator_host = Some(raw);
+            continue;
+        }
+        let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+        if keys.iter().any(|k| k.is_empty()) {
+            continue;
+        }
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(raw));
+        let mut cur = &mut *table;
+        for k in &keys[..keys.len() - 1] {
+            let entry = cur
+                .entry(k.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            cur = entry.as_table_mut().expect("just made a table");
+        }
+        cur.insert(keys[keys.len() - 1].clone(), value);
+    }
+    if let Some(host) = emulator_host.filter(|h| !h.is_empty()) {
+        let store = table
+            .entry("store")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let Some(store) = store.as_table_mut() {
+            let configured = store
+                .get("endpoint")
+                .and_then(|v| v.as_str())
+                .is_some_and(|e| !e.is_empty());
+            if !configured {
+                store.insert(
+                    "endpoint".into(),
+                    toml::Value::String(gcs_endpoint(None, Some(&host))),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collection::DataType;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    fn valid_toml() -> String {
+        "[earthengine]\nproject = \"p\"\n[export]\nbucket = \"my-bucket\"\n".to_string()
+    }
+
+    #[test]
+    fn embedded_defaults_match_config_default() {
+        let c = Config::from_toml("default", DEFAULT_TOML, no_env()).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn a_minimal_file_validates_with_presets() {
+        let c = Config::from_toml("t", &valid_toml(), no_env()).unwrap();
+        let s = c.validate().unwrap();
+        assert_eq!(s.store_url, "gs://my-bucket");
+        assert_eq!(s.grid.name, "Landsat ARD v1 - CONUS");
+        assert_eq!(s.collections.len(), collection::PRESET_IDS.len());
+    }
+
+    #[test]
+    fn environment_overrides_win() {
+        let env = vec![
+            ("CEDAR__EXPORT__BUCKET".to_string(), "from-env".to_string()),
+            (
+                "CEDAR__EXPORT__FILE_DIMENSIONS".to_string(),
+                "2048".to_string(),
+            ),
+            (
+                "CEDAR__EARTHENGINE__CREDENTIALS".to_string(),
+                "none".to_string(),
+            ),
+            ("OTHER".to_string(), "x".to_string()),
+        ];
+        let c = Config::from_toml("t", &valid_toml(), env).unwrap();
+        assert_eq!(c.export.bucket, "from-env");
+        assert_eq!(c.export.file_dimensions, 2048);
+        assert_eq!(c.earthengine.credentials.as_deref(), Some("none"));
+    }
+
+    #[test]
+    fn the_storage_emulator_host_fills_an_empty_store_endpoint_only() {
+        let host = || vec![(EMULATOR_HOST_ENV.to_string(), "127.0.0.1:9023".to_string())];
+        let c = Config::from_toml("t", &valid_toml(), host()).unwrap();
+        assert_eq!(c.store.endpoint, "http://127.0.0.1:9023");
+        let text = format!("{}[store]\nendpoint = \"http://gcs:1\"\n", valid_toml());
+        let c = Config::from_toml("t", &text, host()).unwrap();
+        assert_eq!(c.store.endpoint, "http://gcs:1");
+        let mut env = host();
+        env.push(("CEDAR__STORE__ENDPOINT".into(), "https://over".into()));
+        let c = Config::from_toml("t", &valid_toml(), env).unwrap();
+        assert_eq!(c.store.endpoint, "https://over");
+        let c = Config::from_toml("t", &valid_toml(), no_env()).unwrap();
+        assert_eq!(c.store.endpoint, "");
+    }
+
+    #[test]
+    fn worker_settings_are_checked() {
+        let text = format!(
+            "{}[worker]\nconcurrency = 0\nsweep_min_interval_secs = 10\nsweep_max_interval_secs = 5\nsweep_completions_per_page = -1.0\n",
+            valid_toml()
+        );
+        let e = Config::from_toml("t", &text, no_env())
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        let keys: Vec<_> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "worker.concurrency",
+                "worker.sweep_max_interval_secs",
+                "worker.sweep_completions_per_page"
+            ],
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_everywhere() {
+        let text = format!("{}bukket = \"x\"\n[nope]\na = 1\n", valid_toml());
+        let e = Config::from_toml("t", &text, no_env()).unwrap_err();
+        let keys: Vec<_> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"export.bukket"), "{e}");
+        let env = vec![("CEDAR__EXPORT__BUKET".to_string(), "x".to_string())];
+        let e = Config::from_toml("t", &valid_toml(), env).unwrap_err();
+        assert_eq!(e.problems[0].key, "export.buket", "{e}");
+        assert!(e.problems[0].message.contains("unknown"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_and_malformed_toml_name_the_key() {
+        let e =
+            Config::from_toml("t", "[export]\nfile_dimensions = \"big\"\n", no_env()).unwrap_err();
+        assert_eq!(e.problems[0].key, "export.file_dimensions", "{e}");
+        let e = Config::from_toml("t", "[export\nbucket = 1", no_env()).unwrap_err();
+        assert_eq!(e.problems[0].key, "toml");
+        assert!(e.to_string().contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn validation_reports_every_problem_once() {
+        let text = r#"
+[earthengine]
+endpoint = "ftp://x"
+credentials = "/nonexistent/key.json"
+[queue]
+url = "http://user:hunter2@host"
+[export]
+file_dimensions = 1000
+name_template = "{collection}_{period_start}"
+[tracking]
+template = "TRACKING_{date_start}"
+[grid]
+preset = "nope"
+[metrics]
+listen = "localhost"
+[collections."MY/COLL"]
+filters = ["CLOUD = 3"]
+"#;
+        let e = Config::from_toml("t", text, no_env())
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        let keys: Vec<_> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "earthengine.endpoint",
+            "earthengine.credentials",
+            "queue.url",
+            "export.bucket",
+            "export.file_dimensions",
+            "export.name_template",
+            "tracking.template",
+            "grid.preset",
+            "metrics.listen",
+            "collections.\"MY/COLL\".bands",
+            "collections.\"MY/COLL\".filters",
+        ] {
+            assert!(keys.contains(&k), "missing {k} in {keys:?}");
+        }
+        // The Redis password never appears in messages.
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn explicit_grid_and_collection_overrides() {
+        let text = format!(
+            "{}{}",
+            valid_toml(),
+            r#"
+[grid]
+preset = "Landsat ARD v1 - CONUS"
+[collections."LANDSAT/LC08/C02/T1_L2"]
+filters = ["CLOUD_COVER < 50"]
+nodata = -9999
+data_type = "int16"
+"#
+        );
+        let s = Config::from_toml("t", &text, no_env())
+            .unwrap()
+            .validate()
+            .unwrap();
+        let l8 = &s.collections["LANDSAT/LC08/C02/T1_L2"];
+        assert_eq!(l8.filters[0].to_string(), "CLOUD_COVER < 50");
+        assert_eq!((l8.nodata, l8.data_type), (-9999.0, DataType::Int16));
+        assert_eq!(l8.bands.len(), 8);
+
+        let text = format!(
+            "{}{}",
+            valid_toml(),
+            "[grid]\npreset = \"x\"\ncrs = \"EPSG:5070\"\n"
+        );
+        let e = Config::from_toml("t", &text, no_env())
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.problems[0].key, "grid");
+
+        let mut c = Config::from_toml("t", &valid_toml(), no_env()).unwrap();
+        c.grid = GridConfig {
+            preset: None,
+            name: Some("utm".into()),
+            crs: Some("EPSG:32610".into()),
+            ul: Some([500_000.0, 4_200_000.0]),
+            res: Some([10.0, 20.0]),
+            size: Some([100, 50]),
+            limits: Some([[0, 3], [0, 4]]),
+        };
+        let s = c.validate().unwrap();
+        assert_eq!(s.grid.tile(1, 1).unwrap().bounds.top, 4_199_000.0);
+    }
+
+    #[test]
+    fn an_explicit_grid_in_a_file_replaces_the_default_preset() {
+        let text = format!(
+            "{}[grid]\nname = \"utm\"\ncrs = \"EPSG:32610\"\nul = [500000.0, 4200000.0]\nres = [10.0, 20.0]\nsize = [100, 50]\nlimits = [[0, 3], [0, 4]]\n",
+            valid_toml()
+        );
+        let s = Config::from_toml("t", &text, no_env())
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(s.grid.name, "utm");
+        // No [grid] table at all keeps the default preset.
+        let s = Config::from_toml("t", &valid_toml(), no_env())
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(s.grid.name, "Landsat ARD v1 - CONUS");
+    }
+
+    #[test]
+    fn queue_urls_redis_sqlite_or_empty() {
+        for ok in [
+            "",
+            "redis://127.0.0.1:6379",
+            "rediss://:pw@h:6380/1",
+            "sqlite:///var/lib/cedar/cedar.db",
+            "sqlite://cedar.db",
+        ] {
+            let mut c = Config::from_toml("t", &valid_toml(), no_env()).unwrap();
+            c.queue.url = ok.into();
+            assert!(c.validate().is_ok(), "{ok:?}");
+        }
+        for bad in ["sqlite://", "/tmp/cedar.db", "postgres://u:hunter2@h/db"] {
+            let mut c = Config::from_toml("t", &valid_toml(), no_env()).unwrap();
+            c.queue.url = bad.into();
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.problems[0].key, "queue.url", "{bad:?}: {e}");
+            assert!(e.to_string().contains("sqlite://"), "{e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! The plain sections of the configuration (`[earthengine]`, `[queue]`, `[export]`, `[store]`,
+//! `[tracking]`, `[download]`, `[metrics]`, `[limits]`, `[worker]`), each with its defaults and
+//! the checks that need only the section itself.
+
+use serde::{Deserialize, Serialize};
+
+use super::Problems;
+use crate::earthengine::{EE_QUEUE_CAP, EE_QUEUE_MARGIN, MAX_ACTIVE_EXPORTS};
+use crate::naming;
+use crate::queue::{QueueUrl, redact_url};
+
+/// `[earthengine]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EarthEngineConfig {
+    pub project: String,
+    pub endpoint: String,
+    /// A service-account key path, `"none"`, or absent for Application Default Credentials.
+    pub credentials: Option<String>,
+    pub timeout_secs: u64,
+}
+
+impl Default for EarthEngineConfig {
+    fn default() -> Self {
+        EarthEngineConfig {
+            project: String::new(),
+            endpoint: "https://earthengine.googleapis.com".into(),
+            credentials: None,
+            timeout_secs: 60,
+        }
+    }
+}
+
+/// `[queue]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Where the queue and tracking state live: `redis://…`/`rediss://…` (workers on many
+    /// machines), or `sqlite://PATH` (one machine, no server). Default `""`, which means
+    /// `sqlite://cedar.db` in the working directory.
+    pub url: String,
+    /// Prefix of every key cedar writes, so several deployments can share one Redis (or file).
+    pub namespace: String,
+    /// A PEM file of the CA that signed the Redis server's certificate, for a `rediss://` URL
+    /// whose server uses a private CA. Default unset: the system's trust store decides.
+    pub tls_ca_file: Option<String>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            url: String::new(),
+            namespace: "cedar".into(),
+            tls_ca_file: None,
+        }
+    }
+}
+
+/// `[export]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportConfig {
+    pub bucket: String,
+    pub prefix_template: String,
+    pub name_template: String,
+    pub file_dimensions: u32,
+    pub cloud_optimized: bool,
+    pub max_pixels: u64,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        ExportConfig {
+            bucket: String::new(),
+            prefix_template: naming::DEFAULT_PREFIX_TEMPLATE.into(),
+            name_template: naming::DEFAULT_NAME_TEMPLATE.into(),
+            file_dimensions: 1024,
+            cloud_optimized: true,
+            max_pixels: 100_000_000,
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Empty: `gs://{export.bucket}`.
+    pub url: String,
+    /// Empty: Google's endpoint, or `STORAGE_EMULATOR_HOST`.
+    pub endpoint: String,
+}
+
+/// `[tracking]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackingConfig {
+    pub template: String,
+    pub prefix: String,
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        TrackingConfig {
+            template: naming::DEFAULT_TRACKING_TEMPLATE.into(),
+            prefix: naming::DEFAULT_TRACKING_PREFIX.into(),
+        }
+    }
+}
+
+/// `[download]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DownloadConfig {
+    pub dest: String,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        DownloadConfig {
+            dest: "./cedar-downloads".into(),
+        }
+    }
+}
+
+/// `[metrics]`: the worker's Prometheus endpoint (`/metrics`, `/healthz`, `/readyz`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// The socket address every `cedar worker` serves on; default `127.0.0.1:9464`, loopback,
+    /// so that nothing is exposed unless configured.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// `[limits]`: how hard cedar may push Earth Engine, across all workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// EE tasks PENDING or RUNNING at once from this project; 0 (the default) derives it from
+    /// EE's `maxConcurrentExports` × `active_exports_factor`. Never above [`MAX_ACTIVE_EXPORTS`].
+    pub max_active_exports: u64,
+    /// Default 10: enough queued tasks that EE never idles between cedar's polls.
+    pub active_exports_factor: u64,
+    /// EE requests per second across all workers (default 50; EE allows 100 per project).
+    pub ee_requests_per_second: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_active_exports: 0,
+            active_exports_factor: 10,
+            ee_requests_per_second: 50,
+        }
+    }
+}
+
+/// `[worker]`: how each `cedar worker` process runs; `cedar worker` flags override each key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Jobs run at once per stage. Default 8.
+    pub concurrency: usize,
+    /// Seconds a job held by a dead worker waits before another takes it; values below 3 count
+    /// as 3, so that heartbeats (a third of it) stay apart. Default 60.
+    pub lease_secs: u64,
+    /// Seconds running jobs get to finish after SIGTERM. Default 60.
+    pub drain_secs: u64,
+    /// Seconds between looks at a running EE task (0 counts as 1). Default 10.
+    pub poll_interval_secs: u64,
+    /// Ceiling of the first retry delay of a failed job, in ms; it doubles per failure. Default 2000.
+    pub retry_base_ms: u64,
+    /// Seconds an export waits when EE's task queue is full or no admission slot is free. Default 60.
+    pub backpressure_secs: u64,
+    /// Seconds between rewrites of the tracking documents that changed. Default 5.
+    pub publish_interval_secs: u64,
+    /// Milliseconds an idle stage waits before looking for new jobs again. Default 500.
+    pub idle_poll_ms: u64,
+    /// Bounds of the sweeper's adaptive interval between `operations.list` sweeps. Defaults 2, 120.
+    pub sweep_min_interval_secs: u64,
+    pub sweep_max_interval_secs: u64,
+    /// Completed EE tasks a sweep aims to find per page it reads. Default 8.
+    pub sweep_completions_per_page: f64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            concurrency: 8,
+            lease_secs: 60,
+            drain_secs: 60,
+            poll_interval_secs: 10,
+            retry_base_ms: 2000,
+            backpressure_secs: 60,
+            publish_interval_secs: 5,
+            idle_poll_ms: 500,
+            sweep_min_interval_secs: 2,
+            sweep_max_interval_secs: 120,
+            sweep_completions_per_page: 8.0,
+        }
+    }
+}
+
+impl EarthEngineConfig {
+    pub(super) fn validate(&self, p: &mut Problems) {
+        if url::Url::parse(&self.endpoint).map_or(true, |u| !matches!(u.scheme(), "http" | "https"))
+        {
+            p.add(
+                "earthengine.endpoint",
+                format!(
+                    "{:?} is not an http(s) URL; e.g. https://earthengine.googleapis.com",
+                    self.endpoint
+                ),
+            );
+        }
+        if !self.project.is_empty()
+            && !self
+                .project
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            p.add(
+                "earthengine.project",
+                format!(
+                    "{:?} is not a Cloud project id (letters, digits, '-')",
+                    self.project
+                ),
+            );
+        }
+        if let Some(path) = self.credentials.as_deref()
+            && path != "none"
+            // Read, not just opened: opening a directory succeeds, reading it does not.
+            && let Err(e) = std::fs::read(path)
+        {
+            p.add(
+                "earthengine.credentials",
+                format!(
+                    "cannot read the service-account key {path}: {e}; give a readable JSON key path, \"none\" for emulators, or remove the key to use Application Default Credentials"
+                ),
+            );
+        }
+        if self.timeout_secs == 0 {
+            p.add("earthengine.timeout_secs", "must be at least 1");
+        }
+    }
+}
+
+impl QueueConfig {
+    pub(super) fn validate(&self, p: &mut Problems) {
+        if self.namespace.is_empty()
+            || !self
+                .namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        {
+            p.add(
+                "queue.namespace",
+                format!(
+                    "{:?} must be non-empty letters, digits, '-', '_', '.' or ':'",
+                    self.namespace
+                ),
+            );
+        }
+        if QueueUrl::parse(&self.url).is_none() {
+            p.add(
+                "queue.url",
+                format!(
+                    "{} is not a redis://, rediss:// or sqlite:// URL; e.g. redis://127.0.0.1:6379, \
+                     sqlite:///var/lib/cedar/cedar.db, or leave it empty for sqlite://cedar.db in \
+                     the working directory",
+                    redact_url(&self.url)
+                ),
+            );
+        }
+        if let Some(path) = self.tls_ca_file.as_deref() {
+            if !self.url.starts_with("rediss://") {
+                p.add(
+                    "queue.tls_ca_file",
+                    format!(
+                        "is only used with a rediss:// (TLS) queue.url, not {}; remove it or switch to rediss://",
+                        redact_url(&self.url)
+                    ),
+                );
+            } else if let Err(e) = std::fs::read(path) {
+                p.add(
+                    "queue.tls_ca_file",
+                    format!("cannot read the CA certificate {path}: {e}; give a readable PEM file"),
+                );
+            }
+        }
+    }
+}
+
+impl ExportConfig {
+    /// Checks the bucket and the numbers; the templates are checked with the other templates.
+    pub(super) fn validate(&self, p: &mut Problems) {
+        if self.bucket.is_empty() {
+            p.add(
+                "export.bucket",
+                "is required: the Cloud Storage bucket EE exports into, e.g. bucket = \"my-exports\"",
+            );
+        } else if !valid_bucket_name(&self.bucket) {
+            p.add(
+                "export.bucket",
+                format!(
+                    "{:?} is not a valid bucket name (3-63 of a-z 0-9 - _ ., starting and ending with a letter or digit)",
+                    self.bucket
+                ),
+            );
+        }
+        if self.file_dimensions == 0 || !self.file_dimensions.is_multiple_of(256) {
+            p.add(
+                "export.file_dimensions",
+                format!(
+                    "{} must be a positive multiple of 256 (EE's tile size)",
+                    self.file_dimensions
+                ),
+            );
+        }
+        if self.max_pixels == 0 {
+            p.add("export.max_pixels", "must be positive");
+        }
+    }
+}
+
+impl StoreConfig {
+    pub(super) fn validate(&self, p: &mut Problems) {
+        if !self.url.is_empty() && url::Url::parse(&self.url).is_err() {
+            p.add(
+                "store.url",
+                format!(
+                    "{:?} is not a URL; use gs://bucket, file:///path, memory:// or s3://bucket",
+                    self.url
+                ),
+            );
+        }
+    }
+}
+
+impl TrackingConfig {
+    pub(super) fn validate(&self, p: &mut Problems) {
+        if self.prefix.is_empty()
+            || self.prefix.starts_with('/')
+            || self.prefix.split('/').any(|s| s == "..")
+        {
+            p.add(
+                "tracking.prefix",
+                format!(
+                    "{:?} must be a relative folder name such as CEDAR_TRACKING",
+                    self.prefix
+                ),
+            );
+        }
+    }
+}
+
+impl DownloadConfig {
+    pub(super) fn validate(&self, p: &mut Problems) {
+        if self.dest.trim().is_empty() {
+            p.add(
+                "download.dest",
+                "is empty; give a local path or an object_store URL",
+            );
+        }
+    }
+}
+
+impl MetricsConfig {
+    pub(super) fn validate(&self, p: &mut Problems) {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.add(
+                "metrics.listen",
+                format!(
+                    "{:?} is not a socket address; e.g. \"127.0.0.1:9464\" (loopback) or \"0.0.0.0:9464\"",
+                    self.listen
+                ),
+            );
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub(super) fn validate(&self, p: &mut Problems) {
+        if self.ee_requests_per_second == 0 {
+            p.add(
+                "limits.ee_requests_per_second",
+                "must be at least 1 (EE allows 100 per project)",
+            );
+        }
+        if self.active_exports_factor == 0 {
+            p.add("limits.active_exports_factor", "must be at least 1");
+        }
+        if self.max_active_exports > MAX_ACTIVE_EXPORTS {
+            p.add(
+                "limits.max_active_exports",
+                format!(
+                    "{} is above EE's {EE_QUEUE_CAP}-task queue minus a margin of {EE_QUEUE_MARGIN}; use at most {MAX_ACTIVE_EXPORTS} (0 = derive from EE)",
+                    self.max_active_exports
+                ),
+            );
+        }
+    }
+}
+
+impl WorkerConfig {
+    pub(super) fn validate(&self, p: &mut Problems) {
+        for (key, value) in [
+            ("worker.concurrency", self.concurrency as u64),
+            ("worker.publish_interval_secs", self.publish_interval_secs),
+            ("worker.idle_poll_ms", self.idle_poll_ms),
+            (
+                "worker.sweep_min_interval_secs",
+                self.sweep_min_interval_secs,
+            ),
+        ] {
+            if value == 0 {
+                p.add(key, "must be at least 1");
+            }
+        }
+        if self.sweep_max_interval_secs < self.sweep_min_interval_secs {
+            p.add(
+                "worker.sweep_max_interval_secs",
+                format!(
+                    "{} is below worker.sweep_min_interval_secs ({}); give a bound at least as large",
+                    self.sweep_max_interval_secs, self.sweep_min_interval_secs
+                ),
+            );
+        }
+        if !(self.sweep_completions_per_page.is_finite() && self.sweep_completions_per_page > 0.0) {
+            p.add(
+                "worker.sweep_completions_per_page",
+                format!(
+                    "{} must be a positive number, e.g. 8",
+                    self.sweep_completions_per_page
+                ),
+            );
+        }
+    }
+}
+
+fn valid_bucket_name(b: &str) -> bool {
+    (3..=222).contains(&b.len())
+        && b.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+        && b.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && b.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
