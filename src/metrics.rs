@@ -31,8 +31,6 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::earthengine::EE_QUEUE_CAP;
-use crate::earthengine::types::OpView;
 use crate::queue::tracking::OrderState;
 use crate::queue::{Depth, Outcome, Stage};
 use crate::store::StoreError;
@@ -380,7 +378,6 @@ fn register() {
         }
     }
     ::metrics::gauge!("cedar_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    ::metrics::gauge!("cedar_ee_queue_cap").set(EE_QUEUE_CAP as f64);
 }
 
 /// Every combination of label values (one empty set for a metric without labels).
@@ -548,9 +545,10 @@ pub fn ee_tasks_active(active: u64) {
     ::metrics::gauge!("cedar_ee_tasks_active").set(active as f64);
 }
 
-/// Records the admission cap a worker runs with.
-pub fn admission_cap(cap: u64) {
+/// Records the admission cap a worker runs with, and EE's cap on queued tasks per project.
+pub fn admission_cap(cap: u64, ee_queue_cap: u64) {
     ::metrics::gauge!("cedar_ee_admission_cap").set(cap as f64);
+    ::metrics::gauge!("cedar_ee_queue_cap").set(ee_queue_cap as f64);
 }
 
 /// Records the orders of every submission by state (summed over submissions).
@@ -561,21 +559,24 @@ pub fn orders(counts: &BTreeMap<OrderState, u64>) {
     }
 }
 
-/// Records the EE tasks cedar waits for, by the state the last sweep saw, and the age of the
-/// oldest RUNNING one at `now`.
-pub fn ee_tasks<'a>(views: impl IntoIterator<Item = &'a OpView>, now: DateTime<Utc>) {
+/// Records the EE tasks cedar waits for, by the state the last sweep saw (with the start time
+/// EE reported), and the age of the oldest RUNNING one at `now`.
+pub fn ee_tasks<'a>(
+    tasks: impl IntoIterator<Item = (&'a str, Option<DateTime<Utc>>)>,
+    now: DateTime<Utc>,
+) {
     let mut per_state: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut oldest_running = 0.0f64;
-    for view in views {
+    for (seen, start) in tasks {
         let state = EE_STATE
             .values
             .iter()
-            .find(|v| **v == view.state)
+            .find(|v| **v == seen)
             .copied()
             .unwrap_or("UNKNOWN");
         *per_state.entry(state).or_default() += 1;
         if state == "RUNNING"
-            && let Some(start) = view.start
+            && let Some(start) = start
         {
             let age = (now - start).num_milliseconds().max(0) as f64 / 1000.0;
             oldest_running = oldest_running.max(age);
@@ -754,7 +755,10 @@ mod tests {
             "cedar_build_info{{version=\"{}\"}} 1\n",
             env!("CARGO_PKG_VERSION")
         )));
+        admission_cap(20, 3000);
+        let text = install().render();
         assert!(text.contains("cedar_ee_queue_cap 3000\n"), "{text}");
+        assert!(text.contains("cedar_ee_admission_cap 20\n"), "{text}");
     }
 
     #[test]

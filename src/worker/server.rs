@@ -15,6 +15,7 @@ use chrono::Utc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
+use crate::earthengine::EE_QUEUE_CAP;
 use crate::earthengine::types::OpView;
 use crate::jobs::Context;
 use crate::metrics;
@@ -34,7 +35,7 @@ const STORE_PROBE: &str = ".cedar-readyz-probe";
 /// endpoint: losing metrics must not stop a campaign that has run for weeks.
 pub async fn serve(ctx: Context, admission_cap: u64, mut stop: watch::Receiver<bool>) {
     let handle = metrics::install();
-    metrics::admission_cap(admission_cap);
+    metrics::admission_cap(admission_cap, EE_QUEUE_CAP);
     let collector = tokio::spawn(collect_loop(ctx.clone(), handle, stop.clone()));
     let listen = ctx.settings.config.metrics.listen.clone();
     let addr: Option<SocketAddr> = listen.parse().ok();
@@ -180,6 +181,9 @@ async fn collect(ctx: &Context) -> anyhow::Result<()> {
         .iter()
         .filter_map(|raw| serde_json::from_str(raw).ok())
         .collect();
-    metrics::ee_tasks(&views, Utc::now());
+    metrics::ee_tasks(
+        views.iter().map(|v| (v.state.as_str(), v.start)),
+        Utc::now(),
+    );
     Ok(())
 }

@@ -6,6 +6,7 @@ mod daemon;
 mod earthengine;
 mod emulator;
 mod ingest;
+mod layers;
 mod logs;
 mod metrics;
 mod queue;
