@@ -17,47 +17,87 @@
 //!    destination, verifying sizes and checksums.
 //! 5. **clean** deletes the exported objects from the bucket.
 //!
-//! # Concepts
+//! # Layers
 //!
-//! - [`config`]: typed settings, loaded once (file → environment overrides) and validated.
+//! Each module imports only from its own layer (without a circle) and from the layers below;
+//! `tests/it/layers.rs` checks it against every `use` line.
+//!
+//! ```text
+//! front ends   cli · demo · bench · soak                 (the binary, src/main.rs)
+//! runtime      worker (+ its HTTP server)
+//! pipeline     jobs · submit · schedule · document · campaign
+//! config       config
+//! adapters     auth · queue (+ tracking, snapshot) · store · metrics · earthengine
+//! domain       grid · period · naming · collection · order · ingest
+//!
+//! emulator     self-contained: imports nothing from the rest of the crate
+//! ```
+//!
+//! **Domain** — pure values and rules, no I/O:
 //! - [`grid`]: the tile grid; a tile index gives exact bounds, affine transform and dimensions.
 //! - [`period`]: splits a date range into anchored, half-open periods (pandas semantics).
 //! - [`naming`]: the templates that name every exported object and tracking document.
-//! - [`order`]: one collection × tile × period, its object names and expected pieces.
 //! - [`collection`]: per-collection band selection, properties, nodata, type and filters.
-//! - [`cli`]: the command line.
-//! - [`demo`]: a whole campaign on embedded defaults (in-process emulator, local folders).
-//! - [`bench`]: `cedar bench`, speed and memory figures as ratios against a same-run baseline.
-//! - [`soak`]: `cedar soak`, a campaign under every fault at once, then its invariants checked.
+//! - [`order`]: one collection × tile × period, its object names and expected pieces.
+//! - [`ingest`]: an `[[ingest]]` entry and which of its periods are due on a given day.
+//!
+//! **Adapters** — one seam per remote, each with a real side tested on loopback:
 //! - [`auth`]: OAuth2 access tokens (service-account key, Application Default Credentials, none).
-//! - [`earthengine`]: the EE REST client: expressions, exports, operations, errors.
-//! - [`emulator`]: an EE emulator that speaks the same REST API, for tests and demos.
-//! - [`jobs`]: one module per stage: export, poll, download, clean.
-//! - [`schedule`]: continuous ingest: `[[ingest]]` entries submitted on a cron schedule, exactly once per period.
+//! - [`queue`]: the durable jobs of every stage (leases, retries, snooze, admission) in Redis or,
+//!   on one machine without a server, in an SQLite file; beside them the tracking state of each
+//!   submission ([`queue::tracking`]) and the EE operations snapshot ([`queue::snapshot`]).
 //! - [`store`]: the export bucket EE writes into, and the destination cedar downloads to.
-//! - [`metrics`]: the catalogue of Prometheus metrics, `/metrics`, `/healthz` and `/readyz`.
-//! - [`queue`]: the durable jobs of every stage (leases, retries, snooze, admission), run by apalis,
-//!   in Redis or, on one machine without a server, in an SQLite file.
+//! - [`metrics`]: the catalogue of Prometheus metrics and the functions that record them.
+//! - [`earthengine`]: the EE REST client: expressions, exports, operations, errors, EE's limits.
+//!
+//! **Config** — [`config`]: typed settings, loaded once (file → environment overrides) and
+//! validated section by section.
+//!
+//! **Pipeline** — what a campaign does:
+//! - [`jobs`]: one module per stage: export, poll, download, clean.
 //! - [`submit`]: validates a request, records it, and queues its exports in bulk.
-//! - [`tracking`]: each submission and the state of its orders (beside the queue), and its JSON document.
-//! - [`worker`]: `cedar worker`, every stage against the shared queue, with SIGTERM drain.
+//! - [`schedule`]: runs the `[[ingest]]` entries on their cron schedule, exactly once per period.
+//! - [`document`]: each submission's tracking JSON document in the store.
+//! - [`campaign`]: operations on a recorded submission: update, cancel, retry.
+//!
+//! **Runtime** — [`worker`]: `cedar worker`, every stage against the shared queue, with SIGTERM
+//! drain, and its `/metrics`, `/healthz`, `/readyz` endpoint.
+//!
+//! **Front ends** live in the binary target (`src/main.rs` declares them): `cli` (the command
+//! line), `demo` (a whole campaign on embedded defaults), `bench` (speed and memory figures as
+//! ratios against a same-run baseline) and `soak` (a campaign under every fault at once, then
+//! its invariants checked).
+//!
+//! [`emulator`]: an EE emulator that speaks the same REST API, for tests and demos; it shares no
+//! type with the client, so that it can disagree with it.
 
-pub mod auth;
-pub mod campaign;
+// Domain.
 pub mod collection;
-pub mod config;
-pub mod document;
-pub mod earthengine;
-pub mod emulator;
 pub mod grid;
 pub mod ingest;
-pub mod jobs;
-pub mod metrics;
 pub mod naming;
 pub mod order;
 pub mod period;
+
+// Adapters.
+pub mod auth;
+pub mod earthengine;
+pub mod metrics;
 pub mod queue;
-pub mod schedule;
 pub mod store;
+
+// Config.
+pub mod config;
+
+// Pipeline.
+pub mod campaign;
+pub mod document;
+pub mod jobs;
+pub mod schedule;
 pub mod submit;
+
+// Runtime.
 pub mod worker;
+
+// Self-contained.
+pub mod emulator;

@@ -25,7 +25,7 @@
 //! ([`Connection::open`]): Redis (`redis://`, `rediss://`), the primary deployment, shared by
 //! workers on any number of machines; or an SQLite file (`sqlite://PATH`, the default
 //! `sqlite://cedar.db` when the URL is empty), for one machine without a server. Both run the
-//! same state machine with the same guarantees; the tracking state ([`crate::tracking`]) and the
+//! same state machine with the same guarantees; the tracking state ([`crate::queue::tracking`]) and the
 //! operations [`snapshot`] live in the same place as the queue.
 //!
 //! - [`redis`]: the Redis data structures and Lua scripts ([`RedisQueue`]).

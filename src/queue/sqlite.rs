@@ -1,7 +1,7 @@
 //! The SQLite side of the queue: single-machine mode, one database file instead of a Redis server.
 //!
 //! The file holds everything Redis holds otherwise — the jobs of every stage, the admission
-//! slots, the EE rate window, the tracking state ([`crate::tracking`]) and the operations
+//! slots, the EE rate window, the tracking state ([`crate::queue::tracking`]) and the operations
 //! snapshot ([`super::snapshot`]) — in the tables of [`SCHEMA`], every row keyed by namespace so
 //! that several deployments (or tests) can share one file. The queue operations below implement
 //! exactly the semantics of the Lua scripts in [`super::redis`]; their comments say why.

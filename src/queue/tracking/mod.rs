@@ -1,9 +1,9 @@
 //! Tracking state: the record of one submission and the state of each of its orders.
 //!
 //! The source of truth lives beside the queue ([`Connection`]), one backend per file: in Redis
-//! ([`redis`]): one hash
+//! (`redis.rs`): one hash
 //! per submission, one field per order, and a per-state tally kept in step by a Lua script. In the
-//! SQLite file ([`sqlite`]): one row per order and one per (submission, state) tally, kept in step in one
+//! SQLite file (`sqlite.rs`): one row per order and one per (submission, state) tally, kept in step in one
 //! transaction. Either way any number of workers can update different orders at once without
 //! losing each other's changes. The tracking **document** in the store
 //! ([`crate::document`])
