@@ -241,7 +241,8 @@ async fn enqueue_in(bench: &Scratch, a: &EnqueueArgs) -> anyhow::Result<()> {
     let lpush_before = lpush_baseline(&bench.redis, &bench.key("lpush"), a.jobs).await?;
 
     let settings = bench.settings(None)?;
-    let ctx = worker::context(Arc::new(settings.clone()), JobSettings::default()).await?;
+    let ctx =
+        cedar::jobs::Context::connect(Arc::new(settings.clone()), JobSettings::default()).await?;
     let req = campaign(&settings, a.jobs)?;
     let started = Instant::now();
     let plan = submit::plan(&settings, &req, chrono::Utc::now())?;
@@ -413,7 +414,7 @@ async fn requests_in(
         ..WorkerOptions::default()
     };
 
-    let submitter = worker::context(settings.clone(), jobs.clone()).await?;
+    let submitter = cedar::jobs::Context::connect(settings.clone(), jobs.clone()).await?;
     let req = campaign(&settings, a.in_flight)?;
     let plan = submit::plan(&settings, &req, chrono::Utc::now())?;
     let total = plan.submission.order_count() as u64;
@@ -422,7 +423,7 @@ async fn requests_in(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = Vec::new();
     for _ in 0..a.workers.max(1) {
-        let ctx = worker::context(settings.clone(), jobs.clone()).await?;
+        let ctx = cedar::jobs::Context::connect(settings.clone(), jobs.clone()).await?;
         let mut stop = stop_rx.clone();
         workers.push(tokio::spawn(worker::run(ctx, opts.clone(), async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -608,7 +609,7 @@ async fn rss_in(bench: &Scratch, emulator: &RunningEmulator, a: &RssArgs) -> any
     let idle_mem = idle.memory()?;
     idle.stop().await;
 
-    let ctx = worker::context(settings.clone(), JobSettings::default()).await?;
+    let ctx = cedar::jobs::Context::connect(settings.clone(), JobSettings::default()).await?;
     let req = campaign(&settings, a.jobs)?;
     let plan = submit::plan(&settings, &req, chrono::Utc::now())?;
     let queued = submit::enqueue(&ctx, &plan).await?;
@@ -849,7 +850,7 @@ async fn e2e_in(bench: &Scratch, emulator: &RunningEmulator, a: &E2eArgs) -> any
     let req = campaign(&settings, a.tile_periods)?;
     let plan = submit::plan(&settings, &req, chrono::Utc::now())?;
     let total = plan.submission.order_count() as u64;
-    let ctx = worker::context(settings.clone(), JobSettings::default()).await?;
+    let ctx = cedar::jobs::Context::connect(settings.clone(), JobSettings::default()).await?;
 
     // The workers start first, so that the clock measures the campaign, not process start-up.
     let cap = worker::admission_cap(Some(u64::MAX), None, 1);

@@ -98,7 +98,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         },
         ..JobSettings::default()
     };
-    let ctx = worker::context(settings.clone(), jobs.clone()).await?;
+    let ctx = cedar::jobs::Context::connect(settings.clone(), jobs.clone()).await?;
 
     let request = Request {
         collections: vec![

@@ -353,7 +353,7 @@ listen = "127.0.0.1:0"
         let settings = Arc::new(
             Config::load(Some(&config), std::iter::empty::<(String, String)>())?.validate()?,
         );
-        let ctx = cedar::worker::context(settings.clone(), JobSettings::default()).await?;
+        let ctx = cedar::jobs::Context::connect(settings.clone(), JobSettings::default()).await?;
         let worker_args = [
             "worker",
             "--concurrency",

@@ -210,7 +210,7 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
         },
         _ => None,
     };
-    let ctx = worker::context(settings.clone(), jobs).await?;
+    let ctx = cedar::jobs::Context::connect(settings.clone(), jobs).await?;
     match cmd {
         CampaignCommand::Submit(a) => {
             let plan = plan.expect("planned above");

@@ -19,14 +19,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::auth;
 use crate::config::{Config, Settings};
 use crate::earthengine::client::EarthEngine;
 use crate::earthengine::error::EeError;
 use crate::order::{Order, OrderNames};
-use crate::queue::OrderJob;
 use crate::queue::tracking::{Submission, Tracker, TrackingError};
-use crate::queue::{Queue, RateDecision, Snapshot};
-use crate::store::{Destination, ExportBucket, StoreError};
+use crate::queue::{Connection, OrderJob, Queue, QueueError, RateDecision, Snapshot, redact_url};
+use crate::store::{Destination, ExportBucket, StoreError, open_bucket};
 
 /// How a job failed.
 #[derive(Debug, thiserror::Error)]
@@ -131,28 +131,44 @@ pub struct Context {
 }
 
 impl Context {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        settings: Arc<Settings>,
-        jobs: JobSettings,
-        ee: EarthEngine,
-        bucket: Arc<dyn ExportBucket>,
-        dest: Arc<Destination>,
-        tracker: Tracker,
-        queue: Queue,
-        snapshot: Snapshot,
-    ) -> Self {
-        Context {
+    /// Connects everything a job needs from the settings: one connection (Redis or the SQLite
+    /// file) for the queue, tracking and the snapshot, the EE client, the export bucket and the
+    /// destination.
+    pub async fn connect(settings: Arc<Settings>, jobs: JobSettings) -> anyhow::Result<Context> {
+        let cfg = &settings.config;
+        let tls_ca_file = cfg.queue.tls_ca_file.as_deref().map(std::path::Path::new);
+        let queue_error =
+            |e: QueueError| anyhow::anyhow!("queue.url {}: {e}", redact_url(&cfg.queue.url));
+        let conn = Connection::open_with_ca(&cfg.queue.url, tls_ca_file)
+            .await
+            .map_err(queue_error)?;
+        let ns = &cfg.queue.namespace;
+        let queue = Queue::new(&conn, ns);
+        // Redis accepts a connection without a password and refuses only the first command: ask
+        // one now, so that a missing password is one message naming queue.url, not a failure deep
+        // inside the first command that needs the queue.
+        queue.ping().await.map_err(queue_error)?;
+        let tokens = auth::token_source(cfg.earthengine.credentials.as_deref())?;
+        let ee = EarthEngine::new(
+            &cfg.earthengine.endpoint,
+            &cfg.earthengine.project,
+            tokens.clone(),
+            Duration::from_secs(cfg.earthengine.timeout_secs),
+        )?;
+        let endpoint = Some(cfg.store.endpoint.as_str()).filter(|e| !e.is_empty());
+        let bucket = open_bucket(&settings.store_url, endpoint, tokens)?;
+        let dest = Arc::new(Destination::open(&cfg.download.dest)?);
+        Ok(Context {
+            tracker: Tracker::new(&conn, ns),
+            snapshot: Snapshot::new(&conn, ns),
             settings,
             jobs,
             ee,
             bucket,
             dest,
-            tracker,
             queue,
-            snapshot,
             submissions: Arc::default(),
-        }
+        })
     }
 
     /// The submission a job belongs to (cached: submissions never change).

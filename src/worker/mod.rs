@@ -10,22 +10,18 @@
 
 mod server;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::prelude::*;
 use tokio::sync::watch;
 
-use crate::auth;
-use crate::config::{Config, Settings};
+use crate::config::Config;
 use crate::document::publish;
 use crate::earthengine::MAX_ACTIVE_EXPORTS;
-use crate::earthengine::client::EarthEngine;
 use crate::jobs::poll::SweepSettings;
 use crate::jobs::{self, Context, JobError, JobSettings, order_of};
-use crate::queue::tracking::{OrderState, Tracker};
-use crate::queue::{self, BackendConfig, Connection, OrderJob, Outcome, Queue, Snapshot, Stage};
-use crate::store::{Destination, open_bucket};
+use crate::queue::tracking::OrderState;
+use crate::queue::{self, BackendConfig, OrderJob, Outcome, Stage};
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -80,52 +76,6 @@ impl Default for WorkerOptions {
 pub fn admission_cap(configured: Option<u64>, ee_max_concurrent: Option<u64>, factor: u64) -> u64 {
     let derived = ee_max_concurrent.unwrap_or(2).max(1) * factor.max(1);
     configured.unwrap_or(derived).clamp(1, MAX_ACTIVE_EXPORTS)
-}
-
-/// Connects everything a worker needs from the settings.
-pub async fn context(settings: Arc<Settings>, jobs: JobSettings) -> anyhow::Result<Context> {
-    let cfg = &settings.config;
-    // One connection (Redis or the SQLite file) for the queue, tracking and the snapshot.
-    let tls_ca_file = cfg.queue.tls_ca_file.as_deref().map(std::path::Path::new);
-    let queue_error = |e: crate::queue::QueueError| {
-        anyhow::anyhow!(
-            "queue.url {}: {e}",
-            crate::queue::redact_url(&cfg.queue.url)
-        )
-    };
-    let conn = Connection::open_with_ca(&cfg.queue.url, tls_ca_file)
-        .await
-        .map_err(queue_error)?;
-    let ns = &cfg.queue.namespace;
-    let (queue, tracker, snapshot) = (
-        Queue::new(&conn, ns),
-        Tracker::new(&conn, ns),
-        Snapshot::new(&conn, ns),
-    );
-    // Redis accepts a connection without a password and refuses only the first command: ask
-    // one now, so that a missing password is one message naming queue.url, not a failure deep
-    // inside the first command that needs the queue.
-    queue.ping().await.map_err(queue_error)?;
-    let tokens = auth::token_source(cfg.earthengine.credentials.as_deref())?;
-    let ee = EarthEngine::new(
-        &cfg.earthengine.endpoint,
-        &cfg.earthengine.project,
-        tokens.clone(),
-        Duration::from_secs(cfg.earthengine.timeout_secs),
-    )?;
-    let endpoint = Some(cfg.store.endpoint.as_str()).filter(|e| !e.is_empty());
-    let bucket = open_bucket(&settings.store_url, endpoint, tokens)?;
-    let dest = Arc::new(Destination::open(&cfg.download.dest)?);
-    Ok(Context::new(
-        settings.clone(),
-        jobs,
-        ee,
-        bucket,
-        dest,
-        tracker,
-        queue,
-        snapshot,
-    ))
 }
 
 /// Runs a worker until `shutdown` resolves, then drains.

@@ -9,7 +9,6 @@ use cedar::emulator::EmulatorOptions;
 use cedar::ingest::{IngestConfig, TilesConfig};
 use cedar::jobs::{Context, JobSettings};
 use cedar::schedule::tick;
-use cedar::worker;
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::support::{Emulated, Namespace, redis_url};
@@ -56,7 +55,7 @@ async fn setup(queue_url: String, backfill: Option<&str>) -> Bench {
         save_empty_metadata: true,
     }];
     let settings = Arc::new(c.validate().unwrap());
-    let ctx = worker::context(settings, JobSettings::default())
+    let ctx = cedar::jobs::Context::connect(settings, JobSettings::default())
         .await
         .unwrap();
     Bench {

@@ -22,8 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::support::{
-    Emulated, Namespace, Process, TestConfig, cedar_command, redis_url, run, small_exports,
-    wait_until,
+    Emulated, FAST_WORKER, Namespace, Process, TestConfig, cedar_command, redis_url, run,
+    small_exports, wait_until,
 };
 
 /// The bucket name the configuration exports to and the emulator insists on.
@@ -597,17 +597,7 @@ impl LiveWorker {
 
     /// Starts `cedar worker` with JSON logs and returns the address its metrics endpoint bound.
     async fn spawn(&mut self) -> String {
-        let cmd = self.command(&[
-            "--log-format",
-            "json",
-            "worker",
-            "--poll-interval-secs",
-            "1",
-            "--lease-secs",
-            "5",
-            "--drain-secs",
-            "5",
-        ]);
+        let cmd = self.command(&[&["--log-format", "json"], FAST_WORKER].concat());
         let worker = &*self
             .worker
             .insert(Process::spawn(cmd, self.env.path("worker.log")));

@@ -12,7 +12,8 @@ use cedar::queue::{Depth, Queue, Stage};
 use serde_json::Value;
 
 use crate::support::{
-    Emulated, Process, cedar_command, files, four_tiles, run, small_exports, wait_until,
+    Emulated, FAST_WORKER, Process, cedar_command, files, four_tiles, run, small_exports,
+    wait_until,
 };
 
 const BUCKET: &str = "cedar-single-bucket";
@@ -76,15 +77,7 @@ impl Machine {
 
     fn spawn_worker(&mut self) -> usize {
         let n = self.workers.len();
-        let cmd = self.command(&[
-            "worker",
-            "--poll-interval-secs",
-            "1",
-            "--lease-secs",
-            "5",
-            "--drain-secs",
-            "5",
-        ]);
+        let cmd = self.command(FAST_WORKER);
         let log = self.env.path(&format!("worker-{n}.log"));
         self.workers.push(Process::spawn(cmd, log));
         n

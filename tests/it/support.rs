@@ -300,6 +300,17 @@ pub fn four_tiles<'a>(collection: &'a str, end: &'a str, freq: &'a str) -> Vec<&
 
 // --- the cedar binary --------------------------------------------------------------------------
 
+/// `cedar worker` as the daemon tests run it: fast polling, short leases, a short drain.
+pub const FAST_WORKER: &[&str] = &[
+    "worker",
+    "--poll-interval-secs",
+    "1",
+    "--lease-secs",
+    "5",
+    "--drain-secs",
+    "5",
+];
+
 /// Takes the caller's cedar settings out of `cmd`'s environment: `CEDAR_CONFIG`, every
 /// `CEDAR__…` override and `STORAGE_EMULATOR_HOST`, so a developer's shell cannot change a test.
 pub fn clean_env(cmd: &mut Command) -> &mut Command {
