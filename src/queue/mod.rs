@@ -25,13 +25,13 @@
 //! ([`Connection::open`]): Redis (`redis://`, `rediss://`), the primary deployment, shared by
 //! workers on any number of machines; or an SQLite file (`sqlite://PATH`, the default
 //! `sqlite://cedar.db` when the URL is empty), for one machine without a server. Both run the
-//! same state machine with the same guarantees; the tracking state ([`crate::queue::tracking`]) and the
+//! same state machine with the same guarantees; the tracking state ([`tracking`]) and the
 //! operations [`snapshot`] live in the same place as the queue.
 //!
 //! - [`redis`]: the Redis data structures and Lua scripts ([`RedisQueue`]).
 //! - [`sqlite`]: the same operations as SQL transactions on one file ([`SqliteQueue`]).
 //! - [`snapshot`]: the EE operations snapshot shared by the poll jobs and their sweeper.
-//! - [`backend`]: the apalis 1.0 backend that drives handlers from a [`Queue`].
+//! - [`backend`](mod@backend): the apalis 1.0 backend that drives handlers from a [`Queue`].
 
 pub mod backend;
 pub mod redis;

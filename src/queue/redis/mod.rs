@@ -1,4 +1,4 @@
-//! The Redis side of the queue: its key layout, and the calls of the Lua scripts ([`scripts`])
+//! The Redis side of the queue: its key layout, and the calls of the Lua scripts (in `scripts.rs`)
 //! that move jobs between states.
 //!
 //! Every key lives under `{namespace}:{stage}:…` (`{namespace}:ee:…` for the EE-wide admission

@@ -2,8 +2,8 @@
 //!
 //! Poll jobs never ask EE about their own task (see [`crate::jobs::poll`]): one sweeper, the
 //! leader among all workers, pages `operations.list` and records each awaited operation's view
-//! here; poll jobs read it. The snapshot lives beside the queue, in Redis ([`redis`]) or in the
-//! SQLite file ([`sqlite`]); both backends keep the same state and answer alike:
+//! here; poll jobs read it. The snapshot lives beside the queue, in Redis (`redis.rs`) or in the
+//! SQLite file (`sqlite.rs`); both backends keep the same state and answer alike:
 //!
 //! | Redis key | SQLite table | content |
 //! |---|---|---|

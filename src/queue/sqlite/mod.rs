@@ -1,4 +1,4 @@
-//! The SQLite side of the queue: single-machine mode, one database file ([`db`]) instead of a
+//! The SQLite side of the queue: single-machine mode, one database file (`db.rs`) instead of a
 //! Redis server.
 //!
 //! The file holds everything Redis holds otherwise — the jobs of every stage, the admission

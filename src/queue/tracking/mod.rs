@@ -1,15 +1,13 @@
 //! Tracking state: the record of one submission and the state of each of its orders.
 //!
 //! The source of truth lives beside the queue ([`Connection`]), one backend per file: in Redis
-//! (`redis.rs`): one hash
-//! per submission, one field per order, and a per-state tally kept in step by a Lua script. In the
-//! SQLite file (`sqlite.rs`): one row per order and one per (submission, state) tally, kept in step in one
-//! transaction. Either way any number of workers can update different orders at once without
-//! losing each other's changes. The tracking **document** in the store
-//! ([`crate::document`])
-//! (`{tracking.prefix}/{name}.json`, with the original CEDAR's top-level keys `program`,
-//! `submission`, `tracking`, `orders`, `metadata`) is a projection re-rendered from that state,
-//! so whoever writes it last writes everything.
+//! (`redis.rs`): one hash per submission, one field per order, and a per-state tally kept in step
+//! by a Lua script. In the SQLite file (`sqlite.rs`): one row per order and one per (submission,
+//! state) tally, kept in step in one transaction. Either way any number of workers can update
+//! different orders at once without losing each other's changes. The tracking **document** in
+//! the store ([`crate::document`], `{tracking.prefix}/{name}.json`, with the original CEDAR's
+//! top-level keys `program`, `submission`, `tracking`, `orders`, `metadata`) is a projection
+//! re-rendered from that state, so whoever writes it last writes everything.
 //!
 //! States move forward only (QUEUED → PENDING → RUNNING → SUCCEEDED → DOWNLOADED → CLEANED, or to
 //! EMPTY/FAILED/CANCELLED/LOST); a late or repeated job cannot move an order back. Only
