@@ -25,13 +25,13 @@
 //! ([`Connection::open`]): Redis (`redis://`, `rediss://`), the primary deployment, shared by
 //! workers on any number of machines; or an SQLite file (`sqlite://PATH`, the default
 //! `sqlite://cedar.db` when the URL is empty), for one machine without a server. Both run the
-//! same state machine with the same guarantees; the tracking state ([`crate::queue::tracking`]) and the
+//! same state machine with the same guarantees; the tracking state ([`tracking`]) and the
 //! operations [`snapshot`] live in the same place as the queue.
 //!
 //! - [`redis`]: the Redis data structures and Lua scripts ([`RedisQueue`]).
 //! - [`sqlite`]: the same operations as SQL transactions on one file ([`SqliteQueue`]).
 //! - [`snapshot`]: the EE operations snapshot shared by the poll jobs and their sweeper.
-//! - [`backend`]: the apalis 1.0 backend that drives handlers from a [`Queue`].
+//! - [`backend`](mod@backend): the apalis 1.0 backend that drives handlers from a [`Queue`].
 
 pub mod backend;
 pub mod redis;
@@ -45,11 +45,27 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 pub use self::backend::{BackendConfig, CedarBackend, backend, worker_name};
-pub use self::redis::{
-    DEFAULT_NAMESPACE, DeadReason, Depth, FailResult, Leased, RateDecision, RedisQueue,
-};
+pub use self::redis::RedisQueue;
 pub use self::snapshot::Snapshot;
 pub use self::sqlite::SqliteQueue;
+
+/// The namespace used when the configuration does not name one.
+pub const DEFAULT_NAMESPACE: &str = "cedar";
+
+/// Jobs written per enqueue step (one script call on Redis, one transaction on SQLite): big
+/// enough to amortise the round trip, small enough that one step never holds Redis or the
+/// file's write lock for long (about 20 ms).
+const ENQUEUE_CHUNK: usize = 5_000;
+
+/// Expired leases reaped per lease or heartbeat call; bounds the time one step runs.
+const REAP_LIMIT: usize = 100;
+
+/// Jobs moved from backlog to due per [`Queue::admit`] call; bounds the time one step runs.
+const ADMIT_LIMIT: usize = 1_000;
+
+/// The last error recorded for a job whose lease expired: its worker died, or stalled past the
+/// lease without renewing it.
+pub const LEASE_EXPIRED: &str = "lease expired (worker lost)";
 
 /// A stage of the order lifecycle; each stage is its own queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -447,7 +463,7 @@ impl Queue {
         dispatch!(self, q => q.enqueue_encoded(stage, jobs, delay).await)
     }
 
-    /// Reaps a bounded number of expired leases, then leases up to `n` due jobs to `worker`.
+    /// Reaps expired leases as [`Queue::reap`] does, then leases up to `n` due jobs to `worker`.
     pub async fn lease(
         &self,
         stage: Stage,
@@ -459,7 +475,10 @@ impl Queue {
         dispatch!(self, q => q.lease(stage, worker, n, lease, policy).await)
     }
 
-    /// Reaps up to a bounded number of expired leases; returns how many.
+    /// Reaps up to 100 expired leases; returns how many. The lost run of each counts as a failed
+    /// attempt, with [`LEASE_EXPIRED`] as its last error: the job is due again at once, or dead
+    /// ([`DeadReason::ATTEMPTS_EXHAUSTED`]) when that was its `policy.max_attempts`-th failure.
+    /// Live leases are untouched.
     pub async fn reap(&self, stage: Stage, policy: &RetryPolicy) -> Result<u64, QueueError> {
         dispatch!(self, q => q.reap(stage, policy).await)
     }
@@ -542,7 +561,8 @@ impl Queue {
         dispatch!(self, q => q.depth(stage).await)
     }
 
-    /// The ids the queue records as leased by `worker`.
+    /// The ids the queue records as leased by `worker`: heartbeats compare them with the jobs
+    /// the process holds, and hand back any it does not (lost acknowledgements).
     pub async fn leased_by(&self, stage: Stage, worker: &str) -> Result<Vec<String>, QueueError> {
         dispatch!(self, q => q.leased_by(stage, worker).await)
     }
@@ -573,6 +593,69 @@ impl Queue {
     pub async fn acquire_rate(&self, limit_per_sec: u64) -> Result<RateDecision, QueueError> {
         dispatch!(self, q => q.acquire_rate(limit_per_sec).await)
     }
+}
+
+/// A job handed to a worker under a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leased {
+    pub id: String,
+    /// The payload JSON as enqueued.
+    pub payload: Vec<u8>,
+    /// Failed runs so far (0 on the first run).
+    pub attempts: u32,
+}
+
+/// What [`Queue::fail`] did with a failed job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailResult {
+    /// Back in due; runs again at `at_ms` (on the queue's clock, [`Queue::now_ms`]).
+    Retried { at_ms: u64 },
+    /// All attempts spent: the job is dead.
+    Buried,
+    /// The caller no longer owns the lease (it expired and was reaped): nothing changed.
+    Stale,
+}
+
+/// Answer of the shared EE rate limiter ([`Queue::acquire_rate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateDecision {
+    /// Go ahead now.
+    Go,
+    /// The window is full; try again after this many ms.
+    WaitMs(u64),
+}
+
+/// Why a job is dead, stored as JSON beside it (Redis `{ns}:{stage}:dead`, SQLite
+/// `jobs.dead_reason`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadReason {
+    /// [`DeadReason::FATAL`] or [`DeadReason::ATTEMPTS_EXHAUSTED`].
+    pub reason: String,
+    pub attempts: u32,
+    pub last_error: String,
+    pub at_ms: u64,
+}
+
+impl DeadReason {
+    /// The handler gave up at once ([`Queue::bury`]).
+    pub const FATAL: &'static str = "fatal";
+    /// The job failed `max_attempts` times (a lost lease counts as a failure).
+    pub const ATTEMPTS_EXHAUSTED: &'static str = "attempts exhausted";
+}
+
+/// How many jobs of one stage are in each state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Depth {
+    /// Due now and waiting for a worker.
+    pub due_now: u64,
+    /// Due later (snoozed, backing off, delayed).
+    pub scheduled: u64,
+    pub leased: u64,
+    pub dead: u64,
+    /// Export jobs waiting for an admission slot (0 for other stages).
+    pub backlog: u64,
+    /// How long the oldest due-now job has been waiting, in seconds (0 if none).
+    pub oldest_due_age_secs: u64,
 }
 
 /// A URL with any password replaced by `***`, for logs and messages.

@@ -1,5 +1,6 @@
 //! End-to-end tests: every remote is a real server on loopback.
 
+mod backends;
 mod bad_input;
 mod cli;
 mod daemon;
@@ -12,6 +13,7 @@ mod metrics;
 mod queue;
 mod security;
 mod single_machine;
+mod snapshot;
 mod soak;
 mod store;
 mod support;

@@ -1,13 +1,5 @@
-//! The queue and its apalis backend, on both backends: a real Redis on loopback and an SQLite
-//! file in a temporary directory. Every behaviour test is one function taking a [`TestQueue`],
-//! run once per backend (the `on_both!` modules), so the single-machine queue is held to exactly
-//! the Redis queue's contract.
-//!
-//! Each Redis test works in its own namespace, whose keys are deleted when the test ends (never
-//! FLUSHALL).
-//! `CEDAR_TEST_REDIS` overrides the server (default `redis://127.0.0.1:6379`). Each SQLite test
-//! gets its own file; "another process" is another [`Queue`] opened on the same file, with its
-//! own connection.
+//! The queue and its apalis backend, on both backends (see [`crate::backends`]): every behaviour
+//! test is one function taking a [`TestQueue`], run once per backend by `on_both!`.
 
 use std::{
     collections::HashMap,
@@ -20,110 +12,11 @@ use std::{
 
 use apalis::prelude::*;
 use cedar::queue::{
-    self, BackendConfig, FailResult, OrderJob, Outcome, Queue, QueueJob, RateDecision, RetryPolicy,
-    Stage,
+    self, BackendConfig, FailResult, OrderJob, Outcome, QueueJob, RateDecision, RetryPolicy, Stage,
 };
 use chrono::NaiveDate;
 
-use crate::support::{Namespace, redis_connection, redis_url};
-
-/// A queue of its own: a fresh Redis namespace, or a fresh SQLite file.
-struct TestQueue {
-    queue: Queue,
-    url: String,
-    namespace: String,
-    /// The Redis namespace, its keys deleted on drop (None for SQLite).
-    _keys: Option<Namespace>,
-    /// The SQLite file's directory, deleted on drop (None for Redis).
-    dir: Option<tempfile::TempDir>,
-}
-
-impl TestQueue {
-    async fn redis(test: &str) -> TestQueue {
-        let keys = Namespace::new(test);
-        let url = redis_url();
-        let queue = Queue::open(&url, &keys.name)
-            .await
-            .expect("Redis at CEDAR_TEST_REDIS or redis://127.0.0.1:6379");
-        TestQueue {
-            queue,
-            url,
-            namespace: keys.name.clone(),
-            _keys: Some(keys),
-            dir: None,
-        }
-    }
-
-    async fn sqlite(test: &str) -> TestQueue {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("cedar.db").display());
-        let namespace = format!("cedar-test:{test}");
-        let queue = Queue::open(&url, &namespace).await.unwrap();
-        TestQueue {
-            queue,
-            url,
-            namespace,
-            _keys: None,
-            dir: Some(dir),
-        }
-    }
-
-    /// A second handle on the same queue, with its own connection: another worker process.
-    async fn other_process(&self) -> Queue {
-        Queue::open(&self.url, &self.namespace).await.unwrap()
-    }
-
-    /// Jobs of `stage` stored at all (`part` "data"), or with an attempt count recorded
-    /// (`part` "attempts"), read behind the queue's back.
-    async fn stored(&self, stage: Stage, part: &str) -> u64 {
-        match &self.dir {
-            None => {
-                let mut conn = redis_connection().await;
-                redis::cmd("HLEN")
-                    .arg(format!("{}:{}:{}", self.namespace, stage.name(), part))
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap()
-            }
-            Some(dir) => {
-                let db = rusqlite::Connection::open(dir.path().join("cedar.db")).unwrap();
-                let filter = match part {
-                    "data" => "1",
-                    "attempts" => "attempts > 0",
-                    other => panic!("no part {other} in SQLite"),
-                };
-                let n: i64 = db
-                    .query_row(
-                        &format!(
-                            "SELECT count(*) FROM jobs WHERE ns = ?1 AND stage = ?2 AND {filter}"
-                        ),
-                        rusqlite::params![self.namespace, stage.name()],
-                        |r| r.get(0),
-                    )
-                    .unwrap();
-                n as u64
-            }
-        }
-    }
-}
-
-/// Runs the behaviour test `$name` (an `async fn(TestQueue)`) once per backend, as
-/// `$name::redis` and `$name::sqlite`.
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                super::$name(super::TestQueue::redis(stringify!($name)).await).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(super::TestQueue::sqlite(stringify!($name)).await).await
-            }
-        }
-    )*};
-}
+use crate::backends::{TestQueue, on_both};
 
 on_both!(
     enqueue_is_idempotent_whatever_the_state,
@@ -138,6 +31,8 @@ on_both!(
     bulk_enqueue_of_100k_jobs,
     apalis_monitor_runs_every_job_to_done_exactly_once,
     apalis_heartbeats_keep_the_lease_of_a_job_longer_than_the_lease,
+    leased_by_lists_the_leases_a_worker_holds_until_they_end,
+    reap_returns_expired_leases_to_due_and_counts_the_lost_run,
 );
 
 fn job(tracking: &str, row: u32, col: u32) -> OrderJob {
@@ -245,6 +140,127 @@ async fn lease_hands_out_each_job_once_and_complete_removes_it(t: TestQueue) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// `ids` sorted, for comparing sets of job ids.
+fn sorted(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort();
+    ids
+}
+
+/// What heartbeats compare with the jobs a process holds: a job is listed for the worker that
+/// holds its lease, for no other, and no longer once it is completed, released or reaped.
+async fn leased_by_lists_the_leases_a_worker_holds_until_they_end(t: TestQueue) {
+    let q = &t.queue;
+    let policy = RetryPolicy::default();
+    let short = Duration::from_millis(300);
+    q.enqueue_bulk(Stage::Poll, &jobs("camp", 3), Duration::ZERO)
+        .await
+        .unwrap();
+    let held_by_a = q.lease(Stage::Poll, "a", 2, LEASE, &policy).await.unwrap();
+    let held_by_b = q.lease(Stage::Poll, "b", 1, short, &policy).await.unwrap();
+    let (a0, a1, b0) = (
+        held_by_a[0].id.clone(),
+        held_by_a[1].id.clone(),
+        held_by_b[0].id.clone(),
+    );
+    let by = |worker: &'static str| async move {
+        sorted(q.leased_by(Stage::Poll, worker).await.unwrap())
+    };
+    assert_eq!(by("a").await, sorted(vec![a0.clone(), a1.clone()]));
+    assert_eq!(by("b").await, vec![b0.clone()]);
+    assert!(by("c").await.is_empty());
+
+    assert!(q.complete(Stage::Poll, &a0).await.unwrap());
+    assert_eq!(by("a").await, vec![a1.clone()]);
+
+    // b's lease runs out; a's next lease reaps it and takes the job over.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let taken = q.lease(Stage::Poll, "a", 1, LEASE, &policy).await.unwrap();
+    assert_eq!(taken[0].id, b0);
+    assert!(by("b").await.is_empty());
+    assert_eq!(by("a").await, sorted(vec![a1.clone(), b0.clone()]));
+
+    assert!(q.release(Stage::Poll, "a", &a1).await.unwrap());
+    assert_eq!(by("a").await, vec![b0.clone()]);
+    assert!(q.complete(Stage::Poll, &b0).await.unwrap());
+    assert!(by("a").await.is_empty());
+}
+
+/// An expired lease goes back to due with the lost run counted as a failed attempt (and
+/// `"lease expired (worker lost)"` as its last error), or to dead when that was the last
+/// attempt; a live lease is left alone.
+async fn reap_returns_expired_leases_to_due_and_counts_the_lost_run(t: TestQueue) {
+    let q = &t.queue;
+    let policy = RetryPolicy {
+        max_attempts: 2,
+        ..RetryPolicy::default()
+    };
+    let short = Duration::from_millis(300);
+    q.enqueue_bulk(Stage::Download, &jobs("camp", 2), Duration::ZERO)
+        .await
+        .unwrap();
+    let lost = q
+        .lease(Stage::Download, "a", 1, short, &policy)
+        .await
+        .unwrap()[0]
+        .id
+        .clone();
+    let live = q
+        .lease(Stage::Download, "b", 1, LEASE, &policy)
+        .await
+        .unwrap()[0]
+        .id
+        .clone();
+    assert_eq!(q.reap(Stage::Download, &policy).await.unwrap(), 0);
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(q.expired_leases(Stage::Download).await.unwrap(), 1);
+    assert_eq!(q.reap(Stage::Download, &policy).await.unwrap(), 1);
+    assert_eq!(q.expired_leases(Stage::Download).await.unwrap(), 0);
+    let depth = q.depth(Stage::Download).await.unwrap();
+    assert_eq!((depth.due_now, depth.leased, depth.dead), (1, 1, 0));
+    assert_eq!(q.attempts(Stage::Download, &lost).await.unwrap(), 1);
+    assert_eq!(q.attempts(Stage::Download, &live).await.unwrap(), 0);
+    assert_eq!(
+        q.leased_by(Stage::Download, "b").await.unwrap(),
+        vec![live.clone()]
+    );
+    // The worker that lost the lease can no longer settle the job.
+    assert_eq!(
+        q.fail(Stage::Download, "a", &lost, "late", &policy)
+            .await
+            .unwrap(),
+        FailResult::Stale
+    );
+
+    // Lost again: the second failed attempt of two buries it.
+    let again = q
+        .lease(Stage::Download, "c", 1, short, &policy)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again[0].id.as_str(), again[0].attempts),
+        (lost.as_str(), 1)
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(q.reap(Stage::Download, &policy).await.unwrap(), 1);
+    let reason = q
+        .dead_reason(Stage::Download, &lost)
+        .await
+        .unwrap()
+        .expect("dead after its last attempt");
+    assert_eq!(
+        (
+            reason.reason.as_str(),
+            reason.attempts,
+            reason.last_error.as_str()
+        ),
+        ("attempts exhausted", 2, "lease expired (worker lost)")
+    );
+    let depth = q.depth(Stage::Download).await.unwrap();
+    assert_eq!((depth.due_now, depth.leased, depth.dead), (0, 1, 1));
+    assert!(q.leased_by(Stage::Download, "c").await.unwrap().is_empty());
 }
 
 async fn snooze_runs_again_later_without_spending_an_attempt(t: TestQueue) {

@@ -1,15 +1,13 @@
 //! Tracking state: the record of one submission and the state of each of its orders.
 //!
 //! The source of truth lives beside the queue ([`Connection`]), one backend per file: in Redis
-//! (`redis.rs`): one hash
-//! per submission, one field per order, and a per-state tally kept in step by a Lua script. In the
-//! SQLite file (`sqlite.rs`): one row per order and one per (submission, state) tally, kept in step in one
-//! transaction. Either way any number of workers can update different orders at once without
-//! losing each other's changes. The tracking **document** in the store
-//! ([`crate::document`])
-//! (`{tracking.prefix}/{name}.json`, with the original CEDAR's top-level keys `program`,
-//! `submission`, `tracking`, `orders`, `metadata`) is a projection re-rendered from that state,
-//! so whoever writes it last writes everything.
+//! (`redis.rs`): one hash per submission, one field per order, and a per-state tally kept in step
+//! by a Lua script. In the SQLite file (`sqlite.rs`): one row per order and one per (submission,
+//! state) tally, kept in step in one transaction. Either way any number of workers can update
+//! different orders at once without losing each other's changes. The tracking **document** in
+//! the store ([`crate::document`], `{tracking.prefix}/{name}.json`, with the original CEDAR's
+//! top-level keys `program`, `submission`, `tracking`, `orders`, `metadata`) is a projection
+//! re-rendered from that state, so whoever writes it last writes everything.
 //!
 //! States move forward only (QUEUED → PENDING → RUNNING → SUCCEEDED → DOWNLOADED → CLEANED, or to
 //! EMPTY/FAILED/CANCELLED/LOST); a late or repeated job cannot move an order back. Only
@@ -48,6 +46,14 @@ pub enum TrackingError {
 }
 
 impl TrackingError {
+    /// The stored record of `name` cannot be read back: `e` says why.
+    fn corrupt(name: &str, e: serde_json::Error) -> Self {
+        TrackingError::Corrupt {
+            name: name.to_string(),
+            reason: e.to_string(),
+        }
+    }
+
     /// True when trying again later may succeed: any Redis error (connection trouble, as the
     /// jobs always treated it), a busy or failing SQLite file.
     pub fn is_retryable(&self) -> bool {
@@ -327,20 +333,24 @@ impl Tracker {
         Ok(Tracker::new(&Connection::open(url).await?, namespace))
     }
 
-    /// Records a new submission with every order QUEUED. Fails if the name is taken.
+    /// Records a new submission with every order QUEUED (no record per order: a missing record
+    /// means QUEUED, so a 100,000-order submission costs a few writes), lists it and marks its
+    /// document dirty. [`TrackingError::Exists`] if the name is taken.
     pub async fn create(&self, sub: &Submission) -> Result<(), TrackingError> {
         dispatch!(self, t => t.create(sub).await)
     }
 
+    /// The submission recorded as `name`; [`TrackingError::Unknown`] if there is none.
     pub async fn submission(&self, name: &str) -> Result<Submission, TrackingError> {
         dispatch!(self, t => t.submission(name).await)
     }
 
-    /// Every submission name, oldest first.
+    /// Every submission name, oldest (by submission time) first.
     pub async fn list(&self) -> Result<Vec<String>, TrackingError> {
         dispatch!(self, t => t.list().await)
     }
 
+    /// The status of `order` in `name`; `None` while it has no record (QUEUED).
     pub async fn status(
         &self,
         name: &str,
@@ -363,19 +373,17 @@ impl Tracker {
         let raw: Vec<Option<String>> = dispatch!(self, t => t.raw_statuses(name, keys).await)?;
         raw.into_iter()
             .map(|r| {
-                r.map(|r| {
-                    serde_json::from_str(&r).map_err(|e| TrackingError::Corrupt {
-                        name: name.to_string(),
-                        reason: e.to_string(),
-                    })
-                })
-                .transpose()
+                r.map(|r| serde_json::from_str(&r).map_err(|e| TrackingError::corrupt(name, e)))
+                    .transpose()
             })
             .collect()
     }
 
-    /// Writes `status` unless it would move the order backwards (then returns false).
-    /// `force` allows going back (retry).
+    /// Writes `status` unless it would move the order backwards ([`OrderState::rank`]; then
+    /// returns false); `force` allows going back (retry). In the same atomic step the per-state
+    /// tally moves from the old state (QUEUED without a record) to the new one, and the
+    /// submission's document is marked dirty, so concurrent workers never lose each other's
+    /// updates.
     pub async fn set(
         &self,
         name: &str,
@@ -404,7 +412,7 @@ impl Tracker {
         Ok(s)
     }
 
-    /// Orders per state.
+    /// Orders per state, from the tally kept by [`Tracker::set`]; states with none are left out.
     pub async fn counts(&self, name: &str) -> Result<BTreeMap<OrderState, u64>, TrackingError> {
         dispatch!(self, t => t.counts(name).await)
     }
@@ -414,16 +422,19 @@ impl Tracker {
         dispatch!(self, t => t.all(name).await)
     }
 
-    /// Names whose document needs re-publishing, taken (each at most `n`).
+    /// Takes up to `n` names whose document needs re-publishing: each is handed out once until
+    /// it is marked dirty again.
     pub async fn take_dirty(&self, n: usize) -> Result<Vec<String>, TrackingError> {
         dispatch!(self, t => t.take_dirty(n).await)
     }
 
+    /// Marks the document of `name` for re-publishing.
     pub async fn mark_dirty(&self, name: &str) -> Result<(), TrackingError> {
         dispatch!(self, t => t.mark_dirty(name).await)
     }
 
-    /// Forgets a submission's state (its document in the store stays).
+    /// Forgets a submission: its record, orders and tally, and its place in [`Tracker::list`]
+    /// (its document in the store stays).
     pub async fn forget(&self, name: &str) -> Result<(), TrackingError> {
         dispatch!(self, t => t.forget(name).await)
     }

@@ -1,13 +1,17 @@
-//! Tracking state in Redis: one hash per submission (a field per order), a per-state tally kept
-//! in step by [`SET_STATUS`], a dirty set for document publishing and an index of names.
+//! Tracking state in Redis: per submission a string (`{ns}:tracking:{name}:submission`), a hash
+//! with a field per order (`…:orders`) and a per-state tally hash (`…:counts`) kept in step by
+//! [`SET_STATUS`]; a dirty set (`{ns}:tracking:dirty`) and a sorted index of names
+//! (`{ns}:trackings`, by submission time).
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
-use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
 
 use super::{OrderState, OrderStatus, Submission, TrackingError, order_key};
 use crate::order::Order;
+use crate::queue::redis::script;
 
 /// Sets an order's status and keeps the per-state tally in step, atomically; refuses to move
 /// an order backwards unless forced. Returns 1 when written, 0 when refused.
@@ -62,16 +66,15 @@ impl RedisTracker {
         format!("{}:tracking:dirty", self.ns)
     }
 
-    /// Records a new submission with every order QUEUED. Fails if the name is taken.
-    pub async fn create(&self, sub: &Submission) -> Result<(), TrackingError> {
+    /// `SET NX` on the submission decides who creates it.
+    pub(super) async fn create(&self, sub: &Submission) -> Result<(), TrackingError> {
         let mut c = self.conn.clone();
         let json = serde_json::to_string(sub).expect("submission serializes");
         let created: bool = c.set_nx(self.submission_key(&sub.name), json).await?;
         if !created {
             return Err(TrackingError::Exists(sub.name.clone()));
         }
-        // Orders start QUEUED without a record each: a missing order field means QUEUED, so a
-        // 100,000-order submission costs a few commands, not 100,000 writes.
+        // The tally starts with every order QUEUED; no field is written per order.
         let _: () = redis::pipe()
             .hset(self.counts_key(&sub.name), "QUEUED", sub.order_count())
             .ignore()
@@ -88,36 +91,27 @@ impl RedisTracker {
         Ok(())
     }
 
-    pub async fn submission(&self, name: &str) -> Result<Submission, TrackingError> {
+    pub(super) async fn submission(&self, name: &str) -> Result<Submission, TrackingError> {
         let mut c = self.conn.clone();
         let raw: Option<String> = c.get(self.submission_key(name)).await?;
         let raw = raw.ok_or_else(|| TrackingError::Unknown(name.to_string()))?;
-        serde_json::from_str(&raw).map_err(|e| TrackingError::Corrupt {
-            name: name.to_string(),
-            reason: e.to_string(),
-        })
+        serde_json::from_str(&raw).map_err(|e| TrackingError::corrupt(name, e))
     }
 
-    /// Every submission name, oldest first.
-    pub async fn list(&self) -> Result<Vec<String>, TrackingError> {
+    pub(super) async fn list(&self) -> Result<Vec<String>, TrackingError> {
         let mut c = self.conn.clone();
         Ok(c.zrange(self.index_key(), 0, -1).await?)
     }
 
-    pub async fn status(
+    pub(super) async fn status(
         &self,
         name: &str,
         order: &Order,
     ) -> Result<Option<OrderStatus>, TrackingError> {
         let mut c = self.conn.clone();
         let raw: Option<String> = c.hget(self.orders_key(name), order_key(order)).await?;
-        raw.map(|r| {
-            serde_json::from_str(&r).map_err(|e| TrackingError::Corrupt {
-                name: name.to_string(),
-                reason: e.to_string(),
-            })
-        })
-        .transpose()
+        raw.map(|r| serde_json::from_str(&r).map_err(|e| TrackingError::corrupt(name, e)))
+            .transpose()
     }
 
     pub(super) async fn raw_statuses(
@@ -133,9 +127,8 @@ impl RedisTracker {
             .await?)
     }
 
-    /// Writes `status` unless it would move the order backwards (then returns false).
-    /// `force` allows going back (retry).
-    pub async fn set(
+    /// One [`SET_STATUS`] call.
+    pub(super) async fn set(
         &self,
         name: &str,
         order: &Order,
@@ -143,9 +136,8 @@ impl RedisTracker {
         force: bool,
     ) -> Result<bool, TrackingError> {
         let mut c = self.conn.clone();
-        let script = redis::Script::new(&set_status_script());
         let json = serde_json::to_string(status).expect("status serializes");
-        let written: i64 = script
+        let written: i64 = SET_STATUS_SCRIPT
             .key(self.orders_key(name))
             .key(self.counts_key(name))
             .key(self.dirty_key())
@@ -160,8 +152,10 @@ impl RedisTracker {
         Ok(written == 1)
     }
 
-    /// Orders per state.
-    pub async fn counts(&self, name: &str) -> Result<BTreeMap<OrderState, u64>, TrackingError> {
+    pub(super) async fn counts(
+        &self,
+        name: &str,
+    ) -> Result<BTreeMap<OrderState, u64>, TrackingError> {
         let mut c = self.conn.clone();
         let raw: BTreeMap<String, i64> = c.hgetall(self.counts_key(name)).await?;
         Ok(raw
@@ -171,8 +165,11 @@ impl RedisTracker {
             .collect())
     }
 
-    /// Every order's status, by order key (streams through HSCAN for large campaigns).
-    pub async fn all(&self, name: &str) -> Result<BTreeMap<String, OrderStatus>, TrackingError> {
+    /// Streams the orders hash through HSCAN, so a large campaign is read in pages.
+    pub(super) async fn all(
+        &self,
+        name: &str,
+    ) -> Result<BTreeMap<String, OrderStatus>, TrackingError> {
         let mut c = self.conn.clone();
         let mut out = BTreeMap::new();
         let mut iter: redis::AsyncIter<(String, String)> = c.hscan(self.orders_key(name)).await?;
@@ -183,20 +180,17 @@ impl RedisTracker {
                 Ok(s) => {
                     out.insert(k, s);
                 }
-                Err(e) => bad = Some(e.to_string()),
+                Err(e) => bad = Some(e),
             }
         }
-        if let Some(reason) = bad {
-            return Err(TrackingError::Corrupt {
-                name: name.to_string(),
-                reason,
-            });
+        if let Some(e) = bad {
+            return Err(TrackingError::corrupt(name, e));
         }
         Ok(out)
     }
 
-    /// Names whose document needs re-publishing, taken (each at most `n`).
-    pub async fn take_dirty(&self, n: usize) -> Result<Vec<String>, TrackingError> {
+    /// `SPOP` hands each name to one caller.
+    pub(super) async fn take_dirty(&self, n: usize) -> Result<Vec<String>, TrackingError> {
         let mut c = self.conn.clone();
         let names: Vec<String> = redis::cmd("SPOP")
             .arg(self.dirty_key())
@@ -206,14 +200,13 @@ impl RedisTracker {
         Ok(names)
     }
 
-    pub async fn mark_dirty(&self, name: &str) -> Result<(), TrackingError> {
+    pub(super) async fn mark_dirty(&self, name: &str) -> Result<(), TrackingError> {
         let mut c = self.conn.clone();
         let _: () = c.sadd(self.dirty_key(), name).await?;
         Ok(())
     }
 
-    /// Forgets a submission's state in Redis (its document in the store stays).
-    pub async fn forget(&self, name: &str) -> Result<(), TrackingError> {
+    pub(super) async fn forget(&self, name: &str) -> Result<(), TrackingError> {
         let mut c = self.conn.clone();
         let _: () = redis::pipe()
             .del(self.orders_key(name))
@@ -229,6 +222,8 @@ impl RedisTracker {
         Ok(())
     }
 }
+
+static SET_STATUS_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(&[&set_status_script()]));
 
 /// [`SET_STATUS`] with the rank table filled in from [`OrderState::rank`].
 fn set_status_script() -> String {

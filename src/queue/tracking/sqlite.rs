@@ -1,4 +1,6 @@
-//! Tracking state in the queue's SQLite file.
+//! Tracking state in the queue's SQLite file: tables `submissions`, `orders` (a row per order
+//! that has a status), `order_counts` (the per-state tally) and `dirty` (see
+//! [`SCHEMA`](crate::queue::sqlite::SCHEMA)), every write one `BEGIN IMMEDIATE` transaction.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,9 +12,7 @@ use super::{OrderState, OrderStatus, Submission, TrackingError, order_key};
 use crate::order::Order;
 use crate::queue::sqlite::Db;
 
-/// Tracking state in the queue's SQLite file, under a namespace: tables `submissions`,
-/// `orders`, `order_counts` and `dirty` (see [`crate::queue::sqlite::SCHEMA`]). Every write runs
-/// in one `BEGIN IMMEDIATE` transaction, which does what the Redis scripts do atomically.
+/// Tracking state in the queue's SQLite file, under a namespace.
 #[derive(Clone)]
 pub(super) struct SqliteTracker {
     db: Arc<Db>,
@@ -25,13 +25,6 @@ struct StateOnly {
     state: String,
 }
 
-fn corrupt(name: &str, e: serde_json::Error) -> TrackingError {
-    TrackingError::Corrupt {
-        name: name.to_string(),
-        reason: e.to_string(),
-    }
-}
-
 impl SqliteTracker {
     pub(super) fn new(db: Arc<Db>, namespace: &str) -> Self {
         SqliteTracker {
@@ -42,7 +35,7 @@ impl SqliteTracker {
 
     pub(super) async fn create(&self, sub: &Submission) -> Result<(), TrackingError> {
         let json = serde_json::to_string(sub).expect("submission serializes");
-        // Orders start QUEUED without a row each (a missing row means QUEUED).
+        // The tally starts with every order QUEUED; no row is written per order.
         let count = sub.order_count() as i64;
         let (ns, name, submitted) = (
             self.ns.clone(),
@@ -87,7 +80,7 @@ impl SqliteTracker {
             })
             .await?;
         let raw = raw.ok_or_else(|| TrackingError::Unknown(name.to_string()))?;
-        serde_json::from_str(&raw).map_err(|e| corrupt(name, e))
+        serde_json::from_str(&raw).map_err(|e| TrackingError::corrupt(name, e))
     }
 
     pub(super) async fn list(&self) -> Result<Vec<String>, TrackingError> {
@@ -121,11 +114,10 @@ impl SqliteTracker {
                 .optional()
             })
             .await?;
-        raw.map(|r| serde_json::from_str(&r).map_err(|e| corrupt(name, e)))
+        raw.map(|r| serde_json::from_str(&r).map_err(|e| TrackingError::corrupt(name, e)))
             .transpose()
     }
 
-    /// As [`SET_STATUS`]: forward-only unless forced, the tally moved in the same transaction.
     pub(super) async fn raw_statuses(
         &self,
         name: &str,
@@ -148,6 +140,7 @@ impl SqliteTracker {
             .map_err(TrackingError::from)
     }
 
+    /// The Redis `SET_STATUS` script as one transaction.
     pub(super) async fn set(
         &self,
         name: &str,
@@ -173,7 +166,7 @@ impl SqliteTracker {
                     .optional()?;
                 if let Some(old) = old {
                     let old_state = serde_json::from_str::<StateOnly>(&old)
-                        .map_err(|e| corrupt(&tracking, e))?
+                        .map_err(|e| TrackingError::corrupt(&tracking, e))?
                         .state;
                     let old_rank = OrderState::parse(&old_state).map_or(0, OrderState::rank);
                     if !force && state.rank() < old_rank {
@@ -246,7 +239,12 @@ impl SqliteTracker {
             })
             .await?;
         rows.into_iter()
-            .map(|(k, v)| Ok((k, serde_json::from_str(&v).map_err(|e| corrupt(name, e))?)))
+            .map(|(k, v)| {
+                Ok((
+                    k,
+                    serde_json::from_str(&v).map_err(|e| TrackingError::corrupt(name, e))?,
+                ))
+            })
             .collect()
     }
 

@@ -1,290 +1,26 @@
-//! The SQLite side of the queue: single-machine mode, one database file instead of a Redis server.
+//! The SQLite side of the queue: single-machine mode, one database file (`db.rs`) instead of a
+//! Redis server.
 //!
 //! The file holds everything Redis holds otherwise — the jobs of every stage, the admission
 //! slots, the EE rate window, the tracking state ([`crate::queue::tracking`]) and the operations
 //! snapshot ([`super::snapshot`]) — in the tables of [`SCHEMA`], every row keyed by namespace so
 //! that several deployments (or tests) can share one file. The queue operations below implement
-//! exactly the semantics of the Lua scripts in [`super::redis`]; their comments say why.
-//!
-//! Several cedar processes on one machine may share the file:
-//! - each process keeps **one connection** behind a mutex, and runs every statement on tokio's
-//!   blocking pool, so a slow disk never stalls the async workers;
-//! - the database is in **WAL mode**: readers (status, metrics) never block the writer;
-//! - every read-modify-write runs in a **`BEGIN IMMEDIATE`** transaction, which takes the write
-//!   lock before its first read: two processes can never both see the same free admission slot
-//!   or lease the same due job. A process that finds the lock taken waits up to
-//!   [`BUSY_TIMEOUT`]; past that its error is retryable, like a dropped Redis connection.
-//! - `synchronous = NORMAL`: a committed transaction survives the process being killed (the WAL
-//!   is in the OS's hands); only a power cut may lose the last transactions, as with Redis's
-//!   default `appendfsync everysec`.
-//!
-//! All times come from the local clock: every process sharing the file runs on this machine.
+//! exactly the semantics of the Lua scripts of [`super::redis`], each as one `BEGIN IMMEDIATE`
+//! transaction; their comments say why.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+mod db;
 
-use rusqlite::{
-    Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params,
-};
+use std::{sync::Arc, time::Duration};
+
+use rusqlite::{OptionalExtension, Transaction, params};
 use serde::Deserialize;
 
-use super::redis::{ADMIT_LIMIT, ENQUEUE_CHUNK, REAP_LIMIT};
-use super::{DeadReason, Depth, FailResult, Leased, QueueError, RateDecision, RetryPolicy, Stage};
-
-/// How long a process waits for another one's write transaction before giving up (retryably).
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The version of [`SCHEMA`], kept in `PRAGMA user_version`. A file written by a newer cedar is
-/// refused instead of being half-understood.
-const SCHEMA_VERSION: i64 = 1;
-
-/// Every table of the file. Job states are the Redis structures a job id can be in: `backlog`
-/// (export jobs waiting for an admission slot; `run_at` is their enqueue sequence), `due`
-/// (`run_at` is when it may run), `leased` (`run_at` is the lease expiry, `owner` the worker) and
-/// `dead` (`dead_reason` says why). A job exists while its row does, whatever its state.
-pub const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS jobs (
-  ns TEXT NOT NULL,
-  stage TEXT NOT NULL,
-  id TEXT NOT NULL,
-  payload BLOB NOT NULL,
-  -- The payload's tracking name, for `cedar retry` and cancel (NULL if it has none).
-  tracking TEXT,
-  state TEXT NOT NULL CHECK (state IN ('backlog', 'due', 'leased', 'dead')),
-  run_at INTEGER,
-  owner TEXT,
-  attempts INTEGER NOT NULL DEFAULT 0,
-  last_error TEXT,
-  dead_reason TEXT,
-  enqueued_ms INTEGER NOT NULL,
-  PRIMARY KEY (ns, stage, id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (ns, stage, state, run_at, id);
-CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (ns, stage, owner) WHERE owner IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_by_tracking ON jobs (ns, stage, tracking);
--- Ids holding an EE admission slot (Redis `{ns}:ee:active`).
-CREATE TABLE IF NOT EXISTS slots (
-  ns TEXT NOT NULL,
-  id TEXT NOT NULL,
-  PRIMARY KEY (ns, id)
-) WITHOUT ROWID;
--- EE calls per unix second (Redis `{ns}:ee:rate:{second}`).
-CREATE TABLE IF NOT EXISTS rate (
-  ns TEXT NOT NULL,
-  second INTEGER NOT NULL,
-  calls INTEGER NOT NULL,
-  PRIMARY KEY (ns, second)
-) WITHOUT ROWID;
--- Sequences, e.g. the export backlog's (Redis `{ns}:export:seq`).
-CREATE TABLE IF NOT EXISTS counters (
-  ns TEXT NOT NULL,
-  name TEXT NOT NULL,
-  value INTEGER NOT NULL,
-  PRIMARY KEY (ns, name)
-) WITHOUT ROWID;
--- Tracking: one row per submission, one per order, one per (submission, state) tally.
-CREATE TABLE IF NOT EXISTS submissions (
-  ns TEXT NOT NULL,
-  name TEXT NOT NULL,
-  submitted_ms INTEGER NOT NULL,
-  body TEXT NOT NULL,
-  PRIMARY KEY (ns, name)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS orders (
-  ns TEXT NOT NULL,
-  tracking TEXT NOT NULL,
-  key TEXT NOT NULL,
-  status TEXT NOT NULL,
-  PRIMARY KEY (ns, tracking, key)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS order_counts (
-  ns TEXT NOT NULL,
-  tracking TEXT NOT NULL,
-  state TEXT NOT NULL,
-  n INTEGER NOT NULL,
-  PRIMARY KEY (ns, tracking, state)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS dirty (
-  ns TEXT NOT NULL,
-  tracking TEXT NOT NULL,
-  PRIMARY KEY (ns, tracking)
-) WITHOUT ROWID;
--- The operations snapshot: views by operation name, awaited and looked-up operations, and the
--- sweeper's leader lock and last sweep start.
-CREATE TABLE IF NOT EXISTS ops (
-  ns TEXT NOT NULL,
-  name TEXT NOT NULL,
-  view TEXT NOT NULL,
-  PRIMARY KEY (ns, name)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS ops_waiting (
-  ns TEXT NOT NULL,
-  name TEXT NOT NULL,
-  PRIMARY KEY (ns, name)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS ops_looked_up (
-  ns TEXT NOT NULL,
-  name TEXT NOT NULL,
-  PRIMARY KEY (ns, name)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS ops_sweep (
-  ns TEXT NOT NULL PRIMARY KEY,
-  leader TEXT,
-  leader_until_ms INTEGER,
-  swept_ms INTEGER
-) WITHOUT ROWID;
-"#;
-
-/// The file a `sqlite://` queue URL names: `sqlite:///abs/path` is absolute, `sqlite://rel.db`
-/// relative to the working directory. None for other URLs or an empty path.
-pub fn path_of(url: &str) -> Option<PathBuf> {
-    url.strip_prefix("sqlite://")
-        .filter(|path| !path.is_empty())
-        .map(PathBuf::from)
-}
-
-/// Milliseconds since the Unix epoch on the local clock.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// True for errors worth retrying: another process held the write lock past [`BUSY_TIMEOUT`],
-/// or the disk failed or filled up (an operator can fix that while the job waits).
-pub fn is_retryable(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(
-            ErrorCode::DatabaseBusy
-                | ErrorCode::DatabaseLocked
-                | ErrorCode::SystemIoFailure
-                | ErrorCode::DiskFull
-        )
-    )
-}
-
-/// One process's connection to the database file.
-pub struct Db {
-    conn: Mutex<Connection>,
-    path: PathBuf,
-}
-
-impl std::fmt::Debug for Db {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("path", &self.path).finish()
-    }
-}
-
-impl Db {
-    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
-    pub async fn open(path: &Path) -> Result<Arc<Db>, QueueError> {
-        let path = path.to_owned();
-        let shown = path.display().to_string();
-        let opened = tokio::task::spawn_blocking(move || Db::open_blocking(path))
-            .await
-            .map_err(|e| QueueError::Database {
-                path: shown.clone(),
-                reason: e.to_string(),
-            })?;
-        opened.map(Arc::new).map_err(|e| match e {
-            QueueError::Sqlite(e) => QueueError::Database {
-                path: shown,
-                reason: e.to_string(),
-            },
-            other => other,
-        })
-    }
-
-    fn open_blocking(path: PathBuf) -> Result<Db, QueueError> {
-        let mut conn = Connection::open(&path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        // journal_mode answers with the mode now in force; anything but WAL would let a long
-        // read block every writer.
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(QueueError::Database {
-                path: path.display().to_string(),
-                reason: format!("cannot switch to WAL mode (journal mode is {mode})"),
-            });
-        }
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            return Err(QueueError::Database {
-                path: path.display().to_string(),
-                reason: format!(
-                    "schema version {version} was written by a newer cedar (this one knows {SCHEMA_VERSION})"
-                ),
-            });
-        }
-        if version < SCHEMA_VERSION {
-            tx.execute_batch(SCHEMA)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        }
-        tx.commit()?;
-        Ok(Db {
-            conn: Mutex::new(conn),
-            path,
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Runs `f` on the connection, on the blocking pool.
-    pub(crate) async fn read<T, F>(self: &Arc<Self>, f: F) -> rusqlite::Result<T>
-    where
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-        T: Send + 'static,
-    {
-        let db = self.clone();
-        join(tokio::task::spawn_blocking(move || {
-            let conn = db.conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&conn)
-        }))
-        .await
-    }
-
-    /// Runs `f` in a `BEGIN IMMEDIATE` transaction, committed if `f` succeeds.
-    pub(crate) async fn write<T, E, F>(self: &Arc<Self>, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&Transaction) -> Result<T, E> + Send + 'static,
-        T: Send + 'static,
-        E: From<rusqlite::Error> + Send + 'static,
-    {
-        let db = self.clone();
-        join(tokio::task::spawn_blocking(move || {
-            let mut conn = db.conn.lock().unwrap_or_else(|p| p.into_inner());
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        }))
-        .await
-    }
-}
-
-/// Waits for a blocking task: its panic is re-raised here (a bug, as it would be inline); a task
-/// dropped because the runtime shuts down reads as an interrupted statement.
-async fn join<T, E: From<rusqlite::Error>>(
-    task: tokio::task::JoinHandle<Result<T, E>>,
-) -> Result<T, E> {
-    match task.await {
-        Ok(out) => out,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => Err(E::from(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERRUPT),
-            Some("the runtime shut down before the statement ran".into()),
-        ))),
-    }
-}
+pub(in crate::queue) use self::db::now_ms;
+pub use self::db::{BUSY_TIMEOUT, Db, SCHEMA, is_retryable, path_of};
+use super::{
+    ADMIT_LIMIT, DeadReason, Depth, ENQUEUE_CHUNK, FailResult, LEASE_EXPIRED, Leased, QueueError,
+    REAP_LIMIT, RateDecision, RetryPolicy, Stage,
+};
 
 /// The queue of every stage in one database file, under one namespace.
 #[derive(Clone)]
@@ -296,7 +32,7 @@ pub struct SqliteQueue {
 impl std::fmt::Debug for SqliteQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteQueue")
-            .field("path", &self.db.path)
+            .field("path", &self.db.path())
             .field("namespace", &self.ns)
             .finish()
     }
@@ -307,9 +43,6 @@ impl std::fmt::Debug for SqliteQueue {
 struct TrackingOnly {
     tracking: String,
 }
-
-/// The last error recorded when a lease expires, as in the Redis reaper.
-const LEASE_EXPIRED: &str = "lease expired (worker lost)";
 
 /// Takes the next value of a sequence (Redis `INCR`).
 fn next_seq(tx: &Transaction, ns: &str, name: &str) -> rusqlite::Result<i64> {
@@ -388,7 +121,7 @@ fn reap_expired(
     for id in &expired {
         let attempts = spend_attempt(tx, ns, stage, id, LEASE_EXPIRED)?;
         if attempts >= max_attempts {
-            let why = dead("attempts exhausted", attempts, LEASE_EXPIRED, now);
+            let why = dead(DeadReason::ATTEMPTS_EXHAUSTED, attempts, LEASE_EXPIRED, now);
             kill(tx, ns, stage, id, &why)?;
         } else {
             tx.execute(
@@ -600,7 +333,6 @@ impl SqliteQueue {
 
     /// Puts a leased job back in due after `delay`, fenced by owner, no attempt spent. As
     /// RESCHEDULE_LUA.
-    /// As [`super::redis::RedisQueue::reschedule`].
     pub(crate) async fn reschedule(
         &self,
         stage: Stage,
@@ -662,7 +394,7 @@ impl SqliteQueue {
                 }
                 let attempts = spend_attempt(tx, &ns, stage.name(), &id, &error)?;
                 if attempts >= policy.max_attempts.max(1) {
-                    let why = dead("attempts exhausted", attempts, &error, now);
+                    let why = dead(DeadReason::ATTEMPTS_EXHAUSTED, attempts, &error, now);
                     kill(tx, &ns, stage.name(), &id, &why)?;
                     return Ok(FailResult::Buried);
                 }
@@ -692,7 +424,7 @@ impl SqliteQueue {
                     return Ok(false);
                 }
                 let attempts = spend_attempt(tx, &ns, stage.name(), &id, &reason)?;
-                let why = dead("fatal", attempts, &reason, now_ms());
+                let why = dead(DeadReason::FATAL, attempts, &reason, now_ms());
                 kill(tx, &ns, stage.name(), &id, &why)?;
                 Ok(true)
             })
@@ -967,33 +699,5 @@ impl SqliteQueue {
                 })
             })
             .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sqlite_urls_name_absolute_and_relative_files() {
-        assert_eq!(
-            path_of("sqlite:///var/lib/cedar.db"),
-            Some(PathBuf::from("/var/lib/cedar.db"))
-        );
-        assert_eq!(
-            path_of("sqlite://cedar.db"),
-            Some(PathBuf::from("cedar.db"))
-        );
-        assert_eq!(path_of("sqlite://"), None);
-        assert_eq!(path_of("redis://h"), None);
-    }
-
-    #[test]
-    fn busy_and_disk_errors_are_retryable_constraint_errors_are_not() {
-        let code = |c| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(c), None);
-        assert!(is_retryable(&code(rusqlite::ffi::SQLITE_BUSY)));
-        assert!(is_retryable(&code(rusqlite::ffi::SQLITE_FULL)));
-        assert!(!is_retryable(&code(rusqlite::ffi::SQLITE_CONSTRAINT)));
-        assert!(!is_retryable(&rusqlite::Error::QueryReturnedNoRows));
     }
 }
