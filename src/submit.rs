@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::config::Settings;
-use crate::document::publish;
+use crate::document::{document_object, publish};
 use crate::jobs::{Context, job_for};
 use crate::naming::TrackingValues;
 use crate::period::{Frequency, Period, periods};
@@ -130,9 +130,25 @@ pub fn plan(settings: &Settings, req: &Request, now: DateTime<Utc>) -> Result<Pl
 
 /// Records a validated plan, writes its tracking document and enqueues its exports; returns
 /// the number of jobs added.
+///
+/// A submit happens whole or leaves nothing: it is refused before anything is written when an
+/// active submission exports to the same objects, and when writing the document or queueing
+/// fails after the submission was recorded, what was written is taken back before the error is
+/// returned (a submission without its jobs would wait forever).
 pub async fn enqueue(ctx: &Context, plan: &Plan) -> Result<u64, SubmitError> {
     let sub = &plan.submission;
+    refuse_overlap(ctx, sub).await?;
     ctx.tracker.create(sub).await?;
+    match publish_and_queue(ctx, sub).await {
+        Ok(added) => Ok(added),
+        Err(e) => {
+            undo(ctx, &sub.name).await;
+            Err(e)
+        }
+    }
+}
+
+async fn publish_and_queue(ctx: &Context, sub: &Submission) -> Result<u64, SubmitError> {
     publish(&ctx.settings, &ctx.tracker, ctx.bucket.as_ref(), &sub.name).await?;
     let jobs: Vec<_> = sub.orders().map(|o| job_for(&sub.name, &o, None)).collect();
     let mut added = 0;
@@ -143,6 +159,60 @@ pub async fn enqueue(ctx: &Context, plan: &Plan) -> Result<u64, SubmitError> {
             .await?;
     }
     Ok(added)
+}
+
+/// Takes back a submission whose submit failed half-way: its queued exports first (so that no
+/// worker starts one whose submission is about to vanish), then its record and its document.
+/// Each step is attempted even when an earlier one fails; what could not be undone is logged
+/// with the command that finishes the job.
+async fn undo(ctx: &Context, name: &str) {
+    if let Err(e) = ctx.queue.remove_tracking(Stage::Export, name).await {
+        tracing::error!(tracking = name, error = %e, "could not remove the queued exports of a failed submit; run `cedar cancel {name}`");
+    }
+    if let Err(e) = ctx.tracker.forget(name).await {
+        tracing::error!(tracking = name, error = %e, "could not forget a failed submit; run `cedar cancel {name}`");
+    }
+    let document = document_object(&ctx.settings, name);
+    if let Err(e) = ctx.bucket.delete(&document).await {
+        tracing::debug!(object = %document, error = %e, "no tracking document to take back");
+    }
+}
+
+/// Refuses `sub` when a submission that is still running exports any of the same objects: EE
+/// would write both into one place, and the first to finish would download and delete files
+/// the other still needs. A finished submission is no obstacle (each submission has its own EE
+/// tasks, see the export's `requestId`), so the same items can be submitted again once the
+/// first is done, failed or cancelled.
+async fn refuse_overlap(ctx: &Context, sub: &Submission) -> Result<(), SubmitError> {
+    let templates = ctx.settings.item_templates();
+    let ours: HashSet<String> = sub
+        .orders()
+        .filter_map(|o| o.names(templates, sub.submitted).ok())
+        .map(|n| n.object_base())
+        .collect();
+    for other in ctx.tracker.list().await? {
+        let counts = ctx.tracker.counts(&other).await?;
+        let running = counts
+            .iter()
+            .any(|(state, n)| *n > 0 && !state.is_complete() && !state.is_failed());
+        if !running {
+            continue;
+        }
+        let theirs = ctx.tracker.submission(&other).await?;
+        let shared = theirs
+            .orders()
+            .filter_map(|o| o.names(templates, theirs.submitted).ok())
+            .map(|n| n.object_base())
+            .find(|base| ours.contains(base));
+        if let Some(base) = shared {
+            return Err(SubmitError::Invalid(format!(
+                "submission {other:?} is still running and exports the same objects (e.g. {base:?}); \
+                 wait until `cedar status {other}` ends, `cedar cancel {other}`, or put {{now}} in \
+                 export.prefix_template so that each submission exports into its own folder"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Reads tiles from a file: one `ROW,COL` per line; blank lines and `#` comments ignored.

@@ -219,7 +219,12 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
                     "the partial first period {d} is dropped: periods are anchored to the frequency; start on a period boundary to include it"
                 );
             }
-            let n = submit::enqueue(&ctx, &plan).await?;
+            let n = match submit::enqueue(&ctx, &plan).await {
+                Ok(n) => n,
+                // Refused before anything was written (the same objects as a running submission).
+                Err(submit::SubmitError::Invalid(m)) => return Ok(usage(m)),
+                Err(e) => return Err(e.into()),
+            };
             let name = &plan.submission.name;
             if a.json {
                 println!(

@@ -112,7 +112,12 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
         bucket: export.bucket.clone(),
         filename_prefix: names.object_base(),
         description: names.name.clone(),
+        // The submission and the namespace are part of the identity: the same items submitted
+        // again (after the first finished), or by another deployment, get a task of their own
+        // instead of EE's answer for the first one, whose files are long gone.
         request_id: request_id(&[
+            ctx.settings.config.queue.namespace.as_str(),
+            job.tracking.as_str(),
             order.collection.as_str(),
             &format!("{}/{}", order.row, order.col),
             &order.period.to_string(),

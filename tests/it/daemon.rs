@@ -883,6 +883,63 @@ async fn a_killed_worker_loses_and_duplicates_nothing() {
     assert_eq!(queued, BTreeMap::new(), "nothing left in the queues");
 }
 
+/// The same items submitted twice: while the first submission runs, the second is refused and
+/// leaves nothing behind; once the first has finished, the second is a campaign of its own — new
+/// EE tasks (its own `requestId`), every order CLEANED, its files in its own folder — and the
+/// first campaign's files stay as they were.
+#[tokio::test]
+async fn the_same_items_again_are_refused_while_running_then_run_as_their_own_campaign() {
+    let mut c = Campaign::start("twice", Campaign::options()).await;
+    let args = four_tiles(LC08, "2021-09-01", "2MS");
+    let first = c.submit(&args).await;
+    // No worker runs yet, so the first submission is certainly still running.
+    let mut again = vec!["submit", "--json"];
+    again.extend_from_slice(&args);
+    let refused = c.cedar(&again).await;
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(
+        refused.stderr.contains("still running") && refused.stderr.contains(&first),
+        "{refused:?}"
+    );
+    let listed = c.cedar(&["list"]).await;
+    assert_eq!(listed.stdout.lines().count(), 1, "nothing left: {listed:?}");
+
+    c.spawn_worker();
+    let (status, code) = c.wait_done(&first).await;
+    assert_eq!(code, Some(0), "{status}");
+    let first_files: BTreeMap<String, u64> = c
+        .dest_files()
+        .into_iter()
+        .filter_map(|(f, n)| Some((f.strip_prefix(&format!("{first}/"))?.to_owned(), n)))
+        .collect();
+    let cleaned = counts(&status).get("CLEANED").copied().unwrap_or(0);
+    assert!(cleaned > 0 && !first_files.is_empty(), "{status}");
+
+    // Tracking names carry the submission time to the second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = c.submit(&args).await;
+    assert_ne!(second, first);
+    let (status, code) = c.wait_done(&second).await;
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(
+        counts(&status).get("CLEANED").copied().unwrap_or(0),
+        cleaned,
+        "{status}"
+    );
+    let stats = c.emulator.stats();
+    assert_eq!(
+        stats.requests.get("image.export").copied().unwrap_or(0),
+        2 * cleaned,
+        "each submission exports each order once: {stats:#?}"
+    );
+    let files = c.dest_files();
+    for (f, n) in &first_files {
+        assert_eq!(files.get(&format!("{first}/{f}")), Some(n), "first: {f}");
+        assert_eq!(files.get(&format!("{second}/{f}")), Some(n), "second: {f}");
+    }
+    assert_bucket_empty(&c);
+}
+
 /// The download stage refuses object names that would escape the destination, writing
 /// nothing anywhere, and still copies a well-named object.
 #[tokio::test]

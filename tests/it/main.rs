@@ -16,5 +16,6 @@ mod single_machine;
 mod snapshot;
 mod soak;
 mod store;
+mod submit;
 mod support;
 mod tracking;

@@ -1,0 +1,157 @@
+//! Submitting happens whole or leaves nothing: a submit that fails after it recorded the
+//! submission takes everything back, and a submission that would export to the objects of one
+//! still running is refused before anything is written — on Redis and on the SQLite queue.
+
+use std::sync::Arc;
+
+use cedar::campaign;
+use cedar::config::Config;
+use cedar::emulator::EmulatorOptions;
+use cedar::jobs::{Context, JobSettings};
+use cedar::queue::Stage;
+use cedar::submit::{self, Request, SubmitError};
+use chrono::{Duration, NaiveDate, Utc};
+
+use crate::support::{Emulated, Namespace, redis_url};
+
+struct Bench {
+    ctx: Context,
+    /// Deletes the Redis keys of the test (the SQLite file is in `_env`).
+    _keys: Namespace,
+    _env: Emulated,
+}
+
+/// A context on `queue_url` (empty: an SQLite file of the test's own), exporting into the
+/// emulator's bucket folder, or into `store_url` when given.
+async fn setup(queue_url: String, store_url: Option<String>) -> Bench {
+    let env = Emulated::start(EmulatorOptions::default()).await;
+    let keys = Namespace::new("submit");
+    let mut c = Config::default();
+    c.earthengine.project = "submit-test".into();
+    c.earthengine.endpoint = env.emulator.url();
+    c.earthengine.credentials = Some("none".into());
+    c.export.bucket = "b-submit".into();
+    c.store.url = store_url.unwrap_or_else(|| {
+        url::Url::from_directory_path(&env.bucket)
+            .unwrap()
+            .to_string()
+    });
+    c.download.dest = env.dest.display().to_string();
+    c.queue.url = if queue_url.is_empty() {
+        format!("sqlite://{}", env.path("q.db").display())
+    } else {
+        queue_url
+    };
+    c.queue.namespace = keys.name.clone();
+    let settings = Arc::new(c.validate().unwrap());
+    let ctx = Context::connect(settings, JobSettings::default())
+        .await
+        .unwrap();
+    Bench {
+        ctx,
+        _keys: keys,
+        _env: env,
+    }
+}
+
+fn request() -> Request {
+    Request {
+        collections: vec!["LANDSAT/LC08/C02/T1_L2".into()],
+        tiles: vec![(10, 14), (10, 15)],
+        start: NaiveDate::from_ymd_opt(2021, 7, 1).unwrap(),
+        end: NaiveDate::from_ymd_opt(2021, 9, 1).unwrap(),
+        freq: None,
+        save_empty_metadata: true,
+        error_if_empty: false,
+    }
+}
+
+/// Export jobs of every kind (backlog, due, scheduled, leased, dead).
+async fn export_jobs(ctx: &Context) -> u64 {
+    let d = ctx.queue.depth(Stage::Export).await.unwrap();
+    d.backlog + d.due_now + d.scheduled + d.leased + d.dead
+}
+
+async fn a_failed_document_write_leaves_no_campaign_and_no_job(queue_url: String) {
+    // A bucket folder below a regular file: every write fails with "Not a directory".
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a folder").unwrap();
+    let store = url::Url::from_directory_path(file.join("bucket")).unwrap();
+    let b = setup(queue_url, Some(store.to_string())).await;
+    let plan = submit::plan(&b.ctx.settings, &request(), Utc::now()).unwrap();
+    let err = submit::enqueue(&b.ctx, &plan).await.unwrap_err();
+    assert!(matches!(err, SubmitError::Publish(_)), "{err}");
+    assert_eq!(b.ctx.tracker.list().await.unwrap(), Vec::<String>::new());
+    assert_eq!(export_jobs(&b.ctx).await, 0);
+    // Nothing stands in the way of submitting it again once the store works.
+    assert!(
+        b.ctx
+            .tracker
+            .submission(&plan.submission.name)
+            .await
+            .is_err()
+    );
+}
+
+async fn the_same_objects_are_refused_while_the_first_runs(queue_url: String) {
+    let b = setup(queue_url, None).await;
+    let now = Utc::now();
+    let first = submit::plan(&b.ctx.settings, &request(), now).unwrap();
+    assert_eq!(submit::enqueue(&b.ctx, &first).await.unwrap(), 2);
+    let name = first.submission.name.clone();
+
+    // A later submission of one of the same items (its tracking name differs by the time).
+    let mut one = request();
+    one.tiles = vec![(10, 15)];
+    let second = submit::plan(&b.ctx.settings, &one, now + Duration::seconds(5)).unwrap();
+    let err = submit::enqueue(&b.ctx, &second)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("still running") && err.contains(&name),
+        "{err}"
+    );
+    assert_eq!(b.ctx.tracker.list().await.unwrap(), vec![name.clone()]);
+    assert_eq!(export_jobs(&b.ctx).await, 2);
+
+    // Other items are no obstacle.
+    let mut other = request();
+    other.tiles = vec![(11, 14)];
+    let third = submit::plan(&b.ctx.settings, &other, now + Duration::seconds(6)).unwrap();
+    assert_eq!(submit::enqueue(&b.ctx, &third).await.unwrap(), 1);
+
+    // Once the first has ended (here: cancelled), the same items may be submitted again.
+    assert_eq!(campaign::cancel(&b.ctx, &name).await.unwrap(), 2);
+    assert_eq!(submit::enqueue(&b.ctx, &second).await.unwrap(), 1);
+    let mut names = b.ctx.tracker.list().await.unwrap();
+    names.sort();
+    let mut want = vec![
+        name,
+        second.submission.name.clone(),
+        third.submission.name.clone(),
+    ];
+    want.sort();
+    assert_eq!(names, want);
+}
+
+#[tokio::test]
+async fn a_failed_document_write_leaves_nothing_on_redis() {
+    a_failed_document_write_leaves_no_campaign_and_no_job(redis_url()).await;
+}
+
+#[tokio::test]
+async fn a_failed_document_write_leaves_nothing_on_sqlite() {
+    a_failed_document_write_leaves_no_campaign_and_no_job(String::new()).await;
+}
+
+#[tokio::test]
+async fn the_same_objects_are_refused_while_running_on_redis() {
+    the_same_objects_are_refused_while_the_first_runs(redis_url()).await;
+}
+
+#[tokio::test]
+async fn the_same_objects_are_refused_while_running_on_sqlite() {
+    the_same_objects_are_refused_while_the_first_runs(String::new()).await;
+}
