@@ -30,7 +30,7 @@ pub enum TilesConfig {
 
 /// One `[[ingest]]` entry as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+
 pub struct IngestConfig {
     pub name: String,
     /// Cron expression in UTC with seconds: `sec min hour day-of-month month day-of-week`,

@@ -5,6 +5,7 @@
 
 pub mod campaign;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -81,8 +82,10 @@ pub enum ConfigCommand {
 fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CEDAR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colour codes only where a person reads them: a log redirected to a file stays plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -98,6 +101,41 @@ fn print_config_error(e: &ConfigError) {
             eprintln!("error: {}: {p}", e.source_name);
         }
     }
+}
+
+/// What a valid configuration will still fail at later, with the fix: `config check` prints
+/// these after `ok` (they do not fail the check: a file may be completed by the environment of
+/// the process that runs it).
+fn warnings(s: &Settings) -> Vec<String> {
+    let ee = &s.config.earthengine;
+    let mut out = Vec::new();
+    if ee.project.is_empty() {
+        out.push(
+            "earthengine.project is empty: every command that talks to Earth Engine will fail; set the Cloud project registered for Earth Engine".to_owned(),
+        );
+    }
+    let google = ee
+        .endpoint
+        .starts_with(cedar::earthengine::DEFAULT_ENDPOINT);
+    if google && ee.credentials.is_none() {
+        let adc = std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS").is_some()
+            || std::env::var_os("HOME").is_some_and(|h| {
+                PathBuf::from(h)
+                    .join(".config/gcloud/application_default_credentials.json")
+                    .is_file()
+            });
+        if !adc {
+            out.push(
+                "earthengine.credentials is unset and no Application Default Credentials were found (GOOGLE_APPLICATION_CREDENTIALS, gcloud auth application-default login): calls to Google will fail; give a service-account key path".to_owned(),
+            );
+        }
+    }
+    if ee.credentials.as_deref() == Some("none") && google {
+        out.push(
+            "earthengine.credentials = \"none\" sends no token, which only an emulator accepts; Google will answer 401".to_owned(),
+        );
+    }
+    out
 }
 
 fn load(cli: &Cli) -> Result<Config, ExitCode> {
@@ -152,6 +190,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 s.config.export.bucket,
                 cedar::queue::redact_url(&s.store_url)
             );
+            for w in warnings(&s) {
+                eprintln!("warning: {w}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Show) => {

@@ -6,7 +6,7 @@ use crate::collection::{self, Band, CollectionSpec, DataType, PropertyFilter};
 
 /// `[collections."ID"]`: overrides of a preset, or a new collection.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct CollectionConfig {
     pub bands: Option<Vec<String>>,
     pub properties: Option<Vec<String>>,

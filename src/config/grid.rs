@@ -11,7 +11,7 @@ use crate::grid::{Crs, Limits, TileGrid};
 /// giving `crs`, `ul`, `res`, `size` and `limits` would always collide with the preset it never
 /// asked for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+
 pub struct GridConfig {
     #[serde(default)]
     pub preset: Option<String>,

@@ -89,7 +89,7 @@ impl Problems {
 
 /// The configuration as written (after defaults and environment overrides).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct Config {
     pub earthengine: EarthEngineConfig,
     pub queue: QueueConfig,
@@ -174,7 +174,7 @@ impl Config {
                 format!("malformed TOML{line}: {}", e.message()),
             )
         })?;
-        apply_env(&mut table, env);
+        let from_env = apply_env(&mut table, env);
         let mut unknown = Vec::new();
         let de = toml::Value::Table(table);
         let result: Result<Config, _> = serde_path_to_error::deserialize(
@@ -182,13 +182,17 @@ impl Config {
                 unknown.push(path.to_string())
             }),
         );
+        // Every unknown key is reported, not only the first: the sections do not deny unknown
+        // fields themselves (serde would stop at the first), serde_ignored collects them all.
         let mut problems: Vec<Problem> = unknown
             .into_iter()
             .map(|key| Problem {
-                message: format!(
-                    "unknown key; remove it or check its spelling against {}",
-                    "config/default.toml"
-                ),
+                message: match from_env.get(&key) {
+                    Some(var) => format!(
+                        "unknown key, set by the environment variable {var}; unset it or check its spelling against config/default.toml"
+                    ),
+                    None => "unknown key; remove it or check its spelling against config/default.toml".to_owned(),
+                },
                 key,
             })
             .collect();
@@ -203,11 +207,11 @@ impl Config {
                 // The bare message: toml's Display adds "in `key`" on lines of its own, and the
                 // key is already in front of every problem.
                 let inner = e.into_inner().message().to_owned();
-                // serde reports unknown fields itself when deny_unknown_fields trips first.
-                let message = if inner.starts_with("unknown field") {
-                    format!("{inner}; remove it or check its spelling against config/default.toml")
-                } else {
-                    format!("{inner}; see config/default.toml for the expected type")
+                let message = match from_env.get(&key) {
+                    Some(var) => format!(
+                        "{inner} (from the environment variable {var}); see config/default.toml for the expected type"
+                    ),
+                    None => format!("{inner}; see config/default.toml for the expected type"),
                 };
                 problems.push(Problem { key, message });
                 Err(ConfigError {
@@ -383,7 +387,14 @@ impl Config {
 /// `STORAGE_EMULATOR_HOST` (the variable Google's own client libraries honour) fills
 /// `[store] endpoint` when neither the file nor a `CEDAR__STORE__ENDPOINT` override set it, so
 /// that nothing deeper in the crate reads the environment.
-fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) {
+///
+/// Returns the key each variable set (`export.bucket` → `CEDAR__EXPORT__BUCKET`), so that a
+/// problem with a value from the environment names the variable, not the file.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> BTreeMap<String, String> {
+    let mut from_env = BTreeMap::new();
     let mut emulator_host = None;
     for (name, raw) in env {
         if name == EMULATOR_HOST_ENV {
@@ -397,6 +408,7 @@ fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, Str
         if keys.iter().any(|k| k.is_empty()) {
             continue;
         }
+        from_env.insert(keys.join("."), name.clone());
         let value = format!("v = {raw}")
             .parse::<toml::Table>()
             .ok()
@@ -431,6 +443,7 @@ fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, Str
             }
         }
     }
+    from_env
 }
 
 #[cfg(test)]
@@ -520,15 +533,32 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_errors_everywhere() {
-        let text = format!("{}bukket = \"x\"\n[nope]\na = 1\n", valid_toml());
+    fn unknown_keys_are_errors_everywhere_and_all_reported() {
+        let text = format!(
+            "{}bukket = \"x\"\nfile_dimension = 1024\n[nope]\na = 1\n[worker]\nconcurency = 2\n",
+            valid_toml()
+        );
         let e = Config::from_toml("t", &text, no_env()).unwrap_err();
-        let keys: Vec<_> = e.problems.iter().map(|p| p.key.as_str()).collect();
-        assert!(keys.contains(&"export.bukket"), "{e}");
+        let mut keys: Vec<_> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "export.bukket",
+                "export.file_dimension",
+                "nope",
+                "worker.concurency"
+            ],
+            "{e}"
+        );
         let env = vec![("CEDAR__EXPORT__BUKET".to_string(), "x".to_string())];
         let e = Config::from_toml("t", &valid_toml(), env).unwrap_err();
         assert_eq!(e.problems[0].key, "export.buket", "{e}");
-        assert!(e.problems[0].message.contains("unknown"), "{e}");
+        assert!(
+            e.problems[0].message.contains("unknown")
+                && e.problems[0].message.contains("CEDAR__EXPORT__BUKET"),
+            "{e}"
+        );
     }
 
     #[test]

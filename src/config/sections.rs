@@ -11,7 +11,7 @@ use crate::queue::{QueueUrl, redact_url};
 
 /// `[earthengine]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct EarthEngineConfig {
     pub project: String,
     pub endpoint: String,
@@ -33,7 +33,7 @@ impl Default for EarthEngineConfig {
 
 /// `[queue]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct QueueConfig {
     /// Where the queue and tracking state live: `redis://…`/`rediss://…` (workers on many
     /// machines), or `sqlite://PATH` (one machine, no server). Default `""`, which means
@@ -58,7 +58,7 @@ impl Default for QueueConfig {
 
 /// `[export]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct ExportConfig {
     pub bucket: String,
     pub prefix_template: String,
@@ -83,7 +83,7 @@ impl Default for ExportConfig {
 
 /// `[store]`
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct StoreConfig {
     /// Empty: `gs://{export.bucket}`.
     pub url: String,
@@ -93,7 +93,7 @@ pub struct StoreConfig {
 
 /// `[tracking]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct TrackingConfig {
     pub template: String,
     pub prefix: String,
@@ -110,7 +110,7 @@ impl Default for TrackingConfig {
 
 /// `[download]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct DownloadConfig {
     pub dest: String,
 }
@@ -125,7 +125,7 @@ impl Default for DownloadConfig {
 
 /// `[metrics]`: the worker's Prometheus endpoint (`/metrics`, `/healthz`, `/readyz`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct MetricsConfig {
     /// The socket address every `cedar worker` serves on; default `127.0.0.1:9464`, loopback,
     /// so that nothing is exposed unless configured.
@@ -142,7 +142,7 @@ impl Default for MetricsConfig {
 
 /// `[limits]`: how hard cedar may push Earth Engine, across all workers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct LimitsConfig {
     /// EE tasks PENDING or RUNNING at once from this project; 0 (the default) derives it from
     /// EE's `maxConcurrentExports` × `active_exports_factor`. Never above [`MAX_ACTIVE_EXPORTS`].
@@ -165,7 +165,7 @@ impl Default for LimitsConfig {
 
 /// `[worker]`: how each `cedar worker` process runs; `cedar worker` flags override each key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct WorkerConfig {
     /// Jobs run at once per stage. Default 8.
     pub concurrency: usize,

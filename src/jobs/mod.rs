@@ -149,12 +149,19 @@ impl Context {
         // inside the first command that needs the queue.
         queue.ping().await.map_err(queue_error)?;
         let tokens = auth::token_source(cfg.earthengine.credentials.as_deref())?;
+        if cfg.earthengine.project.is_empty() {
+            anyhow::bail!(
+                "earthengine.project is empty: set the Cloud project registered for Earth Engine \
+                 ([earthengine] project = \"my-project\", or CEDAR__EARTHENGINE__PROJECT)"
+            );
+        }
         let ee = EarthEngine::new(
             &cfg.earthengine.endpoint,
             &cfg.earthengine.project,
             tokens.clone(),
             Duration::from_secs(cfg.earthengine.timeout_secs),
-        )?;
+        )
+        .map_err(|e| anyhow::anyhow!("[earthengine]: {e}"))?;
         let endpoint = Some(cfg.store.endpoint.as_str()).filter(|e| !e.is_empty());
         let bucket = open_bucket(&settings.store_url, endpoint, tokens)?;
         let dest = Arc::new(Destination::open(&cfg.download.dest)?);

@@ -37,6 +37,29 @@ fn config_check_accepts_a_valid_file() {
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}{err}");
     assert!(out.starts_with("ok:") && out.contains("gs://b-1"), "{out}");
+    // Valid, but Google refuses requests without a token: said now, not at the first export.
+    assert!(
+        err.contains("warning: earthengine.credentials = \"none\""),
+        "{err}"
+    );
+    assert!(!err.contains("earthengine.project"), "{err}");
+
+    // Without a project every EE call would fail later; the check says so, naming the key.
+    let cfg = write(
+        dir.path(),
+        "no-project.toml",
+        "[earthengine]\nendpoint = \"http://127.0.0.1:9\"\ncredentials = \"none\"\n[export]\nbucket = \"b-1\"\n",
+    );
+    let o = cedar(dir.path(), &["--config", &cfg, "config", "check"], &[]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert_eq!(
+        err.lines().collect::<Vec<_>>(),
+        [
+            "warning: earthengine.project is empty: every command that talks to Earth Engine will fail; set the Cloud project registered for Earth Engine"
+        ],
+        "{err}"
+    );
 }
 
 #[test]
@@ -217,4 +240,107 @@ fn periods_warn_about_a_dropped_partial_period() {
     );
     assert!(!o.status.success());
     assert!(text(&o).1.contains("YS (years)"), "{:?}", text(&o));
+}
+
+/// The README's walkthrough, command by command, with the shipped `config/emulator.toml`: only
+/// its paths and the emulator's port are moved to the test's own (`CEDAR__…` overrides), so a
+/// key the walkthrough needs and the file lacks fails here.
+#[test]
+fn the_emulator_walkthrough_runs_with_the_shipped_config() {
+    use crate::support::{Process, free_port};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/emulator.toml");
+    let port = free_port();
+    let bucket = format!("file://{}/bucket", root.display());
+    let overrides = [
+        ("CEDAR_CONFIG", shipped.display().to_string()),
+        (
+            "CEDAR__EARTHENGINE__ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        ),
+        ("CEDAR__STORE__URL", bucket.clone()),
+        (
+            "CEDAR__QUEUE__URL",
+            format!("sqlite://{}/cedar.db", root.display()),
+        ),
+        (
+            "CEDAR__DOWNLOAD__DEST",
+            root.join("downloads").display().to_string(),
+        ),
+        ("CEDAR__METRICS__LISTEN", "127.0.0.1:0".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let spawn = |args: &[&str], log: &str| {
+        let mut cmd = cedar_command();
+        cmd.current_dir(root).args(args).envs(env.iter().copied());
+        Process::spawn(cmd, root.join(log))
+    };
+    let mut emulator = spawn(
+        &[
+            "emulator",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--store",
+            &bucket,
+            "--project",
+            "cedar-walkthrough",
+        ],
+        "emulator.log",
+    );
+
+    let check = cedar(root, &["config", "check"], &env);
+    assert!(check.status.success(), "{:?}", text(&check));
+    let submit = cedar(
+        root,
+        &[
+            "submit",
+            "--collection",
+            "LANDSAT/LC08/C02/T1_L2",
+            "--tile",
+            "10,14",
+            "--start",
+            "2021-07-01",
+            "--end",
+            "2021-09-01",
+        ],
+        &env,
+    );
+    let (out, err) = text(&submit);
+    assert!(submit.status.success(), "{out}{err}");
+    let name = out.trim().to_owned();
+    let mut worker = spawn(&["worker"], "worker.log");
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = cedar(root, &["status", &name], &env);
+        if status.status.code() == Some(0) {
+            assert!(text(&status).0.contains("CLEANED=1"), "{:?}", text(&status));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status {:?}; worker log:\n{}",
+            text(&status),
+            worker.tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let list = cedar(root, &["list"], &env);
+    assert!(text(&list).0.contains(&name), "{:?}", text(&list));
+    let pieces = std::fs::read_dir(root.join("downloads").join(&name))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "tif")
+        })
+        .count();
+    assert!(pieces > 0, "no GeoTIFF downloaded");
+    worker.kill();
+    emulator.kill();
 }
