@@ -17,7 +17,7 @@ use cedar::document::{document_object, publish, render};
 use cedar::jobs::download::fetch_order;
 use cedar::jobs::{Context, JobSettings};
 use cedar::period::Frequency;
-use cedar::queue::tracking::{OrderState, order_key};
+use cedar::queue::tracking::{OrderState, TrackingError, order_key};
 use cedar::store::Destination;
 use cedar::submit::{self, Request};
 use cedar::worker::{self, WorkerOptions};
@@ -31,23 +31,27 @@ pub enum CampaignCommand {
     List { pattern: Option<String> },
     /// Print a submission's tracking document.
     Show { name: String },
-    /// Orders per state; exit 0 when every order is complete, 1 when some failed, 3 while running.
+    /// Orders per state. Exit 0: every order complete; 3: still running; 4: finished, some
+    /// orders FAILED or LOST (`cedar retry` re-queues them); 5: finished, some CANCELLED and none
+    /// failed; 2: no such submission; 1: cedar could not answer (queue unreachable, …).
     Status {
         name: String,
         /// Print `{"name", "total", "counts", "done"}`.
         #[arg(long)]
         json: bool,
-        /// Keep watching until done (progress bars on a terminal).
+        /// Keep watching until done: a progress bar on a terminal, else one line per change.
         #[arg(long)]
         watch: bool,
     },
     /// Refresh order states from EE now (one operations.list sweep) and rewrite the document.
     Update { name: String },
-    /// Copy a submission's finished exports from the bucket to DEST/NAME, verified.
+    /// Copy a submission's finished exports from the bucket to DEST/NAME, verified (a worker
+    /// does this by itself; this is for when none runs).
     Download {
         name: String,
+        /// Where to download (default: `[download] dest`).
         #[arg(long)]
-        dest: PathBuf,
+        dest: Option<PathBuf>,
         /// Replace files already in DEST.
         #[arg(long)]
         overwrite: bool,
@@ -70,6 +74,22 @@ pub enum CampaignCommand {
     Ingest(IngestCommand),
 }
 
+impl CampaignCommand {
+    /// The submission a command acts on, for those that take a NAME.
+    fn submission_name(&self) -> Option<&str> {
+        match self {
+            CampaignCommand::Show { name }
+            | CampaignCommand::Status { name, .. }
+            | CampaignCommand::Update { name }
+            | CampaignCommand::Download { name, .. }
+            | CampaignCommand::Clean { name, .. }
+            | CampaignCommand::Cancel { name }
+            | CampaignCommand::Retry { name } => Some(name),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum IngestCommand {
     /// Each entry's last submitted period, next period and when it becomes due.
@@ -89,13 +109,16 @@ pub struct SubmitArgs {
     /// Row range A-B (inclusive), with --cols: every tile of the rectangle.
     #[arg(long, value_parser = cedar::grid::parse_range, requires = "cols", conflicts_with = "tiles_file")]
     pub rows: Option<(u32, u32)>,
+    /// Column range C-D (inclusive), with --rows.
     #[arg(long, value_parser = cedar::grid::parse_range, requires = "rows")]
     pub cols: Option<(u32, u32)>,
     /// A file with one ROW,COL per line.
     #[arg(long)]
     pub tiles_file: Option<PathBuf>,
+    /// First day, YYYY-MM-DD (periods are anchored to the frequency).
     #[arg(long)]
     pub start: NaiveDate,
+    /// Last day, YYYY-MM-DD: the period that contains it is included.
     #[arg(long)]
     pub end: NaiveDate,
     /// NYS, NQS, NMS, NW or ND; omit for one period from start to end.
@@ -190,6 +213,15 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown requested; draining");
 }
 
+/// `1 order`, `2 orders`.
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn usage(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {msg}");
     ExitCode::from(2)
@@ -211,6 +243,12 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
         _ => None,
     };
     let ctx = cedar::jobs::Context::connect(settings.clone(), jobs).await?;
+    // A name that does not exist is bad input (exit 2), not a failure of cedar (exit 1).
+    if let Some(name) = cmd.submission_name()
+        && let Err(e @ TrackingError::Unknown(_)) = ctx.tracker.submission(name).await
+    {
+        return Ok(usage(e));
+    }
     match cmd {
         CampaignCommand::Submit(a) => {
             let plan = plan.expect("planned above");
@@ -233,7 +271,7 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
                 );
             } else {
                 println!("{name}");
-                eprintln!("queued {n} export jobs");
+                eprintln!("queued {}", plural(n as usize, "export job"));
             }
             if a.wait {
                 return watch(&ctx, name, false, true).await;
@@ -281,13 +319,19 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             dest,
             overwrite,
         } => {
-            let folder = dest.join(name);
-            let dest = Destination::local(dest);
+            let root = dest
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(&settings.config.download.dest));
+            let folder = root.join(name);
+            let dest = Destination::local(&root);
             let sub = ctx.submission(name).await?;
             let statuses = ctx.tracker.all(name).await?;
-            let (mut files, mut bytes) = (0, 0);
+            let (mut files, mut bytes, mut cleaned) = (0, 0, 0);
             for order in sub.orders() {
                 let state = statuses.get(&order_key(&order)).map(|s| s.state);
+                if state == Some(OrderState::Cleaned) {
+                    cleaned += 1;
+                }
                 if !matches!(state, Some(OrderState::Succeeded | OrderState::Downloaded)) {
                     continue;
                 }
@@ -296,9 +340,18 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
                 bytes += b;
             }
             eprintln!(
-                "{files} files ({bytes} bytes) verified in {}",
+                "{} ({bytes} bytes) verified in {}",
+                plural(files, "file"),
                 folder.display()
             );
+            if cleaned > 0 {
+                // Their objects are gone from the bucket: a worker downloaded them already.
+                eprintln!(
+                    "{} already downloaded (by a worker, to {}/{name}) and cleaned from the bucket",
+                    plural(cleaned, "order"),
+                    settings.config.download.dest
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         CampaignCommand::Clean {
@@ -332,13 +385,20 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
                 ctx.bucket.delete(&document_object(&settings, name)).await?;
                 ctx.tracker.forget(name).await?;
             }
-            eprintln!("{deleted} objects deleted");
+            let already = statuses
+                .values()
+                .filter(|s| s.state == OrderState::Cleaned)
+                .count();
+            eprintln!("{} deleted", plural(deleted, "object"));
+            if already > 0 {
+                eprintln!("{} already cleaned by a worker", plural(already, "order"));
+            }
             Ok(ExitCode::SUCCESS)
         }
         CampaignCommand::Cancel { name } => {
             let n = campaign::cancel(&ctx, name).await?;
             publish(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
-            eprintln!("{n} orders cancelled");
+            eprintln!("{} cancelled", plural(n, "order"));
             Ok(ExitCode::SUCCESS)
         }
         CampaignCommand::Retry { name } => {
@@ -423,11 +483,14 @@ fn exit_for(total: usize, counts: &BTreeMap<OrderState, u64>) -> (bool, ExitCode
         .filter(|(s, _)| s.is_failed())
         .map(|(_, n)| n)
         .sum();
+    let cancelled = counts.get(&OrderState::Cancelled).copied().unwrap_or(0);
     let finished = (complete + failed) as usize >= total;
     let code = if !finished {
         ExitCode::from(3)
-    } else if failed > 0 {
-        ExitCode::FAILURE
+    } else if failed > cancelled {
+        ExitCode::from(4)
+    } else if cancelled > 0 {
+        ExitCode::from(5)
     } else {
         ExitCode::SUCCESS
     };
@@ -445,6 +508,10 @@ async fn watch(ctx: &Context, name: &str, json: bool, follow: bool) -> anyhow::R
         );
         b
     });
+    // Without a terminal (a pipe, a log file), a watch prints one line each time the counts
+    // change, so whoever reads the output sees progress before the end.
+    let lines = follow && !json && bar.is_none();
+    let mut last_line = String::new();
     loop {
         let (total, counts) = snapshot(ctx, name).await?;
         let (finished, code) = exit_for(total, &counts);
@@ -452,6 +519,11 @@ async fn watch(ctx: &Context, name: &str, json: bool, follow: bool) -> anyhow::R
             .iter()
             .map(|(s, n)| format!("{}={n}", s.as_str()))
             .collect();
+        let line = format!("{name}: {}: {}", plural(total, "order"), summary.join(" "));
+        if lines && !finished && line != last_line {
+            println!("{line}");
+            last_line = line.clone();
+        }
         if let Some(b) = &bar {
             let done: u64 = counts
                 .iter()
@@ -474,7 +546,7 @@ async fn watch(ctx: &Context, name: &str, json: bool, follow: bool) -> anyhow::R
                     serde_json::json!({"name": name, "total": total, "counts": counts, "done": finished})
                 );
             } else if bar.is_none() {
-                println!("{name}: {total} orders: {}", summary.join(" "));
+                println!("{line}");
             }
             return Ok(code);
         }

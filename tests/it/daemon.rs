@@ -601,10 +601,10 @@ async fn empty_orders_are_recorded_or_failed_as_asked() {
     assert!(written.is_empty(), "{written:?}");
 
     let (status, code) = c.wait_done(&failing).await;
-    assert_eq!(code, Some(1), "a failed order fails status: {status}");
+    assert_eq!(code, Some(4), "a failed order fails status: {status}");
     assert_eq!(counts(&status), BTreeMap::from([("FAILED".to_owned(), 2)]));
     let run = c.cedar(&["status", &failing]).await;
-    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_eq!(run.code, Some(4), "{run:?}");
     assert!(run.stdout.contains("FAILED=2"), "{run:?}");
     let doc = c.show(&failing).await;
     for order in doc["orders"].as_array().unwrap() {
@@ -708,7 +708,7 @@ async fn failed_tasks_are_reported_and_retry_brings_them_home() {
     c.spawn_worker();
     let name = c.submit(&four_tiles(LC08, "2021-12-31", "3MS")).await;
     let (status, code) = c.wait_done(&name).await;
-    assert_eq!(code, Some(1), "{status}");
+    assert_eq!(code, Some(4), "{status}");
     assert_eq!(
         counts(&status),
         BTreeMap::from([("CLEANED".to_owned(), 5), ("FAILED".to_owned(), 3)])
@@ -796,7 +796,7 @@ async fn cancel_stops_a_running_submission() {
         .await;
     assert_eq!(stats.requests.get("operations.cancel"), Some(&4));
     let (status, code) = c.status(&name).await;
-    assert_eq!(code, Some(1), "cancelled orders are not complete: {status}");
+    assert_eq!(code, Some(5), "cancelled orders are not complete: {status}");
     assert_eq!(
         counts(&status),
         BTreeMap::from([("CANCELLED".to_owned(), 4)])
@@ -919,6 +919,18 @@ async fn the_same_items_again_are_refused_while_running_then_run_as_their_own_ca
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let second = c.submit(&args).await;
     assert_ne!(second, first);
+    // Watched without a terminal: a line at each change, the last one the final counts.
+    let watched = c.cedar(&["status", &second, "--watch"]).await;
+    assert_eq!(watched.code, Some(0), "{watched:?}");
+    let lines: Vec<&str> = watched.stdout.lines().collect();
+    assert!(
+        lines.len() >= 2 && lines.iter().all(|l| l.starts_with(&format!("{second}: "))),
+        "{watched:?}"
+    );
+    assert!(lines[lines.len() - 1].contains("CLEANED="), "{watched:?}");
+    let missing = c.cedar(&["status", "NO-SUCH-SUBMISSION"]).await;
+    assert_eq!(missing.code, Some(2), "{missing:?}");
+    assert!(missing.stderr.contains("does not exist"), "{missing:?}");
     let (status, code) = c.wait_done(&second).await;
     assert_eq!(code, Some(0), "{status}");
     assert_eq!(
