@@ -22,5 +22,14 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
             s.state = OrderState::Cleaned
         })
         .await?;
+    // The one line per order an operator watching the log wants: this tile-period is done.
+    tracing::info!(
+        tracking = %job.tracking,
+        collection = %order.collection,
+        tile = %format!("{},{}", order.row, order.col),
+        period = %order.period,
+        objects = status.objects.len(),
+        "order complete"
+    );
     Ok(Outcome::Done)
 }

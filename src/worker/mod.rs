@@ -95,7 +95,20 @@ pub async fn run(
         },
     };
     let cap = admission_cap(opts.max_active_exports, ee_cap, opts.active_exports_factor);
-    tracing::info!(max_active_exports = cap, "worker starting");
+    // Say once where everything is, so that a worker pointed at the wrong queue or store is
+    // seen at start, not after an hour of silence.
+    let cfg = &ctx.settings.config;
+    tracing::info!(
+        queue = %queue::redact_url(&cfg.queue.url),
+        namespace = %cfg.queue.namespace,
+        earthengine = %cfg.earthengine.endpoint,
+        project = %cfg.earthengine.project,
+        store = %queue::redact_url(&ctx.settings.store_url),
+        destination = %queue::redact_url(&cfg.download.dest),
+        max_active_exports = cap,
+        concurrency = opts.concurrency,
+        "worker starting"
+    );
 
     // A worker SIGKILLed on this host left its half-written downloads behind; remove them.
     let dest = ctx.dest.clone();
