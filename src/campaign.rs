@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use crate::earthengine::types::OpView;
 use crate::jobs::{Context, job_for};
+use crate::order::{Order, parse_piece};
 use crate::queue::Stage;
-use crate::queue::tracking::{OrderState, OrderStatus, order_key};
+use crate::queue::tracking::{OrderState, OrderStatus, Submission, order_key};
 
 /// One sweep of EE's operations applied to the submission's orders; returns how many changed.
 pub async fn update(ctx: &Context, name: &str) -> anyhow::Result<usize> {
@@ -55,20 +56,42 @@ pub async fn update(ctx: &Context, name: &str) -> anyhow::Result<usize> {
     Ok(changed)
 }
 
-/// Drops every queued job of a submission and cancels its EE tasks.
-pub async fn cancel(ctx: &Context, name: &str) -> anyhow::Result<usize> {
+/// What `cancel` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cancelled {
+    /// Orders now CANCELLED.
+    pub orders: usize,
+    /// Exported objects of cancelled orders deleted from the bucket.
+    pub objects: usize,
+}
+
+/// Stops a submission: drops its queued exports, polls and downloads, cancels its EE tasks, and
+/// marks every order that had not reached the destination CANCELLED. Orders whose task already
+/// succeeded lose their exported objects from the bucket (nobody would download or clean them
+/// any more); orders already downloaded keep their clean job, so the bucket ends empty either
+/// way. Every state is left: `retry` re-exports what was cancelled.
+pub async fn cancel(ctx: &Context, name: &str) -> anyhow::Result<Cancelled> {
     let sub = ctx.submission(name).await?;
-    for stage in [Stage::Export, Stage::Poll, Stage::Download, Stage::Clean] {
+    for stage in [Stage::Export, Stage::Poll, Stage::Download] {
         ctx.queue.remove_tracking(stage, name).await?;
     }
     let statuses = ctx.tracker.all(name).await?;
-    let mut n = 0;
+    let mut done = Cancelled::default();
+    let mut cleans = Vec::new();
     for order in sub.orders() {
         // Orders without a record are still QUEUED (submit records none per order).
         let queued = OrderStatus::new(OrderState::Queued);
         let s = statuses.get(&order_key(&order)).unwrap_or(&queued);
-        if !(s.state == OrderState::Queued || s.state.is_active()) {
-            continue;
+        match s.state {
+            OrderState::Downloaded => {
+                cleans.push(job_for(name, &order, s.operation.clone()));
+                continue;
+            }
+            OrderState::Succeeded => {
+                done.objects += delete_export(ctx, &sub, &order).await?;
+            }
+            state if state == OrderState::Queued || state.is_active() => {}
+            _ => continue,
         }
         if let Some(op) = s.operation.as_deref().filter(|_| s.state.is_active())
             && let Err(e) = ctx.ee.cancel_operation(op).await
@@ -84,17 +107,40 @@ pub async fn cancel(ctx: &Context, name: &str) -> anyhow::Result<usize> {
         ctx.queue
             .release_slot(&job_for(name, &order, None).id())
             .await?;
-        n += 1;
+        done.orders += 1;
+    }
+    ctx.queue
+        .enqueue_bulk(Stage::Clean, &cleans, Duration::ZERO)
+        .await?;
+    Ok(done)
+}
+
+/// Deletes what the export of `order` wrote to the bucket — its GeoTIFF pieces and its metadata
+/// JSON, matched by exact name, never another order's — and returns how many objects.
+async fn delete_export(ctx: &Context, sub: &Submission, order: &Order) -> anyhow::Result<usize> {
+    let names = ctx.names(sub, order)?;
+    let base = names.object_base();
+    let metadata = names.metadata_object();
+    let mut n = 0;
+    for object in ctx.bucket.list(&base).await? {
+        if object.name == metadata || parse_piece(&base, &object.name).is_some() {
+            ctx.bucket.delete(&object.name).await?;
+            n += 1;
+        }
     }
     Ok(n)
 }
 
 /// Puts failed, lost and cancelled orders back in the export backlog with a new export
-/// generation (so EE gets a new requestId); also re-enqueues QUEUED orders whose job is gone.
+/// generation (so EE gets a new requestId), and gives every other unfinished order the job of
+/// its stage again — export for QUEUED, poll for a running task, download for SUCCEEDED, clean
+/// for DOWNLOADED — in case it was lost (enqueueing a job that exists changes nothing). Returns
+/// how many orders were re-queued or resumed.
 pub async fn retry(ctx: &Context, name: &str) -> anyhow::Result<usize> {
     let sub = ctx.submission(name).await?;
     let statuses = ctx.tracker.all(name).await?;
     let mut jobs = Vec::new();
+    let mut resumed = 0;
     for order in sub.orders() {
         // Orders without a record are still QUEUED (submit records none per order).
         let queued = OrderStatus::new(OrderState::Queued);
@@ -115,11 +161,27 @@ pub async fn retry(ctx: &Context, name: &str) -> anyhow::Result<usize> {
             jobs.push(job);
         } else if s.state == OrderState::Queued {
             jobs.push(job);
+        } else if let Some(stage) = resume_stage(s.state) {
+            let job = job_for(name, &order, s.operation.clone());
+            ctx.queue
+                .enqueue_bulk(stage, &[job], Duration::ZERO)
+                .await?;
+            resumed += 1;
         }
     }
     let n = jobs.len();
     ctx.queue
         .enqueue_bulk(Stage::Export, &jobs, Duration::ZERO)
         .await?;
-    Ok(n)
+    Ok(n + resumed)
+}
+
+/// The stage that moves an unfinished, exported order on.
+fn resume_stage(state: OrderState) -> Option<Stage> {
+    match state {
+        s if s.is_active() => Some(Stage::Poll),
+        OrderState::Succeeded => Some(Stage::Download),
+        OrderState::Downloaded => Some(Stage::Clean),
+        _ => None,
+    }
 }

@@ -396,9 +396,15 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             Ok(ExitCode::SUCCESS)
         }
         CampaignCommand::Cancel { name } => {
-            let n = campaign::cancel(&ctx, name).await?;
+            let done = campaign::cancel(&ctx, name).await?;
             publish(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
-            eprintln!("{} cancelled", plural(n, "order"));
+            eprintln!("{} cancelled", plural(done.orders, "order"));
+            if done.objects > 0 {
+                eprintln!(
+                    "{} of finished EE tasks deleted from the bucket",
+                    plural(done.objects, "exported object")
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         CampaignCommand::Retry { name } => {

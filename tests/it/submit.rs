@@ -1,6 +1,7 @@
 //! Submitting happens whole or leaves nothing: a submit that fails after it recorded the
 //! submission takes everything back, and a submission that would export to the objects of one
-//! still running is refused before anything is written — on Redis and on the SQLite queue.
+//! still running is refused before anything is written; and whatever state a campaign reaches,
+//! `cancel` and `retry` can leave it — on Redis and on the SQLite queue.
 
 use std::sync::Arc;
 
@@ -123,7 +124,7 @@ async fn the_same_objects_are_refused_while_the_first_runs(queue_url: String) {
     assert_eq!(submit::enqueue(&b.ctx, &third).await.unwrap(), 1);
 
     // Once the first has ended (here: cancelled), the same items may be submitted again.
-    assert_eq!(campaign::cancel(&b.ctx, &name).await.unwrap(), 2);
+    assert_eq!(campaign::cancel(&b.ctx, &name).await.unwrap().orders, 2);
     assert_eq!(submit::enqueue(&b.ctx, &second).await.unwrap(), 1);
     let mut names = b.ctx.tracker.list().await.unwrap();
     names.sort();
@@ -154,4 +155,92 @@ async fn the_same_objects_are_refused_while_running_on_redis() {
 #[tokio::test]
 async fn the_same_objects_are_refused_while_running_on_sqlite() {
     the_same_objects_are_refused_while_the_first_runs(String::new()).await;
+}
+
+/// Every state a campaign can reach can be left: `cancel` of a submission with a task already
+/// succeeded (objects in the bucket, no download yet) deletes exactly that order's objects and
+/// keeps the clean job of a downloaded order; `retry` re-exports what was cancelled and gives a
+/// SUCCEEDED order whose download job was lost its job again.
+async fn cancel_and_retry_leave_every_state(queue_url: String) {
+    use cedar::order::{Piece, piece_object};
+    use cedar::queue::tracking::{OrderState, OrderStatus};
+
+    let b = setup(queue_url, None).await;
+    let ctx = &b.ctx;
+    let mut req = request();
+    req.tiles = vec![(10, 14), (10, 15), (11, 14)];
+    let plan = submit::plan(&ctx.settings, &req, Utc::now()).unwrap();
+    submit::enqueue(ctx, &plan).await.unwrap();
+    let name = plan.submission.name.clone();
+    let orders: Vec<_> = plan.submission.orders().collect();
+    let (succeeded, downloaded) = (&orders[0], &orders[1]);
+
+    // The first order's task succeeded: its pieces and metadata are in the bucket. Beside them,
+    // an object whose name only starts like the order's must survive.
+    let names = ctx.names(&plan.submission, succeeded).unwrap();
+    let base = names.object_base();
+    let written = [
+        piece_object(&base, Piece::At { y: 0, x: 0 }),
+        piece_object(&base, Piece::At { y: 0, x: 1024 }),
+        names.metadata_object(),
+    ];
+    let stranger = format!("{base}_other.tif");
+    for o in written.iter().chain([&stranger]) {
+        ctx.bucket.put(o, "x".into()).await.unwrap();
+    }
+    let set = |state: OrderState| OrderStatus {
+        operation: Some("projects/p/operations/OP".into()),
+        ..OrderStatus::new(state)
+    };
+    ctx.tracker
+        .set(&name, succeeded, &set(OrderState::Succeeded), false)
+        .await
+        .unwrap();
+    ctx.tracker
+        .set(&name, downloaded, &set(OrderState::Downloaded), false)
+        .await
+        .unwrap();
+
+    let done = campaign::cancel(ctx, &name).await.unwrap();
+    assert_eq!(done.orders, 2, "the succeeded and the queued order");
+    assert_eq!(done.objects, written.len());
+    let left: Vec<String> = ctx
+        .bucket
+        .list(&base)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    assert_eq!(left, vec![stranger]);
+    assert_eq!(ctx.queue.depth(Stage::Clean).await.unwrap().due_now, 1);
+    let counts = ctx.tracker.counts(&name).await.unwrap();
+    assert_eq!(counts.get(&OrderState::Cancelled), Some(&2), "{counts:?}");
+    assert_eq!(counts.get(&OrderState::Downloaded), Some(&1), "{counts:?}");
+
+    // Retry re-exports both cancelled orders.
+    assert_eq!(campaign::retry(ctx, &name).await.unwrap(), 2 + 1);
+    assert_eq!(export_jobs(ctx).await, 2);
+
+    // A SUCCEEDED order whose download job is gone gets it back from retry.
+    ctx.tracker
+        .set(&name, succeeded, &set(OrderState::Succeeded), true)
+        .await
+        .unwrap();
+    ctx.queue
+        .remove_tracking(Stage::Export, &name)
+        .await
+        .unwrap();
+    campaign::retry(ctx, &name).await.unwrap();
+    assert_eq!(ctx.queue.depth(Stage::Download).await.unwrap().due_now, 1);
+}
+
+#[tokio::test]
+async fn cancel_and_retry_leave_every_state_on_redis() {
+    cancel_and_retry_leave_every_state(redis_url()).await;
+}
+
+#[tokio::test]
+async fn cancel_and_retry_leave_every_state_on_sqlite() {
+    cancel_and_retry_leave_every_state(String::new()).await;
 }
