@@ -850,31 +850,31 @@ fn table(f: &Fixture) -> Vec<Case> {
         cli(
             "status of an unknown name",
             "tracking \"NOPE\" does not exist",
-            1,
+            2,
             |_| strings(&["status", "NOPE"]),
         ),
         cli(
             "show of an unknown name",
             "tracking \"NOPE\" does not exist",
-            1,
+            2,
             |_| strings(&["show", "NOPE"]),
         ),
         cli(
             "retry of an unknown name",
             "tracking \"NOPE\" does not exist",
-            1,
+            2,
             |_| strings(&["retry", "NOPE"]),
         ),
         cli(
             "cancel of an unknown name",
             "tracking \"NOPE\" does not exist",
-            1,
+            2,
             |_| strings(&["cancel", "NOPE"]),
         ),
         // --- configuration files -----------------------------------------------------------
         cli(
             "config: unknown key",
-            "metrics.lisen: unknown field `lisen`",
+            "metrics.lisen: unknown key; remove it or check its spelling",
             2,
             |f| {
                 submit_with(f.config_with(
