@@ -17,6 +17,7 @@ use cedar::document::{document_object, publish, render};
 use cedar::jobs::download::fetch_order;
 use cedar::jobs::{Context, JobSettings};
 use cedar::period::Frequency;
+use cedar::queue::QueueUrl;
 use cedar::queue::tracking::{OrderState, TrackingError, order_key};
 use cedar::store::Destination;
 use cedar::submit::{self, Request};
@@ -242,6 +243,20 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
         },
         _ => None,
     };
+    // Reading a queue that does not exist must not create an empty one and report nothing.
+    if matches!(
+        cmd,
+        CampaignCommand::List { .. }
+            | CampaignCommand::Show { .. }
+            | CampaignCommand::Status { .. }
+    ) && let Some(QueueUrl::Sqlite(path)) = QueueUrl::parse(&settings.config.queue.url)
+        && !path.exists()
+    {
+        return Ok(usage(format!(
+            "no queue at {}: nothing was submitted with this queue.url; check --config (or CEDAR_CONFIG) and [queue] url",
+            path.display()
+        )));
+    }
     let ctx = cedar::jobs::Context::connect(settings.clone(), jobs).await?;
     // A name that does not exist is bad input (exit 2), not a failure of cedar (exit 1).
     if let Some(name) = cmd.submission_name()

@@ -156,6 +156,28 @@ fn settings(cli: &Cli) -> Result<Settings, ExitCode> {
     })
 }
 
+/// An error and its causes, each said once: the layers of the crate (and of object_store)
+/// often write their source's text into their own message, and `{:#}` would then print the
+/// same cause once per layer.
+fn once(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if out.is_empty() {
+            out = text;
+        } else if !text.contains(&out) {
+            out = format!("{out}: {text}");
+        } else {
+            // The cause says everything the message said, and more.
+            out = text;
+        }
+    }
+    out
+}
+
 /// Entry point of the binary.
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -170,7 +192,7 @@ pub async fn main() -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", once(&e));
             ExitCode::FAILURE
         }
     }
@@ -274,5 +296,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cedar::emulator::run(args.clone()).await?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_says_each_cause_once() {
+        let inner = std::io::Error::other("Unable to open file /x: Not a directory");
+        let e = anyhow::Error::new(inner)
+            .context("writing the tracking document: Unable to open file /x: Not a directory")
+            .context("submit failed");
+        assert_eq!(
+            once(&e),
+            "submit failed: writing the tracking document: Unable to open file /x: Not a directory"
+        );
+        let e = anyhow::anyhow!("queue.url redis://h: connection refused");
+        assert_eq!(once(&e), "queue.url redis://h: connection refused");
     }
 }

@@ -154,7 +154,20 @@ impl Config {
             }
             None => ("(embedded defaults)".to_string(), DEFAULT_TOML.to_string()),
         };
-        Self::from_toml(&name, &text, env)
+        let mut config = Self::from_toml(&name, &text, env)?;
+        // The default SQLite queue of a configuration file lives beside the file, so that every
+        // command run with it finds the same queue whatever the working directory.
+        if let Some(dir) = path.and_then(Path::parent)
+            && config.queue.url.is_empty()
+            && let Ok(dir) = std::path::absolute(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            })
+        {
+            config.queue.url = format!("sqlite://{}", dir.join("cedar.db").display());
+        }
+        Ok(config)
     }
 
     /// Parses TOML text and applies environment overrides.

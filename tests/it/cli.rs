@@ -344,3 +344,50 @@ fn the_emulator_walkthrough_runs_with_the_shipped_config() {
     worker.kill();
     emulator.kill();
 }
+
+/// The default SQLite queue of a configuration file lives beside the file, whatever the working
+/// directory; reading commands never create an empty queue, they say where they looked.
+#[test]
+fn the_default_queue_is_beside_the_config_file_and_never_created_by_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let (conf_dir, elsewhere) = (dir.path().join("conf"), dir.path().join("elsewhere"));
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let cfg = write(
+        &conf_dir,
+        "c.toml",
+        "[earthengine]\nproject = \"p\"\ncredentials = \"none\"\n[export]\nbucket = \"b-1\"\n",
+    );
+    let show = cedar(&elsewhere, &["--config", &cfg, "config", "show"], &[]);
+    let queue = format!("sqlite://{}", conf_dir.join("cedar.db").display());
+    assert!(
+        text(&show).0.contains(&format!("url = \"{queue}\"")),
+        "{:?}",
+        text(&show)
+    );
+    for command in [&["list"][..], &["status", "X"], &["show", "X"]] {
+        let mut args = vec!["--config", cfg.as_str()];
+        args.extend_from_slice(command);
+        let o = cedar(&elsewhere, &args, &[]);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{command:?}: {out}{err}");
+        assert!(
+            err.contains(&format!(
+                "no queue at {}",
+                conf_dir.join("cedar.db").display()
+            )),
+            "{command:?}: {err}"
+        );
+    }
+    for d in [&conf_dir, &elsewhere] {
+        let files: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            files.iter().all(|f| f == "c.toml"),
+            "{}: {files:?}",
+            d.display()
+        );
+    }
+}
