@@ -132,11 +132,15 @@ async fn delete_export(ctx: &Context, sub: &Submission, order: &Order) -> anyhow
 }
 
 /// Puts failed, lost and cancelled orders back in the export backlog with a new export
-/// generation (so EE gets a new requestId), and gives every other unfinished order the job of
-/// its stage again — export for QUEUED, poll for a running task, download for SUCCEEDED, clean
-/// for DOWNLOADED — in case it was lost (enqueueing a job that exists changes nothing). Returns
-/// how many orders were re-queued or resumed.
-pub async fn retry(ctx: &Context, name: &str) -> anyhow::Result<usize> {
+/// generation (so EE gets a new requestId), and re-enqueues QUEUED orders whose job is gone.
+///
+/// With `resume`, every other unfinished order also gets the job of its stage again — poll for
+/// a running task, download for SUCCEEDED, clean for DOWNLOADED — for a campaign that stopped
+/// moving because a job was lost. Enqueueing a job that exists changes nothing, but one that
+/// a worker finished a moment ago runs again (harmlessly, as every job may), so this is asked
+/// for, not done on every retry while workers run. Returns how many orders were re-queued or
+/// resumed.
+pub async fn retry(ctx: &Context, name: &str, resume: bool) -> anyhow::Result<usize> {
     let sub = ctx.submission(name).await?;
     let statuses = ctx.tracker.all(name).await?;
     let mut jobs = Vec::new();
@@ -161,7 +165,7 @@ pub async fn retry(ctx: &Context, name: &str) -> anyhow::Result<usize> {
             jobs.push(job);
         } else if s.state == OrderState::Queued {
             jobs.push(job);
-        } else if let Some(stage) = resume_stage(s.state) {
+        } else if let Some(stage) = resume_stage(s.state).filter(|_| resume) {
             let job = job_for(name, &order, s.operation.clone());
             ctx.queue
                 .enqueue_bulk(stage, &[job], Duration::ZERO)

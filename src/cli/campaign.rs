@@ -67,7 +67,13 @@ pub enum CampaignCommand {
     /// Cancel a submission: drop its queued jobs and cancel its EE tasks.
     Cancel { name: String },
     /// Re-queue a submission's failed, lost and cancelled orders.
-    Retry { name: String },
+    Retry {
+        name: String,
+        /// Also give every unfinished order the job of its stage again (poll, download or
+        /// clean): for a submission that stopped moving although workers run.
+        #[arg(long)]
+        resume: bool,
+    },
     /// Run the daemon: every stage, until SIGTERM (then drain).
     Worker(WorkerArgs),
     /// Continuous ingest entries (`[[ingest]]`).
@@ -85,7 +91,7 @@ impl CampaignCommand {
             | CampaignCommand::Download { name, .. }
             | CampaignCommand::Clean { name, .. }
             | CampaignCommand::Cancel { name }
-            | CampaignCommand::Retry { name } => Some(name),
+            | CampaignCommand::Retry { name, .. } => Some(name),
             _ => None,
         }
     }
@@ -422,10 +428,10 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             }
             Ok(ExitCode::SUCCESS)
         }
-        CampaignCommand::Retry { name } => {
-            let n = campaign::retry(&ctx, name).await?;
+        CampaignCommand::Retry { name, resume } => {
+            let n = campaign::retry(&ctx, name, *resume).await?;
             publish(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
-            eprintln!("{n} orders re-queued");
+            eprintln!("{} re-queued", plural(n, "order"));
             Ok(ExitCode::SUCCESS)
         }
         CampaignCommand::Ingest(IngestCommand::Run) => {

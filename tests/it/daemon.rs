@@ -892,7 +892,10 @@ async fn the_same_items_again_are_refused_while_running_then_run_as_their_own_ca
     let mut c = Campaign::start("twice", Campaign::options()).await;
     let args = four_tiles(LC08, "2021-09-01", "2MS");
     let first = c.submit(&args).await;
-    // No worker runs yet, so the first submission is certainly still running.
+    // No worker runs yet, so the first submission is certainly still running. Tracking names
+    // carry the submission time to the second: a submit in the same second would only repeat
+    // the first's name.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut again = vec!["submit", "--json"];
     again.extend_from_slice(&args);
     let refused = c.cedar(&again).await;

@@ -159,8 +159,8 @@ async fn the_same_objects_are_refused_while_running_on_sqlite() {
 
 /// Every state a campaign can reach can be left: `cancel` of a submission with a task already
 /// succeeded (objects in the bucket, no download yet) deletes exactly that order's objects and
-/// keeps the clean job of a downloaded order; `retry` re-exports what was cancelled and gives a
-/// SUCCEEDED order whose download job was lost its job again.
+/// keeps the clean job of a downloaded order; `retry` re-exports what was cancelled, and
+/// `retry --resume` gives a SUCCEEDED order whose download job was lost its job again.
 async fn cancel_and_retry_leave_every_state(queue_url: String) {
     use cedar::order::{Piece, piece_object};
     use cedar::queue::tracking::{OrderState, OrderStatus};
@@ -219,7 +219,7 @@ async fn cancel_and_retry_leave_every_state(queue_url: String) {
     assert_eq!(counts.get(&OrderState::Downloaded), Some(&1), "{counts:?}");
 
     // Retry re-exports both cancelled orders.
-    assert_eq!(campaign::retry(ctx, &name).await.unwrap(), 2 + 1);
+    assert_eq!(campaign::retry(ctx, &name, true).await.unwrap(), 2 + 1);
     assert_eq!(export_jobs(ctx).await, 2);
 
     // A SUCCEEDED order whose download job is gone gets it back from retry.
@@ -231,7 +231,9 @@ async fn cancel_and_retry_leave_every_state(queue_url: String) {
         .remove_tracking(Stage::Export, &name)
         .await
         .unwrap();
-    campaign::retry(ctx, &name).await.unwrap();
+    campaign::retry(ctx, &name, false).await.unwrap();
+    assert_eq!(ctx.queue.depth(Stage::Download).await.unwrap().due_now, 0);
+    campaign::retry(ctx, &name, true).await.unwrap();
     assert_eq!(ctx.queue.depth(Stage::Download).await.unwrap().due_now, 1);
 }
 
