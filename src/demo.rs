@@ -254,5 +254,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .display()
     );
     println!("took {:.1}s", started.elapsed().as_secs_f64());
+    // The queue file stays: `list` and `status` need nothing else.
+    println!(
+        "inspect it again: CEDAR__QUEUE__URL={} CEDAR__QUEUE__NAMESPACE={} cedar status {name}",
+        settings.config.queue.url, settings.config.queue.namespace
+    );
     Ok(())
 }

@@ -14,11 +14,11 @@ use clap::{Args, Subcommand};
 use cedar::campaign;
 use cedar::config::{Config, Settings};
 use cedar::document::{document_object, publish, render};
+use cedar::jobs::JobSettings;
 use cedar::jobs::download::fetch_order;
-use cedar::jobs::{Context, JobSettings};
 use cedar::period::Frequency;
-use cedar::queue::QueueUrl;
-use cedar::queue::tracking::{OrderState, TrackingError, order_key};
+use cedar::queue::tracking::{OrderState, Tracker, TrackingError, order_key};
+use cedar::queue::{Connection, QueueUrl};
 use cedar::store::Destination;
 use cedar::submit::{self, Request};
 use cedar::worker::{self, WorkerOptions};
@@ -234,6 +234,70 @@ fn usage(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Reading a queue that does not exist must not create an empty one and report nothing.
+fn missing_queue(config: &Config) -> Option<ExitCode> {
+    let Some(QueueUrl::Sqlite(path)) = QueueUrl::parse(&config.queue.url) else {
+        return None;
+    };
+    (!path.exists()).then(|| {
+        usage(format!(
+            "no queue at {}: nothing was submitted with this queue.url; check --config (or CEDAR_CONFIG) and [queue] url",
+            path.display()
+        ))
+    })
+}
+
+/// Runs `list` and `status`, which read the queue and nothing else: they need only `[queue]`
+/// to be right, not a bucket or an EE project, so a campaign can be watched from anywhere.
+pub async fn run_read_only(config: &Config, cmd: &CampaignCommand) -> anyhow::Result<ExitCode> {
+    if let Some(code) = missing_queue(config) {
+        return Ok(code);
+    }
+    let q = &config.queue;
+    let tls_ca_file = q.tls_ca_file.as_deref().map(std::path::Path::new);
+    let conn = Connection::open_with_ca(&q.url, tls_ca_file)
+        .await
+        .map_err(|e| anyhow::anyhow!("queue.url {}: {e}", cedar::queue::redact_url(&q.url)))?;
+    let tracker = Tracker::new(&conn, &q.namespace);
+    match cmd {
+        CampaignCommand::List { pattern } => {
+            for name in tracker.list().await? {
+                if pattern.as_deref().is_some_and(|p| !name.contains(p)) {
+                    continue;
+                }
+                let counts = tracker.counts(&name).await?;
+                let summary: Vec<String> = counts
+                    .iter()
+                    .map(|(s, n)| format!("{}={n}", s.as_str()))
+                    .collect();
+                println!("{name}\t{}", summary.join(" "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCommand::Status {
+            name,
+            json,
+            watch: w,
+        } => match tracker.submission(name).await {
+            // A name that does not exist is bad input (exit 2), not a failure of cedar (exit 1).
+            Err(e @ TrackingError::Unknown(_)) => Ok(usage(e)),
+            Err(e) => Err(e.into()),
+            Ok(_) => watch(&tracker, name, *json, *w).await,
+        },
+        _ => unreachable!("only list and status read the queue alone"),
+    }
+}
+
+impl CampaignCommand {
+    /// `list` and `status` read the queue and nothing else.
+    pub fn reads_only_the_queue(&self) -> bool {
+        matches!(
+            self,
+            CampaignCommand::List { .. } | CampaignCommand::Status { .. }
+        )
+    }
+}
+
 /// Runs a campaign command.
 pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<ExitCode> {
     let settings = Arc::new(settings);
@@ -249,19 +313,10 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
         },
         _ => None,
     };
-    // Reading a queue that does not exist must not create an empty one and report nothing.
-    if matches!(
-        cmd,
-        CampaignCommand::List { .. }
-            | CampaignCommand::Show { .. }
-            | CampaignCommand::Status { .. }
-    ) && let Some(QueueUrl::Sqlite(path)) = QueueUrl::parse(&settings.config.queue.url)
-        && !path.exists()
+    if matches!(cmd, CampaignCommand::Show { .. })
+        && let Some(code) = missing_queue(&settings.config)
     {
-        return Ok(usage(format!(
-            "no queue at {}: nothing was submitted with this queue.url; check --config (or CEDAR_CONFIG) and [queue] url",
-            path.display()
-        )));
+        return Ok(code);
     }
     let ctx = cedar::jobs::Context::connect(settings.clone(), jobs).await?;
     // A name that does not exist is bad input (exit 2), not a failure of cedar (exit 1).
@@ -295,23 +350,12 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
                 eprintln!("queued {}", plural(n as usize, "export job"));
             }
             if a.wait {
-                return watch(&ctx, name, false, true).await;
+                return watch(&ctx.tracker, name, false, true).await;
             }
             Ok(ExitCode::SUCCESS)
         }
-        CampaignCommand::List { pattern } => {
-            for name in ctx.tracker.list().await? {
-                if pattern.as_deref().is_some_and(|p| !name.contains(p)) {
-                    continue;
-                }
-                let counts = ctx.tracker.counts(&name).await?;
-                let summary: Vec<String> = counts
-                    .iter()
-                    .map(|(s, n)| format!("{}={n}", s.as_str()))
-                    .collect();
-                println!("{name}\t{}", summary.join(" "));
-            }
-            Ok(ExitCode::SUCCESS)
+        CampaignCommand::List { .. } | CampaignCommand::Status { .. } => {
+            run_read_only(&settings.config, cmd).await
         }
         CampaignCommand::Show { name } => {
             let doc = render(&settings, &ctx.tracker, name).await?;
@@ -324,11 +368,6 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             }
             Ok(ExitCode::SUCCESS)
         }
-        CampaignCommand::Status {
-            name,
-            json,
-            watch: w,
-        } => watch(&ctx, name, *json, *w).await,
         CampaignCommand::Update { name } => {
             let n = campaign::update(&ctx, name).await?;
             publish(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
@@ -494,9 +533,12 @@ fn build_request(a: &SubmitArgs) -> Result<Request, String> {
 }
 
 /// The status line data of a submission.
-async fn snapshot(ctx: &Context, name: &str) -> anyhow::Result<(usize, BTreeMap<OrderState, u64>)> {
-    let sub = ctx.submission(name).await?;
-    Ok((sub.order_count(), ctx.tracker.counts(name).await?))
+async fn snapshot(
+    tracker: &Tracker,
+    name: &str,
+) -> anyhow::Result<(usize, BTreeMap<OrderState, u64>)> {
+    let sub = tracker.submission(name).await?;
+    Ok((sub.order_count(), tracker.counts(name).await?))
 }
 
 fn exit_for(total: usize, counts: &BTreeMap<OrderState, u64>) -> (bool, ExitCode) {
@@ -524,7 +566,12 @@ fn exit_for(total: usize, counts: &BTreeMap<OrderState, u64>) -> (bool, ExitCode
     (finished, code)
 }
 
-async fn watch(ctx: &Context, name: &str, json: bool, follow: bool) -> anyhow::Result<ExitCode> {
+async fn watch(
+    tracker: &Tracker,
+    name: &str,
+    json: bool,
+    follow: bool,
+) -> anyhow::Result<ExitCode> {
     let bar = (follow && !json && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
@@ -540,7 +587,7 @@ async fn watch(ctx: &Context, name: &str, json: bool, follow: bool) -> anyhow::R
     let lines = follow && !json && bar.is_none();
     let mut last_line = String::new();
     loop {
-        let (total, counts) = snapshot(ctx, name).await?;
+        let (total, counts) = snapshot(tracker, name).await?;
         let (finished, code) = exit_for(total, &counts);
         let summary: Vec<String> = counts
             .iter()

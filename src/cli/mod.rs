@@ -276,6 +276,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         },
+        Command::Campaign(cmd) if cmd.reads_only_the_queue() => {
+            let config = match load(&cli) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            if let Err(e) = config.validate_queue() {
+                print_config_error(&e);
+                return Ok(ExitCode::from(2));
+            }
+            campaign::run_read_only(&config, cmd).await
+        }
         Command::Campaign(cmd) => {
             let s = match settings(&cli) {
                 Ok(s) => s,

@@ -262,6 +262,20 @@ impl Config {
         }
     }
 
+    /// Validates `[queue]` alone, for the commands that read the queue and nothing else.
+    pub fn validate_queue(&self) -> Result<(), ConfigError> {
+        let mut p = Problems::default();
+        self.queue.validate(&mut p);
+        if p.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                source_name: String::new(),
+                problems: p.0,
+            })
+        }
+    }
+
     /// Validates everything and resolves presets and templates; reports every problem found.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         let mut p = Problems::default();

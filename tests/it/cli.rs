@@ -330,6 +330,22 @@ fn the_emulator_walkthrough_runs_with_the_shipped_config() {
     }
     let list = cedar(root, &["list"], &env);
     assert!(text(&list).0.contains(&name), "{:?}", text(&list));
+    // Watching needs only the queue: a file with nothing but [queue] will do.
+    let queue_only = write(
+        root,
+        "queue-only.toml",
+        &format!("[queue]\nurl = \"sqlite://{}/cedar.db\"\n", root.display()),
+    );
+    for args in [&["list"][..], &["status", &name]] {
+        let mut all = vec!["--config", queue_only.as_str()];
+        all.extend_from_slice(args);
+        let o = cedar(root, &all, &[]);
+        let (out, err) = text(&o);
+        assert!(
+            o.status.success() && out.contains(&name),
+            "{args:?}: {out}{err}"
+        );
+    }
     let pieces = std::fs::read_dir(root.join("downloads").join(&name))
         .unwrap()
         .filter(|e| {
