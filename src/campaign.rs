@@ -96,7 +96,14 @@ pub async fn cancel(ctx: &Context, name: &str) -> anyhow::Result<Cancelled> {
         if let Some(op) = s.operation.as_deref().filter(|_| s.state.is_active())
             && let Err(e) = ctx.ee.cancel_operation(op).await
         {
-            tracing::warn!(operation = op, error = %e, "cancelling the EE task failed");
+            if e.ee_status() == Some("FAILED_PRECONDITION") {
+                // "has already completed": the task ended since the last sweep. Not a problem,
+                // but what it wrote would stay in the bucket with nobody left to clean it.
+                tracing::debug!(operation = op, "the EE task had already ended");
+                done.objects += delete_export(ctx, &sub, &order).await?;
+            } else {
+                tracing::warn!(operation = op, error = %e, "cancelling the EE task failed");
+            }
         }
         ctx.tracker
             .update(name, &order, false, |s| {
