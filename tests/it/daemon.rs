@@ -20,11 +20,11 @@ use cedar::queue::Stage;
 use serde_json::Value;
 
 use crate::support::{
-    BYTES_PER_PIXEL, Emulated, FAST_WORKER, Namespace, Process, Run, TestConfig, cedar_command,
-    files, four_tiles, redis_connection, redis_url, run, wait_until,
+    BYTES_PER_PIXEL, Emulated, FAST_WORKER, LC08, Namespace, Process, Run, TestConfig,
+    cedar_command, configured, files, four_tiles, one_tile, redis_connection, redis_url, run,
+    wait_until,
 };
 
-const LC08: &str = "LANDSAT/LC08/C02/T1_L2";
 const LC09: &str = "LANDSAT/LC09/C02/T1_L2";
 const LE07: &str = "LANDSAT/LE07/C02/T1_L2";
 /// The bucket name the configuration exports to and the emulator insists on.
@@ -93,13 +93,7 @@ impl Campaign {
 
     /// A `cedar` command with this campaign's configuration and none of the caller's.
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = cedar_command();
-        cmd.current_dir(self.dir.path())
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("CEDAR_LOG", "info");
-        cmd
+        configured(cedar_command(), self.dir.path(), &self.config, args)
     }
 
     /// Runs a `cedar` command to completion without blocking the runtime the emulator runs on.
@@ -1036,19 +1030,7 @@ async fn bad_submissions_are_refused_and_queue_nothing() {
             "unknown collection \"NASA/NOPE\"",
         ),
         (&["--collection", LC08, "--tile", "99,14"], "outside"),
-        (
-            &[
-                "--collection",
-                LC08,
-                "--tile",
-                "10,14",
-                "--start",
-                "2021-07-01",
-                "--end",
-                "2021-01-01",
-            ],
-            "not after start",
-        ),
+        (&one_tile("2021-01-01"), "not after start"),
         (
             &["--collection", LC08, "--tile", "10,14", "--tile", "10,14"],
             "tile 10,14 is given twice",
@@ -1073,17 +1055,7 @@ async fn bad_submissions_are_refused_and_queue_nothing() {
     // A prefix template that walks out of the bucket folder renders names with '..'.
     let run = c
         .cedar_env(
-            &[
-                "submit",
-                "--collection",
-                LC08,
-                "--tile",
-                "10,14",
-                "--start",
-                "2021-07-01",
-                "--end",
-                "2021-12-31",
-            ],
+            &[&["submit"][..], &one_tile("2021-12-31")].concat(),
             &[("CEDAR__EXPORT__PREFIX_TEMPLATE", "CEDAR/../../{collection}")],
         )
         .await;

@@ -22,8 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::support::{
-    Emulated, FAST_WORKER, Namespace, Process, TestConfig, cedar_command, redis_url, run,
-    small_exports, wait_until,
+    Emulated, FAST_WORKER, Namespace, Process, TestConfig, cedar_command, configured, redis_url,
+    run, small_exports, wait_until,
 };
 
 /// The bucket name the configuration exports to and the emulator insists on.
@@ -579,13 +579,7 @@ impl LiveWorker {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = cedar_command();
-        cmd.current_dir(self.env.dir.path())
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("CEDAR_LOG", "info");
-        cmd
+        configured(cedar_command(), self.env.dir.path(), &self.config, args)
     }
 
     /// Runs a `cedar` command against the test Redis directly (not through the relay).

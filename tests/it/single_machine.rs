@@ -12,8 +12,8 @@ use cedar::queue::{Depth, Queue, Stage};
 use serde_json::Value;
 
 use crate::support::{
-    Emulated, FAST_WORKER, Process, cedar_command, files, four_tiles, run, small_exports,
-    wait_until,
+    Emulated, FAST_WORKER, Process, cedar_command, configured, files, four_tiles, run,
+    small_exports, wait_until,
 };
 
 const BUCKET: &str = "cedar-single-bucket";
@@ -51,13 +51,7 @@ impl Machine {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = cedar_command();
-        cmd.current_dir(self.env.dir.path())
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("CEDAR_LOG", "info");
-        cmd
+        configured(cedar_command(), self.env.dir.path(), &self.config, args)
     }
 
     async fn json(&self, args: &[&str]) -> Value {

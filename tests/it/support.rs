@@ -279,6 +279,24 @@ bucket = "{bucket}"
     }
 }
 
+/// The Landsat 8 collection the campaign tests export.
+pub const LC08: &str = "LANDSAT/LC08/C02/T1_L2";
+
+/// `submit` arguments for tile 10,14 of [`LC08`] from 2021-07-01 to `end`: a tile-period the
+/// emulator's catalogue has scenes for, so its export is attempted.
+pub fn one_tile(end: &str) -> Vec<&str> {
+    vec![
+        "--collection",
+        LC08,
+        "--tile",
+        "10,14",
+        "--start",
+        "2021-07-01",
+        "--end",
+        end,
+    ]
+}
+
 /// `submit` arguments for the 2×2 tiles at rows 10-11, cols 14-15 of `collection`, from
 /// 2021-07-01 to `end` every `freq`.
 pub fn four_tiles<'a>(collection: &'a str, end: &'a str, freq: &'a str) -> Vec<&'a str> {
@@ -328,6 +346,17 @@ pub fn clean_env(cmd: &mut Command) -> &mut Command {
 pub fn cedar_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cedar"));
     clean_env(&mut cmd);
+    cmd
+}
+
+/// `cmd` (the `cedar` binary, or a shell that execs it) run in `dir` as
+/// `--config CONFIG ARGS`, logging at info: how the campaign tests run cedar.
+pub fn configured(mut cmd: Command, dir: &Path, config: &Path, args: &[&str]) -> Command {
+    cmd.current_dir(dir)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("CEDAR_LOG", "info");
     cmd
 }
 
