@@ -21,8 +21,8 @@ use serde_json::Value;
 
 use crate::support::{
     BYTES_PER_PIXEL, Emulated, FAST_WORKER, LC08, Namespace, Process, Run, TestConfig,
-    cedar_command, configured, files, four_tiles, one_tile, redis_connection, redis_url, run,
-    wait_until,
+    assert_exported_once, cedar_command, configured, files, four_tiles, one_tile, redis_connection,
+    redis_url, run, wait_until,
 };
 
 const LC09: &str = "LANDSAT/LC09/C02/T1_L2";
@@ -437,20 +437,6 @@ fn assert_bucket_empty(campaign: &Campaign) {
     assert!(
         left.is_empty(),
         "export objects left in the bucket: {left:?}"
-    );
-}
-
-/// Every description was exported exactly once and its files written once.
-fn assert_exported_once(stats: &Stats) {
-    let twice: Vec<_> = stats
-        .exports_by_description
-        .iter()
-        .filter(|(_, n)| **n != 1)
-        .collect();
-    assert!(twice.is_empty(), "exported more than once: {twice:?}");
-    assert_eq!(
-        stats.succeeded_by_description, stats.exports_by_description,
-        "every export wrote its files once"
     );
 }
 

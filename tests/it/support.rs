@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cedar::emulator::{self, EmulatorOptions, RunningEmulator};
+use cedar::emulator::{self, EmulatorOptions, RunningEmulator, Stats};
 use object_store::local::LocalFileSystem;
 use serde_json::Value;
 
@@ -168,6 +168,20 @@ impl Emulated {
             ..TestConfig::default()
         }
     }
+}
+
+/// Every description was exported exactly once and its files written once.
+pub fn assert_exported_once(stats: &Stats) {
+    let twice: Vec<_> = stats
+        .exports_by_description
+        .iter()
+        .filter(|(_, n)| **n != 1)
+        .collect();
+    assert!(twice.is_empty(), "exported more than once: {twice:?}");
+    assert_eq!(
+        stats.succeeded_by_description, stats.exports_by_description,
+        "every export wrote its files once"
+    );
 }
 
 /// Every regular file under `root` (relative path → size); nothing for a missing `root`.
