@@ -132,20 +132,27 @@ impl Campaign {
     /// Jobs leased right now by worker `n` (lease owners are named `{stage}-{host}-{pid}-…`).
     async fn leases_of(&self, n: usize) -> usize {
         let pid = self.workers[n].id().expect("a live worker");
+        self.stage_hashes("HVALS", "owner")
+            .await
+            .into_iter()
+            .flat_map(|(_, owners)| owners)
+            .filter(|o| o.contains(&format!("-{pid}-")))
+            .count()
+    }
+
+    /// `cmd` (`HKEYS` or `HVALS`) of every stage's queue hash `{namespace}:{stage}:{hash}`.
+    async fn stage_hashes(&self, cmd: &str, hash: &str) -> Vec<(Stage, Vec<String>)> {
         let mut conn = redis_connection().await;
-        let mut held = 0;
+        let mut out = Vec::new();
         for stage in Stage::ALL {
-            let owners: Vec<String> = redis::cmd("HVALS")
-                .arg(format!("{}:{}:owner", self.namespace.name, stage.name()))
+            let values: Vec<String> = redis::cmd(cmd)
+                .arg(format!("{}:{}:{hash}", self.namespace.name, stage.name()))
                 .query_async(&mut conn)
                 .await
                 .unwrap();
-            held += owners
-                .iter()
-                .filter(|o| o.contains(&format!("-{pid}-")))
-                .count();
+            out.push((stage, values));
         }
-        held
+        out
     }
 
     /// SIGKILLs worker `n`: no drain, no hand-back, its leases simply expire.
@@ -266,21 +273,15 @@ impl Campaign {
     }
 
     async fn jobs_of(&self, tracking: &str) -> Vec<String> {
-        let mut conn = redis_connection().await;
-        let mut out = Vec::new();
-        for stage in Stage::ALL {
-            let ids: Vec<String> = redis::cmd("HKEYS")
-                .arg(format!("{}:{}:data", self.namespace.name, stage.name()))
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            out.extend(
+        self.stage_hashes("HKEYS", "data")
+            .await
+            .into_iter()
+            .flat_map(|(stage, ids)| {
                 ids.into_iter()
                     .filter(|id| id.starts_with(&format!("{tracking}|")))
-                    .map(|id| format!("{}:{id}", stage.name())),
-            );
-        }
-        out
+                    .map(move |id| format!("{}:{id}", stage.name()))
+            })
+            .collect()
     }
 
     /// The tracking document the workers published in the bucket.

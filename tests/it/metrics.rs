@@ -22,8 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::support::{
-    Emulated, FAST_WORKER, Namespace, Process, TestConfig, cedar_command, configured, redis_url,
-    run, small_exports, wait_until,
+    Emulated, FAST_WORKER, Namespace, Process, TestConfig, cedar_command, configured, on_path,
+    redis_url, run, small_exports, wait_until,
 };
 
 /// The bucket name the configuration exports to and the emulator insists on.
@@ -40,17 +40,12 @@ fn promtool() -> PathBuf {
     if let Some(p) = std::env::var_os("CEDAR_PROMTOOL") {
         return PathBuf::from(p);
     }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join("promtool"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "promtool not found in PATH: run .ci/run (it installs the Debian package \
+    on_path("promtool").unwrap_or_else(|| {
+        panic!(
+            "promtool not found in PATH: run .ci/run (it installs the Debian package \
                  prometheus), `apt-get install prometheus`, or set CEDAR_PROMTOOL"
-            )
-        })
+        )
+    })
 }
 
 /// Runs promtool with `args` (and `stdin`), failing the test with its output unless it succeeds.

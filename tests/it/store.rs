@@ -28,6 +28,8 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use tempfile::TempDir;
 
+use crate::support::{free_port, on_path};
+
 /// Objects live under this prefix of every bucket URL, so the root handling is always exercised.
 const ROOT: &str = "campaign";
 
@@ -96,25 +98,13 @@ fn emulator_binary() -> PathBuf {
     if venv.is_file() {
         return venv;
     }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join("gcp-storage-emulator"))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "gcp-storage-emulator not found (CEDAR_GCS_EMULATOR unset, no {} and none on \
+    on_path("gcp-storage-emulator").unwrap_or_else(|| {
+        panic!(
+            "gcp-storage-emulator not found (CEDAR_GCS_EMULATOR unset, no {} and none on \
                  PATH): run scripts/test, which installs it into .venv",
-                venv.display()
-            )
-        })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+            venv.display()
+        )
+    })
 }
 
 /// One emulator process with one bucket, killed on drop.

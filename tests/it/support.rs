@@ -527,6 +527,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The program `name` in the first directory of `PATH` that has it.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
 /// Runs `openssl ARGS` in `dir`; it must succeed.
 pub fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
