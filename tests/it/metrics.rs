@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::support::{
     Emulated, FAST_WORKER, Namespace, Process, TestConfig, cedar_command, configured, on_path,
-    redis_url, run, small_exports, wait_until,
+    one_tile, redis_url, run, small_exports, wait_until,
 };
 
 /// The bucket name the configuration exports to and the emulator insists on.
@@ -663,20 +663,14 @@ async fn a_live_worker_serves_metrics_health_and_readiness() {
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
 
     let (code, stdout, stderr) = w
-        .cedar(&[
-            "submit",
-            "--json",
-            "--collection",
-            "LANDSAT/LC08/C02/T1_L2",
-            "--tile",
-            "10,14",
-            "--start",
-            "2021-07-01",
-            "--end",
-            "2021-07-31",
-            "--freq",
-            "1MS",
-        ])
+        .cedar(
+            &[
+                &["submit", "--json"][..],
+                &one_tile("2021-07-31"),
+                &["--freq", "1MS"],
+            ]
+            .concat(),
+        )
         .await;
     assert_eq!(code, Some(0), "submit: {stdout}{stderr}");
     let name = serde_json::from_str::<Value>(&stdout).unwrap()["tracking_name"]
