@@ -220,6 +220,14 @@ impl Campaign {
         files(&self.dest)
     }
 
+    /// The files in submission `tracking`'s folder of dest (relative to it), with their sizes.
+    fn dest_files_of(&self, tracking: &str) -> BTreeMap<String, u64> {
+        self.dest_files()
+            .into_iter()
+            .filter_map(|(f, n)| Some((f.strip_prefix(&format!("{tracking}/"))?.to_owned(), n)))
+            .collect()
+    }
+
     /// Jobs still in the queues, per `{stage}:{part}` (and `ee:active`), zeros left out.
     async fn queued(&self) -> BTreeMap<String, u64> {
         let mut conn = redis_connection().await;
@@ -574,11 +582,7 @@ async fn empty_orders_are_recorded_or_failed_as_asked() {
     let (status, code) = c.wait_done(&unsaved).await;
     assert_eq!(code, Some(0), "{status}");
     assert_eq!(counts(&status), BTreeMap::from([("EMPTY".to_owned(), 2)]));
-    let written: Vec<String> = c
-        .dest_files()
-        .into_keys()
-        .filter(|f| f.starts_with(&format!("{unsaved}/")))
-        .collect();
+    let written = c.dest_files_of(&unsaved);
     assert!(written.is_empty(), "{written:?}");
 
     let (status, code) = c.wait_done(&failing).await;
@@ -596,11 +600,7 @@ async fn empty_orders_are_recorded_or_failed_as_asked() {
             "{order}"
         );
     }
-    let written: Vec<String> = c
-        .dest_files()
-        .into_keys()
-        .filter(|f| f.starts_with(&format!("{failing}/")))
-        .collect();
+    let written = c.dest_files_of(&failing);
     assert!(written.is_empty(), "{written:?}");
 
     let stats = c.emulator.stats();
@@ -891,11 +891,7 @@ async fn the_same_items_again_are_refused_while_running_then_run_as_their_own_ca
     c.spawn_worker();
     let (status, code) = c.wait_done(&first).await;
     assert_eq!(code, Some(0), "{status}");
-    let first_files: BTreeMap<String, u64> = c
-        .dest_files()
-        .into_iter()
-        .filter_map(|(f, n)| Some((f.strip_prefix(&format!("{first}/"))?.to_owned(), n)))
-        .collect();
+    let first_files = c.dest_files_of(&first);
     let cleaned = counts(&status).get("CLEANED").copied().unwrap_or(0);
     assert!(cleaned > 0 && !first_files.is_empty(), "{status}");
 
