@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use gcp_auth::TokenProvider;
 use tokio::sync::Mutex;
 
 /// The OAuth scope that covers every Earth Engine call cedar makes.
@@ -121,6 +122,34 @@ impl TokenCache {
         let value = cached.token.clone();
         tokens.insert(key, cached);
         Ok(value)
+    }
+}
+
+/// What a service-account key and Application Default Credentials differ in: how their
+/// gcp_auth provider is found and rebuilt, and how errors name them. Both get their
+/// [`TokenSource`] from this, so the token cache is used one way.
+#[async_trait]
+trait GoogleCredential: Send + Sync + fmt::Debug {
+    fn cache(&self) -> &TokenCache;
+
+    /// The credential named in an error message.
+    fn describe(&self) -> String;
+
+    /// The gcp_auth provider; a new one when `rebuild` (see [`TokenCache::get_or_fetch`]).
+    async fn provider(&self, rebuild: bool) -> Result<Arc<dyn TokenProvider>, AuthError>;
+}
+
+#[async_trait]
+impl<C: GoogleCredential> TokenSource for C {
+    async fn bearer(&self, scopes: &[&str]) -> Result<Option<String>, AuthError> {
+        let fetch = |rebuild| async move {
+            let provider = self.provider(rebuild).await?;
+            provider
+                .token(scopes)
+                .await
+                .map_err(|e| AuthError::Token(format!("{}: {}", self.describe(), describe(&e))))
+        };
+        Ok(Some(self.cache().get_or_fetch(scopes, fetch).await?))
     }
 }
 
@@ -233,41 +262,26 @@ impl ServiceAccount {
     pub fn client_email(&self) -> &str {
         &self.client_email
     }
-
-    async fn fetch(
-        &self,
-        scopes: &[&str],
-        rebuild: bool,
-    ) -> Result<Arc<gcp_auth::Token>, AuthError> {
-        use gcp_auth::TokenProvider;
-        let provider = {
-            let mut p = self.provider.lock().await;
-            if rebuild {
-                let fresh = gcp_auth::CustomServiceAccount::from_json(&self.json)
-                    .map_err(|e| AuthError::Token(describe(&e)))?;
-                *p = Arc::new(fresh);
-            }
-            p.clone()
-        };
-        provider.token(scopes).await.map_err(|e| {
-            AuthError::Token(format!(
-                "{} for {}: {}",
-                self.path,
-                self.client_email,
-                describe(&e)
-            ))
-        })
-    }
 }
 
 #[async_trait]
-impl TokenSource for ServiceAccount {
-    async fn bearer(&self, scopes: &[&str]) -> Result<Option<String>, AuthError> {
-        let token = self
-            .cache
-            .get_or_fetch(scopes, |rebuild| self.fetch(scopes, rebuild))
-            .await?;
-        Ok(Some(token))
+impl GoogleCredential for ServiceAccount {
+    fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+
+    fn describe(&self) -> String {
+        format!("{} for {}", self.path, self.client_email)
+    }
+
+    async fn provider(&self, rebuild: bool) -> Result<Arc<dyn TokenProvider>, AuthError> {
+        let mut p = self.provider.lock().await;
+        if rebuild {
+            let fresh = gcp_auth::CustomServiceAccount::from_json(&self.json)
+                .map_err(|e| AuthError::Token(describe(&e)))?;
+            *p = Arc::new(fresh);
+        }
+        Ok(p.clone())
     }
 }
 
@@ -275,7 +289,7 @@ impl TokenSource for ServiceAccount {
 /// credentials file, the metadata server, or `gcloud`, in gcp_auth's order. Found on first use.
 #[derive(Default)]
 pub struct ApplicationDefault {
-    provider: Mutex<Option<Arc<dyn gcp_auth::TokenProvider>>>,
+    provider: Mutex<Option<Arc<dyn TokenProvider>>>,
     cache: TokenCache,
 }
 
@@ -289,42 +303,30 @@ impl ApplicationDefault {
     pub fn new() -> ApplicationDefault {
         ApplicationDefault::default()
     }
-
-    async fn fetch(
-        &self,
-        scopes: &[&str],
-        rebuild: bool,
-    ) -> Result<Arc<gcp_auth::Token>, AuthError> {
-        let provider = {
-            let mut p = self.provider.lock().await;
-            match p.as_ref() {
-                Some(existing) if !rebuild => existing.clone(),
-                _ => {
-                    let found = gcp_auth::provider().await.map_err(|e| {
-                        AuthError::Token(format!(
-                            "application default credentials: {}",
-                            describe(&e)
-                        ))
-                    })?;
-                    *p = Some(found.clone());
-                    found
-                }
-            }
-        };
-        provider.token(scopes).await.map_err(|e| {
-            AuthError::Token(format!("application default credentials: {}", describe(&e)))
-        })
-    }
 }
 
 #[async_trait]
-impl TokenSource for ApplicationDefault {
-    async fn bearer(&self, scopes: &[&str]) -> Result<Option<String>, AuthError> {
-        let token = self
-            .cache
-            .get_or_fetch(scopes, |rebuild| self.fetch(scopes, rebuild))
-            .await?;
-        Ok(Some(token))
+impl GoogleCredential for ApplicationDefault {
+    fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+
+    fn describe(&self) -> String {
+        "application default credentials".to_owned()
+    }
+
+    async fn provider(&self, rebuild: bool) -> Result<Arc<dyn TokenProvider>, AuthError> {
+        let mut p = self.provider.lock().await;
+        match p.as_ref() {
+            Some(existing) if !rebuild => Ok(existing.clone()),
+            _ => {
+                let found = gcp_auth::provider().await.map_err(|e| {
+                    AuthError::Token(format!("{}: {}", self.describe(), describe(&e)))
+                })?;
+                *p = Some(found.clone());
+                Ok(found)
+            }
+        }
     }
 }
 
@@ -393,20 +395,12 @@ mod tests {
 
         // "A" is now inside the margin; the provider's cache still hands it out.
         let now = Utc::now();
-        cache
-            .tokens
-            .lock()
-            .await
-            .get_mut(&vec!["s".to_string()])
-            .unwrap()
-            .expires_at = now + chrono::Duration::seconds(100);
-        cache
-            .tokens
-            .lock()
-            .await
-            .get_mut(&vec!["s".to_string()])
-            .unwrap()
-            .fetched_at = now - chrono::Duration::seconds(3500);
+        {
+            let mut tokens = cache.tokens.lock().await;
+            let a = tokens.get_mut(&vec!["s".to_string()]).unwrap();
+            a.expires_at = now + chrono::Duration::seconds(100);
+            a.fetched_at = now - chrono::Duration::seconds(3500);
+        }
         calls.lock().unwrap().clear();
         let stale = provider(vec![("A", 100), ("B", 3600)]);
         assert_eq!(cache.get_or_fetch(&["s"], &stale).await.unwrap(), "B");

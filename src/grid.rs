@@ -114,8 +114,10 @@ impl From<Crs> for String {
 ///
 /// Maps pixel (col, row) to CRS coordinates: `x = scale_x·col + shear_x·row + translate_x`,
 /// `y = shear_y·col + scale_y·row + translate_y`, with (0, 0) the top-left corner of the
-/// top-left pixel.
+/// top-left pixel. It serializes as EE's `AffineTransform` message, so an export's pixel grid
+/// carries the tile's transform as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Affine {
     pub scale_x: f64,
     pub shear_x: f64,

@@ -10,10 +10,9 @@ use sha2::{Digest, Sha256};
 
 use super::error::{EeError, snippet};
 use super::types::{
-    AffineTransform, CloudStorageDestination, ComputeValueRequest, ComputeValueResponse,
-    ExportImageRequest, Expression, GeoTiffImageExportOptions, GridDimensions,
-    ImageFileExportOptions, ImageFileFormat, ListOperationsResponse, Operation, PixelGrid,
-    ProjectConfig,
+    CloudStorageDestination, ComputeValueRequest, ComputeValueResponse, ExportImageRequest,
+    Expression, GeoTiffImageExportOptions, GridDimensions, ImageFileExportOptions, ImageFileFormat,
+    ListOperationsResponse, Operation, PixelGrid, ProjectConfig,
 };
 use crate::auth::{EARTHENGINE_SCOPE, TokenSource};
 use crate::grid::{Crs, Tile};
@@ -314,7 +313,6 @@ pub struct ExportParams {
 
 /// The tile's exact pixel grid: dimensions, affine transform and CRS.
 pub fn pixel_grid(tile: &Tile) -> PixelGrid {
-    let t = &tile.transform;
     let (crs_code, crs_wkt) = match &tile.crs {
         Crs::Code(c) => (Some(c.clone()), None),
         Crs::Wkt(w) => (None, Some(w.clone())),
@@ -324,14 +322,7 @@ pub fn pixel_grid(tile: &Tile) -> PixelGrid {
             width: tile.width,
             height: tile.height,
         },
-        affine_transform: AffineTransform {
-            scale_x: t.scale_x,
-            shear_x: t.shear_x,
-            translate_x: t.translate_x,
-            shear_y: t.shear_y,
-            scale_y: t.scale_y,
-            translate_y: t.translate_y,
-        },
+        affine_transform: tile.transform,
         crs_code,
         crs_wkt,
     }

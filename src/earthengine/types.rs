@@ -12,6 +12,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
+use crate::grid::Affine;
+
 // ------------------------------------------------------------------------------------------
 // Expressions
 // ------------------------------------------------------------------------------------------
@@ -165,23 +167,11 @@ pub struct GridDimensions {
 #[serde(rename_all = "camelCase")]
 pub struct PixelGrid {
     pub dimensions: GridDimensions,
-    pub affine_transform: AffineTransform,
+    pub affine_transform: Affine,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crs_code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crs_wkt: Option<String>,
-}
-
-/// `((scaleX, shearX, translateX), (shearY, scaleY, translateY))` applied to pixel (u, v, 1).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AffineTransform {
-    pub scale_x: f64,
-    pub shear_x: f64,
-    pub translate_x: f64,
-    pub shear_y: f64,
-    pub scale_y: f64,
-    pub translate_y: f64,
 }
 
 // ------------------------------------------------------------------------------------------

@@ -97,7 +97,8 @@ pub(crate) struct Expression<'a> {
 
 static EMPTY: LazyLock<Map<String, Value>> = LazyLock::new(Map::new);
 
-static NODE_KINDS: &[&str] = &[
+/// The members of `ValueNode`'s `kind` oneof: a node sets exactly one.
+pub(super) static NODE_KINDS: &[&str] = &[
     "constantValue",
     "integerValue",
     "bytesValue",

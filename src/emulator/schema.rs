@@ -10,6 +10,8 @@ use std::sync::LazyLock;
 
 use serde_json::{Map, Value};
 
+use super::expression::NODE_KINDS;
+
 static SCHEMA: LazyLock<Value> = LazyLock::new(|| {
     serde_json::from_str(include_str!(
         "../../reference/earthengine-v1.schema-from-js-client.json"
@@ -80,21 +82,7 @@ const ONEOFS: &[(&str, &str, &[&str])] = &[
         "function",
         &["functionName", "functionReference"],
     ),
-    (
-        "ValueNode",
-        "kind",
-        &[
-            "constantValue",
-            "integerValue",
-            "bytesValue",
-            "arrayValue",
-            "dictionaryValue",
-            "functionDefinitionValue",
-            "functionInvocationValue",
-            "argumentReference",
-            "valueReference",
-        ],
-    ),
+    ("ValueNode", "kind", NODE_KINDS),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq)]

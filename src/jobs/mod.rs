@@ -39,45 +39,23 @@ pub enum JobError {
     Fatal(String),
 }
 
-impl From<EeError> for JobError {
-    fn from(e: EeError) -> Self {
-        if e.is_retryable() {
-            JobError::Retry(e.to_string())
-        } else {
-            JobError::Fatal(e.to_string())
+/// Each error a job meets knows at its source whether it is worth retrying (`is_retryable`); a
+/// job error keeps that verdict and the message.
+macro_rules! job_error_from {
+    ($($source:ty),+) => {$(
+        impl From<$source> for JobError {
+            fn from(e: $source) -> Self {
+                if e.is_retryable() {
+                    JobError::Retry(e.to_string())
+                } else {
+                    JobError::Fatal(e.to_string())
+                }
+            }
         }
-    }
+    )+};
 }
 
-impl From<StoreError> for JobError {
-    fn from(e: StoreError) -> Self {
-        if e.is_retryable() {
-            JobError::Retry(e.to_string())
-        } else {
-            JobError::Fatal(e.to_string())
-        }
-    }
-}
-
-impl From<TrackingError> for JobError {
-    fn from(e: TrackingError) -> Self {
-        if e.is_retryable() {
-            JobError::Retry(e.to_string())
-        } else {
-            JobError::Fatal(e.to_string())
-        }
-    }
-}
-
-impl From<crate::queue::QueueError> for JobError {
-    fn from(e: crate::queue::QueueError) -> Self {
-        if e.is_retryable() {
-            JobError::Retry(e.to_string())
-        } else {
-            JobError::Fatal(e.to_string())
-        }
-    }
-}
+job_error_from!(EeError, StoreError, TrackingError, crate::queue::QueueError);
 
 /// Tunables of the stages, from `[limits]` and `[worker]`.
 #[derive(Debug, Clone)]

@@ -7,6 +7,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -30,6 +31,10 @@ const DIR_MODE: u32 = 0o755;
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
 /// Parts an object-store multipart upload may have in flight at once.
 const MULTIPART_CONCURRENCY: usize = 4;
+
+/// The chunks of one object being written, pinned once by [`Destination::write_verified`] so
+/// that each backend's writer is one function rather than one per stream type.
+type Chunks<'a> = Pin<&'a mut (dyn Stream<Item = Result<Bytes, StoreError>> + Send)>;
 
 /// What the bucket says the object is; every `Some` checksum must match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +188,7 @@ impl Destination {
         S: Stream<Item = Result<Bytes, StoreError>> + Send,
     {
         let rel_path = check_rel_path(rel_path)?;
+        let stream = std::pin::pin!(stream);
         match &self.backend {
             Backend::Local { root } => write_local(root, rel_path, stream, expected).await,
             Backend::Store { store, root } => {
@@ -338,15 +344,12 @@ fn remove_stale_temps_in(root: &std::path::Path) -> u64 {
     removed
 }
 
-async fn write_local<S>(
+async fn write_local(
     root: &std::path::Path,
     rel_path: &str,
-    stream: S,
+    mut stream: Chunks<'_>,
     expected: Expected,
-) -> Result<Written, StoreError>
-where
-    S: Stream<Item = Result<Bytes, StoreError>> + Send,
-{
+) -> Result<Written, StoreError> {
     let final_path = root.join(rel_path);
     let display = final_path.display().to_string();
     let (dir_rel, file_name) = rel_path.rsplit_once('/').unwrap_or(("", rel_path));
@@ -374,7 +377,6 @@ where
             .map_err(|e| StoreError::io(&display, e))?;
         let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
         let mut verifier = Verifier::new(&display, expected);
-        let mut stream = std::pin::pin!(stream);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             verifier.update(&chunk)?;
@@ -474,16 +476,13 @@ async fn sync_dir(dir: PathBuf) -> std::io::Result<()> {
 /// deletes on abort (or when the upload is dropped mid-write); `InMemory` buffers the parts
 /// until completion. A write dropped mid-way on S3 or GCS leaves an incomplete multipart upload,
 /// invisible but billed until the bucket's lifecycle rule aborts it.
-async fn write_store<S>(
+async fn write_store(
     store: &dyn ObjectStore,
     root: &Path,
     rel_path: &str,
-    stream: S,
+    mut stream: Chunks<'_>,
     expected: Expected,
-) -> Result<Written, StoreError>
-where
-    S: Stream<Item = Result<Bytes, StoreError>> + Send,
-{
+) -> Result<Written, StoreError> {
     let path = store_path(root, rel_path)?;
     let display = path.to_string();
     let upload = store
@@ -492,7 +491,6 @@ where
         .map_err(|e| StoreError::object_store("write", &display, e))?;
     let mut writer = WriteMultipart::new(upload);
     let mut verifier = Verifier::new(&display, expected);
-    let mut stream = std::pin::pin!(stream);
     let streamed = async {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;

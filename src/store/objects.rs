@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, ObjectStoreScheme};
+use object_store::{GetResult, ObjectMeta, ObjectStore, ObjectStoreExt, ObjectStoreScheme};
 use url::Url;
 
 use super::{ExportBucket, ObjectInfo, StoreError};
@@ -113,6 +113,17 @@ impl ObjectStoreBucket {
         Path::parse(full).map_err(|_| unsafe_name())
     }
 
+    /// The object `name` opened for reading, and its path for the errors of reading the body.
+    async fn open(&self, name: &str) -> Result<(Path, GetResult), StoreError> {
+        let path = self.path(name)?;
+        let result = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| StoreError::object_store("get", path.to_string(), e))?;
+        Ok((path, result))
+    }
+
     fn info(&self, meta: ObjectMeta) -> ObjectInfo {
         let location = meta.location.as_ref();
         let name = location
@@ -171,12 +182,7 @@ impl ExportBucket for ObjectStoreBucket {
         &self,
         name: &str,
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
-        let path = self.path(name)?;
-        let result = self
-            .store
-            .get(&path)
-            .await
-            .map_err(|e| StoreError::object_store("get", path.to_string(), e))?;
+        let (path, result) = self.open(name).await?;
         Ok(result
             .into_stream()
             .map_err(move |e| StoreError::object_store("get", path.to_string(), e))
@@ -193,12 +199,7 @@ impl ExportBucket for ObjectStoreBucket {
     }
 
     async fn get(&self, name: &str) -> Result<Bytes, StoreError> {
-        let path = self.path(name)?;
-        let result = self
-            .store
-            .get(&path)
-            .await
-            .map_err(|e| StoreError::object_store("get", path.to_string(), e))?;
+        let (path, result) = self.open(name).await?;
         result
             .bytes()
             .await

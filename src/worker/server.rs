@@ -106,34 +106,32 @@ async fn readyz(State(ctx): State<Context>) -> impl IntoResponse {
 }
 
 async fn queue_ok(ctx: &Context) -> bool {
-    let ok = match tokio::time::timeout(READY_TIMEOUT, ctx.queue.ping()).await {
-        Ok(Ok(_)) => true,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness: the queue (Redis) does not answer");
-            false
-        }
-        Err(_) => {
-            tracing::warn!("readiness: the queue (Redis) timed out");
-            false
-        }
-    };
-    metrics::dependency_up("queue", ok);
-    ok
+    answers("queue", "the queue (Redis)", ctx.queue.ping()).await
 }
 
 async fn store_ok(ctx: &Context) -> bool {
-    let ok = match tokio::time::timeout(READY_TIMEOUT, ctx.bucket.list(STORE_PROBE)).await {
+    answers("store", "the export store", ctx.bucket.list(STORE_PROBE)).await
+}
+
+/// Whether the dependency `name` (described as `what` in the log) answers `probe` within
+/// [`READY_TIMEOUT`]; records the answer in its up gauge and logs why it did not.
+async fn answers<T, E: std::fmt::Display>(
+    name: &'static str,
+    what: &str,
+    probe: impl Future<Output = Result<T, E>>,
+) -> bool {
+    let ok = match tokio::time::timeout(READY_TIMEOUT, probe).await {
         Ok(Ok(_)) => true,
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness: the export store does not answer");
+            tracing::warn!(error = %e, "readiness: {what} does not answer");
             false
         }
         Err(_) => {
-            tracing::warn!("readiness: the export store timed out");
+            tracing::warn!("readiness: {what} timed out");
             false
         }
     };
-    metrics::dependency_up("store", ok);
+    metrics::dependency_up(name, ok);
     ok
 }
 

@@ -40,13 +40,12 @@ use object_store::memory::InMemory;
 use serde_json::Value;
 
 use crate::support::{
-    Process, TestConfig, cedar_command, files, free_port, run, small_exports, start_emulator,
-    wait_until,
+    LC08, Process, TestConfig, cedar_command, files, free_port, one_tile, run, small_exports,
+    start_emulator, wait_until,
 };
 
 const NAMESPACE: &str = "bad-input";
 const BUCKET: &str = "cedar-bad-input";
-const LC08: &str = "LANDSAT/LC08/C02/T1_L2";
 /// Bytes of the file downloaded before any bad input is tried.
 const KEPT: &[u8] = b"a GeoTIFF downloaded before the bad inputs";
 
@@ -691,20 +690,10 @@ async fn worker_meets_ee_400(f: &Fixture) -> Outcome {
         all.extend(strings(args));
         all
     };
-    // A tile-period the emulator's catalogue has scenes for, so the export is attempted.
     let out = f
-        .run(&with_config(&[
-            "submit",
-            "--json",
-            "--collection",
-            LC08,
-            "--tile",
-            "10,14",
-            "--start",
-            "2021-07-01",
-            "--end",
-            "2021-09-01",
-        ]))
+        .run(&with_config(
+            &[&["submit", "--json"][..], &one_tile("2021-09-01")].concat(),
+        ))
         .await;
     assert_eq!(out.got, Want::Exit(0), "{}", out.message);
     let name: Value = serde_json::from_str(out.stdout.trim()).unwrap();

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::Output;
 
-use crate::support::cedar_command;
+use crate::support::{cedar_command, one_tile};
 
 /// Runs `cedar ARGS` in `dir` with the developer's own settings kept out and `env` added.
 fn cedar(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -295,17 +295,7 @@ fn the_emulator_walkthrough_runs_with_the_shipped_config() {
     assert!(check.status.success(), "{:?}", text(&check));
     let submit = cedar(
         root,
-        &[
-            "submit",
-            "--collection",
-            "LANDSAT/LC08/C02/T1_L2",
-            "--tile",
-            "10,14",
-            "--start",
-            "2021-07-01",
-            "--end",
-            "2021-09-01",
-        ],
+        &[&["submit"][..], &one_tile("2021-09-01")].concat(),
         &env,
     );
     let (out, err) = text(&submit);

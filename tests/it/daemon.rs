@@ -20,11 +20,11 @@ use cedar::queue::Stage;
 use serde_json::Value;
 
 use crate::support::{
-    BYTES_PER_PIXEL, Emulated, FAST_WORKER, Namespace, Process, Run, TestConfig, cedar_command,
-    files, four_tiles, redis_connection, redis_url, run, wait_until,
+    BYTES_PER_PIXEL, Emulated, FAST_WORKER, LC08, Namespace, Process, Run, TestConfig,
+    assert_exported_once, cedar_command, configured, files, four_tiles, one_tile, redis_connection,
+    redis_url, run, wait_until,
 };
 
-const LC08: &str = "LANDSAT/LC08/C02/T1_L2";
 const LC09: &str = "LANDSAT/LC09/C02/T1_L2";
 const LE07: &str = "LANDSAT/LE07/C02/T1_L2";
 /// The bucket name the configuration exports to and the emulator insists on.
@@ -93,13 +93,7 @@ impl Campaign {
 
     /// A `cedar` command with this campaign's configuration and none of the caller's.
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = cedar_command();
-        cmd.current_dir(self.dir.path())
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("CEDAR_LOG", "info");
-        cmd
+        configured(cedar_command(), self.dir.path(), &self.config, args)
     }
 
     /// Runs a `cedar` command to completion without blocking the runtime the emulator runs on.
@@ -138,20 +132,27 @@ impl Campaign {
     /// Jobs leased right now by worker `n` (lease owners are named `{stage}-{host}-{pid}-…`).
     async fn leases_of(&self, n: usize) -> usize {
         let pid = self.workers[n].id().expect("a live worker");
+        self.stage_hashes("HVALS", "owner")
+            .await
+            .into_iter()
+            .flat_map(|(_, owners)| owners)
+            .filter(|o| o.contains(&format!("-{pid}-")))
+            .count()
+    }
+
+    /// `cmd` (`HKEYS` or `HVALS`) of every stage's queue hash `{namespace}:{stage}:{hash}`.
+    async fn stage_hashes(&self, cmd: &str, hash: &str) -> Vec<(Stage, Vec<String>)> {
         let mut conn = redis_connection().await;
-        let mut held = 0;
+        let mut out = Vec::new();
         for stage in Stage::ALL {
-            let owners: Vec<String> = redis::cmd("HVALS")
-                .arg(format!("{}:{}:owner", self.namespace.name, stage.name()))
+            let values: Vec<String> = redis::cmd(cmd)
+                .arg(format!("{}:{}:{hash}", self.namespace.name, stage.name()))
                 .query_async(&mut conn)
                 .await
                 .unwrap();
-            held += owners
-                .iter()
-                .filter(|o| o.contains(&format!("-{pid}-")))
-                .count();
+            out.push((stage, values));
         }
-        held
+        out
     }
 
     /// SIGKILLs worker `n`: no drain, no hand-back, its leases simply expire.
@@ -219,6 +220,14 @@ impl Campaign {
         files(&self.dest)
     }
 
+    /// The files in submission `tracking`'s folder of dest (relative to it), with their sizes.
+    fn dest_files_of(&self, tracking: &str) -> BTreeMap<String, u64> {
+        self.dest_files()
+            .into_iter()
+            .filter_map(|(f, n)| Some((f.strip_prefix(&format!("{tracking}/"))?.to_owned(), n)))
+            .collect()
+    }
+
     /// Jobs still in the queues, per `{stage}:{part}` (and `ee:active`), zeros left out.
     async fn queued(&self) -> BTreeMap<String, u64> {
         let mut conn = redis_connection().await;
@@ -272,21 +281,15 @@ impl Campaign {
     }
 
     async fn jobs_of(&self, tracking: &str) -> Vec<String> {
-        let mut conn = redis_connection().await;
-        let mut out = Vec::new();
-        for stage in Stage::ALL {
-            let ids: Vec<String> = redis::cmd("HKEYS")
-                .arg(format!("{}:{}:data", self.namespace.name, stage.name()))
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            out.extend(
+        self.stage_hashes("HKEYS", "data")
+            .await
+            .into_iter()
+            .flat_map(|(stage, ids)| {
                 ids.into_iter()
                     .filter(|id| id.starts_with(&format!("{tracking}|")))
-                    .map(|id| format!("{}:{id}", stage.name())),
-            );
-        }
-        out
+                    .map(move |id| format!("{}:{id}", stage.name()))
+            })
+            .collect()
     }
 
     /// The tracking document the workers published in the bucket.
@@ -446,20 +449,6 @@ fn assert_bucket_empty(campaign: &Campaign) {
     );
 }
 
-/// Every description was exported exactly once and its files written once.
-fn assert_exported_once(stats: &Stats) {
-    let twice: Vec<_> = stats
-        .exports_by_description
-        .iter()
-        .filter(|(_, n)| **n != 1)
-        .collect();
-    assert!(twice.is_empty(), "exported more than once: {twice:?}");
-    assert_eq!(
-        stats.succeeded_by_description, stats.exports_by_description,
-        "every export wrote its files once"
-    );
-}
-
 /// 3 collections × 4 tiles × 3 periods with two workers: every order ends CLEANED or EMPTY,
 /// every piece is in dest with the size EE wrote, the bucket is empty, each tile-period was
 /// exported once, and the published tracking document agrees with `status`.
@@ -593,11 +582,7 @@ async fn empty_orders_are_recorded_or_failed_as_asked() {
     let (status, code) = c.wait_done(&unsaved).await;
     assert_eq!(code, Some(0), "{status}");
     assert_eq!(counts(&status), BTreeMap::from([("EMPTY".to_owned(), 2)]));
-    let written: Vec<String> = c
-        .dest_files()
-        .into_keys()
-        .filter(|f| f.starts_with(&format!("{unsaved}/")))
-        .collect();
+    let written = c.dest_files_of(&unsaved);
     assert!(written.is_empty(), "{written:?}");
 
     let (status, code) = c.wait_done(&failing).await;
@@ -615,11 +600,7 @@ async fn empty_orders_are_recorded_or_failed_as_asked() {
             "{order}"
         );
     }
-    let written: Vec<String> = c
-        .dest_files()
-        .into_keys()
-        .filter(|f| f.starts_with(&format!("{failing}/")))
-        .collect();
+    let written = c.dest_files_of(&failing);
     assert!(written.is_empty(), "{written:?}");
 
     let stats = c.emulator.stats();
@@ -910,11 +891,7 @@ async fn the_same_items_again_are_refused_while_running_then_run_as_their_own_ca
     c.spawn_worker();
     let (status, code) = c.wait_done(&first).await;
     assert_eq!(code, Some(0), "{status}");
-    let first_files: BTreeMap<String, u64> = c
-        .dest_files()
-        .into_iter()
-        .filter_map(|(f, n)| Some((f.strip_prefix(&format!("{first}/"))?.to_owned(), n)))
-        .collect();
+    let first_files = c.dest_files_of(&first);
     let cleaned = counts(&status).get("CLEANED").copied().unwrap_or(0);
     assert!(cleaned > 0 && !first_files.is_empty(), "{status}");
 
@@ -1036,19 +1013,7 @@ async fn bad_submissions_are_refused_and_queue_nothing() {
             "unknown collection \"NASA/NOPE\"",
         ),
         (&["--collection", LC08, "--tile", "99,14"], "outside"),
-        (
-            &[
-                "--collection",
-                LC08,
-                "--tile",
-                "10,14",
-                "--start",
-                "2021-07-01",
-                "--end",
-                "2021-01-01",
-            ],
-            "not after start",
-        ),
+        (&one_tile("2021-01-01"), "not after start"),
         (
             &["--collection", LC08, "--tile", "10,14", "--tile", "10,14"],
             "tile 10,14 is given twice",
@@ -1073,17 +1038,7 @@ async fn bad_submissions_are_refused_and_queue_nothing() {
     // A prefix template that walks out of the bucket folder renders names with '..'.
     let run = c
         .cedar_env(
-            &[
-                "submit",
-                "--collection",
-                LC08,
-                "--tile",
-                "10,14",
-                "--start",
-                "2021-07-01",
-                "--end",
-                "2021-12-31",
-            ],
+            &[&["submit"][..], &one_tile("2021-12-31")].concat(),
             &[("CEDAR__EXPORT__PREFIX_TEMPLATE", "CEDAR/../../{collection}")],
         )
         .await;

@@ -22,8 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::support::{
-    Emulated, FAST_WORKER, Namespace, Process, TestConfig, cedar_command, redis_url, run,
-    small_exports, wait_until,
+    Emulated, FAST_WORKER, Namespace, Process, TestConfig, cedar_command, configured, on_path,
+    one_tile, redis_url, run, small_exports, wait_until,
 };
 
 /// The bucket name the configuration exports to and the emulator insists on.
@@ -40,17 +40,12 @@ fn promtool() -> PathBuf {
     if let Some(p) = std::env::var_os("CEDAR_PROMTOOL") {
         return PathBuf::from(p);
     }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join("promtool"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "promtool not found in PATH: run .ci/run (it installs the Debian package \
+    on_path("promtool").unwrap_or_else(|| {
+        panic!(
+            "promtool not found in PATH: run .ci/run (it installs the Debian package \
                  prometheus), `apt-get install prometheus`, or set CEDAR_PROMTOOL"
-            )
-        })
+        )
+    })
 }
 
 /// Runs promtool with `args` (and `stdin`), failing the test with its output unless it succeeds.
@@ -579,13 +574,7 @@ impl LiveWorker {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = cedar_command();
-        cmd.current_dir(self.env.dir.path())
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("CEDAR_LOG", "info");
-        cmd
+        configured(cedar_command(), self.env.dir.path(), &self.config, args)
     }
 
     /// Runs a `cedar` command against the test Redis directly (not through the relay).
@@ -674,20 +663,14 @@ async fn a_live_worker_serves_metrics_health_and_readiness() {
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
 
     let (code, stdout, stderr) = w
-        .cedar(&[
-            "submit",
-            "--json",
-            "--collection",
-            "LANDSAT/LC08/C02/T1_L2",
-            "--tile",
-            "10,14",
-            "--start",
-            "2021-07-01",
-            "--end",
-            "2021-07-31",
-            "--freq",
-            "1MS",
-        ])
+        .cedar(
+            &[
+                &["submit", "--json"][..],
+                &one_tile("2021-07-31"),
+                &["--freq", "1MS"],
+            ]
+            .concat(),
+        )
         .await;
     assert_eq!(code, Some(0), "submit: {stdout}{stderr}");
     let name = serde_json::from_str::<Value>(&stdout).unwrap()["tracking_name"]

@@ -26,11 +26,10 @@ use futures::stream::{self, BoxStream, StreamExt};
 use serde_json::Value;
 
 use crate::support::{
-    Emulated, Process, TestConfig, clean_env, files, free_port, openssl, run, small_exports,
-    wait_until,
+    Emulated, Process, TestConfig, clean_env, configured, files, free_port, one_tile, openssl, run,
+    small_exports, wait_until,
 };
 
-const LC08: &str = "LANDSAT/LC08/C02/T1_L2";
 const BUCKET: &str = "cedar-security";
 const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -577,17 +576,7 @@ fn check_modes(root: &Path, bad: &mut Vec<String>) {
 // --- a small campaign on loopback ------------------------------------------------------------
 
 fn submit_args() -> Vec<&'static str> {
-    vec![
-        "submit",
-        "--collection",
-        LC08,
-        "--tile",
-        "10,14",
-        "--start",
-        "2021-07-01",
-        "--end",
-        "2021-09-01",
-    ]
+    [&["submit"][..], &one_tile("2021-09-01")].concat()
 }
 
 /// One test's emulator, folders and configuration; the queue is SQLite unless a Redis URL is
@@ -670,13 +659,8 @@ impl Campaign {
         } else {
             Command::new(env!("CARGO_BIN_EXE_cedar"))
         };
-        clean_env(&mut cmd)
-            .current_dir(self.dir.path())
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("CEDAR_LOG", "info");
-        cmd
+        clean_env(&mut cmd);
+        configured(cmd, self.dir.path(), &self.config, args)
     }
 
     async fn output(&self, cmd: Command) -> (Option<i32>, String, String) {

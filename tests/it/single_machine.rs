@@ -12,8 +12,8 @@ use cedar::queue::{Depth, Queue, Stage};
 use serde_json::Value;
 
 use crate::support::{
-    Emulated, FAST_WORKER, Process, cedar_command, files, four_tiles, run, small_exports,
-    wait_until,
+    Emulated, FAST_WORKER, Process, assert_exported_once, cedar_command, configured, files,
+    four_tiles, run, small_exports, wait_until,
 };
 
 const BUCKET: &str = "cedar-single-bucket";
@@ -51,13 +51,7 @@ impl Machine {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = cedar_command();
-        cmd.current_dir(self.env.dir.path())
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("CEDAR_LOG", "info");
-        cmd
+        configured(cedar_command(), self.env.dir.path(), &self.config, args)
     }
 
     async fn json(&self, args: &[&str]) -> Value {
@@ -163,12 +157,7 @@ impl Machine {
         assert!(bucket.contains_key(&format!("CEDAR_TRACKING/{name}.json")));
 
         let stats = self.env.emulator.stats();
-        let twice: Vec<_> = stats
-            .exports_by_description
-            .iter()
-            .filter(|(_, n)| **n != 1)
-            .collect();
-        assert!(twice.is_empty(), "exported more than once: {twice:?}");
+        assert_exported_once(&stats);
         assert_eq!(stats.exports_by_description.len(), exported);
 
         // The last clean job records CLEANED just before the queue acknowledges it: give the

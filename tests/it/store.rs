@@ -28,6 +28,8 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use tempfile::TempDir;
 
+use crate::support::{free_port, on_path};
+
 /// Objects live under this prefix of every bucket URL, so the root handling is always exercised.
 const ROOT: &str = "campaign";
 
@@ -96,25 +98,13 @@ fn emulator_binary() -> PathBuf {
     if venv.is_file() {
         return venv;
     }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join("gcp-storage-emulator"))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "gcp-storage-emulator not found (CEDAR_GCS_EMULATOR unset, no {} and none on \
+    on_path("gcp-storage-emulator").unwrap_or_else(|| {
+        panic!(
+            "gcp-storage-emulator not found (CEDAR_GCS_EMULATOR unset, no {} and none on \
                  PATH): run scripts/test, which installs it into .venv",
-                venv.display()
-            )
-        })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+            venv.display()
+        )
+    })
 }
 
 /// One emulator process with one bucket, killed on drop.
@@ -180,25 +170,37 @@ impl Drop for Emulator {
 // Raw access to the backing storage, independent of cedar's clients
 
 enum Raw {
-    Gcs {
-        http: reqwest::Client,
-        endpoint: String,
-        bucket: String,
-    },
+    Gcs(GcsApi),
     Dir(PathBuf),
 }
 
+/// The emulator's JSON API for its bucket.
+struct GcsApi {
+    http: reqwest::Client,
+    endpoint: String,
+    bucket: String,
+}
+
 impl Raw {
+    /// Raw access to the emulator's bucket.
+    fn gcs(emulator: &Emulator) -> Raw {
+        Raw::Gcs(GcsApi {
+            http: reqwest::Client::new(),
+            endpoint: emulator.endpoint.clone(),
+            bucket: emulator.bucket.clone(),
+        })
+    }
+
     /// Stores `data` as `name` (a full object name, including any root).
     async fn seed(&self, name: &str, data: &[u8]) {
         match self {
-            Raw::Gcs {
-                http,
-                endpoint,
-                bucket,
-            } => {
-                let response = http
-                    .post(format!("{endpoint}/upload/storage/v1/b/{bucket}/o"))
+            Raw::Gcs(api) => {
+                let response = api
+                    .http
+                    .post(format!(
+                        "{}/upload/storage/v1/b/{}/o",
+                        api.endpoint, api.bucket
+                    ))
                     .query(&[("uploadType", "media"), ("name", name)])
                     .body(data.to_vec())
                     .send()
@@ -217,13 +219,15 @@ impl Raw {
     /// The content of `name` (a full object name), or `None` if it does not exist.
     async fn read(&self, name: &str) -> Option<Vec<u8>> {
         match self {
-            Raw::Gcs {
-                http,
-                endpoint,
-                bucket,
-            } => {
-                let url = format!("{endpoint}/storage/v1/b/{bucket}/o/{}", encode(name));
-                let response = http
+            Raw::Gcs(api) => {
+                let url = format!(
+                    "{}/storage/v1/b/{}/o/{}",
+                    api.endpoint,
+                    api.bucket,
+                    encode(name)
+                );
+                let response = api
+                    .http
                     .get(url)
                     .query(&[("alt", "media")])
                     .send()
@@ -274,11 +278,7 @@ impl BucketFixture {
                 .unwrap();
                 BucketFixture {
                     bucket,
-                    raw: Raw::Gcs {
-                        http: reqwest::Client::new(),
-                        endpoint: emulator.endpoint.clone(),
-                        bucket: emulator.bucket.clone(),
-                    },
+                    raw: Raw::gcs(&emulator),
                     reports_checksums: true,
                     _emulator: Some(emulator),
                     _dir: None,
@@ -494,29 +494,34 @@ async fn a_download_that_disagrees_with_the_listing_is_refused(backend: Backend)
     assert_eq!(files_under(out.path()), Vec::<String>::new());
 }
 
-macro_rules! for_each_bucket_backend {
-    ($($behaviour:ident),* $(,)?) => {
-        mod bucket_emulator {
-            $(#[tokio::test] async fn $behaviour() { super::$behaviour(super::Backend::Emulator).await })*
-        }
-        mod bucket_file_url {
-            $(#[tokio::test] async fn $behaviour() { super::$behaviour(super::Backend::FileUrl).await })*
-        }
-        mod bucket_plain_path {
-            $(#[tokio::test] async fn $behaviour() { super::$behaviour(super::Backend::PlainPath).await })*
+/// One test module per backend, each with one test per behaviour: `mod m { async fn b() }` runs
+/// `b(Kind::Variant)`. The behaviours come as one `[…]` token tree so that each module can
+/// repeat all of them.
+macro_rules! on_each_backend {
+    ($behaviours:tt on $($module:ident => $kind:ident::$variant:ident),+ $(,)?) => {
+        $(on_each_backend!(@module $module, $kind::$variant, $behaviours);)+
+    };
+    (@module $module:ident, $kind:ident::$variant:ident, [$($behaviour:ident),* $(,)?]) => {
+        mod $module {
+            $(#[tokio::test] async fn $behaviour() { super::$behaviour(super::$kind::$variant).await })*
         }
     };
 }
 
-for_each_bucket_backend!(
-    lists_every_object_under_a_prefix_with_checksums,
-    streams_objects_byte_identical,
-    put_and_get_round_trip,
-    missing_objects_are_not_found,
-    delete_is_idempotent,
-    names_with_special_characters_round_trip,
-    downloads_into_a_destination_verified,
-    a_download_that_disagrees_with_the_listing_is_refused,
+on_each_backend!(
+    [
+        lists_every_object_under_a_prefix_with_checksums,
+        streams_objects_byte_identical,
+        put_and_get_round_trip,
+        missing_objects_are_not_found,
+        delete_is_idempotent,
+        names_with_special_characters_round_trip,
+        downloads_into_a_destination_verified,
+        a_download_that_disagrees_with_the_listing_is_refused,
+    ] on
+    bucket_emulator => Backend::Emulator,
+    bucket_file_url => Backend::FileUrl,
+    bucket_plain_path => Backend::PlainPath,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -609,11 +614,7 @@ impl TokenSource for SecretToken {
 #[tokio::test]
 async fn gcs_listing_follows_every_page() {
     let emulator = Emulator::start("cedar-paging").await;
-    let raw = Raw::Gcs {
-        http: reqwest::Client::new(),
-        endpoint: emulator.endpoint.clone(),
-        bucket: emulator.bucket.clone(),
-    };
+    let raw = Raw::gcs(&emulator);
     for i in 0..11 {
         raw.seed(&format!("t01/img_{i:02}.tif"), &content(i, 10))
             .await;
@@ -1023,26 +1024,15 @@ async fn an_abandoned_write_leaves_nothing_behind(kind: DestKind) {
     assert_eq!(fx.dest.existing("t01/a.tif").await.unwrap(), None);
 }
 
-macro_rules! for_each_destination {
-    ($($behaviour:ident),* $(,)?) => {
-        mod dest_file_url {
-            $(#[tokio::test] async fn $behaviour() { super::$behaviour(super::DestKind::FileUrl).await })*
-        }
-        mod dest_plain_path {
-            $(#[tokio::test] async fn $behaviour() { super::$behaviour(super::DestKind::PlainPath).await })*
-        }
-        mod dest_object_store_local {
-            $(#[tokio::test] async fn $behaviour() { super::$behaviour(super::DestKind::ObjectStoreLocal).await })*
-        }
-        mod dest_memory {
-            $(#[tokio::test] async fn $behaviour() { super::$behaviour(super::DestKind::Memory).await })*
-        }
-    };
-}
-
-for_each_destination!(
-    a_verified_write_lands_whole_and_is_skippable,
-    a_bad_stream_leaves_nothing_behind,
-    unsafe_paths_are_refused_and_nothing_is_written,
-    an_abandoned_write_leaves_nothing_behind,
+on_each_backend!(
+    [
+        a_verified_write_lands_whole_and_is_skippable,
+        a_bad_stream_leaves_nothing_behind,
+        unsafe_paths_are_refused_and_nothing_is_written,
+        an_abandoned_write_leaves_nothing_behind,
+    ] on
+    dest_file_url => DestKind::FileUrl,
+    dest_plain_path => DestKind::PlainPath,
+    dest_object_store_local => DestKind::ObjectStoreLocal,
+    dest_memory => DestKind::Memory,
 );

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cedar::emulator::{self, EmulatorOptions, RunningEmulator};
+use cedar::emulator::{self, EmulatorOptions, RunningEmulator, Stats};
 use object_store::local::LocalFileSystem;
 use serde_json::Value;
 
@@ -170,6 +170,20 @@ impl Emulated {
     }
 }
 
+/// Every description was exported exactly once and its files written once.
+pub fn assert_exported_once(stats: &Stats) {
+    let twice: Vec<_> = stats
+        .exports_by_description
+        .iter()
+        .filter(|(_, n)| **n != 1)
+        .collect();
+    assert!(twice.is_empty(), "exported more than once: {twice:?}");
+    assert_eq!(
+        stats.succeeded_by_description, stats.exports_by_description,
+        "every export wrote its files once"
+    );
+}
+
 /// Every regular file under `root` (relative path → size); nothing for a missing `root`.
 pub fn files(root: &Path) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
@@ -279,6 +293,24 @@ bucket = "{bucket}"
     }
 }
 
+/// The Landsat 8 collection the campaign tests export.
+pub const LC08: &str = "LANDSAT/LC08/C02/T1_L2";
+
+/// `submit` arguments for tile 10,14 of [`LC08`] from 2021-07-01 to `end`: a tile-period the
+/// emulator's catalogue has scenes for, so its export is attempted.
+pub fn one_tile(end: &str) -> Vec<&str> {
+    vec![
+        "--collection",
+        LC08,
+        "--tile",
+        "10,14",
+        "--start",
+        "2021-07-01",
+        "--end",
+        end,
+    ]
+}
+
 /// `submit` arguments for the 2×2 tiles at rows 10-11, cols 14-15 of `collection`, from
 /// 2021-07-01 to `end` every `freq`.
 pub fn four_tiles<'a>(collection: &'a str, end: &'a str, freq: &'a str) -> Vec<&'a str> {
@@ -328,6 +360,17 @@ pub fn clean_env(cmd: &mut Command) -> &mut Command {
 pub fn cedar_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cedar"));
     clean_env(&mut cmd);
+    cmd
+}
+
+/// `cmd` (the `cedar` binary, or a shell that execs it) run in `dir` as
+/// `--config CONFIG ARGS`, logging at info: how the campaign tests run cedar.
+pub fn configured(mut cmd: Command, dir: &Path, config: &Path, args: &[&str]) -> Command {
+    cmd.current_dir(dir)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("CEDAR_LOG", "info");
     cmd
 }
 
@@ -482,6 +525,15 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The program `name` in the first directory of `PATH` that has it.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
 }
 
 /// Runs `openssl ARGS` in `dir`; it must succeed.

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use cedar::order::Order;
 use cedar::period::Period;
 use cedar::queue::tracking::{
     OrderState, OrderStatus, Submission, Tracker, TrackingError, order_key,
@@ -37,8 +38,18 @@ fn submission(name: &str) -> Submission {
     }
 }
 
-fn counts(pairs: &[(OrderState, u64)]) -> BTreeMap<OrderState, u64> {
-    pairs.iter().copied().collect()
+/// Asserts the per-state tally of "camp" in `tracker`.
+async fn assert_counts(tracker: &Tracker, want: &[(OrderState, u64)]) {
+    let want: BTreeMap<OrderState, u64> = want.iter().copied().collect();
+    assert_eq!(tracker.counts("camp").await.unwrap(), want);
+}
+
+/// Sets `order` of "camp" to a bare status in `state`; whether it was written.
+async fn set_state(tracker: &Tracker, order: &Order, state: OrderState, force: bool) -> bool {
+    tracker
+        .set("camp", order, &OrderStatus::new(state), force)
+        .await
+        .unwrap()
 }
 
 /// The whole contract, against one backend; `tracker` is in a namespace of its own.
@@ -55,10 +66,7 @@ async fn forward_only_counts_in_step_and_dirty(tracker: Tracker) {
         Err(TrackingError::Unknown(_))
     ));
     assert_eq!(tracker.list().await.unwrap(), vec!["camp".to_owned()]);
-    assert_eq!(
-        tracker.counts("camp").await.unwrap(),
-        counts(&[(OrderState::Queued, 4)])
-    );
+    assert_counts(&tracker, &[(OrderState::Queued, 4)]).await;
     assert_eq!(
         tracker.take_dirty(10).await.unwrap(),
         vec!["camp".to_owned()]
@@ -98,56 +106,28 @@ async fn forward_only_counts_in_step_and_dirty(tracker: Tracker) {
     let mut done = OrderStatus::new(OrderState::Cleaned);
     done.bytes = 42;
     assert!(tracker.set("camp", &orders[1], &done, false).await.unwrap());
-    assert!(
-        tracker
-            .set(
-                "camp",
-                &orders[2],
-                &OrderStatus::new(OrderState::Failed),
-                false
-            )
-            .await
-            .unwrap()
-    );
-    assert_eq!(
-        tracker.counts("camp").await.unwrap(),
-        counts(&[
+    assert!(set_state(&tracker, &orders[2], OrderState::Failed, false).await);
+    assert_counts(
+        &tracker,
+        &[
             (OrderState::Queued, 1),
             (OrderState::Running, 1),
             (OrderState::Cleaned, 1),
             (OrderState::Failed, 1),
-        ])
-    );
-    assert!(
-        !tracker
-            .set(
-                "camp",
-                &orders[2],
-                &OrderStatus::new(OrderState::Queued),
-                false
-            )
-            .await
-            .unwrap()
-    );
-    assert!(
-        tracker
-            .set(
-                "camp",
-                &orders[2],
-                &OrderStatus::new(OrderState::Queued),
-                true
-            )
-            .await
-            .unwrap()
-    );
-    assert_eq!(
-        tracker.counts("camp").await.unwrap(),
-        counts(&[
+        ],
+    )
+    .await;
+    assert!(!set_state(&tracker, &orders[2], OrderState::Queued, false).await);
+    assert!(set_state(&tracker, &orders[2], OrderState::Queued, true).await);
+    assert_counts(
+        &tracker,
+        &[
             (OrderState::Queued, 2),
             (OrderState::Running, 1),
             (OrderState::Cleaned, 1),
-        ])
-    );
+        ],
+    )
+    .await;
 
     // Orders start QUEUED without a record: only the three written since have one.
     let all = tracker.all("camp").await.unwrap();
@@ -202,8 +182,5 @@ async fn tracking_on_sqlite() {
     other.create(&submission("camp")).await.unwrap();
     forward_only_counts_in_step_and_dirty(tracker).await;
     assert_eq!(other.list().await.unwrap(), vec!["camp".to_owned()]);
-    assert_eq!(
-        other.counts("camp").await.unwrap(),
-        counts(&[(OrderState::Queued, 4)])
-    );
+    assert_counts(&other, &[(OrderState::Queued, 4)]).await;
 }

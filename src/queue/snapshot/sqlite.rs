@@ -80,16 +80,24 @@ impl SqliteSnapshot {
             .await?)
     }
 
-    pub(super) async fn views(&self) -> Result<Vec<String>, QueueError> {
+    /// Every value the one-column query `sql` (`?1` is the namespace) returns.
+    async fn column<C>(&self, sql: &'static str) -> Result<C, QueueError>
+    where
+        C: FromIterator<String> + Send + 'static,
+    {
         let ns = self.ns.clone();
         Ok(self
             .db
             .read(move |c| {
-                c.prepare_cached("SELECT view FROM ops WHERE ns = ?1")?
+                c.prepare_cached(sql)?
                     .query_map(params![&*ns], |r| r.get(0))?
                     .collect()
             })
             .await?)
+    }
+
+    pub(super) async fn views(&self) -> Result<Vec<String>, QueueError> {
+        self.column("SELECT view FROM ops WHERE ns = ?1").await
     }
 
     pub(super) async fn swept_ms(&self) -> Result<Option<i64>, QueueError> {
@@ -113,15 +121,8 @@ impl SqliteSnapshot {
     }
 
     pub(super) async fn waiting(&self) -> Result<HashSet<String>, QueueError> {
-        let ns = self.ns.clone();
-        Ok(self
-            .db
-            .read(move |c| {
-                c.prepare_cached("SELECT name FROM ops_waiting WHERE ns = ?1")?
-                    .query_map(params![&*ns], |r| r.get(0))?
-                    .collect()
-            })
-            .await?)
+        self.column("SELECT name FROM ops_waiting WHERE ns = ?1")
+            .await
     }
 
     pub(super) async fn stop_waiting(&self, operation: &str) -> Result<(), QueueError> {

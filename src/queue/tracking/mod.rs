@@ -356,7 +356,8 @@ impl Tracker {
         name: &str,
         order: &Order,
     ) -> Result<Option<OrderStatus>, TrackingError> {
-        dispatch!(self, t => t.status(name, order).await)
+        let mut one = self.statuses(name, std::slice::from_ref(order)).await?;
+        Ok(one.pop().flatten())
     }
 
     /// The statuses of `orders` (in that order; `None` = no record yet, i.e. QUEUED). Read in

@@ -103,17 +103,6 @@ impl RedisTracker {
         Ok(c.zrange(self.index_key(), 0, -1).await?)
     }
 
-    pub(super) async fn status(
-        &self,
-        name: &str,
-        order: &Order,
-    ) -> Result<Option<OrderStatus>, TrackingError> {
-        let mut c = self.conn.clone();
-        let raw: Option<String> = c.hget(self.orders_key(name), order_key(order)).await?;
-        raw.map(|r| serde_json::from_str(&r).map_err(|e| TrackingError::corrupt(name, e)))
-            .transpose()
-    }
-
     pub(super) async fn raw_statuses(
         &self,
         name: &str,

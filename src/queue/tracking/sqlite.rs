@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use rusqlite::types::FromSql;
 use rusqlite::{OptionalExtension, params};
 use serde::Deserialize;
 
@@ -18,6 +19,9 @@ pub(super) struct SqliteTracker {
     db: Arc<Db>,
     pub(super) ns: Arc<str>,
 }
+
+/// Marks submission `?2` of namespace `?1` for the document publisher.
+const MARK_DIRTY: &str = "INSERT OR IGNORE INTO dirty (ns, tracking) VALUES (?1, ?2)";
 
 /// Reads only the state of a stored status, as the Redis script does with `cjson`.
 #[derive(Deserialize)]
@@ -57,10 +61,7 @@ impl SqliteTracker {
                      ON CONFLICT (ns, tracking, state) DO UPDATE SET n = ?3",
                     params![&*ns, name, count],
                 )?;
-                tx.execute(
-                    "INSERT OR IGNORE INTO dirty (ns, tracking) VALUES (?1, ?2)",
-                    params![&*ns, name],
-                )?;
+                tx.execute(MARK_DIRTY, params![&*ns, name])?;
                 Ok(())
             })
             .await
@@ -95,27 +96,6 @@ impl SqliteTracker {
                 .collect()
             })
             .await?)
-    }
-
-    pub(super) async fn status(
-        &self,
-        name: &str,
-        order: &Order,
-    ) -> Result<Option<OrderStatus>, TrackingError> {
-        let (ns, tracking, key) = (self.ns.clone(), name.to_owned(), order_key(order));
-        let raw: Option<String> = self
-            .db
-            .read(move |c| {
-                c.query_row(
-                    "SELECT status FROM orders WHERE ns = ?1 AND tracking = ?2 AND key = ?3",
-                    params![&*ns, tracking, key],
-                    |r| r.get(0),
-                )
-                .optional()
-            })
-            .await?;
-        raw.map(|r| serde_json::from_str(&r).map_err(|e| TrackingError::corrupt(name, e)))
-            .transpose()
     }
 
     pub(super) async fn raw_statuses(
@@ -195,10 +175,7 @@ impl SqliteTracker {
                      ON CONFLICT (ns, tracking, state) DO UPDATE SET n = n + 1",
                     params![&*ns, tracking, state.as_str()],
                 )?;
-                tx.execute(
-                    "INSERT OR IGNORE INTO dirty (ns, tracking) VALUES (?1, ?2)",
-                    params![&*ns, tracking],
-                )?;
+                tx.execute(MARK_DIRTY, params![&*ns, tracking])?;
                 Ok(true)
             })
             .await
@@ -208,16 +185,11 @@ impl SqliteTracker {
         &self,
         name: &str,
     ) -> Result<BTreeMap<OrderState, u64>, TrackingError> {
-        let (ns, tracking) = (self.ns.clone(), name.to_owned());
         let raw: Vec<(String, i64)> = self
-            .db
-            .read(move |c| {
-                c.prepare_cached(
-                    "SELECT state, n FROM order_counts WHERE ns = ?1 AND tracking = ?2 AND n > 0",
-                )?
-                .query_map(params![&*ns, tracking], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
-            })
+            .rows_of(
+                name,
+                "SELECT state, n FROM order_counts WHERE ns = ?1 AND tracking = ?2 AND n > 0",
+            )
             .await?;
         Ok(raw
             .into_iter()
@@ -229,14 +201,11 @@ impl SqliteTracker {
         &self,
         name: &str,
     ) -> Result<BTreeMap<String, OrderStatus>, TrackingError> {
-        let (ns, tracking) = (self.ns.clone(), name.to_owned());
         let rows: Vec<(String, String)> = self
-            .db
-            .read(move |c| {
-                c.prepare_cached("SELECT key, status FROM orders WHERE ns = ?1 AND tracking = ?2")?
-                    .query_map(params![&*ns, tracking], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect()
-            })
+            .rows_of(
+                name,
+                "SELECT key, status FROM orders WHERE ns = ?1 AND tracking = ?2",
+            )
             .await?;
         rows.into_iter()
             .map(|(k, v)| {
@@ -268,34 +237,54 @@ impl SqliteTracker {
     }
 
     pub(super) async fn mark_dirty(&self, name: &str) -> Result<(), TrackingError> {
-        let (ns, name) = (self.ns.clone(), name.to_owned());
-        self.db
-            .write(move |tx| -> Result<(), TrackingError> {
-                tx.execute(
-                    "INSERT OR IGNORE INTO dirty (ns, tracking) VALUES (?1, ?2)",
-                    params![&*ns, name],
-                )?;
-                Ok(())
-            })
-            .await
+        self.execute_for(name, &[MARK_DIRTY]).await
     }
 
     pub(super) async fn forget(&self, name: &str) -> Result<(), TrackingError> {
+        self.execute_for(
+            name,
+            &[
+                "DELETE FROM orders WHERE ns = ?1 AND tracking = ?2",
+                "DELETE FROM order_counts WHERE ns = ?1 AND tracking = ?2",
+                "DELETE FROM submissions WHERE ns = ?1 AND name = ?2",
+            ],
+        )
+        .await
+    }
+
+    /// The two-column rows of `sql` for submission `name` (`?1` = the namespace, `?2` = `name`).
+    async fn rows_of<V>(
+        &self,
+        name: &str,
+        sql: &'static str,
+    ) -> Result<Vec<(String, V)>, TrackingError>
+    where
+        V: FromSql + Send + 'static,
+    {
+        let (ns, tracking) = (self.ns.clone(), name.to_owned());
+        Ok(self
+            .db
+            .read(move |c| {
+                c.prepare_cached(sql)?
+                    .query_map(params![&*ns, tracking], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .await?)
+    }
+
+    /// Runs `statements` in one write transaction, each with `?1` = the namespace and `?2` =
+    /// the tracking name `name`.
+    async fn execute_for(
+        &self,
+        name: &str,
+        statements: &'static [&'static str],
+    ) -> Result<(), TrackingError> {
         let (ns, name) = (self.ns.clone(), name.to_owned());
         self.db
             .write(move |tx| -> Result<(), TrackingError> {
-                tx.execute(
-                    "DELETE FROM orders WHERE ns = ?1 AND tracking = ?2",
-                    params![&*ns, name],
-                )?;
-                tx.execute(
-                    "DELETE FROM order_counts WHERE ns = ?1 AND tracking = ?2",
-                    params![&*ns, name],
-                )?;
-                tx.execute(
-                    "DELETE FROM submissions WHERE ns = ?1 AND name = ?2",
-                    params![&*ns, name],
-                )?;
+                for sql in statements {
+                    tx.execute(sql, params![&*ns, name])?;
+                }
                 Ok(())
             })
             .await
