@@ -87,6 +87,22 @@ const BYTES_PER_PIXEL: f64 = 1.0 / 65536.0;
 // ---------------------------------------------------------------------------------------------
 // What every bench shares
 
+/// An emulated EE whose tasks take `task_seconds` on a clock `time_scale` times faster than
+/// the wall, with `max_concurrent_exports` run slots and Google's queue cap.
+pub(super) fn emulated_ee(
+    task_seconds: f64,
+    time_scale: f64,
+    max_concurrent_exports: u32,
+) -> EmulatorOptions {
+    EmulatorOptions {
+        task_seconds,
+        time_scale,
+        max_concurrent_exports,
+        queue_limit: cedar::earthengine::EE_QUEUE_CAP as usize,
+        ..EmulatorOptions::default()
+    }
+}
+
 /// Runs `body` with a fresh [`Scratch`] and an emulator on it, then shuts both down and deletes
 /// the scratch data whatever `body` returned.
 async fn with_emulator(

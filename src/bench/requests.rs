@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use tokio::sync::watch;
 
-use cedar::emulator::{EmulatorOptions, RunningEmulator};
+use cedar::emulator::RunningEmulator;
 use cedar::jobs::JobSettings;
 use cedar::jobs::poll::SweepSettings;
 use cedar::queue::tracking::OrderState;
@@ -15,8 +15,8 @@ use cedar::submit;
 use cedar::worker::{self, WorkerOptions};
 
 use super::{
-    RedisArgs, Scratch, Table, campaign, describe, describe_counts, ended, secs, verdict,
-    with_emulator,
+    RedisArgs, Scratch, Table, campaign, describe, describe_counts, emulated_ee, ended, secs,
+    verdict, with_emulator,
 };
 
 /// Options of `cedar bench requests`. Durations marked "emulated" run `time_scale` times faster
@@ -71,13 +71,7 @@ pub(super) async fn run(a: RequestsArgs) -> anyhow::Result<()> {
         a.time_scale > 0.0 && a.time_scale.is_finite(),
         "--time-scale must be positive"
     );
-    let options = EmulatorOptions {
-        task_seconds: a.task_seconds,
-        time_scale: a.time_scale,
-        max_concurrent_exports: a.max_concurrent_exports,
-        queue_limit: 3000,
-        ..EmulatorOptions::default()
-    };
+    let options = emulated_ee(a.task_seconds, a.time_scale, a.max_concurrent_exports);
     with_emulator(&a.redis.redis, options, async |bench, emulator| {
         requests_in(bench, emulator, &a).await
     })

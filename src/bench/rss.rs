@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use cedar::emulator::{EmulatorOptions, RunningEmulator};
+use cedar::emulator::RunningEmulator;
 use cedar::jobs::JobSettings;
 use cedar::queue::Stage;
 use cedar::submit;
 use cedar::worker;
 
 use super::{
-    RedisArgs, Scratch, Table, WorkerProcess, campaign, describe, describe_counts, scan_keys,
-    verdict, with_emulator,
+    RedisArgs, Scratch, Table, WorkerProcess, campaign, describe, describe_counts, emulated_ee,
+    scan_keys, verdict, with_emulator,
 };
 
 /// Options of `cedar bench rss`.
@@ -51,13 +51,7 @@ pub struct RssArgs {
 
 /// Runs the bench against an emulator whose tasks run long, so that they stay in flight.
 pub(super) async fn run(a: RssArgs) -> anyhow::Result<()> {
-    let options = EmulatorOptions {
-        task_seconds: a.task_seconds,
-        time_scale: a.time_scale,
-        max_concurrent_exports: a.max_concurrent_exports,
-        queue_limit: 3000,
-        ..EmulatorOptions::default()
-    };
+    let options = emulated_ee(a.task_seconds, a.time_scale, a.max_concurrent_exports);
     with_emulator(&a.redis.redis, options, async |bench, emulator| {
         rss_in(bench, emulator, &a).await
     })

@@ -2,67 +2,33 @@
 //! at once, and periods missed while nothing ran are caught up on return — on Redis and on the
 //! embedded SQLite queue.
 
-use std::sync::Arc;
-
-use cedar::config::Config;
-use cedar::emulator::EmulatorOptions;
 use cedar::ingest::{IngestConfig, TilesConfig};
-use cedar::jobs::{Context, JobSettings};
+use cedar::jobs::Context;
 use cedar::schedule::tick;
 use chrono::{DateTime, TimeZone, Utc};
 
-use crate::support::{Emulated, Namespace, redis_url};
+use crate::support::{ContextBench, context_bench, redis_url};
 
 fn at(y: i32, m: u32, d: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(y, m, d, 6, 0, 0).unwrap()
 }
 
-struct Bench {
-    ctx: Context,
-    /// Deletes the Redis keys of the test (nothing to do on SQLite, whose file is in `_env`).
-    _keys: Namespace,
-    _env: Emulated,
-}
-
-async fn setup(queue_url: String, backfill: Option<&str>) -> Bench {
-    let env = Emulated::start(EmulatorOptions::default()).await;
-    let keys = Namespace::new("ingest");
-    let mut c = Config::default();
-    c.earthengine.project = "ingest-test".into();
-    c.earthengine.endpoint = env.emulator.url();
-    c.earthengine.credentials = Some("none".into());
-    c.export.bucket = "b-ingest".into();
-    c.store.url = url::Url::from_directory_path(&env.bucket)
-        .unwrap()
-        .to_string();
-    c.download.dest = env.dest.display().to_string();
-    c.queue.url = if queue_url.is_empty() {
-        format!("sqlite://{}", env.path("q.db").display())
-    } else {
-        queue_url
-    };
-    c.queue.namespace = keys.name.clone();
-    c.ingest = vec![IngestConfig {
-        name: "l8".into(),
-        schedule: "0 0 6 * * *".into(),
-        collections: vec!["LANDSAT/LC08/C02/T1_L2".into()],
-        tiles: Some(TilesConfig::List(vec!["3,10".into(), "3,11".into()])),
-        rows: None,
-        cols: None,
-        freq: "1MS".into(),
-        lag_days: 5,
-        backfill_start: backfill.map(|d| d.parse().unwrap()),
-        save_empty_metadata: true,
-    }];
-    let settings = Arc::new(c.validate().unwrap());
-    let ctx = cedar::jobs::Context::connect(settings, JobSettings::default())
-        .await
-        .unwrap();
-    Bench {
-        ctx,
-        _keys: keys,
-        _env: env,
-    }
+async fn setup(queue_url: String, backfill: Option<&str>) -> ContextBench {
+    context_bench("ingest", queue_url, |c| {
+        c.ingest = vec![IngestConfig {
+            name: "l8".into(),
+            schedule: "0 0 6 * * *".into(),
+            collections: vec!["LANDSAT/LC08/C02/T1_L2".into()],
+            tiles: Some(TilesConfig::List(vec!["3,10".into(), "3,11".into()])),
+            rows: None,
+            cols: None,
+            freq: "1MS".into(),
+            lag_days: 5,
+            backfill_start: backfill.map(|d| d.parse().unwrap()),
+            save_empty_metadata: true,
+        }];
+    })
+    .await
 }
 
 async fn names(ctx: &Context) -> Vec<String> {

@@ -3,56 +3,22 @@
 //! still running is refused before anything is written; and whatever state a campaign reaches,
 //! `cancel` and `retry` can leave it — on Redis and on the SQLite queue.
 
-use std::sync::Arc;
-
 use cedar::campaign;
-use cedar::config::Config;
-use cedar::emulator::EmulatorOptions;
-use cedar::jobs::{Context, JobSettings};
+use cedar::jobs::Context;
 use cedar::queue::Stage;
 use cedar::submit::{self, Request, SubmitError};
 use chrono::{Duration, NaiveDate, Utc};
 
-use crate::support::{Emulated, Namespace, redis_url};
+use crate::support::{ContextBench, context_bench, redis_url};
 
-struct Bench {
-    ctx: Context,
-    /// Deletes the Redis keys of the test (the SQLite file is in `_env`).
-    _keys: Namespace,
-    _env: Emulated,
-}
-
-/// A context on `queue_url` (empty: an SQLite file of the test's own), exporting into the
-/// emulator's bucket folder, or into `store_url` when given.
-async fn setup(queue_url: String, store_url: Option<String>) -> Bench {
-    let env = Emulated::start(EmulatorOptions::default()).await;
-    let keys = Namespace::new("submit");
-    let mut c = Config::default();
-    c.earthengine.project = "submit-test".into();
-    c.earthengine.endpoint = env.emulator.url();
-    c.earthengine.credentials = Some("none".into());
-    c.export.bucket = "b-submit".into();
-    c.store.url = store_url.unwrap_or_else(|| {
-        url::Url::from_directory_path(&env.bucket)
-            .unwrap()
-            .to_string()
-    });
-    c.download.dest = env.dest.display().to_string();
-    c.queue.url = if queue_url.is_empty() {
-        format!("sqlite://{}", env.path("q.db").display())
-    } else {
-        queue_url
-    };
-    c.queue.namespace = keys.name.clone();
-    let settings = Arc::new(c.validate().unwrap());
-    let ctx = Context::connect(settings, JobSettings::default())
-        .await
-        .unwrap();
-    Bench {
-        ctx,
-        _keys: keys,
-        _env: env,
-    }
+/// A context exporting into the emulator's bucket folder, or into `store_url` when given.
+async fn setup(queue_url: String, store_url: Option<String>) -> ContextBench {
+    context_bench("submit", queue_url, |c| {
+        if let Some(url) = store_url {
+            c.store.url = url;
+        }
+    })
+    .await
 }
 
 fn request() -> Request {

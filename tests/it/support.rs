@@ -572,3 +572,50 @@ pub fn rsa_key(dir: &Path, name: &str) -> (String, String) {
         std::fs::read_to_string(dir.join(public)).unwrap(),
     )
 }
+
+// --- a context for library-level tests ---------------------------------------------------------
+
+/// What a library-level test works with: a [`cedar::jobs::Context`] on an emulator and a queue
+/// of its own. Dropping it deletes the Redis keys (the SQLite file goes with the folder).
+pub struct ContextBench {
+    pub ctx: cedar::jobs::Context,
+    _keys: Namespace,
+    _env: Emulated,
+}
+
+/// A context on a fresh emulator: its bucket folder as the store, its destination folder, and
+/// `queue_url` (Redis, in a namespace named after `test`) or, when empty, an SQLite file in the
+/// test's folder. `edit` adjusts the configuration before it is validated.
+pub async fn context_bench(
+    test: &str,
+    queue_url: String,
+    edit: impl FnOnce(&mut cedar::config::Config),
+) -> ContextBench {
+    let env = Emulated::start(EmulatorOptions::default()).await;
+    let keys = Namespace::new(test);
+    let mut c = cedar::config::Config::default();
+    c.earthengine.project = format!("{test}-test");
+    c.earthengine.endpoint = env.emulator.url();
+    c.earthengine.credentials = Some("none".into());
+    c.export.bucket = format!("b-{test}");
+    c.store.url = url::Url::from_directory_path(&env.bucket)
+        .unwrap()
+        .to_string();
+    c.download.dest = env.dest.display().to_string();
+    c.queue.url = if queue_url.is_empty() {
+        format!("sqlite://{}", env.path("q.db").display())
+    } else {
+        queue_url
+    };
+    c.queue.namespace = keys.name.clone();
+    edit(&mut c);
+    let settings = std::sync::Arc::new(c.validate().unwrap());
+    let ctx = cedar::jobs::Context::connect(settings, cedar::jobs::JobSettings::default())
+        .await
+        .unwrap();
+    ContextBench {
+        ctx,
+        _keys: keys,
+        _env: env,
+    }
+}
