@@ -92,7 +92,7 @@ const ERROR_CLASS: LabelDef = LabelDef {
         "ee_server",
         "ee_network",
         "ee_other",
-        "redis",
+        "queue",
         "incomplete_export",
         OTHER,
     ],
@@ -447,8 +447,8 @@ fn finished(stage: Stage, outcome: &'static str) {
 }
 
 /// The class of a retryable job error, from the message its source wrote: the EE client's
-/// errors start with `Earth Engine {method}:` and say the HTTP status, Redis errors start with
-/// `Redis:`. Anything else (storage, mostly) is `other`.
+/// errors start with `Earth Engine {method}:` and say the HTTP status, queue errors start with
+/// `Redis:` or `SQLite:`. Anything else (storage, mostly) is `other`.
 pub fn error_class(message: &str) -> &'static str {
     if let Some(rest) = message.strip_prefix("Earth Engine ") {
         let status = rest
@@ -465,8 +465,12 @@ pub fn error_class(message: &str) -> &'static str {
             None => "ee_other",
         };
     }
-    if message.starts_with("Redis: ") || message.starts_with("redis: ") {
-        "redis"
+    // The queue's own errors, whichever backend holds it: Redis or the SQLite file.
+    if ["Redis: ", "redis: ", "SQLite: "]
+        .iter()
+        .any(|p| message.starts_with(p))
+    {
+        "queue"
     } else if message.starts_with("incomplete export") {
         "incomplete_export"
     } else {
@@ -727,8 +731,9 @@ mod tests {
                 "Earth Engine value:compute: unexpected response (HTTP 200): eof",
                 "ee_other",
             ),
-            ("Redis: connection refused", "redis"),
-            ("redis: broken pipe", "redis"),
+            ("Redis: connection refused", "queue"),
+            ("redis: broken pipe", "queue"),
+            ("SQLite: database is locked", "queue"),
             (
                 "incomplete export: 2 of 9 pieces missing, e.g. x",
                 "incomplete_export",
