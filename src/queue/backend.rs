@@ -238,7 +238,8 @@ impl<Args: QueueJob> StageStore<Args> {
             // Failed, Running (panic caught, timeout) or Pending (RetryAfterError, duration lost).
             (Err(error), status) => {
                 let outcome = retrying("fail", || q.fail(stage, worker, id, error, policy)).await?;
-                tracing::info!(%stage, id, error, ?status, ?outcome, "queue: job failed");
+                // The worker logs the failure once, at WARN or ERROR; this is the queue's detail.
+                tracing::debug!(%stage, id, error, ?status, ?outcome, "queue: job failed");
             }
         }
         Ok(())

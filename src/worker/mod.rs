@@ -12,6 +12,7 @@ mod server;
 
 use std::time::Duration;
 
+use apalis::layers::tracing::{DefaultOnFailure, TraceLayer};
 use apalis::prelude::*;
 use tokio::sync::watch;
 
@@ -156,7 +157,12 @@ pub async fn run(
                 WorkerBuilder::new(queue::worker_name(stage, 0, restarts))
                     .backend(backend.clone().poll_with_interval(every))
                     .concurrency(concurrency)
-                    .enable_tracing()
+                    // apalis's spans, but its failure line at DEBUG: `job failed; will retry` or
+                    // `order failed` below already says it once, with the stage and the job.
+                    .layer(
+                        TraceLayer::new()
+                            .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+                    )
                     .catch_panic()
                     .data(ctx.clone())
                     .build($handler)
