@@ -255,7 +255,7 @@ pub async fn run_read_only(config: &Config, cmd: &CampaignCommand) -> anyhow::Re
     }
     let q = &config.queue;
     let tls_ca_file = q.tls_ca_file.as_deref().map(std::path::Path::new);
-    let conn = Connection::open_with_ca(&q.url, tls_ca_file)
+    let conn = Connection::open_now(&q.url, tls_ca_file)
         .await
         .map_err(|e| anyhow::anyhow!("queue.url {}: {e}", cedar::queue::redact_url(&q.url)))?;
     let tracker = Tracker::new(&conn, &q.namespace);

@@ -372,6 +372,19 @@ impl Connection {
             None => Err(QueueError::Url(redact_url(url))),
         }
     }
+
+    /// [`Connection::open_with_ca`] for a command a person waits on: a Redis that does not
+    /// answer is an error at once, not after the reconnecting manager's backoff. Workers use
+    /// `open_with_ca`, which rides out a Redis restart.
+    pub async fn open_now(
+        url: &str,
+        tls_ca_file: Option<&std::path::Path>,
+    ) -> Result<Connection, QueueError> {
+        if let Some(QueueUrl::Redis(url)) = QueueUrl::parse(url) {
+            redis::probe(&url, tls_ca_file).await?;
+        }
+        Connection::open_with_ca(url, tls_ca_file).await
+    }
 }
 
 /// The queue of every stage under one namespace, in Redis or in an SQLite file.

@@ -62,7 +62,29 @@ pub async fn connect_with_ca(
     url: &str,
     tls_ca_file: Option<&std::path::Path>,
 ) -> Result<ConnectionManager, QueueError> {
-    let client = match tls_ca_file {
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_connection_timeout(Some(Duration::from_secs(5)));
+    Ok(client(url, tls_ca_file)?
+        .get_connection_manager_with_config(config)
+        .await?)
+}
+
+/// Connects once, without the manager's retries: the manager retries a refused first
+/// connection with backoff for about 8 s, right for a worker riding out a Redis restart but a
+/// long wait for nothing when a person runs `cedar list` with Redis down.
+pub async fn probe(url: &str, tls_ca_file: Option<&std::path::Path>) -> Result<(), QueueError> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(10)));
+    client(url, tls_ca_file)?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    Ok(())
+}
+
+fn client(url: &str, tls_ca_file: Option<&std::path::Path>) -> Result<redis::Client, QueueError> {
+    Ok(match tls_ca_file {
         None => redis::Client::open(url)?,
         Some(path) => {
             let tls_ca = |reason: String| QueueError::TlsCa {
@@ -79,11 +101,7 @@ pub async fn connect_with_ca(
             )
             .map_err(|e| tls_ca(e.to_string()))?
         }
-    };
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(Duration::from_secs(10)))
-        .set_connection_timeout(Some(Duration::from_secs(5)));
-    Ok(client.get_connection_manager_with_config(config).await?)
+    })
 }
 
 /// The queue of every stage, in one Redis, under one namespace.
