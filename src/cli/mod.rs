@@ -81,7 +81,11 @@ pub enum ConfigCommand {
 /// Logs go to stderr at `default` level unless `CEDAR_LOG` (an env-filter) says otherwise.
 fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CEDAR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        // gcp_auth warns at each of its own retries of the metadata server; cedar says once,
+        // with the fix, why no token could be had.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("{default},gcp_auth=error"))
+        });
     // Colour codes only where a person reads them: a log redirected to a file stays plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
