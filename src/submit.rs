@@ -19,6 +19,11 @@ use crate::period::{Frequency, Period, periods};
 use crate::queue::Stage;
 use crate::queue::tracking::Submission;
 
+/// The most orders one submission may hold. Planning names every order in memory (about
+/// 200 bytes each), so far larger requests would exhaust it; 5 million is about a gigabyte at
+/// the peak and several times the CONUS × 40 years × 4 collections archive (1.39 million).
+pub const MAX_ORDERS: u64 = 5_000_000;
+
 /// What to submit.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -87,6 +92,16 @@ pub fn plan(settings: &Settings, req: &Request, now: DateTime<Utc>) -> Result<Pl
         }
     }
     let split = periods(req.start, req.end, req.freq).map_err(|e| invalid(e.to_string()))?;
+    // Checked before any order is named: naming them all takes memory in proportion.
+    let count = req.collections.len() as u64 * req.tiles.len() as u64 * split.periods.len() as u64;
+    if count > MAX_ORDERS {
+        return Err(invalid(format!(
+            "{count} orders ({} collections x {} tiles x {} periods) is more than one submission may hold ({MAX_ORDERS}); split it, e.g. by date range or by rows of tiles",
+            req.collections.len(),
+            req.tiles.len(),
+            split.periods.len()
+        )));
+    }
     let mut sub = Submission {
         name: String::new(),
         submitted: now,
@@ -311,11 +326,35 @@ mod tests {
 
     #[test]
     fn colliding_names_are_refused() {
+        // `config check` refuses such a template already; plan checks the names it renders
+        // all the same, whatever built the settings.
         let mut c = Config::default();
         c.export.bucket = "b-1".into();
-        c.export.name_template = "{collection}_{date_start}".into();
-        let s = c.validate().unwrap();
+        let mut s = c.validate().unwrap();
+        s.name_template =
+            crate::naming::Template::parse(crate::naming::Kind::Name, "{collection}_{date_start}")
+                .unwrap();
         let e = plan(&s, &req(), Utc::now()).unwrap_err().to_string();
         assert!(e.contains("would both be named"), "{e}");
+    }
+
+    #[test]
+    fn a_request_beyond_the_order_limit_is_refused_before_naming_orders() {
+        let s = settings();
+        let mut r = req();
+        // 2 collections x 726 tiles x 45,000 days: 65 million orders.
+        r.collections = vec![
+            "LANDSAT/LC08/C02/T1_L2".into(),
+            "LANDSAT/LE07/C02/T1_L2".into(),
+        ];
+        r.tiles = s.grid.limits.indices().collect();
+        r.start = NaiveDate::from_ymd_opt(1900, 1, 1).unwrap();
+        r.end = NaiveDate::from_ymd_opt(2024, 12, 31).unwrap();
+        r.freq = Some("1D".parse().unwrap());
+        let e = plan(&s, &r, Utc::now()).unwrap_err().to_string();
+        assert!(
+            e.contains("is more than one submission may hold (5000000)") && e.contains("726 tiles"),
+            "{e}"
+        );
     }
 }

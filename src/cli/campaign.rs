@@ -418,6 +418,25 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             name,
             keep_tracking,
         } => {
+            // Cleaning under a running campaign would forget orders whose objects are still
+            // being written, downloaded or deleted, and leak their admission slots.
+            let running: u64 = ctx
+                .tracker
+                .counts(name)
+                .await?
+                .iter()
+                // DOWNLOADED orders are what clean is for: their files are safe in the destination.
+                .filter(|(s, _)| {
+                    !s.is_complete() && !s.is_failed() && **s != OrderState::Downloaded
+                })
+                .map(|(_, n)| n)
+                .sum();
+            if running > 0 {
+                return Ok(usage(format!(
+                    "{name} is still running ({} not finished); wait until `cedar status {name}` ends, or `cedar cancel {name}` first",
+                    plural(running as usize, "order")
+                )));
+            }
             let sub = ctx.submission(name).await?;
             let statuses = ctx.tracker.all(name).await?;
             let mut deleted = 0;

@@ -404,8 +404,97 @@ impl Config {
                 p.add(key, e.to_string());
             }
         }
+        if let (Some(name), Some(prefix)) = (&name_template, &prefix_template)
+            && let Some(lacking) = indistinct(ItemTemplates { name, prefix }, &sample)
+        {
+            p.add(
+                "export.name_template",
+                format!(
+                    "names two orders of different {lacking} alike (with export.prefix_template), so one would overwrite the other's files; include {{collection}}, {{tile}} and {{date_start}}"
+                ),
+            );
+        }
+        if let Some(t) = &tracking_template {
+            let rendered = t.render_tracking(&naming::TrackingValues {
+                collections: &["LANDSAT/LC08/C02/T1_L2".to_owned()],
+                tiles: &[(0, 0)],
+                period_start: sample.period.start,
+                period_end: sample.period.end,
+                period_freq: None,
+                now: sample.now,
+            });
+            match rendered {
+                Ok(name)
+                    if name.is_empty()
+                        || name == "."
+                        || name == ".."
+                        || name.contains(['/', '\\']) =>
+                {
+                    p.add(
+                        "tracking.template",
+                        format!(
+                            "renders {name:?}, which is not a single folder and file name; use letters, digits and keys such as {{period_start}} and {{now}}, without '/'"
+                        ),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => p.add("tracking.template", e.to_string()),
+            }
+        }
         (name_template, prefix_template, tracking_template)
     }
+}
+
+/// What the item templates fail to tell apart, if anything: orders that differ only in their
+/// collection, tile row, tile column or period, rendered from `sample`, must get different
+/// object names.
+fn indistinct(t: ItemTemplates<'_>, sample: &naming::ItemValues<'_>) -> Option<&'static str> {
+    let base = |v: &naming::ItemValues<'_>| -> Option<String> {
+        Some(format!(
+            "{}/{}",
+            t.prefix.render_item(v).ok()?,
+            t.name.render_item(v).ok()?
+        ))
+    };
+    let first = base(sample)?;
+    let next = crate::period::Period {
+        start: sample.period.end,
+        end: sample.period.end + (sample.period.end - sample.period.start),
+    };
+    let variants = [
+        (
+            "collections",
+            naming::ItemValues {
+                collection_id: "LANDSAT/LE07/C02/T1_L2",
+                ..*sample
+            },
+        ),
+        (
+            "tile rows",
+            naming::ItemValues {
+                row: sample.row + 1,
+                ..*sample
+            },
+        ),
+        (
+            "tile columns",
+            naming::ItemValues {
+                col: sample.col + 1,
+                ..*sample
+            },
+        ),
+        (
+            "periods",
+            naming::ItemValues {
+                period: next,
+                ..*sample
+            },
+        ),
+    ];
+    variants
+        .iter()
+        .find(|(_, v)| base(v).is_some_and(|b| b == first))
+        .map(|(what, _)| *what)
 }
 
 /// Applies `CEDAR__SECTION__KEY=value` overrides. Values are read as TOML when they parse
@@ -535,6 +624,46 @@ mod tests {
         assert_eq!(c.store.endpoint, "https://over");
         let c = Config::from_toml("t", &valid_toml(), no_env()).unwrap();
         assert_eq!(c.store.endpoint, "");
+    }
+
+    #[test]
+    fn templates_that_cannot_tell_orders_apart_or_are_no_file_name_are_refused() {
+        let check = |name: &str, tracking: &str| -> Vec<String> {
+            let mut c = Config::from_toml("t", &valid_toml(), no_env()).unwrap();
+            c.export.name_template = name.into();
+            c.tracking.template = tracking.into();
+            match c.validate() {
+                Ok(_) => Vec::new(),
+                Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+            }
+        };
+        let default_tracking = TrackingConfig::default().template;
+        assert_eq!(
+            check(&ExportConfig::default().name_template, &default_tracking),
+            Vec::<String>::new()
+        );
+        for (name, lacking) in [
+            ("fixed_{date_start}", "collections"),
+            ("{collection}_{date_start}", "tile rows"),
+            ("{collection}_{tile}", "periods"),
+            ("{tile}_{date_start}", "collections"),
+            ("{collection}_h{col}_{date_start}", "tile rows"),
+        ] {
+            let problems = check(name, &default_tracking);
+            assert!(
+                problems.len() == 1
+                    && problems[0].starts_with("export.name_template: ")
+                    && problems[0].contains(lacking),
+                "{name}: {problems:?}"
+            );
+        }
+        for tracking in [".", "..", "a/b{now}"] {
+            let problems = check(&ExportConfig::default().name_template, tracking);
+            assert!(
+                problems.len() == 1 && problems[0].starts_with("tracking.template: "),
+                "{tracking}: {problems:?}"
+            );
+        }
     }
 
     #[test]

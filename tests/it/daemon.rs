@@ -887,6 +887,10 @@ async fn the_same_items_again_are_refused_while_running_then_run_as_their_own_ca
     );
     let listed = c.cedar(&["list"]).await;
     assert_eq!(listed.stdout.lines().count(), 1, "nothing left: {listed:?}");
+    // Nor can a running submission be cleaned away under its own feet.
+    let clean = c.cedar(&["clean", &first]).await;
+    assert_eq!(clean.code, Some(2), "{clean:?}");
+    assert!(clean.stderr.contains("still running"), "{clean:?}");
 
     c.spawn_worker();
     let (status, code) = c.wait_done(&first).await;
