@@ -10,6 +10,7 @@
 
 mod server;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use apalis::layers::tracing::{DefaultOnFailure, TraceLayer};
@@ -141,6 +142,9 @@ pub async fn run(
         admit_max_active: None,
     };
     let mut monitor = Monitor::new();
+    // Every name this process leases under, so that what the drain did not finish is handed
+    // back at the end instead of waiting out its lease.
+    let names: Arc<Mutex<Vec<(Stage, String)>>> = Arc::default();
     // One apalis worker per stage; a macro because each handler is its own fn type.
     macro_rules! register {
         ($stage:expr, $handler:ident) => {{
@@ -153,8 +157,14 @@ pub async fn run(
             let ctx = ctx.clone();
             let concurrency = opts.concurrency.max(1);
             let every = opts.poll_every;
+            let names = names.clone();
             monitor = monitor.register(move |restarts| {
-                WorkerBuilder::new(queue::worker_name(stage, 0, restarts))
+                let name = queue::worker_name(stage, 0, restarts);
+                names
+                    .lock()
+                    .expect("worker names lock")
+                    .push((stage, name.clone()));
+                WorkerBuilder::new(name)
                     .backend(backend.clone().poll_with_interval(every))
                     .concurrency(concurrency)
                     // apalis's spans, but its failure line at DEBUG: `job failed; will retry` or
@@ -181,6 +191,8 @@ pub async fn run(
             Ok(())
         })
         .await;
+    let held = names.lock().expect("worker names lock").clone();
+    hand_back(&ctx, &held).await;
     let _ = stop_tx.send(true);
     let _ = sweeper.await;
     let _ = publisher.await;
@@ -189,6 +201,33 @@ pub async fn run(
     // Whatever changed during the drain is in the documents too.
     publish_dirty(&ctx).await;
     result.map_err(|e| anyhow::anyhow!("worker monitor: {e}"))
+}
+
+/// Puts every job this process still holds back to due, without spending an attempt: jobs the
+/// drain cut short (every job may run twice) run at once on another worker, not after the lease.
+async fn hand_back(ctx: &Context, names: &[(Stage, String)]) {
+    let mut n = 0;
+    for (stage, name) in names {
+        match ctx.queue.leased_by(*stage, name).await {
+            Ok(ids) => {
+                for id in ids {
+                    match ctx.queue.release(*stage, name, &id).await {
+                        Ok(true) => n += 1,
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(job = %id, error = %e, "could not hand a job back")
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(stage = %stage, error = %e, "could not list the jobs to hand back")
+            }
+        }
+    }
+    if n > 0 {
+        tracing::info!(jobs = n, "handed back the jobs the drain did not finish");
+    }
 }
 
 async fn handle_export(job: OrderJob, ctx: Data<Context>) -> Result<Outcome, BoxDynError> {

@@ -224,3 +224,64 @@ async fn a_killed_worker_on_sqlite_loses_and_duplicates_nothing() {
     m.spawn_worker();
     m.assert_complete(&name, 24).await;
 }
+
+/// SIGTERM with a drain shorter than the work in hand: what the drain did not finish is handed
+/// back, due at once for another worker, instead of waiting out the 60 s lease.
+#[tokio::test]
+async fn a_stopped_worker_hands_back_what_it_did_not_finish() {
+    let m = Machine::start(60.0).await;
+    m.submit(&four_tiles(LC08, "2021-10-31", "2MS")).await;
+    // One EE request a second: most exports wait for the rate window, holding their leases.
+    let cmd = m.command(&[
+        "worker",
+        "--ee-requests-per-second",
+        "1",
+        "--lease-secs",
+        "60",
+        "--drain-secs",
+        "1",
+    ]);
+    let mut worker = Process::spawn(cmd, m.env.path("worker.log"));
+    let queue = Queue::open(&format!("sqlite://{}", m.db.display()), NAMESPACE)
+        .await
+        .unwrap();
+    let q = &queue;
+    wait_until(DEADLINE, Duration::from_millis(100), move || async move {
+        let d = q.depth(Stage::Export).await.unwrap();
+        if d.leased >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{d:?}"))
+        }
+    })
+    .await;
+    let pid = worker.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_until(DEADLINE, Duration::from_millis(100), || {
+        let gone = worker.exited();
+        async move {
+            if gone {
+                Ok(())
+            } else {
+                Err("still draining".to_owned())
+            }
+        }
+    })
+    .await;
+    let d = queue.depth(Stage::Export).await.unwrap();
+    assert_eq!(d.leased, 0, "handed back: {d:?}\n{}", worker.log());
+    assert!(d.due_now >= 2, "{d:?}");
+    assert!(
+        worker
+            .log()
+            .contains("handed back the jobs the drain did not finish"),
+        "{}",
+        worker.log()
+    );
+}
