@@ -927,6 +927,52 @@ fn table(f: &Fixture) -> Vec<Case> {
             |f| submit_with(f.config_plus("template", "[tracking]\ntemplate = \"T_{bogus}\"\n")),
         ),
         cli(
+            "config: a name template that cannot tell tiles apart",
+            "export.name_template: names two orders of different collections alike",
+            2,
+            |f| {
+                submit_with(f.config_with(
+                    "fixed-name",
+                    &format!("bucket = \"{BUCKET}\""),
+                    &format!("bucket = \"{BUCKET}\"\nname_template = \"fixed_{{date_start}}\""),
+                ))
+            },
+        ),
+        cli(
+            "config: a tracking template that is no file name",
+            "tracking.template: template \"..\" renders to \"..\", which contains '..'",
+            2,
+            |f| submit_with(f.config_plus("dot-dot", "[tracking]\ntemplate = \"..\"\n")),
+        ),
+        cli(
+            "worker flag: zero EE requests per second",
+            "limits.ee_requests_per_second: must be at least 1",
+            2,
+            |_| strings(&["worker", "--ee-requests-per-second", "0"]),
+        ),
+        cli(
+            "submit: more orders than a submission may hold",
+            "is more than one submission may hold (5000000)",
+            2,
+            |_| {
+                strings(&[
+                    "submit",
+                    "--collection",
+                    LC08,
+                    "--rows",
+                    "0-21",
+                    "--cols",
+                    "0-32",
+                    "--start",
+                    "1900-01-01",
+                    "--end",
+                    "2024-12-31",
+                    "--freq",
+                    "1D",
+                ])
+            },
+        ),
+        cli(
             "config: grid res 0",
             "error: grid.res: must be two positive pixel sizes",
             2,
