@@ -239,16 +239,24 @@ async fn refuse_overlap(ctx: &Context, sub: &Submission) -> Result<(), SubmitErr
 pub fn read_tiles_file(path: &std::path::Path) -> Result<Vec<(u32, u32)>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read tiles file {}: {e}", path.display()))?;
+    // Editors on Windows start UTF-8 files with a byte-order mark; it is not part of a tile.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut out = Vec::new();
+    let mut first_seen = std::collections::HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
             continue;
         }
-        out.push(
-            crate::grid::parse_tile(line)
-                .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?,
-        );
+        let at = |e: String| format!("{}:{}: {e}", path.display(), i + 1);
+        let tile = crate::grid::parse_tile(line).map_err(at)?;
+        if let Some(first) = first_seen.insert(tile, i + 1) {
+            return Err(at(format!(
+                "tile {},{} is listed twice (first on line {first})",
+                tile.0, tile.1
+            )));
+        }
+        out.push(tile);
     }
     if out.is_empty() {
         return Err(format!("tiles file {} lists no tile", path.display()));
@@ -354,6 +362,20 @@ mod tests {
         let e = plan(&s, &r, Utc::now()).unwrap_err().to_string();
         assert!(
             e.contains("is more than one submission may hold (5000000)") && e.contains("726 tiles"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tiles_files_ignore_a_byte_order_mark_and_name_the_line_of_a_repeated_tile() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiles.txt");
+        std::fs::write(&path, "\u{feff}3,10\n# a comment\n3,11\n").unwrap();
+        assert_eq!(read_tiles_file(&path).unwrap(), vec![(3, 10), (3, 11)]);
+        std::fs::write(&path, "3,10\n3,11\n\n3,10 # again\n").unwrap();
+        let e = read_tiles_file(&path).unwrap_err();
+        assert!(
+            e.ends_with(":4: tile 3,10 is listed twice (first on line 1)"),
             "{e}"
         );
     }

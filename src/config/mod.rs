@@ -859,5 +859,9 @@ data_type = "int16"
             assert!(e.to_string().contains("sqlite://"), "{e}");
             assert!(!e.to_string().contains("hunter2"), "{e}");
         }
+        let mut c = Config::from_toml("t", &valid_toml(), no_env()).unwrap();
+        c.queue.url = "sqlite://".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("names no database file"), "{e}");
     }
 }

@@ -269,7 +269,15 @@ impl QueueConfig {
                 ),
             );
         }
-        if QueueUrl::parse(&self.url).is_none() {
+        if self.url.starts_with("sqlite:") && QueueUrl::parse(&self.url).is_none() {
+            p.add(
+                "queue.url",
+                format!(
+                    "{:?} names no database file; write sqlite:///absolute/path/cedar.db, sqlite://relative/cedar.db, or leave it empty for cedar.db beside the configuration file",
+                    self.url
+                ),
+            );
+        } else if QueueUrl::parse(&self.url).is_none() {
             p.add(
                 "queue.url",
                 format!(
