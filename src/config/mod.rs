@@ -104,6 +104,10 @@ pub struct Config {
     pub collections: BTreeMap<String, CollectionConfig>,
     /// `[[ingest]]`: continuous ingest entries (see [`crate::ingest`]).
     pub ingest: Vec<crate::ingest::IngestConfig>,
+    /// The keys set by `CEDAR__…` variables, and the variable that set each, so that a problem
+    /// with such a value names the variable, not the file. Not a setting.
+    #[serde(skip)]
+    pub from_env: BTreeMap<String, String>,
 }
 
 /// The validated configuration everything else runs on.
@@ -210,7 +214,7 @@ impl Config {
             })
             .collect();
         match result {
-            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(config) if problems.is_empty() => Ok(Config { from_env, ..config }),
             Ok(_) => Err(ConfigError {
                 source_name: source_name.into(),
                 problems,
@@ -363,7 +367,19 @@ impl Config {
             }
             _ => Err(ConfigError {
                 source_name: String::new(),
-                problems: p.0,
+                problems: p
+                    .0
+                    .into_iter()
+                    .map(|mut problem| {
+                        if let Some(var) = self.from_env.get(&problem.key) {
+                            problem.message = format!(
+                                "{} (the value comes from the environment variable {var})",
+                                problem.message
+                            );
+                        }
+                        problem
+                    })
+                    .collect(),
             }),
         }
     }
@@ -664,6 +680,26 @@ mod tests {
                 "{tracking}: {problems:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_bad_value_from_the_environment_names_its_variable() {
+        let env = vec![(
+            "CEDAR__EXPORT__FILE_DIMENSIONS".to_string(),
+            "1000".to_string(),
+        )];
+        let e = Config::from_toml("t", &valid_toml(), env)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert_eq!(e.problems[0].key, "export.file_dimensions");
+        assert!(
+            e.problems[0].message.ends_with(
+                "(the value comes from the environment variable CEDAR__EXPORT__FILE_DIMENSIONS)"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
