@@ -148,7 +148,17 @@ async fn apply(
         "SUCCEEDED" => OrderState::Succeeded,
         "FAILED" => OrderState::Failed,
         "CANCELLED" => OrderState::Cancelled,
-        _ => return Ok(snooze(ctx)),
+        other => {
+            // A state this version does not know (EE added one, or answered oddly): keep
+            // waiting, but say so; the task is counted in cedar_ee_tasks{ee_state="UNKNOWN"}.
+            tracing::warn!(
+                operation,
+                state = other,
+                tracking = %job.tracking,
+                "EE reports an operation state cedar does not know; waiting for a known one"
+            );
+            return Ok(snooze(ctx));
+        }
     };
     let record = |s: &mut crate::queue::tracking::OrderStatus| {
         s.state = new_state;
