@@ -15,6 +15,7 @@ use crate::config::Settings;
 use crate::document::{document_object, publish};
 use crate::jobs::{Context, job_for};
 use crate::naming::TrackingValues;
+use crate::order::Order;
 use crate::period::{Frequency, Period, periods};
 use crate::queue::Stage;
 use crate::queue::tracking::Submission;
@@ -198,32 +199,38 @@ async fn undo(ctx: &Context, name: &str) {
 /// the other still needs. A finished submission is no obstacle (each submission has its own EE
 /// tasks, see the export's `requestId`), so the same items can be submitted again once the
 /// first is done, failed or cancelled.
+///
+/// `config check` refuses templates that name different items alike, so only the items both
+/// submissions hold can share objects: those are the only names rendered, never a whole
+/// (possibly archive-size) submission's.
 async fn refuse_overlap(ctx: &Context, sub: &Submission) -> Result<(), SubmitError> {
     let templates = ctx.settings.item_templates();
-    let ours: HashSet<String> = sub
-        .orders()
-        .filter_map(|o| o.names(templates, sub.submitted).ok())
-        .map(|n| n.object_base())
-        .collect();
+    let base = |order: &Order, submitted| {
+        order
+            .names(templates, submitted)
+            .ok()
+            .map(|n| n.object_base())
+    };
     for other in ctx.tracker.list().await? {
         // The same name is not an overlap but the same submission (an ingest period another
         // worker submitted first): `create` refuses it as such.
         if other == sub.name {
             continue;
         }
-        let counts = ctx.tracker.counts(&other).await?;
-        let running = counts
+        let running = ctx
+            .tracker
+            .counts(&other)
+            .await?
             .iter()
             .any(|(state, n)| *n > 0 && !state.is_complete() && !state.is_failed());
         if !running {
             continue;
         }
         let theirs = ctx.tracker.submission(&other).await?;
-        let shared = theirs
-            .orders()
-            .filter_map(|o| o.names(templates, theirs.submitted).ok())
-            .map(|n| n.object_base())
-            .find(|base| ours.contains(base));
+        let shared = shared_items(sub, &theirs).find_map(|order| {
+            let ours = base(&order, sub.submitted)?;
+            (base(&order, theirs.submitted)? == ours).then_some(ours)
+        });
         if let Some(base) = shared {
             return Err(SubmitError::Invalid(format!(
                 "submission {other:?} is still running and exports the same objects (e.g. {base:?}); \
@@ -233,6 +240,18 @@ async fn refuse_overlap(ctx: &Context, sub: &Submission) -> Result<(), SubmitErr
         }
     }
     Ok(())
+}
+
+/// The orders of `a` whose collection × tile × period `b` holds too (set lookups only; the
+/// new submission's orders were all named by `plan` already).
+fn shared_items<'a>(a: &'a Submission, b: &'a Submission) -> impl Iterator<Item = Order> + 'a {
+    let tiles: HashSet<(u32, u32)> = b.tiles.iter().copied().collect();
+    let periods: HashSet<Period> = b.periods.iter().copied().collect();
+    a.orders().filter(move |o| {
+        b.collections.contains(&o.collection)
+            && tiles.contains(&(o.row, o.col))
+            && periods.contains(&o.period)
+    })
 }
 
 /// Reads tiles from a file: one `ROW,COL` per line; blank lines and `#` comments ignored.
