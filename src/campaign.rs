@@ -2,7 +2,7 @@
 //! (`update`), stop it (`cancel`), and put its failed orders back in the queue (`retry`). The CLI,
 //! the demo and (later) the web console call them; each is safe to run twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use crate::earthengine::types::OpView;
@@ -78,9 +78,9 @@ pub async fn cancel(ctx: &Context, name: &str) -> anyhow::Result<Cancelled> {
     let statuses = ctx.tracker.all(name).await?;
     let mut done = Cancelled::default();
     let mut cleans = Vec::new();
+    // Orders without a record are still QUEUED (submit records none per order).
+    let queued = OrderStatus::new(OrderState::Queued);
     for order in sub.orders() {
-        // Orders without a record are still QUEUED (submit records none per order).
-        let queued = OrderStatus::new(OrderState::Queued);
         let s = statuses.get(&order_key(&order)).unwrap_or(&queued);
         match s.state {
             OrderState::Downloaded => {
@@ -151,10 +151,11 @@ pub async fn retry(ctx: &Context, name: &str, resume: bool) -> anyhow::Result<us
     let sub = ctx.submission(name).await?;
     let statuses = ctx.tracker.all(name).await?;
     let mut jobs = Vec::new();
-    let mut resumed = 0;
+    // The jobs of resumed orders, by the stage each resumes at.
+    let mut resumed: HashMap<Stage, Vec<_>> = HashMap::new();
+    // Orders without a record are still QUEUED (submit records none per order).
+    let queued = OrderStatus::new(OrderState::Queued);
     for order in sub.orders() {
-        // Orders without a record are still QUEUED (submit records none per order).
-        let queued = OrderStatus::new(OrderState::Queued);
         let s = statuses.get(&order_key(&order)).unwrap_or(&queued);
         let job = job_for(name, &order, None);
         if s.state.is_failed() {
@@ -173,18 +174,18 @@ pub async fn retry(ctx: &Context, name: &str, resume: bool) -> anyhow::Result<us
         } else if s.state == OrderState::Queued {
             jobs.push(job);
         } else if let Some(stage) = resume_stage(s.state).filter(|_| resume) {
-            let job = job_for(name, &order, s.operation.clone());
-            ctx.queue
-                .enqueue_bulk(stage, &[job], Duration::ZERO)
-                .await?;
-            resumed += 1;
+            resumed
+                .entry(stage)
+                .or_default()
+                .push(job_for(name, &order, s.operation.clone()));
         }
     }
-    let n = jobs.len();
-    ctx.queue
-        .enqueue_bulk(Stage::Export, &jobs, Duration::ZERO)
-        .await?;
-    Ok(n + resumed)
+    // The re-queued orders start over at export.
+    resumed.insert(Stage::Export, jobs);
+    for (stage, jobs) in &resumed {
+        ctx.queue.enqueue_bulk(*stage, jobs, Duration::ZERO).await?;
+    }
+    Ok(resumed.values().map(Vec::len).sum())
 }
 
 /// The stage that moves an unfinished, exported order on.

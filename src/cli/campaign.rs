@@ -179,26 +179,22 @@ pub struct WorkerArgs {
 impl WorkerArgs {
     /// Writes the flags given into the configuration, before it is validated.
     pub fn apply(&self, config: &mut Config) {
-        let w = &mut config.worker;
-        let set = |slot: &mut u64, flag: Option<u64>| {
+        fn set<T: Copy>(slot: &mut T, flag: Option<T>) {
             if let Some(v) = flag {
                 *slot = v;
             }
-        };
-        if let Some(n) = self.concurrency {
-            w.concurrency = n;
         }
+        let (w, limits) = (&mut config.worker, &mut config.limits);
+        set(&mut w.concurrency, self.concurrency);
         set(&mut w.drain_secs, self.drain_secs);
         set(&mut w.poll_interval_secs, self.poll_interval_secs);
         set(&mut w.lease_secs, self.lease_secs);
         set(&mut w.retry_base_ms, self.retry_base_ms);
+        set(&mut limits.max_active_exports, self.max_active_exports);
         set(
-            &mut config.limits.max_active_exports,
-            self.max_active_exports,
+            &mut limits.ee_requests_per_second,
+            self.ee_requests_per_second,
         );
-        if let Some(n) = self.ee_requests_per_second {
-            config.limits.ee_requests_per_second = n;
-        }
     }
 }
 
@@ -355,7 +351,9 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             Ok(ExitCode::SUCCESS)
         }
         CampaignCommand::List { .. } | CampaignCommand::Status { .. } => {
-            run_read_only(&settings.config, cmd).await
+            unreachable!(
+                "list and status need only the queue: the CLI runs them through run_read_only"
+            )
         }
         CampaignCommand::Show { name } => {
             let doc = render(&settings, &ctx.tracker, name).await?;
