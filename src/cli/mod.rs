@@ -130,7 +130,7 @@ fn warnings(s: &Settings) -> Vec<String> {
             });
         if !adc {
             out.push(
-                "earthengine.credentials is unset and no Application Default Credentials were found (GOOGLE_APPLICATION_CREDENTIALS, gcloud auth application-default login): calls to Google will fail; give a service-account key path".to_owned(),
+                "earthengine.credentials is unset and no Application Default Credentials file was found (GOOGLE_APPLICATION_CREDENTIALS, gcloud auth application-default login): unless this runs on Google Cloud with a service account attached, calls to Google will fail; give a service-account key path".to_owned(),
             );
         }
     }

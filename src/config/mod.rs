@@ -204,12 +204,8 @@ impl Config {
         let mut problems: Vec<Problem> = unknown
             .into_iter()
             .map(|key| Problem {
-                message: match from_env.get(&key) {
-                    Some(var) => format!(
-                        "unknown key, set by the environment variable {var}; unset it or check its spelling against config/default.toml"
-                    ),
-                    None => "unknown key; remove it or check its spelling against config/default.toml".to_owned(),
-                },
+                message: "unknown key; remove it or check its spelling against config/default.toml"
+                    .to_owned(),
                 key,
             })
             .collect();
@@ -217,23 +213,18 @@ impl Config {
             Ok(config) if problems.is_empty() => Ok(Config { from_env, ..config }),
             Ok(_) => Err(ConfigError {
                 source_name: source_name.into(),
-                problems,
+                problems: name_variables(&from_env, problems),
             }),
             Err(e) => {
                 let key = e.path().to_string();
                 // The bare message: toml's Display adds "in `key`" on lines of its own, and the
                 // key is already in front of every problem.
                 let inner = e.into_inner().message().to_owned();
-                let message = match from_env.get(&key) {
-                    Some(var) => format!(
-                        "{inner} (from the environment variable {var}); see config/default.toml for the expected type"
-                    ),
-                    None => format!("{inner}; see config/default.toml for the expected type"),
-                };
+                let message = format!("{inner}; see config/default.toml for the expected type");
                 problems.push(Problem { key, message });
                 Err(ConfigError {
                     source_name: source_name.into(),
-                    problems,
+                    problems: name_variables(&from_env, problems),
                 })
             }
         }
@@ -367,19 +358,7 @@ impl Config {
             }
             _ => Err(ConfigError {
                 source_name: String::new(),
-                problems: p
-                    .0
-                    .into_iter()
-                    .map(|mut problem| {
-                        if let Some(var) = self.from_env.get(&problem.key) {
-                            problem.message = format!(
-                                "{} (the value comes from the environment variable {var})",
-                                problem.message
-                            );
-                        }
-                        problem
-                    })
-                    .collect(),
+                problems: name_variables(&self.from_env, p.0),
             }),
         }
     }
@@ -511,6 +490,23 @@ fn indistinct(t: ItemTemplates<'_>, sample: &naming::ItemValues<'_>) -> Option<&
         .iter()
         .find(|(_, v)| base(v).is_some_and(|b| b == first))
         .map(|(what, _)| *what)
+}
+
+/// The problems, each whose key a `CEDAR__…` variable set saying so: the fix is in the
+/// environment, not in the file the error is reported against.
+fn name_variables(from_env: &BTreeMap<String, String>, problems: Vec<Problem>) -> Vec<Problem> {
+    problems
+        .into_iter()
+        .map(|mut problem| {
+            if let Some(var) = from_env.get(&problem.key) {
+                problem.message = format!(
+                    "{} (set by the environment variable {var})",
+                    problem.message
+                );
+            }
+            problem
+        })
+        .collect()
 }
 
 /// Applies `CEDAR__SECTION__KEY=value` overrides. Values are read as TOML when they parse

@@ -115,9 +115,9 @@ fn a_bad_value_from_the_environment_names_its_variable() {
     assert_eq!(e.problems.len(), 1, "{e}");
     assert_eq!(e.problems[0].key, "export.file_dimensions");
     assert!(
-        e.problems[0].message.ends_with(
-            "(the value comes from the environment variable CEDAR__EXPORT__FILE_DIMENSIONS)"
-        ),
+        e.problems[0]
+            .message
+            .ends_with("(set by the environment variable CEDAR__EXPORT__FILE_DIMENSIONS)"),
         "{e}"
     );
 }

@@ -126,13 +126,13 @@ impl Context {
         // one now, so that a missing password is one message naming queue.url, not a failure deep
         // inside the first command that needs the queue.
         queue.ping().await.map_err(queue_error)?;
-        let tokens = auth::token_source(cfg.earthengine.credentials.as_deref())?;
         if cfg.earthengine.project.is_empty() {
             anyhow::bail!(
                 "earthengine.project is empty: set the Cloud project registered for Earth Engine \
                  ([earthengine] project = \"my-project\", or CEDAR__EARTHENGINE__PROJECT)"
             );
         }
+        let tokens = auth::token_source(cfg.earthengine.credentials.as_deref())?;
         let ee = EarthEngine::new(
             &cfg.earthengine.endpoint,
             &cfg.earthengine.project,

@@ -6,7 +6,7 @@
 //! apalis worker over [`crate::queue::backend`]; a job a dead process held comes back after its
 //! lease (`[worker] lease_secs`, default 60 s) and runs on another worker. On SIGTERM a worker
 //! stops taking jobs, lets the running ones finish for up to `[worker] drain_secs`, and hands
-//! back the ones it fetched but never started.
+//! back every job it still holds (due at once elsewhere, no attempt spent).
 
 mod server;
 
