@@ -544,7 +544,7 @@ pub fn queue_depth(stage: Stage, d: &Depth) {
         .set(d.oldest_due_age_secs as f64);
 }
 
-/// Records the EE tasks that hold an admission slot, and the admission cap.
+/// Records the EE tasks that hold an admission slot.
 pub fn ee_tasks_active(active: u64) {
     ::metrics::gauge!("cedar_ee_tasks_active").set(active as f64);
 }
