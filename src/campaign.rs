@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use crate::earthengine::types::OpView;
-use crate::jobs::{Context, job_for};
+use crate::jobs::{Context, Submitted, job_for};
 use crate::order::{Order, parse_piece};
 use crate::queue::Stage;
-use crate::queue::tracking::{OrderState, OrderStatus, Submission, order_key};
+use crate::queue::tracking::{OrderState, OrderStatus, order_key};
 
 /// One sweep of EE's operations applied to the submission's orders; returns how many changed.
 pub async fn update(ctx: &Context, name: &str) -> anyhow::Result<usize> {
@@ -88,7 +88,7 @@ pub async fn cancel(ctx: &Context, name: &str) -> anyhow::Result<Cancelled> {
                 continue;
             }
             OrderState::Succeeded => {
-                done.objects += delete_export(ctx, &sub, &order).await?;
+                done.objects += delete_export(ctx, &sub, &order, s.exports).await?;
             }
             state if state == OrderState::Queued || state.is_active() => {}
             _ => continue,
@@ -100,7 +100,7 @@ pub async fn cancel(ctx: &Context, name: &str) -> anyhow::Result<Cancelled> {
                 // "has already completed": the task ended since the last sweep. Not a problem,
                 // but what it wrote would stay in the bucket with nobody left to clean it.
                 tracing::debug!(operation = op, "the EE task had already ended");
-                done.objects += delete_export(ctx, &sub, &order).await?;
+                done.objects += delete_export(ctx, &sub, &order, s.exports).await?;
             } else {
                 tracing::warn!(operation = op, error = %e, "cancelling the EE task failed");
             }
@@ -122,16 +122,21 @@ pub async fn cancel(ctx: &Context, name: &str) -> anyhow::Result<Cancelled> {
     Ok(done)
 }
 
-/// Deletes what the export of `order` wrote to the bucket — its GeoTIFF pieces and its metadata
-/// JSON, matched by exact name, never another order's — and returns how many objects.
-async fn delete_export(ctx: &Context, sub: &Submission, order: &Order) -> anyhow::Result<usize> {
-    let names = ctx.names(sub, order)?;
-    let base = names.object_base();
-    let metadata = names.metadata_object();
+/// Deletes what export `generation` of `order` wrote to the bucket — its GeoTIFF pieces and its
+/// metadata JSON, matched by exact name, never another order's — and returns how many objects.
+async fn delete_export(
+    ctx: &Context,
+    sub: &Submitted,
+    order: &Order,
+    generation: u32,
+) -> anyhow::Result<usize> {
+    let bucket = ctx.bucket_of(sub)?;
+    let base = sub.export_base(order, generation)?;
+    let metadata = format!("{base}.json");
     let mut n = 0;
-    for object in ctx.bucket.list(&base).await? {
+    for object in bucket.list(&base).await? {
         if object.name == metadata || parse_piece(&base, &object.name).is_some() {
-            ctx.bucket.delete(&object.name).await?;
+            bucket.delete(&object.name).await?;
             n += 1;
         }
     }
@@ -139,7 +144,8 @@ async fn delete_export(ctx: &Context, sub: &Submission, order: &Order) -> anyhow
 }
 
 /// Puts failed, lost and cancelled orders back in the export backlog with a new export
-/// generation (so EE gets a new requestId), and re-enqueues QUEUED orders whose job is gone.
+/// generation (so EE gets a new requestId and writes into a new folder; what the old generation
+/// left in the bucket is deleted), and re-enqueues QUEUED orders whose job is gone.
 ///
 /// With `resume`, every other unfinished order also gets the job of its stage again — poll for
 /// a running task, download for SUCCEEDED, clean for DOWNLOADED — for a campaign that stopped
@@ -162,6 +168,9 @@ pub async fn retry(ctx: &Context, name: &str, resume: bool) -> anyhow::Result<us
             for stage in [Stage::Export, Stage::Poll, Stage::Download, Stage::Clean] {
                 ctx.queue.complete(stage, &job.id()).await?;
             }
+            // The new generation exports into a folder of its own; what the failed one left
+            // (its metadata JSON, pieces of a task that failed half-way) would stay forever.
+            delete_export(ctx, &sub, &order, s.exports).await?;
             ctx.tracker
                 .update(name, &order, true, |s| {
                     s.state = OrderState::Queued;

@@ -273,7 +273,7 @@ impl std::str::FromStr for PropertyFilter {
 }
 
 /// Everything cedar needs to know about one collection.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CollectionSpec {
     /// The EE collection ID, e.g. `LANDSAT/LC08/C02/T1_L2`.
     pub id: String,

@@ -21,7 +21,9 @@ pub async fn render(
 ) -> Result<Vec<u8>, TrackingError> {
     use serde_json::json;
     let sub = tracker.submission(name).await?;
-    let grid = &settings.grid;
+    let recipe = settings.recipe_of(&sub);
+    let templates = recipe.templates().ok();
+    let grid = &recipe.grid;
     let tiles: Vec<serde_json::Value> = sub
         .tiles
         .iter()
@@ -49,8 +51,8 @@ pub async fn render(
             "prefix": settings.config.tracking.prefix,
             "collections": sub.collections,
             "tiles": tiles,
-            "name_template": settings.name_template.as_str(),
-            "prefix_template": settings.prefix_template.as_str(),
+            "name_template": recipe.name_template,
+            "prefix_template": recipe.prefix_template,
         },
     });
     let mut out = serde_json::to_vec(&head).expect("document head serializes");
@@ -67,9 +69,10 @@ pub async fn render(
             if status.state == OrderState::Empty && !sub.save_empty_metadata {
                 continue;
             }
-            let names = order
-                .names(settings.item_templates(), sub.submitted)
-                .unwrap_or_else(|_| OrderNames {
+            let names = templates
+                .as_ref()
+                .and_then(|t| order.names(t.items(), sub.submitted).ok())
+                .unwrap_or_else(|| OrderNames {
                     name: order_key(order),
                     prefix: String::new(),
                 });
@@ -83,8 +86,8 @@ pub async fn render(
                 &json!({"name": names.name, "prefix": names.prefix, "status": status}),
             )
             .expect("order serializes");
-            serde_json::to_writer(&mut metadata, &names.metadata_object())
-                .expect("name serializes");
+            let base = recipe.export_base(&names, status.exports);
+            serde_json::to_writer(&mut metadata, &format!("{base}.json")).expect("name serializes");
         }
     }
     out.extend_from_slice(b"],\"metadata\":[");

@@ -28,7 +28,7 @@
 //! pipeline     jobs · submit · schedule · document · campaign
 //! config       config
 //! adapters     auth · queue (+ tracking, snapshot) · store · metrics · earthengine
-//! domain       grid · period · naming · collection · order · ingest
+//! domain       grid · period · naming · collection · order · recipe · ingest
 //!
 //! emulator     self-contained: imports nothing from the rest of the crate
 //! ```
@@ -39,6 +39,8 @@
 //! - [`naming`]: the templates that name every exported object and tracking document.
 //! - [`collection`]: per-collection band selection, properties, nodata, type and filters.
 //! - [`order`]: one collection × tile × period, its object names and expected pieces.
+//! - [`recipe`]: everything that shapes a submission's exports, frozen into it at submit, and
+//!   the submission's own folder in the export bucket.
 //! - [`ingest`]: an `[[ingest]]` entry and which of its periods are due on a given day.
 //!
 //! **Adapters** — one seam per remote, each with a real side tested on loopback:
@@ -78,6 +80,7 @@ pub mod ingest;
 pub mod naming;
 pub mod order;
 pub mod period;
+pub mod recipe;
 
 // Adapters.
 pub mod auth;

@@ -28,14 +28,10 @@ pub struct OrderNames {
 }
 
 impl OrderNames {
-    /// `{prefix}/{name}`: EE's `filenamePrefix`, and the start of every object of this order.
+    /// `{prefix}/{name}`: what the order is called, and where versions before recipes put its
+    /// objects (see [`crate::recipe::Recipe::export_base`]).
     pub fn object_base(&self) -> String {
         format!("{}/{}", self.prefix, self.name)
-    }
-
-    /// The per-image metadata JSON written beside the export.
-    pub fn metadata_object(&self) -> String {
-        format!("{}.json", self.object_base())
     }
 }
 

@@ -19,6 +19,7 @@ use crate::order::Order;
 use crate::period::{Frequency, Period, periods};
 use crate::queue::Stage;
 use crate::queue::tracking::Submission;
+use crate::recipe::Recipe;
 
 /// The most orders one submission may hold. Planning names every order in memory (about
 /// 200 bytes each), so far larger requests would exhaust it; 5 million is about a gigabyte at
@@ -114,6 +115,7 @@ pub fn plan(settings: &Settings, req: &Request, now: DateTime<Utc>) -> Result<Pl
         periods: split.periods,
         save_empty_metadata: req.save_empty_metadata,
         error_if_empty: req.error_if_empty,
+        recipe: Some(settings.recipe(&req.collections, Some(Recipe::new_id()))),
     };
     sub.name = settings
         .tracking_template
@@ -194,23 +196,16 @@ async fn undo(ctx: &Context, name: &str) {
     }
 }
 
-/// Refuses `sub` when a submission that is still running exports any of the same objects: EE
-/// would write both into one place, and the first to finish would download and delete files
-/// the other still needs. A finished submission is no obstacle (each submission has its own EE
-/// tasks, see the export's `requestId`), so the same items can be submitted again once the
-/// first is done, failed or cancelled.
+/// Refuses `sub` when a submission that is still running exports any of the same items the same
+/// way: EE would do the same work twice. Objects are never shared (each submission exports into
+/// its own folder, see [`Recipe::export_base`]), so a finished submission is no obstacle, nor is
+/// a running one that exports the items differently (other bands, grid or file settings): the
+/// same items can be submitted again once the first is done, failed or cancelled.
 ///
-/// `config check` refuses templates that name different items alike, so only the items both
-/// submissions hold can share objects: those are the only names rendered, never a whole
-/// (possibly archive-size) submission's.
+/// Only the items both submissions hold are compared, never a whole (possibly archive-size)
+/// submission's orders.
 async fn refuse_overlap(ctx: &Context, sub: &Submission) -> Result<(), SubmitError> {
-    let templates = ctx.settings.item_templates();
-    let base = |order: &Order, submitted| {
-        order
-            .names(templates, submitted)
-            .ok()
-            .map(|n| n.object_base())
-    };
+    let ours = ctx.settings.recipe_of(sub);
     for other in ctx.tracker.list().await? {
         // The same name is not an overlap but the same submission (an ingest period another
         // worker submitted first): `create` refuses it as such.
@@ -227,15 +222,14 @@ async fn refuse_overlap(ctx: &Context, sub: &Submission) -> Result<(), SubmitErr
             continue;
         }
         let theirs = ctx.tracker.submission(&other).await?;
-        let shared = shared_items(sub, &theirs).find_map(|order| {
-            let ours = base(&order, sub.submitted)?;
-            (base(&order, theirs.submitted)? == ours).then_some(ours)
-        });
-        if let Some(base) = shared {
+        let recipe = ctx.settings.recipe_of(&theirs);
+        let shared =
+            shared_items(sub, &theirs).find(|order| ours.exports_alike(&recipe, &order.collection));
+        if let Some(order) = shared {
             return Err(SubmitError::Invalid(format!(
-                "submission {other:?} is still running and exports the same objects (e.g. {base:?}); \
-                 wait until `cedar status {other}` ends, `cedar cancel {other}`, or put {{now}} in \
-                 export.prefix_template so that each submission exports into its own folder"
+                "submission {other:?} is still running and exports the same items with the same settings \
+                 (e.g. {} tile {},{} from {}); wait until `cedar status {other}` ends, or `cedar cancel {other}` first",
+                order.collection, order.row, order.col, order.period.start
             )));
         }
     }

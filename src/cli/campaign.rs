@@ -386,14 +386,16 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             let statuses = ctx.tracker.all(name).await?;
             let (mut files, mut bytes, mut cleaned) = (0, 0, 0);
             for order in sub.orders() {
-                let state = statuses.get(&order_key(&order)).map(|s| s.state);
-                if state == Some(OrderState::Cleaned) {
+                let Some(status) = statuses.get(&order_key(&order)) else {
+                    continue;
+                };
+                if status.state == OrderState::Cleaned {
                     cleaned += 1;
                 }
-                if !matches!(state, Some(OrderState::Succeeded | OrderState::Downloaded)) {
+                if !matches!(status.state, OrderState::Succeeded | OrderState::Downloaded) {
                     continue;
                 }
-                let (v, b) = fetch_order(&ctx, &sub, &order, &dest, *overwrite).await?;
+                let (v, b) = fetch_order(&ctx, &sub, &order, status, &dest, *overwrite).await?;
                 files += v.len();
                 bytes += b;
             }

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::collection::{self, CollectionSpec};
 use crate::grid::TileGrid;
 use crate::naming::{self, ItemTemplates, Kind, Template};
+use crate::queue::tracking::Submission;
+use crate::recipe::Recipe;
 use crate::store::{EMULATOR_HOST_ENV, gcs_endpoint};
 
 mod collections;
@@ -132,6 +134,35 @@ impl Settings {
             name: &self.name_template,
             prefix: &self.prefix_template,
         }
+    }
+
+    /// What exports of `collections` are under these settings, to freeze into a submission;
+    /// `id` is the submission's folder in the bucket ([`Recipe::new_id`]), `None` only to stand
+    /// in for a submission recorded before recipes were frozen.
+    pub fn recipe(&self, collections: &[String], id: Option<String>) -> Recipe {
+        let export = &self.config.export;
+        Recipe {
+            id,
+            grid: self.grid.clone(),
+            collections: collections
+                .iter()
+                .filter_map(|c| Some((c.clone(), self.collections.get(c)?.clone())))
+                .collect(),
+            bucket: export.bucket.clone(),
+            name_template: self.name_template.as_str().to_string(),
+            prefix_template: self.prefix_template.as_str().to_string(),
+            file_dimensions: export.file_dimensions,
+            cloud_optimized: export.cloud_optimized,
+            max_pixels: export.max_pixels,
+        }
+    }
+
+    /// The recipe `sub` runs with: the one frozen into it, or — for a submission recorded
+    /// before recipes were frozen — these settings', as the versions that recorded it did.
+    pub fn recipe_of(&self, sub: &Submission) -> Recipe {
+        sub.recipe
+            .clone()
+            .unwrap_or_else(|| self.recipe(&sub.collections, None))
     }
 }
 

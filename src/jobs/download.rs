@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 use futures::StreamExt;
 use std::time::Duration;
 
-use super::{Context, JobError, job_for, order_of};
+use super::{Context, JobError, Submitted, job_for, order_of};
 use crate::order::Order;
 use crate::order::{parse_piece, piece_object, tile_pieces};
-use crate::queue::tracking::{OrderState, Submission, VerifiedObject};
+use crate::queue::tracking::{OrderState, OrderStatus, VerifiedObject};
 use crate::queue::{OrderJob, Outcome, Stage};
 use crate::store::{Destination, Expected, ExportBucket, ObjectInfo, StoreError};
 
@@ -29,7 +29,7 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
         return Ok(Outcome::Done);
     }
     let sub = ctx.submission(&job.tracking).await?;
-    let (verified, bytes) = fetch_order(ctx, &sub, &order, &ctx.dest, false).await?;
+    let (verified, bytes) = fetch_order(ctx, &sub, &order, &status, &ctx.dest, false).await?;
     ctx.tracker
         .update(&job.tracking, &order, false, |s| {
             s.state = OrderState::Downloaded;
@@ -48,28 +48,26 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
     Ok(Outcome::Done)
 }
 
-/// Lists the export of `order` in the bucket, checks its piece set is complete, and copies it
-/// verified to `{tracking}/` in `dest` (the job's destination, or `cedar download --dest`).
+/// Lists the export of `order` (its latest generation, from `status`) in the bucket, checks its
+/// piece set is complete, and copies it verified to `{tracking}/` in `dest` (the job's
+/// destination, or `cedar download --dest`).
 pub async fn fetch_order(
     ctx: &Context,
-    sub: &Submission,
+    sub: &Submitted,
     order: &Order,
+    status: &OrderStatus,
     dest: &Destination,
     overwrite: bool,
 ) -> Result<(Vec<VerifiedObject>, u64), JobError> {
-    let names = ctx.names(sub, order)?;
-    let tile = ctx
-        .settings
-        .grid
-        .tile(order.row, order.col)
-        .map_err(|e| JobError::Fatal(e.to_string()))?;
+    let bucket = ctx.bucket_of(sub)?;
+    let tile = sub.tile(order)?;
     let objects = export_objects(
-        ctx.bucket.as_ref(),
-        &names.object_base(),
-        &tile_pieces(&tile, ctx.settings.config.export.file_dimensions),
+        bucket,
+        &sub.export_base(order, status.exports)?,
+        &tile_pieces(&tile, sub.recipe.file_dimensions),
     )
     .await?;
-    copy_verified(ctx.bucket.as_ref(), dest, &sub.name, &objects, overwrite).await
+    copy_verified(bucket, dest, &sub.name, &objects, overwrite).await
 }
 
 /// The objects of one export: every expected piece (an error names the missing ones) and the

@@ -10,15 +10,16 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::json;
 
-use super::{Context, JobError, job_for, order_of};
+use super::{Context, JobError, Submitted, job_for, order_of};
 use crate::document::{program, tile_json};
 use crate::earthengine::client::{ExportParams, export_request, request_id};
 use crate::earthengine::expression::{
     BandLayout, ImageInfo, list_images, parse_image_list, preard_image,
 };
 use crate::order::{Order, OrderNames};
-use crate::queue::tracking::{OrderState, Submission};
+use crate::queue::tracking::OrderState;
 use crate::queue::{OrderJob, Outcome, Stage};
+use crate::store::ExportBucket;
 
 /// Runs the export stage of one order.
 pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
@@ -43,18 +44,12 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
         }
         return Ok(Outcome::Done);
     }
-    let spec = ctx.settings.collections.get(&order.collection).ok_or_else(|| {
-        JobError::Fatal(format!(
-            "collection {} is no longer configured; add it back to [collections] or cancel the submission",
-            order.collection
-        ))
-    })?;
-    let tile = ctx
-        .settings
-        .grid
-        .tile(order.row, order.col)
-        .map_err(|e| JobError::Fatal(e.to_string()))?;
-    let names = ctx.names(&sub, &order)?;
+    let spec = sub.spec(&order)?;
+    let tile = sub.tile(&order)?;
+    let names = sub.names(&order)?;
+    let generation = status.exports.max(1);
+    let base = sub.export_base(&order, generation)?;
+    let bucket = ctx.bucket_of(&sub)?;
 
     ctx.ee_permit().await?;
     let listed = ctx
@@ -75,7 +70,7 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
         if sub.save_empty_metadata {
             // No EE task writes anything for an empty order, so its metadata goes straight to
             // the destination instead of through the bucket (which must end up empty).
-            let doc = metadata(ctx, &sub, &order, &names, &[], None, "EMPTY");
+            let doc = metadata(&sub, &order, &names, &[], None, "EMPTY");
             let body = serde_json::to_vec_pretty(&doc).expect("metadata serializes");
             let size = body.len() as u64;
             let stream = futures::stream::iter([Ok::<_, crate::store::StoreError>(
@@ -104,34 +99,31 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
     }
 
     let (expression, layout) = preard_image(spec, &images);
-    let doc = metadata(ctx, &sub, &order, &names, &images, Some(&layout), "QUEUED");
-    put_json(ctx, &names.metadata_object(), &doc).await?;
+    let doc = metadata(&sub, &order, &names, &images, Some(&layout), "QUEUED");
+    put_json(bucket, &format!("{base}.json"), &doc).await?;
 
-    let export = &ctx.settings.config.export;
+    let recipe = &sub.recipe;
     let params = ExportParams {
-        bucket: export.bucket.clone(),
-        filename_prefix: names.object_base(),
+        bucket: recipe.bucket.clone(),
+        filename_prefix: base.clone(),
         description: names.name.clone(),
-        // The submission and the namespace are part of the identity: the same items submitted
-        // again (after the first finished), or by another deployment, get a task of their own
-        // instead of EE's answer for the first one, whose files are long gone.
+        // Everything that defines the export is part of its identity: the recipe (random per
+        // submission, so the same items submitted again, or by another deployment, get a task
+        // of their own instead of EE's answer for the first, whose files are long gone), the
+        // order and the export generation (a retry is a new task).
         request_id: request_id(&[
             ctx.settings.config.queue.namespace.as_str(),
             job.tracking.as_str(),
+            &recipe.digest(),
             order.collection.as_str(),
             &format!("{}/{}", order.row, order.col),
             &order.period.to_string(),
-            &export.bucket,
-            &names.object_base(),
-            &format!(
-                "{}/{}/{}",
-                export.file_dimensions, export.cloud_optimized, export.max_pixels
-            ),
-            &format!("generation {}", status.exports.max(1)),
+            &base,
+            &format!("generation {generation}"),
         ]),
-        file_dimensions: Some(export.file_dimensions),
-        cloud_optimized: export.cloud_optimized,
-        max_pixels: Some(export.max_pixels as i64),
+        file_dimensions: Some(recipe.file_dimensions),
+        cloud_optimized: recipe.cloud_optimized,
+        max_pixels: Some(recipe.max_pixels as i64),
     };
     ctx.ee_permit().await?;
     let op = match ctx
@@ -195,27 +187,29 @@ async fn enqueue_poll(
     Ok(())
 }
 
-async fn put_json(ctx: &Context, object: &str, doc: &serde_json::Value) -> Result<(), JobError> {
+async fn put_json(
+    bucket: &dyn ExportBucket,
+    object: &str,
+    doc: &serde_json::Value,
+) -> Result<(), JobError> {
     let body = serde_json::to_vec_pretty(doc).expect("metadata serializes");
-    ctx.bucket.put(object, body.into()).await?;
+    bucket.put(object, body.into()).await?;
     Ok(())
 }
 
 /// The per-image metadata JSON written beside the export (the original's keys, §3.2): the
 /// only record of which scenes, dates and bands the GeoTIFF holds.
 fn metadata(
-    ctx: &Context,
-    sub: &Submission,
+    sub: &Submitted,
     order: &Order,
     names: &OrderNames,
     images: &[ImageInfo],
     layout: Option<&BandLayout>,
     state: &str,
 ) -> serde_json::Value {
-    let settings = &ctx.settings;
-    let spec = &settings.collections[&order.collection];
-    let tile = settings.grid.tile(order.row, order.col).ok();
-    let export = &settings.config.export;
+    let recipe = &sub.recipe;
+    let spec = recipe.collections.get(&order.collection);
+    let tile = recipe.grid.tile(order.row, order.col).ok();
     // Scenes per slice, each scene's recorded properties, in band order.
     let per_slice: Vec<Vec<&serde_json::Map<String, serde_json::Value>>> = layout
         .map(|l| {
@@ -238,20 +232,20 @@ fn metadata(
             "collection": order.collection,
             "date_start": order.period.start,
             "date_end": order.period.end,
-            "filters": spec.filters.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+            "filters": spec.map(|s| s.filters.iter().map(|f| f.to_string()).collect::<Vec<_>>()),
             "submitted": sub.submitted,
         },
-        "tile": tile.as_ref().map(|t| tile_json(t, settings.grid.res, settings.grid.size)),
+        "tile": tile.as_ref().map(|t| tile_json(t, recipe.grid.res, recipe.grid.size)),
         "store": {
             "service": "GCS",
-            "bucket": export.bucket,
+            "bucket": recipe.bucket,
             "export_image_kwds": {
                 "crs": tile.as_ref().map(|t| t.crs.as_str().to_string()),
                 "crs_transform": tile.as_ref().map(|t| t.transform.to_array()),
                 "dimensions": tile.as_ref().map(|t| t.dimensions()),
-                "fileDimensions": export.file_dimensions,
-                "cloudOptimized": export.cloud_optimized,
-                "maxPixels": export.max_pixels,
+                "fileDimensions": recipe.file_dimensions,
+                "cloudOptimized": recipe.cloud_optimized,
+                "maxPixels": recipe.max_pixels,
             },
         },
         "task": {
@@ -260,9 +254,9 @@ fn metadata(
             "status": {"state": state},
         },
         "image": {
-            "bands": spec.bands.iter().map(|b| b.name.clone()).collect::<Vec<_>>(),
-            "nodata": spec.nodata,
-            "data_type": spec.data_type.name(),
+            "bands": spec.map(|s| s.bands.iter().map(|b| b.name.clone()).collect::<Vec<_>>()),
+            "nodata": spec.map(|s| s.nodata),
+            "data_type": spec.map(|s| s.data_type.name()),
             "dates": layout.map(|l| l.slices.iter().map(|s| s.date).collect::<Vec<_>>()).unwrap_or_default(),
             "band_order": layout
                 .map(|l| l.band_order().iter().map(|(i, b)| format!("{i}_{b}")).collect::<Vec<_>>())

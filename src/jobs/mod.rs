@@ -20,12 +20,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::auth;
+use crate::collection::CollectionSpec;
 use crate::config::{Config, Settings};
 use crate::earthengine::client::EarthEngine;
 use crate::earthengine::error::EeError;
+use crate::grid::Tile;
 use crate::order::{Order, OrderNames};
 use crate::queue::tracking::{Submission, Tracker, TrackingError};
 use crate::queue::{Connection, OrderJob, Queue, QueueError, RateDecision, Snapshot, redact_url};
+use crate::recipe::{Recipe, Templates};
 use crate::store::{Destination, ExportBucket, StoreError, open_bucket};
 
 /// How a job failed.
@@ -105,7 +108,69 @@ pub struct Context {
     pub queue: Queue,
     /// The EE operations snapshot the sweeper writes and poll jobs read ([`poll`]).
     pub snapshot: Snapshot,
-    submissions: Arc<Mutex<HashMap<String, Arc<Submission>>>>,
+    submissions: Arc<Mutex<HashMap<String, Arc<Submitted>>>>,
+}
+
+/// A recorded submission with the recipe its jobs follow ([`Settings::recipe_of`]): what to
+/// export, how its orders are named and where their objects live in the bucket.
+#[derive(Debug)]
+pub struct Submitted {
+    pub submission: Submission,
+    pub recipe: Recipe,
+    templates: Templates,
+}
+
+impl std::ops::Deref for Submitted {
+    type Target = Submission;
+
+    fn deref(&self) -> &Submission {
+        &self.submission
+    }
+}
+
+impl Submitted {
+    /// Resolves the recipe of `submission` (its own, or the worker's for an old record).
+    pub fn new(settings: &Settings, submission: Submission) -> Result<Submitted, JobError> {
+        let recipe = settings.recipe_of(&submission);
+        let templates = recipe
+            .templates()
+            .map_err(|e| JobError::Fatal(format!("submission {}: {e}", submission.name)))?;
+        Ok(Submitted {
+            submission,
+            recipe,
+            templates,
+        })
+    }
+
+    /// The names of an order: its image name and its folder.
+    pub fn names(&self, order: &Order) -> Result<OrderNames, JobError> {
+        order
+            .names(self.templates.items(), self.submission.submitted)
+            .map_err(|e| JobError::Fatal(e.to_string()))
+    }
+
+    /// Where export `generation` of `order` lives in the bucket ([`Recipe::export_base`]).
+    pub fn export_base(&self, order: &Order, generation: u32) -> Result<String, JobError> {
+        Ok(self.recipe.export_base(&self.names(order)?, generation))
+    }
+
+    /// The spec `order`'s collection was submitted with.
+    pub fn spec(&self, order: &Order) -> Result<&CollectionSpec, JobError> {
+        self.recipe.collections.get(&order.collection).ok_or_else(|| {
+            JobError::Fatal(format!(
+                "collection {} is not configured (this submission was recorded before cedar froze its settings, and this worker's config lacks it); add it back to [collections] or cancel the submission",
+                order.collection
+            ))
+        })
+    }
+
+    /// The tile of `order` on the grid the submission was made on.
+    pub fn tile(&self, order: &Order) -> Result<Tile, JobError> {
+        self.recipe
+            .grid
+            .tile(order.row, order.col)
+            .map_err(|e| JobError::Fatal(e.to_string()))
+    }
 }
 
 impl Context {
@@ -156,8 +221,8 @@ impl Context {
         })
     }
 
-    /// The submission a job belongs to (cached: submissions never change).
-    pub async fn submission(&self, tracking: &str) -> Result<Arc<Submission>, JobError> {
+    /// The submission a job belongs to, with its recipe (cached: submissions never change).
+    pub async fn submission(&self, tracking: &str) -> Result<Arc<Submitted>, JobError> {
         if let Some(s) = self
             .submissions
             .lock()
@@ -166,7 +231,10 @@ impl Context {
         {
             return Ok(s.clone());
         }
-        let s = Arc::new(self.tracker.submission(tracking).await?);
+        let s = Arc::new(Submitted::new(
+            &self.settings,
+            self.tracker.submission(tracking).await?,
+        )?);
         self.submissions
             .lock()
             .expect("submission cache lock")
@@ -188,11 +256,18 @@ impl Context {
         }
     }
 
-    /// The order's names, rendered with the submission time.
-    pub fn names(&self, sub: &Submission, order: &Order) -> Result<OrderNames, JobError> {
-        order
-            .names(self.settings.item_templates(), sub.submitted)
-            .map_err(|e| JobError::Fatal(e.to_string()))
+    /// The export bucket, once it is sure to be the one `sub` exports into: a worker whose
+    /// `[export] bucket` is another would start tasks writing where it never looks, or look for
+    /// a finished export where it is not.
+    pub fn bucket_of(&self, sub: &Submitted) -> Result<&dyn ExportBucket, JobError> {
+        let ours = &self.settings.config.export.bucket;
+        if &sub.recipe.bucket != ours {
+            return Err(JobError::Fatal(format!(
+                "submission {} exports into bucket {:?} but this worker's export.bucket is {ours:?}; run its jobs with export.bucket = {:?}, then `cedar retry {}`",
+                sub.name, sub.recipe.bucket, sub.recipe.bucket, sub.name
+            )));
+        }
+        Ok(self.bucket.as_ref())
     }
 }
 

@@ -491,15 +491,14 @@ listen = "127.0.0.1:0"
             let sub = self.ctx.submission(name).await?;
             let statuses = self.ctx.tracker.all(name).await?;
             for order in sub.orders() {
-                let names = order.names(self.settings.item_templates(), sub.submitted)?;
                 let status = statuses
                     .get(&order_key(&order))
                     .cloned()
                     .unwrap_or_else(|| OrderStatus::new(OrderState::Queued));
                 orders.push(OrderFacts {
                     tracking: name.clone(),
-                    name: names.name.clone(),
-                    base: names.object_base(),
+                    name: sub.names(&order)?.name,
+                    base: sub.export_base(&order, status.exports)?,
                     status,
                 });
             }

@@ -12,7 +12,15 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "domain",
-        &["grid", "period", "naming", "collection", "order", "ingest"],
+        &[
+            "grid",
+            "period",
+            "naming",
+            "collection",
+            "order",
+            "recipe",
+            "ingest",
+        ],
     ),
     (
         "adapters",

@@ -143,12 +143,12 @@ async fn cancel_and_retry_leave_every_state(queue_url: String) {
 
     // The first order's task succeeded: its pieces and metadata are in the bucket. Beside them,
     // an object whose name only starts like the order's must survive.
-    let names = ctx.names(&plan.submission, succeeded).unwrap();
-    let base = names.object_base();
+    let sub = ctx.submission(&name).await.unwrap();
+    let base = sub.export_base(succeeded, 1).unwrap();
     let written = [
         piece_object(&base, Piece::At { y: 0, x: 0 }),
         piece_object(&base, Piece::At { y: 0, x: 1024 }),
-        names.metadata_object(),
+        format!("{base}.json"),
     ];
     let stranger = format!("{base}_other.tif");
     for o in written.iter().chain([&stranger]) {

@@ -26,6 +26,7 @@ use self::sqlite::SqliteTracker;
 use crate::order::Order;
 use crate::period::Period;
 use crate::queue::{Connection, QueueError};
+use crate::recipe::Recipe;
 
 /// Errors of tracking state.
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +251,10 @@ pub struct Submission {
     pub periods: Vec<Period>,
     pub save_empty_metadata: bool,
     pub error_if_empty: bool,
+    /// What its exports are, frozen at submit; `None` for submissions recorded by versions that
+    /// did not freeze it (workers then use their own configuration, as those versions did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<Recipe>,
 }
 
 impl Submission {
