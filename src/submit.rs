@@ -157,6 +157,13 @@ pub async fn enqueue(ctx: &Context, plan: &Plan) -> Result<u64, SubmitError> {
     let sub = &plan.submission;
     refuse_overlap(ctx, sub).await?;
     ctx.tracker.create(sub).await?;
+    if let Err(e) = refuse_foreign_document(ctx, sub).await {
+        // Only the record was written; the document in the bucket is someone else's.
+        if let Err(e) = ctx.tracker.forget(&sub.name).await {
+            tracing::error!(tracking = %sub.name, error = %e, "could not forget a refused submit; run `cedar cancel {}`", sub.name);
+        }
+        return Err(e);
+    }
     match publish_and_queue(ctx, sub).await {
         Ok(added) => Ok(added),
         Err(e) => {
@@ -177,6 +184,26 @@ async fn publish_and_queue(ctx: &Context, sub: &Submission) -> Result<u64, Submi
             .await?;
     }
     Ok(added)
+}
+
+/// Refuses `sub` when its tracking document already exists in the bucket although this
+/// deployment had no submission of that name (`create` just succeeded): another deployment
+/// sharing the bucket — another namespace or Redis — or a forgotten submission wrote it, and
+/// publishing ours would overwrite their record.
+async fn refuse_foreign_document(ctx: &Context, sub: &Submission) -> Result<(), SubmitError> {
+    let document = document_object(&ctx.settings, &sub.name);
+    let found = ctx
+        .bucket
+        .list(&document)
+        .await
+        .map_err(crate::document::PublishError::Store)?;
+    if found.iter().any(|o| o.name == document) {
+        return Err(SubmitError::Invalid(format!(
+            "tracking document {document} already exists in the bucket, written by another deployment sharing it (another queue.namespace or Redis) or by a submission this queue forgot; \
+             give each deployment its own tracking.prefix, or keep {{now}} in tracking.template"
+        )));
+    }
+    Ok(())
 }
 
 /// Takes back a submission whose submit failed half-way: its queued exports first (so that no

@@ -12,6 +12,7 @@ mod logs;
 mod metrics;
 mod queue;
 mod security;
+mod shared_bucket;
 mod single_machine;
 mod snapshot;
 mod soak;
