@@ -19,7 +19,7 @@ use crate::earthengine::expression::{
 use crate::order::{Order, OrderNames};
 use crate::queue::tracking::OrderState;
 use crate::queue::{OrderJob, Outcome, Stage};
-use crate::store::ExportBucket;
+use crate::store::{ExportBucket, StoreError};
 
 /// Runs the export stage of one order.
 pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
@@ -51,12 +51,20 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
     let base = sub.export_base(&order, generation)?;
     let bucket = ctx.bucket_of(&sub)?;
 
-    ctx.ee_permit().await?;
-    let listed = ctx
-        .ee
-        .compute_value(&list_images(spec, &tile, &order.period))
-        .await?;
-    let images = parse_image_list(spec, &listed)?;
+    // The scenes are listed once per export generation: a re-run (a retryable EE error, a full
+    // queue, a lost lease) exports the scenes the metadata JSON already describes, even if EE
+    // has ingested more since, so that the GeoTIFF and its metadata always agree.
+    let images = match frozen_scenes(bucket, &base).await? {
+        Some(images) => images,
+        None => {
+            ctx.ee_permit().await?;
+            let listed = ctx
+                .ee
+                .compute_value(&list_images(spec, &tile, &order.period))
+                .await?;
+            parse_image_list(spec, &listed)?
+        }
+    };
 
     if images.is_empty() {
         if sub.error_if_empty {
@@ -187,6 +195,24 @@ async fn enqueue_poll(
     Ok(())
 }
 
+/// The scenes a previous run of this export generation listed and recorded in the metadata JSON
+/// (`scenes`), if it got that far.
+async fn frozen_scenes(
+    bucket: &dyn ExportBucket,
+    base: &str,
+) -> Result<Option<Vec<ImageInfo>>, JobError> {
+    let body = match bucket.get(&format!("{base}.json")).await {
+        Ok(body) => body,
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    // A metadata JSON without a readable scene list (written by an older version) freezes
+    // nothing: the scenes are listed again, as that version did.
+    Ok(serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|doc| serde_json::from_value(doc.get("scenes")?.clone()).ok()))
+}
+
 async fn put_json(
     bucket: &dyn ExportBucket,
     object: &str,
@@ -263,5 +289,7 @@ fn metadata(
                 .unwrap_or_default(),
             "images": per_slice,
         },
+        // Every scene listed for the export, as listed: what a re-run of the export uses.
+        "scenes": images,
     })
 }

@@ -6,6 +6,7 @@ mod cli;
 mod daemon;
 mod earthengine;
 mod emulator;
+mod export;
 mod ingest;
 mod layers;
 mod logs;

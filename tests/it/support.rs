@@ -580,7 +580,8 @@ pub fn rsa_key(dir: &Path, name: &str) -> (String, String) {
 pub struct ContextBench {
     pub ctx: cedar::jobs::Context,
     _keys: Namespace,
-    _env: Emulated,
+    /// The emulator and folders the context works on.
+    pub env: Emulated,
 }
 
 /// A context on a fresh emulator: its bucket folder as the store, its destination folder, and
@@ -616,6 +617,6 @@ pub async fn context_bench(
     ContextBench {
         ctx,
         _keys: keys,
-        _env: env,
+        env,
     }
 }
