@@ -221,15 +221,20 @@ impl Context {
         })
     }
 
-    /// The submission a job belongs to, with its recipe (cached: submissions never change).
+    /// The submission a job belongs to, with its recipe. Cached, as a submission never
+    /// changes; but a name can be cleaned and submitted anew, so each use checks with one
+    /// cheap lookup that the cached one is still the submission of that name.
     pub async fn submission(&self, tracking: &str) -> Result<Arc<Submitted>, JobError> {
-        if let Some(s) = self
+        let cached = self
             .submissions
             .lock()
             .expect("submission cache lock")
             .get(tracking)
+            .cloned();
+        if let Some(s) = cached
+            && self.tracker.submitted_ms(tracking).await? == Some(s.submitted.timestamp_millis())
         {
-            return Ok(s.clone());
+            return Ok(s);
         }
         let s = Arc::new(Submitted::new(
             &self.settings,

@@ -61,7 +61,7 @@ async fn a_failed_document_write_leaves_no_campaign_and_no_job(queue_url: String
     );
 }
 
-async fn the_same_objects_are_refused_while_the_first_runs(queue_url: String) {
+async fn the_same_exports_are_refused_while_the_first_runs(queue_url: String) {
     let b = setup(queue_url, None).await;
     let now = Utc::now();
     let first = submit::plan(&b.ctx.settings, &request(), now).unwrap();
@@ -114,13 +114,13 @@ async fn a_failed_document_write_leaves_nothing_on_sqlite() {
 }
 
 #[tokio::test]
-async fn the_same_objects_are_refused_while_running_on_redis() {
-    the_same_objects_are_refused_while_the_first_runs(redis_url()).await;
+async fn the_same_exports_are_refused_while_running_on_redis() {
+    the_same_exports_are_refused_while_the_first_runs(redis_url()).await;
 }
 
 #[tokio::test]
-async fn the_same_objects_are_refused_while_running_on_sqlite() {
-    the_same_objects_are_refused_while_the_first_runs(String::new()).await;
+async fn the_same_exports_are_refused_while_running_on_sqlite() {
+    the_same_exports_are_refused_while_the_first_runs(String::new()).await;
 }
 
 /// Every state a campaign can reach can be left: `cancel` of a submission with a task already
@@ -211,4 +211,41 @@ async fn cancel_and_retry_leave_every_state_on_redis() {
 #[tokio::test]
 async fn cancel_and_retry_leave_every_state_on_sqlite() {
     cancel_and_retry_leave_every_state(String::new()).await;
+}
+
+/// A name cleaned away and submitted anew (a fixed `tracking.template`) is the new submission for
+/// a context that had the old one cached: its jobs follow the new recipe, never the old one's.
+async fn a_name_submitted_anew_is_read_anew(queue_url: String) {
+    let b = context_bench("submit-anew", queue_url, |c| {
+        c.tracking.template = "fixed".into();
+    })
+    .await;
+    let ctx = &b.ctx;
+    let now = Utc::now();
+    let first = submit::plan(&ctx.settings, &request(), now).unwrap();
+    submit::enqueue(ctx, &first).await.unwrap();
+    let old = ctx.submission("fixed").await.unwrap();
+    assert_eq!(old.recipe, *first.submission.recipe.as_ref().unwrap());
+
+    assert_eq!(campaign::cancel(ctx, "fixed").await.unwrap().orders, 2);
+    ctx.tracker.forget("fixed").await.unwrap();
+    ctx.bucket
+        .delete(&cedar::document::document_object(&ctx.settings, "fixed"))
+        .await
+        .unwrap();
+    let second = submit::plan(&ctx.settings, &request(), now + Duration::seconds(1)).unwrap();
+    submit::enqueue(ctx, &second).await.unwrap();
+    let new = ctx.submission("fixed").await.unwrap();
+    assert_eq!(new.recipe, *second.submission.recipe.as_ref().unwrap());
+    assert_ne!(new.recipe.id, old.recipe.id);
+}
+
+#[tokio::test]
+async fn a_name_submitted_anew_is_read_anew_on_redis() {
+    a_name_submitted_anew_is_read_anew(redis_url()).await;
+}
+
+#[tokio::test]
+async fn a_name_submitted_anew_is_read_anew_on_sqlite() {
+    a_name_submitted_anew_is_read_anew(String::new()).await;
 }

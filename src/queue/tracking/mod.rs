@@ -350,6 +350,12 @@ impl Tracker {
         dispatch!(self, t => t.submission(name).await)
     }
 
+    /// When the submission named `name` was made, in ms since the epoch (one cheap lookup);
+    /// `None` if there is none.
+    pub async fn submitted_ms(&self, name: &str) -> Result<Option<i64>, TrackingError> {
+        dispatch!(self, t => t.submitted_ms(name).await)
+    }
+
     /// Every submission name, oldest (by submission time) first.
     pub async fn list(&self) -> Result<Vec<String>, TrackingError> {
         dispatch!(self, t => t.list().await)

@@ -98,6 +98,12 @@ impl RedisTracker {
         serde_json::from_str(&raw).map_err(|e| TrackingError::corrupt(name, e))
     }
 
+    pub(super) async fn submitted_ms(&self, name: &str) -> Result<Option<i64>, TrackingError> {
+        let mut c = self.conn.clone();
+        let score: Option<f64> = c.zscore(self.index_key(), name).await?;
+        Ok(score.map(|s| s as i64))
+    }
+
     pub(super) async fn list(&self) -> Result<Vec<String>, TrackingError> {
         let mut c = self.conn.clone();
         Ok(c.zrange(self.index_key(), 0, -1).await?)

@@ -84,6 +84,21 @@ impl SqliteTracker {
         serde_json::from_str(&raw).map_err(|e| TrackingError::corrupt(name, e))
     }
 
+    pub(super) async fn submitted_ms(&self, name: &str) -> Result<Option<i64>, TrackingError> {
+        let (ns, key) = (self.ns.clone(), name.to_owned());
+        Ok(self
+            .db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT submitted_ms FROM submissions WHERE ns = ?1 AND name = ?2",
+                    params![&*ns, key],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await?)
+    }
+
     pub(super) async fn list(&self) -> Result<Vec<String>, TrackingError> {
         let ns = self.ns.clone();
         Ok(self
