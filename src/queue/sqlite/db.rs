@@ -173,6 +173,7 @@ pub fn not_a_file(path: &Path) -> Option<String> {
 /// system's reason instead of SQLite's "unable to open database file". Nothing is created when
 /// the check fails.
 fn prepare(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
     if let Some(reason) = not_a_file(path) {
         return Err(reason);
     }
@@ -196,9 +197,11 @@ fn prepare(path: &Path) -> Result<(), String> {
         }
         Err(e) => return Err(format!("cannot reach the directory {}: {e}", dir.display())),
     }
+    // 0644 as SQLite creates it (its SQLITE_DEFAULT_FILE_PERMISSIONS), whatever the umask.
     match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o644)
         .open(path)
     {
         // Another process may create it between the check and here: that is fine.
