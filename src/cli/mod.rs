@@ -99,7 +99,9 @@ fn init_logging(format: LogFormat, default: &str) {
 
 fn print_config_error(e: &ConfigError) {
     for p in &e.problems {
-        if e.source_name.is_empty() {
+        // A value set by a CEDAR__ variable is not the file's fault: the problem names the
+        // variable instead.
+        if e.source_name.is_empty() || p.variable.is_some() {
             eprintln!("error: {p}");
         } else {
             eprintln!("error: {}: {p}", e.source_name);

@@ -36,16 +36,34 @@ pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 /// Prefix of environment overrides: `CEDAR__EXPORT__BUCKET=…` sets `[export] bucket`.
 pub const ENV_PREFIX: &str = "CEDAR__";
 
-/// One problem in a configuration, rendered as `key: what is wrong; how to fix it`.
+/// One problem in a configuration, rendered as `key: what is wrong; how to fix it`, followed by
+/// `(set by the environment variable CEDAR__…)` when a variable set the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub key: String,
     pub message: String,
+    /// The environment variable that set the value: the problem is then the variable's, not the
+    /// file's.
+    pub variable: Option<String>,
+}
+
+impl Problem {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            key: key.into(),
+            message: message.into(),
+            variable: None,
+        }
+    }
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
+        write!(f, "{}: {}", self.key, self.message)?;
+        match &self.variable {
+            Some(var) => write!(f, " (set by the environment variable {var})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -62,10 +80,7 @@ impl ConfigError {
     fn one(source_name: &str, key: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError {
             source_name: source_name.to_string(),
-            problems: vec![Problem {
-                key: key.into(),
-                message: message.into(),
-            }],
+            problems: vec![Problem::new(key, message)],
         }
     }
 }
@@ -76,10 +91,7 @@ pub(crate) struct Problems(Vec<Problem>);
 
 impl Problems {
     pub(crate) fn add(&mut self, key: &str, message: impl Into<String>) {
-        self.0.push(Problem {
-            key: key.to_string(),
-            message: message.into(),
-        });
+        self.0.push(Problem::new(key, message));
     }
 
     fn extend(&mut self, list: Vec<(String, String)>) {
@@ -234,10 +246,11 @@ impl Config {
         // fields themselves (serde would stop at the first), serde_ignored collects them all.
         let mut problems: Vec<Problem> = unknown
             .into_iter()
-            .map(|key| Problem {
-                message: "unknown key; remove it or check its spelling against config/default.toml"
-                    .to_owned(),
-                key,
+            .map(|key| {
+                Problem::new(
+                    key,
+                    "unknown key; remove it or check its spelling against config/default.toml",
+                )
             })
             .collect();
         match result {
@@ -252,7 +265,7 @@ impl Config {
                 // key is already in front of every problem.
                 let inner = e.into_inner().message().to_owned();
                 let message = format!("{inner}; see config/default.toml for the expected type");
-                problems.push(Problem { key, message });
+                problems.push(Problem::new(key, message));
                 Err(ConfigError {
                     source_name: source_name.into(),
                     problems: name_variables(&from_env, problems),
@@ -265,17 +278,19 @@ impl Config {
     pub fn grid_settings(&self) -> Result<TileGrid, ConfigError> {
         let grid = self.grid.resolve().map_err(|list| ConfigError {
             source_name: String::new(),
-            problems: list
-                .into_iter()
-                .map(|(key, message)| Problem { key, message })
-                .collect(),
+            problems: name_variables(
+                &self.from_env,
+                list.into_iter()
+                    .map(|(key, message)| Problem::new(key, message))
+                    .collect(),
+            ),
         })?;
         let problems: Vec<Problem> = grid
             .validate()
             .into_iter()
             .map(|e| {
                 let (key, message) = grid_problem(e);
-                Problem { key, message }
+                Problem::new(key, message)
             })
             .collect();
         if problems.is_empty() {
@@ -283,7 +298,7 @@ impl Config {
         } else {
             Err(ConfigError {
                 source_name: String::new(),
-                problems,
+                problems: name_variables(&self.from_env, problems),
             })
         }
     }
@@ -297,7 +312,7 @@ impl Config {
         } else {
             Err(ConfigError {
                 source_name: String::new(),
-                problems: p.0,
+                problems: name_variables(&self.from_env, p.0),
             })
         }
     }
@@ -528,14 +543,9 @@ fn indistinct(t: ItemTemplates<'_>, sample: &naming::ItemValues<'_>) -> Option<&
 fn name_variables(from_env: &BTreeMap<String, String>, problems: Vec<Problem>) -> Vec<Problem> {
     problems
         .into_iter()
-        .map(|mut problem| {
-            if let Some(var) = from_env.get(&problem.key) {
-                problem.message = format!(
-                    "{} (set by the environment variable {var})",
-                    problem.message
-                );
-            }
-            problem
+        .map(|problem| Problem {
+            variable: from_env.get(&problem.key).cloned(),
+            ..problem
         })
         .collect()
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::Problems;
 use crate::earthengine::{EE_QUEUE_CAP, EE_QUEUE_MARGIN, MAX_ACTIVE_EXPORTS};
 use crate::naming;
-use crate::queue::{QueueUrl, redact_url};
+use crate::queue::{QueueUrl, redact_url, sqlite::not_a_file};
 
 /// `[earthengine]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -269,16 +269,15 @@ impl QueueConfig {
                 ),
             );
         }
-        if self.url.starts_with("sqlite:") && QueueUrl::parse(&self.url).is_none() {
-            p.add(
+        match QueueUrl::parse(&self.url) {
+            None if self.url.starts_with("sqlite:") => p.add(
                 "queue.url",
                 format!(
                     "{:?} names no database file; write sqlite:///absolute/path/cedar.db, sqlite://relative/cedar.db, or leave it empty for cedar.db beside the configuration file",
                     self.url
                 ),
-            );
-        } else if QueueUrl::parse(&self.url).is_none() {
-            p.add(
+            ),
+            None => p.add(
                 "queue.url",
                 format!(
                     "{} is not a redis://, rediss:// or sqlite:// URL; e.g. redis://127.0.0.1:6379, \
@@ -286,7 +285,14 @@ impl QueueConfig {
                      the working directory",
                     redact_url(&self.url)
                 ),
-            );
+            ),
+            // Checked before anything opens it: SQLite would take /dev/null for a database.
+            Some(QueueUrl::Sqlite(path)) => {
+                if let Some(reason) = not_a_file(&path) {
+                    p.add("queue.url", format!("{} {reason}", path.display()));
+                }
+            }
+            Some(QueueUrl::Redis(_)) => {}
         }
         if let Some(path) = self.tls_ca_file.as_deref() {
             if !self.url.starts_with("rediss://") {

@@ -114,10 +114,24 @@ fn a_bad_value_from_the_environment_names_its_variable() {
         .unwrap_err();
     assert_eq!(e.problems.len(), 1, "{e}");
     assert_eq!(e.problems[0].key, "export.file_dimensions");
+    assert_eq!(
+        e.problems[0].variable.as_deref(),
+        Some("CEDAR__EXPORT__FILE_DIMENSIONS")
+    );
     assert!(
-        e.problems[0]
-            .message
+        e.to_string()
             .ends_with("(set by the environment variable CEDAR__EXPORT__FILE_DIMENSIONS)"),
+        "{e}"
+    );
+    // The commands that read only the queue check [queue] alone, and name the variable too.
+    let env = vec![("CEDAR__QUEUE__NAMESPACE".to_string(), "bad ns".to_string())];
+    let e = Config::from_toml("t", &valid_toml(), env)
+        .unwrap()
+        .validate_queue()
+        .unwrap_err();
+    assert_eq!(
+        e.problems[0].variable.as_deref(),
+        Some("CEDAR__QUEUE__NAMESPACE"),
         "{e}"
     );
 }
@@ -168,7 +182,7 @@ fn unknown_keys_are_errors_everywhere_and_all_reported() {
     assert_eq!(e.problems[0].key, "export.buket", "{e}");
     assert!(
         e.problems[0].message.contains("unknown")
-            && e.problems[0].message.contains("CEDAR__EXPORT__BUKET"),
+            && e.problems[0].variable.as_deref() == Some("CEDAR__EXPORT__BUKET"),
         "{e}"
     );
 }

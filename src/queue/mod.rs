@@ -262,6 +262,11 @@ pub enum QueueError {
     /// The SQLite file cannot be opened or was written by a newer cedar.
     #[error("sqlite database {path}: {reason}")]
     Database { path: String, reason: String },
+    /// The first connection to a Redis `[queue] url` failed, and what answers there says why:
+    /// nothing listens, or the server is not Redis. `reason` gives the fix; `retryable` is true
+    /// when waiting may help (Redis is starting).
+    #[error("{reason}")]
+    Connect { reason: String, retryable: bool },
     /// `[queue] url` names no backend cedar knows.
     #[error("{0} is not a redis://, rediss:// or sqlite:// URL")]
     Url(String),
@@ -291,6 +296,7 @@ impl QueueError {
                     )
             }
             QueueError::Sqlite(e) => sqlite::is_retryable(e),
+            QueueError::Connect { retryable, .. } => *retryable,
             QueueError::Payload(_)
             | QueueError::Reply { .. }
             | QueueError::UnknownStage(_)
@@ -380,10 +386,12 @@ impl Connection {
         url: &str,
         tls_ca_file: Option<&std::path::Path>,
     ) -> Result<Connection, QueueError> {
-        if let Some(QueueUrl::Redis(url)) = QueueUrl::parse(url) {
-            redis::probe(&url, tls_ca_file).await?;
+        match QueueUrl::parse(url) {
+            Some(QueueUrl::Redis(url)) => Ok(Connection::Redis(
+                redis::connect_now(&url, tls_ca_file).await?,
+            )),
+            _ => Connection::open_with_ca(url, tls_ca_file).await,
         }
-        Connection::open_with_ca(url, tls_ca_file).await
     }
 }
 

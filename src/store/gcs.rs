@@ -198,7 +198,7 @@ impl GcsJsonBucket {
 }
 
 /// The service's own explanation from an error body: `error.message` for the JSON API, else the
-/// start of the body, else the status's reason phrase.
+/// start of the body on one line, else the status's reason phrase.
 async fn error_message(status: StatusCode, response: Response) -> String {
     #[derive(Deserialize)]
     struct ErrorBody {
@@ -212,8 +212,10 @@ async fn error_message(status: StatusCode, response: Response) -> String {
     if let Ok(parsed) = serde_json::from_slice::<ErrorBody>(&body) {
         return parsed.error.message;
     }
+    // One line: an HTML page from a proxy (or from a server that is not Cloud Storage at all)
+    // would otherwise spread the error over dozens of lines.
     let text = String::from_utf8_lossy(&body);
-    let text = text.trim();
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if text.is_empty() {
         status.canonical_reason().unwrap_or("no message").to_owned()
     } else {

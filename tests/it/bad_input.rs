@@ -193,6 +193,12 @@ struct Fixture {
     root: bool,
     ee: SocketAddr,
     gcs: SocketAddr,
+    /// An HTTP server, for a queue URL that points at one.
+    http: SocketAddr,
+    /// A TCP service that accepts connections and never says a word.
+    silent: SocketAddr,
+    /// A Redis without TLS, for a rediss:// URL that points at one.
+    plain_redis: SocketAddr,
 }
 
 /// Everything a bad input must leave alone.
@@ -232,6 +238,9 @@ impl Fixture {
             root,
             ee: fake_earth_engine().await,
             gcs: fake_storage().await,
+            http: serve(axum::Router::new()).await,
+            silent: silent_service().await,
+            plain_redis: plain_redis().await,
         };
         std::fs::write(f.config_path(), f.good_config()).unwrap();
         let out = f
@@ -318,7 +327,14 @@ impl Fixture {
 
     /// Runs the binary to completion without blocking the runtime's other tasks.
     async fn run(&self, args: &[String]) -> Outcome {
-        let (code, stdout, stderr) = run(self.command(args)).await.parts();
+        self.run_with_env(args, &[]).await
+    }
+
+    /// [`Fixture::run`] with environment variables set for the process.
+    async fn run_with_env(&self, args: &[String], env: &[(&str, &str)]) -> Outcome {
+        let mut cmd = self.command(args);
+        cmd.envs(env.iter().copied());
+        let (code, stdout, stderr) = run(cmd).await.parts();
         let errors = stderr.lines().filter(|l| l.starts_with("error:")).count();
         Outcome {
             got: Want::Exit(code.unwrap_or(-1)),
@@ -455,10 +471,78 @@ async fn fake_storage() -> SocketAddr {
                 "cedar@example.iam.gserviceaccount.com does not have storage.objects.list access to the Google Cloud Storage bucket.",
             ),
             "overloaded" => google_error(503, "UNAVAILABLE", "Backend Error"),
+            // What a web server that is not Cloud Storage answers: a page over many lines.
+            "html" => (
+                StatusCode::NOT_FOUND,
+                [("content-type", "text/html")],
+                "<!DOCTYPE html>\n<html>\n  <head><title>404 Not Found</title></head>\n  <body>\n    <h1>Not Found</h1>\n  </body>\n</html>\n",
+            )
+                .into_response(),
             _ => google_error(404, "NOT_FOUND", "The specified bucket does not exist."),
         }
     }
     serve(axum::Router::new().fallback(answer)).await
+}
+
+/// A TCP service that accepts every connection, reads nothing and answers nothing.
+async fn silent_service() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// A stand-in for a Redis without TLS, as far as a first connection sees one: it reads lines
+/// (a TLS handshake has none, so it waits, as Redis does) and answers each `+PONG`.
+async fn plain_redis() -> SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = tokio::io::BufReader::new(read).split(b'\n');
+                while let Ok(Some(_)) = lines.next_segment().await {
+                    if write.write_all(b"+PONG\r\n").await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The good configuration with `[queue] url` set to `url`; returns its path.
+fn with_queue_url(f: &Fixture, name: &str, url: &str) -> String {
+    f.config_with(name, &format!("sqlite://{}", f.db.display()), url)
+}
+
+/// `--config` with `[queue] url` set to `url`, then `args`.
+fn queue_command(f: &Fixture, name: &str, url: &str, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["--config".to_string(), with_queue_url(f, name, url)];
+    all.extend(strings(args));
+    all
+}
+
+/// What every command says when `[queue] url` points at an HTTP server.
+fn http_not_redis(addr: SocketAddr) -> String {
+    format!(
+        "error: queue.url redis://{addr}: the server there does not speak the Redis protocol (it answered like an HTTP server); point queue.url at a Redis server"
+    )
+}
+
+/// What every command says when `[queue] url` points at a service that says nothing.
+fn silent_not_redis(addr: SocketAddr) -> String {
+    format!(
+        "error: queue.url redis://{addr}: the server there accepted the connection but answered nothing within 5 s: it does not speak the Redis protocol, or it is stuck; point queue.url at a Redis server"
+    )
 }
 
 fn ee(f: &Fixture, project: &str) -> EarthEngine {
@@ -758,7 +842,9 @@ fn table(f: &Fixture) -> Vec<Case> {
         p.display().to_string()
     };
     let refused_redis = format!("redis://:hunter2@127.0.0.1:{}", free_port());
-    let refused_redis2 = refused_redis.clone();
+    let (refused_redis2, refused_redis3) = (refused_redis.clone(), refused_redis.clone());
+    let refused_shown = cedar::queue::redact_url(&refused_redis);
+    let (refused_shown2, refused_shown3) = (refused_shown.clone(), refused_shown.clone());
     vec![
         // --- the command line -------------------------------------------------------------
         cli(
@@ -827,6 +913,15 @@ fn table(f: &Fixture) -> Vec<Case> {
             2,
             move |f| {
                 let p = tiles_file(f, "bad-tiles.txt", "3,10\n3;11\n");
+                submit(&["--tiles-file", &p])
+            },
+        ),
+        cli(
+            "duplicate tile in a tiles file",
+            "dup-tiles.txt:3: tile 3,10 is listed twice (first on line 1)",
+            2,
+            move |f| {
+                let p = tiles_file(f, "dup-tiles.txt", "3,10\n3,11\n3,10\n");
                 submit(&["--tiles-file", &p])
             },
         ),
@@ -1198,28 +1293,266 @@ fn table(f: &Fixture) -> Vec<Case> {
             Want::Retryable,
             |f| Box::pin(list_bucket(f, "overloaded")),
         ),
-        // --- Redis down at start ---------------------------------------------------------------
+        lib(
+            "store: an HTML page from a server that is not Cloud Storage",
+            "list gs://html/x/y: HTTP 404: <!DOCTYPE html> <html> <head><title>404 Not Found</title></head>",
+            Want::Fatal,
+            |f| Box::pin(list_bucket(f, "html")),
+        ),
+        // --- the queue URL: Redis down, or not Redis ---------------------------------------------
         cli(
             "Redis down: worker",
-            "queue.url redis://:***@127.0.0.1:",
+            format!(
+                "error: queue.url {refused_shown}: nothing listens there (connection refused); start Redis, or point queue.url at a Redis server"
+            ),
             1,
-            move |f| {
-                let url = format!("sqlite://{}", f.db.display());
-                let mut a = vec![
-                    "--config".to_string(),
-                    f.config_with("redis-down-worker", &url, &refused_redis),
-                ];
-                a.push("worker".into());
-                a
-            },
+            move |f| queue_command(f, "redis-down-worker", &refused_redis, &["worker"]),
         ),
         cli(
             "Redis down: submit",
-            "queue.url redis://:***@127.0.0.1:",
+            format!(
+                "error: queue.url {refused_shown2}: nothing listens there (connection refused)"
+            ),
             1,
-            move |f| {
-                let url = format!("sqlite://{}", f.db.display());
-                submit_with(f.config_with("redis-down-submit", &url, &refused_redis2))
+            move |f| submit_with(with_queue_url(f, "redis-down-submit", &refused_redis2)),
+        ),
+        cli(
+            "Redis down: list",
+            format!(
+                "error: queue.url {refused_shown3}: nothing listens there (connection refused)"
+            ),
+            1,
+            move |f| queue_command(f, "redis-down-list", &refused_redis3, &["list"]),
+        ),
+        cli(
+            "Redis URL at an HTTP server: submit",
+            http_not_redis(f.http),
+            1,
+            |f| {
+                submit_with(with_queue_url(
+                    f,
+                    "redis-http-submit",
+                    &format!("redis://{}", f.http),
+                ))
+            },
+        ),
+        cli(
+            "Redis URL at an HTTP server: worker",
+            http_not_redis(f.http),
+            1,
+            |f| {
+                queue_command(
+                    f,
+                    "redis-http-worker",
+                    &format!("redis://{}", f.http),
+                    &["worker"],
+                )
+            },
+        ),
+        cli(
+            "Redis URL at an HTTP server: status",
+            http_not_redis(f.http),
+            1,
+            |f| {
+                queue_command(
+                    f,
+                    "redis-http-status",
+                    &format!("redis://{}", f.http),
+                    &["status", "NOPE"],
+                )
+            },
+        ),
+        cli(
+            "Redis URL at an HTTP server: list",
+            http_not_redis(f.http),
+            1,
+            |f| {
+                queue_command(
+                    f,
+                    "redis-http-list",
+                    &format!("redis://{}", f.http),
+                    &["list"],
+                )
+            },
+        ),
+        cli(
+            "Redis URL at a service that says nothing: submit",
+            silent_not_redis(f.silent),
+            1,
+            |f| {
+                submit_with(with_queue_url(
+                    f,
+                    "redis-silent-submit",
+                    &format!("redis://{}", f.silent),
+                ))
+            },
+        ),
+        cli(
+            "Redis URL at a service that says nothing: list",
+            silent_not_redis(f.silent),
+            1,
+            |f| {
+                queue_command(
+                    f,
+                    "redis-silent-list",
+                    &format!("redis://{}", f.silent),
+                    &["list"],
+                )
+            },
+        ),
+        cli(
+            "rediss:// URL at a Redis without TLS",
+            format!(
+                "error: queue.url rediss://{}: the server there speaks Redis without TLS; write redis:// instead of rediss://",
+                f.plain_redis
+            ),
+            1,
+            |f| {
+                queue_command(
+                    f,
+                    "rediss-plain",
+                    &format!("rediss://{}", f.plain_redis),
+                    &["list"],
+                )
+            },
+        ),
+        // --- the queue URL: an SQLite path that cannot hold the database -------------------------
+        case(
+            "config: queue.url is /dev/null",
+            "error: queue.url: /dev/null is a character device, not a database file; point queue.url at a file",
+            Want::Exit(2),
+            |f| {
+                Box::pin(async move {
+                    // SQLite would write its journal beside the device.
+                    let journal = std::path::Path::new("/dev/null-journal");
+                    let existed = journal.exists();
+                    let out = f
+                        .run(&submit_with(with_queue_url(
+                            f,
+                            "dev-null",
+                            "sqlite:///dev/null",
+                        )))
+                        .await;
+                    assert!(
+                        existed || !journal.exists(),
+                        "/dev/null-journal was created"
+                    );
+                    out
+                })
+            },
+        ),
+        cli(
+            "config: queue.url is a directory",
+            "queue-dir is a directory, not a database file",
+            2,
+            |f| {
+                let dir = f.dir.path().join("queue-dir");
+                std::fs::create_dir_all(&dir).unwrap();
+                queue_command(
+                    f,
+                    "queue-dir",
+                    &format!("sqlite://{}", dir.display()),
+                    &["list"],
+                )
+            },
+        ),
+        cli(
+            "config: queue.url is a FIFO",
+            "queue.fifo is a FIFO (named pipe), not a database file",
+            2,
+            |f| {
+                let fifo = f.dir.path().join("queue.fifo");
+                if !fifo.exists() {
+                    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+                    assert!(made.success(), "mkfifo {}", fifo.display());
+                }
+                queue_command(
+                    f,
+                    "queue-fifo",
+                    &format!("sqlite://{}", fifo.display()),
+                    &["worker"],
+                )
+            },
+        ),
+        case(
+            "queue.url in a directory that does not exist",
+            "no-such-dir does not exist; create it, or point queue.url at a file in an existing directory",
+            Want::Exit(1),
+            |f| {
+                Box::pin(async move {
+                    let dir = f.dir.path().join("no-such-dir");
+                    let url = format!("sqlite://{}", dir.join("cedar.db").display());
+                    let out = f
+                        .run(&submit_with(with_queue_url(f, "queue-no-dir", &url)))
+                        .await;
+                    assert!(!dir.exists(), "{} was created", dir.display());
+                    out
+                })
+            },
+        ),
+        case(
+            "queue.url in a directory that cannot be written",
+            if f.root {
+                // Root writes into a read-only directory; a path under a regular file stops
+                // everyone, and here the file is the one downloaded earlier.
+                "kept.tif is not a directory; point queue.url at a file in a directory"
+            } else {
+                "Permission denied"
+            },
+            Want::Exit(1),
+            |f| {
+                Box::pin(async move {
+                    let db = if f.root {
+                        f.kept.join("cedar.db")
+                    } else {
+                        let ro = f.dir.path().join("read-only-queue");
+                        std::fs::create_dir_all(&ro).unwrap();
+                        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555))
+                            .unwrap();
+                        ro.join("cedar.db")
+                    };
+                    let url = format!("sqlite://{}", db.display());
+                    let out = f
+                        .run(&submit_with(with_queue_url(f, "queue-ro", &url)))
+                        .await;
+                    assert!(!db.exists(), "{} was created", db.display());
+                    out
+                })
+            },
+        ),
+        cli(
+            "config: sqlite:// names no file",
+            "error: queue.url: \"sqlite://\" names no database file",
+            2,
+            |f| submit_with(with_queue_url(f, "sqlite-bare", "sqlite://")),
+        ),
+        // --- environment overrides ----------------------------------------------------------------
+        case(
+            "environment: a bad value for list names its variable, not the file",
+            "error: queue.namespace: \"bad ns\" must be non-empty letters, digits, '-', '_', '.' or ':' (set by the environment variable CEDAR__QUEUE__NAMESPACE)",
+            Want::Exit(2),
+            |f| {
+                Box::pin(async move {
+                    f.run_with_env(
+                        &strings(&["list"]),
+                        &[("CEDAR__QUEUE__NAMESPACE", "bad ns")],
+                    )
+                    .await
+                })
+            },
+        ),
+        case(
+            "environment: a bad value for submit names its variable, not the file",
+            "error: worker.lease_secs: invalid value: integer `-5`, expected u64; see config/default.toml for the expected type (set by the environment variable CEDAR__WORKER__LEASE_SECS)",
+            Want::Exit(2),
+            |f| {
+                Box::pin(async move {
+                    f.run_with_env(
+                        &submit(&["--tile", "3,10"]),
+                        &[("CEDAR__WORKER__LEASE_SECS", "-5")],
+                    )
+                    .await
+                })
             },
         ),
     ]

@@ -27,13 +27,15 @@
 //! instead of declaring it in `KEYS`. That is fine on one Redis server; cedar does not support
 //! Redis Cluster.
 
+mod connect;
 mod scripts;
 
 use std::time::Duration;
 
-use redis::{AsyncCommands, aio::ConnectionManager, aio::ConnectionManagerConfig};
+use redis::{AsyncCommands, aio::ConnectionManager};
 use serde::Deserialize;
 
+pub use self::connect::{connect, connect_now, connect_with_ca};
 pub(in crate::queue) use self::scripts::script;
 use self::scripts::{
     ADMIT, BURY, ENQUEUE, FAIL, LEASE, RATE, REAP, REMOVE, RENEW, REQUEUE_DEAD, RESCHEDULE,
@@ -45,64 +47,6 @@ use super::{
 
 /// Ids per script call when re-queueing or removing a campaign's jobs.
 const SCAN_CHUNK: usize = 1_000;
-
-/// A connection to `url` (`redis://` or `rediss://`) with the timeouts every cedar connection
-/// uses, shared by the queue, the tracking state and the operations snapshot.
-///
-/// The connection manager reconnects by itself. Its response timeout is 10 s instead of the
-/// 500 ms default, which under load turns a slow reply into an error that kills apalis workers
-/// (apalis-redis#76).
-pub async fn connect(url: &str) -> Result<ConnectionManager, QueueError> {
-    connect_with_ca(url, None).await
-}
-
-/// [`connect`], trusting only the CA certificates of the PEM file `tls_ca_file` (for a
-/// `rediss://` server with a private CA) instead of the system's trust store.
-pub async fn connect_with_ca(
-    url: &str,
-    tls_ca_file: Option<&std::path::Path>,
-) -> Result<ConnectionManager, QueueError> {
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(Duration::from_secs(10)))
-        .set_connection_timeout(Some(Duration::from_secs(5)));
-    Ok(client(url, tls_ca_file)?
-        .get_connection_manager_with_config(config)
-        .await?)
-}
-
-/// Connects once, without the manager's retries: the manager retries a refused first
-/// connection with backoff for about 8 s, right for a worker riding out a Redis restart but a
-/// long wait for nothing when a person runs `cedar list` with Redis down.
-pub async fn probe(url: &str, tls_ca_file: Option<&std::path::Path>) -> Result<(), QueueError> {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(10)));
-    client(url, tls_ca_file)?
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-    Ok(())
-}
-
-fn client(url: &str, tls_ca_file: Option<&std::path::Path>) -> Result<redis::Client, QueueError> {
-    Ok(match tls_ca_file {
-        None => redis::Client::open(url)?,
-        Some(path) => {
-            let tls_ca = |reason: String| QueueError::TlsCa {
-                path: path.display().to_string(),
-                reason,
-            };
-            let root_cert = std::fs::read(path).map_err(|e| tls_ca(e.to_string()))?;
-            redis::Client::build_with_tls(
-                url,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                },
-            )
-            .map_err(|e| tls_ca(e.to_string()))?
-        }
-    })
-}
 
 /// The queue of every stage, in one Redis, under one namespace.
 #[derive(Clone)]

@@ -138,6 +138,82 @@ pub fn path_of(url: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// Why `path` cannot hold the database although something is there ("is a directory, not a
+/// database file; …"): a device, a directory, a FIFO or a socket. None for a regular file (or a
+/// link to one) and for nothing at all.
+///
+/// SQLite would open `/dev/null` happily and then create its journal beside it
+/// (`/dev/null-journal`), and a FIFO would block it; so the kind is checked before SQLite sees
+/// the path, by `validate` and again by [`Db::open`].
+pub fn not_a_file(path: &Path) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(path).ok()?.file_type();
+    let what = if kind.is_file() {
+        return None;
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    Some(format!(
+        "is {what}, not a database file; point queue.url at a file (created if missing), e.g. sqlite:///var/lib/cedar/cedar.db"
+    ))
+}
+
+/// Checks that the database file at `path` can be opened, creating it (empty, as SQLite would)
+/// if it does not exist, so that a missing or read-only directory is reported with the
+/// system's reason instead of SQLite's "unable to open database file". Nothing is created when
+/// the check fails.
+fn prepare(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(reason) = not_a_file(path) {
+        return Err(reason);
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(format!(
+                "{} is not a directory; point queue.url at a file in a directory",
+                dir.display()
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "the directory {} does not exist; create it, or point queue.url at a file in an existing directory",
+                dir.display()
+            ));
+        }
+        Err(e) => return Err(format!("cannot reach the directory {}: {e}", dir.display())),
+    }
+    // 0644 as SQLite creates it (its SQLITE_DEFAULT_FILE_PERMISSIONS), whatever the umask.
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+    {
+        // Another process may create it between the check and here: that is fine.
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(format!(
+            "cannot create the database file in {}: {e}; make the directory writable for this user, or point queue.url elsewhere",
+            dir.display()
+        )),
+    }
+}
+
 /// Milliseconds since the Unix epoch on the local clock.
 pub(in crate::queue) fn now_ms() -> i64 {
     SystemTime::now()
@@ -184,6 +260,17 @@ impl Db {
                 reason: e.to_string(),
             })?;
         opened.map(Arc::new).map_err(|e| match e {
+            // The file exists and is readable, but WAL mode writes two files beside it.
+            QueueError::Sqlite(e) if e.sqlite_error_code() == Some(ErrorCode::ReadOnly) => {
+                QueueError::Database {
+                    reason: format!(
+                        "{e}: this user cannot write the file or its directory (SQLite keeps \
+                         {shown}-wal and {shown}-shm beside it); make both writable, or point \
+                         queue.url elsewhere"
+                    ),
+                    path: shown,
+                }
+            }
             QueueError::Sqlite(e) => QueueError::Database {
                 path: shown,
                 reason: e.to_string(),
@@ -193,6 +280,10 @@ impl Db {
     }
 
     fn open_blocking(path: PathBuf) -> Result<Db, QueueError> {
+        prepare(&path).map_err(|reason| QueueError::Database {
+            path: path.display().to_string(),
+            reason,
+        })?;
         let mut conn = Connection::open(&path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // journal_mode answers with the mode now in force; anything but WAL would let a long

@@ -16,7 +16,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use serde::Deserialize;
 
 pub(in crate::queue) use self::db::now_ms;
-pub use self::db::{BUSY_TIMEOUT, Db, SCHEMA, is_retryable, path_of};
+pub use self::db::{BUSY_TIMEOUT, Db, SCHEMA, is_retryable, not_a_file, path_of};
 use super::{
     ADMIT_LIMIT, DeadReason, Depth, ENQUEUE_CHUNK, FailResult, LEASE_EXPIRED, Leased, QueueError,
     REAP_LIMIT, RateDecision, RetryPolicy, Stage,
