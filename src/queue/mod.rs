@@ -43,6 +43,7 @@ use std::{fmt, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio::sync::Notify;
 
 pub use self::backend::{BackendConfig, CedarBackend, backend, worker_name};
 pub use self::redis::RedisQueue;
@@ -394,6 +395,10 @@ impl Connection {
 #[derive(Clone)]
 pub struct Queue {
     inner: QueueInner,
+    /// One signal per stage (`Stage as usize`), shared by the clones of this handle: a call that
+    /// makes a job due now raises its stage's, and that stage's idle worker in this process
+    /// fetches at once instead of at its next look ([`backend`](mod@backend)).
+    nudges: [Arc<Notify>; Stage::ALL.len()],
 }
 
 #[derive(Clone)]
@@ -428,7 +433,23 @@ impl Queue {
             Connection::Redis(c) => QueueInner::Redis(RedisQueue::new(c.clone(), namespace)),
             Connection::Sqlite(db) => QueueInner::Sqlite(SqliteQueue::new(db.clone(), namespace)),
         };
-        Queue { inner }
+        Queue {
+            inner,
+            nudges: Default::default(),
+        }
+    }
+
+    /// Tells this process's idle worker of `stage` that a job may be due now. Workers in other
+    /// processes find it at their next look (`[worker] idle_poll_ms`).
+    fn nudge(&self, stage: Stage) {
+        // notify_one keeps one permit when no worker waits, so a nudge sent while the worker
+        // is busy is not lost.
+        self.nudges[stage as usize].notify_one();
+    }
+
+    /// The signal [`Queue::nudge`] raises for `stage`.
+    pub(crate) fn nudges(&self, stage: Stage) -> Arc<Notify> {
+        self.nudges[stage as usize].clone()
     }
 
     /// Opens `url` (see [`QueueUrl::parse`]) and returns the queue of `namespace` there.
@@ -473,7 +494,11 @@ impl Queue {
         jobs: &[(String, Vec<u8>)],
         delay: Duration,
     ) -> Result<u64, QueueError> {
-        dispatch!(self, q => q.enqueue_encoded(stage, jobs, delay).await)
+        let added = dispatch!(self, q => q.enqueue_encoded(stage, jobs, delay).await)?;
+        if added > 0 && delay.is_zero() {
+            self.nudge(stage);
+        }
+        Ok(added)
     }
 
     /// Reaps expired leases as [`Queue::reap`] does, then leases up to `n` due jobs to `worker`.
@@ -525,7 +550,11 @@ impl Queue {
 
     /// Puts a job `worker` holds back to due now without spending an attempt.
     pub async fn release(&self, stage: Stage, worker: &str, id: &str) -> Result<bool, QueueError> {
-        dispatch!(self, q => q.reschedule(stage, worker, id, Duration::ZERO).await)
+        let released = dispatch!(self, q => q.reschedule(stage, worker, id, Duration::ZERO).await)?;
+        if released {
+            self.nudge(stage);
+        }
+        Ok(released)
     }
 
     /// Records a failed run of the job `worker` holds: retried after backoff, or dead.
@@ -591,9 +620,14 @@ impl Queue {
         dispatch!(self, q => q.admit(max_active).await)
     }
 
-    /// Frees the admission slot of `id`; false if it held none.
+    /// Frees the admission slot of `id`; false if it held none. A freed slot lets the export
+    /// stage admit one more job from its backlog.
     pub async fn release_slot(&self, id: &str) -> Result<bool, QueueError> {
-        dispatch!(self, q => q.release_slot(id).await)
+        let freed = dispatch!(self, q => q.release_slot(id).await)?;
+        if freed {
+            self.nudge(Stage::Export);
+        }
+        Ok(freed)
     }
 
     /// Jobs holding an admission slot.

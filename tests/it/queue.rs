@@ -33,6 +33,8 @@ on_both!(
     apalis_heartbeats_keep_the_lease_of_a_job_longer_than_the_lease,
     leased_by_lists_the_leases_a_worker_holds_until_they_end,
     reap_returns_expired_leases_to_due_and_counts_the_lost_run,
+    an_idle_worker_looks_again_every_interval_not_only_at_heartbeats,
+    a_job_made_due_in_this_process_is_fetched_without_waiting_for_the_interval,
 );
 
 fn job(tracking: &str, row: u32, col: u32) -> OrderJob {
@@ -657,7 +659,7 @@ async fn apalis_monitor_runs_every_job_to_done_exactly_once(t: TestQueue) {
         let (b, ledger) = (b.clone(), ledger.clone());
         move |index, restarts| {
             WorkerBuilder::new(queue::worker_name(Stage::Poll, index, restarts))
-                .backend(b.clone().poll_with_interval(Duration::from_millis(100)))
+                .backend(b.clone().polled(Duration::from_millis(100)))
                 .concurrency(4)
                 .enable_tracing()
                 .catch_panic()
@@ -721,7 +723,7 @@ async fn apalis_heartbeats_keep_the_lease_of_a_job_longer_than_the_lease(t: Test
         let (b, ledger) = (b.clone(), ledger.clone());
         move |restarts| {
             WorkerBuilder::new(queue::worker_name(Stage::Download, 0, restarts))
-                .backend(b.clone().poll_with_interval(Duration::from_millis(100)))
+                .backend(b.clone().polled(Duration::from_millis(100)))
                 .concurrency(1)
                 .data(ledger.clone())
                 .build(slow)
@@ -751,4 +753,105 @@ async fn apalis_heartbeats_keep_the_lease_of_a_job_longer_than_the_lease(t: Test
         t.queue.depth(Stage::Download).await.unwrap(),
         queue::Depth::default()
     );
+}
+
+/// Runs one apalis worker of `stage` on `b` (idle looks every `every`, heartbeats every 200 s)
+/// while `drive` runs, and returns what the handler saw.
+async fn with_idle_worker<F>(
+    b: queue::CedarBackend<OrderJob>,
+    stage: Stage,
+    every: Duration,
+    drive: impl FnOnce(Arc<Ledger>) -> F,
+) -> Arc<Ledger>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let ledger = Arc::new(Ledger::default());
+    let monitor = Monitor::new().register({
+        let (b, ledger) = (b.clone(), ledger.clone());
+        move |restarts| {
+            WorkerBuilder::new(queue::worker_name(stage, 0, restarts))
+                .backend(b.clone().polled(every))
+                .concurrency(1)
+                .data(ledger.clone())
+                .build(handle)
+        }
+    });
+    let drive = drive(ledger.clone());
+    monitor
+        .shutdown_timeout(Duration::from_secs(10))
+        .run_with_signal(async move {
+            drive.await;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    ledger
+}
+
+/// A backend whose heartbeats (which also wake an idle worker) are 200 s apart: a job these
+/// tests see done within their deadlines was fetched by something else.
+fn slow_heartbeats(t: &TestQueue, stage: Stage) -> queue::CedarBackend<OrderJob> {
+    let cfg = BackendConfig {
+        lease: Duration::from_secs(600),
+        heartbeat: Duration::from_secs(200),
+        ..BackendConfig::default()
+    };
+    queue::backend::<OrderJob>(t.queue.clone(), stage, cfg)
+}
+
+/// Waits (at most 30 s, far below the 200 s heartbeat) until the handler has finished `n` jobs.
+async fn until_done(ledger: &Ledger, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ledger.done.lock().unwrap().len() < n {
+        assert!(Instant::now() < deadline, "job {n} not fetched within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn an_idle_worker_looks_again_every_interval_not_only_at_heartbeats(t: TestQueue) {
+    // Jobs come from another process, so only the worker's own looks can find them; each comes
+    // after the worker has been idle for a while (several empty looks). apalis's own interval
+    // stopped looking after its first tick, until the next heartbeat.
+    let producer = t.other_process().await;
+    let b = slow_heartbeats(&t, Stage::Download);
+    let ledger = with_idle_worker(
+        b,
+        Stage::Download,
+        Duration::from_millis(100),
+        |ledger| async move {
+            for col in 1..=3 {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                producer
+                    .enqueue_bulk(Stage::Download, &[job("camp", 0, col)], Duration::ZERO)
+                    .await
+                    .unwrap();
+                until_done(&ledger, col as usize).await;
+            }
+        },
+    )
+    .await;
+    assert_eq!(ledger.done.lock().unwrap().len(), 3);
+}
+
+async fn a_job_made_due_in_this_process_is_fetched_without_waiting_for_the_interval(t: TestQueue) {
+    // Idle looks an hour apart: only the queue handle's nudge can bring these jobs in.
+    let q = t.queue.clone();
+    let b = slow_heartbeats(&t, Stage::Clean);
+    let ledger = with_idle_worker(
+        b,
+        Stage::Clean,
+        Duration::from_secs(3600),
+        |ledger| async move {
+            for col in 1..=2 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                q.enqueue_bulk(Stage::Clean, &[job("camp", 0, col)], Duration::ZERO)
+                    .await
+                    .unwrap();
+                until_done(&ledger, col as usize).await;
+            }
+        },
+    )
+    .await;
+    assert_eq!(ledger.done.lock().unwrap().len(), 2);
 }
