@@ -17,6 +17,9 @@
 //!                    └──────────▶ due (or the export backlog)
 //! ```
 //!
+//! A job due later can be woken ([`Queue::wake`]) when what it waits for has happened: it is due
+//! at once, as if its delay had run out; one woken while leased snoozes for no time.
+//!
 //! A lease that is not renewed (the worker died) expires; the next worker to lease or heartbeat
 //! reaps it back to `due`, spending one attempt so that a job which kills its worker every time
 //! ends up `dead` instead of looping forever.
@@ -63,6 +66,9 @@ const REAP_LIMIT: usize = 100;
 
 /// Jobs moved from backlog to due per [`Queue::admit`] call; bounds the time one step runs.
 const ADMIT_LIMIT: usize = 1_000;
+
+/// Ids per [`Queue::wake`] step (one script call, one transaction).
+const WAKE_CHUNK: usize = 1_000;
 
 /// The last error recorded for a job whose lease expired: its worker died, or stalled past the
 /// lease without renewing it.
@@ -536,8 +542,9 @@ impl Queue {
         dispatch!(self, q => q.complete(stage, id).await)
     }
 
-    /// Runs the job `worker` holds again after `delay` without spending an attempt; false if
-    /// `worker` no longer owns the lease.
+    /// Runs the job `worker` holds again after `delay` (at once if it was woken while it ran,
+    /// see [`Queue::wake`]) without spending an attempt; false if `worker` no longer owns the
+    /// lease.
     pub async fn snooze(
         &self,
         stage: Stage,
@@ -555,6 +562,19 @@ impl Queue {
             self.nudge(stage);
         }
         Ok(released)
+    }
+
+    /// Makes the jobs among `ids` that are due later due now, as if their delay had run out
+    /// (what they wait for has happened); returns how many. A job running now is marked
+    /// instead, so that its next snooze puts it back due at once rather than after its delay:
+    /// the run may have looked just before the news. Jobs already due now, dead, in the export
+    /// backlog or gone are left alone; waking twice is waking once.
+    pub async fn wake(&self, stage: Stage, ids: &[String]) -> Result<u64, QueueError> {
+        let woken = dispatch!(self, q => q.wake(stage, ids).await)?;
+        if woken > 0 {
+            self.nudge(stage);
+        }
+        Ok(woken)
     }
 
     /// Records a failed run of the job `worker` holds: retried after backoff, or dead.

@@ -35,6 +35,7 @@ on_both!(
     reap_returns_expired_leases_to_due_and_counts_the_lost_run,
     an_idle_worker_looks_again_every_interval_not_only_at_heartbeats,
     a_job_made_due_in_this_process_is_fetched_without_waiting_for_the_interval,
+    wake_makes_delayed_jobs_due_now_and_a_running_one_snooze_for_no_time,
 );
 
 fn job(tracking: &str, row: u32, col: u32) -> OrderJob {
@@ -837,12 +838,10 @@ async fn an_idle_worker_looks_again_every_interval_not_only_at_heartbeats(t: Tes
 async fn a_job_made_due_in_this_process_is_fetched_without_waiting_for_the_interval(t: TestQueue) {
     // Idle looks an hour apart: only the queue handle's nudge can bring these jobs in.
     let q = t.queue.clone();
+    let elsewhere = t.other_process().await;
     let b = slow_heartbeats(&t, Stage::Clean);
-    let ledger = with_idle_worker(
-        b,
-        Stage::Clean,
-        Duration::from_secs(3600),
-        |ledger| async move {
+    let ledger = with_idle_worker(b, Stage::Clean, Duration::from_secs(3600), |ledger| {
+        async move {
             for col in 1..=2 {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 q.enqueue_bulk(Stage::Clean, &[job("camp", 0, col)], Duration::ZERO)
@@ -850,8 +849,130 @@ async fn a_job_made_due_in_this_process_is_fetched_without_waiting_for_the_inter
                     .unwrap();
                 until_done(&ledger, col as usize).await;
             }
-        },
-    )
+            // Enqueued elsewhere for an hour later, woken here: due now, and fetched now.
+            let later = job("camp", 0, 3);
+            elsewhere
+                .enqueue_bulk(Stage::Clean, &[later.clone()], Duration::from_secs(3600))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(q.wake(Stage::Clean, &[later.id()]).await.unwrap(), 1);
+            until_done(&ledger, 3).await;
+        }
+    })
     .await;
-    assert_eq!(ledger.done.lock().unwrap().len(), 2);
+    assert_eq!(ledger.done.lock().unwrap().len(), 3);
+}
+
+async fn wake_makes_delayed_jobs_due_now_and_a_running_one_snooze_for_no_time(t: TestQueue) {
+    let (q, sweeper) = (&t.queue, t.other_process().await);
+    let policy = RetryPolicy::default();
+    let hour = Duration::from_secs(3600);
+    let [a, b, c, d] = [1, 2, 3, 4].map(|col| job("camp", 0, col));
+    let ids = |js: &[&OrderJob]| js.iter().map(|j| j.id()).collect::<Vec<_>>();
+    let depth = || async { q.depth(Stage::Poll).await.unwrap() };
+    q.enqueue_bulk(Stage::Poll, &[a.clone(), b.clone()], hour)
+        .await
+        .unwrap();
+    q.enqueue_bulk(Stage::Poll, &[c.clone()], Duration::ZERO)
+        .await
+        .unwrap();
+    let running = q.lease(Stage::Poll, "w", 10, LEASE, &policy).await.unwrap();
+    assert_eq!(
+        ids(&[&c]),
+        running.iter().map(|l| l.id.clone()).collect::<Vec<_>>()
+    );
+
+    // a is due in an hour: now. c runs: marked. d does not exist: nothing.
+    assert_eq!(
+        sweeper
+            .wake(Stage::Poll, &ids(&[&a, &c, &d]))
+            .await
+            .unwrap(),
+        1
+    );
+    let now = depth().await;
+    assert_eq!((now.due_now, now.scheduled, now.leased), (1, 1, 1));
+    assert_eq!(
+        sweeper.wake(Stage::Poll, &ids(&[&a, &c])).await.unwrap(),
+        0,
+        "waking twice is waking once"
+    );
+    assert_eq!(q.attempts(Stage::Poll, &a.id()).await.unwrap(), 0);
+
+    // c looked before the news: its snooze of an hour is a snooze of no time, once.
+    assert!(q.snooze(Stage::Poll, "w", &c.id(), hour).await.unwrap());
+    let again = q.lease(Stage::Poll, "w", 10, LEASE, &policy).await.unwrap();
+    let mut again: Vec<_> = again.into_iter().map(|l| l.id).collect();
+    again.sort();
+    assert_eq!(again, ids(&[&a, &c]));
+    assert!(q.snooze(Stage::Poll, "w", &c.id(), hour).await.unwrap());
+    assert_eq!(
+        depth().await.scheduled,
+        2,
+        "the mark was spent: b and c wait"
+    );
+
+    // A mark ends with its job: a woken while it runs, then done, comes back unmarked.
+    assert_eq!(sweeper.wake(Stage::Poll, &ids(&[&a])).await.unwrap(), 0);
+    assert!(q.complete(Stage::Poll, &a.id()).await.unwrap());
+    q.enqueue_bulk(Stage::Poll, &[a.clone()], Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        q.lease(Stage::Poll, "w", 10, LEASE, &policy)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(q.snooze(Stage::Poll, "w", &a.id(), hour).await.unwrap());
+    assert_eq!(depth().await.scheduled, 3);
+
+    // Dead jobs and the export backlog are not waiting for a time: left alone.
+    assert!(q.bury(Stage::Poll, &b.id(), "fatal").await.unwrap());
+    q.enqueue_bulk(Stage::Export, &[d.clone()], Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(sweeper.wake(Stage::Poll, &ids(&[&b])).await.unwrap(), 0);
+    assert_eq!(sweeper.wake(Stage::Export, &ids(&[&d])).await.unwrap(), 0);
+    assert_eq!(depth().await.dead, 1);
+    assert_eq!(q.depth(Stage::Export).await.unwrap().backlog, 1);
+
+    // Many ids at once go in bounded steps.
+    let many = jobs("many", 2_500);
+    q.enqueue_bulk(Stage::Download, &many, hour).await.unwrap();
+    let all: Vec<String> = many.iter().map(|j| j.id()).collect();
+    assert_eq!(sweeper.wake(Stage::Download, &all).await.unwrap(), 2_500);
+    assert_eq!(q.depth(Stage::Download).await.unwrap().due_now, 2_500);
+}
+
+/// A file written by a cedar of schema version 1 (no `woken` column) opens, is upgraded in
+/// place, keeps its jobs, and wakes them.
+#[tokio::test]
+async fn an_sqlite_file_of_schema_1_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cedar.db");
+    let url = format!("sqlite://{}", path.display());
+    let hour = Duration::from_secs(3600);
+    let old = job("camp", 0, 1);
+    queue::Queue::open(&url, "ns")
+        .await
+        .unwrap()
+        .enqueue_bulk(Stage::Poll, &[old.clone()], hour)
+        .await
+        .unwrap();
+    {
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute_batch("ALTER TABLE jobs DROP COLUMN woken; PRAGMA user_version = 1;")
+            .unwrap();
+    }
+    let q = queue::Queue::open(&url, "ns").await.unwrap();
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    assert_eq!(q.wake(Stage::Poll, &[old.id()]).await.unwrap(), 1);
+    assert_eq!(q.depth(Stage::Poll).await.unwrap().due_now, 1);
 }
