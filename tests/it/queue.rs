@@ -947,8 +947,8 @@ async fn wake_makes_delayed_jobs_due_now_and_a_running_one_snooze_for_no_time(t:
     assert_eq!(q.depth(Stage::Download).await.unwrap().due_now, 2_500);
 }
 
-/// A file written by a cedar of schema version 1 (no `woken` column) opens, is upgraded in
-/// place, keeps its jobs, and wakes them.
+/// A file written by a cedar of schema version 1 (no `jobs.woken`, no `ops_waiting.job`) opens,
+/// is upgraded in place, and keeps its jobs and awaited operations, which wake as they should.
 #[tokio::test]
 async fn an_sqlite_file_of_schema_1_is_upgraded_in_place() {
     let dir = tempfile::tempdir().unwrap();
@@ -964,10 +964,19 @@ async fn an_sqlite_file_of_schema_1_is_upgraded_in_place() {
         .unwrap();
     {
         let db = rusqlite::Connection::open(&path).unwrap();
-        db.execute_batch("ALTER TABLE jobs DROP COLUMN woken; PRAGMA user_version = 1;")
-            .unwrap();
+        db.execute_batch(
+            "ALTER TABLE jobs DROP COLUMN woken;
+             ALTER TABLE ops_waiting DROP COLUMN job;
+             INSERT INTO ops_waiting (ns, name) VALUES ('ns', 'ops/old');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
     }
-    let q = queue::Queue::open(&url, "ns").await.unwrap();
+    let conn = queue::Connection::open(&url).await.unwrap();
+    let (q, snapshot) = (
+        queue::Queue::new(&conn, "ns"),
+        queue::Snapshot::new(&conn, "ns"),
+    );
     let version: i64 = rusqlite::Connection::open(&path)
         .unwrap()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -975,4 +984,11 @@ async fn an_sqlite_file_of_schema_1_is_upgraded_in_place() {
     assert_eq!(version, 2);
     assert_eq!(q.wake(Stage::Poll, &[old.id()]).await.unwrap(), 1);
     assert_eq!(q.depth(Stage::Poll).await.unwrap().due_now, 1);
+    // Awaited before the upgrade, by a cedar that did not record the job: still awaited, and
+    // the next poll run names its job.
+    let op = vec!["ops/old".to_owned()];
+    assert!(snapshot.waiting().await.unwrap().contains("ops/old"));
+    assert!(snapshot.waiters(&op).await.unwrap().is_empty());
+    snapshot.wait_for("ops/old", &old.id()).await.unwrap();
+    assert_eq!(snapshot.waiters(&op).await.unwrap(), [old.id()]);
 }

@@ -37,7 +37,8 @@ const SCHEMA_VERSION: i64 = 2;
 /// gets [`SCHEMA`] directly, which already has all of it.
 const UPGRADES: &[(i64, &str)] = &[(
     1,
-    "ALTER TABLE jobs ADD COLUMN woken INTEGER NOT NULL DEFAULT 0;",
+    "ALTER TABLE jobs ADD COLUMN woken INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE ops_waiting ADD COLUMN job TEXT;",
 )];
 
 /// Every table of the file. Job states are the Redis structures a job id can be in: `backlog`
@@ -114,8 +115,8 @@ CREATE TABLE IF NOT EXISTS dirty (
   tracking TEXT NOT NULL,
   PRIMARY KEY (ns, tracking)
 ) WITHOUT ROWID;
--- The operations snapshot: views by operation name, awaited and looked-up operations, and the
--- sweeper's leader lock and last sweep start.
+-- The operations snapshot: views by operation name, awaited operations with their poll jobs,
+-- looked-up operations, and the sweeper's leader lock and last sweep start.
 CREATE TABLE IF NOT EXISTS ops (
   ns TEXT NOT NULL,
   name TEXT NOT NULL,
@@ -125,6 +126,8 @@ CREATE TABLE IF NOT EXISTS ops (
 CREATE TABLE IF NOT EXISTS ops_waiting (
   ns TEXT NOT NULL,
   name TEXT NOT NULL,
+  -- The id of the poll job waiting for it (NULL if a cedar of schema 1 recorded it).
+  job TEXT,
   PRIMARY KEY (ns, name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ops_looked_up (
