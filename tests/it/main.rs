@@ -6,6 +6,7 @@ mod cli;
 mod daemon;
 mod earthengine;
 mod emulator;
+mod handoff;
 mod ingest;
 mod layers;
 mod logs;
