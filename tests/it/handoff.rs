@@ -10,13 +10,13 @@ use cedar::emulator::EmulatorOptions;
 use serde_json::{Value, json};
 
 use crate::support::{
-    Emulated, LC08, Namespace, Process, cedar_command, configured, redis_url, run, small_exports,
-    wait_until,
+    Emulated, Namespace, Process, cedar_command, configured, one_tile, redis_url, run,
+    small_exports, wait_until,
 };
 
 const BUCKET: &str = "cedar-handoff-bucket";
 
-/// Submits one tile-period of [`LC08`] on `queue_url` / `namespace`, runs one worker, and waits
+/// Submits one tile-period ([`one_tile`]) on `queue_url` / `namespace`, runs one worker, and waits
 /// (at most 60 s) for the order to be CLEANED.
 async fn one_tile_completes_without_waiting_out_the_poll_interval(
     env: &Emulated,
@@ -27,18 +27,9 @@ async fn one_tile_completes_without_waiting_out_the_poll_interval(
         .config(BUCKET, queue_url, namespace)
         .write(env.path("cedar.toml"));
     let cedar = |args: &[&str]| configured(cedar_command(), env.dir.path(), &config, args);
-    let submitted = run(cedar(&[
-        "submit",
-        "--json",
-        "--collection",
-        LC08,
-        "--tile",
-        "10,14",
-        "--start",
-        "2021-07-01",
-        "--end",
-        "2021-07-31",
-    ]))
+    let submitted = run(cedar(
+        &[&["submit", "--json"][..], &one_tile("2021-07-31")].concat(),
+    ))
     .await;
     assert_eq!(submitted.code, Some(0), "{submitted:?}");
     let name = submitted.json()["tracking_name"]
