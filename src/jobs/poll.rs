@@ -413,11 +413,23 @@ pub async fn sweep_once(
     // The views are recorded: the poll jobs of the tasks that ended run now instead of at the
     // end of their snooze. Only news wakes a job (an operation seen ending for the first time),
     // so a poll job backing off after a failure is not woken again by every sweep.
-    if !ended.is_empty() {
-        let jobs = ctx.snapshot.waiters(&ended).await.map_err(snapshot_err)?;
-        ctx.queue.wake(Stage::Poll, &jobs).await?;
+    if !ended.is_empty()
+        && let Err(e) = wake_waiters(ctx, &ended).await
+    {
+        // Forgotten, these ends are news again to the next sweep, which wakes their jobs.
+        for name in &ended {
+            known.remove(name);
+        }
+        return Err(e);
     }
     Ok(Some((pages, ended.len() as u32)))
+}
+
+/// Wakes the poll jobs waiting for the operations `ended`.
+async fn wake_waiters(ctx: &Context, ended: &[String]) -> Result<(), JobError> {
+    let jobs = ctx.snapshot.waiters(ended).await.map_err(snapshot_err)?;
+    ctx.queue.wake(Stage::Poll, &jobs).await?;
+    Ok(())
 }
 
 #[cfg(test)]
