@@ -14,8 +14,8 @@
 //! - An empty fetch parks the worker until the next heartbeat (a quarter of the lease, 15 s by
 //!   default). apalis's own `poll_with_interval` does not help for long: once its timer fires it
 //!   arms a new one without polling it, so nothing wakes the worker again until the heartbeat
-//!   (measured: a one-tile campaign waited 12–15 s before its download and again before its
-//!   clean). Wrap the backend with [`CedarBackend::polled`] instead: [`IdlePoll`] re-arms its
+//!   (measured: the poll, download and clean of a one-tile campaign each waited up to 15 s for
+//!   it). Wrap the backend with [`CedarBackend::polled`] instead: [`IdlePoll`] re-arms its
 //!   timer properly and also wakes the worker when this process makes a job of its stage due.
 //! - `push_bulk` builds tasks without ids: `push_tasks` derives them from the payload.
 //! - apalis's attempt counter lives in the process; ours lives in the queue and is handed to
