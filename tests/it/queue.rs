@@ -852,7 +852,11 @@ async fn a_job_made_due_in_this_process_is_fetched_without_waiting_for_the_inter
             // Enqueued elsewhere for an hour later, woken here: due now, and fetched now.
             let later = job("camp", 0, 3);
             elsewhere
-                .enqueue_bulk(Stage::Clean, &[later.clone()], Duration::from_secs(3600))
+                .enqueue_bulk(
+                    Stage::Clean,
+                    std::slice::from_ref(&later),
+                    Duration::from_secs(3600),
+                )
                 .await
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -874,7 +878,7 @@ async fn wake_makes_delayed_jobs_due_now_and_a_running_one_snooze_for_no_time(t:
     q.enqueue_bulk(Stage::Poll, &[a.clone(), b.clone()], hour)
         .await
         .unwrap();
-    q.enqueue_bulk(Stage::Poll, &[c.clone()], Duration::ZERO)
+    q.enqueue_bulk(Stage::Poll, std::slice::from_ref(&c), Duration::ZERO)
         .await
         .unwrap();
     let running = q.lease(Stage::Poll, "w", 10, LEASE, &policy).await.unwrap();
@@ -916,7 +920,7 @@ async fn wake_makes_delayed_jobs_due_now_and_a_running_one_snooze_for_no_time(t:
     // A mark ends with its job: a woken while it runs, then done, comes back unmarked.
     assert_eq!(sweeper.wake(Stage::Poll, &ids(&[&a])).await.unwrap(), 0);
     assert!(q.complete(Stage::Poll, &a.id()).await.unwrap());
-    q.enqueue_bulk(Stage::Poll, &[a.clone()], Duration::ZERO)
+    q.enqueue_bulk(Stage::Poll, std::slice::from_ref(&a), Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(
@@ -931,7 +935,7 @@ async fn wake_makes_delayed_jobs_due_now_and_a_running_one_snooze_for_no_time(t:
 
     // Dead jobs and the export backlog are not waiting for a time: left alone.
     assert!(q.bury(Stage::Poll, &b.id(), "fatal").await.unwrap());
-    q.enqueue_bulk(Stage::Export, &[d.clone()], Duration::ZERO)
+    q.enqueue_bulk(Stage::Export, std::slice::from_ref(&d), Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(sweeper.wake(Stage::Poll, &ids(&[&b])).await.unwrap(), 0);
@@ -959,7 +963,7 @@ async fn an_sqlite_file_of_schema_1_is_upgraded_in_place() {
     queue::Queue::open(&url, "ns")
         .await
         .unwrap()
-        .enqueue_bulk(Stage::Poll, &[old.clone()], hour)
+        .enqueue_bulk(Stage::Poll, std::slice::from_ref(&old), hour)
         .await
         .unwrap();
     {
