@@ -152,7 +152,7 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
         .name
         .clone()
         .ok_or_else(|| JobError::Retry("image:export returned no operation name".into()))?;
-    super::poll::mark_waiting(ctx, &operation).await?;
+    super::poll::mark_waiting(ctx, &operation, job).await?;
     let state = match op.state() {
         crate::earthengine::types::OperationState::Running => OrderState::Running,
         _ => OrderState::Pending,
@@ -176,10 +176,13 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
         ctx,
         &job.tracking,
         &order,
-        operation,
+        operation.clone(),
         ctx.jobs.poll_interval,
     )
     .await?;
+    // The sweeper wakes the poll job when it sees the task end; a sweep that saw it end before
+    // the job above existed woke nothing.
+    super::poll::wake_if_ended(ctx, &operation, job).await?;
     Ok(Outcome::Done)
 }
 

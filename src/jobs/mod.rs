@@ -65,7 +65,8 @@ job_error_from!(EeError, StoreError, TrackingError, crate::queue::QueueError);
 pub struct JobSettings {
     /// EE requests per second across all workers.
     pub ee_requests_per_second: u32,
-    /// How long a poll job waits before looking again at a task that is still running.
+    /// How long a poll job waits before looking again at a task that is still running; the
+    /// sweeper wakes it earlier when it sees the task end.
     pub poll_interval: Duration,
     /// How long an export waits when EE's task queue is full, or no slot is free.
     pub backpressure_delay: Duration,

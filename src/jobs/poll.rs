@@ -5,8 +5,11 @@
 //! elected among all workers) pages `operations.list` and writes every operation's state into
 //! the shared [`Snapshot`](crate::queue::Snapshot), and poll jobs read the snapshot. The sweeper adapts
 //! its interval to how fast tasks finish, so that each `operations.list` page pays for several
-//! completed tasks. A task still PENDING or RUNNING snoozes its poll job (no retry spent); a task
-//! the sweep no longer sees is looked up once by name, then marked LOST.
+//! completed tasks. A task still PENDING or RUNNING snoozes its poll job (no retry spent) for
+//! `[worker] poll_interval_secs`, but the sweeper cuts that short: each awaited operation is
+//! recorded with its poll job's id ([`mark_waiting`]), and when a sweep sees the operation end
+//! it wakes that job ([`Queue::wake`](crate::queue::Queue::wake)), which then runs at once. A
+//! task the sweep no longer sees is looked up once by name, then marked LOST.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -43,7 +46,7 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
     if status.state.rank() > OrderState::Succeeded.rank() {
         return Ok(Outcome::Done);
     }
-    mark_waiting(ctx, &operation).await?;
+    mark_waiting(ctx, &operation, job).await?;
     let snap = ctx.snapshot.view(&operation).await.map_err(snapshot_err)?;
     let view = match snap.and_then(|s| serde_json::from_str::<OpView>(&s).ok()) {
         Some(v) => v,
@@ -90,9 +93,32 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
     apply(ctx, job, &operation, &view).await
 }
 
-/// Tells the sweeper to look for `operation` (called when the export starts it).
-pub async fn mark_waiting(ctx: &Context, operation: &str) -> Result<(), JobError> {
-    ctx.snapshot.wait_for(operation).await.map_err(snapshot_err)
+/// Tells the sweeper to look for `operation` (called when the export starts it), and to wake the
+/// order's poll job when it sees the operation end.
+pub async fn mark_waiting(ctx: &Context, operation: &str, job: &OrderJob) -> Result<(), JobError> {
+    // Every stage of an order has the same job id, so the export can name its poll job before
+    // enqueueing it.
+    ctx.snapshot
+        .wait_for(operation, &job.id())
+        .await
+        .map_err(snapshot_err)
+}
+
+/// Wakes the order's poll job if the sweeper has already seen `operation` end.
+pub async fn wake_if_ended(ctx: &Context, operation: &str, job: &OrderJob) -> Result<(), JobError> {
+    let view = ctx.snapshot.view(operation).await.map_err(snapshot_err)?;
+    if view
+        .and_then(|v| serde_json::from_str::<OpView>(&v).ok())
+        .is_some_and(|v| has_ended(&v))
+    {
+        ctx.queue.wake(Stage::Poll, &[job.id()]).await?;
+    }
+    Ok(())
+}
+
+/// Whether EE is done with an operation, whichever way it ended.
+fn has_ended(view: &OpView) -> bool {
+    !matches!(view.state.as_str(), "PENDING" | "RUNNING" | "CANCELLING")
 }
 
 /// The snapshot is shared state like the queue, but failing to reach it is never a reason to
@@ -366,13 +392,12 @@ pub async fn sweep_once(
             break;
         }
     }
-    let mut completed = 0;
+    let mut ended = Vec::new();
     let mut encoded = Vec::with_capacity(views.len());
     for (name, view) in views {
-        let terminal = !matches!(view.state.as_str(), "PENDING" | "RUNNING" | "CANCELLING");
         let before = known.insert(name.clone(), view.state.clone());
-        if terminal && before.as_deref() != Some(view.state.as_str()) {
-            completed += 1;
+        if has_ended(&view) && before.as_deref() != Some(view.state.as_str()) {
+            ended.push(name.clone());
         }
         encoded.push((name, serde_json::to_string(&view).expect("view serializes")));
     }
@@ -385,7 +410,26 @@ pub async fn sweep_once(
     for name in &dropped {
         known.remove(name);
     }
-    Ok(Some((pages, completed)))
+    // The views are recorded: the poll jobs of the tasks that ended run now instead of at the
+    // end of their snooze. Only news wakes a job (an operation seen ending for the first time),
+    // so a poll job backing off after a failure is not woken again by every sweep.
+    if !ended.is_empty()
+        && let Err(e) = wake_waiters(ctx, &ended).await
+    {
+        // Forgotten, these ends are news again to the next sweep, which wakes their jobs.
+        for name in &ended {
+            known.remove(name);
+        }
+        return Err(e);
+    }
+    Ok(Some((pages, ended.len() as u32)))
+}
+
+/// Wakes the poll jobs waiting for the operations `ended`.
+async fn wake_waiters(ctx: &Context, ended: &[String]) -> Result<(), JobError> {
+    let jobs = ctx.snapshot.waiters(ended).await.map_err(snapshot_err)?;
+    ctx.queue.wake(Stage::Poll, &jobs).await?;
+    Ok(())
 }
 
 #[cfg(test)]

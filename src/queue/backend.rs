@@ -11,8 +11,12 @@
 //! - Any error returned by a `Persistence` method turns `Persisted` Dead, which stops the worker;
 //!   so every method retries transient queue errors (Redis, a busy SQLite file) itself, for as
 //!   long as it takes.
-//! - An empty fetch parks the worker until the next heartbeat: wrap the backend with
-//!   `.poll_with_interval(..)` (about 1 s).
+//! - An empty fetch parks the worker until the next heartbeat (a quarter of the lease, 15 s by
+//!   default). apalis's own `poll_with_interval` does not help for long: once its timer fires it
+//!   arms a new one without polling it, so nothing wakes the worker again until the heartbeat
+//!   (measured: the poll, download and clean of a one-tile campaign each waited up to 15 s for
+//!   it). Wrap the backend with [`CedarBackend::polled`] instead: [`IdlePoll`] re-arms its
+//!   timer properly and also wakes the worker when this process makes a job of its stage due.
 //! - `push_bulk` builds tasks without ids: `push_tasks` derives them from the payload.
 //! - apalis's attempt counter lives in the process; ours lives in the queue and is handed to
 //!   apalis only for tracing.
@@ -37,6 +41,7 @@ use apalis_core::{
     backend::{
         Backend, BackendConfig as ApalisBackendConfig, TaskResult, WireFormatBackend,
         codec::Codec,
+        ext::poll_strategy::{PollSnapshot, PollStrategy, PollWith},
         finalize::Durable,
         persistence::{Persisted, Persistence, TaskEvent, TaskPersistLayer},
     },
@@ -45,6 +50,7 @@ use apalis_core::{
 };
 use futures::Sink;
 use serde::{Serialize, de::DeserializeOwned};
+use tokio::sync::{Notify, futures::OwnedNotified};
 
 use super::{Outcome, Queue, QueueError, QueueJob, RetryPolicy, Stage};
 
@@ -384,10 +390,75 @@ impl<Args: QueueJob> Persistence for StageStore<Args> {
 }
 
 /// The apalis backend of one stage; build it with [`backend`] and hand it to
-/// `WorkerBuilder::new(worker_name(..)).backend(b.poll_with_interval(..))`.
+/// `WorkerBuilder::new(worker_name(..)).backend(b.polled(..))`.
 pub struct CedarBackend<Args: QueueJob> {
     persist: Persisted<StageStore<Args>>,
     cfg: BackendConfig,
+}
+
+impl<Args: QueueJob> CedarBackend<Args> {
+    /// The backend as a worker runs it: when idle, it looks for jobs every `every` (`[worker]
+    /// idle_poll_ms`) and at once when this process makes a job of its stage due.
+    pub fn polled(self, every: Duration) -> PollWith<Self, IdlePoll> {
+        let nudges = self.persist.queue.nudges(self.persist.stage);
+        PollWith::new(self, IdlePoll::new(every, nudges))
+    }
+}
+
+/// When an idle worker looks for jobs again: every `every`, and when its stage's nudge
+/// ([`Queue`]'s, raised by an enqueue, a wake or a freed admission slot in this process) comes.
+///
+/// The timer is the guarantee, the nudge a shortcut: a nudge that arrives while a fetch is
+/// already under way is spent on that fetch, which may have looked just before the job became
+/// due; the next tick finds it.
+pub struct IdlePoll {
+    every: Duration,
+    tick: Pin<Box<tokio::time::Sleep>>,
+    nudges: Arc<Notify>,
+    nudged: Pin<Box<OwnedNotified>>,
+}
+
+impl IdlePoll {
+    fn new(every: Duration, nudges: Arc<Notify>) -> IdlePoll {
+        // A zero interval would spin.
+        let every = every.max(Duration::from_millis(1));
+        IdlePoll {
+            every,
+            tick: Box::pin(tokio::time::sleep(every)),
+            nudged: Box::pin(nudges.clone().notified_owned()),
+            nudges,
+        }
+    }
+}
+
+impl Clone for IdlePoll {
+    /// A fresh timer and a fresh wait on the same nudges (apalis clones the backend for every
+    /// worker it starts).
+    fn clone(&self) -> Self {
+        IdlePoll::new(self.every, self.nudges.clone())
+    }
+}
+
+impl PollStrategy for IdlePoll {
+    fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
+        let mut ready = false;
+        // Whatever fired is re-armed and polled again before returning, so that the worker's
+        // waker stays registered with both: apalis's IntervalStrategy skips that second poll.
+        while self.tick.as_mut().poll(cx).is_ready() {
+            let next = tokio::time::Instant::now() + self.every;
+            self.tick.as_mut().reset(next);
+            ready = true;
+        }
+        while self.nudged.as_mut().poll(cx).is_ready() {
+            self.nudged = Box::pin(self.nudges.clone().notified_owned());
+            ready = true;
+        }
+        if ready {
+            Poll::Ready(Some(()))
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 impl<Args: QueueJob> Clone for CedarBackend<Args> {

@@ -17,6 +17,9 @@
 //!                    └──────────▶ due (or the export backlog)
 //! ```
 //!
+//! A job due later can be woken ([`Queue::wake`]) when what it waits for has happened: it is due
+//! at once, as if its delay had run out; one woken while leased snoozes for no time.
+//!
 //! A lease that is not renewed (the worker died) expires; the next worker to lease or heartbeat
 //! reaps it back to `due`, spending one attempt so that a job which kills its worker every time
 //! ends up `dead` instead of looping forever.
@@ -43,6 +46,7 @@ use std::{fmt, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio::sync::Notify;
 
 pub use self::backend::{BackendConfig, CedarBackend, backend, worker_name};
 pub use self::redis::RedisQueue;
@@ -62,6 +66,9 @@ const REAP_LIMIT: usize = 100;
 
 /// Jobs moved from backlog to due per [`Queue::admit`] call; bounds the time one step runs.
 const ADMIT_LIMIT: usize = 1_000;
+
+/// Ids per [`Queue::wake`] step (one script call, one transaction).
+const WAKE_CHUNK: usize = 1_000;
 
 /// The last error recorded for a job whose lease expired: its worker died, or stalled past the
 /// lease without renewing it.
@@ -402,6 +409,10 @@ impl Connection {
 #[derive(Clone)]
 pub struct Queue {
     inner: QueueInner,
+    /// One signal per stage (`Stage as usize`), shared by the clones of this handle: a call that
+    /// makes a job due now raises its stage's, and that stage's idle worker in this process
+    /// fetches at once instead of at its next look ([`backend`](mod@backend)).
+    nudges: [Arc<Notify>; Stage::ALL.len()],
 }
 
 #[derive(Clone)]
@@ -436,7 +447,23 @@ impl Queue {
             Connection::Redis(c) => QueueInner::Redis(RedisQueue::new(c.clone(), namespace)),
             Connection::Sqlite(db) => QueueInner::Sqlite(SqliteQueue::new(db.clone(), namespace)),
         };
-        Queue { inner }
+        Queue {
+            inner,
+            nudges: Default::default(),
+        }
+    }
+
+    /// Tells this process's idle worker of `stage` that a job may be due now. Workers in other
+    /// processes find it at their next look (`[worker] idle_poll_ms`).
+    fn nudge(&self, stage: Stage) {
+        // notify_one keeps one permit when no worker waits, so a nudge sent while the worker
+        // is busy is not lost.
+        self.nudges[stage as usize].notify_one();
+    }
+
+    /// The signal [`Queue::nudge`] raises for `stage`.
+    pub(crate) fn nudges(&self, stage: Stage) -> Arc<Notify> {
+        self.nudges[stage as usize].clone()
     }
 
     /// Opens `url` (see [`QueueUrl::parse`]) and returns the queue of `namespace` there.
@@ -481,7 +508,11 @@ impl Queue {
         jobs: &[(String, Vec<u8>)],
         delay: Duration,
     ) -> Result<u64, QueueError> {
-        dispatch!(self, q => q.enqueue_encoded(stage, jobs, delay).await)
+        let added = dispatch!(self, q => q.enqueue_encoded(stage, jobs, delay).await)?;
+        if added > 0 && delay.is_zero() {
+            self.nudge(stage);
+        }
+        Ok(added)
     }
 
     /// Reaps expired leases as [`Queue::reap`] does, then leases up to `n` due jobs to `worker`.
@@ -519,8 +550,9 @@ impl Queue {
         dispatch!(self, q => q.complete(stage, id).await)
     }
 
-    /// Runs the job `worker` holds again after `delay` without spending an attempt; false if
-    /// `worker` no longer owns the lease.
+    /// Runs the job `worker` holds again after `delay` (at once if it was woken while it ran,
+    /// see [`Queue::wake`]) without spending an attempt; false if `worker` no longer owns the
+    /// lease.
     pub async fn snooze(
         &self,
         stage: Stage,
@@ -533,7 +565,24 @@ impl Queue {
 
     /// Puts a job `worker` holds back to due now without spending an attempt.
     pub async fn release(&self, stage: Stage, worker: &str, id: &str) -> Result<bool, QueueError> {
-        dispatch!(self, q => q.reschedule(stage, worker, id, Duration::ZERO).await)
+        let released = dispatch!(self, q => q.reschedule(stage, worker, id, Duration::ZERO).await)?;
+        if released {
+            self.nudge(stage);
+        }
+        Ok(released)
+    }
+
+    /// Makes the jobs among `ids` that are due later due now, as if their delay had run out
+    /// (what they wait for has happened); returns how many. A job running now is marked
+    /// instead, so that its next snooze puts it back due at once rather than after its delay:
+    /// the run may have looked just before the news. Jobs already due now, dead, in the export
+    /// backlog or gone are left alone; waking twice is waking once.
+    pub async fn wake(&self, stage: Stage, ids: &[String]) -> Result<u64, QueueError> {
+        let woken = dispatch!(self, q => q.wake(stage, ids).await)?;
+        if woken > 0 {
+            self.nudge(stage);
+        }
+        Ok(woken)
     }
 
     /// Records a failed run of the job `worker` holds: retried after backoff, or dead.
@@ -599,9 +648,14 @@ impl Queue {
         dispatch!(self, q => q.admit(max_active).await)
     }
 
-    /// Frees the admission slot of `id`; false if it held none.
+    /// Frees the admission slot of `id`; false if it held none. A freed slot lets the export
+    /// stage admit one more job from its backlog.
     pub async fn release_slot(&self, id: &str) -> Result<bool, QueueError> {
-        dispatch!(self, q => q.release_slot(id).await)
+        let freed = dispatch!(self, q => q.release_slot(id).await)?;
+        if freed {
+            self.nudge(Stage::Export);
+        }
+        Ok(freed)
     }
 
     /// Jobs holding an admission slot.

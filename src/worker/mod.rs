@@ -165,7 +165,7 @@ pub async fn run(
                     .expect("worker names lock")
                     .push((stage, name.clone()));
                 WorkerBuilder::new(name)
-                    .backend(backend.clone().poll_with_interval(every))
+                    .backend(backend.clone().polled(every))
                     .concurrency(concurrency)
                     // apalis's spans, but its failure line at DEBUG: `job failed; will retry` or
                     // `order failed` below already says it once, with the stage and the job.

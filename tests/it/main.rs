@@ -7,6 +7,7 @@ mod daemon;
 mod earthengine;
 mod emulator;
 mod export;
+mod handoff;
 mod ingest;
 mod layers;
 mod logs;

@@ -33,6 +33,9 @@ on_both!(
     apalis_heartbeats_keep_the_lease_of_a_job_longer_than_the_lease,
     leased_by_lists_the_leases_a_worker_holds_until_they_end,
     reap_returns_expired_leases_to_due_and_counts_the_lost_run,
+    an_idle_worker_looks_again_every_interval_not_only_at_heartbeats,
+    a_job_made_due_in_this_process_is_fetched_without_waiting_for_the_interval,
+    wake_makes_delayed_jobs_due_now_and_a_running_one_snooze_for_no_time,
 );
 
 fn job(tracking: &str, row: u32, col: u32) -> OrderJob {
@@ -657,7 +660,7 @@ async fn apalis_monitor_runs_every_job_to_done_exactly_once(t: TestQueue) {
         let (b, ledger) = (b.clone(), ledger.clone());
         move |index, restarts| {
             WorkerBuilder::new(queue::worker_name(Stage::Poll, index, restarts))
-                .backend(b.clone().poll_with_interval(Duration::from_millis(100)))
+                .backend(b.clone().polled(Duration::from_millis(100)))
                 .concurrency(4)
                 .enable_tracing()
                 .catch_panic()
@@ -721,7 +724,7 @@ async fn apalis_heartbeats_keep_the_lease_of_a_job_longer_than_the_lease(t: Test
         let (b, ledger) = (b.clone(), ledger.clone());
         move |restarts| {
             WorkerBuilder::new(queue::worker_name(Stage::Download, 0, restarts))
-                .backend(b.clone().poll_with_interval(Duration::from_millis(100)))
+                .backend(b.clone().polled(Duration::from_millis(100)))
                 .concurrency(1)
                 .data(ledger.clone())
                 .build(slow)
@@ -751,4 +754,245 @@ async fn apalis_heartbeats_keep_the_lease_of_a_job_longer_than_the_lease(t: Test
         t.queue.depth(Stage::Download).await.unwrap(),
         queue::Depth::default()
     );
+}
+
+/// Runs one apalis worker of `stage` on `b` (idle looks every `every`, heartbeats every 200 s)
+/// while `drive` runs, and returns what the handler saw.
+async fn with_idle_worker<F>(
+    b: queue::CedarBackend<OrderJob>,
+    stage: Stage,
+    every: Duration,
+    drive: impl FnOnce(Arc<Ledger>) -> F,
+) -> Arc<Ledger>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let ledger = Arc::new(Ledger::default());
+    let monitor = Monitor::new().register({
+        let (b, ledger) = (b.clone(), ledger.clone());
+        move |restarts| {
+            WorkerBuilder::new(queue::worker_name(stage, 0, restarts))
+                .backend(b.clone().polled(every))
+                .concurrency(1)
+                .data(ledger.clone())
+                .build(handle)
+        }
+    });
+    let drive = drive(ledger.clone());
+    monitor
+        .shutdown_timeout(Duration::from_secs(10))
+        .run_with_signal(async move {
+            drive.await;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    ledger
+}
+
+/// A backend whose heartbeats (which also wake an idle worker) are 200 s apart: a job these
+/// tests see done within their deadlines was fetched by something else.
+fn slow_heartbeats(t: &TestQueue, stage: Stage) -> queue::CedarBackend<OrderJob> {
+    let cfg = BackendConfig {
+        lease: Duration::from_secs(600),
+        heartbeat: Duration::from_secs(200),
+        ..BackendConfig::default()
+    };
+    queue::backend::<OrderJob>(t.queue.clone(), stage, cfg)
+}
+
+/// Waits (at most 30 s, far below the 200 s heartbeat) until the handler has finished `n` jobs.
+async fn until_done(ledger: &Ledger, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ledger.done.lock().unwrap().len() < n {
+        assert!(Instant::now() < deadline, "job {n} not fetched within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn an_idle_worker_looks_again_every_interval_not_only_at_heartbeats(t: TestQueue) {
+    // Jobs come from another process, so only the worker's own looks can find them; each comes
+    // after the worker has been idle for a while (several empty looks). apalis's own interval
+    // stopped looking after its first tick, until the next heartbeat.
+    let producer = t.other_process().await;
+    let b = slow_heartbeats(&t, Stage::Download);
+    let ledger = with_idle_worker(
+        b,
+        Stage::Download,
+        Duration::from_millis(100),
+        |ledger| async move {
+            for col in 1..=3 {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                producer
+                    .enqueue_bulk(Stage::Download, &[job("camp", 0, col)], Duration::ZERO)
+                    .await
+                    .unwrap();
+                until_done(&ledger, col as usize).await;
+            }
+        },
+    )
+    .await;
+    assert_eq!(ledger.done.lock().unwrap().len(), 3);
+}
+
+async fn a_job_made_due_in_this_process_is_fetched_without_waiting_for_the_interval(t: TestQueue) {
+    // Idle looks an hour apart: only the queue handle's nudge can bring these jobs in.
+    let q = t.queue.clone();
+    let elsewhere = t.other_process().await;
+    let b = slow_heartbeats(&t, Stage::Clean);
+    let ledger = with_idle_worker(b, Stage::Clean, Duration::from_secs(3600), |ledger| {
+        async move {
+            for col in 1..=2 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                q.enqueue_bulk(Stage::Clean, &[job("camp", 0, col)], Duration::ZERO)
+                    .await
+                    .unwrap();
+                until_done(&ledger, col as usize).await;
+            }
+            // Enqueued elsewhere for an hour later, woken here: due now, and fetched now.
+            let later = job("camp", 0, 3);
+            elsewhere
+                .enqueue_bulk(
+                    Stage::Clean,
+                    std::slice::from_ref(&later),
+                    Duration::from_secs(3600),
+                )
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(q.wake(Stage::Clean, &[later.id()]).await.unwrap(), 1);
+            until_done(&ledger, 3).await;
+        }
+    })
+    .await;
+    assert_eq!(ledger.done.lock().unwrap().len(), 3);
+}
+
+async fn wake_makes_delayed_jobs_due_now_and_a_running_one_snooze_for_no_time(t: TestQueue) {
+    let (q, sweeper) = (&t.queue, t.other_process().await);
+    let policy = RetryPolicy::default();
+    let hour = Duration::from_secs(3600);
+    let [a, b, c, d] = [1, 2, 3, 4].map(|col| job("camp", 0, col));
+    let ids = |js: &[&OrderJob]| js.iter().map(|j| j.id()).collect::<Vec<_>>();
+    let depth = || async { q.depth(Stage::Poll).await.unwrap() };
+    q.enqueue_bulk(Stage::Poll, &[a.clone(), b.clone()], hour)
+        .await
+        .unwrap();
+    q.enqueue_bulk(Stage::Poll, std::slice::from_ref(&c), Duration::ZERO)
+        .await
+        .unwrap();
+    let running = q.lease(Stage::Poll, "w", 10, LEASE, &policy).await.unwrap();
+    assert_eq!(
+        ids(&[&c]),
+        running.iter().map(|l| l.id.clone()).collect::<Vec<_>>()
+    );
+
+    // a is due in an hour: now. c runs: marked. d does not exist: nothing.
+    assert_eq!(
+        sweeper
+            .wake(Stage::Poll, &ids(&[&a, &c, &d]))
+            .await
+            .unwrap(),
+        1
+    );
+    let now = depth().await;
+    assert_eq!((now.due_now, now.scheduled, now.leased), (1, 1, 1));
+    assert_eq!(
+        sweeper.wake(Stage::Poll, &ids(&[&a, &c])).await.unwrap(),
+        0,
+        "waking twice is waking once"
+    );
+    assert_eq!(q.attempts(Stage::Poll, &a.id()).await.unwrap(), 0);
+
+    // c looked before the news: its snooze of an hour is a snooze of no time, once.
+    assert!(q.snooze(Stage::Poll, "w", &c.id(), hour).await.unwrap());
+    let again = q.lease(Stage::Poll, "w", 10, LEASE, &policy).await.unwrap();
+    let mut again: Vec<_> = again.into_iter().map(|l| l.id).collect();
+    again.sort();
+    assert_eq!(again, ids(&[&a, &c]));
+    assert!(q.snooze(Stage::Poll, "w", &c.id(), hour).await.unwrap());
+    assert_eq!(
+        depth().await.scheduled,
+        2,
+        "the mark was spent: b and c wait"
+    );
+
+    // A mark ends with its job: a woken while it runs, then done, comes back unmarked.
+    assert_eq!(sweeper.wake(Stage::Poll, &ids(&[&a])).await.unwrap(), 0);
+    assert!(q.complete(Stage::Poll, &a.id()).await.unwrap());
+    q.enqueue_bulk(Stage::Poll, std::slice::from_ref(&a), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        q.lease(Stage::Poll, "w", 10, LEASE, &policy)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(q.snooze(Stage::Poll, "w", &a.id(), hour).await.unwrap());
+    assert_eq!(depth().await.scheduled, 3);
+
+    // Dead jobs and the export backlog are not waiting for a time: left alone.
+    assert!(q.bury(Stage::Poll, &b.id(), "fatal").await.unwrap());
+    q.enqueue_bulk(Stage::Export, std::slice::from_ref(&d), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(sweeper.wake(Stage::Poll, &ids(&[&b])).await.unwrap(), 0);
+    assert_eq!(sweeper.wake(Stage::Export, &ids(&[&d])).await.unwrap(), 0);
+    assert_eq!(depth().await.dead, 1);
+    assert_eq!(q.depth(Stage::Export).await.unwrap().backlog, 1);
+
+    // Many ids at once go in bounded steps.
+    let many = jobs("many", 2_500);
+    q.enqueue_bulk(Stage::Download, &many, hour).await.unwrap();
+    let all: Vec<String> = many.iter().map(|j| j.id()).collect();
+    assert_eq!(sweeper.wake(Stage::Download, &all).await.unwrap(), 2_500);
+    assert_eq!(q.depth(Stage::Download).await.unwrap().due_now, 2_500);
+}
+
+/// A file written by a cedar of schema version 1 (no `jobs.woken`, no `ops_waiting.job`) opens,
+/// is upgraded in place, and keeps its jobs and awaited operations, which wake as they should.
+#[tokio::test]
+async fn an_sqlite_file_of_schema_1_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cedar.db");
+    let url = format!("sqlite://{}", path.display());
+    let hour = Duration::from_secs(3600);
+    let old = job("camp", 0, 1);
+    queue::Queue::open(&url, "ns")
+        .await
+        .unwrap()
+        .enqueue_bulk(Stage::Poll, std::slice::from_ref(&old), hour)
+        .await
+        .unwrap();
+    {
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute_batch(
+            "ALTER TABLE jobs DROP COLUMN woken;
+             ALTER TABLE ops_waiting DROP COLUMN job;
+             INSERT INTO ops_waiting (ns, name) VALUES ('ns', 'ops/old');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let conn = queue::Connection::open(&url).await.unwrap();
+    let (q, snapshot) = (
+        queue::Queue::new(&conn, "ns"),
+        queue::Snapshot::new(&conn, "ns"),
+    );
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    assert_eq!(q.wake(Stage::Poll, &[old.id()]).await.unwrap(), 1);
+    assert_eq!(q.depth(Stage::Poll).await.unwrap().due_now, 1);
+    // Awaited before the upgrade, by a cedar that did not record the job: still awaited, and
+    // the next poll run names its job.
+    let op = vec!["ops/old".to_owned()];
+    assert!(snapshot.waiting().await.unwrap().contains("ops/old"));
+    assert!(snapshot.waiters(&op).await.unwrap().is_empty());
+    snapshot.wait_for("ops/old", &old.id()).await.unwrap();
+    assert_eq!(snapshot.waiters(&op).await.unwrap(), [old.id()]);
 }

@@ -1,5 +1,6 @@
 //! The operations snapshot on both backends (see [`crate::backends`]): the sweeper's leader
-//! lock, a sweep's record, and the once-only lookup of an operation by name. Each handle comes
+//! lock, a sweep's record, the once-only lookup of an operation by name, and the poll job each
+//! awaited operation wakes. Each handle comes
 //! from [`TestQueue::snapshot`], so two handles are two processes.
 
 use std::collections::HashSet;
@@ -11,6 +12,7 @@ on_both!(
     lead_refuses_others_while_the_lease_holds_and_renews_for_the_holder,
     record_sweep_writes_views_and_drops_operations_no_longer_awaited,
     first_lookup_is_true_once_until_forgotten,
+    waiters_name_the_poll_job_of_each_awaited_operation,
 );
 
 fn names(names: &[&str]) -> HashSet<String> {
@@ -48,9 +50,9 @@ async fn lead_refuses_others_while_the_lease_holds_and_renews_for_the_holder(t: 
 async fn record_sweep_writes_views_and_drops_operations_no_longer_awaited(t: TestQueue) {
     let (poll, sweeper) = (t.snapshot().await, t.snapshot().await);
     assert_eq!(sweeper.swept_ms().await.unwrap(), None);
-    poll.wait_for("ops/1").await.unwrap();
-    poll.wait_for("ops/2").await.unwrap();
-    poll.wait_for("ops/2").await.unwrap();
+    poll.wait_for("ops/1", "job-1").await.unwrap();
+    poll.wait_for("ops/2", "job-2").await.unwrap();
+    poll.wait_for("ops/2", "job-2").await.unwrap();
     let waiting = sweeper.waiting().await.unwrap();
     assert_eq!(waiting, names(&["ops/1", "ops/2"]));
 
@@ -106,9 +108,47 @@ async fn first_lookup_is_true_once_until_forgotten(t: TestQueue) {
     assert!(!one.first_lookup("ops/1").await.unwrap());
 
     // An operation nobody waits for any more is forgotten as well.
-    one.wait_for("ops/1").await.unwrap();
+    one.wait_for("ops/1", "job-1").await.unwrap();
     one.stop_waiting("ops/1").await.unwrap();
     assert!(one.waiting().await.unwrap().is_empty());
     assert!(one.first_lookup("ops/1").await.unwrap());
     assert!(!other.first_lookup("ops/2").await.unwrap(), "untouched");
+}
+
+async fn waiters_name_the_poll_job_of_each_awaited_operation(t: TestQueue) {
+    let (poll, sweeper) = (t.snapshot().await, t.snapshot().await);
+    let ops = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    poll.wait_for("ops/1", "job-1").await.unwrap();
+    poll.wait_for("ops/2", "job-2").await.unwrap();
+    // A retried order waits for a new operation under the same job id.
+    poll.wait_for("ops/3", "job-1").await.unwrap();
+    assert_eq!(
+        sweeper.waiting().await.unwrap(),
+        names(&["ops/1", "ops/2", "ops/3"])
+    );
+    assert_eq!(
+        sweeper
+            .waiters(&ops(&["ops/1", "ops/2", "ops/3", "ops/unknown"]))
+            .await
+            .unwrap(),
+        ["job-1", "job-2"],
+        "each job once; nobody waits for ops/unknown"
+    );
+    assert!(sweeper.waiters(&[]).await.unwrap().is_empty());
+
+    // Recorded again (every poll run does): the latest job is the one named.
+    poll.wait_for("ops/2", "job-2b").await.unwrap();
+    assert_eq!(sweeper.waiters(&ops(&["ops/2"])).await.unwrap(), ["job-2b"]);
+
+    // Nobody waits any more: no job to wake.
+    poll.stop_waiting("ops/2").await.unwrap();
+    assert!(sweeper.waiters(&ops(&["ops/2"])).await.unwrap().is_empty());
+    assert_eq!(sweeper.waiters(&ops(&["ops/1"])).await.unwrap(), ["job-1"]);
+
+    // Many operations at once go in bounded steps.
+    let many: Vec<String> = (0..2_500).map(|i| format!("ops/many/{i}")).collect();
+    for (i, name) in many.iter().enumerate() {
+        poll.wait_for(name, &format!("job-many-{i}")).await.unwrap();
+    }
+    assert_eq!(sweeper.waiters(&many).await.unwrap().len(), 2_500);
 }

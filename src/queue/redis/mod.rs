@@ -15,6 +15,7 @@
 //! | `{ns}:{stage}:error` | hash | id → last error message |
 //! | `{ns}:{stage}:enqueued` | hash | id → first enqueue time (ms) |
 //! | `{ns}:{stage}:dead` | hash | id → [`DeadReason`] JSON |
+//! | `{ns}:{stage}:woken` | set | ids woken while leased: their next snooze is due at once (until it, or their removal) |
 //! | `{ns}:export:backlog` | zset | id → enqueue sequence; export jobs waiting for an admission slot |
 //! | `{ns}:export:seq` | string | the backlog sequence |
 //! | `{ns}:ee:active` | set | ids holding an EE admission slot (admitted, until the poll ends) |
@@ -38,11 +39,11 @@ use serde::Deserialize;
 pub use self::connect::{connect, connect_now, connect_with_ca};
 pub(in crate::queue) use self::scripts::script;
 use self::scripts::{
-    ADMIT, BURY, ENQUEUE, FAIL, LEASE, RATE, REAP, REMOVE, RENEW, REQUEUE_DEAD, RESCHEDULE,
+    ADMIT, BURY, ENQUEUE, FAIL, LEASE, RATE, REAP, REMOVE, RENEW, REQUEUE_DEAD, RESCHEDULE, WAKE,
 };
 use super::{
     ADMIT_LIMIT, DeadReason, Depth, ENQUEUE_CHUNK, FailResult, Leased, QueueError, REAP_LIMIT,
-    RateDecision, RetryPolicy, Stage,
+    RateDecision, RetryPolicy, Stage, WAKE_CHUNK,
 };
 
 /// Ids per script call when re-queueing or removing a campaign's jobs.
@@ -230,6 +231,7 @@ impl RedisQueue {
         call.key(self.key(stage, "data"))
             .key(self.key(stage, "enqueued"))
             .key(self.key(stage, "backlog"))
+            .key(self.key(stage, "woken"))
             .arg(self.prefix(stage))
             .arg(if free_slot { "1" } else { "0" });
         for id in ids {
@@ -245,7 +247,8 @@ impl RedisQueue {
     }
 
     /// Puts the job `worker` holds back in due after `delay` without spending an attempt
-    /// (snooze, or release with no delay); false if `worker` no longer owns the lease.
+    /// (snooze, or release with no delay), or at once if it was woken while leased; false if
+    /// `worker` no longer owns the lease.
     pub(crate) async fn reschedule(
         &self,
         stage: Stage,
@@ -257,6 +260,7 @@ impl RedisQueue {
             .key(self.key(stage, "due"))
             .key(self.key(stage, "leased"))
             .key(self.key(stage, "owner"))
+            .key(self.key(stage, "woken"))
             .arg(self.prefix(stage))
             .arg(id)
             .arg(worker)
@@ -264,6 +268,25 @@ impl RedisQueue {
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(n == 1)
+    }
+
+    /// Makes due now those of `ids` that are due later, and marks the leased ones so that their
+    /// next snooze is due at once; returns how many became due now (see
+    /// [`super::Queue::wake`]).
+    pub async fn wake(&self, stage: Stage, ids: &[String]) -> Result<u64, QueueError> {
+        let mut woken = 0;
+        for chunk in ids.chunks(WAKE_CHUNK) {
+            let mut call = WAKE.prepare_invoke();
+            call.key(self.key(stage, "due"))
+                .key(self.key(stage, "leased"))
+                .key(self.key(stage, "woken"));
+            for id in chunk {
+                call.arg(id);
+            }
+            let n: u64 = call.invoke_async(&mut self.conn.clone()).await?;
+            woken += n;
+        }
+        Ok(woken)
     }
 
     /// Records a failed run of the job `worker` holds: retried after the policy's backoff, or

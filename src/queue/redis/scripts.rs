@@ -173,7 +173,7 @@ return {renewed, lost}
 /// Removes jobs from every structure: completion, cancel. Not fenced by owner: a terminal outcome
 /// from a worker whose lease expired is still true (the work is done, and jobs are idempotent).
 /// KEYS: 1 due, 2 leased, 3 owner, 4 attempts, 5 error, 6 dead, 7 ee:active, 8 data, 9 enqueued,
-/// 10 backlog. ARGV: 1 prefix, 2 '1' to also free the admission slot, then ids.
+/// 10 backlog, 11 woken. ARGV: 1 prefix, 2 '1' to also free the admission slot, then ids.
 const REMOVE_LUA: &str = r#"
 local removed = 0
 for i = 3, #ARGV do
@@ -183,6 +183,7 @@ for i = 3, #ARGV do
   redis.call('ZREM', KEYS[1], id)
   redis.call('ZREM', KEYS[2], id)
   redis.call('ZREM', KEYS[10], id)
+  redis.call('SREM', KEYS[11], id)
   redis.call('HDEL', KEYS[3], id)
   redis.call('HDEL', KEYS[4], id)
   redis.call('HDEL', KEYS[5], id)
@@ -196,16 +197,41 @@ return removed
 
 /// Puts a leased job back in due after `delay` ms. Fenced: only the current owner may reschedule,
 /// or a stale worker would put a job another worker now holds back into due, to run twice at once.
-/// Never spends an attempt: this is snooze and release; FAIL is the path that does.
-/// KEYS: 1 due, 2 leased, 3 owner. ARGV: 1 prefix, 2 id, 3 worker, 4 delay ms.
+/// Never spends an attempt: this is snooze and release; FAIL is the path that does. A job woken
+/// while it ran (WAKE) is due at once instead: what it waits for happened during the run, which
+/// may have looked just before.
+/// KEYS: 1 due, 2 leased, 3 owner, 4 woken. ARGV: 1 prefix, 2 id, 3 worker, 4 delay ms.
 const RESCHEDULE_LUA: &str = r#"
 local id = ARGV[2]
 if redis.call('HGET', KEYS[3], id) ~= ARGV[3] then return 0 end
 redis.call('ZREM', KEYS[2], id)
 redis.call('HDEL', KEYS[3], id)
 redis.call('SREM', ARGV[1] .. ':worker:' .. ARGV[3], id)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), id)
+local delay = tonumber(ARGV[4])
+if redis.call('SREM', KEYS[4], id) == 1 then delay = 0 end
+redis.call('ZADD', KEYS[1], now + delay, id)
 return 1
+"#;
+
+/// Makes due now the jobs that are due later (what they wait for has happened), and marks the
+/// leased ones woken so that their snooze (RESCHEDULE) comes back at once. Jobs already due now,
+/// dead, in the backlog or gone are left alone, so waking twice is waking once.
+/// KEYS: 1 due, 2 leased, 3 woken. ARGV: ids. Returns how many became due now.
+const WAKE_LUA: &str = r#"
+local n = 0
+for i = 1, #ARGV do
+  local id = ARGV[i]
+  local at = redis.call('ZSCORE', KEYS[1], id)
+  if at then
+    if tonumber(at) > now then
+      redis.call('ZADD', KEYS[1], 'XX', now, id)
+      n = n + 1
+    end
+  elseif redis.call('ZSCORE', KEYS[2], id) then
+    redis.call('SADD', KEYS[3], id)
+  end
+end
+return n
 "#;
 
 /// Records a failed run: attempts + 1, last error kept; then either back to due after the
@@ -332,6 +358,7 @@ pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| script(&[NOW_LUA, R
 pub(super) static REMOVE: LazyLock<Script> = LazyLock::new(|| script(&[REMOVE_LUA]));
 pub(super) static RESCHEDULE: LazyLock<Script> =
     LazyLock::new(|| script(&[NOW_LUA, RESCHEDULE_LUA]));
+pub(super) static WAKE: LazyLock<Script> = LazyLock::new(|| script(&[NOW_LUA, WAKE_LUA]));
 pub(super) static FAIL: LazyLock<Script> =
     LazyLock::new(|| script(&[NOW_LUA, &DEAD_LUA, FAIL_LUA]));
 pub(super) static BURY: LazyLock<Script> =
@@ -357,6 +384,7 @@ mod tests {
             RENEW_LUA,
             REMOVE_LUA,
             RESCHEDULE_LUA,
+            WAKE_LUA,
             FAIL_LUA,
             BURY_LUA,
             REQUEUE_DEAD_LUA,

@@ -8,7 +8,8 @@
 //! | Redis key | SQLite table | content |
 //! |---|---|---|
 //! | `{ns}:ops` (hash) | `ops` | operation name → view JSON |
-//! | `{ns}:ops:waiting` (set) | `ops_waiting` | operations some poll job waits for |
+//! | `{ns}:ops:waiting` (set) | `ops_waiting.name` | operations some poll job waits for |
+//! | `{ns}:ops:waiter` (hash) | `ops_waiting.job` | awaited operation name → the id of the poll job waiting for it |
 //! | `{ns}:ops:looked-up` (set) | `ops_looked_up` | operations already looked up once by name |
 //! | `{ns}:ops:swept` (string) | `ops_sweep.swept_ms` | start of the last finished sweep (ms) |
 //! | `{ns}:ops:sweeper` (string, PX) | `ops_sweep.leader`, `leader_until_ms` | the sweeper's leader lock |
@@ -24,6 +25,9 @@ use std::time::Duration;
 use self::redis::RedisSnapshot;
 use self::sqlite::SqliteSnapshot;
 use super::{Connection, QueueError};
+
+/// Operation names per [`Snapshot::waiters`] step (one `HMGET`, one read).
+const WAITERS_CHUNK: usize = 1_000;
 
 /// The shortest leader lease [`Snapshot::lead`] grants: a shorter one could run out between
 /// two of the leader's own calls.
@@ -85,9 +89,10 @@ impl Snapshot {
         dispatch!(self, s => s.swept_ms().await)
     }
 
-    /// Tells the sweeper to look for `operation`.
-    pub async fn wait_for(&self, operation: &str) -> Result<(), QueueError> {
-        dispatch!(self, s => s.wait_for(operation).await)
+    /// Tells the sweeper to look for `operation`, which the poll job `job` (its id) waits for;
+    /// the latest `job` recorded for an operation is the one [`Snapshot::waiters`] names.
+    pub async fn wait_for(&self, operation: &str, job: &str) -> Result<(), QueueError> {
+        dispatch!(self, s => s.wait_for(operation, job).await)
     }
 
     /// The operations poll jobs wait for.
@@ -95,9 +100,19 @@ impl Snapshot {
         dispatch!(self, s => s.waiting().await)
     }
 
-    /// Nobody waits for `operation` any more (it ended, or was lost): it leaves the waiting set,
-    /// and its lookup is forgotten too, so that [`Snapshot::first_lookup`] is true again if it
-    /// is ever awaited anew.
+    /// The ids of the poll jobs waiting for `operations` (each once; an operation nobody waits
+    /// for, or awaited by a cedar that did not record its job, names none): the jobs the
+    /// sweeper wakes when it sees those operations end.
+    pub async fn waiters(&self, operations: &[String]) -> Result<Vec<String>, QueueError> {
+        let mut jobs = dispatch!(self, s => s.waiters(operations).await)?;
+        jobs.sort_unstable();
+        jobs.dedup();
+        Ok(jobs)
+    }
+
+    /// Nobody waits for `operation` any more (it ended, or was lost): it leaves the waiting set
+    /// with its job, and its lookup is forgotten too, so that [`Snapshot::first_lookup`] is
+    /// true again if it is ever awaited anew.
     pub async fn stop_waiting(&self, operation: &str) -> Result<(), QueueError> {
         dispatch!(self, s => s.stop_waiting(operation).await)
     }

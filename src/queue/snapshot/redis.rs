@@ -1,4 +1,5 @@
-//! The snapshot in Redis: a hash of views, two sets of names and two strings, under `{ns}:ops`.
+//! The snapshot in Redis: a hash of views, two sets of names, a hash of awaiting jobs and two
+//! strings, under `{ns}:ops`.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
@@ -53,6 +54,9 @@ impl RedisSnapshot {
     fn waiting_key(&self) -> String {
         format!("{}:ops:waiting", self.ns)
     }
+    fn waiter_key(&self) -> String {
+        format!("{}:ops:waiter", self.ns)
+    }
     fn looked_up_key(&self) -> String {
         format!("{}:ops:looked-up", self.ns)
     }
@@ -75,11 +79,16 @@ impl RedisSnapshot {
         Ok(self.conn.clone().get(self.swept_key()).await?)
     }
 
-    pub(super) async fn wait_for(&self, operation: &str) -> Result<(), QueueError> {
-        let _: () = self
-            .conn
-            .clone()
+    /// The name and its job in one `MULTI` block, so that the sweeper never sees one without
+    /// the other.
+    pub(super) async fn wait_for(&self, operation: &str, job: &str) -> Result<(), QueueError> {
+        let _: () = redis::pipe()
+            .atomic()
             .sadd(self.waiting_key(), operation)
+            .ignore()
+            .hset(self.waiter_key(), operation, job)
+            .ignore()
+            .query_async(&mut self.conn.clone())
             .await?;
         Ok(())
     }
@@ -88,9 +97,25 @@ impl RedisSnapshot {
         Ok(self.conn.clone().smembers(self.waiting_key()).await?)
     }
 
+    pub(super) async fn waiters(&self, operations: &[String]) -> Result<Vec<String>, QueueError> {
+        let mut jobs = Vec::new();
+        for chunk in operations.chunks(super::WAITERS_CHUNK) {
+            let found: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(self.waiter_key())
+                .arg(chunk)
+                .query_async(&mut self.conn.clone())
+                .await?;
+            jobs.extend(found.into_iter().flatten());
+        }
+        Ok(jobs)
+    }
+
     pub(super) async fn stop_waiting(&self, operation: &str) -> Result<(), QueueError> {
         let _: () = redis::pipe()
+            .atomic()
             .srem(self.waiting_key(), operation)
+            .ignore()
+            .hdel(self.waiter_key(), operation)
             .ignore()
             .srem(self.looked_up_key(), operation)
             .ignore()

@@ -1,5 +1,5 @@
-//! The snapshot in the queue's SQLite file: tables `ops`, `ops_waiting`, `ops_looked_up` and
-//! `ops_sweep` (see [`SCHEMA`](crate::queue::sqlite::SCHEMA)), each write one transaction.
+//! The snapshot in the queue's SQLite file: tables `ops`, `ops_waiting` (with each operation's
+//! job), `ops_looked_up` and `ops_sweep` (see [`SCHEMA`](crate::queue::sqlite::SCHEMA)), each write one transaction.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -33,7 +33,7 @@ impl SqliteSnapshot {
         }
     }
 
-    /// Adds `name` to the name set `table` (`ops_waiting` or `ops_looked_up`); true when it was
+    /// Adds `name` to the name set `table` (`ops_looked_up`); true when it was
     /// new, as `SADD` answers 1.
     async fn add_name(&self, table: &'static str, name: &str) -> Result<bool, QueueError> {
         let (ns, name) = (self.ns.clone(), name.to_owned());
@@ -116,13 +116,50 @@ impl SqliteSnapshot {
             .await?)
     }
 
-    pub(super) async fn wait_for(&self, operation: &str) -> Result<(), QueueError> {
-        self.add_name("ops_waiting", operation).await.map(|_| ())
+    pub(super) async fn wait_for(&self, operation: &str, job: &str) -> Result<(), QueueError> {
+        let (ns, name, job) = (self.ns.clone(), operation.to_owned(), job.to_owned());
+        self.db
+            .write(move |tx| -> Result<(), QueueError> {
+                tx.execute(
+                    "INSERT INTO ops_waiting (ns, name, job) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (ns, name) DO UPDATE SET job = ?3",
+                    params![&*ns, name, job],
+                )?;
+                Ok(())
+            })
+            .await
     }
 
     pub(super) async fn waiting(&self) -> Result<HashSet<String>, QueueError> {
         self.column("SELECT name FROM ops_waiting WHERE ns = ?1")
             .await
+    }
+
+    pub(super) async fn waiters(&self, operations: &[String]) -> Result<Vec<String>, QueueError> {
+        let mut jobs = Vec::new();
+        for chunk in operations.chunks(super::WAITERS_CHUNK) {
+            let (ns, chunk) = (self.ns.clone(), chunk.to_vec());
+            let found: Vec<String> = self
+                .db
+                .read(move |c| {
+                    let mut q = c.prepare_cached(
+                        "SELECT job FROM ops_waiting
+                         WHERE ns = ?1 AND name = ?2 AND job IS NOT NULL",
+                    )?;
+                    let mut found = Vec::new();
+                    for name in &chunk {
+                        if let Some(job) =
+                            q.query_row(params![&*ns, name], |r| r.get(0)).optional()?
+                        {
+                            found.push(job);
+                        }
+                    }
+                    Ok(found)
+                })
+                .await?;
+            jobs.extend(found);
+        }
+        Ok(jobs)
     }
 
     pub(super) async fn stop_waiting(&self, operation: &str) -> Result<(), QueueError> {

@@ -30,8 +30,16 @@ use crate::queue::QueueError;
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The version of [`SCHEMA`], kept in `PRAGMA user_version`. A file written by a newer cedar is
-/// refused instead of being half-understood.
-const SCHEMA_VERSION: i64 = 1;
+/// refused instead of being half-understood; an older one is brought up to date ([`UPGRADES`]).
+const SCHEMA_VERSION: i64 = 2;
+
+/// What turns a file of version `from` into one of version `from + 1`, in order. A new file
+/// gets [`SCHEMA`] directly, which already has all of it.
+const UPGRADES: &[(i64, &str)] = &[(
+    1,
+    "ALTER TABLE jobs ADD COLUMN woken INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE ops_waiting ADD COLUMN job TEXT;",
+)];
 
 /// Every table of the file. Job states are the Redis structures a job id can be in: `backlog`
 /// (export jobs waiting for an admission slot; `run_at` is their enqueue sequence), `due`
@@ -52,6 +60,9 @@ CREATE TABLE IF NOT EXISTS jobs (
   last_error TEXT,
   dead_reason TEXT,
   enqueued_ms INTEGER NOT NULL,
+  -- 1 when the job was woken while leased: its next snooze is due at once (Redis
+  -- `{ns}:{stage}:woken`).
+  woken INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (ns, stage, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (ns, stage, state, run_at, id);
@@ -104,8 +115,8 @@ CREATE TABLE IF NOT EXISTS dirty (
   tracking TEXT NOT NULL,
   PRIMARY KEY (ns, tracking)
 ) WITHOUT ROWID;
--- The operations snapshot: views by operation name, awaited and looked-up operations, and the
--- sweeper's leader lock and last sweep start.
+-- The operations snapshot: views by operation name, awaited operations with their poll jobs,
+-- looked-up operations, and the sweeper's leader lock and last sweep start.
 CREATE TABLE IF NOT EXISTS ops (
   ns TEXT NOT NULL,
   name TEXT NOT NULL,
@@ -115,6 +126,8 @@ CREATE TABLE IF NOT EXISTS ops (
 CREATE TABLE IF NOT EXISTS ops_waiting (
   ns TEXT NOT NULL,
   name TEXT NOT NULL,
+  -- The id of the poll job waiting for it (NULL if a cedar of schema 1 recorded it).
+  job TEXT,
   PRIMARY KEY (ns, name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ops_looked_up (
@@ -306,8 +319,14 @@ impl Db {
                 ),
             });
         }
-        if version < SCHEMA_VERSION {
+        if version == 0 {
             tx.execute_batch(SCHEMA)?;
+        } else {
+            for (_, upgrade) in UPGRADES.iter().filter(|(from, _)| *from >= version) {
+                tx.execute_batch(upgrade)?;
+            }
+        }
+        if version < SCHEMA_VERSION {
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
         tx.commit()?;

@@ -19,7 +19,7 @@ pub(in crate::queue) use self::db::now_ms;
 pub use self::db::{BUSY_TIMEOUT, Db, SCHEMA, is_retryable, not_a_file, path_of};
 use super::{
     ADMIT_LIMIT, DeadReason, Depth, ENQUEUE_CHUNK, FailResult, LEASE_EXPIRED, Leased, QueueError,
-    REAP_LIMIT, RateDecision, RetryPolicy, Stage,
+    REAP_LIMIT, RateDecision, RetryPolicy, Stage, WAKE_CHUNK,
 };
 
 /// The queue of every stage in one database file, under one namespace.
@@ -331,8 +331,8 @@ impl SqliteQueue {
             .await
     }
 
-    /// Puts a leased job back in due after `delay`, fenced by owner, no attempt spent. As
-    /// RESCHEDULE_LUA.
+    /// Puts a leased job back in due after `delay`, or at once if it was woken while leased;
+    /// fenced by owner, no attempt spent. As RESCHEDULE_LUA.
     pub(crate) async fn reschedule(
         &self,
         stage: Stage,
@@ -343,20 +343,54 @@ impl SqliteQueue {
         let (ns, worker, id) = (self.ns.clone(), worker.to_owned(), id.to_owned());
         self.db
             .write(move |tx| -> Result<bool, QueueError> {
+                let now = now_ms();
                 let n = tx.execute(
-                    "UPDATE jobs SET state = 'due', run_at = ?5, owner = NULL
+                    "UPDATE jobs
+                     SET state = 'due', run_at = CASE WHEN woken THEN ?5 ELSE ?6 END,
+                         owner = NULL, woken = 0
                      WHERE ns = ?1 AND stage = ?2 AND id = ?3 AND state = 'leased' AND owner = ?4",
                     params![
                         &*ns,
                         stage.name(),
                         id,
                         worker,
-                        now_ms() + delay.as_millis() as i64
+                        now,
+                        now + delay.as_millis() as i64
                     ],
                 )?;
                 Ok(n == 1)
             })
             .await
+    }
+
+    /// Makes due now those of `ids` that are due later, and marks the leased ones so that their
+    /// next snooze is due at once; returns how many became due now. As WAKE_LUA.
+    pub async fn wake(&self, stage: Stage, ids: &[String]) -> Result<u64, QueueError> {
+        let mut woken = 0;
+        for chunk in ids.chunks(WAKE_CHUNK) {
+            let (ns, chunk) = (self.ns.clone(), chunk.to_vec());
+            woken += self
+                .db
+                .write(move |tx| -> Result<u64, QueueError> {
+                    let now = now_ms();
+                    let mut due = tx.prepare_cached(
+                        "UPDATE jobs SET run_at = ?4
+                         WHERE ns = ?1 AND stage = ?2 AND id = ?3 AND state = 'due' AND run_at > ?4",
+                    )?;
+                    let mut leased = tx.prepare_cached(
+                        "UPDATE jobs SET woken = 1
+                         WHERE ns = ?1 AND stage = ?2 AND id = ?3 AND state = 'leased'",
+                    )?;
+                    let mut n = 0;
+                    for id in &chunk {
+                        n += due.execute(params![&*ns, stage.name(), id, now])? as u64;
+                        leased.execute(params![&*ns, stage.name(), id])?;
+                    }
+                    Ok(n)
+                })
+                .await?;
+        }
+        Ok(woken)
     }
 
     /// Records a failed run of the job `worker` holds: retried after the policy's backoff, or
