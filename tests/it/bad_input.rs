@@ -1063,6 +1063,16 @@ fn table(f: &Fixture) -> Vec<Case> {
                 ))
             },
         ),
+        cli(
+            "config: store URL names another bucket",
+            "store.url: \"gs://other-bucket\" names bucket \"other-bucket\", but EE exports into export.bucket \"cedar-bad-input\"",
+            2,
+            |f| {
+                let url = format!("url = \"file://{}\"", f.bucket.display());
+                let path = f.config_with("other-bucket", &url, "url = \"gs://other-bucket\"");
+                strings(&["--config", &path, "config", "check"])
+            },
+        ),
         // --- Earth Engine answers ----------------------------------------------------------
         lib(
             "EE: malformed JSON",
