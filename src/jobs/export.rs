@@ -51,10 +51,16 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
     let base = sub.export_base(&order, generation)?;
     let bucket = ctx.bucket_of(&sub)?;
 
+    // Every EE call made for the submission carries its tag, so that EE's usage reports add
+    // up each campaign's cost.
+    let workload_tag = sub.workload_tag();
     ctx.ee_permit().await?;
     let listed = ctx
         .ee
-        .compute_value(&list_images(spec, &tile, &order.period))
+        .compute_value(
+            &list_images(spec, &tile, &order.period),
+            Some(&workload_tag),
+        )
         .await?;
     let images = parse_image_list(spec, &listed)?;
 
@@ -124,6 +130,7 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
         file_dimensions: Some(recipe.file_dimensions),
         cloud_optimized: recipe.cloud_optimized,
         max_pixels: Some(recipe.max_pixels as i64),
+        workload_tag: Some(workload_tag),
     };
     ctx.ee_permit().await?;
     let op = match ctx

@@ -521,6 +521,7 @@ fn export_body() -> cedar::earthengine::ExportImageRequest {
             file_dimensions: Some(1024),
             cloud_optimized: true,
             max_pixels: None,
+            workload_tag: None,
         },
     )
 }
@@ -837,6 +838,12 @@ fn table(f: &Fixture) -> Vec<Case> {
             |_| submit(&["--tile", "3,10", "--bogus"]),
         ),
         cli(
+            "--workload-tag outside EE's rule",
+            "for '--workload-tag <WORKLOAD_TAG>': \"Bad.Tag\" is not an Earth Engine workload tag: 1-63 lowercase letters",
+            2,
+            |_| submit(&["--tile", "3,10", "--workload-tag", "Bad.Tag"]),
+        ),
+        cli(
             "status of an unknown name",
             "tracking \"NOPE\" does not exist",
             2,
@@ -1047,6 +1054,17 @@ fn table(f: &Fixture) -> Vec<Case> {
                 submit_with(f.config_plus(
                     "ingest-cron",
                     "[[ingest]]\nname = \"monthly\"\nschedule = \"every day\"\ncollections = [\"LANDSAT/LC08/C02/T1_L2\"]\ntiles = [\"3,10\"]\nfreq = \"1MS\"\n",
+                ))
+            },
+        ),
+        cli(
+            "config: ingest workload_tag outside EE's rule",
+            "ingest[0].workload_tag: \"L8-Monthly\" is not an Earth Engine workload tag",
+            2,
+            |f| {
+                submit_with(f.config_plus(
+                    "ingest-tag",
+                    "[[ingest]]\nname = \"monthly\"\nschedule = \"0 0 6 * * *\"\ncollections = [\"LANDSAT/LC08/C02/T1_L2\"]\ntiles = [\"3,10\"]\nfreq = \"1MS\"\nworkload_tag = \"L8-Monthly\"\n",
                 ))
             },
         ),
