@@ -101,6 +101,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let ctx = cedar::jobs::Context::connect(settings.clone(), jobs.clone()).await?;
 
     let request = Request {
+        name: None,
+        workload_tag: None,
         collections: vec![
             "LANDSAT/LC08/C02/T1_L2".into(),
             "LANDSAT/LC09/C02/T1_L2".into(),

@@ -48,6 +48,7 @@ pub async fn render(
         "tracking": {
             "submitted": sub.submitted,
             "name": sub.name,
+            "workload_tag": sub.workload_tag(),
             "prefix": settings.config.tracking.prefix,
             "collections": sub.collections,
             "tiles": tiles,

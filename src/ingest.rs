@@ -13,6 +13,7 @@ use chrono::{Days, NaiveDate};
 use serde::{Deserialize, Serialize};
 
 use crate::grid::{TileGrid, parse_range, parse_tile};
+use crate::naming::check_workload_tag;
 use crate::period::{Frequency, Period, periods};
 
 /// The first day periods are anchored to when an entry has no `backfill_start`.
@@ -55,6 +56,10 @@ pub struct IngestConfig {
     pub backfill_start: Option<NaiveDate>,
     #[serde(default = "yes")]
     pub save_empty_metadata: bool,
+    /// The EE workload tag of its submissions' calls; unset, each submission's tracking name
+    /// gives one ([`crate::naming::workload_tag_for`]).
+    #[serde(default)]
+    pub workload_tag: Option<String>,
 }
 
 fn yes() -> bool {
@@ -72,6 +77,7 @@ pub struct Ingest {
     pub lag_days: u32,
     pub backfill_start: Option<NaiveDate>,
     pub save_empty_metadata: bool,
+    pub workload_tag: Option<String>,
 }
 
 impl IngestConfig {
@@ -141,6 +147,9 @@ impl IngestConfig {
                 }
             }
         }
+        if let Some(Err(e)) = self.workload_tag.as_deref().map(check_workload_tag) {
+            errs.push((key("workload_tag"), e));
+        }
         match (schedule, freq) {
             (Some(schedule), Some(freq)) if errs.is_empty() => Ok(Ingest {
                 name: self.name.clone(),
@@ -151,6 +160,7 @@ impl IngestConfig {
                 lag_days: self.lag_days,
                 backfill_start: self.backfill_start,
                 save_empty_metadata: self.save_empty_metadata,
+                workload_tag: self.workload_tag.clone(),
             }),
             _ => Err(errs),
         }
@@ -268,6 +278,7 @@ mod tests {
             lag_days: lag,
             backfill_start: backfill.map(|d| d.parse().unwrap()),
             save_empty_metadata: true,
+            workload_tag: None,
         }
         .resolve(0, None, &["LANDSAT/LC08/C02/T1_L2".to_string()].into())
         .unwrap()
@@ -353,10 +364,18 @@ mod tests {
             lag_days: 0,
             backfill_start: None,
             save_empty_metadata: true,
+            workload_tag: Some("L8 monthly".into()),
         };
         let errs = c.resolve(2, None, &BTreeSet::new()).unwrap_err();
         let keys: Vec<&str> = errs.iter().map(|(k, _)| k.as_str()).collect();
-        for k in ["name", "schedule", "freq", "collections", "tiles"] {
+        for k in [
+            "name",
+            "schedule",
+            "freq",
+            "collections",
+            "tiles",
+            "workload_tag",
+        ] {
             assert!(
                 keys.contains(&format!("ingest[2].{k}").as_str()),
                 "{k}: {errs:?}"

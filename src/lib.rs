@@ -66,7 +66,7 @@
 //! drain, and its `/metrics`, `/healthz`, `/readyz` endpoint.
 //!
 //! **Front ends** live in the binary target (`src/main.rs` declares them): `cli` (the command
-//! line), `demo` (a whole campaign on embedded defaults), `bench` (speed and memory figures as
+//! line, `cedar doctor` among it: every remote a campaign needs, checked), `demo` (a whole campaign on embedded defaults), `bench` (speed and memory figures as
 //! ratios against a same-run baseline) and `soak` (a campaign under every fault at once, then
 //! its invariants checked).
 //!

@@ -12,6 +12,10 @@
 //!
 //! `now` is UTC in ISO 8601 basic format (`20240131T120000Z`): unlike the original's local
 //! `isoformat()` it has no ':' (which some filesystems and EE descriptions reject).
+//!
+//! Each submission also carries an EE **workload tag**, the label EE reports its computations
+//! and exports under: [`workload_tag_for`] derives one from the tracking name,
+//! [`check_workload_tag`] holds an explicit one to EE's rule.
 
 use chrono::{DateTime, Utc};
 
@@ -369,6 +373,64 @@ pub struct ItemTemplates<'a> {
     pub prefix: &'a Template,
 }
 
+/// The longest workload tag EE accepts.
+pub const WORKLOAD_TAG_MAX: usize = 63;
+
+/// Whether `tag` is an Earth Engine workload tag: 1–63 characters of lowercase letters, digits,
+/// '-' and '_', starting and ending with a letter or digit. This is the check Google's Python
+/// client makes in `ee.data.setWorkloadTag` (`ee/_state.py`:
+/// `([a-z0-9]|[a-z0-9][-_a-z0-9]{0,61}[a-z0-9])`); its docstring also allows capitals and '.',
+/// the code does not, and the code is what users of that client have been held to.
+pub fn check_workload_tag(tag: &str) -> Result<(), String> {
+    let inner = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if (1..=WORKLOAD_TAG_MAX).contains(&tag.len())
+        && tag.chars().all(inner)
+        && edge(tag.chars().next())
+        && edge(tag.chars().next_back())
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{tag:?} is not an Earth Engine workload tag: 1-{WORKLOAD_TAG_MAX} lowercase letters, digits, '-' or '_', starting and ending with a letter or digit, e.g. \"landsat-2024\""
+        ))
+    }
+}
+
+/// The workload tag of a submission named `tracking`: the name in lowercase, every run of other
+/// characters made one '-', trimmed to a letter or digit at each end. A name that leaves more
+/// than [`WORKLOAD_TAG_MAX`] characters keeps its start and ends with 8 hex digits of a hash
+/// of the whole name, so two long names that share a start still get different tags.
+pub fn workload_tag_for(tracking: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut tag = String::with_capacity(tracking.len());
+    for c in tracking.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' {
+            tag.push(c);
+        } else if !tag.ends_with('-') {
+            tag.push('-');
+        }
+    }
+    let edge = |c: char| !c.is_ascii_alphanumeric();
+    let tag = tag.trim_matches(edge);
+    if !tag.is_empty() && tag.len() <= WORKLOAD_TAG_MAX {
+        return tag.to_owned();
+    }
+    let hash: String = Sha256::digest(tracking.as_bytes())
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // Only ASCII is left, so byte positions are characters.
+    let head = tag[..tag.len().min(WORKLOAD_TAG_MAX - hash.len() - 1)].trim_end_matches(edge);
+    if head.is_empty() {
+        format!("cedar-{hash}")
+    } else {
+        format!("{head}-{hash}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,5 +548,61 @@ mod tests {
         assert!(p.render_item(&item()).is_err());
         let p = Template::parse(Kind::Prefix, "/abs").unwrap();
         assert!(p.render_item(&item()).is_err());
+    }
+
+    #[test]
+    fn workload_tags_follow_ees_rule() {
+        for good in ["a", "0", "landsat-2024", "a_b-c9", &"x".repeat(63)] {
+            assert_eq!(check_workload_tag(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "_a",
+            "a_",
+            "Landsat",
+            "a.b",
+            "a b",
+            "é",
+            &"x".repeat(64),
+        ] {
+            let e = check_workload_tag(bad).unwrap_err();
+            assert!(
+                e.contains(&format!("{bad:?} is not an Earth Engine workload tag")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tracking_name_becomes_a_valid_workload_tag() {
+        for (name, tag) in [
+            (
+                "TRACKING_PERIOD2021-07-01-2021-09-01_TASK20240131T120000Z",
+                "tracking_period2021-07-01-2021-09-01_task20240131t120000z",
+            ),
+            (
+                "INGEST-l8_monthly-2024-01-01",
+                "ingest-l8_monthly-2024-01-01",
+            ),
+            ("__Campaign: CONUS (2024)!__", "campaign-conus-2024"),
+            ("a..b", "a-b"),
+        ] {
+            assert_eq!(workload_tag_for(name), tag, "{name}");
+        }
+        let long = |end: &str| format!("T_{}_{end}", "LANDSAT_LC08_C02_T1_L2".repeat(4));
+        let (a, b) = (workload_tag_for(&long("A")), workload_tag_for(&long("B")));
+        assert!(
+            a.len() <= WORKLOAD_TAG_MAX && a.starts_with("t_landsat_lc08_c02_t1_l2landsat"),
+            "{a}"
+        );
+        assert_ne!(a, b, "long names that share a start keep apart");
+        assert!(workload_tag_for("___").starts_with("cedar-"));
+        for name in [long("A"), "___".into(), "ÄÖÜ-x".into(), "T".repeat(200)] {
+            let tag = workload_tag_for(&name);
+            assert_eq!(check_workload_tag(&tag), Ok(()), "{name} -> {tag}");
+            assert_eq!(workload_tag_for(&name), tag, "deterministic");
+        }
     }
 }

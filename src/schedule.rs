@@ -25,6 +25,8 @@ pub async fn tick(ctx: &Context, now: DateTime<Utc>) -> anyhow::Result<Vec<Strin
         for period in ingest.to_submit(today, &ingest.submitted_in(&names)) {
             let name = ingest.tracking_name(&period);
             let req = Request {
+                name: Some(name.clone()),
+                workload_tag: ingest.workload_tag.clone(),
                 collections: ingest.collections.clone(),
                 tiles: ingest.tiles.clone(),
                 start: period.start,
@@ -33,8 +35,7 @@ pub async fn tick(ctx: &Context, now: DateTime<Utc>) -> anyhow::Result<Vec<Strin
                 save_empty_metadata: ingest.save_empty_metadata,
                 error_if_empty: false,
             };
-            let mut plan = submit::plan(&ctx.settings, &req, now)?;
-            plan.submission.name = name.clone();
+            let plan = submit::plan(&ctx.settings, &req, now)?;
             match submit::enqueue(ctx, &plan).await {
                 Ok(n) => {
                     tracing::info!(ingest = %ingest.name, tracking = %name, jobs = n, "ingest submitted a period");

@@ -14,7 +14,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use crate::config::Settings;
 use crate::document::{document_object, publish};
 use crate::jobs::{Context, job_for};
-use crate::naming::TrackingValues;
+use crate::naming::{TrackingValues, check_workload_tag, workload_tag_for};
 use crate::order::Order;
 use crate::period::{Frequency, Period, periods};
 use crate::queue::Stage;
@@ -29,6 +29,11 @@ pub const MAX_ORDERS: u64 = 5_000_000;
 /// What to submit.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// The tracking name; `None` renders `tracking.template`.
+    pub name: Option<String>,
+    /// The EE workload tag of its calls; `None` derives one from the tracking name
+    /// ([`crate::naming::workload_tag_for`]).
+    pub workload_tag: Option<String>,
     pub collections: Vec<String>,
     /// (row, col), in the order given; duplicates are refused.
     pub tiles: Vec<(u32, u32)>,
@@ -116,18 +121,31 @@ pub fn plan(settings: &Settings, req: &Request, now: DateTime<Utc>) -> Result<Pl
         save_empty_metadata: req.save_empty_metadata,
         error_if_empty: req.error_if_empty,
         recipe: Some(settings.recipe(&req.collections, Some(Recipe::new_id()))),
+        workload_tag: None,
     };
-    sub.name = settings
-        .tracking_template
-        .render_tracking(&TrackingValues {
-            collections: &req.collections,
-            tiles: &req.tiles,
-            period_start: req.start,
-            period_end: req.end,
-            period_freq: req.freq,
-            now,
-        })
-        .map_err(|e| invalid(e.to_string()))?;
+    sub.name = match &req.name {
+        Some(name) => name.clone(),
+        None => settings
+            .tracking_template
+            .render_tracking(&TrackingValues {
+                collections: &req.collections,
+                tiles: &req.tiles,
+                period_start: req.start,
+                period_end: req.end,
+                period_freq: req.freq,
+                now,
+            })
+            .map_err(|e| invalid(e.to_string()))?,
+    };
+    // Frozen into the submission, so every worker tags its calls alike whatever version or
+    // configuration it runs.
+    sub.workload_tag = Some(match &req.workload_tag {
+        Some(tag) => {
+            check_workload_tag(tag).map_err(|e| invalid(format!("workload tag: {e}")))?;
+            tag.clone()
+        }
+        None => workload_tag_for(&sub.name),
+    });
     let mut names = HashSet::new();
     for order in sub.orders() {
         let n = order
@@ -317,6 +335,8 @@ mod tests {
 
     fn req() -> Request {
         Request {
+            name: None,
+            workload_tag: None,
             collections: vec!["LANDSAT/LC08/C02/T1_L2".into()],
             tiles: vec![(3, 10), (3, 11)],
             start: "2020-01-01".parse().unwrap(),
@@ -337,6 +357,26 @@ mod tests {
                 .starts_with("TRACKING_PERIOD2020-01-01-2020-12-31_TASK")
         );
         assert_eq!(p.dropped, None);
+        let tag = p.submission.workload_tag.clone().unwrap();
+        assert!(
+            tag.starts_with("tracking_period2020-01-01-2020-12-31_task"),
+            "{tag}"
+        );
+    }
+
+    #[test]
+    fn a_given_name_and_tag_are_recorded_as_given() {
+        let mut r = req();
+        r.name = Some("INGEST-monthly-2020-01-01".into());
+        let p = plan(&settings(), &r, Utc::now()).unwrap();
+        assert_eq!(p.submission.name, "INGEST-monthly-2020-01-01");
+        assert_eq!(
+            p.submission.workload_tag.as_deref(),
+            Some("ingest-monthly-2020-01-01")
+        );
+        r.workload_tag = Some("conus-2020".into());
+        let p = plan(&settings(), &r, Utc::now()).unwrap();
+        assert_eq!(p.submission.workload_tag(), "conus-2020");
     }
 
     #[test]
@@ -362,6 +402,10 @@ mod tests {
                 "not after start",
             ),
             (Box::new(|r| r.tiles.clear()), "no tile given"),
+            (
+                Box::new(|r| r.workload_tag = Some("Bad Tag".into())),
+                "workload tag: \"Bad Tag\" is not an Earth Engine workload tag",
+            ),
             (Box::new(|r| r.collections.clear()), "no collection given"),
         ];
         for (change, want) in cases {

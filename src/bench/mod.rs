@@ -297,6 +297,8 @@ pub(crate) fn campaign(settings: &Settings, jobs: u64) -> anyhow::Result<Request
         .and_then(|d| d.pred_opt())
         .expect("end date in range");
     Ok(Request {
+        name: None,
+        workload_tag: None,
         collections: COLLECTIONS[..collections as usize]
             .iter()
             .map(|c| c.to_string())

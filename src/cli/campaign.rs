@@ -139,6 +139,11 @@ pub struct SubmitArgs {
     /// Fail orders that have no scenes instead of recording them EMPTY.
     #[arg(long)]
     pub error_if_empty: bool,
+    /// The Earth Engine workload tag of the submission's EE calls (EE reports usage by it):
+    /// 1-63 lowercase letters, digits, '-' or '_', a letter or digit at each end. Default: the
+    /// tracking name made to fit (lowercased, other characters turned into '-').
+    #[arg(long, value_parser = parse_workload_tag)]
+    pub workload_tag: Option<String>,
     /// Wait until every order is complete or failed.
     #[arg(long)]
     pub wait: bool,
@@ -530,6 +535,12 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
     }
 }
 
+/// `--workload-tag`, held to EE's rule before anything is submitted.
+fn parse_workload_tag(tag: &str) -> Result<String, String> {
+    cedar::naming::check_workload_tag(tag)?;
+    Ok(tag.to_owned())
+}
+
 fn build_request(a: &SubmitArgs) -> Result<Request, String> {
     let tiles = if let Some(path) = &a.tiles_file {
         submit::read_tiles_file(path)?
@@ -541,6 +552,8 @@ fn build_request(a: &SubmitArgs) -> Result<Request, String> {
         a.tiles.clone()
     };
     Ok(Request {
+        name: None,
+        workload_tag: a.workload_tag.clone(),
         collections: a.collections.clone(),
         tiles,
         start: a.start,

@@ -4,6 +4,7 @@
 //! clear message per problem with a non-zero exit status.
 
 pub mod campaign;
+pub mod doctor;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -41,6 +42,11 @@ pub enum Command {
     /// Validate or show the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Check, against the configured endpoints, everything a campaign needs: credentials and a
+    /// token, the Earth Engine project, the export bucket (listed, and a probe object written,
+    /// read back and deleted), the destination and the queue. One line per check; exit 0 when
+    /// every check passed, 1 when any failed, 2 when the configuration is invalid.
+    Doctor,
     /// Show the exact pixel grid of tiles.
     Tile {
         /// Tiles as ROW,COL (row = vertical index, col = horizontal).
@@ -222,6 +228,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("warning: {w}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor => {
+            let s = match settings(&cli) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let source = cli.config.as_ref().map_or_else(
+                || "(embedded defaults)".to_owned(),
+                |p| p.display().to_string(),
+            );
+            Ok(doctor::run(&s, &source, &doctor::AdcEnvironment::from_env()).await)
         }
         Command::Config(ConfigCommand::Show) => {
             let mut c = match load(&cli) {

@@ -334,7 +334,7 @@ impl Config {
         } else {
             self.store.url.clone()
         };
-        self.store.validate(&mut p);
+        self.store.validate(&self.export.bucket, &mut p);
 
         let grid = match self.grid.resolve() {
             Ok(g) => {

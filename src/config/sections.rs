@@ -346,12 +346,53 @@ impl ExportConfig {
 }
 
 impl StoreConfig {
-    pub(super) fn validate(&self, p: &mut Problems) {
-        if !self.url.is_empty() && url::Url::parse(&self.url).is_err() {
+    /// Checks the URL, and that a `gs://` URL is the bucket EE exports into (`bucket`, the
+    /// `[export] bucket`): cedar reads, downloads and cleans where the URL points, EE writes into
+    /// `export.bucket` at the path `export.prefix_template` gives, so any other bucket or a
+    /// folder in the URL is a campaign whose every download finds nothing.
+    ///
+    /// Other forms are not refused: a `file://` directory, `memory://` or `s3://` URL may stand
+    /// for the bucket (an emulator's folder, a mirror), and nothing here can tell which bucket
+    /// it stands for; `[store] endpoint` (or `STORAGE_EMULATOR_HOST`) changes the server a
+    /// `gs://` URL is read from, not which bucket it names, so it changes nothing here.
+    pub(super) fn validate(&self, bucket: &str, p: &mut Problems) {
+        if self.url.is_empty() {
+            return;
+        }
+        if url::Url::parse(&self.url).is_err() {
             p.add(
                 "store.url",
                 format!(
                     "{:?} is not a URL; use gs://bucket, file:///path, memory:// or s3://bucket",
+                    self.url
+                ),
+            );
+            return;
+        }
+        let Some(rest) = self.url.strip_prefix("gs://") else {
+            return;
+        };
+        let (named, folder) = rest.split_once('/').unwrap_or((rest, ""));
+        // Without an export bucket there is nothing to compare with; that problem is reported
+        // under export.bucket.
+        if bucket.is_empty() || named.is_empty() {
+            return;
+        }
+        if named != bucket {
+            p.add(
+                "store.url",
+                format!(
+                    "{:?} names bucket {named:?}, but EE exports into export.bucket {bucket:?}, so cedar would look for every export where EE never writes it; \
+                     set url = \"gs://{bucket}\" (or leave it empty for gs://{{export.bucket}}), or export.bucket = {named:?} if that is the bucket EE should write into",
+                    self.url
+                ),
+            );
+        } else if !folder.trim_matches('/').is_empty() {
+            p.add(
+                "store.url",
+                format!(
+                    "{:?} points at the folder {folder:?} of the bucket, but EE writes exports at the path export.prefix_template gives from the top of the bucket, so cedar would look for them under the wrong folder; \
+                     set url = \"gs://{bucket}\" (or leave it empty) and put the folder in export.prefix_template and tracking.prefix",
                     self.url
                 ),
             );

@@ -63,6 +63,61 @@ fn the_storage_emulator_host_fills_an_empty_store_endpoint_only() {
 }
 
 #[test]
+fn a_gs_store_url_must_be_the_export_bucket_itself() {
+    // export.bucket is "my-bucket"; each URL with the problems `config check` reports.
+    let problems = |url: &str, env: Vec<(String, String)>| -> Vec<Problem> {
+        let text = format!("{}[store]\nurl = \"{url}\"\n", valid_toml());
+        match Config::from_toml("t", &text, env).unwrap().validate() {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems,
+        }
+    };
+    for fine in [
+        "gs://my-bucket",
+        "gs://my-bucket/",
+        "file:///srv/emulator/bucket",
+        "memory:///",
+        "s3://other-bucket/mirror",
+    ] {
+        assert_eq!(problems(fine, no_env()), [], "{fine}");
+    }
+    // An emulator's endpoint changes the server, not the bucket a gs:// URL names.
+    let emulator = vec![(EMULATOR_HOST_ENV.to_string(), "127.0.0.1:9023".to_string())];
+    for (url, says) in [
+        ("gs://other-bucket", "names bucket \"other-bucket\""),
+        ("gs://other-bucket/x", "names bucket \"other-bucket\""),
+        (
+            "gs://my-bucket/campaigns",
+            "points at the folder \"campaigns\"",
+        ),
+    ] {
+        for env in [no_env(), emulator.clone()] {
+            let found = problems(url, env);
+            assert_eq!(found.len(), 1, "{url}: {found:?}");
+            assert_eq!(found[0].key, "store.url");
+            let message = &found[0].message;
+            assert!(
+                message.contains(says)
+                    && message.contains("export.bucket \"my-bucket\"") == says.contains("other")
+                    && message.contains("set url = \"gs://my-bucket\""),
+                "{url}: {message}"
+            );
+        }
+    }
+    // Without an export bucket only that is reported.
+    let text = "[store]\nurl = \"gs://other-bucket\"\n";
+    let e = Config::from_toml("t", text, no_env())
+        .unwrap()
+        .validate()
+        .unwrap_err();
+    assert!(
+        e.problems.iter().all(|p| p.key != "store.url"),
+        "{:?}",
+        e.problems
+    );
+}
+
+#[test]
 fn templates_that_cannot_tell_orders_apart_or_are_no_file_name_are_refused() {
     let check = |name: &str, tracking: &str| -> Vec<String> {
         let mut c = Config::from_toml("t", &valid_toml(), no_env()).unwrap();

@@ -79,14 +79,16 @@ impl EarthEngine {
         &self.project
     }
 
-    /// `POST /v1/projects/{p}/value:compute`: evaluates `expression` and returns its value.
+    /// `POST /v1/projects/{p}/value:compute`: evaluates `expression` and returns its value;
+    /// EE accounts the computation under `workload_tag` when one is given.
     pub async fn compute_value(
         &self,
         expression: &Expression,
+        workload_tag: Option<&str>,
     ) -> Result<serde_json::Value, EeError> {
         let body = ComputeValueRequest {
             expression: expression.clone(),
-            workload_tag: None,
+            workload_tag: workload_tag.map(str::to_owned),
         };
         let path = format!("projects/{}/value:compute", self.project);
         let r: ComputeValueResponse = self
@@ -309,6 +311,8 @@ pub struct ExportParams {
     pub cloud_optimized: bool,
     /// `None` keeps EE's default of 1e8 pixels.
     pub max_pixels: Option<i64>,
+    /// The label EE accounts the task under (`workloadTag`); `None` sends none.
+    pub workload_tag: Option<String>,
 }
 
 /// The tile's exact pixel grid: dimensions, affine transform and CRS.
@@ -337,7 +341,7 @@ pub fn export_request(tile: &Tile, expression: Expression, p: &ExportParams) -> 
         max_pixels: p.max_pixels,
         grid: Some(pixel_grid(tile)),
         request_id: Some(p.request_id.clone()),
-        workload_tag: None,
+        workload_tag: p.workload_tag.clone(),
         priority: None,
         file_export_options: Some(ImageFileExportOptions {
             file_format: ImageFileFormat::GeoTiff,

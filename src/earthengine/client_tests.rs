@@ -23,6 +23,7 @@ fn params() -> ExportParams {
         file_dimensions: Some(1024),
         cloud_optimized: true,
         max_pixels: Some(100_000_000),
+        workload_tag: Some("conus-2021".into()),
     }
 }
 
@@ -81,15 +82,21 @@ fn export_request_carries_the_exact_pixel_grid() {
     assert_eq!(body["maxPixels"], json!("100000000"));
     assert_eq!(body["requestId"], json!(params().request_id));
     assert_eq!(body["description"], json!("LC08_h010v003_2021"));
+    assert_eq!(body["workloadTag"], json!("conus-2021"));
 
     let mut coded = tile.clone();
     coded.crs = crate::grid::Crs::Code("EPSG:5070".into());
     let mut p = params();
     p.file_dimensions = None;
     p.max_pixels = None;
+    p.workload_tag = None;
     let body = serde_json::to_value(export_request(&coded, expression(), &p)).unwrap();
     assert_eq!(body["grid"]["crsCode"], json!("EPSG:5070"));
-    assert!(body["grid"].get("crsWkt").is_none() && body.get("maxPixels").is_none());
+    assert!(
+        body["grid"].get("crsWkt").is_none()
+            && body.get("maxPixels").is_none()
+            && body.get("workloadTag").is_none()
+    );
     assert!(
         body["fileExportOptions"]["geoTiffOptions"]
             .get("tileDimensions")
@@ -189,10 +196,11 @@ fn export_request_matches_the_python_clients_field_set() {
     paths(&python, "", &mut theirs);
     paths(&ours, "", &mut mine);
     // The Python client folds the grid into the expression; cedar sends it as `grid`, and
-    // leaves priority and skipEmptyFiles at EE's defaults.
+    // leaves priority and skipEmptyFiles at EE's defaults. It sends `workloadTag` once
+    // `ee.data.setWorkloadTag` was called (`ee/data.py`), which the example was made without.
     let only_ours: Vec<_> = mine
         .difference(&theirs)
-        .filter(|p| !p.starts_with("grid"))
+        .filter(|p| !p.starts_with("grid") && *p != "workloadTag")
         .collect();
     assert!(
         only_ours.is_empty(),

@@ -252,6 +252,35 @@ fn parse_body(body: &Bytes, message: &str) -> Result<Value, ApiError> {
     Ok(value)
 }
 
+/// The request's `workloadTag`, held to the rule Google's Python client enforces before it
+/// sends one (`ee/_state.py`, `_WorkloadTag.validate`): 1 to 63 characters, lowercase letters,
+/// digits, dashes and underscores, with a lowercase letter or digit first and last. An empty
+/// tag is no tag, as the client drops it (`ee/data.py`, `_maybe_populate_workload_tag`). What
+/// Google's server answers to a bad one is not documented; a 400 like its other bad arguments.
+fn workload_tag(body: &Value) -> Result<Option<String>, ApiError> {
+    let Some(tag) = body.get("workloadTag").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    if tag.is_empty() {
+        return Ok(None);
+    }
+    let bytes = tag.as_bytes();
+    let end_ok = |b: u8| b.is_ascii_digit() || b.is_ascii_lowercase();
+    let valid = bytes.len() <= 63
+        && end_ok(bytes[0])
+        && end_ok(bytes[bytes.len() - 1])
+        && bytes.iter().all(|&b| end_ok(b) || b == b'-' || b == b'_');
+    if valid {
+        Ok(Some(tag.to_owned()))
+    } else {
+        Err(ApiError::invalid(format!(
+            "Invalid workload tag \"{tag}\". Tags must be 1-63 characters, beginning and ending \
+             with a lowercase alphanumeric character ([a-z0-9]) with dashes (-), underscores (_), \
+             and lowercase alphanumerics between."
+        )))
+    }
+}
+
 async fn compute(
     State(shared): SharedState,
     Path(project): Path<String>,
@@ -260,6 +289,7 @@ async fn compute(
 ) -> Response {
     handle(&shared, ApiMethod::ValueCompute, &headers, &project, |_| {
         let body = parse_body(&body, "ComputeValueRequest")?;
+        let tag = workload_tag(&body)?;
         let expression = body
             .get("expression")
             .ok_or_else(|| ApiError::invalid("ComputeValueRequest.expression is required."))?;
@@ -267,6 +297,7 @@ async fn compute(
             expression::parse(expression).map_err(|e| ApiError::invalid(e.to_string()))?;
         let result = evaluate::compute(expression, shared.options.seed)
             .map_err(|e| ApiError::invalid(e.to_string()))?;
+        shared.lock().counters.compute_tagged(tag.as_deref());
         Ok(json!({ "result": result }))
     })
 }
@@ -284,6 +315,7 @@ async fn image_export(
         &project,
         |project| {
             let body = parse_body(&body, "ExportImageRequest")?;
+            let tag = workload_tag(&body)?;
             let mut plan = export::plan(&body, &shared.options)
                 .map_err(|e| ApiError::invalid(e.to_string()))?;
             let options = &shared.options;
@@ -320,6 +352,7 @@ async fn image_export(
                     .task_failure(&plan.description, attempt, options);
             }
             state.counters.export_started(&plan.description);
+            state.counters.export_tagged(tag.as_deref());
             let operation = state.operations.create(project, plan, options.seed, now);
             Ok(operation.to_json(&shared.clock, options.task_seconds))
         },

@@ -1,6 +1,7 @@
 //! Counters for tests and benchmarks: requests per method, responses per HTTP status,
-//! operations per state and exports per description ("was this exported exactly once?"), plus
-//! the storage API's requests and the manifest of every object written.
+//! operations per state, exports per description ("was this exported exactly once?"), exports
+//! and computations per workload tag, plus the storage API's requests and the manifest of every
+//! object written.
 
 use std::collections::BTreeMap;
 
@@ -36,6 +37,12 @@ pub struct Stats {
     /// Downloads cut mid-stream by [`super::Fault::TruncateNextDownload`].
     #[serde(default)]
     pub downloads_truncated: u64,
+    /// Operations started per `workloadTag` (`""`: sent without one).
+    #[serde(default)]
+    pub exports_by_workload_tag: BTreeMap<String, u64>,
+    /// Successful `value:compute` calls per `workloadTag` (`""`: sent without one).
+    #[serde(default)]
+    pub computes_by_workload_tag: BTreeMap<String, u64>,
 }
 
 /// One object the emulator wrote, as `GET /_emulator/objects` lists it: by an export (`source`
@@ -62,6 +69,8 @@ pub(crate) struct Counters {
     storage: BTreeMap<&'static str, u64>,
     media_bytes: u64,
     truncated: u64,
+    exports_by_tag: BTreeMap<String, u64>,
+    computes_by_tag: BTreeMap<String, u64>,
     /// Every object written, by name (the last write of a name wins).
     manifest: BTreeMap<String, WrittenObject>,
 }
@@ -80,6 +89,22 @@ impl Counters {
         let count = self.exports.entry(description.to_owned()).or_default();
         *count += 1;
         *count
+    }
+
+    /// Counts a started export under its workload tag.
+    pub fn export_tagged(&mut self, tag: Option<&str>) {
+        *self
+            .exports_by_tag
+            .entry(tag.unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+
+    /// Counts an answered `value:compute` under its workload tag.
+    pub fn compute_tagged(&mut self, tag: Option<&str>) {
+        *self
+            .computes_by_tag
+            .entry(tag.unwrap_or_default().to_owned())
+            .or_default() += 1;
     }
 
     /// The number of exports this description would have if one more started.
@@ -145,6 +170,8 @@ impl Counters {
                 .collect(),
             media_bytes_served: self.media_bytes,
             downloads_truncated: self.truncated,
+            exports_by_workload_tag: self.exports_by_tag.clone(),
+            computes_by_workload_tag: self.computes_by_tag.clone(),
         }
     }
 }

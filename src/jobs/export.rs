@@ -51,6 +51,9 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
     let base = sub.export_base(&order, generation)?;
     let bucket = ctx.bucket_of(&sub)?;
 
+    // Every EE call made for the submission carries its tag, so that EE's usage reports add
+    // up each campaign's cost.
+    let workload_tag = sub.workload_tag();
     // The scenes are listed once per export generation: a re-run (a retryable EE error, a full
     // queue, a lost lease) exports the scenes the metadata JSON already describes, even if EE
     // has ingested more since, so that the GeoTIFF and its metadata always agree.
@@ -60,7 +63,10 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
             ctx.ee_permit().await?;
             let listed = ctx
                 .ee
-                .compute_value(&list_images(spec, &tile, &order.period))
+                .compute_value(
+                    &list_images(spec, &tile, &order.period),
+                    Some(&workload_tag),
+                )
                 .await?;
             parse_image_list(spec, &listed)?
         }
@@ -132,6 +138,7 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
         file_dimensions: Some(recipe.file_dimensions),
         cloud_optimized: recipe.cloud_optimized,
         max_pixels: Some(recipe.max_pixels as i64),
+        workload_tag: Some(workload_tag),
     };
     ctx.ee_permit().await?;
     let op = match ctx

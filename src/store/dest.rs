@@ -196,6 +196,28 @@ impl Destination {
             }
         }
     }
+
+    /// Removes the file at `rel_path`; a file that is not there counts as removed.
+    pub async fn remove(&self, rel_path: &str) -> Result<(), StoreError> {
+        let rel_path = check_rel_path(rel_path)?;
+        match &self.backend {
+            Backend::Local { root } => {
+                let path = root.join(rel_path);
+                match tokio::fs::remove_file(&path).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(StoreError::io(path.display().to_string(), e)),
+                }
+            }
+            Backend::Store { store, root } => {
+                let path = store_path(root, rel_path)?;
+                match store.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(StoreError::object_store("delete", path.to_string(), e)),
+                }
+            }
+        }
+    }
 }
 
 fn store_path(root: &Path, rel_path: &str) -> Result<Path, StoreError> {
@@ -648,6 +670,23 @@ mod tests {
             (want.size, want.md5, want.crc32c)
         );
         assert_eq!(dest.existing("a/b.tif").await.unwrap(), Some(11));
+    }
+
+    #[tokio::test]
+    async fn remove_deletes_a_file_and_a_missing_one_is_removed_already() {
+        let dir = tempfile::tempdir().unwrap();
+        for dest in [
+            Destination::local(dir.path()),
+            Destination::object_store(Arc::new(InMemory::new()), Path::from("root")),
+        ] {
+            dest.write_verified("a/b.tif", chunks(&[b"probe"]), expected(b"probe"))
+                .await
+                .unwrap();
+            dest.remove("a/b.tif").await.unwrap();
+            assert_eq!(dest.existing("a/b.tif").await.unwrap(), None);
+            dest.remove("a/b.tif").await.unwrap();
+            assert!(dest.remove("../b.tif").await.is_err());
+        }
     }
 
     #[tokio::test]

@@ -605,6 +605,7 @@ fn export_body() -> cedar::earthengine::ExportImageRequest {
             file_dimensions: Some(1024),
             cloud_optimized: true,
             max_pixels: None,
+            workload_tag: None,
         },
     )
 }
@@ -932,6 +933,12 @@ fn table(f: &Fixture) -> Vec<Case> {
             |_| submit(&["--tile", "3,10", "--bogus"]),
         ),
         cli(
+            "--workload-tag outside EE's rule",
+            "for '--workload-tag <WORKLOAD_TAG>': \"Bad.Tag\" is not an Earth Engine workload tag: 1-63 lowercase letters",
+            2,
+            |_| submit(&["--tile", "3,10", "--workload-tag", "Bad.Tag"]),
+        ),
+        cli(
             "status of an unknown name",
             "tracking \"NOPE\" does not exist",
             2,
@@ -1146,6 +1153,17 @@ fn table(f: &Fixture) -> Vec<Case> {
             },
         ),
         cli(
+            "config: ingest workload_tag outside EE's rule",
+            "ingest[0].workload_tag: \"L8-Monthly\" is not an Earth Engine workload tag",
+            2,
+            |f| {
+                submit_with(f.config_plus(
+                    "ingest-tag",
+                    "[[ingest]]\nname = \"monthly\"\nschedule = \"0 0 6 * * *\"\ncollections = [\"LANDSAT/LC08/C02/T1_L2\"]\ntiles = [\"3,10\"]\nfreq = \"1MS\"\nworkload_tag = \"L8-Monthly\"\n",
+                ))
+            },
+        ),
+        cli(
             "config: TLS CA file with a plain redis:// URL",
             "queue.tls_ca_file: is only used with a rediss:// (TLS) queue.url",
             2,
@@ -1156,6 +1174,16 @@ fn table(f: &Fixture) -> Vec<Case> {
                     &format!("url = \"{url}\""),
                     "url = \"redis://127.0.0.1:6379\"\ntls_ca_file = \"/etc/hostname\"",
                 ))
+            },
+        ),
+        cli(
+            "config: store URL names another bucket",
+            "store.url: \"gs://other-bucket\" names bucket \"other-bucket\", but EE exports into export.bucket \"cedar-bad-input\"",
+            2,
+            |f| {
+                let url = format!("url = \"file://{}\"", f.bucket.display());
+                let path = f.config_with("other-bucket", &url, "url = \"gs://other-bucket\"");
+                strings(&["--config", &path, "config", "check"])
             },
         ),
         // --- Earth Engine answers ----------------------------------------------------------

@@ -293,6 +293,19 @@ fn the_emulator_walkthrough_runs_with_the_shipped_config() {
 
     let check = cedar(root, &["config", "check"], &env);
     assert!(check.status.success(), "{:?}", text(&check));
+    // doctor asks the emulator, which may still be starting.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{}", emulator.tail(20));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let doctor = cedar(root, &["doctor"], &env);
+    let (out, err) = text(&doctor);
+    assert!(doctor.status.success(), "{out}{err}");
+    assert!(
+        out.lines().count() == 8 && out.lines().all(|l| l.starts_with("ok   ")),
+        "{out}"
+    );
     let submit = cedar(
         root,
         &[&["submit"][..], &one_tile("2021-09-01")].concat(),

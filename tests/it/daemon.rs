@@ -546,6 +546,38 @@ async fn a_campaign_runs_to_completion_with_two_workers() {
     assert_eq!(c.drained(&name).await.1, BTreeMap::new(), "queues drained");
 }
 
+/// Each submission's EE calls carry its workload tag: the one given with `--workload-tag`, else
+/// its tracking name made to fit EE's rule (here simply lowercased); the tag is in its document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_campaign_tags_its_ee_calls_with_its_workload_tag() {
+    let mut c = Campaign::start("tags", Campaign::options()).await;
+    let mut tagged = four_tiles(LC08, "2021-08-31", "2MS");
+    tagged.extend(["--workload-tag", "conus-l8"]);
+    let first = c.submit(&tagged).await;
+    // Tracking names carry the submission time to the second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = c.submit(&four_tiles(LE07, "2021-08-31", "2MS")).await;
+    c.spawn_worker();
+    let mut exported = BTreeMap::new();
+    let mut computed = BTreeMap::new();
+    for (name, tag) in [
+        (&first, "conus-l8".to_owned()),
+        (&second, second.to_lowercase()),
+    ] {
+        let (status, code) = c.wait_done(name).await;
+        assert_eq!(code, Some(0), "{status}");
+        let cleaned = counts(&status).get("CLEANED").copied().unwrap_or(0);
+        assert!(cleaned > 0, "{status}");
+        exported.insert(tag.clone(), cleaned);
+        // One scene listing per order, empty or not.
+        computed.insert(tag.clone(), status["total"].as_u64().unwrap());
+        assert_eq!(c.show(name).await["tracking"]["workload_tag"], tag.as_str());
+    }
+    let stats = c.emulator.stats();
+    assert_eq!(stats.exports_by_workload_tag, exported, "{stats:#?}");
+    assert_eq!(stats.computes_by_workload_tag, computed, "{stats:#?}");
+}
+
 /// Empty tile-periods: recorded EMPTY with a metadata JSON by default, without one with
 /// `--no-save-empty-metadata`, and failed with a clear message with `--error-if-empty`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

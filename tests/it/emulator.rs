@@ -218,6 +218,72 @@ async fn value_compute_lists_a_filtered_collection_like_get_info() {
     assert_eq!(status, 400);
 }
 
+/// `workloadTag` on `image:export` and `value:compute`: a tag outside the rule Google's client
+/// holds tags to is refused with 400, a good one (or none) is counted under its tag.
+#[tokio::test]
+async fn workload_tags_are_checked_and_counted_per_tag() {
+    let t = TestEmulator::spawn(fast()).await;
+    let tagged = |description: &str, request_id: &str, tag: Option<&str>| {
+        let mut body = export_body(description, request_id, 10, 10);
+        if let Some(tag) = tag {
+            body["workloadTag"] = json!(tag);
+        }
+        body
+    };
+    t.export(&tagged("a", "tag-1", Some("campaign-a"))).await;
+    t.export(&tagged("b", "tag-2", Some("campaign_b-2"))).await;
+    t.export(&tagged("c", "tag-3", None)).await;
+    // An empty tag is no tag, as Google's client sends it.
+    t.export(&tagged("d", "tag-4", Some(""))).await;
+    // The same requestId again starts nothing and counts nothing.
+    t.export(&tagged("a", "tag-1", Some("campaign-a"))).await;
+    let too_long = "a".repeat(64);
+    for bad in ["Campaign-A", "-a", "a-", "a.b", "a b", too_long.as_str()] {
+        let (status, error) = t
+            .post(
+                "/v1/projects/p/image:export",
+                &tagged("x", "tag-x", Some(bad)),
+            )
+            .await;
+        assert_eq!(
+            (status, error["error"]["status"].as_str()),
+            (400, Some("INVALID_ARGUMENT")),
+            "{bad}: {error}"
+        );
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!(
+                    "Invalid workload tag \"{bad}\". Tags must be 1-63 characters"
+                )),
+            "{error}"
+        );
+        let mut compute = listing_expression("LANDSAT/LC08/C02/T1_L2");
+        compute["workloadTag"] = json!(bad);
+        let (status, _) = t.post("/v1/projects/p/value:compute", &compute).await;
+        assert_eq!(status, 400, "{bad}");
+    }
+    let mut compute = listing_expression("LANDSAT/LC08/C02/T1_L2");
+    compute["workloadTag"] = json!("campaign-a");
+    let (status, body) = t.post("/v1/projects/p/value:compute", &compute).await;
+    assert_eq!(status, 200, "{body}");
+    let stats = t.emulator.stats();
+    assert_eq!(
+        stats.exports_by_workload_tag,
+        [
+            ("".to_owned(), 2),
+            ("campaign-a".to_owned(), 1),
+            ("campaign_b-2".to_owned(), 1)
+        ]
+        .into()
+    );
+    assert_eq!(
+        stats.computes_by_workload_tag,
+        [("campaign-a".to_owned(), 1)].into()
+    );
+}
+
 #[tokio::test]
 async fn unknown_fields_and_bad_values_are_rejected_like_google() {
     let t = TestEmulator::spawn(fast()).await;

@@ -24,6 +24,8 @@ async fn a_rerun_export_exports_the_scenes_it_listed_first() {
         freq: None,
         save_empty_metadata: true,
         error_if_empty: false,
+        name: None,
+        workload_tag: None,
     };
     let plan = submit::plan(&ctx.settings, &req, Utc::now()).unwrap();
     submit::enqueue(ctx, &plan).await.unwrap();

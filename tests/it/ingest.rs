@@ -26,6 +26,7 @@ async fn setup(queue_url: String, backfill: Option<&str>) -> ContextBench {
             lag_days: 5,
             backfill_start: backfill.map(|d| d.parse().unwrap()),
             save_empty_metadata: true,
+            workload_tag: None,
         }];
     })
     .await
@@ -85,6 +86,12 @@ async fn exactly_once_and_catch_up(queue_url: String) {
     assert_eq!(sub.period_start.to_string(), "2024-07-01");
     assert_eq!(sub.period_end.to_string(), "2024-08-01");
     assert_eq!(sub.tiles, vec![(3, 10), (3, 11)]);
+    // Without a workload_tag key, each period's calls are tagged with its tracking name.
+    assert_eq!(
+        sub.workload_tag.as_deref(),
+        Some("ingest-l8-2024-07-01"),
+        "frozen into the submission"
+    );
 }
 
 #[tokio::test]

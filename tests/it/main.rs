@@ -4,6 +4,7 @@ mod backends;
 mod bad_input;
 mod cli;
 mod daemon;
+mod doctor;
 mod earthengine;
 mod emulator;
 mod export;

@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path as FsPath, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,7 +27,7 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use tempfile::TempDir;
 
-use crate::support::{free_port, on_path};
+use crate::support::{GcsEmulator, free_port};
 
 /// Objects live under this prefix of every bucket URL, so the root handling is always exercised.
 const ROOT: &str = "campaign";
@@ -89,83 +88,6 @@ fn encode(name: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // gcp-storage-emulator
 
-/// The emulator binary: `CEDAR_GCS_EMULATOR`, else the project's `.venv`, else `PATH`.
-fn emulator_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("CEDAR_GCS_EMULATOR") {
-        return PathBuf::from(path);
-    }
-    let venv = FsPath::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/gcp-storage-emulator");
-    if venv.is_file() {
-        return venv;
-    }
-    on_path("gcp-storage-emulator").unwrap_or_else(|| {
-        panic!(
-            "gcp-storage-emulator not found (CEDAR_GCS_EMULATOR unset, no {} and none on \
-                 PATH): run scripts/test, which installs it into .venv",
-            venv.display()
-        )
-    })
-}
-
-/// One emulator process with one bucket, killed on drop.
-struct Emulator {
-    child: Child,
-    endpoint: String,
-    bucket: String,
-    _log_dir: TempDir,
-}
-
-impl Emulator {
-    async fn start(bucket: &str) -> Emulator {
-        let binary = emulator_binary();
-        let port = free_port();
-        let log_dir = TempDir::new().unwrap();
-        let log_path = log_dir.path().join("emulator.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let mut child = Command::new(&binary)
-            .args(["start", "--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--default-bucket", bucket, "--in-memory", "-q"])
-            .current_dir(log_dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(response) = http.get(format!("{endpoint}/")).send().await
-                && response.status().is_success()
-            {
-                break;
-            }
-            let exited = child.try_wait().unwrap();
-            if exited.is_some() || Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "gcp-storage-emulator on port {port} did not come up ({exited:?}); log:\n{}",
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Emulator {
-            child,
-            endpoint,
-            bucket: bucket.to_owned(),
-            _log_dir: log_dir,
-        }
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Raw access to the backing storage, independent of cedar's clients
 
@@ -183,7 +105,7 @@ struct GcsApi {
 
 impl Raw {
     /// Raw access to the emulator's bucket.
-    fn gcs(emulator: &Emulator) -> Raw {
+    fn gcs(emulator: &GcsEmulator) -> Raw {
         Raw::Gcs(GcsApi {
             http: reqwest::Client::new(),
             endpoint: emulator.endpoint.clone(),
@@ -260,7 +182,7 @@ struct BucketFixture {
     raw: Raw,
     /// Whether the backend reports checksums (GCS does; `object_store` stores do not).
     reports_checksums: bool,
-    _emulator: Option<Emulator>,
+    _emulator: Option<GcsEmulator>,
     _dir: Option<TempDir>,
 }
 
@@ -269,7 +191,8 @@ impl BucketFixture {
         match backend {
             Backend::Emulator => {
                 // Bucket names may hold '-' but not '_'; a '-' also checks the URL encoding.
-                let emulator = Emulator::start(&format!("cedar-{}", test.replace('_', "-"))).await;
+                let emulator =
+                    GcsEmulator::start(&format!("cedar-{}", test.replace('_', "-"))).await;
                 let bucket = open_bucket(
                     &format!("gs://{}/{ROOT}", emulator.bucket),
                     Some(&emulator.endpoint),
@@ -613,7 +536,7 @@ impl TokenSource for SecretToken {
 
 #[tokio::test]
 async fn gcs_listing_follows_every_page() {
-    let emulator = Emulator::start("cedar-paging").await;
+    let emulator = GcsEmulator::start("cedar-paging").await;
     let raw = Raw::gcs(&emulator);
     for i in 0..11 {
         raw.seed(&format!("t01/img_{i:02}.tif"), &content(i, 10))
@@ -654,7 +577,7 @@ async fn gcs_listing_follows_every_page() {
 
 #[tokio::test]
 async fn gcs_sends_the_token_and_never_reports_it() {
-    let emulator = Emulator::start("cedar-auth").await;
+    let emulator = GcsEmulator::start("cedar-auth").await;
     let (endpoint, proxy) = start_proxy(&emulator.endpoint).await;
     let bucket =
         GcsJsonBucket::new(&endpoint, &emulator.bucket, "", Arc::new(SecretToken)).unwrap();
@@ -693,7 +616,7 @@ async fn gcs_sends_the_token_and_never_reports_it() {
 
 #[tokio::test]
 async fn gcs_errors_are_classified_where_they_arise() {
-    let emulator = Emulator::start("cedar-errors").await;
+    let emulator = GcsEmulator::start("cedar-errors").await;
     let (endpoint, proxy) = start_proxy(&emulator.endpoint).await;
     let bucket = GcsJsonBucket::new(&endpoint, &emulator.bucket, "", Arc::new(NoAuth)).unwrap();
     let cases = [

@@ -23,6 +23,8 @@ async fn setup(queue_url: String, store_url: Option<String>) -> ContextBench {
 
 fn request() -> Request {
     Request {
+        name: None,
+        workload_tag: None,
         collections: vec!["LANDSAT/LC08/C02/T1_L2".into()],
         tiles: vec![(10, 14), (10, 15)],
         start: NaiveDate::from_ymd_opt(2021, 7, 1).unwrap(),

@@ -1,7 +1,8 @@
 //! What many test modules need and each would otherwise write again: the test Redis and a
 //! namespace of one test's own, the in-process EE emulator with its bucket and destination
-//! folders, a configuration file, the `cedar` binary run with a clean environment, worker
-//! processes that cannot outlive their test, polling with a deadline, free ports and keys.
+//! folders, a gcp-storage-emulator process, a configuration file, the `cedar` binary run with a
+//! clean environment, worker processes that cannot outlive their test, polling with a deadline,
+//! free ports and keys.
 //!
 //! Every helper keeps its test isolated: its own Redis namespace (deleted with SCAN + DEL, never
 //! FLUSHALL), its own temporary directory, its own port.
@@ -330,6 +331,87 @@ pub fn four_tiles<'a>(collection: &'a str, end: &'a str, freq: &'a str) -> Vec<&
     ]
 }
 
+// --- gcp-storage-emulator ---------------------------------------------------------------------
+
+/// The gcp-storage-emulator binary: `CEDAR_GCS_EMULATOR`, else the project's `.venv`, else `PATH`.
+fn gcs_emulator_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("CEDAR_GCS_EMULATOR") {
+        return PathBuf::from(path);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/gcp-storage-emulator");
+    if venv.is_file() {
+        return venv;
+    }
+    on_path("gcp-storage-emulator").unwrap_or_else(|| {
+        panic!(
+            "gcp-storage-emulator not found (CEDAR_GCS_EMULATOR unset, no {} and none on \
+                 PATH): run scripts/test, which installs it into .venv",
+            venv.display()
+        )
+    })
+}
+
+/// One gcp-storage-emulator process with one bucket, killed on drop.
+pub struct GcsEmulator {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    pub bucket: String,
+    _log_dir: tempfile::TempDir,
+}
+
+impl GcsEmulator {
+    /// Starts one with the bucket `bucket`, in memory, on a free loopback port.
+    pub async fn start(bucket: &str) -> GcsEmulator {
+        let binary = gcs_emulator_binary();
+        let port = free_port();
+        let log_dir = tempfile::TempDir::new().unwrap();
+        let log_path = log_dir.path().join("emulator.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(&binary)
+            .args(["start", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--default-bucket", bucket, "--in-memory", "-q"])
+            .current_dir(log_dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = http.get(format!("{endpoint}/")).send().await
+                && response.status().is_success()
+            {
+                break;
+            }
+            let exited = child.try_wait().unwrap();
+            if exited.is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "gcp-storage-emulator on port {port} did not come up ({exited:?}); log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        GcsEmulator {
+            child,
+            endpoint,
+            bucket: bucket.to_owned(),
+            _log_dir: log_dir,
+        }
+    }
+}
+
+impl Drop for GcsEmulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 // --- the cedar binary --------------------------------------------------------------------------
 
 /// `cedar worker` as the daemon tests run it: fast polling, short leases, a short drain.
@@ -571,6 +653,24 @@ pub fn rsa_key(dir: &Path, name: &str) -> (String, String) {
         std::fs::read_to_string(dir.join(private)).unwrap(),
         std::fs::read_to_string(dir.join(public)).unwrap(),
     )
+}
+
+/// Writes `service-account.json` into `dir`: a service-account key of
+/// `cedar@cedar-test.iam.gserviceaccount.com` holding `private_pem`, whose tokens come from
+/// `token_uri` (an emulator's `/token`); returns its path.
+pub fn service_account_key(dir: &std::path::Path, private_pem: &str, token_uri: &str) -> String {
+    let path = dir.join("service-account.json");
+    let key = serde_json::json!({
+        "type": "service_account",
+        "project_id": "cedar-test",
+        "private_key_id": "0123456789abcdef",
+        "private_key": private_pem,
+        "client_email": "cedar@cedar-test.iam.gserviceaccount.com",
+        "client_id": "123456789",
+        "token_uri": token_uri,
+    });
+    std::fs::write(&path, key.to_string()).unwrap();
+    path.to_str().unwrap().to_string()
 }
 
 // --- a context for library-level tests ---------------------------------------------------------

@@ -255,9 +255,22 @@ pub struct Submission {
     /// did not freeze it (workers then use their own configuration, as those versions did).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipe: Option<Recipe>,
+    /// The EE workload tag every EE call made for it carries (`submit --workload-tag`, an
+    /// `[[ingest]]` entry's `workload_tag`, else derived from the name at submit); `None` for
+    /// submissions recorded before tags were, which get the derived one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_tag: Option<String>,
 }
 
 impl Submission {
+    /// The workload tag its EE calls carry: the recorded one, else the one its name gives
+    /// ([`crate::naming::workload_tag_for`]).
+    pub fn workload_tag(&self) -> String {
+        self.workload_tag
+            .clone()
+            .unwrap_or_else(|| crate::naming::workload_tag_for(&self.name))
+    }
+
     /// Every order, collection-major, then tile, then period (the original's order).
     pub fn orders(&self) -> impl Iterator<Item = Order> + '_ {
         self.collections.iter().flat_map(move |c| {

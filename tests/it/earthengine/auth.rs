@@ -9,7 +9,7 @@ use cedar::earthengine::{EarthEngine, EeError};
 use cedar::emulator::EmulatorOptions;
 
 use super::calls::{Setup, setup};
-use crate::support::rsa_key;
+use crate::support::{rsa_key, service_account_key};
 
 /// An emulator that requires tokens and knows the public key `registered`, and a client of it
 /// whose service-account key holds `private`; the key file's path.
@@ -25,7 +25,7 @@ async fn signed_in(
     })
     .await;
     s.emulator.register_public_key_pem(registered);
-    let path = key_file(dir, private, &format!("{}/token", s.emulator.url()));
+    let path = service_account_key(dir, private, &format!("{}/token", s.emulator.url()));
     let ee = EarthEngine::new(
         &s.emulator.url(),
         "cedar-test",
@@ -34,22 +34,6 @@ async fn signed_in(
     )
     .unwrap();
     (s, ee, path)
-}
-
-/// Writes a service-account key file whose `token_uri` is the emulator's.
-fn key_file(dir: &std::path::Path, private_pem: &str, token_uri: &str) -> String {
-    let path = dir.join("service-account.json");
-    let key = serde_json::json!({
-        "type": "service_account",
-        "project_id": "cedar-test",
-        "private_key_id": "0123456789abcdef",
-        "private_key": private_pem,
-        "client_email": "cedar@cedar-test.iam.gserviceaccount.com",
-        "client_id": "123456789",
-        "token_uri": token_uri,
-    });
-    std::fs::write(&path, key.to_string()).unwrap();
-    path.to_str().unwrap().to_string()
 }
 
 #[tokio::test]
@@ -62,7 +46,7 @@ async fn service_account_tokens_are_fetched_once_and_reused() {
     })
     .await;
     s.emulator.register_public_key_pem(&public);
-    let path = key_file(dir.path(), &private, &format!("{}/token", s.emulator.url()));
+    let path = service_account_key(dir.path(), &private, &format!("{}/token", s.emulator.url()));
 
     let tokens = token_source(Some(&path)).unwrap();
     let debug = format!("{tokens:?}");

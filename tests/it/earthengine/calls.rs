@@ -92,7 +92,7 @@ pub(super) async fn tile_with_images(
     for (row, col) in grid().limits.indices() {
         let tile = grid().tile(row, col).unwrap();
         let result = ee
-            .compute_value(&list_images(spec, &tile, &spring_2021()))
+            .compute_value(&list_images(spec, &tile, &spring_2021()), None)
             .await
             .unwrap();
         let images = parse_image_list(spec, &result).unwrap();
@@ -112,6 +112,7 @@ fn params(name: &str) -> ExportParams {
         file_dimensions: Some(256),
         cloud_optimized: true,
         max_pixels: Some(1_000_000_000),
+        workload_tag: None,
     }
 }
 
@@ -360,7 +361,7 @@ async fn google_error_bodies_are_classified() {
     if let cedar::earthengine::types::ValueNode::FunctionInvocationValue(f) = root {
         f.function_name = Some("Collection.filterr".into());
     }
-    let e = s.ee.compute_value(&bad).await.unwrap_err();
+    let e = s.ee.compute_value(&bad, None).await.unwrap_err();
     assert_eq!(
         (e.http_status(), e.ee_status()),
         (Some(400), Some("INVALID_ARGUMENT")),
