@@ -303,6 +303,14 @@ pub const CATALOGUE: &[MetricDef] = &[
         buckets: &[],
     },
     MetricDef {
+        name: "cedar_scene_list_read_bytes_total",
+        kind: Kind::Counter,
+        unit: "bytes",
+        labels: &[],
+        help: "Bytes of metadata JSON a re-run export read back from the export bucket, to export the scenes listed the first time.",
+        buckets: &[],
+    },
+    MetricDef {
         name: "cedar_download_checksum_failures_total",
         kind: Kind::Counter,
         unit: "objects",
@@ -499,6 +507,11 @@ pub fn ee_request(method: &str, status: Option<u16>) {
 /// Records bytes written to the destination and verified.
 pub fn downloaded(bytes: u64) {
     ::metrics::counter!("cedar_download_bytes_total").increment(bytes);
+}
+
+/// Records a metadata JSON read back from the bucket by a re-run export.
+pub fn scene_list_read(bytes: u64) {
+    ::metrics::counter!("cedar_scene_list_read_bytes_total").increment(bytes);
 }
 
 /// Records a failed download write; only checksum and size mismatches count.

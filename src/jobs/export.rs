@@ -212,7 +212,10 @@ async fn frozen_scenes(
     base: &str,
 ) -> Result<Option<Vec<ImageInfo>>, JobError> {
     let body = match bucket.get(&format!("{base}.json")).await {
-        Ok(body) => body,
+        Ok(body) => {
+            crate::metrics::scene_list_read(body.len() as u64);
+            body
+        }
         Err(StoreError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
     };

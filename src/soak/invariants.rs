@@ -438,8 +438,9 @@ pub(super) fn metrics_agree(calm: Option<&CalmMetrics>) -> Check {
             ee("value.compute"),
         ),
         (
-            "cedar_download_bytes_total",
-            delta("cedar_download_bytes_total", &[]),
+            "cedar_download_bytes_total + cedar_scene_list_read_bytes_total",
+            delta("cedar_download_bytes_total", &[])
+                + delta("cedar_scene_list_read_bytes_total", &[]),
             "emulator media bytes served whole",
             c.ee_after.media_bytes_served - c.ee_before.media_bytes_served,
         ),
