@@ -116,6 +116,7 @@ pub fn plan(settings: &Settings, req: &Request, now: DateTime<Utc>) -> Result<Pl
         save_empty_metadata: req.save_empty_metadata,
         error_if_empty: req.error_if_empty,
         recipe: Some(settings.recipe(&req.collections, Some(Recipe::new_id()))),
+        ingest: None,
     };
     sub.name = settings
         .tracking_template

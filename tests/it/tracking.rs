@@ -36,6 +36,7 @@ fn submission(name: &str) -> Submission {
         save_empty_metadata: true,
         error_if_empty: false,
         recipe: None,
+        ingest: None,
     }
 }
 
