@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use cedar::config::Config;
 use cedar::emulator::EmulatorOptions;
-use cedar::metrics::{CATALOGUE, Kind};
+use cedar::metrics::{CATALOGUE, CONFIGURED, Kind};
 use serde_json::Value;
 use serde_norway::Value as Yaml;
 use tokio::net::{TcpListener, TcpStream};
@@ -167,6 +167,50 @@ fn alert_rules() -> Vec<Yaml> {
         .collect()
 }
 
+/// The label matchers of each catalogue metric an expression selects, as (metric, label,
+/// values): `m{a="x", b=~"y|z"}` gives (m, a, [x]) and (m, b, [y, z]); negative matchers are
+/// left out (they select nothing by themselves).
+fn label_matchers(expr: &str) -> Vec<(String, String, Vec<String>)> {
+    let mut out = Vec::new();
+    for metric in metrics_named(expr) {
+        let mut rest = expr;
+        while let Some(at) = rest.find(&format!("{metric}{{")) {
+            let body = &rest[at + metric.len() + 1..];
+            let end = body.find('}').expect("a closed selector");
+            for matcher in body[..end].split(',').map(str::trim) {
+                let (label, op, value) = ["=~", "!~", "!=", "="]
+                    .iter()
+                    .find_map(|op| {
+                        let (l, v) = matcher.split_once(op)?;
+                        Some((l.trim(), *op, v.trim().trim_matches('"')))
+                    })
+                    .unwrap_or_else(|| panic!("matcher {matcher:?} in {expr}"));
+                if op == "=" || op == "=~" {
+                    let values = value.split('|').map(str::to_owned).collect();
+                    out.push((metric.clone(), label.to_owned(), values));
+                }
+            }
+            rest = &body[end..];
+        }
+    }
+    out
+}
+
+#[test]
+fn label_matchers_are_found_in_expressions() {
+    let found = label_matchers(
+        r#"sum(increase(cedar_order_failures_total{origin="ingest", cause=~"ee_task|lost", stage!="x"}[1h]))"#,
+    );
+    let m = "cedar_order_failures_total".to_owned();
+    assert_eq!(
+        found,
+        vec![
+            (m.clone(), "origin".into(), vec!["ingest".into()]),
+            (m, "cause".into(), vec!["ee_task".into(), "lost".into()]),
+        ]
+    );
+}
+
 #[test]
 fn alerts_name_only_catalogue_metrics_and_carry_runbooks() {
     let rules = alert_rules();
@@ -177,6 +221,26 @@ fn alerts_name_only_catalogue_metrics_and_carry_runbooks() {
         let used = metrics_named(expr);
         assert_eq!(unknown(&used), Vec::<String>::new(), "{name}: {expr}");
         assert!(!used.is_empty() || expr.contains("up{"), "{name}: {expr}");
+        // A label or a fixed value the metric does not have would select nothing, silently.
+        for (metric, label, values) in label_matchers(expr) {
+            let d = CATALOGUE.iter().find(|d| d.name == metric).unwrap();
+            if ["instance", "job"].contains(&label.as_str()) {
+                continue;
+            }
+            let def = d
+                .labels
+                .iter()
+                .find(|l| l.name == label)
+                .unwrap_or_else(|| panic!("{name}: {metric} has no label {label}"));
+            if CONFIGURED.iter().all(|(l, _)| *l != label) {
+                for v in &values {
+                    assert!(
+                        def.values.contains(&v.as_str()),
+                        "{name}: {metric}{{{label}}} never takes {v:?}"
+                    );
+                }
+            }
+        }
         for key in ["summary", "description", "runbook"] {
             let text = rule["annotations"][key].as_str().unwrap_or_default();
             assert!(text.len() > 20, "{name} needs a {key} annotation");
@@ -189,6 +253,21 @@ fn alerts_name_only_catalogue_metrics_and_carry_runbooks() {
             "{name}"
         );
     }
+    // What pages an ingest's owner: every fact an ingest alert stands on is alerted on.
+    let alerted: BTreeSet<String> = rules
+        .iter()
+        .flat_map(|r| metrics_named(r["expr"].as_str().unwrap()))
+        .collect();
+    for m in [
+        "cedar_ingest_next_due_timestamp_seconds",
+        "cedar_ingest_next_period_seconds",
+        "cedar_ingest_last_submitted_period_end_timestamp_seconds",
+        "cedar_ingest_last_complete_period_end_timestamp_seconds",
+        "cedar_ingest_last_submission_timestamp_seconds",
+        "cedar_order_failures_total",
+    ] {
+        assert!(alerted.contains(m), "no alert looks at {m}");
+    }
 }
 
 #[test]
@@ -197,7 +276,8 @@ fn dashboard_panels_name_only_catalogue_metrics() {
     let dash: Value = serde_json::from_str(&text).unwrap();
     let panels = dash["panels"].as_array().unwrap();
     let mut all = BTreeSet::new();
-    for p in panels {
+    // Rows only group the panels below them.
+    for p in panels.iter().filter(|p| p["type"] != "row") {
         let title = p["title"].as_str().unwrap();
         let targets = p["targets"].as_array().unwrap();
         assert!(!targets.is_empty(), "{title}");
@@ -221,7 +301,33 @@ fn dashboard_panels_name_only_catalogue_metrics() {
     ] {
         assert!(all.contains(m), "no panel shows {m}");
     }
+    // And a row for continuous ingest: how far behind each entry is, its latest period, failures.
+    let row = panels
+        .iter()
+        .position(|p| p["type"] == "row" && p["title"].as_str().unwrap().contains("ingest"))
+        .expect("a row for continuous ingest");
+    let below: BTreeSet<String> = panels[row + 1..]
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .flat_map(|t| metrics_named(t["expr"].as_str().unwrap()))
+        .collect();
+    for m in [
+        "cedar_ingest_last_submitted_period_end_timestamp_seconds",
+        "cedar_ingest_last_complete_period_end_timestamp_seconds",
+        "cedar_ingest_next_due_timestamp_seconds",
+        "cedar_ingest_latest_period_orders",
+        "cedar_order_failures_total",
+    ] {
+        assert!(below.contains(m), "the ingest row does not show {m}");
+    }
 }
+
+/// The unit tests of the alert rules: `alerts_test.yml`, and `alerts_ingest_test.yml` for the
+/// cedar-ingest group (its scenarios last days, so it evaluates every 5 minutes, not every minute).
+const ALERT_TESTS: &[&str] = &[
+    "deploy/prometheus/alerts_test.yml",
+    "deploy/prometheus/alerts_ingest_test.yml",
+];
 
 #[test]
 fn alert_rules_pass_promtool_check_and_their_unit_tests() {
@@ -230,24 +336,23 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
         &["check", "config", "deploy/prometheus/prometheus.yml"],
         None,
     );
-    let out = run_promtool(
-        &["test", "rules", "deploy/prometheus/alerts_test.yml"],
-        None,
-    );
-    assert!(out.contains("SUCCESS"), "{out}");
+    let out = run_promtool(&[&["test", "rules"][..], ALERT_TESTS].concat(), None);
+    assert_eq!(out.matches("SUCCESS").count(), ALERT_TESTS.len(), "{out}");
 
     // Every alert has a test where it fires and one where it stays quiet.
-    let text = std::fs::read_to_string(repo().join("deploy/prometheus/alerts_test.yml")).unwrap();
-    let tests: Yaml = serde_norway::from_str(&text).unwrap();
     let mut fires = BTreeSet::new();
     let mut quiet = BTreeSet::new();
-    for t in tests["tests"].as_sequence().unwrap() {
-        for a in t["alert_rule_test"].as_sequence().unwrap() {
-            let name = a["alertname"].as_str().unwrap().to_owned();
-            if a["exp_alerts"].as_sequence().is_some_and(|e| e.is_empty()) {
-                quiet.insert(name);
-            } else {
-                fires.insert(name);
+    for file in ALERT_TESTS {
+        let text = std::fs::read_to_string(repo().join(file)).unwrap();
+        let tests: Yaml = serde_norway::from_str(&text).unwrap();
+        for t in tests["tests"].as_sequence().unwrap() {
+            for a in t["alert_rule_test"].as_sequence().unwrap() {
+                let name = a["alertname"].as_str().unwrap().to_owned();
+                if a["exp_alerts"].as_sequence().is_some_and(|e| e.is_empty()) {
+                    quiet.insert(name);
+                } else {
+                    fires.insert(name);
+                }
             }
         }
     }
