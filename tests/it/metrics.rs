@@ -27,16 +27,16 @@ use crate::support::{
 };
 
 /// The bucket name the configuration exports to and the emulator insists on.
-const BUCKET: &str = "cedar-metrics-bucket";
+pub(crate) const BUCKET: &str = "cedar-metrics-bucket";
 /// How long the tiny campaign and every wait in these tests may take.
-const DEADLINE: Duration = Duration::from_secs(120);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(120);
 
-fn repo() -> &'static Path {
+pub(crate) fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// `promtool` from `CEDAR_PROMTOOL` or `PATH`; a missing one fails the test with the fix.
-fn promtool() -> PathBuf {
+pub(crate) fn promtool() -> PathBuf {
     if let Some(p) = std::env::var_os("CEDAR_PROMTOOL") {
         return PathBuf::from(p);
     }
@@ -49,7 +49,7 @@ fn promtool() -> PathBuf {
 }
 
 /// Runs promtool with `args` (and `stdin`), failing the test with its output unless it succeeds.
-fn run_promtool(args: &[&str], stdin: Option<&str>) -> String {
+pub(crate) fn run_promtool(args: &[&str], stdin: Option<&str>) -> String {
     let mut child = Command::new(promtool())
         .args(args)
         .current_dir(repo())
@@ -156,7 +156,7 @@ fn metric_names_are_found_in_expressions() {
     assert_eq!(unknown(&used), vec!["cedar_nope_total".to_owned()]);
 }
 
-fn alert_rules() -> Vec<Yaml> {
+pub(crate) fn alert_rules() -> Vec<Yaml> {
     let text = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml")).unwrap();
     let doc: Yaml = serde_norway::from_str(&text).unwrap();
     doc["groups"]
@@ -647,23 +647,32 @@ impl Drop for Relay {
     }
 }
 
-/// One worker process, its configuration and the lines it logs.
-struct LiveWorker {
-    worker: Option<Process>,
-    /// Its keys are deleted once the worker (dropped first) is gone.
+/// Worker processes on one configuration, and the lines they log.
+pub(crate) struct LiveWorker {
+    workers: Vec<Process>,
+    /// Its keys are deleted once the workers (dropped first) are gone.
     _namespace: Namespace,
-    env: Emulated,
-    config: PathBuf,
+    pub(crate) env: Emulated,
+    pub(crate) config: PathBuf,
 }
 
 impl LiveWorker {
     /// Starts an emulator and writes a configuration whose queue goes through `queue_url`.
     async fn configure(queue_url: &str) -> LiveWorker {
-        let env = Emulated::start(EmulatorOptions {
-            max_concurrent_exports: 4,
-            ..small_exports(BUCKET)
-        })
-        .await;
+        LiveWorker::configure_with(
+            queue_url,
+            EmulatorOptions {
+                max_concurrent_exports: 4,
+                ..small_exports(BUCKET)
+            },
+        )
+        .await
+    }
+
+    /// [`LiveWorker::configure`] with an emulator started with `options` (exporting to
+    /// [`BUCKET`]).
+    pub(crate) async fn configure_with(queue_url: &str, options: EmulatorOptions) -> LiveWorker {
+        let env = Emulated::start(options).await;
         let namespace = Namespace::new("metrics");
         let config = TestConfig {
             project: "cedar-metrics".to_owned(),
@@ -671,7 +680,7 @@ impl LiveWorker {
         }
         .write(env.path("cedar.toml"));
         LiveWorker {
-            worker: None,
+            workers: Vec::new(),
             _namespace: namespace,
             env,
             config,
@@ -683,18 +692,21 @@ impl LiveWorker {
     }
 
     /// Runs a `cedar` command against the test Redis directly (not through the relay).
-    async fn cedar(&self, args: &[&str]) -> (Option<i32>, String, String) {
+    pub(crate) async fn cedar(&self, args: &[&str]) -> (Option<i32>, String, String) {
         let mut cmd = self.command(args);
         cmd.env("CEDAR__QUEUE__URL", redis_url());
         run(cmd).await.parts()
     }
 
-    /// Starts `cedar worker` with JSON logs and returns the address its metrics endpoint bound.
-    async fn spawn(&mut self) -> String {
-        let cmd = self.command(&[&["--log-format", "json"], FAST_WORKER].concat());
-        let worker = &*self
-            .worker
-            .insert(Process::spawn(cmd, self.env.path("worker.log")));
+    /// Starts one more `cedar worker` (with JSON logs and the `extra` flags) and returns the
+    /// address its metrics endpoint bound.
+    pub(crate) async fn spawn(&mut self, extra: &[&str]) -> String {
+        let cmd = self.command(&[&["--log-format", "json"], FAST_WORKER, extra].concat());
+        let log = self
+            .env
+            .path(&format!("worker-{}.log", self.workers.len() + 1));
+        self.workers.push(Process::spawn(cmd, log));
+        let worker = self.workers.last().expect("just spawned");
         wait_until(
             Duration::from_secs(30),
             Duration::from_millis(100),
@@ -715,12 +727,12 @@ impl LiveWorker {
 }
 
 /// The value of the series `series` (name and labels exactly as rendered) in a scrape.
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-async fn get(url: &str) -> (u16, String, String) {
+pub(crate) async fn get(url: &str) -> (u16, String, String) {
     let r = reqwest::get(url)
         .await
         .unwrap_or_else(|e| panic!("{url}: {e}"));
@@ -734,7 +746,7 @@ async fn get(url: &str) -> (u16, String, String) {
 }
 
 /// Scrapes until `cond` holds on the text; returns the last scrape.
-async fn scrape_until(base: &str, what: &str, cond: impl Fn(&str) -> bool) -> String {
+pub(crate) async fn scrape_until(base: &str, what: &str, cond: impl Fn(&str) -> bool) -> String {
     let cond = &cond;
     wait_until(DEADLINE, Duration::from_millis(500), move || async move {
         let (_, _, text) = get(&format!("{base}/metrics")).await;
@@ -763,7 +775,7 @@ async fn a_live_worker_serves_metrics_health_and_readiness() {
     relayed.set_host(Some("127.0.0.1")).unwrap();
     relayed.set_port(Some(relay.addr.port())).unwrap();
     let mut w = LiveWorker::configure(relayed.as_str()).await;
-    let addr = w.spawn().await;
+    let addr = w.spawn(&[]).await;
     let base = format!("http://{addr}");
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
 
