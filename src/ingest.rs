@@ -6,7 +6,7 @@
 //! tracking name (`INGEST-{name}-{period start}`), so the periods already submitted are read back
 //! from the tracking names. Running the schedule (cron ticks, submitting) is [`crate::schedule`]'s.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
 use chrono::{Days, NaiveDate};
@@ -203,9 +203,14 @@ impl Ingest {
         format!("INGEST-{}-", self.name)
     }
 
+    /// The day `period` becomes due: `lag_days` after it ends.
+    pub fn due_on(&self, period: &Period) -> NaiveDate {
+        period.end + Days::new(u64::from(self.lag_days))
+    }
+
     /// Whether `period` is complete and past its lag on `today`.
     fn is_due(&self, period: &Period, today: NaiveDate) -> bool {
-        period.end + Days::new(u64::from(self.lag_days)) <= today
+        self.due_on(period) <= today
     }
 
     /// Every due period from the anchor on, oldest first.
@@ -240,24 +245,40 @@ impl Ingest {
             .collect()
     }
 
-    /// The next period that will become due after `today`, and the day it does.
-    pub fn next_due(&self, today: NaiveDate) -> Option<(Period, NaiveDate)> {
-        let anchor = self.backfill_start.unwrap_or(EPOCH);
-        let horizon = today + Days::new(3700);
-        periods(anchor, horizon, Some(self.freq))
-            .ok()?
-            .periods
-            .into_iter()
-            .find(|p| !self.is_due(p, today))
-            .map(|p| (p, p.end + Days::new(u64::from(self.lag_days))))
+    /// The first period not submitted yet, and the day it is due: the oldest due period still
+    /// missing (a day already past: the entry is behind), else the next one to become due.
+    pub fn next_to_submit(
+        &self,
+        today: NaiveDate,
+        submitted: &BTreeSet<NaiveDate>,
+    ) -> Option<(Period, NaiveDate)> {
+        let next = match self.to_submit(today, submitted).first() {
+            Some(p) => *p,
+            None => {
+                let anchor = self.backfill_start.unwrap_or(EPOCH);
+                // Far enough ahead for any period: ten years.
+                let horizon = today + Days::new(3700);
+                periods(anchor, horizon, Some(self.freq))
+                    .ok()?
+                    .periods
+                    .into_iter()
+                    .find(|p| !self.is_due(p, today) && !submitted.contains(&p.start))?
+            }
+        };
+        Some((next, self.due_on(&next)))
     }
 
     /// Period starts already submitted for this entry, read from the tracking names.
     pub fn submitted_in(&self, names: &[String]) -> BTreeSet<NaiveDate> {
+        self.submissions_in(names).into_keys().collect()
+    }
+
+    /// This entry's submissions among the tracking `names`, by period start.
+    pub fn submissions_in<'a>(&self, names: &'a [String]) -> BTreeMap<NaiveDate, &'a str> {
+        let prefix = self.prefix();
         names
             .iter()
-            .filter_map(|n| n.strip_prefix(&self.prefix()))
-            .filter_map(|d| d.parse().ok())
+            .filter_map(|n| Some((n.strip_prefix(&prefix)?.parse().ok()?, n.as_str())))
             .collect()
     }
 }
@@ -332,8 +353,55 @@ mod tests {
             starts(&i.to_submit(d("2023-10-01"), &BTreeSet::new())),
             ["2023-01-01", "2023-04-01", "2023-07-01"]
         );
-        let (next, when) = i.next_due(d("2023-10-01")).unwrap();
+        let done: BTreeSet<_> = [d("2023-01-01"), d("2023-04-01"), d("2023-07-01")].into();
+        let (next, when) = i.next_to_submit(d("2023-10-01"), &done).unwrap();
         assert_eq!((next.start, when), (d("2023-10-01"), d("2024-01-01")));
+    }
+
+    #[test]
+    fn the_next_period_to_submit_is_due_in_the_future_on_schedule_and_in_the_past_when_behind() {
+        let i = ingest("1MS", 5, None);
+        let next = |today: &str, done: &[&str]| {
+            let done: BTreeSet<_> = done.iter().map(|s| d(s)).collect();
+            let (p, due) = i.next_to_submit(d(today), &done).unwrap();
+            (p.start.to_string(), p.end.to_string(), due.to_string())
+        };
+        // On schedule: March was submitted, April is due on May 6.
+        assert_eq!(
+            next("2024-04-10", &["2024-02-01", "2024-03-01"]),
+            (
+                "2024-04-01".into(),
+                "2024-05-01".into(),
+                "2024-05-06".into()
+            )
+        );
+        // Nothing ran since January: February was due on March 6, and is still missing.
+        assert_eq!(
+            next("2024-05-15", &["2024-01-01"]),
+            (
+                "2024-02-01".into(),
+                "2024-03-01".into(),
+                "2024-03-06".into()
+            )
+        );
+        // Never submitted: the latest due month is the first to submit.
+        assert_eq!(
+            next("2024-04-10", &[]),
+            (
+                "2024-03-01".into(),
+                "2024-04-01".into(),
+                "2024-04-06".into()
+            )
+        );
+        // Before anything is due, the first period to become due.
+        let daily = ingest("1D", 0, Some("2024-01-01"));
+        let (p, due) = daily
+            .next_to_submit(d("2024-01-01"), &BTreeSet::new())
+            .unwrap();
+        assert_eq!(
+            (p.start, p.end, due),
+            (d("2024-01-01"), d("2024-01-02"), d("2024-01-02"))
+        );
     }
 
     #[test]
@@ -349,6 +417,10 @@ mod tests {
             "TRACKING_x".into(),
         ];
         assert_eq!(i.submitted_in(&names), [d("2024-02-01")].into());
+        assert_eq!(
+            i.submissions_in(&names),
+            [(d("2024-02-01"), "INGEST-l8-2024-02-01")].into()
+        );
     }
 
     #[test]

@@ -58,7 +58,8 @@
 //! **Pipeline** — what a campaign does:
 //! - [`jobs`]: one module per stage: export, poll, download, clean.
 //! - [`submit`]: validates a request, records it, and queues its exports in bulk.
-//! - [`schedule`]: runs the `[[ingest]]` entries on their cron schedule, exactly once per period.
+//! - [`schedule`]: runs the `[[ingest]]` entries on their cron schedule, exactly once per period,
+//!   and reads back what each has done (`status`: what `cedar ingest list` and the metrics show).
 //! - [`document`]: each submission's tracking JSON document in the store.
 //! - [`campaign`]: operations on a recorded submission: update, cancel, retry.
 //!

@@ -5,13 +5,15 @@
 //! take, meaning — and both the registration ([`install`]) and the table in `docs/metrics.md`
 //! ([`catalogue_markdown`]) are produced from it, so the two cannot drift apart (a test fails
 //! when the file is stale). Names follow `cedar_<name>_<unit>[_total]` in base units, and every
-//! label value comes from a fixed list: never a tile, a tracking name, an operation or an error
-//! text. A value outside its list is recorded as `other`, so a new EE method or error can never
-//! grow the number of series.
+//! label value comes from a fixed list, or from the names the configuration gives (`ingest`
+//! entries and `collection` IDs, [`CONFIGURED`]): never a tile, a tracking name, an operation or
+//! an error text. A value outside its list is recorded as `other`, so a new EE method or error
+//! can never grow the number of series.
 //!
 //! The code records through the small functions below (`job_done`, `ee_request`,
-//! `downloaded`, …), one line at each place where something happens. Numbers that live in Redis
-//! — queue depths, orders per state, EE tasks in flight — are read by the worker's collector
+//! `downloaded`, `order_failed`, …), one line at each place where something happens. Numbers
+//! that live in Redis — queue depths, orders per state, EE tasks in flight, what each
+//! `[[ingest]]` entry has done — are read by the worker's collector
 //! (`crate::worker`) every few seconds and recorded here too; every worker reports the same values for them, so dashboards and alerts
 //! aggregate those with `max`, and per-process counters with `sum`.
 //!
@@ -22,15 +24,16 @@
 //! which is unique per process start (see [`crate::queue::worker_name`]), so each restart would
 //! add series forever.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::future::Future;
-use std::sync::OnceLock;
+use std::sync::{OnceLock, RwLock};
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::period::Period;
 use crate::queue::tracking::OrderState;
 use crate::queue::{Depth, Outcome, Stage};
 use crate::store::StoreError;
@@ -161,6 +164,32 @@ const VERSION: LabelDef = LabelDef {
     name: "version",
     values: &[env!("CARGO_PKG_VERSION")],
 };
+
+// Continuous ingest and failed orders. `ingest` and `collection` take the names the worker's
+// configuration gives ([`CONFIGURED`]): bounded by it, and created at zero by [`configure`].
+const INGEST: LabelDef = LabelDef {
+    name: "ingest",
+    values: &[],
+};
+const COLLECTION: LabelDef = LabelDef {
+    name: "collection",
+    values: &[OTHER],
+};
+const ORIGIN: LabelDef = LabelDef {
+    name: "origin",
+    values: &["ingest", "manual"],
+};
+const FAILURE_CAUSE: LabelDef = LabelDef {
+    name: "cause",
+    values: &["ee_task", "lost", "job"],
+};
+
+/// Labels that take, besides their fixed values, the names the configuration gives: the label
+/// and where its values come from.
+pub const CONFIGURED: &[(&str, &str)] = &[
+    ("ingest", "the name of each `[[ingest]]` entry"),
+    ("collection", "each collection ID under `[collections]`"),
+];
 
 /// From 10 ms (a snooze) to 10 min (a large download).
 const JOB_BUCKETS: &[f64] = &[
@@ -324,6 +353,63 @@ pub const CATALOGUE: &[MetricDef] = &[
         unit: "boolean",
         labels: &[DEPENDENCY],
         help: "1 if the last check of the dependency succeeded, else 0: queue (Redis, or the SQLite file), store (the export bucket).",
+        buckets: &[],
+    },
+    // Continuous ingest: one series per `[[ingest]]` entry, read from the tracking state.
+    MetricDef {
+        name: "cedar_ingest_last_submitted_period_end_timestamp_seconds",
+        kind: Kind::Gauge,
+        unit: "seconds",
+        labels: &[INGEST],
+        help: "End (exclusive, 00:00 UTC) of the newest period the ingest entry submitted; 0 before its first.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_ingest_last_submission_timestamp_seconds",
+        kind: Kind::Gauge,
+        unit: "seconds",
+        labels: &[INGEST],
+        help: "When the ingest entry's newest period was submitted; 0 before its first.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_ingest_last_complete_period_end_timestamp_seconds",
+        kind: Kind::Gauge,
+        unit: "seconds",
+        labels: &[INGEST],
+        help: "End of the newest period of the ingest entry whose every order is complete (CLEANED or EMPTY); 0 until one is.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_ingest_latest_period_orders",
+        kind: Kind::Gauge,
+        unit: "orders",
+        labels: &[INGEST, ORDER_STATE],
+        help: "Orders of the ingest entry's newest submitted period, per tracking state.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_ingest_next_due_timestamp_seconds",
+        kind: Kind::Gauge,
+        unit: "seconds",
+        labels: &[INGEST],
+        help: "When the ingest entry's first period not yet submitted is due (its end plus lag_days, 00:00 UTC); workers submit it at the next cron time after that, so a time long past means the entry is behind its schedule.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_ingest_next_period_seconds",
+        kind: Kind::Gauge,
+        unit: "seconds",
+        labels: &[INGEST],
+        help: "Length of the ingest entry's first period not yet submitted (the one due at cedar_ingest_next_due_timestamp_seconds), so that alerts can allow a delay of one period.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_order_failures_total",
+        kind: Kind::Counter,
+        unit: "orders",
+        labels: &[COLLECTION, ORIGIN, FAILURE_CAUSE],
+        help: "Orders this process saw fail, by collection, by origin (ingest: the submission was made by an [[ingest]] entry; manual: by cedar submit) and cause: ee_task (EE ended the task FAILED), lost (EE no longer knows the operation), job (cedar gave up a job: fatal error or out of attempts).",
         buckets: &[],
     },
 ];
@@ -612,6 +698,141 @@ pub fn dependency_up(dependency: &'static str, up: bool) {
         .set(f64::from(up));
 }
 
+/// The collection IDs of the configuration ([`configure`]); a failure in any other collection is
+/// recorded as `other`.
+static COLLECTIONS: RwLock<BTreeSet<String>> = RwLock::new(BTreeSet::new());
+
+/// Creates at zero the series whose label values the configuration gives: the gauges of every
+/// `[[ingest]]` entry in `ingests`, and the failure counters of every collection in
+/// `collections` (plus `other`), so that `increase()` sees a first failure and an entry that has
+/// not submitted yet is shown. Call it once, when the worker starts.
+pub fn configure<'a>(
+    ingests: impl IntoIterator<Item = &'a str>,
+    collections: impl IntoIterator<Item = &'a str>,
+) {
+    let mut known = COLLECTIONS.write().expect("collections lock");
+    known.extend(collections.into_iter().map(str::to_owned));
+    for collection in known.iter().map(String::as_str).chain([OTHER]) {
+        for origin in ORIGIN.values {
+            for cause in FAILURE_CAUSE.values {
+                ::metrics::counter!(
+                    "cedar_order_failures_total",
+                    "collection" => collection.to_owned(),
+                    "origin" => *origin,
+                    "cause" => *cause
+                )
+                .increment(0);
+            }
+        }
+    }
+    drop(known);
+    for name in ingests {
+        ingest(&IngestFacts {
+            name,
+            ..IngestFacts::default()
+        });
+    }
+}
+
+/// Why an order failed, for `cedar_order_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureCause {
+    /// EE ended the export task FAILED.
+    EeTask,
+    /// EE no longer knows the operation.
+    Lost,
+    /// cedar gave up a job of the order: a fatal error, or out of attempts.
+    Job,
+}
+
+impl FailureCause {
+    fn label(self) -> &'static str {
+        match self {
+            FailureCause::EeTask => "ee_task",
+            FailureCause::Lost => "lost",
+            FailureCause::Job => "job",
+        }
+    }
+}
+
+/// Records an order of `collection` that failed; `from_ingest` when an `[[ingest]]` entry made
+/// its submission.
+pub fn order_failed(collection: &str, from_ingest: bool, cause: FailureCause) {
+    let known = COLLECTIONS
+        .read()
+        .expect("collections lock")
+        .contains(collection);
+    ::metrics::counter!(
+        "cedar_order_failures_total",
+        "collection" => if known { collection.to_owned() } else { OTHER.to_owned() },
+        "origin" => if from_ingest { "ingest" } else { "manual" },
+        "cause" => cause.label()
+    )
+    .increment(1);
+}
+
+/// What is known about one `[[ingest]]` entry, as the worker exports it
+/// (`crate::schedule::IngestStatus` reads it from the tracking state).
+#[derive(Debug, Clone, Default)]
+pub struct IngestFacts<'a> {
+    /// The entry's name, from the configuration.
+    pub name: &'a str,
+    /// End of the newest period submitted, and when it was submitted.
+    pub last_submitted_end: Option<NaiveDate>,
+    pub last_submission: Option<DateTime<Utc>>,
+    /// End of the newest period whose every order is complete.
+    pub last_complete_end: Option<NaiveDate>,
+    /// Orders of the newest period submitted, per state.
+    pub latest_orders: BTreeMap<OrderState, u64>,
+    /// The first period not submitted yet, and the day it is due.
+    pub next: Option<(Period, NaiveDate)>,
+}
+
+/// Records the facts about one `[[ingest]]` entry; what is unknown is 0.
+pub fn ingest(f: &IngestFacts) {
+    let name = f.name.to_owned();
+    let day = |d: Option<NaiveDate>| {
+        d.map_or(0.0, |d| {
+            d.and_time(NaiveTime::MIN).and_utc().timestamp() as f64
+        })
+    };
+    let gauges = [
+        (
+            "cedar_ingest_last_submitted_period_end_timestamp_seconds",
+            day(f.last_submitted_end),
+        ),
+        (
+            "cedar_ingest_last_submission_timestamp_seconds",
+            f.last_submission.map_or(0.0, |t| t.timestamp() as f64),
+        ),
+        (
+            "cedar_ingest_last_complete_period_end_timestamp_seconds",
+            day(f.last_complete_end),
+        ),
+        (
+            "cedar_ingest_next_due_timestamp_seconds",
+            day(f.next.map(|(_, due)| due)),
+        ),
+        (
+            "cedar_ingest_next_period_seconds",
+            f.next
+                .map_or(0.0, |(p, _)| (p.end - p.start).num_seconds() as f64),
+        ),
+    ];
+    for (metric, value) in gauges {
+        ::metrics::gauge!(metric, "ingest" => name.clone()).set(value);
+    }
+    for state in OrderState::ALL {
+        let n = f.latest_orders.get(&state).copied().unwrap_or(0);
+        ::metrics::gauge!(
+            "cedar_ingest_latest_period_orders",
+            "ingest" => name.clone(),
+            "state" => state.as_str()
+        )
+        .set(n as f64);
+    }
+}
+
 /// The catalogue as the Markdown page `docs/metrics.md`.
 pub fn catalogue_markdown() -> String {
     let mut out = String::from(
@@ -622,9 +843,10 @@ pub fn catalogue_markdown() -> String {
          `127.0.0.1:9464`), next to `/healthz` (the process is alive) and `/readyz` (Redis and \
          the export store answer; 503 otherwise).\n\n\
          Counters and histograms count what this process did: aggregate them with `sum`. \
-         Gauges read from Redis (queue, orders, EE tasks) are the same on every worker of a \
-         namespace: aggregate them with `max`. Every labelled series exists from the start at \
-         0. Label values are fixed lists; an unexpected value is recorded as `other`.\n\n\
+         Gauges read from Redis (queue, orders, EE tasks, ingest) are the same on every worker \
+         of a namespace: aggregate them with `max`. Every labelled series exists from the start \
+         at 0. Label values are fixed lists, or (`ingest`, `collection`) the names in the \
+         worker's configuration; an unexpected value is recorded as `other`.\n\n\
          | name | type | unit | labels (values) | meaning |\n\
          |---|---|---|---|---|\n",
     );
@@ -637,6 +859,9 @@ pub fn catalogue_markdown() -> String {
                 .map(|l| {
                     if l.name == "version" {
                         "`version` (crate version)".to_owned()
+                    } else if let Some((_, what)) = CONFIGURED.iter().find(|(n, _)| *n == l.name) {
+                        let values = std::iter::once(*what).chain(l.values.iter().copied());
+                        format!("`{}` ({})", l.name, values.collect::<Vec<_>>().join(", "))
                     } else {
                         format!("`{}` ({})", l.name, l.values.join(", "))
                     }
@@ -698,7 +923,13 @@ mod tests {
             );
             assert!(d.buckets.windows(2).all(|w| w[0] < w[1]), "{}", d.name);
             for l in d.labels {
-                assert!(!l.values.is_empty(), "{} {}", d.name, l.name);
+                let configured = CONFIGURED.iter().any(|(n, _)| *n == l.name);
+                assert!(
+                    !l.values.is_empty() || configured,
+                    "{} {}: a label needs values, fixed or configured",
+                    d.name,
+                    l.name
+                );
             }
         }
     }
@@ -762,7 +993,12 @@ mod tests {
     #[test]
     fn every_catalogue_metric_renders_with_its_type_before_any_event() {
         let text = install().render();
-        for d in CATALOGUE {
+        // A metric with a label that has only configured values has no series until
+        // `configure` names them (see the test below).
+        for d in CATALOGUE
+            .iter()
+            .filter(|d| d.labels.iter().all(|l| !l.values.is_empty()))
+        {
             assert!(
                 text.contains(&format!("# TYPE {} {}\n", d.name, d.kind.as_str())),
                 "{} missing from:\n{text}",
@@ -777,6 +1013,99 @@ mod tests {
         let text = install().render();
         assert!(text.contains("cedar_ee_queue_cap 3000\n"), "{text}");
         assert!(text.contains("cedar_ee_admission_cap 20\n"), "{text}");
+    }
+
+    #[test]
+    fn configured_series_start_at_zero_and_other_collections_are_other() {
+        let handle = install();
+        configure(["t-daily"], ["T/CONFIGURED"]);
+        let text = handle.render();
+        for d in CATALOGUE {
+            assert!(
+                text.contains(&format!("# TYPE {} {}\n", d.name, d.kind.as_str())),
+                "{} missing once configured:\n{text}",
+                d.name
+            );
+        }
+        for series in [
+            r#"cedar_ingest_next_due_timestamp_seconds{ingest="t-daily"} 0"#,
+            r#"cedar_ingest_latest_period_orders{ingest="t-daily",state="FAILED"} 0"#,
+            r#"cedar_order_failures_total{collection="T/CONFIGURED",origin="ingest",cause="ee_task"} 0"#,
+            r#"cedar_order_failures_total{collection="other",origin="manual",cause="job"} "#,
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
+
+        order_failed("T/CONFIGURED", true, FailureCause::EeTask);
+        order_failed("T/NOT-CONFIGURED", false, FailureCause::Lost);
+        let day = |s: &str| s.parse::<NaiveDate>().unwrap();
+        ingest(&IngestFacts {
+            name: "t-daily",
+            last_submitted_end: Some(day("2024-03-02")),
+            last_submission: Some("2024-03-02T06:00:05Z".parse().unwrap()),
+            last_complete_end: Some(day("2024-03-01")),
+            latest_orders: [(OrderState::Failed, 2), (OrderState::Cleaned, 3)].into(),
+            next: Some((
+                Period {
+                    start: day("2024-03-02"),
+                    end: day("2024-03-03"),
+                },
+                day("2024-03-04"),
+            )),
+        });
+        let text = handle.render();
+        assert!(!text.contains("T/NOT-CONFIGURED"), "{text}");
+        for (series, value) in [
+            (
+                r#"cedar_order_failures_total{collection="T/CONFIGURED",origin="ingest",cause="ee_task"}"#,
+                1.0,
+            ),
+            (
+                r#"cedar_ingest_last_submitted_period_end_timestamp_seconds{ingest="t-daily"}"#,
+                1_709_337_600.0,
+            ),
+            (
+                r#"cedar_ingest_last_submission_timestamp_seconds{ingest="t-daily"}"#,
+                1_709_359_205.0,
+            ),
+            (
+                r#"cedar_ingest_last_complete_period_end_timestamp_seconds{ingest="t-daily"}"#,
+                1_709_251_200.0,
+            ),
+            (
+                r#"cedar_ingest_next_due_timestamp_seconds{ingest="t-daily"}"#,
+                1_709_510_400.0,
+            ),
+            (
+                r#"cedar_ingest_next_period_seconds{ingest="t-daily"}"#,
+                86_400.0,
+            ),
+            (
+                r#"cedar_ingest_latest_period_orders{ingest="t-daily",state="FAILED"}"#,
+                2.0,
+            ),
+            (
+                r#"cedar_ingest_latest_period_orders{ingest="t-daily",state="QUEUED"}"#,
+                0.0,
+            ),
+        ] {
+            let found = text.lines().find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            });
+            assert_eq!(found, Some(value), "{series}:\n{text}");
+        }
+        let other =
+            r#"cedar_order_failures_total{collection="other",origin="manual",cause="lost"}"#;
+        let n = text.lines().find_map(|l| {
+            l.strip_prefix(other)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        });
+        assert!(n >= Some(1.0), "{other}:\n{text}");
     }
 
     #[test]

@@ -122,6 +122,7 @@ pub fn plan(settings: &Settings, req: &Request, now: DateTime<Utc>) -> Result<Pl
         error_if_empty: req.error_if_empty,
         recipe: Some(settings.recipe(&req.collections, Some(Recipe::new_id()))),
         workload_tag: None,
+        ingest: None,
     };
     sub.name = match &req.name {
         Some(name) => name.clone(),

@@ -99,7 +99,8 @@ impl CampaignCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum IngestCommand {
-    /// Each entry's last submitted period, next period and when it becomes due.
+    /// Each entry's last submitted period and its orders, last complete period, how far behind
+    /// its schedule it is, its failed orders, and its next period and when it is due.
     List,
     /// Submit every due period now (what a worker does at each scheduled time).
     Run,
@@ -504,26 +505,20 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             Ok(ExitCode::SUCCESS)
         }
         CampaignCommand::Ingest(IngestCommand::List) => {
-            let names = ctx.tracker.list().await?;
             let now = chrono::Utc::now();
-            let today = now.date_naive();
-            println!("name\tschedule\tlast period\tnext period\tdue on\tnext run (UTC)");
-            for i in &settings.ingests {
-                let last = i
-                    .submitted_in(&names)
-                    .last()
-                    .map_or("-".to_string(), |d| d.to_string());
-                let (next, due) = i
-                    .next_due(today)
-                    .map_or(("-".to_string(), "-".to_string()), |(p, d)| {
-                        (p.to_string(), d.to_string())
-                    });
+            let tallies = ctx.tracker.tallies().await?;
+            let statuses =
+                cedar::schedule::status(&ctx.tracker, &settings.ingests, &tallies, now).await?;
+            println!(
+                "name\tschedule\tlast submitted\tits orders\tlast complete\tbehind\tfailed\tnext period\tdue on\tnext run (UTC)"
+            );
+            for (i, s) in settings.ingests.iter().zip(&statuses) {
                 let run = i
                     .schedule
                     .after(&now)
                     .next()
                     .map_or("-".to_string(), |t| t.to_rfc3339());
-                println!("{}\t{}\t{last}\t{next}\t{due}\t{run}", i.name, i.schedule);
+                println!("{}\t{}\t{}\t{run}", i.name, i.schedule, ingest_line(s, now));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -562,6 +557,48 @@ fn build_request(a: &SubmitArgs) -> Result<Request, String> {
         save_empty_metadata: !a.no_save_empty_metadata,
         error_if_empty: a.error_if_empty,
     })
+}
+
+/// The columns of `cedar ingest list` after the name and schedule: the facts the worker exports
+/// as `cedar_ingest_*` metrics, for people.
+fn ingest_line(s: &cedar::schedule::IngestStatus, now: chrono::DateTime<chrono::Utc>) -> String {
+    let dash = || "-".to_string();
+    let last = s.last_submitted.as_ref();
+    let orders = last.map_or_else(dash, |l| {
+        l.orders
+            .iter()
+            .map(|(s, n)| format!("{}={n}", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let behind = match s.missing.first() {
+        None => dash(),
+        Some(first) => {
+            let since = s.next.map_or(first.end, |(_, due)| due);
+            format!(
+                "{} (due since {since}, {} days)",
+                plural(s.missing.len(), "period"),
+                (now.date_naive() - since).num_days()
+            )
+        }
+    };
+    let failed = if s.failed_orders == 0 {
+        dash()
+    } else {
+        format!(
+            "{} in {}",
+            plural(s.failed_orders as usize, "order"),
+            plural(s.failed_periods, "period")
+        )
+    };
+    let (next, due) = s
+        .next
+        .map_or((dash(), dash()), |(p, d)| (p.to_string(), d.to_string()));
+    format!(
+        "{}\t{orders}\t{}\t{behind}\t{failed}\t{next}\t{due}",
+        last.map_or_else(dash, |l| l.period.to_string()),
+        s.last_complete.map_or_else(dash, |p| p.to_string()),
+    )
 }
 
 /// The status line data of a submission.

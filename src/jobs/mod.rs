@@ -248,6 +248,18 @@ impl Context {
         Ok(s)
     }
 
+    /// Whether an `[[ingest]]` entry made submission `tracking`, for the `origin` of a failure
+    /// metric; a submission that cannot be read counts as made by hand.
+    pub async fn from_ingest(&self, tracking: &str) -> bool {
+        match self.submission(tracking).await {
+            Ok(s) => s.ingest.is_some(),
+            Err(e) => {
+                tracing::debug!(tracking, error = %e, "cannot read the submission of a failed order");
+                false
+            }
+        }
+    }
+
     /// Waits until the shared EE request budget allows one more call.
     pub async fn ee_permit(&self) -> Result<(), JobError> {
         loop {

@@ -19,6 +19,7 @@ use chrono::Utc;
 use super::{Context, JobError, job_for, order_of};
 use crate::config::WorkerConfig;
 use crate::earthengine::types::OpView;
+use crate::metrics::{self, FailureCause};
 use crate::queue::tracking::OrderState;
 use crate::queue::{OrderJob, Outcome, QueueError, Stage};
 
@@ -154,6 +155,11 @@ async fn lost(
             s.error = Some(message.clone());
         })
         .await?;
+    // `run` returned early for an order already ended, so this counts each order once (two
+    // deliveries of one job racing each other could count it twice: alerts look for any
+    // increase, which that does not change).
+    let from_ingest = ctx.from_ingest(&job.tracking).await;
+    metrics::order_failed(&order.collection, from_ingest, FailureCause::Lost);
     ctx.queue.release_slot(&job.id()).await?;
     stop_waiting(ctx, operation).await?;
     Ok(Outcome::Done)
@@ -209,7 +215,13 @@ async fn apply(
         .await?;
     ctx.queue.release_slot(&job.id()).await?;
     stop_waiting(ctx, operation).await?;
-    crate::metrics::ee_task_ended(&view.state, view.start, view.end);
+    metrics::ee_task_ended(&view.state, view.start, view.end);
+    if new_state == OrderState::Failed {
+        // Counted once per order, as in `lost`; the job then fails, and `settle` does not count
+        // it again (the order is FAILED already).
+        let from_ingest = ctx.from_ingest(&job.tracking).await;
+        metrics::order_failed(&order.collection, from_ingest, FailureCause::EeTask);
+    }
     match new_state {
         OrderState::Succeeded => {
             enqueue_download(ctx, job, &order, operation).await?;

@@ -283,15 +283,28 @@ async fn settle(
         tracing::error!(stage = %stage, job = %job.id(), error = %message, "order failed");
         let order = order_of(job);
         let msg = message.clone();
-        if let Err(e) = ctx
+        let mut before = None;
+        match ctx
             .tracker
             .update(&job.tracking, &order, false, |s| {
+                before = Some(s.state);
                 s.state = OrderState::Failed;
                 s.error = Some(msg);
             })
             .await
         {
-            tracing::warn!(error = %e, "could not record the failure");
+            // An order that had failed already (EE failed its task, which poll counted, or it
+            // was cancelled) is not counted again.
+            Ok(_) if !before.is_some_and(OrderState::is_failed) => {
+                let from_ingest = ctx.from_ingest(&job.tracking).await;
+                crate::metrics::order_failed(
+                    &order.collection,
+                    from_ingest,
+                    crate::metrics::FailureCause::Job,
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not record the failure"),
         }
         if let Err(e) = ctx.queue.release_slot(&job.id()).await {
             tracing::warn!(error = %e, "could not release the admission slot");

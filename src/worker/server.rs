@@ -1,5 +1,6 @@
 //! The worker's HTTP endpoint: `/metrics` (the catalogue in [`crate::metrics`]), `/healthz` and
-//! `/readyz`, and the collector that reads the queue's numbers into their gauges.
+//! `/readyz`, and the collector that reads the queue's numbers (and what each `[[ingest]]` entry
+//! has done) into their gauges.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -21,6 +22,7 @@ use crate::jobs::Context;
 use crate::metrics;
 use crate::queue::Stage;
 use crate::queue::tracking::OrderState;
+use crate::schedule;
 
 /// How often the collector reads the queue, tracking and snapshot numbers.
 pub const COLLECT_INTERVAL: Duration = Duration::from_secs(10);
@@ -36,6 +38,11 @@ const STORE_PROBE: &str = ".cedar-readyz-probe";
 pub async fn serve(ctx: Context, admission_cap: u64, mut stop: watch::Receiver<bool>) {
     let handle = metrics::install();
     metrics::admission_cap(admission_cap, EE_QUEUE_CAP);
+    let settings = &ctx.settings;
+    metrics::configure(
+        settings.ingests.iter().map(|i| i.name.as_str()),
+        settings.collections.keys().map(String::as_str),
+    );
     let collector = tokio::spawn(collect_loop(ctx.clone(), handle, stop.clone()));
     let listen = ctx.settings.config.metrics.listen.clone();
     let addr: Option<SocketAddr> = listen.parse().ok();
@@ -163,13 +170,27 @@ async fn collect(ctx: &Context) -> anyhow::Result<()> {
     }
     metrics::ee_tasks_active(ctx.queue.active_count().await?);
 
+    let tallies = ctx.tracker.tallies().await?;
     let mut orders: BTreeMap<OrderState, u64> = BTreeMap::new();
-    for name in ctx.tracker.list().await? {
-        for (state, n) in ctx.tracker.counts(&name).await? {
-            *orders.entry(state).or_default() += n;
-        }
+    for (state, n) in tallies.values().flatten() {
+        *orders.entry(*state).or_default() += n;
     }
     metrics::orders(&orders);
+
+    // Each ingest entry from the same tallies: besides them, at most two submission records
+    // per entry are read, however many periods it has submitted.
+    let now = Utc::now();
+    for s in schedule::status(&ctx.tracker, &ctx.settings.ingests, &tallies, now).await? {
+        let latest = s.last_submitted.as_ref();
+        metrics::ingest(&metrics::IngestFacts {
+            name: &s.name,
+            last_submitted_end: latest.map(|l| l.period.end),
+            last_submission: latest.map(|l| l.submitted),
+            last_complete_end: s.last_complete.map(|p| p.end),
+            latest_orders: latest.map(|l| l.orders.clone()).unwrap_or_default(),
+            next: s.next,
+        });
+    }
 
     // The operations snapshot the sweeper writes: one entry per EE task cedar waits for.
     let views: Vec<OpView> = ctx
@@ -179,9 +200,6 @@ async fn collect(ctx: &Context) -> anyhow::Result<()> {
         .iter()
         .filter_map(|raw| serde_json::from_str(raw).ok())
         .collect();
-    metrics::ee_tasks(
-        views.iter().map(|v| (v.state.as_str(), v.start)),
-        Utc::now(),
-    );
+    metrics::ee_tasks(views.iter().map(|v| (v.state.as_str(), v.start)), now);
     Ok(())
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use cedar::config::Config;
 use cedar::emulator::EmulatorOptions;
-use cedar::metrics::{CATALOGUE, Kind};
+use cedar::metrics::{CATALOGUE, CONFIGURED, Kind};
 use serde_json::Value;
 use serde_norway::Value as Yaml;
 use tokio::net::{TcpListener, TcpStream};
@@ -27,16 +27,16 @@ use crate::support::{
 };
 
 /// The bucket name the configuration exports to and the emulator insists on.
-const BUCKET: &str = "cedar-metrics-bucket";
+pub(crate) const BUCKET: &str = "cedar-metrics-bucket";
 /// How long the tiny campaign and every wait in these tests may take.
-const DEADLINE: Duration = Duration::from_secs(120);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(120);
 
-fn repo() -> &'static Path {
+pub(crate) fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// `promtool` from `CEDAR_PROMTOOL` or `PATH`; a missing one fails the test with the fix.
-fn promtool() -> PathBuf {
+pub(crate) fn promtool() -> PathBuf {
     if let Some(p) = std::env::var_os("CEDAR_PROMTOOL") {
         return PathBuf::from(p);
     }
@@ -49,7 +49,7 @@ fn promtool() -> PathBuf {
 }
 
 /// Runs promtool with `args` (and `stdin`), failing the test with its output unless it succeeds.
-fn run_promtool(args: &[&str], stdin: Option<&str>) -> String {
+pub(crate) fn run_promtool(args: &[&str], stdin: Option<&str>) -> String {
     let mut child = Command::new(promtool())
         .args(args)
         .current_dir(repo())
@@ -156,7 +156,7 @@ fn metric_names_are_found_in_expressions() {
     assert_eq!(unknown(&used), vec!["cedar_nope_total".to_owned()]);
 }
 
-fn alert_rules() -> Vec<Yaml> {
+pub(crate) fn alert_rules() -> Vec<Yaml> {
     let text = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml")).unwrap();
     let doc: Yaml = serde_norway::from_str(&text).unwrap();
     doc["groups"]
@@ -165,6 +165,50 @@ fn alert_rules() -> Vec<Yaml> {
         .iter()
         .flat_map(|g| g["rules"].as_sequence().unwrap().clone())
         .collect()
+}
+
+/// The label matchers of each catalogue metric an expression selects, as (metric, label,
+/// values): `m{a="x", b=~"y|z"}` gives (m, a, [x]) and (m, b, [y, z]); negative matchers are
+/// left out (they select nothing by themselves).
+fn label_matchers(expr: &str) -> Vec<(String, String, Vec<String>)> {
+    let mut out = Vec::new();
+    for metric in metrics_named(expr) {
+        let mut rest = expr;
+        while let Some(at) = rest.find(&format!("{metric}{{")) {
+            let body = &rest[at + metric.len() + 1..];
+            let end = body.find('}').expect("a closed selector");
+            for matcher in body[..end].split(',').map(str::trim) {
+                let (label, op, value) = ["=~", "!~", "!=", "="]
+                    .iter()
+                    .find_map(|op| {
+                        let (l, v) = matcher.split_once(op)?;
+                        Some((l.trim(), *op, v.trim().trim_matches('"')))
+                    })
+                    .unwrap_or_else(|| panic!("matcher {matcher:?} in {expr}"));
+                if op == "=" || op == "=~" {
+                    let values = value.split('|').map(str::to_owned).collect();
+                    out.push((metric.clone(), label.to_owned(), values));
+                }
+            }
+            rest = &body[end..];
+        }
+    }
+    out
+}
+
+#[test]
+fn label_matchers_are_found_in_expressions() {
+    let found = label_matchers(
+        r#"sum(increase(cedar_order_failures_total{origin="ingest", cause=~"ee_task|lost", stage!="x"}[1h]))"#,
+    );
+    let m = "cedar_order_failures_total".to_owned();
+    assert_eq!(
+        found,
+        vec![
+            (m.clone(), "origin".into(), vec!["ingest".into()]),
+            (m, "cause".into(), vec!["ee_task".into(), "lost".into()]),
+        ]
+    );
 }
 
 #[test]
@@ -177,6 +221,26 @@ fn alerts_name_only_catalogue_metrics_and_carry_runbooks() {
         let used = metrics_named(expr);
         assert_eq!(unknown(&used), Vec::<String>::new(), "{name}: {expr}");
         assert!(!used.is_empty() || expr.contains("up{"), "{name}: {expr}");
+        // A label or a fixed value the metric does not have would select nothing, silently.
+        for (metric, label, values) in label_matchers(expr) {
+            let d = CATALOGUE.iter().find(|d| d.name == metric).unwrap();
+            if ["instance", "job"].contains(&label.as_str()) {
+                continue;
+            }
+            let def = d
+                .labels
+                .iter()
+                .find(|l| l.name == label)
+                .unwrap_or_else(|| panic!("{name}: {metric} has no label {label}"));
+            if CONFIGURED.iter().all(|(l, _)| *l != label) {
+                for v in &values {
+                    assert!(
+                        def.values.contains(&v.as_str()),
+                        "{name}: {metric}{{{label}}} never takes {v:?}"
+                    );
+                }
+            }
+        }
         for key in ["summary", "description", "runbook"] {
             let text = rule["annotations"][key].as_str().unwrap_or_default();
             assert!(text.len() > 20, "{name} needs a {key} annotation");
@@ -189,6 +253,21 @@ fn alerts_name_only_catalogue_metrics_and_carry_runbooks() {
             "{name}"
         );
     }
+    // What pages an ingest's owner: every fact an ingest alert stands on is alerted on.
+    let alerted: BTreeSet<String> = rules
+        .iter()
+        .flat_map(|r| metrics_named(r["expr"].as_str().unwrap()))
+        .collect();
+    for m in [
+        "cedar_ingest_next_due_timestamp_seconds",
+        "cedar_ingest_next_period_seconds",
+        "cedar_ingest_last_submitted_period_end_timestamp_seconds",
+        "cedar_ingest_last_complete_period_end_timestamp_seconds",
+        "cedar_ingest_last_submission_timestamp_seconds",
+        "cedar_order_failures_total",
+    ] {
+        assert!(alerted.contains(m), "no alert looks at {m}");
+    }
 }
 
 #[test]
@@ -197,7 +276,8 @@ fn dashboard_panels_name_only_catalogue_metrics() {
     let dash: Value = serde_json::from_str(&text).unwrap();
     let panels = dash["panels"].as_array().unwrap();
     let mut all = BTreeSet::new();
-    for p in panels {
+    // Rows only group the panels below them.
+    for p in panels.iter().filter(|p| p["type"] != "row") {
         let title = p["title"].as_str().unwrap();
         let targets = p["targets"].as_array().unwrap();
         assert!(!targets.is_empty(), "{title}");
@@ -221,7 +301,33 @@ fn dashboard_panels_name_only_catalogue_metrics() {
     ] {
         assert!(all.contains(m), "no panel shows {m}");
     }
+    // And a row for continuous ingest: how far behind each entry is, its latest period, failures.
+    let row = panels
+        .iter()
+        .position(|p| p["type"] == "row" && p["title"].as_str().unwrap().contains("ingest"))
+        .expect("a row for continuous ingest");
+    let below: BTreeSet<String> = panels[row + 1..]
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .flat_map(|t| metrics_named(t["expr"].as_str().unwrap()))
+        .collect();
+    for m in [
+        "cedar_ingest_last_submitted_period_end_timestamp_seconds",
+        "cedar_ingest_last_complete_period_end_timestamp_seconds",
+        "cedar_ingest_next_due_timestamp_seconds",
+        "cedar_ingest_latest_period_orders",
+        "cedar_order_failures_total",
+    ] {
+        assert!(below.contains(m), "the ingest row does not show {m}");
+    }
 }
+
+/// The unit tests of the alert rules: `alerts_test.yml`, and `alerts_ingest_test.yml` for the
+/// cedar-ingest group (its scenarios last days, so it evaluates every 5 minutes, not every minute).
+const ALERT_TESTS: &[&str] = &[
+    "deploy/prometheus/alerts_test.yml",
+    "deploy/prometheus/alerts_ingest_test.yml",
+];
 
 #[test]
 fn alert_rules_pass_promtool_check_and_their_unit_tests() {
@@ -230,24 +336,23 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
         &["check", "config", "deploy/prometheus/prometheus.yml"],
         None,
     );
-    let out = run_promtool(
-        &["test", "rules", "deploy/prometheus/alerts_test.yml"],
-        None,
-    );
-    assert!(out.contains("SUCCESS"), "{out}");
+    let out = run_promtool(&[&["test", "rules"][..], ALERT_TESTS].concat(), None);
+    assert_eq!(out.matches("SUCCESS").count(), ALERT_TESTS.len(), "{out}");
 
     // Every alert has a test where it fires and one where it stays quiet.
-    let text = std::fs::read_to_string(repo().join("deploy/prometheus/alerts_test.yml")).unwrap();
-    let tests: Yaml = serde_norway::from_str(&text).unwrap();
     let mut fires = BTreeSet::new();
     let mut quiet = BTreeSet::new();
-    for t in tests["tests"].as_sequence().unwrap() {
-        for a in t["alert_rule_test"].as_sequence().unwrap() {
-            let name = a["alertname"].as_str().unwrap().to_owned();
-            if a["exp_alerts"].as_sequence().is_some_and(|e| e.is_empty()) {
-                quiet.insert(name);
-            } else {
-                fires.insert(name);
+    for file in ALERT_TESTS {
+        let text = std::fs::read_to_string(repo().join(file)).unwrap();
+        let tests: Yaml = serde_norway::from_str(&text).unwrap();
+        for t in tests["tests"].as_sequence().unwrap() {
+            for a in t["alert_rule_test"].as_sequence().unwrap() {
+                let name = a["alertname"].as_str().unwrap().to_owned();
+                if a["exp_alerts"].as_sequence().is_some_and(|e| e.is_empty()) {
+                    quiet.insert(name);
+                } else {
+                    fires.insert(name);
+                }
             }
         }
     }
@@ -542,23 +647,32 @@ impl Drop for Relay {
     }
 }
 
-/// One worker process, its configuration and the lines it logs.
-struct LiveWorker {
-    worker: Option<Process>,
-    /// Its keys are deleted once the worker (dropped first) is gone.
+/// Worker processes on one configuration, and the lines they log.
+pub(crate) struct LiveWorker {
+    workers: Vec<Process>,
+    /// Its keys are deleted once the workers (dropped first) are gone.
     _namespace: Namespace,
-    env: Emulated,
-    config: PathBuf,
+    pub(crate) env: Emulated,
+    pub(crate) config: PathBuf,
 }
 
 impl LiveWorker {
     /// Starts an emulator and writes a configuration whose queue goes through `queue_url`.
     async fn configure(queue_url: &str) -> LiveWorker {
-        let env = Emulated::start(EmulatorOptions {
-            max_concurrent_exports: 4,
-            ..small_exports(BUCKET)
-        })
-        .await;
+        LiveWorker::configure_with(
+            queue_url,
+            EmulatorOptions {
+                max_concurrent_exports: 4,
+                ..small_exports(BUCKET)
+            },
+        )
+        .await
+    }
+
+    /// [`LiveWorker::configure`] with an emulator started with `options` (exporting to
+    /// [`BUCKET`]).
+    pub(crate) async fn configure_with(queue_url: &str, options: EmulatorOptions) -> LiveWorker {
+        let env = Emulated::start(options).await;
         let namespace = Namespace::new("metrics");
         let config = TestConfig {
             project: "cedar-metrics".to_owned(),
@@ -566,7 +680,7 @@ impl LiveWorker {
         }
         .write(env.path("cedar.toml"));
         LiveWorker {
-            worker: None,
+            workers: Vec::new(),
             _namespace: namespace,
             env,
             config,
@@ -578,18 +692,21 @@ impl LiveWorker {
     }
 
     /// Runs a `cedar` command against the test Redis directly (not through the relay).
-    async fn cedar(&self, args: &[&str]) -> (Option<i32>, String, String) {
+    pub(crate) async fn cedar(&self, args: &[&str]) -> (Option<i32>, String, String) {
         let mut cmd = self.command(args);
         cmd.env("CEDAR__QUEUE__URL", redis_url());
         run(cmd).await.parts()
     }
 
-    /// Starts `cedar worker` with JSON logs and returns the address its metrics endpoint bound.
-    async fn spawn(&mut self) -> String {
-        let cmd = self.command(&[&["--log-format", "json"], FAST_WORKER].concat());
-        let worker = &*self
-            .worker
-            .insert(Process::spawn(cmd, self.env.path("worker.log")));
+    /// Starts one more `cedar worker` (with JSON logs and the `extra` flags) and returns the
+    /// address its metrics endpoint bound.
+    pub(crate) async fn spawn(&mut self, extra: &[&str]) -> String {
+        let cmd = self.command(&[&["--log-format", "json"], FAST_WORKER, extra].concat());
+        let log = self
+            .env
+            .path(&format!("worker-{}.log", self.workers.len() + 1));
+        self.workers.push(Process::spawn(cmd, log));
+        let worker = self.workers.last().expect("just spawned");
         wait_until(
             Duration::from_secs(30),
             Duration::from_millis(100),
@@ -610,12 +727,12 @@ impl LiveWorker {
 }
 
 /// The value of the series `series` (name and labels exactly as rendered) in a scrape.
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-async fn get(url: &str) -> (u16, String, String) {
+pub(crate) async fn get(url: &str) -> (u16, String, String) {
     let r = reqwest::get(url)
         .await
         .unwrap_or_else(|e| panic!("{url}: {e}"));
@@ -629,7 +746,7 @@ async fn get(url: &str) -> (u16, String, String) {
 }
 
 /// Scrapes until `cond` holds on the text; returns the last scrape.
-async fn scrape_until(base: &str, what: &str, cond: impl Fn(&str) -> bool) -> String {
+pub(crate) async fn scrape_until(base: &str, what: &str, cond: impl Fn(&str) -> bool) -> String {
     let cond = &cond;
     wait_until(DEADLINE, Duration::from_millis(500), move || async move {
         let (_, _, text) = get(&format!("{base}/metrics")).await;
@@ -658,7 +775,7 @@ async fn a_live_worker_serves_metrics_health_and_readiness() {
     relayed.set_host(Some("127.0.0.1")).unwrap();
     relayed.set_port(Some(relay.addr.port())).unwrap();
     let mut w = LiveWorker::configure(relayed.as_str()).await;
-    let addr = w.spawn().await;
+    let addr = w.spawn(&[]).await;
     let base = format!("http://{addr}");
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
 
@@ -695,7 +812,12 @@ async fn a_live_worker_serves_metrics_health_and_readiness() {
     assert_eq!(status, 200);
     assert!(content_type.starts_with("text/plain"), "{content_type}");
     run_promtool(&["check", "metrics"], Some(&text2));
-    for d in CATALOGUE {
+    // This worker has no [[ingest]] entry: metrics labelled only by ingest entries have no
+    // series (tests/it/ingest.rs reads them from a worker that has one).
+    for d in CATALOGUE
+        .iter()
+        .filter(|d| d.labels.iter().all(|l| !l.values.is_empty()))
+    {
         assert!(
             text.contains(&format!("# TYPE {} {}\n", d.name, d.kind.as_str())),
             "{} missing from /metrics",

@@ -37,6 +37,7 @@ fn submission(name: &str) -> Submission {
         error_if_empty: false,
         recipe: None,
         workload_tag: None,
+        ingest: None,
     }
 }
 

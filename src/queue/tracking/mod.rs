@@ -260,6 +260,10 @@ pub struct Submission {
     /// submissions recorded before tags were, which get the derived one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_tag: Option<String>,
+    /// The `[[ingest]]` entry that submitted it ([`crate::schedule`]); `None` for a submission
+    /// made by hand (`cedar submit`), and for one recorded by a version that did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<String>,
 }
 
 impl Submission {
@@ -442,6 +446,19 @@ impl Tracker {
         dispatch!(self, t => t.counts(name).await)
     }
 
+    /// Every submission's orders per state ([`Tracker::counts`]), by name: one tally read per
+    /// submission.
+    pub async fn tallies(
+        &self,
+    ) -> Result<BTreeMap<String, BTreeMap<OrderState, u64>>, TrackingError> {
+        let mut out = BTreeMap::new();
+        for name in self.list().await? {
+            let counts = self.counts(&name).await?;
+            out.insert(name, counts);
+        }
+        Ok(out)
+    }
+
     /// Every order's status, by order key.
     pub async fn all(&self, name: &str) -> Result<BTreeMap<String, OrderStatus>, TrackingError> {
         dispatch!(self, t => t.all(name).await)
@@ -480,5 +497,36 @@ mod tests {
         }
         assert!(OrderState::Downloaded.rank() > OrderState::Succeeded.rank());
         assert!(OrderState::Empty.is_complete() && OrderState::Lost.is_failed());
+    }
+
+    #[test]
+    fn a_record_without_an_ingest_entry_reads_as_made_by_hand() {
+        let day = |m| NaiveDate::from_ymd_opt(2024, m, 1).unwrap();
+        let mut sub = Submission {
+            name: "TRACKING_x".into(),
+            submitted: Utc::now(),
+            collections: vec!["C".into()],
+            tiles: vec![(1, 2)],
+            period_start: day(1),
+            period_end: day(2),
+            period_freq: None,
+            periods: vec![Period {
+                start: day(1),
+                end: day(2),
+            }],
+            save_empty_metadata: true,
+            error_if_empty: false,
+            recipe: None,
+            workload_tag: None,
+            ingest: None,
+        };
+        // Older versions wrote no `ingest` key; a manual submission still writes none.
+        let json = serde_json::to_value(&sub).unwrap();
+        assert!(json.get("ingest").is_none(), "{json}");
+        assert_eq!(serde_json::from_value::<Submission>(json).unwrap(), sub);
+        sub.ingest = Some("daily".into());
+        let json = serde_json::to_string(&sub).unwrap();
+        assert!(json.contains(r#""ingest":"daily""#), "{json}");
+        assert_eq!(serde_json::from_str::<Submission>(&json).unwrap(), sub);
     }
 }
