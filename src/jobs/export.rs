@@ -57,9 +57,7 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
     // The scenes are listed once per export generation: a re-run (a retryable EE error, a full
     // queue, a lost lease) exports the scenes the metadata JSON already describes, even if EE
     // has ingested more since, so that the GeoTIFF and its metadata always agree.
-    let frozen = frozen_scenes(bucket, &base).await?;
-    let listed_now = frozen.is_none();
-    let images = match frozen {
+    let images = match frozen_scenes(bucket, &base).await? {
         Some(images) => images,
         None => {
             ctx.ee_permit().await?;
@@ -115,12 +113,8 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
     }
 
     let (expression, layout) = preard_image(spec, &images);
-    // Written once, with the listing; a re-run finds it there and leaves it be, so a late
-    // duplicate of this job cannot bring it back after the order was cleaned.
-    if listed_now {
-        let doc = metadata(&sub, &order, &names, &images, Some(&layout), "QUEUED");
-        put_json(bucket, &format!("{base}.json"), &doc).await?;
-    }
+    let doc = metadata(&sub, &order, &names, &images, Some(&layout), "QUEUED");
+    put_json(bucket, &format!("{base}.json"), &doc).await?;
 
     let recipe = &sub.recipe;
     let params = ExportParams {
