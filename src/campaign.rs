@@ -192,7 +192,9 @@ pub async fn retry(ctx: &Context, name: &str, resume: bool) -> anyhow::Result<us
     // The re-queued orders start over at export.
     resumed.insert(Stage::Export, jobs);
     for (stage, jobs) in &resumed {
-        ctx.queue.enqueue_bulk(*stage, jobs, Duration::ZERO).await?;
+        ctx.queue
+            .enqueue_placed(*stage, jobs, Duration::ZERO, sub.backlog_place())
+            .await?;
     }
     Ok(resumed.values().map(Vec::len).sum())
 }

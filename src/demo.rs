@@ -115,6 +115,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         freq: Some("3MS".parse::<Frequency>()?),
         save_empty_metadata: true,
         error_if_empty: false,
+        priority: None,
     };
     let plan = submit::plan(&settings, &request, chrono::Utc::now())?;
     let name = plan.submission.name.clone();

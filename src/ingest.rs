@@ -60,6 +60,10 @@ pub struct IngestConfig {
     /// gives one ([`crate::naming::workload_tag_for`]).
     #[serde(default)]
     pub workload_tag: Option<String>,
+    /// Its submissions' priority (0–9999, higher first); default 200, above a manual
+    /// submission's 100, so a daily ingest is not stuck behind a backfill.
+    #[serde(default)]
+    pub priority: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -78,6 +82,7 @@ pub struct Ingest {
     pub backfill_start: Option<NaiveDate>,
     pub save_empty_metadata: bool,
     pub workload_tag: Option<String>,
+    pub priority: u32,
 }
 
 impl IngestConfig {
@@ -150,6 +155,12 @@ impl IngestConfig {
         if let Some(Err(e)) = self.workload_tag.as_deref().map(check_workload_tag) {
             errs.push((key("workload_tag"), e));
         }
+        if let Some(p) = self.priority.filter(|p| *p > crate::order::MAX_PRIORITY) {
+            errs.push((
+                key("priority"),
+                format!("{p} is out of range; use 0 to 9999 (higher runs first; default 200)"),
+            ));
+        }
         match (schedule, freq) {
             (Some(schedule), Some(freq)) if errs.is_empty() => Ok(Ingest {
                 name: self.name.clone(),
@@ -161,6 +172,7 @@ impl IngestConfig {
                 backfill_start: self.backfill_start,
                 save_empty_metadata: self.save_empty_metadata,
                 workload_tag: self.workload_tag.clone(),
+                priority: self.priority.unwrap_or(crate::order::INGEST_PRIORITY),
             }),
             _ => Err(errs),
         }
@@ -300,6 +312,7 @@ mod tests {
             backfill_start: backfill.map(|d| d.parse().unwrap()),
             save_empty_metadata: true,
             workload_tag: None,
+            priority: None,
         }
         .resolve(0, None, &["LANDSAT/LC08/C02/T1_L2".to_string()].into())
         .unwrap()
@@ -437,6 +450,7 @@ mod tests {
             backfill_start: None,
             save_empty_metadata: true,
             workload_tag: Some("L8 monthly".into()),
+            priority: Some(10_000),
         };
         let errs = c.resolve(2, None, &BTreeSet::new()).unwrap_err();
         let keys: Vec<&str> = errs.iter().map(|(k, _)| k.as_str()).collect();
@@ -447,6 +461,7 @@ mod tests {
             "collections",
             "tiles",
             "workload_tag",
+            "priority",
         ] {
             assert!(
                 keys.contains(&format!("ingest[2].{k}").as_str()),

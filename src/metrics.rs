@@ -86,7 +86,7 @@ const STAGE: LabelDef = LabelDef {
 };
 const OUTCOME: LabelDef = LabelDef {
     name: "outcome",
-    values: &["done", "snoozed", "retried", "failed"],
+    values: &["done", "snoozed", "pushed_back", "retried", "failed"],
 };
 const ERROR_CLASS: LabelDef = LabelDef {
     name: "error_class",
@@ -265,6 +265,30 @@ pub const CATALOGUE: &[MetricDef] = &[
         unit: "tasks",
         labels: &[],
         help: "The most EE tasks this worker lets be in flight at once (--max-active-exports, or EE's maxConcurrentExports x factor).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_ee_admission_room",
+        kind: Kind::Gauge,
+        unit: "tasks",
+        labels: &[],
+        help: "The admission cap learnt from EE's queue: its limit less other pipelines' tasks, grown while exports are accepted (the configured cap until EE first says its queue is full).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_ee_other_tasks",
+        kind: Kind::Gauge,
+        unit: "tasks",
+        labels: &[],
+        help: "Tasks of other pipelines PENDING or RUNNING in the EE project at the last sweep: they share its run slots and queue.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_ee_queue_full_total",
+        kind: Kind::Counter,
+        unit: "",
+        labels: &[],
+        help: "Exports EE refused because its task queue was full; each gave its admission slot back and waits at the front of the backlog.",
         buckets: &[],
     },
     MetricDef {
@@ -510,6 +534,7 @@ pub fn job_done(stage: Stage, outcome: Outcome) -> Outcome {
             "done"
         }
         Outcome::Snooze { .. } => "snoozed",
+        Outcome::Backlog => "pushed_back",
     };
     finished(stage, label);
     outcome
@@ -652,6 +677,21 @@ pub fn ee_tasks_active(active: u64) {
 pub fn admission_cap(cap: u64, ee_queue_cap: u64) {
     ::metrics::gauge!("cedar_ee_admission_cap").set(cap as f64);
     ::metrics::gauge!("cedar_ee_queue_cap").set(ee_queue_cap as f64);
+}
+
+/// Records the admission room learnt from EE's queue.
+pub fn admission_room(room: u64) {
+    ::metrics::gauge!("cedar_ee_admission_room").set(room as f64);
+}
+
+/// Records other pipelines' tasks seen queued in the EE project.
+pub fn other_tasks(n: u64) {
+    ::metrics::gauge!("cedar_ee_other_tasks").set(n as f64);
+}
+
+/// Counts an export EE refused with a full queue.
+pub fn queue_full() {
+    ::metrics::counter!("cedar_ee_queue_full_total").increment(1);
 }
 
 /// Records the orders of every submission by state (summed over submissions).

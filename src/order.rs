@@ -9,6 +9,15 @@ use crate::grid::Tile;
 use crate::naming::{ItemTemplates, ItemValues, NamingError};
 use crate::period::Period;
 
+/// The priority of a submission made by hand (`cedar submit`): submissions sharing EE go by
+/// priority, higher first, and take turns within one.
+pub const DEFAULT_PRIORITY: u32 = 100;
+/// The priority `[[ingest]]` entries get unless they set one: above manual backfills, so a
+/// daily ingest is not stuck behind a years-long backfill.
+pub const INGEST_PRIORITY: u32 = 200;
+/// The highest priority, as EE's own task priority (0–9999).
+pub const MAX_PRIORITY: u32 = 9999;
+
 /// One collection × tile × period.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Order {

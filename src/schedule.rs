@@ -34,6 +34,7 @@ pub async fn tick(ctx: &Context, now: DateTime<Utc>) -> anyhow::Result<Vec<Strin
             let req = Request {
                 name: Some(name.clone()),
                 workload_tag: ingest.workload_tag.clone(),
+                priority: Some(ingest.priority),
                 collections: ingest.collections.clone(),
                 tiles: ingest.tiles.clone(),
                 start: period.start,

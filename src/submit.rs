@@ -34,6 +34,8 @@ pub struct Request {
     /// The EE workload tag of its calls; `None` derives one from the tracking name
     /// ([`crate::naming::workload_tag_for`]).
     pub workload_tag: Option<String>,
+    /// 0–9999, higher first among submissions sharing EE; `None`: 100 (ingest entries: 200).
+    pub priority: Option<u32>,
     pub collections: Vec<String>,
     /// (row, col), in the order given; duplicates are refused.
     pub tiles: Vec<(u32, u32)>,
@@ -123,6 +125,7 @@ pub fn plan(settings: &Settings, req: &Request, now: DateTime<Utc>) -> Result<Pl
         recipe: Some(settings.recipe(&req.collections, Some(Recipe::new_id()))),
         workload_tag: None,
         ingest: None,
+        priority: None,
     };
     sub.name = match &req.name {
         Some(name) => name.clone(),
@@ -146,6 +149,16 @@ pub fn plan(settings: &Settings, req: &Request, now: DateTime<Utc>) -> Result<Pl
             tag.clone()
         }
         None => workload_tag_for(&sub.name),
+    });
+    sub.priority = Some(match req.priority {
+        Some(p) if p > crate::order::MAX_PRIORITY => {
+            return Err(invalid(format!(
+                "priority {p} is out of range; use 0 to {} (higher runs first)",
+                crate::order::MAX_PRIORITY
+            )));
+        }
+        Some(p) => p,
+        None => crate::order::DEFAULT_PRIORITY,
     });
     let mut names = HashSet::new();
     for order in sub.orders() {
@@ -199,7 +212,7 @@ async fn publish_and_queue(ctx: &Context, sub: &Submission) -> Result<u64, Submi
     for chunk in jobs.chunks(20_000) {
         added += ctx
             .queue
-            .enqueue_bulk(Stage::Export, chunk, Duration::ZERO)
+            .enqueue_placed(Stage::Export, chunk, Duration::ZERO, sub.backlog_place())
             .await?;
     }
     Ok(added)
@@ -345,6 +358,7 @@ mod tests {
             freq: Some("3MS".parse().unwrap()),
             save_empty_metadata: true,
             error_if_empty: false,
+            priority: None,
         }
     }
 

@@ -309,6 +309,7 @@ pub(crate) fn campaign(settings: &Settings, jobs: u64) -> anyhow::Result<Request
         freq: Some("1MS".parse()?),
         save_empty_metadata: false,
         error_if_empty: false,
+        priority: None,
     })
 }
 

@@ -145,6 +145,11 @@ pub struct SubmitArgs {
     /// tracking name made to fit (lowercased, other characters turned into '-').
     #[arg(long, value_parser = parse_workload_tag)]
     pub workload_tag: Option<String>,
+    /// Its place among campaigns sharing Earth Engine: 0-9999, higher first; campaigns of one
+    /// priority take turns. Default 100 (`[[ingest]]` entries: 200, so a daily ingest passes a
+    /// backfill).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=9999))]
+    pub priority: Option<u32>,
     /// Wait until every order is complete or failed.
     #[arg(long)]
     pub wait: bool,
@@ -549,6 +554,7 @@ fn build_request(a: &SubmitArgs) -> Result<Request, String> {
     Ok(Request {
         name: None,
         workload_tag: a.workload_tag.clone(),
+        priority: a.priority,
         collections: a.collections.clone(),
         tiles,
         start: a.start,

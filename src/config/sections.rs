@@ -18,6 +18,9 @@ pub struct EarthEngineConfig {
     /// A service-account key path, `"none"`, or absent for Application Default Credentials.
     pub credentials: Option<String>,
     pub timeout_secs: u64,
+    /// Send each submission's priority as EE's own task `priority` (EE honours it for paid
+    /// projects), so that EE also runs an ingest before a backfill. Default false.
+    pub send_priority: bool,
 }
 
 impl Default for EarthEngineConfig {
@@ -27,6 +30,7 @@ impl Default for EarthEngineConfig {
             endpoint: "https://earthengine.googleapis.com".into(),
             credentials: None,
             timeout_secs: 60,
+            send_priority: false,
         }
     }
 }

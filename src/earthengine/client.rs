@@ -313,6 +313,9 @@ pub struct ExportParams {
     pub max_pixels: Option<i64>,
     /// The label EE accounts the task under (`workloadTag`); `None` sends none.
     pub workload_tag: Option<String>,
+    /// EE's own task priority (0–9999, EE's default 100; honoured for paid projects); `None`
+    /// sends none.
+    pub priority: Option<u32>,
 }
 
 /// The tile's exact pixel grid: dimensions, affine transform and CRS.
@@ -342,7 +345,7 @@ pub fn export_request(tile: &Tile, expression: Expression, p: &ExportParams) -> 
         grid: Some(pixel_grid(tile)),
         request_id: Some(p.request_id.clone()),
         workload_tag: p.workload_tag.clone(),
-        priority: None,
+        priority: p.priority,
         file_export_options: Some(ImageFileExportOptions {
             file_format: ImageFileFormat::GeoTiff,
             cloud_storage_destination: Some(CloudStorageDestination {

@@ -16,6 +16,7 @@ fn reference(name: &str) -> Value {
 
 fn params() -> ExportParams {
     ExportParams {
+        priority: None,
         bucket: "my-bucket".into(),
         filename_prefix: "exports/LC08_h010v003_2021".into(),
         description: "LC08_h010v003_2021".into(),

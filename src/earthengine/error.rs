@@ -68,6 +68,18 @@ impl EeError {
         }
     }
 
+    /// The queue limit EE names in a queue-full answer ("Too many tasks already in the queue
+    /// (3000).", the project's limit, which another pipeline's tasks count against too).
+    pub fn queue_limit(&self) -> Option<u64> {
+        let EeError::Api { message, .. } = self else {
+            return None;
+        };
+        let lower = message.to_ascii_lowercase();
+        let rest = &lower[lower.find(QUEUE_FULL)? + QUEUE_FULL.len()..];
+        let inner = rest.trim_start().strip_prefix('(')?;
+        inner[..inner.find(')')?].trim().parse().ok()
+    }
+
     /// "Too many tasks already in the queue": the project has 3000 queued tasks.
     ///
     /// Matched on the message because the HTTP status of this error is not documented.
@@ -244,6 +256,7 @@ mod tests {
                 EeError::from_response("image:export", status, &google(status, ee_status, message));
             assert_eq!(e.is_retryable(), retryable, "{status} {message}");
             assert_eq!(e.is_queue_full(), queue_full, "{status} {message}");
+            assert_eq!(e.queue_limit(), queue_full.then_some(3000));
             assert_eq!(e.http_status(), Some(status));
             assert_eq!(e.ee_status(), (!ee_status.is_empty()).then_some(ee_status));
             let text = e.to_string();

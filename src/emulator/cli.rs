@@ -27,6 +27,13 @@ pub struct EmulatorArgs {
     /// Emulated seconds an export runs.
     #[arg(long, default_value_t = 1.0)]
     pub task_seconds: f64,
+    /// Draw each export's duration uniformly between --task-seconds and this.
+    #[arg(long)]
+    pub task_seconds_max: Option<f64>,
+    /// Tasks of other pipelines kept queued in the project (they take run slots and queue
+    /// places).
+    #[arg(long, default_value_t = 0)]
+    pub other_tasks: usize,
     /// Emulated seconds per real second.
     #[arg(long, default_value_t = 1.0)]
     pub time_scale: f64,
@@ -72,6 +79,8 @@ impl EmulatorArgs {
             project: self.project.clone(),
             bucket: self.bucket.clone(),
             task_seconds: self.task_seconds,
+            task_seconds_max: self.task_seconds_max,
+            other_tasks: self.other_tasks,
             time_scale: self.time_scale,
             fail_rate: self.fail_rate,
             fail_repeats: self.fail_repeats,

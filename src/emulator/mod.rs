@@ -55,6 +55,7 @@ use tokio::task::JoinHandle;
 
 pub use cli::{EmulatorArgs, open_store, run};
 pub use faults::{ApiMethod, Fault};
+pub use operations::TimelineEntry;
 pub use stats::{Stats, WrittenObject};
 
 /// How the emulator answers an `image:export` whose non-empty `requestId` was already used.
@@ -80,6 +81,13 @@ pub struct EmulatorOptions {
     pub bucket: Option<String>,
     /// Emulated seconds an export spends RUNNING. Default 1.0.
     pub task_seconds: f64,
+    /// When set, each export runs a duration drawn (from the seed) uniformly between
+    /// `task_seconds` and this. Default `None`: every export runs `task_seconds`.
+    pub task_seconds_max: Option<f64>,
+    /// Tasks of other pipelines the emulator keeps queued (PENDING or RUNNING) in every project
+    /// cedar exported in, as when a project's queue is shared: they take run slots and queue
+    /// places, write no files and are listed like any operation. Default 0.
+    pub other_tasks: usize,
     /// Emulated seconds per real second. Default 1.0; benchmarks use e.g. 1000.
     pub time_scale: f64,
     /// Fraction of exports that end FAILED with "Computation timed out.". Default 0.
@@ -118,6 +126,8 @@ impl Default for EmulatorOptions {
             project: None,
             bucket: None,
             task_seconds: 1.0,
+            task_seconds_max: None,
+            other_tasks: 0,
             time_scale: 1.0,
             fail_rate: 0.0,
             fail_repeats: false,
@@ -235,6 +245,13 @@ fn validate_options(options: &EmulatorOptions) -> Result<(), EmulatorError> {
     if !(options.task_seconds >= 0.0 && options.task_seconds.is_finite()) {
         return Err(EmulatorError::Option("task_seconds must be >= 0".into()));
     }
+    if let Some(max) = options.task_seconds_max
+        && !(max >= options.task_seconds && max.is_finite())
+    {
+        return Err(EmulatorError::Option(
+            "task_seconds_max must be >= task_seconds".into(),
+        ));
+    }
     if options.max_concurrent_exports == 0 {
         return Err(EmulatorError::Option(
             "max_concurrent_exports must be >= 1".into(),
@@ -261,6 +278,12 @@ impl RunningEmulator {
     pub fn stats(&self) -> Stats {
         let state = self.shared.lock();
         state.counters.snapshot(&state.operations)
+    }
+
+    /// Every operation's life in emulated seconds, as `GET /_emulator/timeline` serves it.
+    pub fn timeline(&self) -> Vec<TimelineEntry> {
+        let state = self.shared.lock();
+        state.operations.timeline()
     }
 
     /// Every object written (exports and storage uploads), as `GET /_emulator/objects` lists.

@@ -18,7 +18,9 @@ use tokio::sync::watch;
 use tokio::time::{Duration, Instant, MissedTickBehavior};
 
 use super::export::ExportPlan;
-use super::{Shared, output, stable_hash};
+use serde::{Deserialize, Serialize};
+
+use super::{EmulatorOptions, Shared, output, stable_hash};
 
 /// Emulated time: `time_scale` emulated seconds pass per real second, starting at the real
 /// wall-clock time the emulator started. Built on tokio's clock so paused-time tests work.
@@ -99,6 +101,10 @@ pub(crate) struct Operation {
     updated: f64,
     started: Option<f64>,
     ended: Option<f64>,
+    /// Emulated seconds it runs once started.
+    duration: f64,
+    /// Another pipeline's task ([`EmulatorOptions::other_tasks`]): writes nothing.
+    pub foreign: bool,
     progress: f64,
     /// The store write is in flight; the op stays RUNNING until it lands.
     writing: bool,
@@ -111,7 +117,7 @@ impl Operation {
     }
 
     /// The `Operation` JSON, omitting unset and default fields as proto3 JSON does.
-    pub fn to_json(&self, clock: &Clock, task_seconds: f64) -> Value {
+    pub fn to_json(&self, clock: &Clock) -> Value {
         let mut metadata = json!({
             "@type": "type.googleapis.com/google.earthengine.v1.OperationMetadata",
             "state": self.state.as_str(),
@@ -149,7 +155,7 @@ impl Operation {
                 upload["completeWorkUnits"] = json!(1);
             }
             metadata["stages"] = json!([create, upload]);
-            let eecu = self.progress * task_seconds * self.plan.bands.max(1) as f64 * 0.5;
+            let eecu = self.progress * self.duration * self.plan.bands.max(1) as f64 * 0.5;
             if eecu > 0.0 {
                 metadata["batchEecuUsageSeconds"] = json!(eecu);
             }
@@ -181,8 +187,15 @@ pub(crate) struct Operations {
 }
 
 impl Operations {
-    /// Starts a PENDING operation for `plan`.
-    pub fn create(&mut self, project: &str, plan: ExportPlan, seed: u64, now: f64) -> &Operation {
+    /// Starts a PENDING operation for `plan` that will run `duration` emulated seconds.
+    pub fn create(
+        &mut self,
+        project: &str,
+        plan: ExportPlan,
+        seed: u64,
+        now: f64,
+        duration: f64,
+    ) -> &Operation {
         let seq = self.list.len() as u64;
         let id = operation_id(seed, project, seq);
         let index = self.list.len();
@@ -201,6 +214,8 @@ impl Operations {
             updated: now,
             started: None,
             ended: None,
+            duration,
+            foreign: false,
             progress: 0.0,
             writing: false,
             error: None,
@@ -230,6 +245,57 @@ impl Operations {
 
     pub fn all(&self) -> &[Operation] {
         &self.list
+    }
+
+    /// Every operation's life, in creation order.
+    pub fn timeline(&self) -> Vec<TimelineEntry> {
+        self.list
+            .iter()
+            .map(|o| TimelineEntry {
+                name: o.name(),
+                description: o.plan.description.clone(),
+                foreign: o.foreign,
+                state: o.state.as_str().to_owned(),
+                created: o.created,
+                started: o.started,
+                ended: o.ended,
+            })
+            .collect()
+    }
+
+    /// Tops up the other pipelines' tasks of every project cedar exported in to `target`
+    /// queued ones.
+    fn top_up_foreign(&mut self, target: usize, seed: u64, now: f64, duration: impl Fn(u64) -> f64) {
+        if target == 0 {
+            return;
+        }
+        let mut queued: HashMap<String, usize> = HashMap::new();
+        for op in &self.list {
+            let entry = queued.entry(op.project.clone()).or_default();
+            if op.foreign && op.state.queued() {
+                *entry += 1;
+            }
+        }
+        for (project, n) in queued {
+            for _ in n..target {
+                let seq = self.list.len() as u64;
+                let plan = ExportPlan {
+                    description: format!("other-pipeline-{seq}"),
+                    priority: 100,
+                    request_id: None,
+                    bucket: "other-pipeline".into(),
+                    pieces: Vec::new(),
+                    bands: 1,
+                    destination_uri: "gs://other-pipeline/".into(),
+                    failure: None,
+                };
+                let d = duration(seq);
+                self.create(&project, plan, seed, now, d);
+                if let Some(op) = self.list.last_mut() {
+                    op.foreign = true;
+                }
+            }
+        }
     }
 
     /// Requests cancellation; `Err` when the operation is already done.
@@ -284,11 +350,38 @@ fn operation_id(seed: u64, project: &str, seq: u64) -> String {
         .collect()
 }
 
+/// How long the export numbered `seq` runs: `task_seconds`, or a draw between it and
+/// `task_seconds_max`, the same for a given seed.
+pub(crate) fn task_duration(options: &EmulatorOptions, seq: u64) -> f64 {
+    match options.task_seconds_max {
+        Some(max) if max > options.task_seconds => {
+            let draw = stable_hash(options.seed, &["duration", &seq.to_string()]);
+            let unit = (draw >> 11) as f64 / (1u64 << 53) as f64;
+            options.task_seconds + unit * (max - options.task_seconds)
+        }
+        _ => options.task_seconds,
+    }
+}
+
+/// One operation's life in emulated seconds (`GET /_emulator/timeline`): what benchmarks
+/// measure EE's run-slot use from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub name: String,
+    pub description: String,
+    /// Another pipeline's task.
+    pub foreign: bool,
+    pub state: String,
+    pub created: f64,
+    pub started: Option<f64>,
+    pub ended: Option<f64>,
+}
+
 /// Advances operations until shutdown.
 pub(crate) async fn schedule(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let options = &shared.options;
     // Tick often enough that a task's progress is seen, rarely enough to stay cheap.
-    let real_task = options.task_seconds / options.time_scale;
+    let real_task = options.task_seconds.max(0.01) / options.time_scale;
     let tick = Duration::from_secs_f64((real_task / 20.0).clamp(0.002, 0.05));
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -303,7 +396,6 @@ pub(crate) async fn schedule(shared: Arc<Shared>, mut shutdown: watch::Receiver<
 
 /// One scheduler step: finish, write, cancel and start operations.
 pub(crate) async fn advance(shared: &Shared) {
-    let task_seconds = shared.options.task_seconds;
     let mut to_write = Vec::new();
     {
         let mut state = shared.lock();
@@ -318,14 +410,17 @@ pub(crate) async fn advance(shared: &Shared) {
                 }
                 OpState::Running if !op.writing => {
                     let started = op.started.unwrap_or(now);
-                    op.progress = if task_seconds > 0.0 {
-                        ((now - started) / task_seconds).min(1.0)
+                    op.progress = if op.duration > 0.0 {
+                        ((now - started) / op.duration).min(1.0)
                     } else {
                         1.0
                     };
                     op.updated = now;
                     if op.progress >= 1.0 {
-                        if let Some(message) = op.plan.failure.clone() {
+                        if op.foreign {
+                            op.state = OpState::Succeeded;
+                            op.ended = Some(now);
+                        } else if let Some(message) = op.plan.failure.clone() {
                             op.state = OpState::Failed;
                             op.ended = Some(now);
                             op.error = Some((3, message));
@@ -338,6 +433,12 @@ pub(crate) async fn advance(shared: &Shared) {
                 _ => {}
             }
         }
+        let options = &shared.options;
+        state
+            .operations
+            .top_up_foreign(options.other_tasks, options.seed, now, |seq| {
+                task_duration(options, seq)
+            });
         start_pending(
             &mut state.operations,
             shared.options.max_concurrent_exports as usize,
@@ -427,9 +528,9 @@ mod tests {
     #[test]
     fn pending_operations_start_by_priority_then_age() {
         let mut ops = Operations::default();
-        let low = ops.create("p", plan(100), 0, 0.0).id.clone();
-        let high = ops.create("p", plan(500), 0, 0.0).id.clone();
-        let low2 = ops.create("p", plan(100), 0, 0.0).id.clone();
+        let low = ops.create("p", plan(100), 0, 0.0, 1.0).id.clone();
+        let high = ops.create("p", plan(500), 0, 0.0, 1.0).id.clone();
+        let low2 = ops.create("p", plan(100), 0, 0.0, 1.0).id.clone();
         start_pending(&mut ops, 2, 1.0);
         let state = |id: &str| ops.get("p", id).unwrap().state;
         assert_eq!(
@@ -442,9 +543,9 @@ mod tests {
     fn pages_are_newest_first_and_complete() {
         let mut ops = Operations::default();
         for _ in 0..5 {
-            ops.create("p", plan(100), 0, 0.0);
+            ops.create("p", plan(100), 0, 0.0, 1.0);
         }
-        ops.create("q", plan(100), 0, 0.0);
+        ops.create("q", plan(100), 0, 0.0, 1.0);
         let (first, token) = ops.page("p", 2, None);
         assert_eq!(first.iter().map(|o| o.seq).collect::<Vec<_>>(), [4, 3]);
         let (second, token) = ops.page("p", 2, token);
@@ -457,8 +558,8 @@ mod tests {
     fn operation_json_omits_defaults_and_reports_cancellation() {
         let clock = Clock::new(1.0);
         let mut ops = Operations::default();
-        let id = ops.create("p", plan(100), 0, 0.0).id.clone();
-        let json = ops.get("p", &id).unwrap().to_json(&clock, 1.0);
+        let id = ops.create("p", plan(100), 0, 0.0, 1.0).id.clone();
+        let json = ops.get("p", &id).unwrap().to_json(&clock);
         assert_eq!(json["metadata"]["state"], "PENDING");
         assert!(json.get("done").is_none() && json["metadata"].get("startTime").is_none());
         assert!(

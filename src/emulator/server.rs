@@ -151,6 +151,7 @@ pub(crate) async fn serve(
         .route("/upload/storage/v1/b/{bucket}/o", post(storage::upload))
         .route("/_emulator/stats", get(stats))
         .route("/_emulator/objects", get(objects))
+        .route("/_emulator/timeline", get(timeline))
         .route("/_emulator/faults", post(faults))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
@@ -326,7 +327,7 @@ async fn image_export(
             {
                 return match options.duplicate_request {
                     DuplicateRequest::ReturnExisting => {
-                        Ok(existing.to_json(&shared.clock, options.task_seconds))
+                        Ok(existing.to_json(&shared.clock))
                     }
                     DuplicateRequest::AlreadyExists => Err(ApiError::new(
                         409,
@@ -353,8 +354,11 @@ async fn image_export(
             }
             state.counters.export_started(&plan.description);
             state.counters.export_tagged(tag.as_deref());
-            let operation = state.operations.create(project, plan, options.seed, now);
-            Ok(operation.to_json(&shared.clock, options.task_seconds))
+            let duration = super::operations::task_duration(options, state.operations.all().len() as u64);
+            let operation = state
+                .operations
+                .create(project, plan, options.seed, now, duration);
+            Ok(operation.to_json(&shared.clock))
         },
     )
 }
@@ -375,7 +379,7 @@ async fn get_operation(
                 .operations
                 .get(project, &operation)
                 .ok_or_else(|| operation_not_found(project, &operation))?;
-            Ok(op.to_json(&shared.clock, shared.options.task_seconds))
+            Ok(op.to_json(&shared.clock))
         },
     )
 }
@@ -451,7 +455,7 @@ async fn list_operations(
             if !page.is_empty() {
                 body["operations"] = page
                     .iter()
-                    .map(|op| op.to_json(&shared.clock, shared.options.task_seconds))
+                    .map(|op| op.to_json(&shared.clock))
                     .collect();
             }
             if let Some(next) = next {
@@ -539,6 +543,13 @@ async fn token(State(shared): SharedState, body: Bytes) -> Response {
 async fn stats(State(shared): SharedState) -> Response {
     let state = shared.lock();
     axum::Json(state.counters.snapshot(&state.operations)).into_response()
+}
+
+/// `{"operations": [{name, description, foreign, state, created, started, ended}, …]}` in
+/// emulated seconds: every operation's life.
+async fn timeline(State(shared): SharedState) -> Response {
+    let timeline = shared.lock().operations.timeline();
+    axum::Json(json!({ "operations": timeline })).into_response()
 }
 
 /// `{"objects": [{name, size, md5, crc32c, source}, …]}`: every object ever written.

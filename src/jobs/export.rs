@@ -139,6 +139,12 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
         cloud_optimized: recipe.cloud_optimized,
         max_pixels: Some(recipe.max_pixels as i64),
         workload_tag: Some(workload_tag),
+        priority: ctx
+            .settings
+            .config
+            .earthengine
+            .send_priority
+            .then(|| sub.priority()),
     };
     ctx.ee_permit().await?;
     let op = match ctx
@@ -147,14 +153,16 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
         .await
     {
         Ok(op) => op,
-        // EE's 3000-task queue is full: back-pressure, not failure.
+        // EE's queue is full (its limit, or other pipelines' tasks): back-pressure, not
+        // failure. The slot goes back to admission, which learns EE's room, and the order waits
+        // at the front of the backlog; its scenes stay frozen in the metadata JSON written above.
         Err(e) if e.is_queue_full() => {
-            return Ok(Outcome::Snooze {
-                secs: ctx.jobs.backpressure_delay.as_secs().max(1),
-            });
+            super::admission::on_queue_full(ctx, &e).await?;
+            return Ok(Outcome::Backlog);
         }
         Err(e) => return Err(e.into()),
     };
+    super::admission::on_accepted(ctx).await?;
     let operation = op
         .name
         .clone()

@@ -10,6 +10,7 @@
 //! Errors are [`JobError`]: `Retry` goes back to the queue with backoff (a persisted attempt
 //! count), `Fatal` fails the job at once. Both are recorded on the order with their message.
 
+pub mod admission;
 pub mod clean;
 pub mod download;
 pub mod export;

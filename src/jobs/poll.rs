@@ -380,6 +380,9 @@ pub async fn sweep_once(
     let mut views = Vec::new();
     let mut token: Option<String> = None;
     let mut pages = 0u32;
+    // Tasks of other pipelines (anything this queue does not wait for) still queued in EE:
+    // they take its run slots and queue places, so admission makes room for them.
+    let mut others = 0u64;
     loop {
         ctx.ee_permit().await?;
         let page = ctx
@@ -394,15 +397,22 @@ pub async fn sweep_once(
             let Some(name) = op.name.clone() else {
                 continue;
             };
+            let view = OpView::from_operation(&op);
             if waiting.contains(&name) {
                 seen.insert(name.clone());
-                views.push((name, OpView::from_operation(&op)));
+                views.push((name, view));
+            } else if matches!(view.state.as_str(), "PENDING" | "RUNNING" | "CANCELLING") {
+                others += 1;
             }
         }
         token = page.next_page_token.filter(|t| !t.is_empty());
         if token.is_none() || seen.len() == waiting.len() {
             break;
         }
+    }
+    if token.is_none() {
+        // Only a sweep that read every page saw them all.
+        super::admission::on_sweep(ctx, others).await?;
     }
     let mut ended = Vec::new();
     let mut encoded = Vec::with_capacity(views.len());

@@ -230,6 +230,11 @@ impl<Args: QueueJob> StageStore<Args> {
             (Ok(Outcome::Done), _) => {
                 retrying("complete", || q.complete(stage, id)).await?;
             }
+            (Ok(Outcome::Backlog), _) => {
+                if !retrying("push_back", || q.push_back(worker, id)).await? {
+                    tracing::warn!(%stage, id, "queue: push-back of a job whose lease was lost");
+                }
+            }
             (Ok(Outcome::Snooze { secs }), _) => {
                 let delay = Duration::from_secs(*secs);
                 if !retrying("snooze", || q.snooze(stage, worker, id, delay)).await? {

@@ -175,6 +175,66 @@ impl QueueJob for OrderJob {
     }
 }
 
+/// Where new export jobs go in the admission backlog: by priority (higher first), then taking
+/// turns (round-robin) with the other submissions of the same priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BacklogPlace<'a> {
+    /// 0–9999, as EE's own task priority; higher goes first.
+    pub priority: u32,
+    /// The submission whose turns these jobs take.
+    pub tracking: &'a str,
+}
+
+impl BacklogPlace<'_> {
+    pub const DEFAULT_PRIORITY: u32 = crate::order::DEFAULT_PRIORITY;
+    pub const MAX_PRIORITY: u32 = crate::order::MAX_PRIORITY;
+    /// Backlog places one priority's band spans: more turns than any campaign has orders.
+    pub const BAND_WIDTH: i64 = 1 << 33;
+
+    /// The lowest backlog score of this priority's band (scores stay exact in Lua's doubles:
+    /// 10,000 × 2^33 < 2^53).
+    pub fn band(&self) -> i64 {
+        i64::from(Self::MAX_PRIORITY - self.priority.min(Self::MAX_PRIORITY)) * Self::BAND_WIDTH
+    }
+}
+
+impl Default for BacklogPlace<'_> {
+    fn default() -> Self {
+        BacklogPlace {
+            priority: Self::DEFAULT_PRIORITY,
+            tracking: "",
+        }
+    }
+}
+
+/// Figures shared by every worker that steer admission (see `jobs::admission`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Figure {
+    /// The admission cap learnt from EE's queue (unset: the configured cap).
+    Room,
+    /// Set while admission is paused (the EECU budget is spent): the pause's end, unix ms.
+    Paused,
+    /// The queue limit EE named in its last "Too many tasks" answer.
+    EeQueueLimit,
+    /// Other pipelines' tasks queued in EE at the last sweep.
+    OtherTasks,
+    /// Exports EE accepted since the room last grew.
+    Accepted,
+}
+
+impl Figure {
+    /// Its Redis key under the namespace, and its name in SQLite's `counters`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Figure::Room => "export:room",
+            Figure::Paused => "export:paused",
+            Figure::EeQueueLimit => "ee:queue_limit",
+            Figure::OtherTasks => "ee:other_tasks",
+            Figure::Accepted => "ee:accepted",
+        }
+    }
+}
+
 /// What a handler returns in `Ok(..)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -183,6 +243,9 @@ pub enum Outcome {
     /// Run the job again after `secs` seconds **without spending an attempt**: waiting is not
     /// failing (EE task still running, no admission slot yet, back-pressure).
     Snooze { secs: u64 },
+    /// Export only: give the admission slot back and wait at the front of the backlog, without
+    /// spending an attempt (EE's queue is full; a slot that frees is the signal to try again).
+    Backlog,
 }
 
 /// Queue-level retries of failed jobs: exponential backoff with full jitter, capped.
@@ -494,11 +557,25 @@ impl Queue {
         jobs: &[J],
         delay: Duration,
     ) -> Result<u64, QueueError> {
+        self.enqueue_placed(stage, jobs, delay, BacklogPlace::default())
+            .await
+    }
+
+    /// [`Queue::enqueue_bulk`] with export jobs placed in the backlog by `place` (priority,
+    /// then turns among submissions).
+    pub async fn enqueue_placed<J: QueueJob>(
+        &self,
+        stage: Stage,
+        jobs: &[J],
+        delay: Duration,
+        place: BacklogPlace<'_>,
+    ) -> Result<u64, QueueError> {
         let mut encoded = Vec::with_capacity(jobs.len());
         for job in jobs {
             encoded.push((job.job_id(), serde_json::to_vec(job)?));
         }
-        self.enqueue_encoded(stage, &encoded, delay).await
+        self.enqueue_encoded_placed(stage, &encoded, delay, place)
+            .await
     }
 
     /// [`Queue::enqueue_bulk`] for payloads already encoded (the apalis sink encodes them).
@@ -508,7 +585,18 @@ impl Queue {
         jobs: &[(String, Vec<u8>)],
         delay: Duration,
     ) -> Result<u64, QueueError> {
-        let added = dispatch!(self, q => q.enqueue_encoded(stage, jobs, delay).await)?;
+        self.enqueue_encoded_placed(stage, jobs, delay, BacklogPlace::default())
+            .await
+    }
+
+    async fn enqueue_encoded_placed(
+        &self,
+        stage: Stage,
+        jobs: &[(String, Vec<u8>)],
+        delay: Duration,
+        place: BacklogPlace<'_>,
+    ) -> Result<u64, QueueError> {
+        let added = dispatch!(self, q => q.enqueue_encoded(stage, jobs, delay, place).await)?;
         if added > 0 && delay.is_zero() {
             self.nudge(stage);
         }
@@ -646,6 +734,35 @@ impl Queue {
     /// admission slot; returns how many moved.
     pub async fn admit(&self, max_active: u64) -> Result<u64, QueueError> {
         dispatch!(self, q => q.admit(max_active).await)
+    }
+
+    /// Puts the export job `worker` holds back at the front of the backlog and frees its
+    /// admission slot, without spending an attempt; false if `worker` no longer holds it.
+    pub async fn push_back(&self, worker: &str, id: &str) -> Result<bool, QueueError> {
+        let moved = dispatch!(self, q => q.push_back(worker, id).await)?;
+        if moved {
+            self.nudge(Stage::Export);
+        }
+        Ok(moved)
+    }
+
+    /// One admission figure; `None` when unset.
+    pub async fn figure(&self, figure: Figure) -> Result<Option<i64>, QueueError> {
+        dispatch!(self, q => q.figure(figure).await)
+    }
+
+    /// Sets (or, with `None`, clears) one admission figure.
+    pub async fn set_figure(&self, figure: Figure, value: Option<i64>) -> Result<(), QueueError> {
+        dispatch!(self, q => q.set_figure(figure, value).await)?;
+        if figure == Figure::Room || figure == Figure::Paused {
+            self.nudge(Stage::Export);
+        }
+        Ok(())
+    }
+
+    /// Adds `by` to one admission figure (unset counts 0); returns the new value.
+    pub async fn add_figure(&self, figure: Figure, by: i64) -> Result<i64, QueueError> {
+        dispatch!(self, q => q.add_figure(figure, by).await)
     }
 
     /// Frees the admission slot of `id`; false if it held none. A freed slot lets the export

@@ -598,6 +598,7 @@ fn export_body() -> cedar::earthengine::ExportImageRequest {
         &grid.tile(3, 10).unwrap(),
         expression,
         &ExportParams {
+            priority: None,
             bucket: BUCKET.into(),
             filename_prefix: "x/y".into(),
             description: "y".into(),

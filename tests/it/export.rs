@@ -24,6 +24,7 @@ async fn a_rerun_export_exports_the_scenes_it_listed_first() {
         freq: None,
         save_empty_metadata: true,
         error_if_empty: false,
+        priority: None,
         name: None,
         workload_tag: None,
     };

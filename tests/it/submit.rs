@@ -32,6 +32,7 @@ fn request() -> Request {
         freq: None,
         save_empty_metadata: true,
         error_if_empty: false,
+        priority: None,
     }
 }
 

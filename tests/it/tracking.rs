@@ -38,6 +38,7 @@ fn submission(name: &str) -> Submission {
         recipe: None,
         workload_tag: None,
         ingest: None,
+        priority: None,
     }
 }
 

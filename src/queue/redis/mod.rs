@@ -16,8 +16,12 @@
 //! | `{ns}:{stage}:enqueued` | hash | id → first enqueue time (ms) |
 //! | `{ns}:{stage}:dead` | hash | id → [`DeadReason`] JSON |
 //! | `{ns}:{stage}:woken` | set | ids woken while leased: their next snooze is due at once (until it, or their removal) |
-//! | `{ns}:export:backlog` | zset | id → enqueue sequence; export jobs waiting for an admission slot |
-//! | `{ns}:export:seq` | string | the backlog sequence |
+//! | `{ns}:export:backlog` | zset | id → place (priority band + the submission's turn); export jobs waiting for an admission slot |
+//! | `{ns}:export:turns` | hash | submission → its last turn in the backlog (round-robin) |
+//! | `{ns}:export:seq` | string | the sequence of `cedar retry`'s re-queued exports |
+//! | `{ns}:export:room` | string | the admission cap learnt from EE's queue (`jobs::admission`) |
+//! | `{ns}:export:paused` | string | admission paused (why), e.g. the EECU budget is spent |
+//! | `{ns}:ee:*` | string | other admission figures: EE's queue limit, other pipelines' tasks, accepted exports |
 //! | `{ns}:ee:active` | set | ids holding an EE admission slot (admitted, until the poll ends) |
 //! | `{ns}:ee:rate:{unix second}` | string | EE calls in that second (expires after 2 s) |
 //!
@@ -39,10 +43,11 @@ use serde::Deserialize;
 pub use self::connect::{connect, connect_now, connect_with_ca};
 pub(in crate::queue) use self::scripts::script;
 use self::scripts::{
-    ADMIT, BURY, ENQUEUE, FAIL, LEASE, RATE, REAP, REMOVE, RENEW, REQUEUE_DEAD, RESCHEDULE, WAKE,
+    ADMIT, BURY, ENQUEUE, FAIL, LEASE, PUSH_BACK, RATE, REAP, REMOVE, RENEW, REQUEUE_DEAD,
+    RESCHEDULE, WAKE,
 };
 use super::{
-    ADMIT_LIMIT, DeadReason, Depth, ENQUEUE_CHUNK, FailResult, Leased, QueueError, REAP_LIMIT,
+    ADMIT_LIMIT, BacklogPlace, Figure, DeadReason, Depth, ENQUEUE_CHUNK, FailResult, Leased, QueueError, REAP_LIMIT,
     RateDecision, RetryPolicy, Stage, WAKE_CHUNK,
 };
 
@@ -132,6 +137,7 @@ impl RedisQueue {
         stage: Stage,
         jobs: &[(String, Vec<u8>)],
         delay: Duration,
+        place: BacklogPlace<'_>,
     ) -> Result<u64, QueueError> {
         let (mode, target) = match stage {
             Stage::Export => ("backlog", self.key(stage, "backlog")),
@@ -144,9 +150,12 @@ impl RedisQueue {
             call.key(self.key(stage, "data"))
                 .key(self.key(stage, "enqueued"))
                 .key(&target)
-                .key(self.key(stage, "seq"))
+                .key(self.key(stage, "turns"))
                 .arg(mode)
-                .arg(delay.as_millis() as u64);
+                .arg(delay.as_millis() as u64)
+                .arg(place.band())
+                .arg(BacklogPlace::BAND_WIDTH)
+                .arg(place.tracking);
             for (id, payload) in chunk {
                 call.arg(id).arg(payload.as_slice());
             }
@@ -436,7 +445,8 @@ impl RedisQueue {
                 .key(&target)
                 .key(self.key(stage, "seq"))
                 .key(self.key(stage, "data"))
-                .arg(mode);
+                .arg(mode)
+                .arg(BacklogPlace::default().band());
             for id in chunk {
                 call.arg(id);
             }
@@ -524,10 +534,54 @@ impl RedisQueue {
             .key(self.key(Stage::Export, "backlog"))
             .key(self.key(Stage::Export, "due"))
             .key(self.active_key())
+            .key(self.figure_key(Figure::Room))
+            .key(self.figure_key(Figure::Paused))
             .arg(max_active)
             .arg(ADMIT_LIMIT)
             .invoke_async(&mut self.conn.clone())
             .await?)
+    }
+
+    /// Puts the export job `worker` holds back at the front of the backlog and frees its slot;
+    /// false if `worker` no longer holds it.
+    pub async fn push_back(&self, worker: &str, id: &str) -> Result<bool, QueueError> {
+        let stage = Stage::Export;
+        let n: u64 = PUSH_BACK
+            .key(self.key(stage, "leased"))
+            .key(self.key(stage, "owner"))
+            .key(self.key(stage, "backlog"))
+            .key(self.active_key())
+            .key(self.key(stage, "woken"))
+            .arg(self.prefix(stage))
+            .arg(id)
+            .arg(worker)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n == 1)
+    }
+
+    fn figure_key(&self, figure: Figure) -> String {
+        format!("{}:{}", self.namespace, figure.key())
+    }
+
+    /// One admission figure; `None` when unset.
+    pub async fn figure(&self, figure: Figure) -> Result<Option<i64>, QueueError> {
+        Ok(self.conn.clone().get(self.figure_key(figure)).await?)
+    }
+
+    /// Sets (or, with `None`, clears) one admission figure.
+    pub async fn set_figure(&self, figure: Figure, value: Option<i64>) -> Result<(), QueueError> {
+        let key = self.figure_key(figure);
+        match value {
+            Some(v) => self.conn.clone().set::<_, _, ()>(key, v).await?,
+            None => self.conn.clone().del::<_, ()>(key).await?,
+        }
+        Ok(())
+    }
+
+    /// Adds `by` to one admission figure (unset counts 0); returns the new value.
+    pub async fn add_figure(&self, figure: Figure, by: i64) -> Result<i64, QueueError> {
+        Ok(self.conn.clone().incr(self.figure_key(figure), by).await?)
     }
 
     /// Frees the admission slot of `id` (its EE task has ended); returns false if it held none.

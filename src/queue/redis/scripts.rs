@@ -66,22 +66,30 @@ end
 
 /// Adds jobs that do not exist yet. A job exists while its payload is in `data`, whatever its
 /// state: a plain `ZADD NX due` would put a leased or dead job back into due, and it would run
-/// twice. Export jobs go to the backlog, scored by a sequence so admission is first come, first
-/// served.
-/// KEYS: 1 data, 2 enqueued, 3 target zset (due or backlog), 4 backlog sequence.
-/// ARGV: 1 'due'|'backlog', 2 delay ms (due only), then id, payload pairs.
+/// twice. Export jobs go to the backlog, scored `band + turn`: the band orders priorities
+/// (higher priority, lower band), the turn is the submission's own sequence, started no earlier
+/// than the band's front, so that submissions of one priority take turns (round-robin) instead
+/// of queueing behind each other.
+/// KEYS: 1 data, 2 enqueued, 3 target zset (due or backlog), 4 turns hash (submission → last
+/// turn). ARGV: 1 'due'|'backlog', 2 delay ms (due only), 3 band, 4 band width, 5 submission,
+/// then id, payload pairs.
 const ENQUEUE_LUA: &str = r#"
 local backlog = ARGV[1] == 'backlog'
 local score = now + tonumber(ARGV[2])
+local band, width = tonumber(ARGV[3]), tonumber(ARGV[4])
 local seq = 0
-if backlog then seq = tonumber(redis.call('GET', KEYS[4]) or '0') end
+if backlog then
+  seq = tonumber(redis.call('HGET', KEYS[4], ARGV[5]) or '0')
+  local front = redis.call('ZRANGEBYSCORE', KEYS[3], band, '(' .. (band + width), 'WITHSCORES', 'LIMIT', 0, 1)
+  if front[2] then seq = math.max(seq, tonumber(front[2]) - band - 1) end
+end
 local added = 0
 local seen = {}
 -- Jobs go in batches of ENQUEUE_BATCH: one HMGET tells which exist, then one HSET per hash
 -- and one ZADD write the new ones. That is a handful of calls per batch instead of four per
 -- job. `unpack` only ever spreads one batch (at most 2 x ENQUEUE_BATCH values), far below
 -- Lua's stack limit (about 8,000) that apalis-redis 1.0.0 crashed on with unbounded lists.
-local i = 3
+local i = 6
 while i <= #ARGV do
   local ids, payloads = {}, {}
   while i <= #ARGV and #ids < ENQUEUE_BATCH do
@@ -100,7 +108,7 @@ while i <= #ARGV do
       enq[#enq + 1] = now
       if backlog then
         seq = seq + 1
-        z[#z + 1] = seq
+        z[#z + 1] = band + seq
       else
         z[#z + 1] = score
       end
@@ -114,7 +122,7 @@ while i <= #ARGV do
     redis.call('ZADD', KEYS[3], unpack(z))
   end
 end
-if backlog and added > 0 then redis.call('SET', KEYS[4], seq) end
+if backlog and added > 0 then redis.call('HSET', KEYS[4], ARGV[5], seq) end
 return added
 "#;
 
@@ -283,16 +291,16 @@ return 1
 /// Gives dead jobs a fresh set of attempts (`cedar retry`). Export jobs go back to the backlog so
 /// they wait for an admission slot like any other.
 /// KEYS: 1 dead, 2 attempts, 3 target zset, 4 backlog sequence, 5 data.
-/// ARGV: 1 'due'|'backlog', then ids.
+/// ARGV: 1 'due'|'backlog', 2 the band of the default priority, then ids.
 const REQUEUE_DEAD_LUA: &str = r#"
 local backlog = ARGV[1] == 'backlog'
 local n = 0
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local id = ARGV[i]
   if redis.call('HDEL', KEYS[1], id) == 1 and redis.call('HEXISTS', KEYS[5], id) == 1 then
     redis.call('HSET', KEYS[2], id, 0)
     local score = now
-    if backlog then score = redis.call('INCR', KEYS[4]) end
+    if backlog then score = tonumber(ARGV[2]) + redis.call('INCR', KEYS[4]) end
     redis.call('ZADD', KEYS[3], score, id)
     n = n + 1
   end
@@ -303,9 +311,15 @@ return n
 /// Moves at most `max_active - |active|` jobs from the export backlog to due and takes an
 /// admission slot for each, in one atomic step: admitters on many machines can never overshoot
 /// the cap, and the due set never holds more than the cap (no crowd of 100k due jobs).
-/// KEYS: 1 backlog, 2 due, 3 ee:active. ARGV: 1 max active, 2 per-call limit.
+/// The cap is the lowest of `max active` and the learnt room (`export:room`, see
+/// `jobs::admission`); admission is paused while `export:paused` exists (EECU budget).
+/// KEYS: 1 backlog, 2 due, 3 ee:active, 4 room, 5 paused. ARGV: 1 max active, 2 per-call limit.
 const ADMIT_LUA: &str = r#"
-local free = tonumber(ARGV[1]) - redis.call('SCARD', KEYS[3])
+if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
+local cap = tonumber(ARGV[1])
+local room = redis.call('GET', KEYS[4])
+if room then cap = math.min(cap, tonumber(room)) end
+local free = cap - redis.call('SCARD', KEYS[3])
 if free <= 0 then return 0 end
 free = math.min(free, tonumber(ARGV[2]))
 local ids = redis.call('ZRANGE', KEYS[1], 0, free - 1)
@@ -315,6 +329,24 @@ for _, id in ipairs(ids) do
   redis.call('SADD', KEYS[3], id)
 end
 return #ids
+"#;
+
+/// Puts an export job its worker holds back at the front of the backlog and frees its admission
+/// slot, without spending an attempt: EE's queue is full, so the slot goes back to admission.
+/// KEYS: 1 leased, 2 owner, 3 backlog, 4 ee:active, 5 woken. ARGV: 1 prefix, 2 id, 3 worker.
+const PUSH_BACK_LUA: &str = r#"
+local id = ARGV[2]
+if redis.call('HGET', KEYS[2], id) ~= ARGV[3] then return 0 end
+redis.call('ZREM', KEYS[1], id)
+redis.call('HDEL', KEYS[2], id)
+redis.call('SREM', ARGV[1] .. ':worker:' .. ARGV[3], id)
+redis.call('SREM', KEYS[5], id)
+redis.call('SREM', KEYS[4], id)
+local front = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+local score = 0
+if front[2] then score = tonumber(front[2]) - 1 end
+redis.call('ZADD', KEYS[3], score, id)
+return 1
 "#;
 
 /// Fixed one-second window shared by every process: returns 0 when the call may go now, else
@@ -366,6 +398,7 @@ pub(super) static BURY: LazyLock<Script> =
 pub(super) static REQUEUE_DEAD: LazyLock<Script> =
     LazyLock::new(|| script(&[NOW_LUA, REQUEUE_DEAD_LUA]));
 pub(super) static ADMIT: LazyLock<Script> = LazyLock::new(|| script(&[NOW_LUA, ADMIT_LUA]));
+pub(super) static PUSH_BACK: LazyLock<Script> = LazyLock::new(|| script(&[PUSH_BACK_LUA]));
 pub(super) static RATE: LazyLock<Script> = LazyLock::new(|| script(&[NOW_LUA, RATE_LUA]));
 
 #[cfg(test)]
@@ -389,6 +422,7 @@ mod tests {
             BURY_LUA,
             REQUEUE_DEAD_LUA,
             ADMIT_LUA,
+            PUSH_BACK_LUA,
             RATE_LUA,
         ] {
             assert!(!lua.contains("unpack"));

@@ -18,7 +18,7 @@ use serde::Deserialize;
 pub(in crate::queue) use self::db::now_ms;
 pub use self::db::{BUSY_TIMEOUT, Db, SCHEMA, is_retryable, not_a_file, path_of};
 use super::{
-    ADMIT_LIMIT, DeadReason, Depth, ENQUEUE_CHUNK, FailResult, LEASE_EXPIRED, Leased, QueueError,
+    ADMIT_LIMIT, BacklogPlace, DeadReason, Depth, Figure, ENQUEUE_CHUNK, FailResult, LEASE_EXPIRED, Leased, QueueError,
     REAP_LIMIT, RateDecision, RetryPolicy, Stage, WAKE_CHUNK,
 };
 
@@ -52,6 +52,16 @@ fn next_seq(tx: &Transaction, ns: &str, name: &str) -> rusqlite::Result<i64> {
         params![ns, name],
         |r| r.get(0),
     )
+}
+
+/// One admission figure in `counters`; `None` when unset.
+fn read_figure(tx: &Transaction, ns: &str, figure: Figure) -> rusqlite::Result<Option<i64>> {
+    tx.query_row(
+        "SELECT value FROM counters WHERE ns = ?1 AND name = ?2",
+        params![ns, figure.key()],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 /// Makes a job dead with its reason and frees its admission slot.
@@ -189,18 +199,40 @@ impl SqliteQueue {
         stage: Stage,
         jobs: &[(String, Vec<u8>)],
         delay: Duration,
+        place: BacklogPlace<'_>,
     ) -> Result<u64, QueueError> {
         let mut added = 0;
+        let (band, turns) = (place.band(), format!("export:turns:{}", place.tracking));
         // One transaction per chunk: other processes get the write lock between chunks.
         for chunk in jobs.chunks(ENQUEUE_CHUNK) {
             let ns = self.ns.clone();
             let chunk = chunk.to_vec();
+            let turns = turns.clone();
             added += self
                 .db
                 .write(move |tx| -> Result<u64, QueueError> {
                     let now = now_ms();
                     let backlog = stage == Stage::Export;
                     let mut added = 0;
+                    // As ENQUEUE_LUA: the submission's turns start no earlier than its band's
+                    // front, so that submissions of one priority take turns.
+                    let mut turn: i64 = 0;
+                    if backlog {
+                        let last: Option<i64> = tx
+                            .query_row(
+                                "SELECT value FROM counters WHERE ns = ?1 AND name = ?2",
+                                params![&*ns, turns],
+                                |r| r.get(0),
+                            )
+                            .optional()?;
+                        let front: Option<i64> = tx.query_row(
+                            "SELECT min(run_at) FROM jobs WHERE ns = ?1 AND stage = ?2
+                             AND state = 'backlog' AND run_at >= ?3 AND run_at < ?4",
+                            params![&*ns, stage.name(), band, band + BacklogPlace::BAND_WIDTH],
+                            |r| r.get(0),
+                        )?;
+                        turn = last.unwrap_or(0).max(front.map_or(0, |f| f - band - 1));
+                    }
                     let mut insert = tx.prepare_cached(
                         "INSERT INTO jobs (ns, stage, id, payload, tracking, state, run_at, enqueued_ms)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
@@ -218,7 +250,8 @@ impl SqliteQueue {
                             .ok()
                             .map(|t| t.tracking);
                         let (state, run_at) = if backlog {
-                            ("backlog", next_seq(tx, &ns, "export:seq")?)
+                            turn += 1;
+                            ("backlog", band + turn)
                         } else {
                             ("due", now + delay.as_millis() as i64)
                         };
@@ -232,6 +265,13 @@ impl SqliteQueue {
                             run_at,
                             now
                         ])? as u64;
+                    }
+                    if backlog && added > 0 {
+                        tx.execute(
+                            "INSERT INTO counters (ns, name, value) VALUES (?1, ?2, ?3)
+                             ON CONFLICT (ns, name) DO UPDATE SET value = ?3",
+                            params![&*ns, turns, turn],
+                        )?;
                     }
                     Ok(added)
                 })
@@ -525,7 +565,10 @@ impl SqliteQueue {
                     .collect::<Result<_, _>>()?;
                 for id in &ids {
                     let (state, run_at) = match stage {
-                        Stage::Export => ("backlog", next_seq(tx, &ns, "export:seq")?),
+                        Stage::Export => (
+                            "backlog",
+                            BacklogPlace::default().band() + next_seq(tx, &ns, "export:seq")?,
+                        ),
                         _ => ("due", now),
                     };
                     tx.execute(
@@ -646,12 +689,17 @@ impl SqliteQueue {
         let ns = self.ns.clone();
         self.db
             .write(move |tx| -> Result<u64, QueueError> {
+                if read_figure(tx, &ns, Figure::Paused)?.is_some() {
+                    return Ok(0);
+                }
+                let cap = read_figure(tx, &ns, Figure::Room)?
+                    .map_or(max_active as i64, |room| room.min(max_active as i64));
                 let active: i64 = tx.query_row(
                     "SELECT count(*) FROM slots WHERE ns = ?1",
                     params![&*ns],
                     |r| r.get(0),
                 )?;
-                let free = (max_active as i64 - active).min(ADMIT_LIMIT as i64);
+                let free = (cap - active).min(ADMIT_LIMIT as i64);
                 if free <= 0 {
                     return Ok(0);
                 }
@@ -674,6 +722,80 @@ impl SqliteQueue {
                     )?;
                 }
                 Ok(ids.len() as u64)
+            })
+            .await
+    }
+
+    /// Puts the export job `worker` holds back at the front of the backlog and frees its slot;
+    /// false if `worker` no longer holds it. As PUSH_BACK_LUA.
+    pub async fn push_back(&self, worker: &str, id: &str) -> Result<bool, QueueError> {
+        let (ns, worker, id) = (self.ns.clone(), worker.to_owned(), id.to_owned());
+        self.db
+            .write(move |tx| -> Result<bool, QueueError> {
+                let stage = Stage::Export.name();
+                let front: Option<i64> = tx.query_row(
+                    "SELECT min(run_at) FROM jobs WHERE ns = ?1 AND stage = ?2 AND state = 'backlog'",
+                    params![&*ns, stage],
+                    |r| r.get(0),
+                )?;
+                let n = tx.execute(
+                    "UPDATE jobs SET state = 'backlog', run_at = ?5, owner = NULL, woken = 0
+                     WHERE ns = ?1 AND stage = ?2 AND id = ?3 AND state = 'leased' AND owner = ?4",
+                    params![&*ns, stage, id, worker, front.map_or(0, |f| f - 1)],
+                )?;
+                if n == 1 {
+                    tx.execute(
+                        "DELETE FROM slots WHERE ns = ?1 AND id = ?2",
+                        params![&*ns, id],
+                    )?;
+                }
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    /// One admission figure; `None` when unset.
+    pub async fn figure(&self, figure: Figure) -> Result<Option<i64>, QueueError> {
+        let ns = self.ns.clone();
+        self.db
+            .write(move |tx| -> Result<Option<i64>, QueueError> {
+                Ok(read_figure(tx, &ns, figure)?)
+            })
+            .await
+    }
+
+    /// Sets (or, with `None`, clears) one admission figure.
+    pub async fn set_figure(&self, figure: Figure, value: Option<i64>) -> Result<(), QueueError> {
+        let ns = self.ns.clone();
+        self.db
+            .write(move |tx| -> Result<(), QueueError> {
+                match value {
+                    Some(v) => tx.execute(
+                        "INSERT INTO counters (ns, name, value) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (ns, name) DO UPDATE SET value = ?3",
+                        params![&*ns, figure.key(), v],
+                    )?,
+                    None => tx.execute(
+                        "DELETE FROM counters WHERE ns = ?1 AND name = ?2",
+                        params![&*ns, figure.key()],
+                    )?,
+                };
+                Ok(())
+            })
+            .await
+    }
+
+    /// Adds `by` to one admission figure (unset counts 0); returns the new value.
+    pub async fn add_figure(&self, figure: Figure, by: i64) -> Result<i64, QueueError> {
+        let ns = self.ns.clone();
+        self.db
+            .write(move |tx| -> Result<i64, QueueError> {
+                Ok(tx.query_row(
+                    "INSERT INTO counters (ns, name, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (ns, name) DO UPDATE SET value = value + ?3 RETURNING value",
+                    params![&*ns, figure.key(), by],
+                    |r| r.get(0),
+                )?)
             })
             .await
     }

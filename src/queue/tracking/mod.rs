@@ -264,6 +264,10 @@ pub struct Submission {
     /// made by hand (`cedar submit`), and for one recorded by a version that did not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingest: Option<String>,
+    /// Its place among submissions sharing EE (0–9999, higher first; `submit --priority`,
+    /// `[[ingest]] priority`); `None` for submissions recorded before priorities were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
 }
 
 impl Submission {
@@ -273,6 +277,23 @@ impl Submission {
         self.workload_tag
             .clone()
             .unwrap_or_else(|| crate::naming::workload_tag_for(&self.name))
+    }
+
+    /// Its priority: the recorded one, else the default of its kind (ingest or by hand).
+    pub fn priority(&self) -> u32 {
+        self.priority.unwrap_or(if self.ingest.is_some() {
+            crate::order::INGEST_PRIORITY
+        } else {
+            crate::order::DEFAULT_PRIORITY
+        })
+    }
+
+    /// Where its export jobs go in the admission backlog.
+    pub fn backlog_place(&self) -> crate::queue::BacklogPlace<'_> {
+        crate::queue::BacklogPlace {
+            priority: self.priority(),
+            tracking: &self.name,
+        }
     }
 
     /// Every order, collection-major, then tile, then period (the original's order).
@@ -519,6 +540,7 @@ mod tests {
             recipe: None,
             workload_tag: None,
             ingest: None,
+            priority: None,
         };
         // Older versions wrote no `ingest` key; a manual submission still writes none.
         let json = serde_json::to_value(&sub).unwrap();

@@ -105,6 +105,7 @@ pub(super) async fn tile_with_images(
 
 fn params(name: &str) -> ExportParams {
     ExportParams {
+        priority: None,
         bucket: "cedar-exports".into(),
         filename_prefix: format!("pre-ard/{name}"),
         description: name.into(),
