@@ -37,6 +37,7 @@ async fn setup(queue_url: String, backfill: Option<&str>) -> ContextBench {
             backfill_start: backfill.map(|d| d.parse().unwrap()),
             save_empty_metadata: true,
             workload_tag: None,
+            priority: None,
         }];
     })
     .await

@@ -12,7 +12,8 @@ use std::{
 
 use apalis::prelude::*;
 use cedar::queue::{
-    self, BackendConfig, FailResult, OrderJob, Outcome, QueueJob, RateDecision, RetryPolicy, Stage,
+    self, BacklogPlace, BackendConfig, Figure, FailResult, OrderJob, Outcome, QueueJob,
+    RateDecision, RetryPolicy, Stage,
 };
 use chrono::NaiveDate;
 
@@ -36,6 +37,9 @@ on_both!(
     an_idle_worker_looks_again_every_interval_not_only_at_heartbeats,
     a_job_made_due_in_this_process_is_fetched_without_waiting_for_the_interval,
     wake_makes_delayed_jobs_due_now_and_a_running_one_snooze_for_no_time,
+    push_back_returns_the_slot_and_the_job_to_the_front_of_the_backlog,
+    admission_stays_under_the_learnt_room_and_stops_while_paused,
+    the_backlog_goes_by_priority_then_submissions_take_turns,
 );
 
 fn job(tracking: &str, row: u32, col: u32) -> OrderJob {
@@ -995,4 +999,102 @@ async fn an_sqlite_file_of_schema_1_is_upgraded_in_place() {
     assert!(snapshot.waiters(&op).await.unwrap().is_empty());
     snapshot.wait_for("ops/old", &old.id()).await.unwrap();
     assert_eq!(snapshot.waiters(&op).await.unwrap(), [old.id()]);
+}
+
+/// Admits and leases export jobs one at a time, up to `n`: their ids in admission order.
+async fn admit_one_by_one(q: &queue::Queue, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        let active = q.active_count().await.unwrap();
+        if q.admit(active + 1).await.unwrap() == 0 {
+            break;
+        }
+        let got = q
+            .lease(Stage::Export, "w", 1, LEASE, &RetryPolicy::default())
+            .await
+            .unwrap();
+        ids.push(got[0].id.clone());
+    }
+    ids
+}
+
+async fn push_back_returns_the_slot_and_the_job_to_the_front_of_the_backlog(t: TestQueue) {
+    let q = &t.queue;
+    q.enqueue_bulk(Stage::Export, &jobs("camp", 5), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(q.admit(2).await.unwrap(), 2);
+    let leased = q
+        .lease(Stage::Export, "w", 2, LEASE, &RetryPolicy::default())
+        .await
+        .unwrap();
+    let second = leased[1].id.clone();
+    // Only the worker holding the lease can push it back.
+    assert!(!q.push_back("other", &second).await.unwrap());
+    assert!(q.push_back("w", &second).await.unwrap());
+    assert!(!q.push_back("w", &second).await.unwrap(), "twice is once");
+    assert_eq!(q.active_count().await.unwrap(), 1, "its slot is free");
+    let depth = q.depth(Stage::Export).await.unwrap();
+    assert_eq!((depth.backlog, depth.leased), (4, 1));
+    // It is the next one admitted, ahead of the three never admitted, with no attempt spent.
+    assert_eq!(q.admit(2).await.unwrap(), 1);
+    let again = q
+        .lease(Stage::Export, "w2", 5, LEASE, &RetryPolicy::default())
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id.as_str(), again[0].attempts), (second.as_str(), 0));
+}
+
+async fn admission_stays_under_the_learnt_room_and_stops_while_paused(t: TestQueue) {
+    let q = &t.queue;
+    q.enqueue_bulk(Stage::Export, &jobs("camp", 20), Duration::ZERO)
+        .await
+        .unwrap();
+    q.set_figure(Figure::Room, Some(3)).await.unwrap();
+    assert_eq!(q.admit(10).await.unwrap(), 3, "the room is below the cap");
+    q.set_figure(Figure::Room, Some(50)).await.unwrap();
+    assert_eq!(q.admit(10).await.unwrap(), 7, "the cap is below the room");
+    assert_eq!(q.add_figure(Figure::Room, 1).await.unwrap(), 51);
+    q.set_figure(Figure::Paused, Some(1)).await.unwrap();
+    assert_eq!(q.admit(20).await.unwrap(), 0, "paused");
+    q.set_figure(Figure::Paused, None).await.unwrap();
+    assert_eq!(q.figure(Figure::Paused).await.unwrap(), None);
+    assert_eq!(q.admit(20).await.unwrap(), 10);
+}
+
+async fn the_backlog_goes_by_priority_then_submissions_take_turns(t: TestQueue) {
+    let q = &t.queue;
+    let place = |priority, tracking| BacklogPlace { priority, tracking };
+    // A big backfill first, of the default priority; a few of its orders already admitted.
+    q.enqueue_placed(Stage::Export, &jobs("backfill", 8), Duration::ZERO, place(100, "backfill"))
+        .await
+        .unwrap();
+    let first = admit_one_by_one(q, 2).await;
+    assert!(first.iter().all(|id| id.contains("backfill")), "{first:?}");
+    // Another campaign of the same priority takes turns with the rest of the backfill…
+    q.enqueue_placed(Stage::Export, &jobs("other", 3), Duration::ZERO, place(100, "other"))
+        .await
+        .unwrap();
+    // …and an ingest of a higher priority goes before both.
+    q.enqueue_placed(Stage::Export, &jobs("ingest", 2), Duration::ZERO, place(200, "ingest"))
+        .await
+        .unwrap();
+    for id in first {
+        q.complete(Stage::Export, &id).await.unwrap();
+        q.release_slot(&id).await.unwrap();
+    }
+    let order = admit_one_by_one(q, 100).await;
+    let campaigns: Vec<&str> = order
+        .iter()
+        .map(|id| id.split('|').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        campaigns,
+        [
+            "ingest", "ingest", "backfill", "other", "backfill", "other", "backfill", "other",
+            "backfill", "backfill", "backfill"
+        ],
+        "{order:?}"
+    );
 }
