@@ -32,11 +32,16 @@ pub struct EarthEngine {
     /// The project ID, e.g. `my-project`.
     project: String,
     tokens: Arc<dyn TokenSource>,
+    /// The bound of `value:compute`, which returns whole scene listings and takes longer than
+    /// the other calls; the client's own timeout bounds those.
+    compute_timeout: Duration,
 }
 
 impl EarthEngine {
     /// A client of `project` (`my-project` or `projects/my-project`) at `endpoint`
-    /// ([`DEFAULT_ENDPOINT`] for Google). `timeout` bounds every call, connect to last byte.
+    /// ([`DEFAULT_ENDPOINT`] for Google). `timeout` bounds every call, connect to last byte;
+    /// `value:compute` gets the same bound unless [`EarthEngine::with_compute_timeout`] gives
+    /// it its own.
     pub fn new(
         endpoint: &str,
         project: &str,
@@ -71,7 +76,16 @@ impl EarthEngine {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             project: project.to_string(),
             tokens,
+            compute_timeout: timeout,
         })
+    }
+
+    /// The same client with `timeout` bounding `value:compute` (connect to last byte) instead
+    /// of the timeout of the other calls: a scene listing of a long period is megabytes of
+    /// metadata that EE computes before it sends the first byte.
+    pub fn with_compute_timeout(mut self, timeout: Duration) -> EarthEngine {
+        self.compute_timeout = timeout;
+        self
     }
 
     /// The project ID (without `projects/`).
@@ -237,6 +251,9 @@ impl EarthEngine {
         }
         if let Some(body) = body {
             request = request.json(body);
+        }
+        if call == "value:compute" {
+            request = request.timeout(self.compute_timeout);
         }
         let response = request.send().await;
         crate::metrics::ee_request(call, response.as_ref().ok().map(|r| r.status().as_u16()));

@@ -223,6 +223,14 @@ fn handle(
     }
 }
 
+/// Waits out a delay injected for `method` ([`Fault::DelayNextRequests`]), lock released.
+async fn delay(shared: &Shared, method: ApiMethod) {
+    let wait = shared.lock().faults.take_delay(method);
+    if let Some(wait) = wait {
+        tokio::time::sleep(wait).await;
+    }
+}
+
 fn resolve_project(shared: &Shared, project: &str) -> Result<String, ApiError> {
     match &shared.options.project {
         None => Ok(project.to_owned()),
@@ -287,6 +295,7 @@ async fn compute(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    delay(&shared, ApiMethod::ValueCompute).await;
     handle(&shared, ApiMethod::ValueCompute, &headers, &project, |_| {
         let body = parse_body(&body, "ComputeValueRequest")?;
         let tag = workload_tag(&body)?;
@@ -308,6 +317,7 @@ async fn image_export(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    delay(&shared, ApiMethod::ImageExport).await;
     handle(
         &shared,
         ApiMethod::ImageExport,
@@ -364,6 +374,7 @@ async fn get_operation(
     Path((project, operation)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    delay(&shared, ApiMethod::OperationsGet).await;
     handle(
         &shared,
         ApiMethod::OperationsGet,
@@ -423,6 +434,7 @@ async fn list_operations(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
+    delay(&shared, ApiMethod::OperationsList).await;
     handle(
         &shared,
         ApiMethod::OperationsList,
@@ -467,6 +479,7 @@ async fn get_config(
     Path(project): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    delay(&shared, ApiMethod::ProjectsGetConfig).await;
     handle(
         &shared,
         ApiMethod::ProjectsGetConfig,

@@ -399,3 +399,46 @@ async fn a_full_queue_is_back_pressure() {
     assert!(e.is_queue_full() && e.is_retryable(), "{e}");
     assert!(matches!(e, EeError::Api { .. }));
 }
+
+#[tokio::test]
+async fn value_compute_has_a_longer_timeout_than_the_other_calls() {
+    let s = setup(fast()).await;
+    // 1 s for every call, 10 s for value:compute; the emulator holds answers for 2.5 s.
+    let ee = EarthEngine::new(
+        &s.emulator.url(),
+        "cedar-test",
+        Arc::new(NoAuth),
+        Duration::from_secs(1),
+    )
+    .unwrap()
+    .with_compute_timeout(Duration::from_secs(10));
+    let spec = collection::preset("LANDSAT/LC08/C02/T1_L2").unwrap();
+    let tile = grid().tile(10, 10).unwrap();
+    let slow = |method| Fault::DelayNextRequests {
+        method: Some(method),
+        count: 1,
+        millis: 2500,
+    };
+    s.emulator.inject(slow(ApiMethod::ValueCompute));
+    ee.compute_value(&list_images(&spec, &tile, &spring_2021()), None)
+        .await
+        .expect("value:compute waits for its own, longer timeout");
+    s.emulator.inject(slow(ApiMethod::OperationsList));
+    let e = ee.list_operations(None, None).await.unwrap_err();
+    assert!(matches!(e, EeError::Timeout { .. }), "{e}");
+    assert!(e.is_retryable());
+    // Without its own timeout, value:compute has the client's.
+    let short = EarthEngine::new(
+        &s.emulator.url(),
+        "cedar-test",
+        Arc::new(NoAuth),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    s.emulator.inject(slow(ApiMethod::ValueCompute));
+    let e = short
+        .compute_value(&list_images(&spec, &tile, &spring_2021()), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, EeError::Timeout { call: "value:compute", .. }), "{e}");
+}
