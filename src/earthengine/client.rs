@@ -178,6 +178,53 @@ impl EarthEngine {
         }
     }
 
+    /// The export task named `description` whose output goes to `destination` (the bucket and
+    /// object prefix it was started with), searched in `operations.list`, newest first: how an
+    /// export whose `requestId` EE says exists already (409 `ALREADY_EXISTS`) finds the task
+    /// that first request started. Operations do not carry their `requestId`.
+    ///
+    /// A task of that description whose `destinationUris` name another folder (another export
+    /// generation or submission of the same item) is passed over; when no task names the
+    /// folder (the exact form of `destinationUris` is not documented), the newest task of
+    /// that description is the answer. `None` when EE lists no such task.
+    pub async fn find_export(
+        &self,
+        description: &str,
+        bucket: &str,
+        filename_prefix: &str,
+    ) -> Result<Option<Operation>, EeError> {
+        let folder = match filename_prefix.rfind('/') {
+            Some(i) => format!("{bucket}/{}", &filename_prefix[..=i]),
+            None => format!("{bucket}/"),
+        };
+        let mut newest: Option<Operation> = None;
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .list_operations(Some(LIST_PAGE_SIZE), token.as_deref())
+                .await?;
+            for op in page.operations.unwrap_or_default() {
+                let Some(md) = op.metadata.as_ref() else {
+                    continue;
+                };
+                if md.description.as_deref() != Some(description) {
+                    continue;
+                }
+                let uris = md.destination_uris.as_deref().unwrap_or_default();
+                if uris.iter().any(|u| u.contains(&folder)) {
+                    return Ok(Some(op));
+                }
+                if newest.is_none() {
+                    newest = Some(op);
+                }
+            }
+            match page.next_page_token.filter(|t| !t.is_empty()) {
+                Some(next) if token.as_deref() != Some(next.as_str()) => token = Some(next),
+                _ => return Ok(newest),
+            }
+        }
+    }
+
     /// `POST /v1/{name}:cancel`: asks EE to cancel (best effort; the task goes CANCELLING).
     pub async fn cancel_operation(&self, name: &str) -> Result<(), EeError> {
         let path = format!("{}:cancel", self.operation_path("operations.cancel", name)?);

@@ -153,6 +153,33 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
                 secs: ctx.jobs.backpressure_delay.as_secs().max(1),
             });
         }
+        // An earlier run of this job started the task and its answer was lost (a timeout, a
+        // crash): EE may answer the repeated requestId with the first operation or with this
+        // error. The task runs, so find it and go on.
+        Err(e) if e.is_already_exists() => {
+            ctx.ee_permit().await?;
+            match ctx
+                .ee
+                .find_export(&params.description, &params.bucket, &params.filename_prefix)
+                .await?
+            {
+                Some(op) => {
+                    tracing::info!(
+                        tracking = %job.tracking,
+                        operation = op.name.as_deref().unwrap_or_default(),
+                        "image:export answered ALREADY_EXISTS; continuing with the task the first request started"
+                    );
+                    op
+                }
+                // EE's list may not show a task created a moment ago yet: try again later.
+                None => {
+                    return Err(JobError::Retry(format!(
+                        "{e}; and operations.list shows no task described {:?} yet",
+                        params.description
+                    )));
+                }
+            }
+        }
         Err(e) => return Err(e.into()),
     };
     let operation = op

@@ -2,5 +2,6 @@
 
 mod auth;
 mod calls;
+mod stub;
 mod python;
 mod wire;
