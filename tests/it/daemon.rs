@@ -749,6 +749,57 @@ async fn a_repeated_request_id_answered_already_exists_finds_the_running_task() 
     assert_bucket_empty(&c);
 }
 
+/// EE names operations with the project number in `operations.list` and `operations.get` but
+/// with the project ID in the answer to `image:export`: the sweeper matches them by ID, so the
+/// campaign completes from the list alone, none LOST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_named_with_the_project_number_are_matched_by_id() {
+    let mut c = Campaign::start(
+        "number",
+        EmulatorOptions {
+            project: Some("cedar-e2e".to_owned()),
+            project_number: Some(123_456_789_012),
+            ..Campaign::options()
+        },
+    )
+    .await;
+    c.spawn_worker();
+    let name = c.submit(&four_tiles(LC08, "2021-12-31", "3MS")).await;
+    let (status, code) = c.wait_done(&name).await;
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(counts(&status), BTreeMap::from([("CLEANED".to_owned(), 8)]));
+    let stats = c.emulator.stats();
+    // Matched by name, no order would be found in the list: each would need operations.get.
+    let gets = stats.requests.get("operations.get").copied().unwrap_or(0);
+    assert!(gets < 8, "the list answered for the orders: {stats:#?}");
+    assert_exported_once(&stats);
+}
+
+/// EE drops finished tasks from `operations.list` at once: every order's end is learnt from
+/// `operations.get` after its task left the list, and none is LOST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_operations_that_leave_the_list_are_looked_up_not_lost() {
+    let mut c = Campaign::start(
+        "unlisted",
+        EmulatorOptions {
+            list_retention_secs: Some(0.0),
+            ..Campaign::options()
+        },
+    )
+    .await;
+    c.spawn_worker();
+    let name = c.submit(&four_tiles(LC08, "2021-12-31", "3MS")).await;
+    let (status, code) = c.wait_done(&name).await;
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(counts(&status), BTreeMap::from([("CLEANED".to_owned(), 8)]));
+    let stats = c.emulator.stats();
+    let gets = stats.requests.get("operations.get").copied().unwrap_or(0);
+    assert!(gets >= 8, "each end was learnt by name: {stats:#?}");
+    assert_exported_once(&stats);
+    let doc = c.show(&name).await;
+    assert_downloaded(&c, &doc, &name);
+}
+
 /// EE tasks that fail are reported with EE's message; `cedar retry` exports them again (a new
 /// task each) and brings them home.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
