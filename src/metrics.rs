@@ -156,6 +156,10 @@ const CHECK: LabelDef = LabelDef {
     name: "check",
     values: &["size", "md5", "crc32c", OTHER],
 };
+const CONCURRENCY_SOURCE: LabelDef = LabelDef {
+    name: "source",
+    values: &["v1alpha", "v1", "default"],
+};
 const DEPENDENCY: LabelDef = LabelDef {
     name: "dependency",
     values: &["queue", "store"],
@@ -265,6 +269,14 @@ pub const CATALOGUE: &[MetricDef] = &[
         unit: "tasks",
         labels: &[],
         help: "The most EE tasks this worker lets be in flight at once (--max-active-exports, or EE's maxConcurrentExports x factor).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_ee_max_concurrent_exports",
+        kind: Kind::Gauge,
+        unit: "tasks",
+        labels: &[CONCURRENCY_SOURCE],
+        help: "Exports EE runs at once for the project, as this worker read it at start, on the series of where it came from: maxConcurrentExports of the v1alpha project config, else of the v1 one, else the default of 2 (0 on the others; all 0 when --max-active-exports is given).",
         buckets: &[],
     },
     MetricDef {
@@ -652,6 +664,13 @@ pub fn ee_tasks_active(active: u64) {
 pub fn admission_cap(cap: u64, ee_queue_cap: u64) {
     ::metrics::gauge!("cedar_ee_admission_cap").set(cap as f64);
     ::metrics::gauge!("cedar_ee_queue_cap").set(ee_queue_cap as f64);
+}
+
+/// Records EE's export concurrency a worker read at start, and where it came from
+/// (`v1alpha`, `v1` or `default`).
+pub fn ee_max_concurrent_exports(max: u64, source: &'static str) {
+    let source = bounded(&CONCURRENCY_SOURCE, source);
+    ::metrics::gauge!("cedar_ee_max_concurrent_exports", "source" => source).set(max as f64);
 }
 
 /// Records the orders of every submission by state (summed over submissions).

@@ -247,6 +247,50 @@ impl EarthEngine {
             .await
     }
 
+    /// `GET /v1alpha/projects/{p}/config`: the same `ProjectConfig` under the v1alpha API, where
+    /// Google's CLI reads and sets `maxConcurrentExports`.
+    pub async fn get_project_config_v1alpha(&self) -> Result<ProjectConfig, EeError> {
+        let path = format!("v1alpha/projects/{}/config", self.project);
+        self.send::<(), _>("projects.getConfig", Method::GET, &path, &[], None)
+            .await
+    }
+
+    /// How many exports of the project EE runs at once, and where that number came from:
+    /// `maxConcurrentExports` of the v1alpha `ProjectConfig` (Google's CLI switches to v1alpha
+    /// to read it), else of the v1 one, else [`DEFAULT_MAX_CONCURRENT_EXPORTS`]. Never fails:
+    /// what went wrong on the way is in `problems`.
+    pub async fn export_concurrency(&self) -> ExportConcurrency {
+        let mut problems = Vec::new();
+        for source in [ConcurrencySource::V1alpha, ConcurrencySource::V1] {
+            // One after the other: v1 is asked only when v1alpha did not say.
+            let answer = match source {
+                ConcurrencySource::V1alpha => self.get_project_config_v1alpha().await,
+                _ => self.get_project_config().await,
+            };
+            match answer {
+                Ok(config) => match config.max_concurrent_exports {
+                    Some(n) if n > 0 => {
+                        return ExportConcurrency {
+                            max: n as u64,
+                            source,
+                            problems,
+                        };
+                    }
+                    _ => problems.push(format!(
+                        "{} projects.getConfig has no maxConcurrentExports",
+                        source.as_str()
+                    )),
+                },
+                Err(e) => problems.push(format!("{}: {e}", source.as_str())),
+            }
+        }
+        ExportConcurrency {
+            max: DEFAULT_MAX_CONCURRENT_EXPORTS,
+            source: ConcurrencySource::Default,
+            problems,
+        }
+    }
+
     /// `projects/{p}/operations/{id}` for a full name or a bare task ID, validated so that it
     /// cannot escape its path (it goes into the URL as is).
     fn operation_path(&self, call: &'static str, name: &str) -> Result<String, EeError> {
@@ -285,7 +329,7 @@ impl EarthEngine {
             .bearer(&[EARTHENGINE_SCOPE])
             .await
             .map_err(|source| EeError::Auth { call, source })?;
-        let url = format!("{}/v1/{path}", self.endpoint);
+        let url = format!("{}/{}", self.endpoint, versioned(path));
         let mut request = self
             .http
             .request(method, &url)
@@ -315,6 +359,50 @@ impl EarthEngine {
         }
         parse_success(call, status, &bytes)
     }
+}
+
+/// The URL path of an API path: under `/v1/` unless it names its version (`v1alpha/…`).
+fn versioned(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.starts_with("v1alpha/") {
+        path.into()
+    } else {
+        format!("v1/{path}").into()
+    }
+}
+
+/// EE's documented average of exports a project runs at once, assumed when the project
+/// config does not say.
+pub const DEFAULT_MAX_CONCURRENT_EXPORTS: u64 = 2;
+
+/// Where [`EarthEngine::export_concurrency`] found its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConcurrencySource {
+    /// `maxConcurrentExports` of `GET /v1alpha/projects/{p}/config`.
+    V1alpha,
+    /// `maxConcurrentExports` of `GET /v1/projects/{p}/config`.
+    V1,
+    /// Neither said: [`DEFAULT_MAX_CONCURRENT_EXPORTS`].
+    Default,
+}
+
+impl ConcurrencySource {
+    /// `v1alpha`, `v1` or `default`: the label value of `cedar_ee_max_concurrent_exports`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConcurrencySource::V1alpha => "v1alpha",
+            ConcurrencySource::V1 => "v1",
+            ConcurrencySource::Default => "default",
+        }
+    }
+}
+
+/// How many exports EE runs at once for the project, and where the number came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportConcurrency {
+    pub max: u64,
+    pub source: ConcurrencySource,
+    /// Why the sources before `source` did not answer, one line each.
+    pub problems: Vec<String>,
 }
 
 fn parse_success<R: DeserializeOwned>(

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use cedar::auth::NoAuth;
 use cedar::collection::{self, CollectionSpec};
+use cedar::earthengine::ConcurrencySource;
 use cedar::earthengine::types::OperationState;
 use cedar::earthengine::{
     EarthEngine, EeError, ExportImageRequest, ExportParams, ImageInfo, Operation, export_request,
@@ -326,6 +327,24 @@ async fn project_config_reports_export_limits() {
     assert_eq!(config.name.as_deref(), Some("projects/cedar-test/config"));
     assert_eq!(config.max_concurrent_exports, Some(7));
     assert_eq!(config.plan_max_concurrent_exports, Some(7));
+    // v1alpha, where Google's CLI reads it, answers the same.
+    let alpha = s.ee.get_project_config_v1alpha().await.unwrap();
+    assert_eq!(alpha.max_concurrent_exports, Some(7));
+    let got = s.ee.export_concurrency().await;
+    assert_eq!((got.max, got.source), (7, ConcurrencySource::V1alpha));
+
+    // An emulator without v1alpha: the v1 config answers.
+    let s = setup(EmulatorOptions {
+        max_concurrent_exports: 5,
+        serve_v1alpha: false,
+        ..fast()
+    })
+    .await;
+    let e = s.ee.get_project_config_v1alpha().await.unwrap_err();
+    assert!(e.is_not_found(), "{e}");
+    let got = s.ee.export_concurrency().await;
+    assert_eq!((got.max, got.source), (5, ConcurrencySource::V1));
+    assert_eq!(got.problems.len(), 1, "{got:?}");
 }
 
 #[tokio::test]

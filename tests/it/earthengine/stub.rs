@@ -9,7 +9,7 @@ use axum::extract::Query;
 use axum::http::{StatusCode, Uri};
 use axum::response::IntoResponse;
 use cedar::auth::NoAuth;
-use cedar::earthengine::EarthEngine;
+use cedar::earthengine::{ConcurrencySource, EarthEngine};
 use serde_json::{Value, json};
 
 /// Serves `answer(path and query)` on a loopback port; returns a client of project `my-project`
@@ -107,4 +107,45 @@ async fn an_existing_export_is_found_by_description_and_folder_across_pages() {
             .unwrap()
             .is_none()
     );
+}
+
+fn config(max: Option<u64>) -> (StatusCode, Value) {
+    let mut body = json!({"name": "projects/my-project/config"});
+    if let Some(max) = max {
+        // int32 in the proto: a JSON number; the client also reads a string.
+        body["maxConcurrentExports"] = json!(max);
+    }
+    (StatusCode::OK, body)
+}
+
+/// v1alpha first, then v1, then the default; `asked` shows each call made.
+#[tokio::test]
+async fn export_concurrency_falls_back_from_v1alpha_to_v1_to_the_default() {
+    const V1ALPHA: &str = "/v1alpha/projects/my-project/config";
+    const V1: &str = "/v1/projects/my-project/config";
+    let cases: Vec<(&str, Option<Option<u64>>, Option<Option<u64>>, u64, ConcurrencySource, usize)> = vec![
+        // (what, v1alpha answer, v1 answer: None = 404, Some(None) = no field)
+        ("v1alpha says", Some(Some(20)), Some(Some(4)), 20, ConcurrencySource::V1alpha, 1),
+        ("no v1alpha", None, Some(Some(4)), 4, ConcurrencySource::V1, 2),
+        ("v1alpha without the field", Some(None), Some(Some(4)), 4, ConcurrencySource::V1, 2),
+        ("neither has the field", Some(None), Some(None), 2, ConcurrencySource::Default, 2),
+        ("neither answers", None, None, 2, ConcurrencySource::Default, 2),
+    ];
+    for (what, alpha, v1, max, source, calls) in cases {
+        let (ee, asked) = stub(move |path, _| {
+            let answer = match path {
+                V1ALPHA => alpha,
+                V1 => v1,
+                _ => None,
+            };
+            answer.map_or_else(not_found, config)
+        })
+        .await;
+        let got = ee.export_concurrency().await;
+        assert_eq!((got.max, got.source), (max, source), "{what}: {got:?}");
+        assert_eq!(asked.lock().unwrap().len(), calls, "{what}");
+        assert_eq!(asked.lock().unwrap()[0], V1ALPHA, "{what}: v1alpha first");
+        // Every source passed over says why.
+        assert_eq!(got.problems.len(), calls - 1 + usize::from(source == ConcurrencySource::Default), "{what}: {got:?}");
+    }
 }
