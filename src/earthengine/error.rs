@@ -272,7 +272,9 @@ mod tests {
         let conflict = |body: &[u8]| EeError::from_response("image:export", 409, body);
         assert!(conflict(&google(409, "ALREADY_EXISTS", "exists")).is_already_exists());
         assert!(conflict(b"<html>Conflict</html>").is_already_exists());
-        assert!(!conflict(&google(409, "ABORTED", "The operation was aborted.")).is_already_exists());
+        assert!(
+            !conflict(&google(409, "ABORTED", "The operation was aborted.")).is_already_exists()
+        );
         let other = EeError::from_response("image:export", 400, &google(400, "", "bad"));
         assert!(!other.is_already_exists());
     }

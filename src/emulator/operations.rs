@@ -260,9 +260,11 @@ impl Operations {
             (Some(ended), Some(after)) => ended >= after,
             _ => true,
         };
-        let mut matching = self.list.iter().rev().filter(|o| {
-            o.project == project && below.is_none_or(|b| o.seq < b) && listed(o)
-        });
+        let mut matching = self
+            .list
+            .iter()
+            .rev()
+            .filter(|o| o.project == project && below.is_none_or(|b| o.seq < b) && listed(o));
         let page: Vec<&Operation> = matching.by_ref().take(size).collect();
         let more = matching.next().is_some();
         let next = if more {

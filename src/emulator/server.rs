@@ -142,7 +142,10 @@ pub(crate) async fn serve(
             get(get_operation).post(cancel_operation),
         )
         .route("/v1/projects/{project}/config", get(get_config))
-        .route("/v1alpha/projects/{project}/config", get(get_config_v1alpha))
+        .route(
+            "/v1alpha/projects/{project}/config",
+            get(get_config_v1alpha),
+        )
         .route("/token", post(token))
         .route("/storage/v1/b/{bucket}/o", get(storage::list))
         .route(
@@ -239,7 +242,14 @@ fn resolve_project(shared: &Shared, project: &str) -> Result<String, ApiError> {
         Some(own) if project == own || project == "earthengine-legacy" => Ok(own.clone()),
         // The project number names the same project (reference: "the project id or project
         // number").
-        Some(own) if shared.options.project_number.map(|n| n.to_string()).as_deref() == Some(project) => {
+        Some(own)
+            if shared
+                .options
+                .project_number
+                .map(|n| n.to_string())
+                .as_deref()
+                == Some(project) =>
+        {
             Ok(own.clone())
         }
         Some(_) => Err(ApiError::new(
@@ -491,7 +501,10 @@ async fn list_operations(
                 body["operations"] = page
                     .iter()
                     .map(|op| {
-                        numbered(&shared, op.to_json(&shared.clock, shared.options.task_seconds))
+                        numbered(
+                            &shared,
+                            op.to_json(&shared.clock, shared.options.task_seconds),
+                        )
                     })
                     .collect();
             }

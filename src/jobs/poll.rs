@@ -474,7 +474,10 @@ mod tests {
 
     #[test]
     fn operations_match_by_id_whatever_names_the_project() {
-        assert_eq!(operation_id("projects/my-project/operations/ABC234"), "ABC234");
+        assert_eq!(
+            operation_id("projects/my-project/operations/ABC234"),
+            "ABC234"
+        );
         assert_eq!(operation_id("projects/123456/operations/ABC234"), "ABC234");
         assert_eq!(operation_id("ABC234"), "ABC234");
     }

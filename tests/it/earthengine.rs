@@ -2,6 +2,6 @@
 
 mod auth;
 mod calls;
-mod stub;
 mod python;
+mod stub;
 mod wire;

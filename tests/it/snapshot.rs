@@ -60,7 +60,10 @@ async fn record_sweep_writes_views_and_drops_operations_no_longer_awaited(t: Tes
         ("ops/1".to_owned(), r#"{"state":"RUNNING"}"#.to_owned()),
         ("ops/2".to_owned(), r#"{"state":"PENDING"}"#.to_owned()),
     ];
-    let removed = sweeper.record_sweep(&views, &waiting, &[], 1_000).await.unwrap();
+    let removed = sweeper
+        .record_sweep(&views, &waiting, &[], 1_000)
+        .await
+        .unwrap();
     assert!(removed.is_empty(), "{removed:?}");
     assert_eq!(
         poll.view("ops/1").await.unwrap().as_deref(),
@@ -79,7 +82,10 @@ async fn record_sweep_writes_views_and_drops_operations_no_longer_awaited(t: Tes
         ("ops/2".to_owned(), r#"{"state":"SUCCEEDED"}"#.to_owned()),
         ("ops/3".to_owned(), r#"{"state":"RUNNING"}"#.to_owned()),
     ];
-    let mut removed = sweeper.record_sweep(&views, &waiting, &[], 2_000).await.unwrap();
+    let mut removed = sweeper
+        .record_sweep(&views, &waiting, &[], 2_000)
+        .await
+        .unwrap();
     removed.sort();
     assert_eq!(removed, ["ops/1", "ops/3"]);
     assert_eq!(poll.view("ops/1").await.unwrap(), None);

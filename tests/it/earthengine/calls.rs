@@ -459,5 +459,14 @@ async fn value_compute_has_a_longer_timeout_than_the_other_calls() {
         .compute_value(&list_images(&spec, &tile, &spring_2021()), None)
         .await
         .unwrap_err();
-    assert!(matches!(e, EeError::Timeout { call: "value:compute", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            EeError::Timeout {
+                call: "value:compute",
+                ..
+            }
+        ),
+        "{e}"
+    );
 }

@@ -46,8 +46,9 @@ async fn stub(
 fn op(id: &str, description: &str, folder: Option<&str>, state: &str) -> Value {
     let mut metadata = json!({"state": state, "description": description, "type": "EXPORT_IMAGE"});
     if let Some(folder) = folder {
-        metadata["destinationUris"] =
-            json!([format!("https://console.developers.google.com/storage/browser/{folder}")]);
+        metadata["destinationUris"] = json!([format!(
+            "https://console.developers.google.com/storage/browser/{folder}"
+        )]);
     }
     json!({"name": format!("projects/123456789/operations/{id}"), "metadata": metadata})
 }
@@ -86,7 +87,11 @@ async fn an_existing_export_is_found_by_description_and_folder_across_pages() {
     })
     .await;
     let found = ee
-        .find_export("LC08_h010v003_2021", "b", "pre-ard/r1-g2/LC08_h010v003_2021")
+        .find_export(
+            "LC08_h010v003_2021",
+            "b",
+            "pre-ard/r1-g2/LC08_h010v003_2021",
+        )
         .await
         .unwrap()
         .expect("the task is listed");
@@ -95,7 +100,11 @@ async fn an_existing_export_is_found_by_description_and_folder_across_pages() {
 
     // No task names the folder: the newest of the description.
     let found = ee
-        .find_export("LC08_h010v003_2021", "b", "pre-ard/r9-g1/LC08_h010v003_2021")
+        .find_export(
+            "LC08_h010v003_2021",
+            "b",
+            "pre-ard/r9-g1/LC08_h010v003_2021",
+        )
         .await
         .unwrap()
         .unwrap();
@@ -118,18 +127,63 @@ fn config(max: Option<u64>) -> (StatusCode, Value) {
     (StatusCode::OK, body)
 }
 
+/// (what, v1alpha answer, v1 answer, max, source, calls made): an answer `None` is a 404,
+/// `Some(None)` a config without the field.
+type Case = (
+    &'static str,
+    Option<Option<u64>>,
+    Option<Option<u64>>,
+    u64,
+    ConcurrencySource,
+    usize,
+);
+
 /// v1alpha first, then v1, then the default; `asked` shows each call made.
 #[tokio::test]
 async fn export_concurrency_falls_back_from_v1alpha_to_v1_to_the_default() {
     const V1ALPHA: &str = "/v1alpha/projects/my-project/config";
     const V1: &str = "/v1/projects/my-project/config";
-    let cases: Vec<(&str, Option<Option<u64>>, Option<Option<u64>>, u64, ConcurrencySource, usize)> = vec![
-        // (what, v1alpha answer, v1 answer: None = 404, Some(None) = no field)
-        ("v1alpha says", Some(Some(20)), Some(Some(4)), 20, ConcurrencySource::V1alpha, 1),
-        ("no v1alpha", None, Some(Some(4)), 4, ConcurrencySource::V1, 2),
-        ("v1alpha without the field", Some(None), Some(Some(4)), 4, ConcurrencySource::V1, 2),
-        ("neither has the field", Some(None), Some(None), 2, ConcurrencySource::Default, 2),
-        ("neither answers", None, None, 2, ConcurrencySource::Default, 2),
+    let cases: Vec<Case> = vec![
+        (
+            "v1alpha says",
+            Some(Some(20)),
+            Some(Some(4)),
+            20,
+            ConcurrencySource::V1alpha,
+            1,
+        ),
+        (
+            "no v1alpha",
+            None,
+            Some(Some(4)),
+            4,
+            ConcurrencySource::V1,
+            2,
+        ),
+        (
+            "v1alpha without the field",
+            Some(None),
+            Some(Some(4)),
+            4,
+            ConcurrencySource::V1,
+            2,
+        ),
+        (
+            "neither has the field",
+            Some(None),
+            Some(None),
+            2,
+            ConcurrencySource::Default,
+            2,
+        ),
+        (
+            "neither answers",
+            None,
+            None,
+            2,
+            ConcurrencySource::Default,
+            2,
+        ),
     ];
     for (what, alpha, v1, max, source, calls) in cases {
         let (ee, asked) = stub(move |path, _| {
@@ -146,6 +200,10 @@ async fn export_concurrency_falls_back_from_v1alpha_to_v1_to_the_default() {
         assert_eq!(asked.lock().unwrap().len(), calls, "{what}");
         assert_eq!(asked.lock().unwrap()[0], V1ALPHA, "{what}: v1alpha first");
         // Every source passed over says why.
-        assert_eq!(got.problems.len(), calls - 1 + usize::from(source == ConcurrencySource::Default), "{what}: {got:?}");
+        assert_eq!(
+            got.problems.len(),
+            calls - 1 + usize::from(source == ConcurrencySource::Default),
+            "{what}: {got:?}"
+        );
     }
 }
