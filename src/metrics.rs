@@ -156,6 +156,10 @@ const CHECK: LabelDef = LabelDef {
     name: "check",
     values: &["size", "md5", "crc32c", OTHER],
 };
+const CONCURRENCY_SOURCE: LabelDef = LabelDef {
+    name: "source",
+    values: &["v1alpha", "v1", "default"],
+};
 const DEPENDENCY: LabelDef = LabelDef {
     name: "dependency",
     values: &["queue", "store"],
@@ -289,6 +293,14 @@ pub const CATALOGUE: &[MetricDef] = &[
         unit: "",
         labels: &[],
         help: "Exports EE refused because its task queue was full; each gave its admission slot back and waits at the front of the backlog.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_ee_max_concurrent_exports",
+        kind: Kind::Gauge,
+        unit: "tasks",
+        labels: &[CONCURRENCY_SOURCE],
+        help: "Exports EE runs at once for the project, as this worker read it at start, on the series of where it came from: maxConcurrentExports of the v1alpha project config, else of the v1 one, else the default of 2 (0 on the others; all 0 when --max-active-exports is given).",
         buckets: &[],
     },
     MetricDef {
@@ -692,6 +704,13 @@ pub fn other_tasks(n: u64) {
 /// Counts an export EE refused with a full queue.
 pub fn queue_full() {
     ::metrics::counter!("cedar_ee_queue_full_total").increment(1);
+}
+
+/// Records EE's export concurrency a worker read at start, and where it came from
+/// (`v1alpha`, `v1` or `default`).
+pub fn ee_max_concurrent_exports(max: u64, source: &'static str) {
+    let source = bounded(&CONCURRENCY_SOURCE, source);
+    ::metrics::gauge!("cedar_ee_max_concurrent_exports", "source" => source).set(max as f64);
 }
 
 /// Records the orders of every submission by state (summed over submissions).

@@ -24,7 +24,7 @@ use cedar::auth::{
     self, ApplicationDefault, EARTHENGINE_SCOPE, STORAGE_SCOPE, ServiceAccount, TokenSource,
 };
 use cedar::config::Settings;
-use cedar::earthengine::{DEFAULT_ENDPOINT, EarthEngine, EeError};
+use cedar::earthengine::{ConcurrencySource, DEFAULT_ENDPOINT, EarthEngine, EeError};
 use cedar::queue::{Connection, Queue, QueueUrl, redact_url};
 use cedar::store::{Destination, Expected, StoreError, open_bucket};
 use cedar::worker::{WorkerOptions, admission_cap};
@@ -380,20 +380,27 @@ async fn earthengine(settings: &Settings, credential: &Credential) -> Verdict {
     };
     match client.get_project_config().await {
         Ok(c) => {
-            let granted = c.max_concurrent_exports.map(|n| n.max(0) as u64);
+            // The number a worker uses, read as the worker reads it: v1alpha, then v1.
+            let concurrency = client.export_concurrency().await;
+            let source = match concurrency.source {
+                ConcurrencySource::Default => {
+                    "default: neither the v1alpha nor the v1 project config reports it".to_owned()
+                }
+                other => format!("from the {} project config", other.as_str()),
+            };
             let options = WorkerOptions::from_config(cfg);
             let cap = admission_cap(
                 options.max_active_exports,
-                granted,
+                Some(concurrency.max),
                 options.active_exports_factor,
             );
             let show = |n: Option<i64>| n.map_or("not reported".to_owned(), |n| n.to_string());
             Verdict::Ok(format!(
-                "project {} at {} answers projects.getConfig: registration {}, maxConcurrentExports {} (plan maximum {}); workers keep up to {cap} tasks queued in EE",
+                "project {} at {} answers projects.getConfig: registration {}, maxConcurrentExports {} ({source}; plan maximum {}); workers keep up to {cap} tasks queued in EE",
                 ee.project,
                 ee.endpoint,
                 c.registration_state.as_deref().unwrap_or("not reported"),
-                show(c.max_concurrent_exports),
+                concurrency.max,
                 show(c.plan_max_concurrent_exports),
             ))
         }

@@ -17,10 +17,14 @@ pub struct EarthEngineConfig {
     pub endpoint: String,
     /// A service-account key path, `"none"`, or absent for Application Default Credentials.
     pub credentials: Option<String>,
+    /// Bounds every EE call but `value:compute`, connect to last byte. Default 60.
     pub timeout_secs: u64,
     /// Send each submission's priority as EE's own task `priority` (EE honours it for paid
     /// projects), so that EE also runs an ingest before a backfill. Default false.
     pub send_priority: bool,
+    /// Bounds `value:compute`, whose answer (every scene of a tile-period with its metadata)
+    /// takes EE longer than the other calls. Default 300.
+    pub compute_timeout_secs: u64,
 }
 
 impl Default for EarthEngineConfig {
@@ -31,6 +35,7 @@ impl Default for EarthEngineConfig {
             credentials: None,
             timeout_secs: 60,
             send_priority: false,
+            compute_timeout_secs: 300,
         }
     }
 }
@@ -253,6 +258,12 @@ impl EarthEngineConfig {
         }
         if self.timeout_secs == 0 {
             p.add("earthengine.timeout_secs", "must be at least 1");
+        }
+        if self.compute_timeout_secs == 0 {
+            p.add(
+                "earthengine.compute_timeout_secs",
+                "must be at least 1 (seconds a value:compute may take; default 300)",
+            );
         }
     }
 }

@@ -32,11 +32,16 @@ pub struct EarthEngine {
     /// The project ID, e.g. `my-project`.
     project: String,
     tokens: Arc<dyn TokenSource>,
+    /// The bound of `value:compute`, which returns whole scene listings and takes longer than
+    /// the other calls; the client's own timeout bounds those.
+    compute_timeout: Duration,
 }
 
 impl EarthEngine {
     /// A client of `project` (`my-project` or `projects/my-project`) at `endpoint`
-    /// ([`DEFAULT_ENDPOINT`] for Google). `timeout` bounds every call, connect to last byte.
+    /// ([`DEFAULT_ENDPOINT`] for Google). `timeout` bounds every call, connect to last byte;
+    /// `value:compute` gets the same bound unless [`EarthEngine::with_compute_timeout`] gives
+    /// it its own.
     pub fn new(
         endpoint: &str,
         project: &str,
@@ -71,7 +76,16 @@ impl EarthEngine {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             project: project.to_string(),
             tokens,
+            compute_timeout: timeout,
         })
+    }
+
+    /// The same client with `timeout` bounding `value:compute` (connect to last byte) instead
+    /// of the timeout of the other calls: a scene listing of a long period is megabytes of
+    /// metadata that EE computes before it sends the first byte.
+    pub fn with_compute_timeout(mut self, timeout: Duration) -> EarthEngine {
+        self.compute_timeout = timeout;
+        self
     }
 
     /// The project ID (without `projects/`).
@@ -164,6 +178,53 @@ impl EarthEngine {
         }
     }
 
+    /// The export task named `description` whose output goes to `destination` (the bucket and
+    /// object prefix it was started with), searched in `operations.list`, newest first: how an
+    /// export whose `requestId` EE says exists already (409 `ALREADY_EXISTS`) finds the task
+    /// that first request started. Operations do not carry their `requestId`.
+    ///
+    /// A task of that description whose `destinationUris` name another folder (another export
+    /// generation or submission of the same item) is passed over; when no task names the
+    /// folder (the exact form of `destinationUris` is not documented), the newest task of
+    /// that description is the answer. `None` when EE lists no such task.
+    pub async fn find_export(
+        &self,
+        description: &str,
+        bucket: &str,
+        filename_prefix: &str,
+    ) -> Result<Option<Operation>, EeError> {
+        let folder = match filename_prefix.rfind('/') {
+            Some(i) => format!("{bucket}/{}", &filename_prefix[..=i]),
+            None => format!("{bucket}/"),
+        };
+        let mut newest: Option<Operation> = None;
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .list_operations(Some(LIST_PAGE_SIZE), token.as_deref())
+                .await?;
+            for op in page.operations.unwrap_or_default() {
+                let Some(md) = op.metadata.as_ref() else {
+                    continue;
+                };
+                if md.description.as_deref() != Some(description) {
+                    continue;
+                }
+                let uris = md.destination_uris.as_deref().unwrap_or_default();
+                if uris.iter().any(|u| u.contains(&folder)) {
+                    return Ok(Some(op));
+                }
+                if newest.is_none() {
+                    newest = Some(op);
+                }
+            }
+            match page.next_page_token.filter(|t| !t.is_empty()) {
+                Some(next) if token.as_deref() != Some(next.as_str()) => token = Some(next),
+                _ => return Ok(newest),
+            }
+        }
+    }
+
     /// `POST /v1/{name}:cancel`: asks EE to cancel (best effort; the task goes CANCELLING).
     pub async fn cancel_operation(&self, name: &str) -> Result<(), EeError> {
         let path = format!("{}:cancel", self.operation_path("operations.cancel", name)?);
@@ -184,6 +245,50 @@ impl EarthEngine {
         let path = format!("projects/{}/config", self.project);
         self.send::<(), _>("projects.getConfig", Method::GET, &path, &[], None)
             .await
+    }
+
+    /// `GET /v1alpha/projects/{p}/config`: the same `ProjectConfig` under the v1alpha API, where
+    /// Google's CLI reads and sets `maxConcurrentExports`.
+    pub async fn get_project_config_v1alpha(&self) -> Result<ProjectConfig, EeError> {
+        let path = format!("v1alpha/projects/{}/config", self.project);
+        self.send::<(), _>("projects.getConfig", Method::GET, &path, &[], None)
+            .await
+    }
+
+    /// How many exports of the project EE runs at once, and where that number came from:
+    /// `maxConcurrentExports` of the v1alpha `ProjectConfig` (Google's CLI switches to v1alpha
+    /// to read it), else of the v1 one, else [`DEFAULT_MAX_CONCURRENT_EXPORTS`]. Never fails:
+    /// what went wrong on the way is in `problems`.
+    pub async fn export_concurrency(&self) -> ExportConcurrency {
+        let mut problems = Vec::new();
+        for source in [ConcurrencySource::V1alpha, ConcurrencySource::V1] {
+            // One after the other: v1 is asked only when v1alpha did not say.
+            let answer = match source {
+                ConcurrencySource::V1alpha => self.get_project_config_v1alpha().await,
+                _ => self.get_project_config().await,
+            };
+            match answer {
+                Ok(config) => match config.max_concurrent_exports {
+                    Some(n) if n > 0 => {
+                        return ExportConcurrency {
+                            max: n as u64,
+                            source,
+                            problems,
+                        };
+                    }
+                    _ => problems.push(format!(
+                        "{} projects.getConfig has no maxConcurrentExports",
+                        source.as_str()
+                    )),
+                },
+                Err(e) => problems.push(format!("{}: {e}", source.as_str())),
+            }
+        }
+        ExportConcurrency {
+            max: DEFAULT_MAX_CONCURRENT_EXPORTS,
+            source: ConcurrencySource::Default,
+            problems,
+        }
     }
 
     /// `projects/{p}/operations/{id}` for a full name or a bare task ID, validated so that it
@@ -224,7 +329,7 @@ impl EarthEngine {
             .bearer(&[EARTHENGINE_SCOPE])
             .await
             .map_err(|source| EeError::Auth { call, source })?;
-        let url = format!("{}/v1/{path}", self.endpoint);
+        let url = format!("{}/{}", self.endpoint, versioned(path));
         let mut request = self
             .http
             .request(method, &url)
@@ -237,6 +342,9 @@ impl EarthEngine {
         }
         if let Some(body) = body {
             request = request.json(body);
+        }
+        if call == "value:compute" {
+            request = request.timeout(self.compute_timeout);
         }
         let response = request.send().await;
         crate::metrics::ee_request(call, response.as_ref().ok().map(|r| r.status().as_u16()));
@@ -251,6 +359,50 @@ impl EarthEngine {
         }
         parse_success(call, status, &bytes)
     }
+}
+
+/// The URL path of an API path: under `/v1/` unless it names its version (`v1alpha/…`).
+fn versioned(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.starts_with("v1alpha/") {
+        path.into()
+    } else {
+        format!("v1/{path}").into()
+    }
+}
+
+/// EE's documented average of exports a project runs at once, assumed when the project
+/// config does not say.
+pub const DEFAULT_MAX_CONCURRENT_EXPORTS: u64 = 2;
+
+/// Where [`EarthEngine::export_concurrency`] found its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConcurrencySource {
+    /// `maxConcurrentExports` of `GET /v1alpha/projects/{p}/config`.
+    V1alpha,
+    /// `maxConcurrentExports` of `GET /v1/projects/{p}/config`.
+    V1,
+    /// Neither said: [`DEFAULT_MAX_CONCURRENT_EXPORTS`].
+    Default,
+}
+
+impl ConcurrencySource {
+    /// `v1alpha`, `v1` or `default`: the label value of `cedar_ee_max_concurrent_exports`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConcurrencySource::V1alpha => "v1alpha",
+            ConcurrencySource::V1 => "v1",
+            ConcurrencySource::Default => "default",
+        }
+    }
+}
+
+/// How many exports EE runs at once for the project, and where the number came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportConcurrency {
+    pub max: u64,
+    pub source: ConcurrencySource,
+    /// Why the sources before `source` did not answer, one line each.
+    pub problems: Vec<String>,
 }
 
 fn parse_success<R: DeserializeOwned>(

@@ -90,6 +90,17 @@ impl EeError {
         }
     }
 
+    /// EE refused to create something that exists: 409 `ALREADY_EXISTS`, which is one way EE may
+    /// answer an `image:export` whose `requestId` already started a task (Google documents
+    /// only that a single such request starts an operation). A 409 `ABORTED` (a conflict of
+    /// concurrent writes) is not this.
+    pub fn is_already_exists(&self) -> bool {
+        match self.ee_status() {
+            Some(status) => status == "ALREADY_EXISTS",
+            None => self.http_status() == Some(409) && matches!(self, EeError::Api { .. }),
+        }
+    }
+
     /// HTTP 404, e.g. an operation EE no longer knows.
     pub fn is_not_found(&self) -> bool {
         self.http_status() == Some(404)
@@ -257,6 +268,7 @@ mod tests {
             assert_eq!(e.is_retryable(), retryable, "{status} {message}");
             assert_eq!(e.is_queue_full(), queue_full, "{status} {message}");
             assert_eq!(e.queue_limit(), queue_full.then_some(3000));
+            assert_eq!(e.is_already_exists(), ee_status == "ALREADY_EXISTS");
             assert_eq!(e.http_status(), Some(status));
             assert_eq!(e.ee_status(), (!ee_status.is_empty()).then_some(ee_status));
             let text = e.to_string();
@@ -266,6 +278,18 @@ mod tests {
             );
         }
         assert!(EeError::from_response("x", 404, b"{}").is_not_found());
+    }
+
+    #[test]
+    fn a_conflict_is_already_exists_unless_it_says_aborted() {
+        let conflict = |body: &[u8]| EeError::from_response("image:export", 409, body);
+        assert!(conflict(&google(409, "ALREADY_EXISTS", "exists")).is_already_exists());
+        assert!(conflict(b"<html>Conflict</html>").is_already_exists());
+        assert!(
+            !conflict(&google(409, "ABORTED", "The operation was aborted.")).is_already_exists()
+        );
+        let other = EeError::from_response("image:export", 400, &google(400, "", "bad"));
+        assert!(!other.is_already_exists());
     }
 
     #[test]

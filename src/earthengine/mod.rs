@@ -14,7 +14,8 @@ pub mod expression;
 pub mod types;
 
 pub use client::{
-    DEFAULT_ENDPOINT, EarthEngine, ExportParams, export_request, pixel_grid, request_id,
+    ConcurrencySource, DEFAULT_ENDPOINT, DEFAULT_MAX_CONCURRENT_EXPORTS, EarthEngine,
+    ExportConcurrency, ExportParams, export_request, pixel_grid, request_id,
 };
 pub use error::EeError;
 pub use expression::{BandLayout, ImageInfo, Slice, list_images, parse_image_list, preard_image};

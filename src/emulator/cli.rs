@@ -70,6 +70,16 @@ pub struct EmulatorArgs {
     /// Answer to a repeated requestId.
     #[arg(long, value_enum, default_value_t = DuplicateRequest::ReturnExisting)]
     pub duplicate_request: DuplicateRequest,
+    /// Name operations in operations.list/get with this project number (needs --project).
+    #[arg(long)]
+    pub project_number: Option<u64>,
+    /// Leave operations that ended more than this many emulated seconds ago out of
+    /// operations.list.
+    #[arg(long)]
+    pub list_retention_secs: Option<f64>,
+    /// Answer GET /v1alpha/projects/{p}/config with 404, as an API without v1alpha.
+    #[arg(long)]
+    pub no_v1alpha: bool,
 }
 
 impl EmulatorArgs {
@@ -93,6 +103,9 @@ impl EmulatorArgs {
             require_auth: self.require_auth,
             token_expires_in_secs: self.token_expires_in_secs,
             duplicate_request: self.duplicate_request,
+            project_number: self.project_number,
+            list_retention_secs: self.list_retention_secs,
+            serve_v1alpha: !self.no_v1alpha,
             token_audience: None,
         }
     }

@@ -62,6 +62,14 @@ pub enum Fault {
         #[serde(default)]
         processed: bool,
     },
+    /// The next `count` requests to `method` (any API method but `token` when absent) are
+    /// answered only after `millis` milliseconds, as a slow computation or a congested
+    /// front end answers.
+    DelayNextRequests {
+        method: Option<ApiMethod>,
+        count: u32,
+        millis: u64,
+    },
     /// The next `count` exports end FAILED with `message` (default "Computation timed out.").
     NextTasksFail { count: u32, message: Option<String> },
     /// The next `alt=media` download of an object whose name contains `object_contains` stops
@@ -100,6 +108,8 @@ pub(crate) struct Faults {
     next_task_failures: VecDeque<String>,
     /// Pending truncations: (name substring, bytes sent before the cut).
     truncations: Vec<(String, u64)>,
+    /// Pending delays: (method or any, requests left, milliseconds).
+    delays: Vec<(Option<ApiMethod>, u32, u64)>,
     draws: u64,
 }
 
@@ -132,6 +142,11 @@ impl Faults {
                     processed,
                 },
             }),
+            Fault::DelayNextRequests {
+                method,
+                count,
+                millis,
+            } => self.delays.push((method, count, millis)),
             Fault::NextTasksFail { count, message } => {
                 let message = message.unwrap_or_else(|| TIMED_OUT.to_owned());
                 self.next_task_failures
@@ -161,6 +176,22 @@ impl Faults {
             .iter()
             .position(|(contains, _)| name.contains(contains.as_str()))?;
         Some(self.truncations.remove(index).1)
+    }
+
+    /// How long a request to `method` waits before it is handled, if a delay is pending;
+    /// consumes one request of the fault.
+    pub fn take_delay(&mut self, method: ApiMethod) -> Option<std::time::Duration> {
+        let index = self.delays.iter().position(|(m, _, _)| match m {
+            Some(m) => *m == method,
+            None => method != ApiMethod::Token,
+        })?;
+        let (_, remaining, millis) = &mut self.delays[index];
+        let millis = *millis;
+        *remaining = remaining.saturating_sub(1);
+        if *remaining == 0 {
+            self.delays.remove(index);
+        }
+        Some(std::time::Duration::from_millis(millis))
     }
 
     /// Decides whether a request to `method` is answered with an injected error.
@@ -311,6 +342,21 @@ mod tests {
         assert_eq!(faults.take_truncation("a/b.json"), None);
         assert_eq!(faults.take_truncation("a/b-0000.tif"), Some(100));
         assert_eq!(faults.take_truncation("a/b-0000.tif"), None);
+    }
+
+    #[test]
+    fn a_delay_counts_down_per_method() {
+        let mut faults = Faults::default();
+        faults.inject(Fault::DelayNextRequests {
+            method: Some(ApiMethod::ValueCompute),
+            count: 2,
+            millis: 1500,
+        });
+        assert_eq!(faults.take_delay(ApiMethod::OperationsList), None);
+        let delay = Some(std::time::Duration::from_millis(1500));
+        assert_eq!(faults.take_delay(ApiMethod::ValueCompute), delay);
+        assert_eq!(faults.take_delay(ApiMethod::ValueCompute), delay);
+        assert_eq!(faults.take_delay(ApiMethod::ValueCompute), None);
     }
 
     #[test]

@@ -115,6 +115,19 @@ pub struct EmulatorOptions {
     pub token_expires_in_secs: u64,
     /// The answer to a repeated `requestId`. Default [`DuplicateRequest::ReturnExisting`].
     pub duplicate_request: DuplicateRequest,
+    /// When set, `operations.list` and `operations.get` name operations with this project number
+    /// (`projects/123456/operations/ID`) while `image:export` answers with the project as the
+    /// request named it: which form Google uses where is not documented, so a client must match
+    /// operations by ID. Paths may name the project by this number too. Requires `project`.
+    /// Default `None`: every name uses the project as requested.
+    pub project_number: Option<u64>,
+    /// When set, `operations.list` leaves out operations that ended more than this many emulated
+    /// seconds ago (`operations.get` still answers them), as EE drops old tasks from its list.
+    /// Default `None`: every operation stays listed.
+    pub list_retention_secs: Option<f64>,
+    /// Serve `GET /v1alpha/projects/{p}/config`, where Google's CLI reads
+    /// `maxConcurrentExports`. Default true; false answers it 404, as an API without v1alpha.
+    pub serve_v1alpha: bool,
     /// The JWT `aud` the token endpoint accepts; `None` (the default) accepts this server's own
     /// `/token` URL and `https://oauth2.googleapis.com/token`.
     pub token_audience: Option<String>,
@@ -140,6 +153,9 @@ impl Default for EmulatorOptions {
             require_auth: false,
             token_expires_in_secs: 3599,
             duplicate_request: DuplicateRequest::ReturnExisting,
+            project_number: None,
+            list_retention_secs: None,
+            serve_v1alpha: true,
             token_audience: None,
         }
     }
@@ -255,6 +271,19 @@ fn validate_options(options: &EmulatorOptions) -> Result<(), EmulatorError> {
     if options.max_concurrent_exports == 0 {
         return Err(EmulatorError::Option(
             "max_concurrent_exports must be >= 1".into(),
+        ));
+    }
+    if options.project_number.is_some() && options.project.is_none() {
+        return Err(EmulatorError::Option(
+            "project_number needs project: the number stands for that project".into(),
+        ));
+    }
+    if options
+        .list_retention_secs
+        .is_some_and(|s| !(s >= 0.0 && s.is_finite()))
+    {
+        return Err(EmulatorError::Option(
+            "list_retention_secs must be >= 0".into(),
         ));
     }
     if !(options.bytes_per_pixel >= 0.0 && options.bytes_per_pixel.is_finite()) {

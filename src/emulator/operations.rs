@@ -313,18 +313,24 @@ impl Operations {
         Some(Ok(()))
     }
 
-    /// One page, newest first. The token is the sequence number to continue below.
+    /// One page, newest first, without the operations that ended before `ended_after`. The
+    /// token is the sequence number to continue below.
     pub fn page(
         &self,
         project: &str,
         size: usize,
         below: Option<u64>,
+        ended_after: Option<f64>,
     ) -> (Vec<&Operation>, Option<u64>) {
+        let listed = |o: &Operation| match (o.ended, ended_after) {
+            (Some(ended), Some(after)) => ended >= after,
+            _ => true,
+        };
         let mut matching = self
             .list
             .iter()
             .rev()
-            .filter(|o| o.project == project && below.is_none_or(|b| o.seq < b));
+            .filter(|o| o.project == project && below.is_none_or(|b| o.seq < b) && listed(o));
         let page: Vec<&Operation> = matching.by_ref().take(size).collect();
         let more = matching.next().is_some();
         let next = if more {
@@ -546,11 +552,11 @@ mod tests {
             ops.create("p", plan(100), 0, 0.0, 1.0);
         }
         ops.create("q", plan(100), 0, 0.0, 1.0);
-        let (first, token) = ops.page("p", 2, None);
+        let (first, token) = ops.page("p", 2, None, None);
         assert_eq!(first.iter().map(|o| o.seq).collect::<Vec<_>>(), [4, 3]);
-        let (second, token) = ops.page("p", 2, token);
+        let (second, token) = ops.page("p", 2, token, None);
         assert_eq!(second.iter().map(|o| o.seq).collect::<Vec<_>>(), [2, 1]);
-        let (last, token) = ops.page("p", 2, token);
+        let (last, token) = ops.page("p", 2, token, None);
         assert_eq!((last.len(), token), (1, None));
     }
 

@@ -142,6 +142,10 @@ pub(crate) async fn serve(
             get(get_operation).post(cancel_operation),
         )
         .route("/v1/projects/{project}/config", get(get_config))
+        .route(
+            "/v1alpha/projects/{project}/config",
+            get(get_config_v1alpha),
+        )
         .route("/token", post(token))
         .route("/storage/v1/b/{bucket}/o", get(storage::list))
         .route(
@@ -224,11 +228,31 @@ fn handle(
     }
 }
 
+/// Waits out a delay injected for `method` ([`Fault::DelayNextRequests`]), lock released.
+async fn delay(shared: &Shared, method: ApiMethod) {
+    let wait = shared.lock().faults.take_delay(method);
+    if let Some(wait) = wait {
+        tokio::time::sleep(wait).await;
+    }
+}
+
 fn resolve_project(shared: &Shared, project: &str) -> Result<String, ApiError> {
     match &shared.options.project {
         None => Ok(project.to_owned()),
         // The client default resolves to the caller's own project (reference §7.4).
         Some(own) if project == own || project == "earthengine-legacy" => Ok(own.clone()),
+        // The project number names the same project (reference: "the project id or project
+        // number").
+        Some(own)
+            if shared
+                .options
+                .project_number
+                .map(|n| n.to_string())
+                .as_deref()
+                == Some(project) =>
+        {
+            Ok(own.clone())
+        }
         Some(_) => Err(ApiError::new(
             403,
             "PERMISSION_DENIED",
@@ -288,6 +312,7 @@ async fn compute(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    delay(&shared, ApiMethod::ValueCompute).await;
     handle(&shared, ApiMethod::ValueCompute, &headers, &project, |_| {
         let body = parse_body(&body, "ComputeValueRequest")?;
         let tag = workload_tag(&body)?;
@@ -309,6 +334,7 @@ async fn image_export(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    delay(&shared, ApiMethod::ImageExport).await;
     handle(
         &shared,
         ApiMethod::ImageExport,
@@ -368,6 +394,7 @@ async fn get_operation(
     Path((project, operation)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    delay(&shared, ApiMethod::OperationsGet).await;
     handle(
         &shared,
         ApiMethod::OperationsGet,
@@ -379,7 +406,10 @@ async fn get_operation(
                 .operations
                 .get(project, &operation)
                 .ok_or_else(|| operation_not_found(project, &operation))?;
-            Ok(op.to_json(&shared.clock))
+            Ok(numbered(
+                &shared,
+                op.to_json(&shared.clock),
+            ))
         },
     )
 }
@@ -415,6 +445,20 @@ async fn cancel_operation(
     )
 }
 
+/// The operation JSON with its name under the project number, when the emulator is told to
+/// use one ([`super::EmulatorOptions::project_number`]).
+fn numbered(shared: &Shared, mut operation: Value) -> Value {
+    if let Some(number) = shared.options.project_number
+        && let Some(id) = operation["name"]
+            .as_str()
+            .and_then(|n| n.rsplit('/').next())
+            .map(str::to_owned)
+    {
+        operation["name"] = json!(format!("projects/{number}/operations/{id}"));
+    }
+    operation
+}
+
 fn operation_not_found(project: &str, id: &str) -> ApiError {
     ApiError::not_found(format!(
         "Operation projects/{project}/operations/{id} not found."
@@ -427,6 +471,7 @@ async fn list_operations(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
+    delay(&shared, ApiMethod::OperationsList).await;
     handle(
         &shared,
         ApiMethod::OperationsList,
@@ -450,12 +495,21 @@ async fn list_operations(
                 ),
             };
             let state = shared.lock();
-            let (page, next) = state.operations.page(project, size, below);
+            let ended_after = shared
+                .options
+                .list_retention_secs
+                .map(|keep| shared.clock.now() - keep);
+            let (page, next) = state.operations.page(project, size, below, ended_after);
             let mut body = json!({});
             if !page.is_empty() {
                 body["operations"] = page
                     .iter()
-                    .map(|op| op.to_json(&shared.clock))
+                    .map(|op| {
+                        numbered(
+                            &shared,
+                            op.to_json(&shared.clock),
+                        )
+                    })
                     .collect();
             }
             if let Some(next) = next {
@@ -471,6 +525,7 @@ async fn get_config(
     Path(project): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    delay(&shared, ApiMethod::ProjectsGetConfig).await;
     handle(
         &shared,
         ApiMethod::ProjectsGetConfig,
@@ -486,6 +541,19 @@ async fn get_config(
             }))
         },
     )
+}
+
+/// `GET /v1alpha/projects/{p}/config`: the same `ProjectConfig`, where Google's CLI reads and
+/// sets `maxConcurrentExports` (`ee/cli/commands.py` switches to v1alpha for `project_config`).
+async fn get_config_v1alpha(
+    State(shared): SharedState,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !shared.options.serve_v1alpha {
+        return not_found().await;
+    }
+    get_config(State(shared), Path(project), headers).await
 }
 
 async fn token(State(shared): SharedState, body: Bytes) -> Response {

@@ -160,6 +160,33 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
             super::admission::on_queue_full(ctx, &e).await?;
             return Ok(Outcome::Backlog);
         }
+        // An earlier run of this job started the task and its answer was lost (a timeout, a
+        // crash): EE may answer the repeated requestId with the first operation or with this
+        // error. The task runs, so find it and go on.
+        Err(e) if e.is_already_exists() => {
+            ctx.ee_permit().await?;
+            match ctx
+                .ee
+                .find_export(&params.description, &params.bucket, &params.filename_prefix)
+                .await?
+            {
+                Some(op) => {
+                    tracing::info!(
+                        tracking = %job.tracking,
+                        operation = op.name.as_deref().unwrap_or_default(),
+                        "image:export answered ALREADY_EXISTS; continuing with the task the first request started"
+                    );
+                    op
+                }
+                // EE's list may not show a task created a moment ago yet: try again later.
+                None => {
+                    return Err(JobError::Retry(format!(
+                        "{e}; and operations.list shows no task described {:?} yet",
+                        params.description
+                    )));
+                }
+            }
+        }
         Err(e) => return Err(e.into()),
     };
     super::admission::on_accepted(ctx).await?;

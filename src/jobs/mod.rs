@@ -206,7 +206,8 @@ impl Context {
             tokens.clone(),
             Duration::from_secs(cfg.earthengine.timeout_secs),
         )
-        .map_err(|e| anyhow::anyhow!("[earthengine]: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("[earthengine]: {e}"))?
+        .with_compute_timeout(Duration::from_secs(cfg.earthengine.compute_timeout_secs));
         let endpoint = Some(cfg.store.endpoint.as_str()).filter(|e| !e.is_empty());
         let bucket = open_bucket(&settings.store_url, endpoint, tokens)?;
         let dest = Arc::new(Destination::open(&cfg.download.dest)?);

@@ -8,8 +8,13 @@
 //! completed tasks. A task still PENDING or RUNNING snoozes its poll job (no retry spent) for
 //! `[worker] poll_interval_secs`, but the sweeper cuts that short: each awaited operation is
 //! recorded with its poll job's id ([`mark_waiting`]), and when a sweep sees the operation end
-//! it wakes that job ([`Queue::wake`](crate::queue::Queue::wake)), which then runs at once. A
-//! task the sweep no longer sees is looked up once by name, then marked LOST.
+//! it wakes that job ([`Queue::wake`](crate::queue::Queue::wake)), which then runs at once.
+//!
+//! Operations are matched by their ID, the last segment of the name, because EE may name one
+//! operation `projects/my-project/operations/ID` in one answer and `projects/123456/operations/ID`
+//! (the project number) in another. A task the sweep does not list (EE drops finished tasks from
+//! the list after a while) loses its view, its poll job is woken and asks `operations.get`; the
+//! order is LOST only when EE answers that the operation does not exist (404).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -59,35 +64,23 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
             if swept.is_none_or(|s| s <= created) {
                 return Ok(snooze(ctx));
             }
-            // EE no longer lists it: look it up by name, once.
-            let first = ctx
-                .snapshot
-                .first_lookup(&operation)
-                .await
-                .map_err(snapshot_err)?;
-            if !first {
-                return lost(
-                    ctx,
-                    job,
-                    &operation,
-                    "not listed by operations.list and already looked up once",
-                )
-                .await;
-            }
+            // EE does not list it (not yet, or no longer: EE drops finished tasks from the
+            // list after a while). Only EE's answer for this very operation decides: it is
+            // LOST when EE says it does not exist, and is looked up again on every run until
+            // then.
             ctx.ee_permit().await?;
             match ctx.ee.get_operation(&operation).await {
                 Ok(op) => OpView::from_operation(&op),
                 Err(e) if e.is_not_found() => {
-                    return lost(ctx, job, &operation, "operations.get answered 404").await;
+                    return lost(
+                        ctx,
+                        job,
+                        &operation,
+                        "not listed by operations.list, and operations.get answered 404 NOT_FOUND",
+                    )
+                    .await;
                 }
-                Err(e) => {
-                    // Let a later run try the lookup again.
-                    ctx.snapshot
-                        .forget_lookup(&operation)
-                        .await
-                        .map_err(snapshot_err)?;
-                    return Err(e.into());
-                }
+                Err(e) => return Err(e.into()),
             }
         }
     };
@@ -376,6 +369,9 @@ pub async fn sweep_once(
     if waiting.is_empty() {
         return Ok(None);
     }
+    // Awaited names by operation ID: EE may name an operation with the project number in one
+    // answer and the project ID in another; the ID is the same.
+    let by_id: HashMap<&str, &String> = waiting.iter().map(|n| (operation_id(n), n)).collect();
     let mut seen = HashSet::new();
     let mut views = Vec::new();
     let mut token: Option<String> = None;
@@ -394,15 +390,15 @@ pub async fn sweep_once(
             .await?;
         pages += 1;
         for op in page.operations.unwrap_or_default() {
-            let Some(name) = op.name.clone() else {
+            let view = OpView::from_operation(&op);
+            let Some(name) = op.id().and_then(|id| by_id.get(id)) else {
+                if matches!(view.state.as_str(), "PENDING" | "RUNNING" | "CANCELLING") {
+                    others += 1;
+                }
                 continue;
             };
-            let view = OpView::from_operation(&op);
-            if waiting.contains(&name) {
-                seen.insert(name.clone());
-                views.push((name, view));
-            } else if matches!(view.state.as_str(), "PENDING" | "RUNNING" | "CANCELLING") {
-                others += 1;
+            if seen.insert((*name).clone()) {
+                views.push(((*name).clone(), view));
             }
         }
         token = page.next_page_token.filter(|t| !t.is_empty());
@@ -423,14 +419,34 @@ pub async fn sweep_once(
         }
         encoded.push((name, serde_json::to_string(&view).expect("view serializes")));
     }
+    // The pages ended without these (a sweep stops early only once it has seen every awaited
+    // operation): their views, if any, are out of date, and go, so that their poll jobs ask
+    // EE for each of them by name.
+    let unlisted: Vec<String> = waiting
+        .iter()
+        .filter(|name| !seen.contains(*name))
+        .cloned()
+        .collect();
     // Operations nobody waits for any more leave the snapshot.
     let dropped = ctx
         .snapshot
-        .record_sweep(&encoded, &waiting, started)
+        .record_sweep(&encoded, &waiting, &unlisted, started)
         .await
         .map_err(snapshot_err)?;
     for name in &dropped {
         known.remove(name);
+    }
+    // Those listed before and no longer are news too: their poll jobs look them up now.
+    let vanished: Vec<String> = unlisted
+        .into_iter()
+        .filter(|name| known.remove(name).is_some())
+        .collect();
+    if !vanished.is_empty() {
+        tracing::info!(
+            operations = vanished.len(),
+            "awaited operations no longer listed by operations.list; their poll jobs ask operations.get"
+        );
+        ended.extend(vanished);
     }
     // The views are recorded: the poll jobs of the tasks that ended run now instead of at the
     // end of their snooze. Only news wakes a job (an operation seen ending for the first time),
@@ -447,6 +463,15 @@ pub async fn sweep_once(
     Ok(Some((pages, ended.len() as u32)))
 }
 
+/// The operation ID: the last segment of `projects/{project}/operations/{ID}` (a bare ID is
+/// its own), as Google's client reads it (`convert_operation_name_to_task_id`).
+pub fn operation_id(name: &str) -> &str {
+    match name.rfind("operations/") {
+        Some(i) => &name[i + "operations/".len()..],
+        None => name,
+    }
+}
+
 /// Wakes the poll jobs waiting for the operations `ended`.
 async fn wake_waiters(ctx: &Context, ended: &[String]) -> Result<(), JobError> {
     let jobs = ctx.snapshot.waiters(ended).await.map_err(snapshot_err)?;
@@ -457,6 +482,16 @@ async fn wake_waiters(ctx: &Context, ended: &[String]) -> Result<(), JobError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operations_match_by_id_whatever_names_the_project() {
+        assert_eq!(
+            operation_id("projects/my-project/operations/ABC234"),
+            "ABC234"
+        );
+        assert_eq!(operation_id("projects/123456/operations/ABC234"), "ABC234");
+        assert_eq!(operation_id("ABC234"), "ABC234");
+    }
 
     #[test]
     fn pacer_backs_off_without_completions_and_speeds_up_with_them() {

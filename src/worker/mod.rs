@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::document::publish;
-use crate::earthengine::MAX_ACTIVE_EXPORTS;
+use crate::earthengine::{ConcurrencySource, MAX_ACTIVE_EXPORTS};
 use crate::jobs::poll::SweepSettings;
 use crate::jobs::{self, Context, JobError, JobSettings, order_of};
 use crate::queue::tracking::OrderState;
@@ -76,7 +76,10 @@ impl Default for WorkerOptions {
 /// The admission cap: configured, else EE's export concurrency × factor; never above EE's queue
 /// cap minus a margin.
 pub fn admission_cap(configured: Option<u64>, ee_max_concurrent: Option<u64>, factor: u64) -> u64 {
-    let derived = ee_max_concurrent.unwrap_or(2).max(1) * factor.max(1);
+    let derived = ee_max_concurrent
+        .unwrap_or(crate::earthengine::DEFAULT_MAX_CONCURRENT_EXPORTS)
+        .max(1)
+        * factor.max(1);
     configured.unwrap_or(derived).clamp(1, MAX_ACTIVE_EXPORTS)
 }
 
@@ -86,16 +89,27 @@ pub async fn run(
     opts: WorkerOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let ee_cap = match opts.max_active_exports {
+    let concurrency = match opts.max_active_exports {
         Some(_) => None,
-        None => match ctx.ee.get_project_config().await {
-            Ok(c) => c.max_concurrent_exports.map(|n| n as u64),
-            Err(e) => {
-                tracing::warn!(error = %e, "projects.getConfig failed; assuming 2 concurrent exports");
-                None
+        None => {
+            let c = ctx.ee.export_concurrency().await;
+            if c.source == ConcurrencySource::Default {
+                tracing::warn!(
+                    problems = %c.problems.join("; "),
+                    max_concurrent_exports = c.max,
+                    "EE's project config does not say how many exports run at once; assuming the default"
+                );
+            } else {
+                tracing::info!(
+                    max_concurrent_exports = c.max,
+                    source = c.source.as_str(),
+                    "EE export concurrency read from the project config"
+                );
             }
-        },
+            Some(c)
+        }
     };
+    let ee_cap = concurrency.as_ref().map(|c| c.max);
     let cap = admission_cap(opts.max_active_exports, ee_cap, opts.active_exports_factor);
     // Say once where everything is, so that a worker pointed at the wrong queue or store is
     // seen at start, not after an hour of silence.
@@ -128,7 +142,12 @@ pub async fn run(
         queue::worker_name(Stage::Poll, 99, 0),
         stop_rx.clone(),
     ));
-    let metrics = tokio::spawn(server::serve(ctx.clone(), cap, stop_rx.clone()));
+    let metrics = tokio::spawn(server::serve(
+        ctx.clone(),
+        cap,
+        concurrency.map(|c| (c.max, c.source.as_str())),
+        stop_rx.clone(),
+    ));
     let ingest = tokio::spawn(crate::schedule::run_loop(ctx.clone(), stop_rx.clone()));
     let publisher = tokio::spawn(publish_loop(ctx.clone(), opts.publish_interval, stop_rx));
 

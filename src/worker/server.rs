@@ -35,9 +35,19 @@ const STORE_PROBE: &str = ".cedar-readyz-probe";
 /// until `stop` turns true. A worker that cannot bind (the port is taken, e.g. by a second
 /// worker on the host) logs an error naming the fix and keeps processing jobs without the
 /// endpoint: losing metrics must not stop a campaign that has run for weeks.
-pub async fn serve(ctx: Context, admission_cap: u64, mut stop: watch::Receiver<bool>) {
+///
+/// `ee_concurrency` is EE's export concurrency and its source, when the worker read it.
+pub async fn serve(
+    ctx: Context,
+    admission_cap: u64,
+    ee_concurrency: Option<(u64, &'static str)>,
+    mut stop: watch::Receiver<bool>,
+) {
     let handle = metrics::install();
     metrics::admission_cap(admission_cap, EE_QUEUE_CAP);
+    if let Some((max, source)) = ee_concurrency {
+        metrics::ee_max_concurrent_exports(max, source);
+    }
     let settings = &ctx.settings;
     metrics::configure(
         settings.ingests.iter().map(|i| i.name.as_str()),

@@ -989,6 +989,18 @@ fn table(f: &Fixture) -> Vec<Case> {
             },
         ),
         cli(
+            "config: a zero value:compute timeout",
+            "earthengine.compute_timeout_secs: must be at least 1",
+            2,
+            |f| {
+                submit_with(f.config_with(
+                    "zero-compute-timeout",
+                    "timeout_secs = 5",
+                    "timeout_secs = 5\ncompute_timeout_secs = 0",
+                ))
+            },
+        ),
+        cli(
             "config: missing bucket",
             "export.bucket: is required",
             2,

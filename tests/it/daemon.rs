@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cedar::config::{Config, Settings};
-use cedar::emulator::{ApiMethod, EmulatorOptions, Fault, RunningEmulator, Stats};
+use cedar::emulator::{
+    ApiMethod, DuplicateRequest, EmulatorOptions, Fault, RunningEmulator, Stats,
+};
 use cedar::order::{Piece, piece_object, tile_pieces};
 use cedar::queue::Stage;
 use serde_json::Value;
@@ -706,6 +708,96 @@ async fn throttling_and_outages_are_retried_and_export_once() {
     assert_downloaded(&c, &doc, &name);
     assert_bucket_empty(&c);
     assert_eq!(c.drained(&name).await.1, BTreeMap::new());
+}
+
+/// EE answers a repeated `requestId` with 409 ALREADY_EXISTS instead of the first operation
+/// (Google does not document which): exports whose first answer was lost find their task in
+/// `operations.list` and the campaign completes, each order exported once and none FAILED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_request_id_answered_already_exists_finds_the_running_task() {
+    let mut c = Campaign::start(
+        "conflict",
+        EmulatorOptions {
+            duplicate_request: DuplicateRequest::AlreadyExists,
+            ..Campaign::options()
+        },
+    )
+    .await;
+    // EE starts these tasks but their answers are lost: each retry gets the 409.
+    c.emulator.inject(Fault::NextRequests {
+        method: Some(ApiMethod::ImageExport),
+        count: 3,
+        status: 503,
+        message: None,
+        processed: true,
+    });
+    c.spawn_worker();
+    let name = c.submit(&four_tiles(LC08, "2021-12-31", "3MS")).await;
+    let (status, code) = c.wait_done(&name).await;
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(counts(&status), BTreeMap::from([("CLEANED".to_owned(), 8)]));
+    let stats = c.emulator.stats();
+    assert_eq!(
+        stats.responses.get("409").copied(),
+        Some(3),
+        "three retries met the conflict: {stats:#?}"
+    );
+    assert_eq!(stats.exports_by_description.len(), 8);
+    assert_exported_once(&stats);
+    let doc = c.show(&name).await;
+    assert_downloaded(&c, &doc, &name);
+    assert_bucket_empty(&c);
+}
+
+/// EE names operations with the project number in `operations.list` and `operations.get` but
+/// with the project ID in the answer to `image:export`: the sweeper matches them by ID, so the
+/// campaign completes from the list alone, none LOST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_named_with_the_project_number_are_matched_by_id() {
+    let mut c = Campaign::start(
+        "number",
+        EmulatorOptions {
+            project: Some("cedar-e2e".to_owned()),
+            project_number: Some(123_456_789_012),
+            ..Campaign::options()
+        },
+    )
+    .await;
+    c.spawn_worker();
+    let name = c.submit(&four_tiles(LC08, "2021-12-31", "3MS")).await;
+    let (status, code) = c.wait_done(&name).await;
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(counts(&status), BTreeMap::from([("CLEANED".to_owned(), 8)]));
+    let stats = c.emulator.stats();
+    // Matched by name, no order would be found in the list: each would need operations.get.
+    let gets = stats.requests.get("operations.get").copied().unwrap_or(0);
+    assert!(gets < 8, "the list answered for the orders: {stats:#?}");
+    assert_exported_once(&stats);
+}
+
+/// EE drops finished tasks from `operations.list` at once: every order's end is learnt from
+/// `operations.get` after its task left the list, and none is LOST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_operations_that_leave_the_list_are_looked_up_not_lost() {
+    let mut c = Campaign::start(
+        "unlisted",
+        EmulatorOptions {
+            list_retention_secs: Some(0.0),
+            ..Campaign::options()
+        },
+    )
+    .await;
+    c.spawn_worker();
+    let name = c.submit(&four_tiles(LC08, "2021-12-31", "3MS")).await;
+    let (status, code) = c.wait_done(&name).await;
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(counts(&status), BTreeMap::from([("CLEANED".to_owned(), 8)]));
+    let stats = c.emulator.stats();
+    let gets = stats.requests.get("operations.get").copied().unwrap_or(0);
+    assert!(gets >= 8, "each end was learnt by name: {stats:#?}");
+    assert_exported_once(&stats);
+    let doc = c.show(&name).await;
+    assert_downloaded(&c, &doc, &name);
 }
 
 /// EE tasks that fail are reported with EE's message; `cedar retry` exports them again (a new

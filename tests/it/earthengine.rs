@@ -3,4 +3,5 @@
 mod auth;
 mod calls;
 mod python;
+mod stub;
 mod wire;

@@ -846,6 +846,21 @@ async fn a_live_worker_serves_metrics_health_and_readiness() {
     assert_eq!(sample(&text, "cedar_ee_tasks_active"), Some(0.0));
     assert!(sample(&text, "cedar_ee_admission_cap") >= Some(1.0));
     assert_eq!(sample(&text, "cedar_ee_queue_cap"), Some(3000.0));
+    // The emulator's 4 concurrent exports, read from the v1alpha project config.
+    assert_eq!(
+        sample(
+            &text,
+            r#"cedar_ee_max_concurrent_exports{source="v1alpha"}"#
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"cedar_ee_max_concurrent_exports{source="default"}"#
+        ),
+        Some(0.0)
+    );
     assert_eq!(
         sample(&text, r#"cedar_dependency_up{dependency="queue"}"#),
         Some(1.0)

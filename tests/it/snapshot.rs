@@ -60,7 +60,10 @@ async fn record_sweep_writes_views_and_drops_operations_no_longer_awaited(t: Tes
         ("ops/1".to_owned(), r#"{"state":"RUNNING"}"#.to_owned()),
         ("ops/2".to_owned(), r#"{"state":"PENDING"}"#.to_owned()),
     ];
-    let removed = sweeper.record_sweep(&views, &waiting, 1_000).await.unwrap();
+    let removed = sweeper
+        .record_sweep(&views, &waiting, &[], 1_000)
+        .await
+        .unwrap();
     assert!(removed.is_empty(), "{removed:?}");
     assert_eq!(
         poll.view("ops/1").await.unwrap().as_deref(),
@@ -79,7 +82,10 @@ async fn record_sweep_writes_views_and_drops_operations_no_longer_awaited(t: Tes
         ("ops/2".to_owned(), r#"{"state":"SUCCEEDED"}"#.to_owned()),
         ("ops/3".to_owned(), r#"{"state":"RUNNING"}"#.to_owned()),
     ];
-    let mut removed = sweeper.record_sweep(&views, &waiting, 2_000).await.unwrap();
+    let mut removed = sweeper
+        .record_sweep(&views, &waiting, &[], 2_000)
+        .await
+        .unwrap();
     removed.sort();
     assert_eq!(removed, ["ops/1", "ops/3"]);
     assert_eq!(poll.view("ops/1").await.unwrap(), None);
@@ -90,6 +96,18 @@ async fn record_sweep_writes_views_and_drops_operations_no_longer_awaited(t: Tes
     );
     assert_eq!(poll.views().await.unwrap().len(), 1);
     assert_eq!(poll.swept_ms().await.unwrap(), Some(2_000));
+
+    // ops/2 drops out of EE's list: its view goes, it stays awaited with its job.
+    let unlisted = ["ops/2".to_owned()];
+    let removed = sweeper
+        .record_sweep(&[], &waiting, &unlisted, 3_000)
+        .await
+        .unwrap();
+    assert!(removed.is_empty(), "{removed:?}");
+    assert_eq!(poll.view("ops/2").await.unwrap(), None);
+    assert_eq!(sweeper.waiting().await.unwrap(), names(&["ops/2"]));
+    assert_eq!(sweeper.waiters(&unlisted).await.unwrap(), ["job-2"]);
+    assert_eq!(poll.swept_ms().await.unwrap(), Some(3_000));
 }
 
 async fn first_lookup_is_true_once_until_forgotten(t: TestQueue) {

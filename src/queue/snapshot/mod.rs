@@ -138,14 +138,17 @@ impl Snapshot {
     }
 
     /// Writes a finished sweep at once: the `views` (name, JSON) it found, the removal of every
-    /// operation not in `waiting` (recorded before or in `views`), and `started_ms` as the last
-    /// sweep's start ([`Snapshot::swept_ms`]). Returns the names removed.
+    /// operation not in `waiting` (recorded before or in `views`), the removal of the views of
+    /// the `unlisted` operations (awaited, but not in the list: they stay awaited, without a
+    /// view), and `started_ms` as the last sweep's start ([`Snapshot::swept_ms`]). Returns the
+    /// names no longer awaited that were removed.
     pub async fn record_sweep(
         &self,
         views: &[(String, String)],
         waiting: &HashSet<String>,
+        unlisted: &[String],
         started_ms: i64,
     ) -> Result<Vec<String>, QueueError> {
-        dispatch!(self, s => s.record_sweep(views, waiting, started_ms).await)
+        dispatch!(self, s => s.record_sweep(views, waiting, unlisted, started_ms).await)
     }
 }

@@ -153,12 +153,14 @@ impl RedisSnapshot {
         Ok(held == 1)
     }
 
-    /// One `MULTI` block writes the views, drops the stale names and sets the sweep's start.
+    /// One `MULTI` block writes the views, drops the stale names and the unlisted views and sets
+    /// the sweep's start.
     /// Only the leader writes views, so reading the names before the block is safe.
     pub(super) async fn record_sweep(
         &self,
         views: &[(String, String)],
         waiting: &HashSet<String>,
+        unlisted: &[String],
         started_ms: i64,
     ) -> Result<Vec<String>, QueueError> {
         let mut conn = self.conn.clone();
@@ -175,7 +177,7 @@ impl RedisSnapshot {
         for (name, view) in views {
             p.hset(self.ops_key(), name, view).ignore();
         }
-        for name in &stale {
+        for name in stale.iter().chain(unlisted) {
             p.hdel(self.ops_key(), name).ignore();
         }
         p.set(self.swept_key(), started_ms).ignore();

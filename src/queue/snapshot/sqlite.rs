@@ -209,9 +209,11 @@ impl SqliteSnapshot {
         &self,
         views: &[(String, String)],
         waiting: &HashSet<String>,
+        unlisted: &[String],
         started_ms: i64,
     ) -> Result<Vec<String>, QueueError> {
         let (ns, views, waiting) = (self.ns.clone(), views.to_vec(), waiting.clone());
+        let unlisted = unlisted.to_vec();
         self.db
             .write(move |tx| -> Result<Vec<String>, QueueError> {
                 for (name, view) in &views {
@@ -227,7 +229,7 @@ impl SqliteSnapshot {
                     .collect::<Result<_, _>>()?;
                 let stale: Vec<String> =
                     names.into_iter().filter(|n| !waiting.contains(n)).collect();
-                for name in &stale {
+                for name in stale.iter().chain(&unlisted) {
                     tx.execute(
                         "DELETE FROM ops WHERE ns = ?1 AND name = ?2",
                         params![&*ns, name],

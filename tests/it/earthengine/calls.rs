@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use cedar::auth::NoAuth;
 use cedar::collection::{self, CollectionSpec};
+use cedar::earthengine::ConcurrencySource;
 use cedar::earthengine::types::OperationState;
 use cedar::earthengine::{
     EarthEngine, EeError, ExportImageRequest, ExportParams, ImageInfo, Operation, export_request,
@@ -327,6 +328,24 @@ async fn project_config_reports_export_limits() {
     assert_eq!(config.name.as_deref(), Some("projects/cedar-test/config"));
     assert_eq!(config.max_concurrent_exports, Some(7));
     assert_eq!(config.plan_max_concurrent_exports, Some(7));
+    // v1alpha, where Google's CLI reads it, answers the same.
+    let alpha = s.ee.get_project_config_v1alpha().await.unwrap();
+    assert_eq!(alpha.max_concurrent_exports, Some(7));
+    let got = s.ee.export_concurrency().await;
+    assert_eq!((got.max, got.source), (7, ConcurrencySource::V1alpha));
+
+    // An emulator without v1alpha: the v1 config answers.
+    let s = setup(EmulatorOptions {
+        max_concurrent_exports: 5,
+        serve_v1alpha: false,
+        ..fast()
+    })
+    .await;
+    let e = s.ee.get_project_config_v1alpha().await.unwrap_err();
+    assert!(e.is_not_found(), "{e}");
+    let got = s.ee.export_concurrency().await;
+    assert_eq!((got.max, got.source), (5, ConcurrencySource::V1));
+    assert_eq!(got.problems.len(), 1, "{got:?}");
 }
 
 #[tokio::test]
@@ -399,4 +418,56 @@ async fn a_full_queue_is_back_pressure() {
     let e = s.ee.export_image(&request).await.unwrap_err();
     assert!(e.is_queue_full() && e.is_retryable(), "{e}");
     assert!(matches!(e, EeError::Api { .. }));
+}
+
+#[tokio::test]
+async fn value_compute_has_a_longer_timeout_than_the_other_calls() {
+    let s = setup(fast()).await;
+    // 1 s for every call, 10 s for value:compute; the emulator holds answers for 2.5 s.
+    let ee = EarthEngine::new(
+        &s.emulator.url(),
+        "cedar-test",
+        Arc::new(NoAuth),
+        Duration::from_secs(1),
+    )
+    .unwrap()
+    .with_compute_timeout(Duration::from_secs(10));
+    let spec = collection::preset("LANDSAT/LC08/C02/T1_L2").unwrap();
+    let tile = grid().tile(10, 10).unwrap();
+    let slow = |method| Fault::DelayNextRequests {
+        method: Some(method),
+        count: 1,
+        millis: 2500,
+    };
+    s.emulator.inject(slow(ApiMethod::ValueCompute));
+    ee.compute_value(&list_images(&spec, &tile, &spring_2021()), None)
+        .await
+        .expect("value:compute waits for its own, longer timeout");
+    s.emulator.inject(slow(ApiMethod::OperationsList));
+    let e = ee.list_operations(None, None).await.unwrap_err();
+    assert!(matches!(e, EeError::Timeout { .. }), "{e}");
+    assert!(e.is_retryable());
+    // Without its own timeout, value:compute has the client's.
+    let short = EarthEngine::new(
+        &s.emulator.url(),
+        "cedar-test",
+        Arc::new(NoAuth),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    s.emulator.inject(slow(ApiMethod::ValueCompute));
+    let e = short
+        .compute_value(&list_images(&spec, &tile, &spring_2021()), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            EeError::Timeout {
+                call: "value:compute",
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
