@@ -348,7 +348,7 @@ async fn token(credential: &Credential) -> Verdict {
         return fail(format!("for {}: {e}", scopes.join(" ")), fix);
     }
     Verdict::Ok(format!(
-        "obtained for the scopes asked ([earthengine] scopes), {} (the token endpoint does not say which it granted)",
+        "obtained for the scopes asked, {} ([earthengine] scopes; the token endpoint does not say which it granted)",
         scopes.join(" and ")
     ))
 }

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
+use axum::http::{HeaderMap, header};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::Value;
@@ -54,8 +55,14 @@ impl TokenError {
 #[derive(Default)]
 pub(crate) struct Tokens {
     keys: Vec<Vec<u8>>,
-    issued: HashMap<String, Instant>,
+    issued: HashMap<String, Issued>,
     count: u64,
+}
+
+/// An issued token: when it expires, and how many requests it has authorized.
+struct Issued {
+    expiry: Instant,
+    uses: u64,
 }
 
 impl Tokens {
@@ -74,17 +81,39 @@ impl Tokens {
         let token = format!("ya29.emulator-{:016x}{:04x}", h, self.count);
         self.issued.insert(
             token.clone(),
-            Instant::now() + Duration::from_secs(expires_in_secs),
+            Issued {
+                expiry: Instant::now() + Duration::from_secs(expires_in_secs),
+                uses: 0,
+            },
         );
         token
     }
 
-    /// Whether `token` was issued here and has not expired.
-    pub fn valid(&self, token: &str) -> bool {
-        self.issued
-            .get(token)
-            .is_some_and(|expiry| Instant::now() < *expiry)
+    /// Whether `token` may authorize one more request, counting it: it was issued here, has not
+    /// expired, and has been used fewer than `revoke_after_uses` times (0: no limit). Past that
+    /// it is revoked, as Google revokes a token whose key is disabled: still unexpired, refused.
+    pub fn authorize(&mut self, token: &str, revoke_after_uses: u64) -> bool {
+        let Some(issued) = self.issued.get_mut(token) else {
+            return false;
+        };
+        if Instant::now() >= issued.expiry
+            || (revoke_after_uses > 0 && issued.uses >= revoke_after_uses)
+        {
+            return false;
+        }
+        issued.uses += 1;
+        true
     }
+}
+
+/// The bearer token of a request's `Authorization` header; empty when there is none.
+pub(crate) fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .trim()
 }
 
 /// Decodes a PEM block (`PUBLIC KEY` or `RSA PUBLIC KEY`) to DER.
@@ -253,8 +282,12 @@ mod tests {
         let mut tokens = Tokens::default();
         let (a, b) = (tokens.issue(0, 60), tokens.issue(0, 60));
         assert_ne!(a, b);
-        assert!(tokens.valid(&a) && !tokens.valid("ya29.other"));
-        assert!(!Tokens::default().valid(&a));
+        assert!(tokens.authorize(&a, 0) && !tokens.authorize("ya29.other", 0));
+        assert!(!Tokens::default().authorize(&a, 0));
+        // Revoked after two uses; another token keeps its own count.
+        assert!(tokens.authorize(&b, 2) && tokens.authorize(&b, 2));
+        assert!(!tokens.authorize(&b, 2) && !tokens.authorize(&b, 2));
+        assert!(tokens.authorize(&a, 2));
         assert!(pem_to_der("-----BEGIN PUBLIC KEY-----\nAAEC\n-----END PUBLIC KEY-----\n").is_ok());
         assert!(pem_to_der("garbage").is_err());
     }

@@ -105,6 +105,10 @@ pub struct EmulatorOptions {
     pub require_auth: bool,
     /// `expires_in` of issued access tokens, in seconds. Default 3599, as Google.
     pub token_expires_in_secs: u64,
+    /// With `require_auth`, each issued token is revoked after this many requests (EE and
+    /// storage together) and answered 401 from then on, though unexpired: a key disabled
+    /// mid-campaign, as a client meets it. Default 0: never.
+    pub token_revoke_after_uses: u64,
     /// The answer to a repeated `requestId`. Default [`DuplicateRequest::ReturnExisting`].
     pub duplicate_request: DuplicateRequest,
     /// The JWT `aud` the token endpoint accepts; `None` (the default) accepts this server's own
@@ -129,6 +133,7 @@ impl Default for EmulatorOptions {
             bytes_per_pixel: 1.0 / 512.0,
             require_auth: false,
             token_expires_in_secs: 3599,
+            token_revoke_after_uses: 0,
             duplicate_request: DuplicateRequest::ReturnExisting,
             token_audience: None,
         }
