@@ -59,10 +59,19 @@ pub(crate) struct Tokens {
     count: u64,
 }
 
-/// An issued token: when it expires, and how many requests it has authorized.
+/// An issued token: when it was issued and expires, and how many requests it has authorized.
 struct Issued {
+    issued: Instant,
     expiry: Instant,
     uses: u64,
+}
+
+/// When the emulator revokes a token before it expires (0: never): after this many requests,
+/// or this many milliseconds after it was issued.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Revocation {
+    pub after_uses: u64,
+    pub after_ms: u64,
 }
 
 impl Tokens {
@@ -82,6 +91,7 @@ impl Tokens {
         self.issued.insert(
             token.clone(),
             Issued {
+                issued: Instant::now(),
                 expiry: Instant::now() + Duration::from_secs(expires_in_secs),
                 uses: 0,
             },
@@ -90,15 +100,17 @@ impl Tokens {
     }
 
     /// Whether `token` may authorize one more request, counting it: it was issued here, has not
-    /// expired, and has been used fewer than `revoke_after_uses` times (0: no limit). Past that
-    /// it is revoked, as Google revokes a token whose key is disabled: still unexpired, refused.
-    pub fn authorize(&mut self, token: &str, revoke_after_uses: u64) -> bool {
+    /// expired, and `revoke` has not revoked it yet. A revoked token is refused though unexpired,
+    /// as Google refuses the tokens of a key disabled (or rotated) mid-campaign.
+    pub fn authorize(&mut self, token: &str, revoke: Revocation) -> bool {
         let Some(issued) = self.issued.get_mut(token) else {
             return false;
         };
-        if Instant::now() >= issued.expiry
-            || (revoke_after_uses > 0 && issued.uses >= revoke_after_uses)
-        {
+        let now = Instant::now();
+        let revoked = (revoke.after_uses > 0 && issued.uses >= revoke.after_uses)
+            || (revoke.after_ms > 0
+                && now >= issued.issued + Duration::from_millis(revoke.after_ms));
+        if now >= issued.expiry || revoked {
             return false;
         }
         issued.uses += 1;
@@ -282,12 +294,25 @@ mod tests {
         let mut tokens = Tokens::default();
         let (a, b) = (tokens.issue(0, 60), tokens.issue(0, 60));
         assert_ne!(a, b);
-        assert!(tokens.authorize(&a, 0) && !tokens.authorize("ya29.other", 0));
-        assert!(!Tokens::default().authorize(&a, 0));
+        let never = Revocation::default();
+        assert!(tokens.authorize(&a, never) && !tokens.authorize("ya29.other", never));
+        assert!(!Tokens::default().authorize(&a, never));
         // Revoked after two uses; another token keeps its own count.
-        assert!(tokens.authorize(&b, 2) && tokens.authorize(&b, 2));
-        assert!(!tokens.authorize(&b, 2) && !tokens.authorize(&b, 2));
-        assert!(tokens.authorize(&a, 2));
+        let twice = Revocation {
+            after_uses: 2,
+            after_ms: 0,
+        };
+        assert!(tokens.authorize(&b, twice) && tokens.authorize(&b, twice));
+        assert!(!tokens.authorize(&b, twice) && !tokens.authorize(&b, twice));
+        assert!(tokens.authorize(&a, twice));
+        // Revoked 1 ms after it was issued.
+        let c = tokens.issue(0, 60);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let soon = Revocation {
+            after_uses: 0,
+            after_ms: 1,
+        };
+        assert!(!tokens.authorize(&c, soon) && tokens.authorize(&c, never));
         assert!(pem_to_der("-----BEGIN PUBLIC KEY-----\nAAEC\n-----END PUBLIC KEY-----\n").is_ok());
         assert!(pem_to_der("garbage").is_err());
     }

@@ -63,6 +63,9 @@ pub struct EmulatorArgs {
     /// Revoke each issued token after this many requests (0: never), answering 401.
     #[arg(long, default_value_t = 0)]
     pub token_revoke_after_uses: u64,
+    /// Revoke each issued token this many milliseconds after issuing it (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub token_revoke_after_ms: u64,
     /// Answer to a repeated requestId.
     #[arg(long, value_enum, default_value_t = DuplicateRequest::ReturnExisting)]
     pub duplicate_request: DuplicateRequest,
@@ -87,6 +90,7 @@ impl EmulatorArgs {
             require_auth: self.require_auth,
             token_expires_in_secs: self.token_expires_in_secs,
             token_revoke_after_uses: self.token_revoke_after_uses,
+            token_revoke_after_ms: self.token_revoke_after_ms,
             duplicate_request: self.duplicate_request,
             token_audience: None,
         }

@@ -109,6 +109,9 @@ pub struct EmulatorOptions {
     /// storage together) and answered 401 from then on, though unexpired: a key disabled
     /// mid-campaign, as a client meets it. Default 0: never.
     pub token_revoke_after_uses: u64,
+    /// With `require_auth`, each issued token is revoked this many milliseconds after it was
+    /// issued, though its `expires_in` promised more. Default 0: never.
+    pub token_revoke_after_ms: u64,
     /// The answer to a repeated `requestId`. Default [`DuplicateRequest::ReturnExisting`].
     pub duplicate_request: DuplicateRequest,
     /// The JWT `aud` the token endpoint accepts; `None` (the default) accepts this server's own
@@ -134,6 +137,7 @@ impl Default for EmulatorOptions {
             require_auth: false,
             token_expires_in_secs: 3599,
             token_revoke_after_uses: 0,
+            token_revoke_after_ms: 0,
             duplicate_request: DuplicateRequest::ReturnExisting,
             token_audience: None,
         }
@@ -177,6 +181,14 @@ pub(crate) struct State {
 }
 
 impl Shared {
+    /// When issued tokens are revoked (see [`EmulatorOptions::token_revoke_after_uses`]).
+    fn revocation(&self) -> auth::Revocation {
+        auth::Revocation {
+            after_uses: self.options.token_revoke_after_uses,
+            after_ms: self.options.token_revoke_after_ms,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A handler that panicked while holding the lock leaves consistent-enough counters;
         // the emulator keeps serving rather than poisoning every later test request.

@@ -199,7 +199,7 @@ fn handle(
         if shared.options.require_auth
             && !state
                 .tokens
-                .authorize(auth::bearer(headers), shared.options.token_revoke_after_uses)
+                .authorize(auth::bearer(headers), shared.revocation())
         {
             return ApiError::unauthenticated().into_response();
         }

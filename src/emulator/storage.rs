@@ -72,7 +72,7 @@ fn check_token(shared: &Shared, headers: &HeaderMap) -> Result<(), Rejected> {
     let mut state = shared.lock();
     if state
         .tokens
-        .authorize(auth::bearer(headers), shared.options.token_revoke_after_uses)
+        .authorize(auth::bearer(headers), shared.revocation())
     {
         return Ok(());
     }
