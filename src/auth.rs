@@ -186,7 +186,10 @@ static REFRESHED_UNAUTHORIZED: AtomicU64 = AtomicU64::new(0);
 pub fn token_refreshes() -> [(&'static str, u64); 2] {
     [
         ("expiring", REFRESHED_EXPIRING.load(Ordering::Relaxed)),
-        ("unauthorized", REFRESHED_UNAUTHORIZED.load(Ordering::Relaxed)),
+        (
+            "unauthorized",
+            REFRESHED_UNAUTHORIZED.load(Ordering::Relaxed),
+        ),
     ]
 }
 
@@ -461,7 +464,10 @@ impl GoogleCredential for ServiceAccount {
     }
 
     fn name(&self) -> String {
-        format!("service-account key {} for {}", self.path, self.client_email)
+        format!(
+            "service-account key {} for {}",
+            self.path, self.client_email
+        )
     }
 
     fn refusal_fix(&self) -> String {
@@ -532,9 +538,9 @@ impl GoogleCredential for ApplicationDefault {
         match p.as_ref() {
             Some(existing) if !rebuild => Ok(existing.clone()),
             _ => {
-                let found = gcp_auth::provider().await.map_err(|e| {
-                    AuthError::Token(format!("{}: {}", self.name(), describe(&e)))
-                })?;
+                let found = gcp_auth::provider()
+                    .await
+                    .map_err(|e| AuthError::Token(format!("{}: {}", self.name(), describe(&e))))?;
                 *p = Some(found.clone());
                 Ok(found)
             }
@@ -675,12 +681,19 @@ mod tests {
         let sent = std::sync::Mutex::new(Vec::new());
         let call = |token: Option<String>| {
             sent.lock().unwrap().push(token.clone());
-            let status = if token.as_deref() == Some("t1") { 401 } else { 200 };
+            let status = if token.as_deref() == Some("t1") {
+                401
+            } else {
+                200
+            };
             async move { status }
         };
         let out = authorized(&tokens, call, |s| *s == 401).await.unwrap();
         assert_eq!((out.answer, out.refused), (200, None));
-        assert_eq!(*sent.lock().unwrap(), [Some("t1".into()), Some("t2".into())]);
+        assert_eq!(
+            *sent.lock().unwrap(),
+            [Some("t1".into()), Some("t2".into())]
+        );
         assert_eq!(*tokens.rejected.lock().unwrap(), ["t1"]);
 
         // Refused twice: the 401 comes back with a note naming the credentials and the fix,
@@ -742,11 +755,19 @@ mod tests {
             (dir.path().join("missing.json").to_string_lossy().into_owned(), "cannot read"),
         ];
         for (path, why) in cases {
-            let e = token_source(Some(&path), &default_scopes()).unwrap_err().to_string();
+            let e = token_source(Some(&path), &default_scopes())
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(&path) && e.contains(why), "{e}");
             assert!(!e.contains("SECRET"), "{e}");
         }
-        assert!(format!("{:?}", token_source(Some("none"), &default_scopes()).unwrap()).contains("NoAuth"));
+        assert!(
+            format!(
+                "{:?}",
+                token_source(Some("none"), &default_scopes()).unwrap()
+            )
+            .contains("NoAuth")
+        );
         let adc = token_source(None, &default_scopes()).unwrap();
         assert!(format!("{adc:?}").contains("ApplicationDefault"));
         assert_eq!(adc.scopes(), DEFAULT_SCOPES);

@@ -20,9 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use cedar::auth::{
-    self, ApplicationDefault, ServiceAccount, TokenSource,
-};
+use cedar::auth::{self, ApplicationDefault, ServiceAccount, TokenSource};
 use cedar::config::Settings;
 use cedar::earthengine::{DEFAULT_ENDPOINT, EarthEngine, EeError};
 use cedar::queue::{Connection, Queue, QueueUrl, redact_url};

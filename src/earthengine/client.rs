@@ -244,15 +244,11 @@ impl EarthEngine {
                 response
             }
         };
-        let unauthorized = |r: &reqwest::Result<reqwest::Response>| {
-            matches!(r, Ok(r) if r.status() == StatusCode::UNAUTHORIZED)
-        };
+        let unauthorized = |r: &reqwest::Result<reqwest::Response>| matches!(r, Ok(r) if r.status() == StatusCode::UNAUTHORIZED);
         let sent = auth::authorized(self.tokens.as_ref(), send, unauthorized)
             .await
             .map_err(|source| EeError::Auth { call, source })?;
-        let response = sent
-            .answer
-            .map_err(|e| EeError::from_reqwest(call, e))?;
+        let response = sent.answer.map_err(|e| EeError::from_reqwest(call, e))?;
         let status = response.status();
         let bytes = response
             .bytes()

@@ -32,8 +32,8 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use serde_json::{Value, json};
 
-use super::{Shared, auth};
 use super::stats::WrittenObject;
+use super::{Shared, auth};
 
 /// `maxResults` when the client sends none, and the most Google returns per page.
 const MAX_RESULTS: usize = 1000;

@@ -173,8 +173,7 @@ impl GcsJsonBucket {
             };
             attempt.send()
         };
-        let unauthorized =
-            |r: &reqwest::Result<Response>| matches!(r, Ok(r) if r.status() == StatusCode::UNAUTHORIZED);
+        let unauthorized = |r: &reqwest::Result<Response>| matches!(r, Ok(r) if r.status() == StatusCode::UNAUTHORIZED);
         let sent = auth::authorized(self.tokens.as_ref(), send, unauthorized).await?;
         let response = sent.answer.map_err(transport)?;
         let status = response.status();

@@ -101,10 +101,17 @@ async fn earth_engine_calls_survive_revoked_tokens_and_a_second_401_names_the_fi
             && text.contains("gcloud iam service-accounts keys list"),
         "{text}"
     );
-    assert!(!text.contains("ya29") && !text.contains("PRIVATE KEY"), "{text}");
+    assert!(
+        !text.contains("ya29") && !text.contains("PRIVATE KEY"),
+        "{text}"
+    );
     let stats = env.emulator.stats();
     assert_eq!(stats.requests.get("projects.getConfig"), Some(&9));
-    assert_eq!(stats.requests.get("token"), Some(&4), "one fresh token, once");
+    assert_eq!(
+        stats.requests.get("token"),
+        Some(&4),
+        "one fresh token, once"
+    );
     // The refused token is not used again: the next call takes another.
     client.get_project_config().await.unwrap();
     assert_eq!(env.emulator.stats().requests.get("token"), Some(&5));
@@ -137,7 +144,10 @@ async fn cloud_storage_calls_refresh_a_revoked_token_once() {
         .await
         .unwrap();
     assert_eq!(bucket.list("t/").await.unwrap().len(), 1);
-    assert_eq!(bucket.get("t/a.json").await.unwrap().as_ref(), b"{\"a\": 1}");
+    assert_eq!(
+        bucket.get("t/a.json").await.unwrap().as_ref(),
+        b"{\"a\": 1}"
+    );
     bucket.delete("t/a.json").await.unwrap();
     assert!(bucket.list("t/").await.unwrap().is_empty());
     let stats = env.emulator.stats();
@@ -225,9 +235,8 @@ async fn a_campaign_completes_while_its_tokens_are_revoked() {
     );
     let config: PathBuf = env.path("cedar.toml");
     std::fs::write(&config, toml).unwrap();
-    let cedar = |args: &[&str]| -> Command {
-        configured(cedar_command(), env.dir.path(), &config, args)
-    };
+    let cedar =
+        |args: &[&str]| -> Command { configured(cedar_command(), env.dir.path(), &config, args) };
 
     let mut submit = vec!["submit", "--json"];
     submit.extend(one_tile("2021-12-31"));
@@ -304,9 +313,7 @@ async fn a_campaign_completes_while_its_tokens_are_revoked() {
         .unwrap();
     let refreshed: f64 = text
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("cedar_auth_token_refreshes_total{reason=\"unauthorized\"} ")
-        })
+        .find_map(|l| l.strip_prefix("cedar_auth_token_refreshes_total{reason=\"unauthorized\"} "))
         .unwrap_or_else(|| panic!("{text}"))
         .parse()
         .unwrap();
