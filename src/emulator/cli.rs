@@ -60,6 +60,12 @@ pub struct EmulatorArgs {
     /// Lifetime of issued tokens, in seconds.
     #[arg(long, default_value_t = 3599)]
     pub token_expires_in_secs: u64,
+    /// Revoke each issued token after this many requests (0: never), answering 401.
+    #[arg(long, default_value_t = 0)]
+    pub token_revoke_after_uses: u64,
+    /// Revoke each issued token this many milliseconds after issuing it (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub token_revoke_after_ms: u64,
     /// Answer to a repeated requestId.
     #[arg(long, value_enum, default_value_t = DuplicateRequest::ReturnExisting)]
     pub duplicate_request: DuplicateRequest,
@@ -93,6 +99,8 @@ impl EmulatorArgs {
             bytes_per_pixel: self.bytes_per_pixel,
             require_auth: self.require_auth,
             token_expires_in_secs: self.token_expires_in_secs,
+            token_revoke_after_uses: self.token_revoke_after_uses,
+            token_revoke_after_ms: self.token_revoke_after_ms,
             duplicate_request: self.duplicate_request,
             project_number: self.project_number,
             list_retention_secs: self.list_retention_secs,

@@ -105,6 +105,13 @@ pub struct EmulatorOptions {
     pub require_auth: bool,
     /// `expires_in` of issued access tokens, in seconds. Default 3599, as Google.
     pub token_expires_in_secs: u64,
+    /// With `require_auth`, each issued token is revoked after this many requests (EE and
+    /// storage together) and answered 401 from then on, though unexpired: a key disabled
+    /// mid-campaign, as a client meets it. Default 0: never.
+    pub token_revoke_after_uses: u64,
+    /// With `require_auth`, each issued token is revoked this many milliseconds after it was
+    /// issued, though its `expires_in` promised more. Default 0: never.
+    pub token_revoke_after_ms: u64,
     /// The answer to a repeated `requestId`. Default [`DuplicateRequest::ReturnExisting`].
     pub duplicate_request: DuplicateRequest,
     /// When set, `operations.list` and `operations.get` name operations with this project number
@@ -142,6 +149,8 @@ impl Default for EmulatorOptions {
             bytes_per_pixel: 1.0 / 512.0,
             require_auth: false,
             token_expires_in_secs: 3599,
+            token_revoke_after_uses: 0,
+            token_revoke_after_ms: 0,
             duplicate_request: DuplicateRequest::ReturnExisting,
             project_number: None,
             list_retention_secs: None,
@@ -188,6 +197,14 @@ pub(crate) struct State {
 }
 
 impl Shared {
+    /// When issued tokens are revoked (see [`EmulatorOptions::token_revoke_after_uses`]).
+    fn revocation(&self) -> auth::Revocation {
+        auth::Revocation {
+            after_uses: self.options.token_revoke_after_uses,
+            after_ms: self.options.token_revoke_after_ms,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A handler that panicked while holding the lock leaves consistent-enough counters;
         // the emulator keeps serving rather than poisoning every later test request.

@@ -1026,6 +1026,18 @@ fn table(f: &Fixture) -> Vec<Case> {
             },
         ),
         cli(
+            "config: a scope that is not a scope URL",
+            "earthengine.scopes: \"earthengine\" is not a Google OAuth scope (https://www.googleapis.com/auth/NAME); list OAuth scope URLs",
+            2,
+            |f| {
+                submit_with(f.config_with(
+                    "bad-scope",
+                    "credentials = \"none\"",
+                    "credentials = \"none\"\nscopes = [\"earthengine\"]",
+                ))
+            },
+        ),
+        cli(
             "config: malformed TOML",
             "toml: malformed TOML (line 11)",
             2,

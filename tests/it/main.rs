@@ -1,5 +1,6 @@
 //! End-to-end tests: every remote is a real server on loopback.
 
+mod auth;
 mod backends;
 mod bad_input;
 mod cli;
