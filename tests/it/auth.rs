@@ -220,9 +220,10 @@ async fn json(cmd: Command) -> Value {
 /// every order still ends CLEANED or EMPTY, each exported once, nothing left in the bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_completes_while_its_tokens_are_revoked() {
-    // Each token works for 1.5 s, though it claims an hour: a worker holding 8 jobs at once
-    // meets 401s from EE and Cloud Storage, concurrently, all campaign long.
-    let (env, key) = revoking(0, 1500).await;
+    // Each token works for 0.4 s, though it claims an hour: a worker holding 8 jobs at once
+    // meets 401s from EE and Cloud Storage, concurrently, all campaign long, however fast the
+    // campaign runs (a fresh token outlives the one call sent again with it).
+    let (env, key) = revoking(0, 400).await;
     let db = env.path("cedar.db");
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut config = env.config(BUCKET, &format!("sqlite://{}", db.display()), "auth");
