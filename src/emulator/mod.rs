@@ -38,12 +38,14 @@ mod evaluate;
 mod export;
 mod expression;
 mod faults;
+mod geotiff;
 mod operations;
 mod output;
 mod schema;
 mod server;
 mod stats;
 mod storage;
+mod wkt;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -99,8 +101,6 @@ pub struct EmulatorOptions {
     pub max_concurrent_exports: u32,
     /// Operations PENDING or RUNNING beyond which `image:export` is refused. Default 3000.
     pub queue_limit: usize,
-    /// Bytes written per pixel per band. Default 1/512, so a 5000×5000×8 export is ~390 KB.
-    pub bytes_per_pixel: f64,
     /// Require a bearer token issued by `POST /token` on every API call. Default false.
     pub require_auth: bool,
     /// `expires_in` of issued access tokens, in seconds. Default 3599, as Google.
@@ -126,7 +126,6 @@ impl Default for EmulatorOptions {
             seed: 0,
             max_concurrent_exports: 2,
             queue_limit: 3000,
-            bytes_per_pixel: 1.0 / 512.0,
             require_auth: false,
             token_expires_in_secs: 3599,
             duplicate_request: DuplicateRequest::ReturnExisting,
@@ -239,9 +238,6 @@ fn validate_options(options: &EmulatorOptions) -> Result<(), EmulatorError> {
         return Err(EmulatorError::Option(
             "max_concurrent_exports must be >= 1".into(),
         ));
-    }
-    if !(options.bytes_per_pixel >= 0.0 && options.bytes_per_pixel.is_finite()) {
-        return Err(EmulatorError::Option("bytes_per_pixel must be >= 0".into()));
     }
     Ok(())
 }

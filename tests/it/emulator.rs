@@ -404,9 +404,14 @@ async fn an_export_runs_to_success_and_writes_pieces_named_like_ee() {
             .join("campaign/tile_h1v1_2021-0000000000-0000000000.tif"),
     )
     .unwrap();
-    assert_eq!(&first[..4], b"II*\0");
-    // 256 × 256 pixels × 3 bands / 512 bytes per pixel.
-    assert_eq!(first.len(), 384);
+    // A GeoTIFF of the piece's size and the image's bands (tests/it/geotiff.rs reads them
+    // with GDAL).
+    let mut tiff = tiff::decoder::Decoder::new(std::io::Cursor::new(first)).unwrap();
+    assert_eq!(tiff.dimensions().unwrap(), (256, 256));
+    assert_eq!(
+        tiff.get_tag_u32(tiff::tags::Tag::SamplesPerPixel).unwrap(),
+        3
+    );
 
     // A grid within tileDimensions is one file named after the prefix.
     let single = t.export(&export_body("small", "small-1", 200, 100)).await;
