@@ -12,7 +12,7 @@ use super::error::{EeError, snippet};
 use super::types::{
     CloudStorageDestination, ComputeValueRequest, ComputeValueResponse, ExportImageRequest,
     Expression, GeoTiffImageExportOptions, GridDimensions, ImageFileExportOptions, ImageFileFormat,
-    ListOperationsResponse, Operation, PixelGrid, ProjectConfig,
+    ListOperationsResponse, Number, Operation, PixelGrid, ProjectConfig,
 };
 use crate::auth::{EARTHENGINE_SCOPE, TokenSource};
 use crate::grid::{Crs, Tile};
@@ -309,6 +309,9 @@ pub struct ExportParams {
     pub file_dimensions: Option<u32>,
     /// Write Cloud Optimized GeoTIFFs.
     pub cloud_optimized: bool,
+    /// The GeoTIFFs' nodata value (`geoTiffOptions.noData`): the collection's fill value, so
+    /// that GDAL reads the unmasked pixels as nodata. `None` sends none.
+    pub nodata: Option<f64>,
     /// `None` keeps EE's default of 1e8 pixels.
     pub max_pixels: Option<i64>,
     /// The label EE accounts the task under (`workloadTag`); `None` sends none.
@@ -357,6 +360,7 @@ pub fn export_request(tile: &Tile, expression: Expression, p: &ExportParams) -> 
                 }),
                 skip_empty_files: None,
                 tile_size: None,
+                no_data: p.nodata.map(|float_value| Number { float_value }),
             }),
         }),
     }

@@ -492,6 +492,32 @@ mod tests {
     }
 
     #[test]
+    fn no_data_is_read_from_float_value_only() {
+        let mut request = body(grid(10, 10), Value::Null);
+        let options = &mut request["fileExportOptions"]["geoTiffOptions"];
+        options["noData"] = json!({"floatValue": -9999.0});
+        options["cloudOptimized"] = json!(true);
+        let layout = plan(&request, &EmulatorOptions::default())
+            .unwrap()
+            .geotiff
+            .unwrap();
+        assert_eq!(layout.nodata, Some(-9999.0));
+        assert!(layout.cloud_optimized);
+        assert_eq!(layout.block, 256);
+        assert_eq!(layout.transform, [30.0, 0.0, 0.0, 0.0, -30.0, 0.0]);
+        request["fileExportOptions"]["geoTiffOptions"]["noData"] = json!({"integerValue": "0"});
+        assert_eq!(
+            plan(&request, &EmulatorOptions::default()),
+            Err(ExportError::Invalid(
+                "geoTiffOptions.noData: only noData.floatValue is supported.".into()
+            ))
+        );
+        request["fileExportOptions"]["geoTiffOptions"]["noData"] = Value::Null;
+        let plan = plan(&request, &EmulatorOptions::default()).unwrap();
+        assert_eq!(plan.geotiff.unwrap().nodata, None);
+    }
+
+    #[test]
     fn missing_images_fail_the_task_not_the_request() {
         let mut request = body(grid(10, 10), Value::Null);
         request["expression"]["values"]["0"]["functionInvocationValue"]["arguments"]["id"]["constantValue"] =
