@@ -8,6 +8,7 @@ mod doctor;
 mod earthengine;
 mod emulator;
 mod export;
+mod geotiff;
 mod handoff;
 mod ingest;
 mod layers;
