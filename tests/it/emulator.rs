@@ -1130,8 +1130,5 @@ async fn exports_are_in_the_manifest_and_a_download_can_be_cut_mid_stream() {
     assert_eq!(&whole.bytes().await.unwrap()[..], &full[..]);
     let stats = t.emulator.stats();
     assert_eq!(stats.downloads_truncated, 1);
-    assert_eq!(
-        stats.media_bytes_served,
-        (first.len() + full.len()) as u64
-    );
+    assert_eq!(stats.media_bytes_served, (first.len() + full.len()) as u64);
 }
