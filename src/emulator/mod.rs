@@ -11,7 +11,8 @@
 //!   Sentinel-2 scenes ([`evaluate`] holds the supported subset of algorithms).
 //! - `image:export`, which starts an operation that moves `PENDING → RUNNING → SUCCEEDED|FAILED`
 //!   on an emulated clock ([`operations`]) and, on success, writes the files exactly as EE names
-//!   them into an [`ObjectStore`] that stands for the bucket ([`output`]).
+//!   them, as GeoTIFFs GDAL reads ([`geotiff`], [`wkt`]), into an [`ObjectStore`] that stands
+//!   for the bucket ([`output`]).
 //! - `operations.get/list/cancel`, `projects.getConfig`, and Google's OAuth token endpoint
 //!   ([`auth`]).
 //! - A minimal Cloud Storage JSON API over the same object store ([`storage`]): list, get,
