@@ -12,7 +12,7 @@ use super::error::{EeError, snippet};
 use super::types::{
     CloudStorageDestination, ComputeValueRequest, ComputeValueResponse, ExportImageRequest,
     Expression, GeoTiffImageExportOptions, GridDimensions, ImageFileExportOptions, ImageFileFormat,
-    ListOperationsResponse, Operation, PixelGrid, ProjectConfig,
+    ListOperationsResponse, Number, Operation, PixelGrid, ProjectConfig,
 };
 use crate::auth::{self, TokenSource};
 use crate::grid::{Crs, Tile};
@@ -474,6 +474,9 @@ pub struct ExportParams {
     pub file_dimensions: Option<u32>,
     /// Write Cloud Optimized GeoTIFFs.
     pub cloud_optimized: bool,
+    /// The GeoTIFFs' nodata value (`geoTiffOptions.noData`): the collection's fill value, so
+    /// that GDAL reads the unmasked pixels as nodata. `None` sends none.
+    pub nodata: Option<f64>,
     /// `None` keeps EE's default of 1e8 pixels.
     pub max_pixels: Option<i64>,
     /// The label EE accounts the task under (`workloadTag`); `None` sends none.
@@ -522,6 +525,7 @@ pub fn export_request(tile: &Tile, expression: Expression, p: &ExportParams) -> 
                 }),
                 skip_empty_files: None,
                 tile_size: None,
+                no_data: p.nodata.map(|float_value| Number { float_value }),
             }),
         }),
     }

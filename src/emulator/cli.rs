@@ -51,9 +51,6 @@ pub struct EmulatorArgs {
     /// Queued (PENDING or RUNNING) exports beyond which submission is refused.
     #[arg(long, default_value_t = 3000)]
     pub queue_limit: usize,
-    /// Bytes written per pixel per band.
-    #[arg(long, default_value_t = 1.0 / 512.0)]
-    pub bytes_per_pixel: f64,
     /// Require bearer tokens issued by `POST /token`.
     #[arg(long)]
     pub require_auth: bool,
@@ -96,7 +93,6 @@ impl EmulatorArgs {
             seed: self.seed,
             max_concurrent_exports: self.max_concurrent_exports,
             queue_limit: self.queue_limit,
-            bytes_per_pixel: self.bytes_per_pixel,
             require_auth: self.require_auth,
             token_expires_in_secs: self.token_expires_in_secs,
             token_revoke_after_uses: self.token_revoke_after_uses,
@@ -188,7 +184,6 @@ mod tests {
             options.max_concurrent_exports,
             defaults.max_concurrent_exports
         );
-        assert_eq!(options.bytes_per_pixel, defaults.bytes_per_pixel);
         assert_eq!(options.queue_limit, defaults.queue_limit);
         assert_eq!(options.duplicate_request, defaults.duplicate_request);
     }

@@ -11,7 +11,8 @@
 //!   Sentinel-2 scenes ([`evaluate`] holds the supported subset of algorithms).
 //! - `image:export`, which starts an operation that moves `PENDING → RUNNING → SUCCEEDED|FAILED`
 //!   on an emulated clock ([`operations`]) and, on success, writes the files exactly as EE names
-//!   them into an [`ObjectStore`] that stands for the bucket ([`output`]).
+//!   them, as GeoTIFFs GDAL reads ([`geotiff`], [`wkt`]), into an [`ObjectStore`] that stands
+//!   for the bucket ([`output`]).
 //! - `operations.get/list/cancel`, `projects.getConfig`, and Google's OAuth token endpoint
 //!   ([`auth`]).
 //! - A minimal Cloud Storage JSON API over the same object store ([`storage`]): list, get,
@@ -38,12 +39,14 @@ mod evaluate;
 mod export;
 mod expression;
 mod faults;
+mod geotiff;
 mod operations;
 mod output;
 mod schema;
 mod server;
 mod stats;
 mod storage;
+mod wkt;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -99,8 +102,6 @@ pub struct EmulatorOptions {
     pub max_concurrent_exports: u32,
     /// Operations PENDING or RUNNING beyond which `image:export` is refused. Default 3000.
     pub queue_limit: usize,
-    /// Bytes written per pixel per band. Default 1/512, so a 5000×5000×8 export is ~390 KB.
-    pub bytes_per_pixel: f64,
     /// Require a bearer token issued by `POST /token` on every API call. Default false.
     pub require_auth: bool,
     /// `expires_in` of issued access tokens, in seconds. Default 3599, as Google.
@@ -146,7 +147,6 @@ impl Default for EmulatorOptions {
             seed: 0,
             max_concurrent_exports: 2,
             queue_limit: 3000,
-            bytes_per_pixel: 1.0 / 512.0,
             require_auth: false,
             token_expires_in_secs: 3599,
             token_revoke_after_uses: 0,
@@ -285,9 +285,6 @@ fn validate_options(options: &EmulatorOptions) -> Result<(), EmulatorError> {
         return Err(EmulatorError::Option(
             "list_retention_secs must be >= 0".into(),
         ));
-    }
-    if !(options.bytes_per_pixel >= 0.0 && options.bytes_per_pixel.is_finite()) {
-        return Err(EmulatorError::Option("bytes_per_pixel must be >= 0".into()));
     }
     Ok(())
 }

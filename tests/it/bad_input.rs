@@ -604,6 +604,7 @@ fn export_body() -> cedar::earthengine::ExportImageRequest {
             request_id: cedar::earthengine::request_id(&["bad-input"]),
             file_dimensions: Some(1024),
             cloud_optimized: true,
+            nodata: None,
             max_pixels: None,
             workload_tag: None,
         },

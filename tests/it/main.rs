@@ -9,6 +9,7 @@ mod doctor;
 mod earthengine;
 mod emulator;
 mod export;
+mod geotiff;
 mod handoff;
 mod ingest;
 mod layers;
