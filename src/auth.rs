@@ -1,15 +1,24 @@
 //! OAuth2 access tokens for Google APIs: a service-account key, Application Default
 //! Credentials, or none (for emulators).
 //!
-//! Tokens are cached per scope set and refreshed [`REFRESH_MARGIN`] before they expire, as
-//! google-auth does, so a long export call never starts with a token about to lapse.
+//! A token source asks for one set of scopes, [`DEFAULT_SCOPES`] unless `[earthengine] scopes`
+//! says otherwise, and Earth Engine and Cloud Storage share its token. Tokens are cached and
+//! refreshed [`REFRESH_MARGIN`] before they expire, as google-auth does, so a long export call
+//! never starts with a token about to lapse.
+//!
+//! A token can still be refused before it expires (a key disabled and enabled again, a token
+//! revoked, a clock that is wrong). [`authorized`] sends a call, and on a 401 drops the token,
+//! takes a fresh one and sends the call once more, as google-auth's transports do
+//! (`google_auth_httplib2.AuthorizedHttp`); only a second 401 reaches the caller, with a note
+//! naming the credentials and the fix. Refreshes are counted ([`token_refreshes`]).
 //! `gcp_auth` signs the JWT and talks to the token endpoint; its own cache refreshes only
 //! 20 s before expiry and cannot be told otherwise, so when it hands back the very token that
 //! went stale here, cedar builds a fresh provider (with an empty cache) and asks again.
 
-use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,8 +28,23 @@ use tokio::sync::Mutex;
 
 /// The OAuth scope that covers every Earth Engine call cedar makes.
 pub const EARTHENGINE_SCOPE: &str = "https://www.googleapis.com/auth/earthengine";
-/// The OAuth scope that lets cedar read and delete exported objects in Cloud Storage.
+/// The OAuth scope that lets cedar read and delete exported objects in Cloud Storage, and that
+/// lets Earth Engine check that the caller may write the export's bucket.
 pub const STORAGE_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
+/// The scope that covers every Google Cloud API, Earth Engine and Cloud Storage included.
+pub const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+/// What every Google OAuth scope starts with.
+pub const SCOPE_PREFIX: &str = "https://www.googleapis.com/auth/";
+/// The scopes asked when `[earthengine] scopes` is not set: Earth Engine's, and Cloud Storage
+/// read/write. Google's own clients ask for more (Python: `cloud-platform`, `drive` and
+/// `devstorage.full_control`; JavaScript: `cloud-platform`, `drive`, and `devstorage.read_write`
+/// for exports); cedar needs neither Drive nor the right to change bucket permissions.
+pub const DEFAULT_SCOPES: [&str; 2] = [EARTHENGINE_SCOPE, STORAGE_SCOPE];
+
+/// [`DEFAULT_SCOPES`] as owned strings, as `[earthengine] scopes` holds them.
+pub fn default_scopes() -> Vec<String> {
+    DEFAULT_SCOPES.map(str::to_owned).to_vec()
+}
 
 /// How long before expiry a cached token is replaced: 4 minutes (google-auth: 3 min 45 s).
 /// Capped at half the token's lifetime, so short-lived tokens are still reused.
@@ -38,12 +62,30 @@ pub enum AuthError {
     Token(String),
 }
 
-/// Something that yields a bearer token for a set of scopes.
-///
-/// `Ok(None)` means "send no Authorization header" (emulators).
+/// Something that yields bearer tokens for one set of scopes.
 #[async_trait]
 pub trait TokenSource: Send + Sync + std::fmt::Debug {
-    async fn bearer(&self, scopes: &[&str]) -> Result<Option<String>, AuthError>;
+    /// A token for [`scopes`](Self::scopes); `Ok(None)` means "send no Authorization header"
+    /// (emulators).
+    async fn bearer(&self) -> Result<Option<String>, AuthError>;
+
+    /// Forgets `token` after a service answered 401 to it, so that the next
+    /// [`bearer`](Self::bearer) fetches a fresh one. False when no other token can come, so a
+    /// second try would meet the same 401. Default: false.
+    async fn reject(&self, _token: &str) -> bool {
+        false
+    }
+
+    /// The scopes tokens are asked for; empty when no token is. Default: empty.
+    fn scopes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The credentials, as an error names them: "the service-account key /k.json for a@b".
+    fn describe(&self) -> String;
+
+    /// What to do when a service refuses this source's tokens.
+    fn fix(&self) -> String;
 }
 
 /// Sends no token at all: `[earthengine] credentials = "none"`.
@@ -52,18 +94,116 @@ pub struct NoAuth;
 
 #[async_trait]
 impl TokenSource for NoAuth {
-    async fn bearer(&self, _scopes: &[&str]) -> Result<Option<String>, AuthError> {
+    async fn bearer(&self) -> Result<Option<String>, AuthError> {
         Ok(None)
+    }
+
+    fn describe(&self) -> String {
+        "no token was sent ([earthengine] credentials = \"none\")".to_owned()
+    }
+
+    fn fix(&self) -> String {
+        "set [earthengine] credentials to a service-account key path, or remove it to use Application Default Credentials".to_owned()
     }
 }
 
-/// The token source for the `credentials` setting: `None` = Application Default Credentials,
-/// `"none"` = no token, anything else = the path of a service-account JSON key.
-pub fn token_source(credentials: Option<&str>) -> Result<Arc<dyn TokenSource>, AuthError> {
+/// The answer of a call sent through [`authorized`].
+#[derive(Debug)]
+pub struct Authorized<T> {
+    pub answer: T,
+    /// Set when `answer` is still a 401: a sentence naming the credentials and the fix, for the
+    /// caller to add to its error.
+    pub refused: Option<String>,
+}
+
+/// Sends `call` with a token of `tokens`; when its answer is a 401 (`unauthorized`), drops the
+/// token, takes a fresh one and sends `call` once more. google-auth's transports refresh on 401
+/// too (`DEFAULT_REFRESH_STATUS_CODES`), up to twice; once is enough here, as a job that still
+/// fails is retried by the queue.
+///
+/// `call` gets the token to send (`None`: no Authorization header) and must be repeatable.
+pub async fn authorized<T, F, Fut>(
+    tokens: &dyn TokenSource,
+    mut call: F,
+    unauthorized: impl Fn(&T) -> bool,
+) -> Result<Authorized<T>, AuthError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let token = tokens.bearer().await?;
+    let answer = call(token.clone()).await;
+    if !unauthorized(&answer) {
+        return Ok(Authorized {
+            answer,
+            refused: None,
+        });
+    }
+    let can_refresh = match &token {
+        Some(t) => tokens.reject(t).await,
+        None => false,
+    };
+    if !can_refresh {
+        let refused = format!("Refused: {}; {}.", tokens.describe(), tokens.fix());
+        // Without a token to drop (or a source that has no other) a retry would be refused
+        // the same way.
+        return Ok(Authorized {
+            answer,
+            refused: Some(refused),
+        });
+    }
+    let token = tokens.bearer().await?;
+    let answer = call(token.clone()).await;
+    if !unauthorized(&answer) {
+        return Ok(Authorized {
+            answer,
+            refused: None,
+        });
+    }
+    // The fresh token is no good either: the next call should not be sent with it.
+    if let Some(t) = &token {
+        tokens.reject(t).await;
+    }
+    let refused = format!(
+        "A fresh token from {} was refused too; {}.",
+        tokens.describe(),
+        tokens.fix()
+    );
+    Ok(Authorized {
+        answer,
+        refused: Some(refused),
+    })
+}
+
+/// Tokens replaced because they were about to expire (`cedar_auth_token_refreshes_total
+/// {reason="expiring"}`), in this process.
+static REFRESHED_EXPIRING: AtomicU64 = AtomicU64::new(0);
+/// Tokens replaced because a service answered 401 to them (`reason="unauthorized"`).
+static REFRESHED_UNAUTHORIZED: AtomicU64 = AtomicU64::new(0);
+
+/// How many cached tokens this process replaced, per reason: `("expiring", n)` before they
+/// lapsed, `("unauthorized", n)` after a service refused them. A first token is no refresh.
+pub fn token_refreshes() -> [(&'static str, u64); 2] {
+    [
+        ("expiring", REFRESHED_EXPIRING.load(Ordering::Relaxed)),
+        (
+            "unauthorized",
+            REFRESHED_UNAUTHORIZED.load(Ordering::Relaxed),
+        ),
+    ]
+}
+
+/// The token source for the `credentials` setting, asking for `scopes`: `None` = Application
+/// Default Credentials, `"none"` = no token, anything else = the path of a service-account
+/// JSON key.
+pub fn token_source(
+    credentials: Option<&str>,
+    scopes: &[String],
+) -> Result<Arc<dyn TokenSource>, AuthError> {
     Ok(match credentials.map(str::trim) {
-        None => Arc::new(ApplicationDefault::new()),
+        None => Arc::new(ApplicationDefault::new(scopes)),
         Some("none") => Arc::new(NoAuth),
-        Some(path) => Arc::new(ServiceAccount::from_file(path)?),
+        Some(path) => Arc::new(ServiceAccount::from_file(path, scopes)?),
     })
 }
 
@@ -73,6 +213,8 @@ struct Cached {
     token: String,
     fetched_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
+    /// A service answered 401 to it: never handed out again.
+    rejected: bool,
 }
 
 impl Cached {
@@ -90,38 +232,55 @@ impl Cached {
     }
 }
 
-/// Tokens per scope set, shared by concurrent callers: the lock is held across a fetch so
-/// that a burst of calls after expiry makes one token request, not one each.
+/// The token of one source, shared by concurrent callers: the lock is held across a fetch so
+/// that a burst of calls after expiry (or after a 401) makes one token request, not one each.
 #[derive(Default)]
 struct TokenCache {
-    tokens: Mutex<HashMap<Vec<String>, Cached>>,
+    token: Mutex<Option<Cached>>,
 }
 
 impl TokenCache {
-    /// The cached token for `scopes`, or a new one from `fetch(rebuild)`.
+    /// The cached token, or a new one from `fetch(rebuild)`.
     ///
     /// `fetch(false)` asks the current provider, whose own cache may hand back the token that
-    /// just went stale here; then `fetch(true)` rebuilds the provider and asks again.
-    async fn get_or_fetch<F, Fut>(&self, scopes: &[&str], fetch: F) -> Result<String, AuthError>
+    /// just went stale (or was refused) here; then `fetch(true)` rebuilds the provider and asks
+    /// again.
+    async fn get_or_fetch<F, Fut>(&self, fetch: F) -> Result<String, AuthError>
     where
         F: Fn(bool) -> Fut,
-        Fut: std::future::Future<Output = Result<Arc<gcp_auth::Token>, AuthError>>,
+        Fut: Future<Output = Result<Arc<gcp_auth::Token>, AuthError>>,
     {
-        let key: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
-        let mut tokens = self.tokens.lock().await;
-        let previous = match tokens.get(&key) {
-            Some(c) if c.is_fresh(Utc::now()) => return Ok(c.token.clone()),
-            Some(c) => Some(c.token.clone()),
+        let mut slot = self.token.lock().await;
+        let previous = match slot.as_ref() {
+            Some(c) if !c.rejected && c.is_fresh(Utc::now()) => return Ok(c.token.clone()),
+            Some(c) => Some((c.token.clone(), c.rejected)),
             None => None,
         };
         let mut token = bounded(fetch(false)).await?;
-        if previous.as_deref() == Some(token.as_str()) {
+        if let Some((stale, _)) = &previous
+            && *stale == token.as_str()
+        {
             token = bounded(fetch(true)).await?;
         }
+        match previous {
+            Some((_, true)) => REFRESHED_UNAUTHORIZED.fetch_add(1, Ordering::Relaxed),
+            Some((_, false)) => REFRESHED_EXPIRING.fetch_add(1, Ordering::Relaxed),
+            None => 0,
+        };
         let cached = to_cached(token);
         let value = cached.token.clone();
-        tokens.insert(key, cached);
+        *slot = Some(cached);
         Ok(value)
+    }
+
+    /// Marks `token` refused, when it is still the one cached (a concurrent caller that met the
+    /// same 401 may have replaced it already: then the replacement stays).
+    async fn reject(&self, token: &str) {
+        if let Some(c) = self.token.lock().await.as_mut()
+            && c.token == token
+        {
+            c.rejected = true;
+        }
     }
 }
 
@@ -132,8 +291,14 @@ impl TokenCache {
 trait GoogleCredential: Send + Sync + fmt::Debug {
     fn cache(&self) -> &TokenCache;
 
+    /// The scopes asked.
+    fn asked(&self) -> &[String];
+
     /// The credential named in an error message.
-    fn describe(&self) -> String;
+    fn name(&self) -> String;
+
+    /// What to do when a service refuses its tokens.
+    fn refusal_fix(&self) -> String;
 
     /// The gcp_auth provider; a new one when `rebuild` (see [`TokenCache::get_or_fetch`]).
     async fn provider(&self, rebuild: bool) -> Result<Arc<dyn TokenProvider>, AuthError>;
@@ -141,15 +306,34 @@ trait GoogleCredential: Send + Sync + fmt::Debug {
 
 #[async_trait]
 impl<C: GoogleCredential> TokenSource for C {
-    async fn bearer(&self, scopes: &[&str]) -> Result<Option<String>, AuthError> {
+    async fn bearer(&self) -> Result<Option<String>, AuthError> {
+        let scopes: Vec<&str> = self.asked().iter().map(String::as_str).collect();
+        let scopes = &scopes;
         let fetch = |rebuild| async move {
             let provider = self.provider(rebuild).await?;
             provider
                 .token(scopes)
                 .await
-                .map_err(|e| AuthError::Token(format!("{}: {}", self.describe(), describe(&e))))
+                .map_err(|e| AuthError::Token(format!("{}: {}", self.name(), describe(&e))))
         };
-        Ok(Some(self.cache().get_or_fetch(scopes, fetch).await?))
+        Ok(Some(self.cache().get_or_fetch(fetch).await?))
+    }
+
+    async fn reject(&self, token: &str) -> bool {
+        self.cache().reject(token).await;
+        true
+    }
+
+    fn scopes(&self) -> Vec<String> {
+        self.asked().to_vec()
+    }
+
+    fn describe(&self) -> String {
+        self.name()
+    }
+
+    fn fix(&self) -> String {
+        self.refusal_fix()
     }
 }
 
@@ -173,6 +357,7 @@ fn to_cached(t: Arc<gcp_auth::Token>) -> Cached {
         token: t.as_str().to_string(),
         fetched_at: Utc::now(),
         expires_at: t.expires_at(),
+        rejected: false,
     }
 }
 
@@ -201,6 +386,7 @@ pub struct ServiceAccount {
     /// The key file's text, kept to rebuild the provider (see the module docs).
     json: String,
     provider: Mutex<Arc<gcp_auth::CustomServiceAccount>>,
+    scopes: Vec<String>,
     cache: TokenCache,
 }
 
@@ -209,13 +395,15 @@ impl fmt::Debug for ServiceAccount {
         f.debug_struct("ServiceAccount")
             .field("path", &self.path)
             .field("client_email", &self.client_email)
+            .field("scopes", &self.scopes)
             .finish_non_exhaustive()
     }
 }
 
 impl ServiceAccount {
-    /// Reads and checks a key file; the error names the path and what is wrong, never the key.
-    pub fn from_file(path: &str) -> Result<ServiceAccount, AuthError> {
+    /// Reads and checks a key file, whose tokens will be asked for `scopes`; the error names the
+    /// path and what is wrong, never the key.
+    pub fn from_file(path: &str, scopes: &[String]) -> Result<ServiceAccount, AuthError> {
         let fail = |reason: String| AuthError::Credentials {
             path: path.to_string(),
             reason,
@@ -254,6 +442,7 @@ impl ServiceAccount {
             client_email,
             json,
             provider: Mutex::new(Arc::new(provider)),
+            scopes: scopes.to_vec(),
             cache: TokenCache::default(),
         })
     }
@@ -270,8 +459,22 @@ impl GoogleCredential for ServiceAccount {
         &self.cache
     }
 
-    fn describe(&self) -> String {
-        format!("{} for {}", self.path, self.client_email)
+    fn asked(&self) -> &[String] {
+        &self.scopes
+    }
+
+    fn name(&self) -> String {
+        format!(
+            "service-account key {} for {}",
+            self.path, self.client_email
+        )
+    }
+
+    fn refusal_fix(&self) -> String {
+        format!(
+            "check that the key is still active and the account enabled (gcloud iam service-accounts keys list --iam-account {}), and that this machine's clock is right",
+            self.client_email
+        )
     }
 
     async fn provider(&self, rebuild: bool) -> Result<Arc<dyn TokenProvider>, AuthError> {
@@ -287,21 +490,28 @@ impl GoogleCredential for ServiceAccount {
 
 /// Application Default Credentials: `GOOGLE_APPLICATION_CREDENTIALS`, the gcloud user
 /// credentials file, the metadata server, or `gcloud`, in gcp_auth's order. Found on first use.
-#[derive(Default)]
 pub struct ApplicationDefault {
     provider: Mutex<Option<Arc<dyn TokenProvider>>>,
+    scopes: Vec<String>,
     cache: TokenCache,
 }
 
 impl fmt::Debug for ApplicationDefault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApplicationDefault").finish_non_exhaustive()
+        f.debug_struct("ApplicationDefault")
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
     }
 }
 
 impl ApplicationDefault {
-    pub fn new() -> ApplicationDefault {
-        ApplicationDefault::default()
+    /// Credentials whose tokens will be asked for `scopes`.
+    pub fn new(scopes: &[String]) -> ApplicationDefault {
+        ApplicationDefault {
+            provider: Mutex::new(None),
+            scopes: scopes.to_vec(),
+            cache: TokenCache::default(),
+        }
     }
 }
 
@@ -311,8 +521,16 @@ impl GoogleCredential for ApplicationDefault {
         &self.cache
     }
 
-    fn describe(&self) -> String {
+    fn asked(&self) -> &[String] {
+        &self.scopes
+    }
+
+    fn name(&self) -> String {
         "application default credentials".to_owned()
+    }
+
+    fn refusal_fix(&self) -> String {
+        "run `gcloud auth application-default login` again (on Google Cloud: check the machine's service account and its access scopes), or set [earthengine] credentials to a service-account key path".to_owned()
     }
 
     async fn provider(&self, rebuild: bool) -> Result<Arc<dyn TokenProvider>, AuthError> {
@@ -320,9 +538,9 @@ impl GoogleCredential for ApplicationDefault {
         match p.as_ref() {
             Some(existing) if !rebuild => Ok(existing.clone()),
             _ => {
-                let found = gcp_auth::provider().await.map_err(|e| {
-                    AuthError::Token(format!("{}: {}", self.describe(), describe(&e)))
-                })?;
+                let found = gcp_auth::provider()
+                    .await
+                    .map_err(|e| AuthError::Token(format!("{}: {}", self.name(), describe(&e))))?;
                 *p = Some(found.clone());
                 Ok(found)
             }
@@ -343,6 +561,7 @@ mod tests {
             token: "t".into(),
             fetched_at: at(fetched),
             expires_at: at(expires),
+            rejected: false,
         }
     }
 
@@ -385,8 +604,8 @@ mod tests {
             }
         };
         let first = provider(vec![("A", 3600), ("unused", 3600)]);
-        assert_eq!(cache.get_or_fetch(&["s"], &first).await.unwrap(), "A");
-        assert_eq!(cache.get_or_fetch(&["s"], &first).await.unwrap(), "A");
+        assert_eq!(cache.get_or_fetch(&first).await.unwrap(), "A");
+        assert_eq!(cache.get_or_fetch(&first).await.unwrap(), "A");
         assert_eq!(
             *calls.lock().unwrap(),
             [false],
@@ -396,22 +615,116 @@ mod tests {
         // "A" is now inside the margin; the provider's cache still hands it out.
         let now = Utc::now();
         {
-            let mut tokens = cache.tokens.lock().await;
-            let a = tokens.get_mut(&vec!["s".to_string()]).unwrap();
+            let mut slot = cache.token.lock().await;
+            let a = slot.as_mut().unwrap();
             a.expires_at = now + chrono::Duration::seconds(100);
             a.fetched_at = now - chrono::Duration::seconds(3500);
         }
         calls.lock().unwrap().clear();
+        let (expiring, unauthorized) = (refreshes("expiring"), refreshes("unauthorized"));
         let stale = provider(vec![("A", 100), ("B", 3600)]);
-        assert_eq!(cache.get_or_fetch(&["s"], &stale).await.unwrap(), "B");
+        assert_eq!(cache.get_or_fetch(&stale).await.unwrap(), "B");
         assert_eq!(*calls.lock().unwrap(), [false, true]);
+        assert!(refreshes("expiring") > expiring);
 
-        // A different scope set has its own token; a provider that issues a new token is
-        // not rebuilt.
+        // A refused token is dropped at once, fresh as it is; refusing a token that is no
+        // longer cached (another caller replaced it) keeps the replacement.
+        cache.reject("A").await;
         calls.lock().unwrap().clear();
-        let other = provider(vec![("C", 3600), ("unused", 3600)]);
-        assert_eq!(cache.get_or_fetch(&["s", "t"], &other).await.unwrap(), "C");
-        assert_eq!(*calls.lock().unwrap(), [false]);
+        assert_eq!(cache.get_or_fetch(&first).await.unwrap(), "B");
+        assert!(calls.lock().unwrap().is_empty());
+        cache.reject("B").await;
+        let repeats = provider(vec![("B", 3600), ("C", 3600)]);
+        assert_eq!(cache.get_or_fetch(&repeats).await.unwrap(), "C");
+        assert_eq!(*calls.lock().unwrap(), [false, true]);
+        assert!(refreshes("unauthorized") > unauthorized);
+    }
+
+    fn refreshes(reason: &str) -> u64 {
+        token_refreshes()
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map(|(_, n)| *n)
+            .unwrap()
+    }
+
+    /// A source that numbers the tokens it hands out (t1, t2, …) and records those refused.
+    #[derive(Debug, Default)]
+    struct Counting {
+        issued: std::sync::Mutex<u32>,
+        rejected: std::sync::Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl TokenSource for Counting {
+        async fn bearer(&self) -> Result<Option<String>, AuthError> {
+            let mut n = self.issued.lock().unwrap();
+            *n += 1;
+            Ok(Some(format!("t{n}")))
+        }
+        async fn reject(&self, token: &str) -> bool {
+            self.rejected.lock().unwrap().push(token.to_owned());
+            true
+        }
+        fn describe(&self) -> String {
+            "the test key".to_owned()
+        }
+        fn fix(&self) -> String {
+            "replace it".to_owned()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_401_is_sent_again_once_with_a_fresh_token() {
+        // Refused once: the second try, with a new token, is the answer.
+        let tokens = Counting::default();
+        let sent = std::sync::Mutex::new(Vec::new());
+        let call = |token: Option<String>| {
+            sent.lock().unwrap().push(token.clone());
+            let status = if token.as_deref() == Some("t1") {
+                401
+            } else {
+                200
+            };
+            async move { status }
+        };
+        let out = authorized(&tokens, call, |s| *s == 401).await.unwrap();
+        assert_eq!((out.answer, out.refused), (200, None));
+        assert_eq!(
+            *sent.lock().unwrap(),
+            [Some("t1".into()), Some("t2".into())]
+        );
+        assert_eq!(*tokens.rejected.lock().unwrap(), ["t1"]);
+
+        // Refused twice: the 401 comes back with a note naming the credentials and the fix,
+        // and the second token is dropped too.
+        let tokens = Counting::default();
+        let out = authorized(&tokens, |_| async { 401 }, |s| *s == 401)
+            .await
+            .unwrap();
+        assert_eq!(out.answer, 401);
+        let note = out.refused.unwrap();
+        assert!(
+            note.contains("A fresh token from the test key was refused too; replace it."),
+            "{note}"
+        );
+        assert_eq!(*tokens.issued.lock().unwrap(), 2);
+        assert_eq!(*tokens.rejected.lock().unwrap(), ["t1", "t2"]);
+
+        // Without a token there is nothing to refresh: one try.
+        let calls = std::sync::Mutex::new(0);
+        let out = authorized(
+            &NoAuth,
+            |_| {
+                *calls.lock().unwrap() += 1;
+                async { 401 }
+            },
+            |s| *s == 401,
+        )
+        .await
+        .unwrap();
+        assert_eq!(*calls.lock().unwrap(), 1);
+        assert!(out.refused.unwrap().contains("credentials = \"none\""));
     }
 
     fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
@@ -442,11 +755,21 @@ mod tests {
             (dir.path().join("missing.json").to_string_lossy().into_owned(), "cannot read"),
         ];
         for (path, why) in cases {
-            let e = token_source(Some(&path)).unwrap_err().to_string();
+            let e = token_source(Some(&path), &default_scopes())
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(&path) && e.contains(why), "{e}");
             assert!(!e.contains("SECRET"), "{e}");
         }
-        assert!(format!("{:?}", token_source(Some("none")).unwrap()).contains("NoAuth"));
-        assert!(format!("{:?}", token_source(None).unwrap()).contains("ApplicationDefault"));
+        assert!(
+            format!(
+                "{:?}",
+                token_source(Some("none"), &default_scopes()).unwrap()
+            )
+            .contains("NoAuth")
+        );
+        let adc = token_source(None, &default_scopes()).unwrap();
+        assert!(format!("{adc:?}").contains("ApplicationDefault"));
+        assert_eq!(adc.scopes(), DEFAULT_SCOPES);
     }
 }

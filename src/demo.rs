@@ -59,8 +59,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             bucket: Some("cedar-demo".into()),
             task_seconds: args.task_seconds,
             max_concurrent_exports: 8,
-            // Small files keep the demo quick; sizes still scale with pixels and bands.
-            bytes_per_pixel: 1.0 / 8192.0,
             ..EmulatorOptions::default()
         },
     )

@@ -183,6 +183,10 @@ const ORIGIN: LabelDef = LabelDef {
     name: "origin",
     values: &["ingest", "manual"],
 };
+const REFRESH_REASON: LabelDef = LabelDef {
+    name: "reason",
+    values: &["expiring", "unauthorized"],
+};
 const FAILURE_CAUSE: LabelDef = LabelDef {
     name: "cause",
     values: &["ee_task", "lost", "job"],
@@ -253,6 +257,14 @@ pub const CATALOGUE: &[MetricDef] = &[
         unit: "requests",
         labels: &[EE_METHOD, CODE_CLASS],
         help: "HTTP requests sent to the Earth Engine REST API, by method and HTTP status class (transport: no response, e.g. timeout or refused connection).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_auth_token_refreshes_total",
+        kind: Kind::Counter,
+        unit: "tokens",
+        labels: &[REFRESH_REASON],
+        help: "OAuth access tokens this process replaced: expiring (less than 4 min left), unauthorized (Earth Engine or Cloud Storage answered 401; the call was sent again once with the new token). A first token is not counted.",
         buckets: &[],
     },
     MetricDef {
@@ -625,6 +637,18 @@ pub fn ee_request(method: &str, status: Option<u16>) {
         "code_class" => class
     )
     .increment(1);
+}
+
+/// Records the token refreshes `crate::auth` has counted, per reason (`auth::token_refreshes`),
+/// as the counter's value: the worker calls this before every `/metrics` answer.
+pub fn auth_token_refreshes(counts: &[(&'static str, u64)]) {
+    for (reason, n) in counts {
+        ::metrics::counter!(
+            "cedar_auth_token_refreshes_total",
+            "reason" => bounded(&REFRESH_REASON, reason)
+        )
+        .absolute(*n);
+    }
 }
 
 /// Records bytes written to the destination and verified.

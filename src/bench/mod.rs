@@ -80,10 +80,6 @@ const MAX_MONTHS: u32 = 96;
 /// thousands of tile-periods would measure that walk.
 const PREFIX_TEMPLATE: &str = "CEDAR_PREARD/{tile}";
 
-/// Emulated bytes per pixel per band: small, so downloads cost little and the bench measures
-/// cedar rather than the disk.
-const BYTES_PER_PIXEL: f64 = 1.0 / 65536.0;
-
 // ---------------------------------------------------------------------------------------------
 // What every bench shares
 
@@ -223,7 +219,6 @@ async fn start_emulator(
         EmulatorOptions {
             project: Some(PROJECT.into()),
             bucket: Some(PROJECT.into()),
-            bytes_per_pixel: BYTES_PER_PIXEL,
             ..options
         },
     )

@@ -20,9 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use cedar::auth::{
-    self, ApplicationDefault, EARTHENGINE_SCOPE, STORAGE_SCOPE, ServiceAccount, TokenSource,
-};
+use cedar::auth::{self, ApplicationDefault, ServiceAccount, TokenSource};
 use cedar::config::Settings;
 use cedar::earthengine::{ConcurrencySource, DEFAULT_ENDPOINT, EarthEngine, EeError};
 use cedar::queue::{Connection, Queue, QueueUrl, redact_url};
@@ -134,7 +132,7 @@ pub async fn run(settings: &Settings, source: &str, adc: &AdcEnvironment) -> Exi
         .check(
             "token",
             "check that this machine reaches the token endpoint (oauth2.googleapis.com, or the metadata server on Google Cloud)",
-            token(settings, &credential),
+            token(&credential),
         )
         .await;
     let ee = &cfg.earthengine;
@@ -214,7 +212,7 @@ fn credentials(settings: &Settings, adc: &AdcEnvironment) -> (Verdict, Credentia
             };
             (verdict, credential)
         }
-        Some(path) => match ServiceAccount::from_file(path) {
+        Some(path) => match ServiceAccount::from_file(path, &ee.scopes) {
             Ok(key) => {
                 let email = key.client_email().to_owned();
                 (
@@ -243,7 +241,7 @@ fn credentials(settings: &Settings, adc: &AdcEnvironment) -> (Verdict, Credentia
             (
                 verdict,
                 Credential {
-                    tokens: Arc::new(ApplicationDefault::new()),
+                    tokens: Arc::new(ApplicationDefault::new(&ee.scopes)),
                     who,
                     kind: Kind::ApplicationDefault,
                 },
@@ -328,33 +326,27 @@ fn application_default(adc: &AdcEnvironment) -> (Verdict, String) {
     )
 }
 
-/// A token for each scope cedar will ask for: Earth Engine's, and Cloud Storage's when the
-/// bucket is read over the GCS JSON API (`gs://`). Google's token endpoint answers a service
-/// account's request with the token alone (no `scope`), and the metadata server likewise, so
-/// the scopes named are those asked; a scope the account cannot use shows as a 403 below.
-async fn token(settings: &Settings, credential: &Credential) -> Verdict {
+/// The token every Earth Engine and Cloud Storage call carries, for `[earthengine] scopes`.
+/// Google's token endpoint answers a service account's request with the token alone (no
+/// `scope`), and the metadata server likewise, so the scopes named are those asked; a scope the
+/// account cannot use shows as a 403 below.
+async fn token(credential: &Credential) -> Verdict {
     if credential.kind == Kind::NoToken {
         return Verdict::Ok("none asked: no Authorization header is sent".to_owned());
     }
-    let scopes: &[&str] = if settings.store_url.starts_with("gs://") {
-        &[EARTHENGINE_SCOPE, STORAGE_SCOPE]
-    } else {
-        &[EARTHENGINE_SCOPE]
-    };
-    for scope in scopes {
-        if let Err(e) = credential.tokens.bearer(&[scope]).await {
-            let fix = match credential.kind {
-                Kind::ServiceAccount => format!(
-                    "check that the key of {} is still active (gcloud iam service-accounts keys list) and that this machine's clock is right",
-                    credential.who
-                ),
-                _ => "run `gcloud auth application-default login`, or set [earthengine] credentials to a service-account key path".to_owned(),
-            };
-            return fail(format!("for {scope}: {e}"), fix);
-        }
+    let scopes = credential.tokens.scopes();
+    if let Err(e) = credential.tokens.bearer().await {
+        let fix = match credential.kind {
+            Kind::ServiceAccount => format!(
+                "check that the key of {} is still active (gcloud iam service-accounts keys list) and that this machine's clock is right",
+                credential.who
+            ),
+            _ => "run `gcloud auth application-default login`, or set [earthengine] credentials to a service-account key path".to_owned(),
+        };
+        return fail(format!("for {}: {e}", scopes.join(" ")), fix);
     }
     Verdict::Ok(format!(
-        "obtained for the scopes asked, {} (the token endpoint does not say which it granted)",
+        "obtained for the scopes asked, {} ([earthengine] scopes; the token endpoint does not say which it granted)",
         scopes.join(" and ")
     ))
 }
@@ -456,8 +448,11 @@ fn bucket_fix(settings: &Settings, credential: &Credential, e: &StoreError) -> S
         ),
         StoreError::Status { status: 403, .. } | StoreError::PermissionDenied { .. } if gcs => {
             format!(
-                "grant {} roles/storage.objectAdmin on gs://{} (cedar lists, reads, writes and deletes objects there)",
-                credential.who, cfg.export.bucket
+                "grant {} roles/storage.objectAdmin on gs://{} (cedar lists, reads, writes and deletes objects there), and keep a storage scope in [earthengine] scopes ({} or {})",
+                credential.who,
+                cfg.export.bucket,
+                cedar::auth::STORAGE_SCOPE,
+                cedar::auth::CLOUD_PLATFORM_SCOPE
             )
         }
         StoreError::PermissionDenied { .. } => {

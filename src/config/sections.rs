@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Problems;
+use crate::auth;
 use crate::earthengine::{EE_QUEUE_CAP, EE_QUEUE_MARGIN, MAX_ACTIVE_EXPORTS};
 use crate::naming;
 use crate::queue::{QueueUrl, redact_url, sqlite::not_a_file};
@@ -17,6 +18,9 @@ pub struct EarthEngineConfig {
     pub endpoint: String,
     /// A service-account key path, `"none"`, or absent for Application Default Credentials.
     pub credentials: Option<String>,
+    /// The OAuth scopes of the token Earth Engine and Cloud Storage calls carry. Default
+    /// [`auth::DEFAULT_SCOPES`]: `earthengine` and `devstorage.read_write`.
+    pub scopes: Vec<String>,
     /// Bounds every EE call but `value:compute`, connect to last byte. Default 60.
     pub timeout_secs: u64,
     /// Send each submission's priority as EE's own task `priority` (EE honours it for paid
@@ -33,6 +37,7 @@ impl Default for EarthEngineConfig {
             project: String::new(),
             endpoint: "https://earthengine.googleapis.com".into(),
             credentials: None,
+            scopes: auth::default_scopes(),
             timeout_secs: 60,
             send_priority: false,
             compute_timeout_secs: 300,
@@ -256,6 +261,9 @@ impl EarthEngineConfig {
                 ),
             );
         }
+        if let Some(problem) = scopes_problem(&self.scopes) {
+            p.add("earthengine.scopes", problem);
+        }
         if self.timeout_secs == 0 {
             p.add("earthengine.timeout_secs", "must be at least 1");
         }
@@ -266,6 +274,43 @@ impl EarthEngineConfig {
             );
         }
     }
+}
+
+/// What is wrong with `[earthengine] scopes`, if anything: it must list Google OAuth scope URLs,
+/// one of which lets Earth Engine run exports and read their operations (reference §1.2:
+/// `earthengine` or `cloud-platform`).
+fn scopes_problem(scopes: &[String]) -> Option<String> {
+    let fix = format!(
+        "list OAuth scope URLs, e.g. scopes = [\"{}\", \"{}\"] (the default)",
+        auth::EARTHENGINE_SCOPE,
+        auth::STORAGE_SCOPE
+    );
+    if scopes.is_empty() {
+        return Some(format!("is empty; {fix}"));
+    }
+    let bad = scopes.iter().find(|s| {
+        s.strip_prefix(auth::SCOPE_PREFIX).is_none_or(|name| {
+            name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        })
+    });
+    if let Some(bad) = bad {
+        return Some(format!(
+            "{bad:?} is not a Google OAuth scope ({}NAME); {fix}",
+            auth::SCOPE_PREFIX
+        ));
+    }
+    let covers_ee = [auth::EARTHENGINE_SCOPE, auth::CLOUD_PLATFORM_SCOPE];
+    if !scopes.iter().any(|s| covers_ee.contains(&s.as_str())) {
+        return Some(format!(
+            "none of {scopes:?} lets Earth Engine run exports; add \"{}\" (or \"{}\")",
+            auth::EARTHENGINE_SCOPE,
+            auth::CLOUD_PLATFORM_SCOPE
+        ));
+    }
+    None
 }
 
 impl QueueConfig {

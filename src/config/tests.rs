@@ -388,3 +388,49 @@ fn queue_urls_redis_sqlite_or_empty() {
     let e = c.validate().unwrap_err().to_string();
     assert!(e.contains("names no database file"), "{e}");
 }
+
+#[test]
+fn scopes_default_to_earth_engine_and_storage_and_are_checked() {
+    let c = Config::from_toml("t", &valid_toml(), no_env()).unwrap();
+    assert_eq!(
+        c.earthengine.scopes,
+        [
+            "https://www.googleapis.com/auth/earthengine",
+            "https://www.googleapis.com/auth/devstorage.read_write"
+        ]
+    );
+    let problem = |scopes: &str| {
+        let text = valid_toml().replacen("[export]", &format!("scopes = {scopes}\n[export]"), 1);
+        match Config::from_toml("t", &text, no_env()).unwrap().validate() {
+            Ok(_) => None,
+            Err(e) => {
+                assert_eq!(e.problems.len(), 1, "{e}");
+                assert_eq!(e.problems[0].key, "earthengine.scopes");
+                Some(e.problems[0].to_string())
+            }
+        }
+    };
+    assert_eq!(
+        problem(r#"["https://www.googleapis.com/auth/cloud-platform"]"#),
+        None
+    );
+    let cases = [
+        ("[]", "is empty; list OAuth scope URLs"),
+        (
+            r#"["https://www.googleapis.com/auth/earthengine", "devstorage.read_write"]"#,
+            "\"devstorage.read_write\" is not a Google OAuth scope",
+        ),
+        (
+            r#"["https://www.googleapis.com/auth/"]"#,
+            "is not a Google OAuth scope",
+        ),
+        (
+            r#"["https://www.googleapis.com/auth/devstorage.read_write"]"#,
+            "lets Earth Engine run exports; add \"https://www.googleapis.com/auth/earthengine\"",
+        ),
+    ];
+    for (scopes, expect) in cases {
+        let got = problem(scopes).unwrap_or_else(|| panic!("{scopes} accepted"));
+        assert!(got.contains(expect), "{scopes}: {got}");
+    }
+}

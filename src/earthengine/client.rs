@@ -12,9 +12,9 @@ use super::error::{EeError, snippet};
 use super::types::{
     CloudStorageDestination, ComputeValueRequest, ComputeValueResponse, ExportImageRequest,
     Expression, GeoTiffImageExportOptions, GridDimensions, ImageFileExportOptions, ImageFileFormat,
-    ListOperationsResponse, Operation, PixelGrid, ProjectConfig,
+    ListOperationsResponse, Number, Operation, PixelGrid, ProjectConfig,
 };
-use crate::auth::{EARTHENGINE_SCOPE, TokenSource};
+use crate::auth::{self, TokenSource};
 use crate::grid::{Crs, Tile};
 
 /// The public Earth Engine endpoint.
@@ -324,38 +324,51 @@ impl EarthEngine {
         query: &[(&str, String)],
         body: Option<&B>,
     ) -> Result<R, EeError> {
-        let token = self
-            .tokens
-            .bearer(&[EARTHENGINE_SCOPE])
+        let url = format!("{}/{}", self.endpoint, versioned(path));
+        // A 401 is sent again once with a fresh token (see `auth::authorized`).
+        let send = |token: Option<String>| {
+            let mut request = self
+                .http
+                .request(method.clone(), &url)
+                .header("X-Goog-User-Project", &self.project);
+            if !query.is_empty() {
+                request = request.query(query);
+            }
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            if call == "value:compute" {
+                request = request.timeout(self.compute_timeout);
+            }
+            async move {
+                let response = request.send().await;
+                crate::metrics::ee_request(
+                    call,
+                    response.as_ref().ok().map(|r| r.status().as_u16()),
+                );
+                response
+            }
+        };
+        let unauthorized = |r: &reqwest::Result<reqwest::Response>| matches!(r, Ok(r) if r.status() == StatusCode::UNAUTHORIZED);
+        let sent = auth::authorized(self.tokens.as_ref(), send, unauthorized)
             .await
             .map_err(|source| EeError::Auth { call, source })?;
-        let url = format!("{}/{}", self.endpoint, versioned(path));
-        let mut request = self
-            .http
-            .request(method, &url)
-            .header("X-Goog-User-Project", &self.project);
-        if !query.is_empty() {
-            request = request.query(query);
-        }
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        if call == "value:compute" {
-            request = request.timeout(self.compute_timeout);
-        }
-        let response = request.send().await;
-        crate::metrics::ee_request(call, response.as_ref().ok().map(|r| r.status().as_u16()));
-        let response = response.map_err(|e| EeError::from_reqwest(call, e))?;
+        let response = sent.answer.map_err(|e| EeError::from_reqwest(call, e))?;
         let status = response.status();
         let bytes = response
             .bytes()
             .await
             .map_err(|e| EeError::from_reqwest(call, e))?;
         if !status.is_success() {
-            return Err(EeError::from_response(call, status.as_u16(), &bytes));
+            let mut error = EeError::from_response(call, status.as_u16(), &bytes);
+            if let (EeError::Api { message, .. }, Some(note)) = (&mut error, sent.refused) {
+                message.push(' ');
+                message.push_str(&note);
+            }
+            return Err(error);
         }
         parse_success(call, status, &bytes)
     }
@@ -461,6 +474,9 @@ pub struct ExportParams {
     pub file_dimensions: Option<u32>,
     /// Write Cloud Optimized GeoTIFFs.
     pub cloud_optimized: bool,
+    /// The GeoTIFFs' nodata value (`geoTiffOptions.noData`): the collection's fill value, so
+    /// that GDAL reads the unmasked pixels as nodata. `None` sends none.
+    pub nodata: Option<f64>,
     /// `None` keeps EE's default of 1e8 pixels.
     pub max_pixels: Option<i64>,
     /// The label EE accounts the task under (`workloadTag`); `None` sends none.
@@ -512,6 +528,7 @@ pub fn export_request(tile: &Tile, expression: Expression, p: &ExportParams) -> 
                 }),
                 skip_empty_files: None,
                 tile_size: None,
+                no_data: p.nodata.map(|float_value| Number { float_value }),
             }),
         }),
     }

@@ -23,6 +23,7 @@ fn params() -> ExportParams {
         request_id: request_id(&["LC08", "h010v003", "2021"]),
         file_dimensions: Some(1024),
         cloud_optimized: true,
+        nodata: Some(0.0),
         max_pixels: Some(100_000_000),
         workload_tag: Some("conus-2021".into()),
     }
@@ -77,7 +78,8 @@ fn export_request_carries_the_exact_pixel_grid() {
         json!({
             "fileFormat": "GEO_TIFF",
             "cloudStorageDestination": {"bucket": "my-bucket", "filenamePrefix": "exports/LC08_h010v003_2021"},
-            "geoTiffOptions": {"cloudOptimized": true, "tileDimensions": {"width": 1024, "height": 1024}}
+            "geoTiffOptions": {"cloudOptimized": true, "tileDimensions": {"width": 1024, "height": 1024},
+                               "noData": {"floatValue": 0.0}}
         })
     );
     assert_eq!(body["maxPixels"], json!("100000000"));
@@ -91,6 +93,7 @@ fn export_request_carries_the_exact_pixel_grid() {
     p.file_dimensions = None;
     p.max_pixels = None;
     p.workload_tag = None;
+    p.nodata = None;
     let body = serde_json::to_value(export_request(&coded, expression(), &p)).unwrap();
     assert_eq!(body["grid"]["crsCode"], json!("EPSG:5070"));
     assert!(
@@ -102,6 +105,9 @@ fn export_request_carries_the_exact_pixel_grid() {
         body["fileExportOptions"]["geoTiffOptions"]
             .get("tileDimensions")
             .is_none()
+            && body["fileExportOptions"]["geoTiffOptions"]
+                .get("noData")
+                .is_none()
     );
 }
 
@@ -198,10 +204,16 @@ fn export_request_matches_the_python_clients_field_set() {
     paths(&ours, "", &mut mine);
     // The Python client folds the grid into the expression; cedar sends it as `grid`, and
     // leaves priority and skipEmptyFiles at EE's defaults. It sends `workloadTag` once
-    // `ee.data.setWorkloadTag` was called (`ee/data.py`), which the example was made without.
+    // `ee.data.setWorkloadTag` was called (`ee/data.py`), which the example was made without;
+    // and `noData` as `{"floatValue": x}` for `formatOptions={'noData': x}`
+    // (`ee/batch.py::_build_image_file_export_options`), which the example does not set.
     let only_ours: Vec<_> = mine
         .difference(&theirs)
-        .filter(|p| !p.starts_with("grid") && *p != "workloadTag")
+        .filter(|p| {
+            !p.starts_with("grid")
+                && *p != "workloadTag"
+                && !p.starts_with("fileExportOptions.geoTiffOptions.noData")
+        })
         .collect();
     assert!(
         only_ours.is_empty(),

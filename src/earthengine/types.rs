@@ -154,6 +154,17 @@ pub struct GeoTiffImageExportOptions {
     pub skip_empty_files: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tile_size: Option<u32>,
+    /// The value GDAL reads as nodata; pairs with the expression's `unmask(fill)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_data: Option<Number>,
+}
+
+/// EE's `Number` message: a oneof of `floatValue` and `integerValue`. `noData` takes only
+/// `floatValue` ("Only `noData.float_value` is currently supported").
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Number {
+    pub float_value: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

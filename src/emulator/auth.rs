@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
+use axum::http::{HeaderMap, header};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::Value;
@@ -54,8 +55,23 @@ impl TokenError {
 #[derive(Default)]
 pub(crate) struct Tokens {
     keys: Vec<Vec<u8>>,
-    issued: HashMap<String, Instant>,
+    issued: HashMap<String, Issued>,
     count: u64,
+}
+
+/// An issued token: when it was issued and expires, and how many requests it has authorized.
+struct Issued {
+    issued: Instant,
+    expiry: Instant,
+    uses: u64,
+}
+
+/// When the emulator revokes a token before it expires (0: never): after this many requests,
+/// or this many milliseconds after it was issued.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Revocation {
+    pub after_uses: u64,
+    pub after_ms: u64,
 }
 
 impl Tokens {
@@ -74,17 +90,42 @@ impl Tokens {
         let token = format!("ya29.emulator-{:016x}{:04x}", h, self.count);
         self.issued.insert(
             token.clone(),
-            Instant::now() + Duration::from_secs(expires_in_secs),
+            Issued {
+                issued: Instant::now(),
+                expiry: Instant::now() + Duration::from_secs(expires_in_secs),
+                uses: 0,
+            },
         );
         token
     }
 
-    /// Whether `token` was issued here and has not expired.
-    pub fn valid(&self, token: &str) -> bool {
-        self.issued
-            .get(token)
-            .is_some_and(|expiry| Instant::now() < *expiry)
+    /// Whether `token` may authorize one more request, counting it: it was issued here, has not
+    /// expired, and `revoke` has not revoked it yet. A revoked token is refused though unexpired,
+    /// as Google refuses the tokens of a key disabled (or rotated) mid-campaign.
+    pub fn authorize(&mut self, token: &str, revoke: Revocation) -> bool {
+        let Some(issued) = self.issued.get_mut(token) else {
+            return false;
+        };
+        let now = Instant::now();
+        let revoked = (revoke.after_uses > 0 && issued.uses >= revoke.after_uses)
+            || (revoke.after_ms > 0
+                && now >= issued.issued + Duration::from_millis(revoke.after_ms));
+        if now >= issued.expiry || revoked {
+            return false;
+        }
+        issued.uses += 1;
+        true
     }
+}
+
+/// The bearer token of a request's `Authorization` header; empty when there is none.
+pub(crate) fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .trim()
 }
 
 /// Decodes a PEM block (`PUBLIC KEY` or `RSA PUBLIC KEY`) to DER.
@@ -253,8 +294,25 @@ mod tests {
         let mut tokens = Tokens::default();
         let (a, b) = (tokens.issue(0, 60), tokens.issue(0, 60));
         assert_ne!(a, b);
-        assert!(tokens.valid(&a) && !tokens.valid("ya29.other"));
-        assert!(!Tokens::default().valid(&a));
+        let never = Revocation::default();
+        assert!(tokens.authorize(&a, never) && !tokens.authorize("ya29.other", never));
+        assert!(!Tokens::default().authorize(&a, never));
+        // Revoked after two uses; another token keeps its own count.
+        let twice = Revocation {
+            after_uses: 2,
+            after_ms: 0,
+        };
+        assert!(tokens.authorize(&b, twice) && tokens.authorize(&b, twice));
+        assert!(!tokens.authorize(&b, twice) && !tokens.authorize(&b, twice));
+        assert!(tokens.authorize(&a, twice));
+        // Revoked 1 ms after it was issued.
+        let c = tokens.issue(0, 60);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let soon = Revocation {
+            after_uses: 0,
+            after_ms: 1,
+        };
+        assert!(!tokens.authorize(&c, soon) && tokens.authorize(&c, never));
         assert!(pem_to_der("-----BEGIN PUBLIC KEY-----\nAAEC\n-----END PUBLIC KEY-----\n").is_ok());
         assert!(pem_to_der("garbage").is_err());
     }

@@ -58,15 +58,18 @@ pub struct EmulatorArgs {
     /// Queued (PENDING or RUNNING) exports beyond which submission is refused.
     #[arg(long, default_value_t = 3000)]
     pub queue_limit: usize,
-    /// Bytes written per pixel per band.
-    #[arg(long, default_value_t = 1.0 / 512.0)]
-    pub bytes_per_pixel: f64,
     /// Require bearer tokens issued by `POST /token`.
     #[arg(long)]
     pub require_auth: bool,
     /// Lifetime of issued tokens, in seconds.
     #[arg(long, default_value_t = 3599)]
     pub token_expires_in_secs: u64,
+    /// Revoke each issued token after this many requests (0: never), answering 401.
+    #[arg(long, default_value_t = 0)]
+    pub token_revoke_after_uses: u64,
+    /// Revoke each issued token this many milliseconds after issuing it (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub token_revoke_after_ms: u64,
     /// Answer to a repeated requestId.
     #[arg(long, value_enum, default_value_t = DuplicateRequest::ReturnExisting)]
     pub duplicate_request: DuplicateRequest,
@@ -99,9 +102,10 @@ impl EmulatorArgs {
             seed: self.seed,
             max_concurrent_exports: self.max_concurrent_exports,
             queue_limit: self.queue_limit,
-            bytes_per_pixel: self.bytes_per_pixel,
             require_auth: self.require_auth,
             token_expires_in_secs: self.token_expires_in_secs,
+            token_revoke_after_uses: self.token_revoke_after_uses,
+            token_revoke_after_ms: self.token_revoke_after_ms,
             duplicate_request: self.duplicate_request,
             project_number: self.project_number,
             list_retention_secs: self.list_retention_secs,
@@ -189,7 +193,6 @@ mod tests {
             options.max_concurrent_exports,
             defaults.max_concurrent_exports
         );
-        assert_eq!(options.bytes_per_pixel, defaults.bytes_per_pixel);
         assert_eq!(options.queue_limit, defaults.queue_limit);
         assert_eq!(options.duplicate_request, defaults.duplicate_request);
     }

@@ -4,9 +4,11 @@
 use serde_json::Value;
 
 use super::EmulatorOptions;
-use super::evaluate::{self, EvalError};
+use super::evaluate::{self, EvalError, Image};
 use super::expression;
-use super::schema::{parse_i64, unwrap_value};
+use super::geotiff::{GeoKeyValue, SampleType};
+use super::schema::{parse_f64, parse_i64, unwrap_value};
+use super::wkt;
 
 /// Why a request is refused outright (400 INVALID_ARGUMENT).
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -15,12 +17,30 @@ pub(crate) enum ExportError {
     Invalid(String),
 }
 
-/// One output file and its pixel size.
+/// One output file: its pixel size and where it starts in the export's grid.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Piece {
     pub name: String,
     pub width: u64,
     pub height: u64,
+    pub xoff: u64,
+    pub yoff: u64,
+}
+
+/// What every GeoTIFF of an export shares; each piece adds its size and offset.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct GeoTiffPlan {
+    pub band_names: Vec<String>,
+    pub sample: SampleType,
+    /// `geoTiffOptions.noData.floatValue`; `None` writes no nodata value.
+    pub nodata: Option<f64>,
+    /// Side of the internal tiles: `geoTiffOptions.tileSize`.
+    pub block: u32,
+    pub cloud_optimized: bool,
+    /// The export grid's affine transform (EE order: scaleX, shearX, translateX, shearY,
+    /// scaleY, translateY).
+    pub transform: [f64; 6],
+    pub geokeys: Vec<(u16, GeoKeyValue)>,
 }
 
 /// Everything the task needs to run, decided at submission.
@@ -32,6 +52,8 @@ pub(crate) struct ExportPlan {
     pub bucket: String,
     pub pieces: Vec<Piece>,
     pub bands: usize,
+    /// How the files are encoded; `None` when the task fails before writing any.
+    pub geotiff: Option<GeoTiffPlan>,
     pub destination_uri: String,
     /// The message the task will fail with, if EE would fail it.
     pub failure: Option<String>,
@@ -137,6 +159,25 @@ pub(crate) fn plan(body: &Value, options: &EmulatorOptions) -> Result<ExportPlan
         }
         _ => None,
     };
+    let nodata = match geotiff
+        .and_then(|g| g.get("noData"))
+        .filter(|n| !n.is_null())
+    {
+        None => None,
+        // The REST reference: "Only `noData.float_value` is currently supported".
+        Some(n) => Some(
+            n.get("floatValue")
+                .filter(|f| !f.is_null())
+                .and_then(parse_f64)
+                .ok_or_else(|| {
+                    invalid("geoTiffOptions.noData: only noData.floatValue is supported.")
+                })?,
+        ),
+    };
+    let cloud_optimized = geotiff
+        .and_then(|g| g.get("cloudOptimized"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let grid = grid_dimensions(body.get("grid"))?;
 
     let mut failure = None;
@@ -187,6 +228,20 @@ pub(crate) fn plan(body: &Value, options: &EmulatorOptions) -> Result<ExportPlan
             "Unable to write to bucket {bucket}: the bucket does not exist or the caller does not have write access to it."
         ));
     }
+    let geotiff = match (&image, failure.is_none()) {
+        (Some(image), true) => match geotiff_plan(image, body.get("grid"), tile_size as u32) {
+            Ok(layout) => Some(GeoTiffPlan {
+                nodata,
+                cloud_optimized,
+                ..layout
+            }),
+            Err(message) => {
+                failure = Some(message);
+                None
+            }
+        },
+        _ => None,
+    };
     Ok(ExportPlan {
         description,
         priority,
@@ -195,8 +250,77 @@ pub(crate) fn plan(body: &Value, options: &EmulatorOptions) -> Result<ExportPlan
         pieces: pieces(&prefix, width, height, tile_dimensions),
         bucket,
         bands,
+        geotiff,
         failure,
     })
+}
+
+/// The GeoTIFF encoding of `image` on the export's grid (or, without one, the first band's
+/// own): its CRS as GeoKeys, transform, band names and sample type. Fails the task with the
+/// message when the CRS cannot be written as GeoKeys.
+fn geotiff_plan(image: &Image, grid: Option<&Value>, block: u32) -> Result<GeoTiffPlan, String> {
+    let bands = &image.record.bands;
+    let grid = grid.filter(|g| !g.is_null());
+    let (crs_code, crs_wkt, transform) = match grid {
+        Some(grid) => {
+            let a = &grid["affineTransform"];
+            let n = |k: &str| a.get(k).and_then(parse_f64).unwrap_or(0.0);
+            (
+                grid.get("crsCode")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                grid.get("crsWkt")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                [
+                    n("scaleX"),
+                    n("shearX"),
+                    n("translateX"),
+                    n("shearY"),
+                    n("scaleY"),
+                    n("translateY"),
+                ],
+            )
+        }
+        None => {
+            let first = bands
+                .first()
+                .ok_or("Image with no bands cannot be exported.")?;
+            (Some(first.crs.clone()), None, first.crs_transform)
+        }
+    };
+    let geokeys = match (crs_code, crs_wkt) {
+        (Some(code), _) if !code.is_empty() => wkt::code_geokeys(&code),
+        (_, Some(text)) => wkt::wkt_geokeys(&text),
+        _ => Err("grid must specify crsCode or crsWkt.".to_owned()),
+    }?;
+    Ok(GeoTiffPlan {
+        band_names: bands.iter().map(|b| b.id.clone()).collect(),
+        sample: sample_type(image),
+        nodata: None,
+        block,
+        cloud_optimized: false,
+        transform,
+        geokeys,
+    })
+}
+
+/// One type for every band, as a GeoTIFF has: the smallest integer type holding every
+/// integer band's range, else `Float32`, or `Float64` when a band is double.
+fn sample_type(image: &Image) -> SampleType {
+    let bands = &image.record.bands;
+    if bands.iter().any(|b| b.precision == "double") {
+        SampleType::F64
+    } else if bands.iter().any(|b| b.precision != "int") {
+        SampleType::F32
+    } else {
+        let min = bands.iter().map(|b| b.min).fold(f64::INFINITY, f64::min);
+        let max = bands
+            .iter()
+            .map(|b| b.max)
+            .fold(f64::NEG_INFINITY, f64::max);
+        SampleType::for_int_range(min, max)
+    }
 }
 
 /// `requestId` "may contain the characters a..z, A..Z, 0-9, or '-'" and "be at most 60
@@ -247,6 +371,8 @@ fn pieces(prefix: &str, width: u64, height: u64, tile: Option<(u64, u64)>) -> Ve
                         name: format!("{prefix}-{yoff:010}-{xoff:010}.tif"),
                         width: tw.min(width - xoff),
                         height: th.min(height - yoff),
+                        xoff,
+                        yoff,
                     });
                 }
             }
@@ -256,6 +382,8 @@ fn pieces(prefix: &str, width: u64, height: u64, tile: Option<(u64, u64)>) -> Ve
             name: format!("{prefix}.tif"),
             width,
             height,
+            xoff: 0,
+            yoff: 0,
         }],
     }
 }
@@ -323,7 +451,9 @@ mod tests {
             vec![Piece {
                 name: "dir/name.tif".into(),
                 width: 100,
-                height: 100
+                height: 100,
+                xoff: 0,
+                yoff: 0,
             }]
         );
         let huge = plan(
@@ -359,6 +489,32 @@ mod tests {
         };
         let plan = plan(&body(grid(10, 10), Value::Null), &options).unwrap();
         assert!(plan.failure.unwrap().contains("bucket b"));
+    }
+
+    #[test]
+    fn no_data_is_read_from_float_value_only() {
+        let mut request = body(grid(10, 10), Value::Null);
+        let options = &mut request["fileExportOptions"]["geoTiffOptions"];
+        options["noData"] = json!({"floatValue": -9999.0});
+        options["cloudOptimized"] = json!(true);
+        let layout = plan(&request, &EmulatorOptions::default())
+            .unwrap()
+            .geotiff
+            .unwrap();
+        assert_eq!(layout.nodata, Some(-9999.0));
+        assert!(layout.cloud_optimized);
+        assert_eq!(layout.block, 256);
+        assert_eq!(layout.transform, [30.0, 0.0, 0.0, 0.0, -30.0, 0.0]);
+        request["fileExportOptions"]["geoTiffOptions"]["noData"] = json!({"integerValue": "0"});
+        assert_eq!(
+            plan(&request, &EmulatorOptions::default()),
+            Err(ExportError::Invalid(
+                "geoTiffOptions.noData: only noData.floatValue is supported.".into()
+            ))
+        );
+        request["fileExportOptions"]["geoTiffOptions"]["noData"] = Value::Null;
+        let plan = plan(&request, &EmulatorOptions::default()).unwrap();
+        assert_eq!(plan.geotiff.unwrap().nodata, None);
     }
 
     #[test]

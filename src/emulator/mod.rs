@@ -11,7 +11,8 @@
 //!   Sentinel-2 scenes ([`evaluate`] holds the supported subset of algorithms).
 //! - `image:export`, which starts an operation that moves `PENDING → RUNNING → SUCCEEDED|FAILED`
 //!   on an emulated clock ([`operations`]) and, on success, writes the files exactly as EE names
-//!   them into an [`ObjectStore`] that stands for the bucket ([`output`]).
+//!   them, as GeoTIFFs GDAL reads ([`geotiff`], [`wkt`]), into an [`ObjectStore`] that stands
+//!   for the bucket ([`output`]).
 //! - `operations.get/list/cancel`, `projects.getConfig`, and Google's OAuth token endpoint
 //!   ([`auth`]).
 //! - A minimal Cloud Storage JSON API over the same object store ([`storage`]): list, get,
@@ -38,12 +39,14 @@ mod evaluate;
 mod export;
 mod expression;
 mod faults;
+mod geotiff;
 mod operations;
 mod output;
 mod schema;
 mod server;
 mod stats;
 mod storage;
+mod wkt;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -107,12 +110,17 @@ pub struct EmulatorOptions {
     pub max_concurrent_exports: u32,
     /// Operations PENDING or RUNNING beyond which `image:export` is refused. Default 3000.
     pub queue_limit: usize,
-    /// Bytes written per pixel per band. Default 1/512, so a 5000×5000×8 export is ~390 KB.
-    pub bytes_per_pixel: f64,
     /// Require a bearer token issued by `POST /token` on every API call. Default false.
     pub require_auth: bool,
     /// `expires_in` of issued access tokens, in seconds. Default 3599, as Google.
     pub token_expires_in_secs: u64,
+    /// With `require_auth`, each issued token is revoked after this many requests (EE and
+    /// storage together) and answered 401 from then on, though unexpired: a key disabled
+    /// mid-campaign, as a client meets it. Default 0: never.
+    pub token_revoke_after_uses: u64,
+    /// With `require_auth`, each issued token is revoked this many milliseconds after it was
+    /// issued, though its `expires_in` promised more. Default 0: never.
+    pub token_revoke_after_ms: u64,
     /// The answer to a repeated `requestId`. Default [`DuplicateRequest::ReturnExisting`].
     pub duplicate_request: DuplicateRequest,
     /// When set, `operations.list` and `operations.get` name operations with this project number
@@ -149,9 +157,10 @@ impl Default for EmulatorOptions {
             seed: 0,
             max_concurrent_exports: 2,
             queue_limit: 3000,
-            bytes_per_pixel: 1.0 / 512.0,
             require_auth: false,
             token_expires_in_secs: 3599,
+            token_revoke_after_uses: 0,
+            token_revoke_after_ms: 0,
             duplicate_request: DuplicateRequest::ReturnExisting,
             project_number: None,
             list_retention_secs: None,
@@ -198,6 +207,14 @@ pub(crate) struct State {
 }
 
 impl Shared {
+    /// When issued tokens are revoked (see [`EmulatorOptions::token_revoke_after_uses`]).
+    fn revocation(&self) -> auth::Revocation {
+        auth::Revocation {
+            after_uses: self.options.token_revoke_after_uses,
+            after_ms: self.options.token_revoke_after_ms,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A handler that panicked while holding the lock leaves consistent-enough counters;
         // the emulator keeps serving rather than poisoning every later test request.
@@ -285,9 +302,6 @@ fn validate_options(options: &EmulatorOptions) -> Result<(), EmulatorError> {
         return Err(EmulatorError::Option(
             "list_retention_secs must be >= 0".into(),
         ));
-    }
-    if !(options.bytes_per_pixel >= 0.0 && options.bytes_per_pixel.is_finite()) {
-        return Err(EmulatorError::Option("bytes_per_pixel must be >= 0".into()));
     }
     Ok(())
 }

@@ -452,7 +452,7 @@ pub(crate) async fn advance(shared: &Shared) {
         );
     }
     for (id, plan) in to_write {
-        let result = output::write(&shared.store, &plan, shared.options.bytes_per_pixel).await;
+        let result = output::write(&shared.store, &plan).await;
         let mut state = shared.lock();
         let now = shared.clock.now();
         if let Ok(objects) = &result {
@@ -515,6 +515,7 @@ mod tests {
             bucket: "b".into(),
             pieces: Vec::new(),
             bands: 1,
+            geotiff: None,
             destination_uri: String::new(),
             failure: None,
         }

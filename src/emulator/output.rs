@@ -1,18 +1,16 @@
-//! Writing a finished export into the object store that stands for the bucket.
+//! Writing a finished export into the object store that stands for the bucket: one GeoTIFF per
+//! piece ([`super::geotiff`]), each georeferenced at its own offset in the export's grid.
 //!
-//! The files are not real GeoTIFFs: they start with the little-endian TIFF magic and continue
-//! with bytes drawn from a generator seeded by the object name, so that the same export always
-//! writes the same bytes and a download can be verified against them. Their size scales with
-//! width × height × bands × `bytes_per_pixel`.
+//! The same export always writes the same bytes, so a download can be verified against them.
 
 use std::sync::Arc;
 
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use super::export::ExportPlan;
+use super::export::{ExportPlan, Piece};
+use super::geotiff::{self, GeoTiffError, Raster};
 use super::stats::WrittenObject;
-use super::{splitmix, stable_hash};
 
 /// Why writing failed; the task then ends FAILED with this message.
 #[derive(Debug, thiserror::Error)]
@@ -29,13 +27,20 @@ pub(crate) enum OutputError {
         #[source]
         source: object_store::Error,
     },
+    #[error("Unable to encode '{name}': {source}")]
+    Encode {
+        name: String,
+        #[source]
+        source: GeoTiffError,
+    },
+    #[error("Internal error: the export has no GeoTIFF layout.")]
+    NoLayout,
 }
 
 /// Writes every piece of `plan`; returns what was written, with checksums, for the manifest.
 pub(crate) async fn write(
     store: &Arc<dyn ObjectStore>,
     plan: &ExportPlan,
-    bytes_per_pixel: f64,
 ) -> Result<Vec<WrittenObject>, OutputError> {
     let mut written = Vec::with_capacity(plan.pieces.len());
     for piece in &plan.pieces {
@@ -43,9 +48,7 @@ pub(crate) async fn write(
             name: piece.name.clone(),
             source,
         })?;
-        let pixels = piece.width as f64 * piece.height as f64 * plan.bands as f64;
-        let size = ((pixels * bytes_per_pixel).ceil() as usize).max(MAGIC.len() + 8);
-        let bytes = contents(&piece.name, size);
+        let bytes = contents(plan, piece)?;
         written.push(super::storage::exported(&piece.name, &bytes));
         store
             .put(&path, PutPayload::from(bytes))
@@ -58,31 +61,31 @@ pub(crate) async fn write(
     Ok(written)
 }
 
-const MAGIC: &[u8] = b"II*\0";
-
-/// Deterministic file contents for an object name.
-pub(crate) fn contents(name: &str, size: usize) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(size + 8);
-    bytes.extend_from_slice(MAGIC);
-    let mut state = stable_hash(0, &[name]);
-    while bytes.len() < size {
-        state = splitmix(state);
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    bytes.truncate(size);
-    bytes
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn contents_are_deterministic_sized_and_name_dependent() {
-        let a = contents("x/a.tif", 1000);
-        assert_eq!(a.len(), 1000);
-        assert_eq!(&a[..4], MAGIC);
-        assert_eq!(a, contents("x/a.tif", 1000));
-        assert_ne!(a, contents("x/b.tif", 1000));
-    }
+/// The GeoTIFF of one piece: the export's layout, translated to the piece's top-left pixel.
+fn contents(plan: &ExportPlan, piece: &Piece) -> Result<Vec<u8>, OutputError> {
+    let layout = plan.geotiff.as_ref().ok_or(OutputError::NoLayout)?;
+    let [sx, shx, tx, shy, sy, ty] = layout.transform;
+    let (x, y) = (piece.xoff as f64, piece.yoff as f64);
+    let raster = Raster {
+        width: piece.width as u32,
+        height: piece.height as u32,
+        bands: layout.band_names.clone(),
+        sample: layout.sample,
+        nodata: layout.nodata,
+        block: layout.block,
+        cloud_optimized: layout.cloud_optimized,
+        transform: [
+            sx,
+            shx,
+            tx + sx * x + shx * y,
+            shy,
+            sy,
+            ty + shy * x + sy * y,
+        ],
+        geokeys: layout.geokeys.clone(),
+    };
+    geotiff::encode(&raster).map_err(|source| OutputError::Encode {
+        name: piece.name.clone(),
+        source,
+    })
 }

@@ -201,15 +201,12 @@ fn handle(
     let injected = {
         let mut state = shared.lock();
         state.counters.request(method);
-        if shared.options.require_auth {
-            let token = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or_default();
-            if !state.tokens.valid(token.trim()) {
-                return ApiError::unauthenticated().into_response();
-            }
+        if shared.options.require_auth
+            && !state
+                .tokens
+                .authorize(auth::bearer(headers), shared.revocation())
+        {
+            return ApiError::unauthenticated().into_response();
         }
         state.faults.on_request(method, &shared.options)
     };

@@ -34,6 +34,9 @@ pub struct Stats {
     /// Bytes of `alt=media` downloads served whole.
     #[serde(default)]
     pub media_bytes_served: u64,
+    /// Storage JSON API requests answered 401 (no valid token, with `require_auth`).
+    #[serde(default)]
+    pub storage_unauthenticated: u64,
     /// Downloads cut mid-stream by [`super::Fault::TruncateNextDownload`].
     #[serde(default)]
     pub downloads_truncated: u64,
@@ -68,6 +71,7 @@ pub(crate) struct Counters {
     bytes: u64,
     storage: BTreeMap<&'static str, u64>,
     media_bytes: u64,
+    storage_401: u64,
     truncated: u64,
     exports_by_tag: BTreeMap<String, u64>,
     computes_by_tag: BTreeMap<String, u64>,
@@ -129,6 +133,10 @@ impl Counters {
         *self.storage.entry(method).or_default() += 1;
     }
 
+    pub fn storage_unauthenticated(&mut self) {
+        self.storage_401 += 1;
+    }
+
     pub fn media_served(&mut self, bytes: u64) {
         self.media_bytes += bytes;
     }
@@ -169,6 +177,7 @@ impl Counters {
                 .map(|(m, n)| ((*m).to_owned(), *n))
                 .collect(),
             media_bytes_served: self.media_bytes,
+            storage_unauthenticated: self.storage_401,
             downloads_truncated: self.truncated,
             exports_by_workload_tag: self.exports_by_tag.clone(),
             computes_by_workload_tag: self.computes_by_tag.clone(),

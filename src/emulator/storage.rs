@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD};
@@ -32,8 +32,8 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use serde_json::{Value, json};
 
-use super::Shared;
 use super::stats::WrittenObject;
+use super::{Shared, auth};
 
 /// `maxResults` when the client sends none, and the most Google returns per page.
 const MAX_RESULTS: usize = 1000;
@@ -60,6 +60,40 @@ fn no_such_object(bucket: &str, name: &str) -> Response {
         "notFound",
         format!("No such object: {bucket}/{name}"),
     )
+}
+
+/// With `require_auth`, a 401 unless the request carries a token the token endpoint issued and
+/// has not revoked. Google's JSON API answers so (`reason: authError`, the header as location,
+/// and a `WWW-Authenticate` challenge).
+fn check_token(shared: &Shared, headers: &HeaderMap) -> Result<(), Rejected> {
+    if !shared.options.require_auth {
+        return Ok(());
+    }
+    let mut state = shared.lock();
+    if state
+        .tokens
+        .authorize(auth::bearer(headers), shared.revocation())
+    {
+        return Ok(());
+    }
+    state.counters.storage_unauthenticated();
+    let body = json!({"error": {
+        "code": 401,
+        "message": "Invalid Credentials",
+        "errors": [{
+            "message": "Invalid Credentials",
+            "domain": "global",
+            "reason": "authError",
+            "locationType": "header",
+            "location": "Authorization",
+        }],
+    }});
+    let mut response = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"https://accounts.google.com/\""),
+    );
+    Err(Box::new(response))
 }
 
 /// 404 unless the emulator serves `bucket` (any bucket when none is configured).
@@ -158,9 +192,10 @@ pub(crate) async fn list(
     State(shared): SharedState,
     Path(bucket): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Response {
     shared.lock().counters.storage_request("objects.list");
-    if let Err(r) = check_bucket(&shared, &bucket) {
+    if let Err(r) = check_token(&shared, &headers).and_then(|()| check_bucket(&shared, &bucket)) {
         return *r;
     }
     if query.get("delimiter").is_some_and(|d| !d.is_empty()) {
@@ -242,6 +277,7 @@ pub(crate) async fn get(
     State(shared): SharedState,
     Path((bucket, name)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Response {
     let media = query.get("alt").map(String::as_str) == Some("media");
     shared.lock().counters.storage_request(if media {
@@ -249,7 +285,7 @@ pub(crate) async fn get(
     } else {
         "objects.get"
     });
-    if let Err(r) = check_bucket(&shared, &bucket) {
+    if let Err(r) = check_token(&shared, &headers).and_then(|()| check_bucket(&shared, &bucket)) {
         return *r;
     }
     let path = match store_path(&name) {
@@ -314,9 +350,10 @@ pub(crate) async fn get(
 pub(crate) async fn delete(
     State(shared): SharedState,
     Path((bucket, name)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
     shared.lock().counters.storage_request("objects.delete");
-    if let Err(r) = check_bucket(&shared, &bucket) {
+    if let Err(r) = check_token(&shared, &headers).and_then(|()| check_bucket(&shared, &bucket)) {
         return *r;
     }
     let path = match store_path(&name) {
@@ -341,10 +378,11 @@ pub(crate) async fn upload(
     State(shared): SharedState,
     Path(bucket): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     shared.lock().counters.storage_request("objects.insert");
-    if let Err(r) = check_bucket(&shared, &bucket) {
+    if let Err(r) = check_token(&shared, &headers).and_then(|()| check_bucket(&shared, &bucket)) {
         return *r;
     }
     match query.get("uploadType").map(String::as_str) {

@@ -137,6 +137,7 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
         ]),
         file_dimensions: Some(recipe.file_dimensions),
         cloud_optimized: recipe.cloud_optimized,
+        nodata: Some(spec.nodata),
         max_pixels: Some(recipe.max_pixels as i64),
         workload_tag: Some(workload_tag),
         priority: ctx

@@ -199,7 +199,10 @@ impl Context {
                  ([earthengine] project = \"my-project\", or CEDAR__EARTHENGINE__PROJECT)"
             );
         }
-        let tokens = auth::token_source(cfg.earthengine.credentials.as_deref())?;
+        let tokens = auth::token_source(
+            cfg.earthengine.credentials.as_deref(),
+            &cfg.earthengine.scopes,
+        )?;
         let ee = EarthEngine::new(
             &cfg.earthengine.endpoint,
             &cfg.earthengine.project,

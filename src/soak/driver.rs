@@ -25,8 +25,8 @@ use super::invariants::{
 };
 use super::process::{Redis, free_port, reap, sigterm};
 use super::{
-    BUCKET, BYTES_PER_PIXEL, CUT_AFTER_BYTES, FAIL_RATE, FILE_DIMENSIONS, STORM_SHARE, SoakArgs,
-    THROTTLE_RATE, TICK, UNAVAILABLE_RATE,
+    BUCKET, CUT_AFTER_BYTES, FAIL_RATE, FILE_DIMENSIONS, STORM_SHARE, SoakArgs, THROTTLE_RATE,
+    TICK, UNAVAILABLE_RATE,
 };
 
 /// One `cedar worker` child process, in one of the worker slots.
@@ -76,7 +76,6 @@ impl Soak {
                 fail_rate: FAIL_RATE,
                 fail_repeats: false,
                 seed: args.seed,
-                bytes_per_pixel: BYTES_PER_PIXEL,
                 ..EmulatorOptions::default()
             },
         )

@@ -75,8 +75,6 @@ pub struct SoakArgs {
 const BUCKET: &str = "cedar-soak";
 /// Pieces of 2560 pixels: a 5000-pixel tile is 2 × 2 pieces.
 const FILE_DIMENSIONS: u32 = 2560;
-/// Small files: the soak is about cedar, not the disk.
-const BYTES_PER_PIXEL: f64 = 1.0 / 16384.0;
 /// The part of the campaign that runs under every fault.
 const STORM_SHARE: f64 = 0.8;
 /// EE's fault rates: 10% 429 + 10% 503, 5% of first attempts FAILED.

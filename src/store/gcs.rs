@@ -18,7 +18,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::{ExportBucket, ObjectInfo, StoreError};
-use crate::auth::{STORAGE_SCOPE, TokenSource};
+use crate::auth::{self, TokenSource};
 
 /// Google's production endpoint, used unless configured otherwise.
 pub const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
@@ -150,34 +150,46 @@ impl GcsJsonBucket {
         format!("gs://{}/{full_name}", self.bucket)
     }
 
-    /// Adds the bearer token (if any) and sends; any non-2xx answer becomes an error here.
+    /// Adds the bearer token (if any) and sends; any non-2xx answer becomes an error here. A 401
+    /// is sent again once with a fresh token (see [`auth::authorized`]).
     async fn send(
         &self,
         op: &'static str,
         target: &str,
         request: RequestBuilder,
     ) -> Result<Response, StoreError> {
-        let request = match self.tokens.bearer(&[STORAGE_SCOPE]).await? {
-            Some(token) => request.bearer_auth(token),
-            None => request,
+        let transport = |source: reqwest::Error| StoreError::Transport {
+            op,
+            target: target.to_owned(),
+            source: source.without_url(),
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|source| StoreError::Transport {
-                op,
-                target: target.to_owned(),
-                source: source.without_url(),
-            })?;
+        let send = |token: Option<String>| {
+            let attempt = request
+                .try_clone()
+                .expect("requests to the JSON API have no body or a buffered one, so they copy");
+            let attempt = match token {
+                Some(token) => attempt.bearer_auth(token),
+                None => attempt,
+            };
+            attempt.send()
+        };
+        let unauthorized = |r: &reqwest::Result<Response>| matches!(r, Ok(r) if r.status() == StatusCode::UNAUTHORIZED);
+        let sent = auth::authorized(self.tokens.as_ref(), send, unauthorized).await?;
+        let response = sent.answer.map_err(transport)?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
+        }
+        let mut message = error_message(status, response).await;
+        if let Some(note) = sent.refused {
+            message.push(' ');
+            message.push_str(&note);
         }
         Err(StoreError::Status {
             op,
             target: target.to_owned(),
             status: status.as_u16(),
-            message: error_message(status, response).await,
+            message,
         })
     }
 

@@ -93,6 +93,8 @@ fn router(ctx: Context, handle: &'static PrometheusHandle) -> Router {
         .route(
             "/metrics",
             get(move || async move {
+                // Counted in `auth`, which sits below the metrics module: read at each scrape.
+                metrics::auth_token_refreshes(&crate::auth::token_refreshes());
                 (
                     [(
                         header::CONTENT_TYPE,

@@ -605,6 +605,7 @@ fn export_body() -> cedar::earthengine::ExportImageRequest {
             request_id: cedar::earthengine::request_id(&["bad-input"]),
             file_dimensions: Some(1024),
             cloud_optimized: true,
+            nodata: None,
             max_pixels: None,
             workload_tag: None,
         },
@@ -1023,6 +1024,18 @@ fn table(f: &Fixture) -> Vec<Case> {
                     "unreadable-key",
                     "credentials = \"none\"",
                     &format!("credentials = \"{}\"", key.display()),
+                ))
+            },
+        ),
+        cli(
+            "config: a scope that is not a scope URL",
+            "earthengine.scopes: \"earthengine\" is not a Google OAuth scope (https://www.googleapis.com/auth/NAME); list OAuth scope URLs",
+            2,
+            |f| {
+                submit_with(f.config_with(
+                    "bad-scope",
+                    "credentials = \"none\"",
+                    "credentials = \"none\"\nscopes = [\"earthengine\"]",
                 ))
             },
         ),

@@ -1,5 +1,6 @@
 //! End-to-end tests: every remote is a real server on loopback.
 
+mod auth;
 mod backends;
 mod bad_input;
 mod cli;
@@ -8,6 +9,7 @@ mod doctor;
 mod earthengine;
 mod emulator;
 mod export;
+mod geotiff;
 mod handoff;
 mod ingest;
 mod layers;

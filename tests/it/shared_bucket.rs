@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
-    BYTES_PER_PIXEL, Emulated, FAST_WORKER, LC08, Namespace, Process, Run, TestConfig,
-    cedar_command, configured, files, one_tile, redis_url, run, wait_until,
+    Emulated, FAST_WORKER, LC08, Namespace, Process, Run, TestConfig, cedar_command, configured,
+    files, one_tile, redis_url, run, wait_until,
 };
 use cedar::emulator::EmulatorOptions;
 
@@ -127,7 +127,6 @@ async fn emulated() -> Emulated {
         bucket: Some(BUCKET.to_owned()),
         task_seconds: 1.0,
         max_concurrent_exports: 8,
-        bytes_per_pixel: BYTES_PER_PIXEL,
         ..EmulatorOptions::default()
     })
     .await

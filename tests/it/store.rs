@@ -528,9 +528,16 @@ struct SecretToken;
 
 #[async_trait]
 impl TokenSource for SecretToken {
-    async fn bearer(&self, scopes: &[&str]) -> Result<Option<String>, AuthError> {
-        assert_eq!(scopes, [cedar::auth::STORAGE_SCOPE]);
+    async fn bearer(&self) -> Result<Option<String>, AuthError> {
         Ok(Some("ya29.secret-token".to_owned()))
+    }
+
+    fn describe(&self) -> String {
+        "a secret test token".to_owned()
+    }
+
+    fn fix(&self) -> String {
+        "none".to_owned()
     }
 }
 

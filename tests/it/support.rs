@@ -106,16 +106,11 @@ impl Drop for Namespace {
 
 // --- the emulator and its folders --------------------------------------------------------------
 
-/// Bytes the emulator writes per pixel and band in these tests: a 2048×2048 piece of 48 bands
-/// is ~50 KB.
-pub const BYTES_PER_PIXEL: f64 = 1.0 / 4096.0;
-
-/// Emulator options for a small campaign: exports to `bucket`, one-second tasks, small files.
+/// Emulator options for a small campaign: exports to `bucket`, one-second tasks.
 pub fn small_exports(bucket: &str) -> EmulatorOptions {
     EmulatorOptions {
         bucket: Some(bucket.to_owned()),
         task_seconds: 1.0,
-        bytes_per_pixel: BYTES_PER_PIXEL,
         ..EmulatorOptions::default()
     }
 }

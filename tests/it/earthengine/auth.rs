@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cedar::auth::{AuthError, NoAuth, token_source};
+use cedar::auth::{AuthError, NoAuth, default_scopes, token_source};
 use cedar::earthengine::{EarthEngine, EeError};
 use cedar::emulator::EmulatorOptions;
 
@@ -29,7 +29,7 @@ async fn signed_in(
     let ee = EarthEngine::new(
         &s.emulator.url(),
         "cedar-test",
-        token_source(Some(&path)).unwrap(),
+        token_source(Some(&path), &default_scopes()).unwrap(),
         Duration::from_secs(10),
     )
     .unwrap();
@@ -48,7 +48,7 @@ async fn service_account_tokens_are_fetched_once_and_reused() {
     s.emulator.register_public_key_pem(&public);
     let path = service_account_key(dir.path(), &private, &format!("{}/token", s.emulator.url()));
 
-    let tokens = token_source(Some(&path)).unwrap();
+    let tokens = token_source(Some(&path), &default_scopes()).unwrap();
     let debug = format!("{tokens:?}");
     assert!(
         debug.contains("cedar@cedar-test.iam.gserviceaccount.com")

@@ -113,6 +113,8 @@ fn params(name: &str) -> ExportParams {
         request_id: request_id(&["calls", name]),
         file_dimensions: Some(256),
         cloud_optimized: true,
+        // Landsat Collection 2's fill value, as the presets' nodata.
+        nodata: Some(0.0),
         max_pixels: Some(1_000_000_000),
         workload_tag: None,
     }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cedar::auth::{AuthError, EARTHENGINE_SCOPE, NoAuth, TokenSource};
+use cedar::auth::{AuthError, NoAuth, TokenSource};
 use cedar::earthengine::{EarthEngine, EeError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -100,18 +100,23 @@ fn client(url: &str) -> EarthEngine {
     EarthEngine::new(url, "p", Arc::new(NoAuth), Duration::from_secs(5)).unwrap()
 }
 
-/// A token source that always yields the same token and counts the scopes it was asked for.
+/// A token source that always yields the same token and counts how often it was asked.
 #[derive(Debug, Default)]
-struct FixedToken(Mutex<Vec<Vec<String>>>);
+struct FixedToken(Mutex<u32>);
 
 #[async_trait]
 impl TokenSource for FixedToken {
-    async fn bearer(&self, scopes: &[&str]) -> Result<Option<String>, AuthError> {
-        self.0
-            .lock()
-            .unwrap()
-            .push(scopes.iter().map(|s| s.to_string()).collect());
+    async fn bearer(&self) -> Result<Option<String>, AuthError> {
+        *self.0.lock().unwrap() += 1;
         Ok(Some("test-token".into()))
+    }
+
+    fn describe(&self) -> String {
+        "a fixed test token".into()
+    }
+
+    fn fix(&self) -> String {
+        "none".into()
     }
 }
 
@@ -154,14 +159,7 @@ async fn requests_carry_token_project_and_documented_paths() {
     );
     assert_eq!(cancel.body, "{}");
     assert_eq!(cancel.header("content-type"), Some("application/json"));
-    assert!(
-        tokens
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .all(|s| s == &[EARTHENGINE_SCOPE.to_string()])
-    );
+    assert_eq!(*tokens.0.lock().unwrap(), 2, "one token per call");
 
     // No token source, no Authorization header.
     let (url, seen) = scripted(Reply::Respond("200 OK", "application/json", "{}")).await;
