@@ -286,6 +286,7 @@ impl Operations {
                     bucket: "other-pipeline".into(),
                     pieces: Vec::new(),
                     bands: 1,
+                    geotiff: None,
                     destination_uri: "gs://other-pipeline/".into(),
                     failure: None,
                 };
