@@ -119,6 +119,7 @@ async fn export(
     nodata: Option<f64>,
 ) -> Exported {
     let params = ExportParams {
+        priority: None,
         bucket: "geotiff".into(),
         filename_prefix: format!("out/{name}"),
         description: name.into(),
