@@ -349,9 +349,7 @@ async fn image_export(
                 && let Some(existing) = state.operations.by_request(project, request_id)
             {
                 return match options.duplicate_request {
-                    DuplicateRequest::ReturnExisting => {
-                        Ok(existing.to_json(&shared.clock))
-                    }
+                    DuplicateRequest::ReturnExisting => Ok(existing.to_json(&shared.clock)),
                     DuplicateRequest::AlreadyExists => Err(ApiError::new(
                         409,
                         "ALREADY_EXISTS",
@@ -377,7 +375,8 @@ async fn image_export(
             }
             state.counters.export_started(&plan.description);
             state.counters.export_tagged(tag.as_deref());
-            let duration = super::operations::task_duration(options, state.operations.all().len() as u64);
+            let duration =
+                super::operations::task_duration(options, state.operations.all().len() as u64);
             let operation = state
                 .operations
                 .create(project, plan, options.seed, now, duration);
@@ -403,10 +402,7 @@ async fn get_operation(
                 .operations
                 .get(project, &operation)
                 .ok_or_else(|| operation_not_found(project, &operation))?;
-            Ok(numbered(
-                &shared,
-                op.to_json(&shared.clock),
-            ))
+            Ok(numbered(&shared, op.to_json(&shared.clock)))
         },
     )
 }
@@ -501,12 +497,7 @@ async fn list_operations(
             if !page.is_empty() {
                 body["operations"] = page
                     .iter()
-                    .map(|op| {
-                        numbered(
-                            &shared,
-                            op.to_json(&shared.clock),
-                        )
-                    })
+                    .map(|op| numbered(&shared, op.to_json(&shared.clock)))
                     .collect();
             }
             if let Some(next) = next {

@@ -296,6 +296,12 @@ impl Pacer {
         self.interval
     }
 
+    /// Sweeps again after the shortest interval: EE has nothing of ours queued, so its slots
+    /// idle from the moment the running tasks end until a sweep sees it.
+    pub fn hurry(&mut self) {
+        self.interval = self.settings.min_interval;
+    }
+
     /// Records a sweep that read `pages` pages and saw `completed` tasks finish over `elapsed`.
     pub fn record(&mut self, pages: u32, completed: u32, elapsed: Duration) {
         let s = &self.settings;
@@ -335,8 +341,11 @@ pub async fn sweep_loop(
             _ = shutdown.changed() => return,
         }
         match sweep_once(&ctx, &worker, &mut known, wait * 3).await {
-            Ok(Some((pages, completed))) => {
+            Ok(Some((pages, completed, idle_soon))) => {
                 pacer.record(pages, completed, last.elapsed());
+                if idle_soon {
+                    pacer.hurry();
+                }
                 last = Instant::now();
             }
             Ok(None) => last = Instant::now(),
@@ -347,13 +356,14 @@ pub async fn sweep_loop(
 
 /// One sweep, if this worker is the leader and someone waits for an operation: pages
 /// `operations.list` (newest first) until every awaited operation was seen or the pages end.
-/// Returns (pages read, tasks seen finishing since the last sweep).
+/// Returns (pages read, tasks seen finishing since the last sweep, whether none of the awaited
+/// tasks waits in EE's queue).
 pub async fn sweep_once(
     ctx: &Context,
     worker: &str,
     known: &mut HashMap<String, String>,
     lease: Duration,
-) -> Result<Option<(u32, u32)>, JobError> {
+) -> Result<Option<(u32, u32, bool)>, JobError> {
     if !ctx
         .snapshot
         .lead(worker, lease)
@@ -410,6 +420,9 @@ pub async fn sweep_once(
         // Only a sweep that read every page saw them all.
         super::admission::on_sweep(ctx, others).await?;
     }
+    // None of our tasks waits in EE's queue: EE's run slots go idle as soon as the running
+    // ones end, until cedar notices and admits more, so the next sweep must not wait long.
+    let idle_soon = !views.is_empty() && views.iter().all(|(_, v)| v.state != "PENDING");
     let mut ended = Vec::new();
     let mut encoded = Vec::with_capacity(views.len());
     for (name, view) in views {
@@ -460,7 +473,7 @@ pub async fn sweep_once(
         }
         return Err(e);
     }
-    Ok(Some((pages, ended.len() as u32)))
+    Ok(Some((pages, ended.len() as u32, idle_soon)))
 }
 
 /// The operation ID: the last segment of `projects/{project}/operations/{ID}` (a bare ID is

@@ -18,6 +18,7 @@ mod metrics;
 mod queue;
 mod security;
 mod shared_bucket;
+mod sharing;
 mod single_machine;
 mod snapshot;
 mod soak;
