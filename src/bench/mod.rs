@@ -14,6 +14,7 @@ mod e2e;
 mod enqueue;
 mod requests;
 mod rss;
+mod utilisation;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -41,6 +42,9 @@ pub enum BenchCommand {
     /// Tile-periods per second through export → poll → download → clean with `cedar worker`
     /// processes, against the original CEDAR's sequential loop on the real Python EE client.
     E2e(e2e::E2eArgs),
+    /// EE run-slot utilisation when EE's queue holds fewer tasks than cedar may admit, alone
+    /// and with another pipeline sharing the project.
+    Utilisation(utilisation::UtilisationArgs),
     /// MB/s of `copy_verified` from the emulator's bucket (`file://`, `gs://`) against `cp -r`.
     Download(download::DownloadArgs),
 }
@@ -61,6 +65,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Rss(a) => rss::run(a).await,
         BenchCommand::E2e(a) => e2e::run(a).await,
         BenchCommand::Download(a) => download::run(a).await,
+        BenchCommand::Utilisation(a) => utilisation::run(a).await,
     }
 }
 
