@@ -212,6 +212,9 @@ pub struct OrderStatus {
     pub started: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<DateTime<Utc>>,
+    /// EECU-seconds EE billed for the task (`batchEecuUsageSeconds`), set when poll sees it end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eecu_seconds: Option<f64>,
     pub updated: DateTime<Utc>,
 }
 
@@ -231,6 +234,7 @@ impl OrderStatus {
             created: None,
             started: None,
             ended: None,
+            eecu_seconds: None,
             updated: Utc::now(),
         }
     }
