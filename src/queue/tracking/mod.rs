@@ -471,6 +471,17 @@ impl Tracker {
         dispatch!(self, t => t.counts(name).await)
     }
 
+    /// EECU-seconds the ended EE tasks of `name` used: the sum over its orders (reads every
+    /// order, as [`Tracker::all`]).
+    pub async fn eecu_seconds(&self, name: &str) -> Result<f64, TrackingError> {
+        Ok(self
+            .all(name)
+            .await?
+            .values()
+            .filter_map(|s| s.eecu_seconds)
+            .sum())
+    }
+
     /// Every submission's orders per state ([`Tracker::counts`]), by name: one tally read per
     /// submission.
     pub async fn tallies(
