@@ -29,7 +29,11 @@ on_both!(
 async fn an_operation_counts_once_and_leaves_the_window_after_it(t: TestQueue) {
     let window = Duration::from_millis(1200);
     let q = &t.queue;
-    assert!(q.record_eecu("projects/p/operations/A", 2.5, window).await.unwrap());
+    assert!(
+        q.record_eecu("projects/p/operations/A", 2.5, window)
+            .await
+            .unwrap()
+    );
     let other = t.other_process().await;
     assert!(
         !other
@@ -38,16 +42,24 @@ async fn an_operation_counts_once_and_leaves_the_window_after_it(t: TestQueue) {
             .unwrap(),
         "the second run of the same operation counts nothing"
     );
-    assert!(q.record_eecu("projects/p/operations/B", 0.75, window).await.unwrap());
+    assert!(
+        q.record_eecu("projects/p/operations/B", 0.75, window)
+            .await
+            .unwrap()
+    );
     let used = other.eecu_use(window).await.unwrap();
     assert_eq!(used.seconds(), 3.25, "{used:?}");
-    assert_eq!(used.over_until(3.0, window).is_some(), true);
+    assert!(used.over_until(3.0, window).is_some());
     assert_eq!(used.over_until(3.5, window), None);
     tokio::time::sleep(window + Duration::from_millis(200)).await;
     let used = q.eecu_use(window).await.unwrap();
     assert_eq!(used.seconds(), 0.0, "{used:?}");
     // Still counted: a late re-run after the window does not count again either.
-    assert!(!q.record_eecu("projects/p/operations/A", 2.5, window).await.unwrap());
+    assert!(
+        !q.record_eecu("projects/p/operations/A", 2.5, window)
+            .await
+            .unwrap()
+    );
 }
 
 /// A campaign whose every task spends the whole budget: after the first task ends, admission
@@ -95,12 +107,16 @@ async fn a_spent_budget_pauses_admission_until_the_window_moves_on(t: TestQueue)
     let queued = |s: &Value| s["counts"]["QUEUED"].as_u64().unwrap_or(0);
 
     // The first task ends and spends the budget: admission pauses.
-    let until = wait_until(Duration::from_secs(60), Duration::from_millis(100), || async {
-        match q.figure(Figure::Paused).await.unwrap() {
-            Some(until) => Ok(until as u64),
-            None => Err("admission never paused".to_string()),
-        }
-    })
+    let until = wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async {
+            match q.figure(Figure::Paused).await.unwrap() {
+                Some(until) => Ok(until as u64),
+                None => Err("admission never paused".to_string()),
+            }
+        },
+    )
     .await;
     let now = q.now_ms().await.unwrap();
     assert!(
@@ -108,14 +124,18 @@ async fn a_spent_budget_pauses_admission_until_the_window_moves_on(t: TestQueue)
         "paused until {until}, now {now}"
     );
     // The order's record follows its pause by a moment.
-    let first = wait_until(Duration::from_secs(10), Duration::from_millis(100), || async {
-        let s = status(name.clone()).await;
-        if s["eecu_seconds"].as_f64().unwrap() > 0.36 {
-            Ok(s)
-        } else {
-            Err(format!("no EECU in status: {s}"))
-        }
-    })
+    let first = wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let s = status(name.clone()).await;
+            if s["eecu_seconds"].as_f64().unwrap() > 0.36 {
+                Ok(s)
+            } else {
+                Err(format!("no EECU in status: {s}"))
+            }
+        },
+    )
     .await;
     let waiting = queued(&first);
     assert!(waiting >= 1, "orders wait behind the pause: {first}");
@@ -136,31 +156,45 @@ async fn a_spent_budget_pauses_admission_until_the_window_moves_on(t: TestQueue)
     assert_eq!(queued(&status(name.clone()).await), waiting);
 
     // After the window the pause ends by itself and the next order goes.
-    wait_until(Duration::from_secs(30), Duration::from_millis(100), || async {
-        let s = status(name.clone()).await;
-        if queued(&s) < waiting {
-            Ok(())
-        } else {
-            Err(format!("admission never resumed: {s}"))
-        }
-    })
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let s = status(name.clone()).await;
+            if queued(&s) < waiting {
+                Ok(())
+            } else {
+                Err(format!("admission never resumed: {s}"))
+            }
+        },
+    )
     .await;
-    assert!(q.now_ms().await.unwrap() >= until, "admitted before the pause ended");
+    assert!(
+        q.now_ms().await.unwrap() >= until,
+        "admitted before the pause ended"
+    );
 
-    let done = wait_until(Duration::from_secs(90), Duration::from_millis(500), || async {
-        let s = status(name.clone()).await;
-        if s["done"] == true {
-            Ok(s)
-        } else {
-            Err(format!("campaign never finished: {s}"))
-        }
-    })
+    let done = wait_until(
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || async {
+            let s = status(name.clone()).await;
+            if s["done"] == true {
+                Ok(s)
+            } else {
+                Err(format!("campaign never finished: {s}"))
+            }
+        },
+    )
     .await;
     assert_eq!(done["counts"]["QUEUED"], Value::Null, "{done}");
     let eecu = done["eecu_seconds"].as_f64().unwrap();
     let used = q.eecu_use(Duration::from_secs(WINDOW_SECS)).await.unwrap();
     assert!(eecu > first["eecu_seconds"].as_f64().unwrap(), "{done}");
-    assert!(used.seconds() <= eecu + 1e-3, "window {used:?}, total {eecu}");
+    assert!(
+        used.seconds() <= eecu + 1e-3,
+        "window {used:?}, total {eecu}"
+    );
 
     // Counted once per task by the worker that saw it end (rounded to whole seconds).
     let (_, _, metrics) = get(&format!("http://127.0.0.1:{port}/metrics")).await;
