@@ -265,7 +265,13 @@ impl Operations {
 
     /// Tops up the other pipelines' tasks of every project cedar exported in to `target`
     /// queued ones.
-    fn top_up_foreign(&mut self, target: usize, seed: u64, now: f64, duration: impl Fn(u64) -> f64) {
+    fn top_up_foreign(
+        &mut self,
+        target: usize,
+        seed: u64,
+        now: f64,
+        duration: impl Fn(u64) -> f64,
+    ) {
         if target == 0 {
             return;
         }

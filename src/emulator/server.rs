@@ -326,9 +326,7 @@ async fn image_export(
                 && let Some(existing) = state.operations.by_request(project, request_id)
             {
                 return match options.duplicate_request {
-                    DuplicateRequest::ReturnExisting => {
-                        Ok(existing.to_json(&shared.clock))
-                    }
+                    DuplicateRequest::ReturnExisting => Ok(existing.to_json(&shared.clock)),
                     DuplicateRequest::AlreadyExists => Err(ApiError::new(
                         409,
                         "ALREADY_EXISTS",
@@ -354,7 +352,8 @@ async fn image_export(
             }
             state.counters.export_started(&plan.description);
             state.counters.export_tagged(tag.as_deref());
-            let duration = super::operations::task_duration(options, state.operations.all().len() as u64);
+            let duration =
+                super::operations::task_duration(options, state.operations.all().len() as u64);
             let operation = state
                 .operations
                 .create(project, plan, options.seed, now, duration);
@@ -453,10 +452,7 @@ async fn list_operations(
             let (page, next) = state.operations.page(project, size, below);
             let mut body = json!({});
             if !page.is_empty() {
-                body["operations"] = page
-                    .iter()
-                    .map(|op| op.to_json(&shared.clock))
-                    .collect();
+                body["operations"] = page.iter().map(|op| op.to_json(&shared.clock)).collect();
             }
             if let Some(next) = next {
                 body["nextPageToken"] = json!(format!("ops-{next:x}"));

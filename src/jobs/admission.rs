@@ -29,7 +29,8 @@ pub async fn on_queue_full(ctx: &Context, error: &EeError) -> Result<(), JobErro
     let others = q.figure(Figure::OtherTasks).await?.unwrap_or(0).max(0);
     let room = match error.queue_limit() {
         Some(limit) => {
-            q.set_figure(Figure::EeQueueLimit, Some(limit as i64)).await?;
+            q.set_figure(Figure::EeQueueLimit, Some(limit as i64))
+                .await?;
             (limit as i64 - others).max(1)
         }
         None => {

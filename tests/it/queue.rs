@@ -12,7 +12,7 @@ use std::{
 
 use apalis::prelude::*;
 use cedar::queue::{
-    self, BacklogPlace, BackendConfig, Figure, FailResult, OrderJob, Outcome, QueueJob,
+    self, BackendConfig, BacklogPlace, FailResult, Figure, OrderJob, Outcome, QueueJob,
     RateDecision, RetryPolicy, Stage,
 };
 use chrono::NaiveDate;
@@ -1043,7 +1043,10 @@ async fn push_back_returns_the_slot_and_the_job_to_the_front_of_the_backlog(t: T
         .await
         .unwrap();
     assert_eq!(again.len(), 1);
-    assert_eq!((again[0].id.as_str(), again[0].attempts), (second.as_str(), 0));
+    assert_eq!(
+        (again[0].id.as_str(), again[0].attempts),
+        (second.as_str(), 0)
+    );
 }
 
 async fn admission_stays_under_the_learnt_room_and_stops_while_paused(t: TestQueue) {
@@ -1067,19 +1070,34 @@ async fn the_backlog_goes_by_priority_then_submissions_take_turns(t: TestQueue) 
     let q = &t.queue;
     let place = |priority, tracking| BacklogPlace { priority, tracking };
     // A big backfill first, of the default priority; a few of its orders already admitted.
-    q.enqueue_placed(Stage::Export, &jobs("backfill", 8), Duration::ZERO, place(100, "backfill"))
-        .await
-        .unwrap();
+    q.enqueue_placed(
+        Stage::Export,
+        &jobs("backfill", 8),
+        Duration::ZERO,
+        place(100, "backfill"),
+    )
+    .await
+    .unwrap();
     let first = admit_one_by_one(q, 2).await;
     assert!(first.iter().all(|id| id.contains("backfill")), "{first:?}");
     // Another campaign of the same priority takes turns with the rest of the backfill…
-    q.enqueue_placed(Stage::Export, &jobs("other", 3), Duration::ZERO, place(100, "other"))
-        .await
-        .unwrap();
+    q.enqueue_placed(
+        Stage::Export,
+        &jobs("other", 3),
+        Duration::ZERO,
+        place(100, "other"),
+    )
+    .await
+    .unwrap();
     // …and an ingest of a higher priority goes before both.
-    q.enqueue_placed(Stage::Export, &jobs("ingest", 2), Duration::ZERO, place(200, "ingest"))
-        .await
-        .unwrap();
+    q.enqueue_placed(
+        Stage::Export,
+        &jobs("ingest", 2),
+        Duration::ZERO,
+        place(200, "ingest"),
+    )
+    .await
+    .unwrap();
     for id in first {
         q.complete(Stage::Export, &id).await.unwrap();
         q.release_slot(&id).await.unwrap();

@@ -49,8 +49,8 @@ use self::scripts::{
     RESCHEDULE, WAKE,
 };
 use super::{
-    ADMIT_LIMIT, BacklogPlace, Figure, DeadReason, Depth, ENQUEUE_CHUNK, FailResult, Leased, QueueError, REAP_LIMIT,
-    RateDecision, RetryPolicy, Stage, WAKE_CHUNK,
+    ADMIT_LIMIT, BacklogPlace, DeadReason, Depth, ENQUEUE_CHUNK, FailResult, Figure, Leased,
+    QueueError, REAP_LIMIT, RateDecision, RetryPolicy, Stage, WAKE_CHUNK,
 };
 
 /// Ids per script call when re-queueing or removing a campaign's jobs.

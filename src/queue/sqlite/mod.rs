@@ -19,8 +19,8 @@ use serde::Deserialize;
 pub(in crate::queue) use self::db::now_ms;
 pub use self::db::{BUSY_TIMEOUT, Db, SCHEMA, is_retryable, not_a_file, path_of};
 use super::{
-    ADMIT_LIMIT, BacklogPlace, DeadReason, Depth, Figure, ENQUEUE_CHUNK, FailResult, LEASE_EXPIRED, Leased, QueueError,
-    REAP_LIMIT, RateDecision, RetryPolicy, Stage, WAKE_CHUNK,
+    ADMIT_LIMIT, BacklogPlace, DeadReason, Depth, ENQUEUE_CHUNK, FailResult, Figure, LEASE_EXPIRED,
+    Leased, QueueError, REAP_LIMIT, RateDecision, RetryPolicy, Stage, WAKE_CHUNK,
 };
 
 /// The queue of every stage in one database file, under one namespace.
