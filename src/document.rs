@@ -1,6 +1,7 @@
 //! Tracking documents: `{tracking.prefix}/{name}.json` in the store, the original CEDAR's view
-//! of a submission (top-level keys `program`, `submission`, `tracking`, `orders`, `metadata`),
-//! re-rendered from the tracking state ([`crate::queue::tracking`]) whenever it changed.
+//! of a submission (top-level keys `program`, `submission`, `tracking`, `orders`, `metadata`,
+//! plus cedar's `eecu_seconds`, the EECU its ended tasks used), re-rendered from the tracking
+//! state ([`crate::queue::tracking`]) whenever it changed.
 
 use crate::config::Settings;
 use crate::order::{Order, OrderNames};
@@ -63,6 +64,7 @@ pub async fn render(
     let queued = OrderStatus::new(OrderState::Queued);
     let orders: Vec<Order> = sub.orders().collect();
     let mut first = true;
+    let mut eecu_seconds = 0.0;
     for chunk in orders.chunks(DOCUMENT_CHUNK) {
         let statuses = tracker.statuses(name, chunk).await?;
         for (order, status) in chunk.iter().zip(statuses) {
@@ -87,13 +89,17 @@ pub async fn render(
                 &json!({"name": names.name, "prefix": names.prefix, "status": status}),
             )
             .expect("order serializes");
+            eecu_seconds += status.eecu_seconds.unwrap_or(0.0);
             let base = recipe.export_base(&names, status.exports);
             serde_json::to_writer(&mut metadata, &format!("{base}.json")).expect("name serializes");
         }
     }
     out.extend_from_slice(b"],\"metadata\":[");
     out.extend_from_slice(&metadata);
-    out.extend_from_slice(b"]}");
+    // An extra key beside the original's: the EECU-seconds its ended tasks used.
+    out.extend_from_slice(b"],\"eecu_seconds\":");
+    serde_json::to_writer(&mut out, &eecu_seconds).expect("a number serializes");
+    out.extend_from_slice(b"}");
     Ok(out)
 }
 

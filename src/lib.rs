@@ -56,7 +56,8 @@
 //! validated section by section.
 //!
 //! **Pipeline** — what a campaign does:
-//! - [`jobs`]: one module per stage: export, poll, download, clean.
+//! - [`jobs`]: one module per stage: export, poll, download, clean; beside them admission and
+//!   the EECU budget that can pause it.
 //! - [`submit`]: validates a request, records it, and queues its exports in bulk.
 //! - [`schedule`]: runs the `[[ingest]]` entries on their cron schedule, exactly once per period,
 //!   and reads back what each has done (`status`: what `cedar ingest list` and the metrics show).

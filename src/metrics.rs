@@ -316,6 +316,38 @@ pub const CATALOGUE: &[MetricDef] = &[
         buckets: &[],
     },
     MetricDef {
+        name: "cedar_eecu_seconds_total",
+        kind: Kind::Counter,
+        unit: "seconds",
+        labels: &[COLLECTION],
+        help: "EECU-seconds (batchEecuUsageSeconds) EE billed for the export tasks this process saw end, by collection; each task counted once across all workers.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_eecu_window_seconds",
+        kind: Kind::Gauge,
+        unit: "seconds",
+        labels: &[],
+        help: "EECU-seconds the ended tasks of the namespace used in the EECU budget's rolling window ([limits] eecu_window_secs, a day).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_eecu_budget_seconds",
+        kind: Kind::Gauge,
+        unit: "seconds",
+        labels: &[],
+        help: "The EECU budget per window in EECU-seconds ([limits] eecu_hours_per_day x 3600); 0 when there is none.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: "cedar_eecu_budget_paused",
+        kind: Kind::Gauge,
+        unit: "",
+        labels: &[],
+        help: "1 while admission is paused because the window's EECU use reached the budget (no new export starts), else 0.",
+        buckets: &[],
+    },
+    MetricDef {
         name: "cedar_ee_queue_cap",
         kind: Kind::Gauge,
         unit: "tasks",
@@ -807,6 +839,8 @@ pub fn configure<'a>(
                 .increment(0);
             }
         }
+        ::metrics::counter!("cedar_eecu_seconds_total", "collection" => collection.to_owned())
+            .increment(0);
     }
     drop(known);
     for name in ingests {
@@ -838,16 +872,51 @@ impl FailureCause {
     }
 }
 
-/// Records an order of `collection` that failed; `from_ingest` when an `[[ingest]]` entry made
-/// its submission.
-pub fn order_failed(collection: &str, from_ingest: bool, cause: FailureCause) {
+/// The collection label of `collection`: itself if the configuration names it, else `other`.
+fn collection_label(collection: &str) -> String {
     let known = COLLECTIONS
         .read()
         .expect("collections lock")
         .contains(collection);
+    if known {
+        collection.to_owned()
+    } else {
+        OTHER.to_owned()
+    }
+}
+
+/// What each collection's EECU counter has not counted yet: a fraction of a second.
+static EECU_CARRY: std::sync::Mutex<BTreeMap<String, f64>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// Records the EECU-seconds an ended task of `collection` used (once per task).
+pub fn eecu_used(collection: &str, seconds: f64) {
+    let label = collection_label(collection);
+    // Counters hold whole numbers: the fractions are carried over to the next task, so the
+    // counter stays within a second of the sum.
+    let whole = {
+        let mut carry = EECU_CARRY.lock().expect("eecu carry lock");
+        let c = carry.entry(label.clone()).or_default();
+        *c += seconds.max(0.0);
+        let whole = c.floor();
+        *c -= whole;
+        whole as u64
+    };
+    ::metrics::counter!("cedar_eecu_seconds_total", "collection" => label).increment(whole);
+}
+
+/// Records the EECU window's use, the budget (`None`: none) and whether admission is paused.
+pub fn eecu_budget(used_seconds: f64, budget_seconds: Option<f64>, paused: bool) {
+    ::metrics::gauge!("cedar_eecu_window_seconds").set(used_seconds);
+    ::metrics::gauge!("cedar_eecu_budget_seconds").set(budget_seconds.unwrap_or(0.0));
+    ::metrics::gauge!("cedar_eecu_budget_paused").set(if paused { 1.0 } else { 0.0 });
+}
+
+/// Records an order of `collection` that failed; `from_ingest` when an `[[ingest]]` entry made
+/// its submission.
+pub fn order_failed(collection: &str, from_ingest: bool, cause: FailureCause) {
     ::metrics::counter!(
         "cedar_order_failures_total",
-        "collection" => if known { collection.to_owned() } else { OTHER.to_owned() },
+        "collection" => collection_label(collection),
         "origin" => if from_ingest { "ingest" } else { "manual" },
         "cause" => cause.label()
     )

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Subcommand};
 
 use cedar::campaign;
@@ -289,7 +289,10 @@ pub async fn run_read_only(config: &Config, cmd: &CampaignCommand) -> anyhow::Re
             // A name that does not exist is bad input (exit 2), not a failure of cedar (exit 1).
             Err(e @ TrackingError::Unknown(_)) => Ok(usage(e)),
             Err(e) => Err(e.into()),
-            Ok(_) => watch(&tracker, name, *json, *w).await,
+            Ok(_) => {
+                let queue = cedar::queue::Queue::new(&conn, &q.namespace);
+                watch(&tracker, &queue, name, *json, *w).await
+            }
         },
         _ => unreachable!("only list and status read the queue alone"),
     }
@@ -357,7 +360,7 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
                 eprintln!("queued {}", plural(n as usize, "export job"));
             }
             if a.wait {
-                return watch(&ctx.tracker, name, false, true).await;
+                return watch(&ctx.tracker, &ctx.queue, name, false, true).await;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -641,8 +644,15 @@ fn exit_for(total: usize, counts: &BTreeMap<OrderState, u64>) -> (bool, ExitCode
     (finished, code)
 }
 
+/// When admission is paused because the EECU budget is spent, until when.
+async fn paused_until(queue: &cedar::queue::Queue) -> anyhow::Result<Option<DateTime<Utc>>> {
+    let until = queue.figure(cedar::queue::Figure::Paused).await?;
+    Ok(until.and_then(DateTime::<Utc>::from_timestamp_millis))
+}
+
 async fn watch(
     tracker: &Tracker,
+    queue: &cedar::queue::Queue,
     name: &str,
     json: bool,
     follow: bool,
@@ -687,15 +697,30 @@ async fn watch(
             if let Some(b) = &bar {
                 b.finish();
             }
+            // Read once, at the end: the EECU sum reads every order.
+            let eecu = tracker.eecu_seconds(name).await?;
+            let paused = paused_until(queue).await?;
             if json {
                 let counts: BTreeMap<&str, u64> =
                     counts.iter().map(|(s, n)| (s.as_str(), *n)).collect();
                 println!(
                     "{}",
-                    serde_json::json!({"name": name, "total": total, "counts": counts, "done": finished})
+                    serde_json::json!({"name": name, "total": total, "counts": counts, "done": finished,
+                        "eecu_seconds": eecu, "admission_paused_until": paused})
                 );
-            } else if bar.is_none() {
-                println!("{line}");
+            } else {
+                let eecu = format!("EECU used: {eecu:.1} s ({:.3} EECU-hours)", eecu / 3600.0);
+                if bar.is_none() {
+                    println!("{line}; {eecu}");
+                } else {
+                    println!("{name}: {eecu}");
+                }
+                if let Some(until) = paused {
+                    println!(
+                        "{name}: admission is paused by the EECU budget ([limits] eecu_hours_per_day) until {}",
+                        until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    );
+                }
             }
             return Ok(code);
         }

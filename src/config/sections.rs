@@ -165,6 +165,13 @@ pub struct LimitsConfig {
     pub active_exports_factor: u64,
     /// EE requests per second across all workers (default 50; EE allows 100 per project).
     pub ee_requests_per_second: u32,
+    /// EECU-hours the project's ended tasks may use per rolling window (`eecu_window_secs`, a
+    /// day); admission pauses while the window's use is at or over it. Unset (the default): no
+    /// budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eecu_hours_per_day: Option<f64>,
+    /// The EECU budget's rolling window, in seconds (default 86400, a day; shorter in tests).
+    pub eecu_window_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -173,6 +180,8 @@ impl Default for LimitsConfig {
             max_active_exports: 0,
             active_exports_factor: 10,
             ee_requests_per_second: 50,
+            eecu_hours_per_day: None,
+            eecu_window_secs: 86_400,
         }
     }
 }
@@ -512,6 +521,20 @@ impl LimitsConfig {
         }
         if self.active_exports_factor == 0 {
             p.add("limits.active_exports_factor", "must be at least 1");
+        }
+        if let Some(hours) = self.eecu_hours_per_day
+            && !(hours.is_finite() && hours > 0.0)
+        {
+            p.add(
+                "limits.eecu_hours_per_day",
+                format!("{hours} is no budget: give a positive number of EECU-hours, or remove the key for none"),
+            );
+        }
+        if self.eecu_window_secs == 0 {
+            p.add(
+                "limits.eecu_window_secs",
+                "must be at least 1 (86400, a day, is the default)",
+            );
         }
         if self.max_active_exports > MAX_ACTIVE_EXPORTS {
             p.add(

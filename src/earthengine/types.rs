@@ -434,7 +434,7 @@ mod lenient {
 }
 
 /// What cedar keeps of an operation between sweeps (the snapshot's entries): its state, error,
-/// attempt and times.
+/// attempt, times and the EECU it used.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OpView {
     pub state: String,
@@ -446,6 +446,9 @@ pub struct OpView {
     pub start: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<DateTime<Utc>>,
+    /// EECU-seconds the task used (`batchEecuUsageSeconds`); EE reports it once the task runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eecu_seconds: Option<f64>,
 }
 
 impl OpView {
@@ -458,6 +461,7 @@ impl OpView {
             attempt: md.and_then(|m| m.attempt).map(|a| a as u32),
             start: md.and_then(|m| m.start_time()),
             end: md.and_then(|m| m.end_time()),
+            eecu_seconds: md.and_then(|m| m.batch_eecu_usage_seconds),
         }
     }
 }

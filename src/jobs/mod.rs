@@ -13,6 +13,7 @@
 pub mod admission;
 pub mod clean;
 pub mod download;
+pub mod eecu;
 pub mod export;
 pub mod poll;
 
@@ -73,6 +74,8 @@ pub struct JobSettings {
     pub backpressure_delay: Duration,
     /// Queue-level retries of failed jobs.
     pub retry: crate::queue::RetryPolicy,
+    /// The EECU budget that pauses admission (`[limits] eecu_hours_per_day`).
+    pub eecu: eecu::EecuBudget,
 }
 
 impl JobSettings {
@@ -87,6 +90,7 @@ impl JobSettings {
                 base: Duration::from_millis(w.retry_base_ms),
                 ..Default::default()
             },
+            eecu: eecu::EecuBudget::from_config(&config.limits),
         }
     }
 }

@@ -193,6 +193,9 @@ async fn apply(
         if let Some(e) = &view.error {
             s.error = Some(e.clone());
         }
+        if !new_state.is_active() {
+            s.eecu_seconds = view.eecu_seconds.or(s.eecu_seconds);
+        }
     };
     if new_state.is_active() {
         let current = ctx.tracker.status(&job.tracking, &order).await?;
@@ -202,6 +205,11 @@ async fn apply(
                 .await?;
         }
         return Ok(snooze(ctx));
+    }
+    // Before the slot is freed, so that a spent EECU budget pauses admission before it could
+    // start another task; counted once per operation, however often this job runs.
+    if let Some(eecu) = view.eecu_seconds {
+        super::eecu::record(ctx, job, operation, eecu).await?;
     }
     ctx.tracker
         .update(&job.tracking, &order, false, record)

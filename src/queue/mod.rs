@@ -34,9 +34,11 @@
 //! - [`redis`]: the Redis data structures and Lua scripts ([`RedisQueue`]).
 //! - [`sqlite`]: the same operations as SQL transactions on one file ([`SqliteQueue`]).
 //! - [`snapshot`]: the EE operations snapshot shared by the poll jobs and their sweeper.
+//! - [`eecu`]: the EECU ended tasks used in a rolling window, for the EECU budget.
 //! - [`backend`](mod@backend): the apalis 1.0 backend that drives handlers from a [`Queue`].
 
 pub mod backend;
+pub mod eecu;
 pub mod redis;
 pub mod snapshot;
 pub mod sqlite;
@@ -49,6 +51,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::sync::Notify;
 
 pub use self::backend::{BackendConfig, CedarBackend, backend, worker_name};
+pub use self::eecu::EecuUse;
 pub use self::redis::RedisQueue;
 pub use self::snapshot::Snapshot;
 pub use self::sqlite::SqliteQueue;

@@ -1,5 +1,6 @@
 //! The worker: `cedar worker` runs every stage's handlers against the shared queue, plus the
-//! operations sweeper and the tracking-document publisher, until SIGTERM/Ctrl-C.
+//! operations sweeper, the tracking-document publisher and the EECU budget's check
+//! ([`jobs::eecu`]), until SIGTERM/Ctrl-C.
 //!
 //! Any number of workers on any number of machines may share one Redis (or, in single-machine
 //! mode, any number of worker processes on one machine share one SQLite file). Each stage is an
@@ -149,6 +150,7 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let ingest = tokio::spawn(crate::schedule::run_loop(ctx.clone(), stop_rx.clone()));
+    let eecu = tokio::spawn(jobs::eecu::budget_loop(ctx.clone(), stop_rx.clone()));
     let publisher = tokio::spawn(publish_loop(ctx.clone(), opts.publish_interval, stop_rx));
 
     let base = BackendConfig {
@@ -215,6 +217,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = sweeper.await;
     let _ = publisher.await;
+    let _ = eecu.await;
     let _ = ingest.await;
     let _ = metrics.await;
     // Whatever changed during the drain is in the documents too.

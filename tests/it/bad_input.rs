@@ -1073,6 +1073,18 @@ fn table(f: &Fixture) -> Vec<Case> {
             |f| submit_with(f.config_plus("dot-dot", "[tracking]\ntemplate = \"..\"\n")),
         ),
         cli(
+            "config: an EECU budget of zero",
+            "error: limits.eecu_hours_per_day: 0 is no budget: give a positive number of EECU-hours, or remove the key for none",
+            2,
+            |f| submit_with(f.config_plus("eecu-budget", "[limits]\neecu_hours_per_day = 0\n")),
+        ),
+        cli(
+            "config: an EECU window of zero seconds",
+            "error: limits.eecu_window_secs: must be at least 1 (86400, a day, is the default)",
+            2,
+            |f| submit_with(f.config_plus("eecu-window", "[limits]\neecu_window_secs = 0\n")),
+        ),
+        cli(
             "worker flag: zero EE requests per second",
             "limits.ee_requests_per_second: must be at least 1",
             2,

@@ -546,10 +546,27 @@ async fn a_campaign_runs_to_completion_with_two_workers() {
         .collect();
     assert_eq!(
         keys,
-        ["program", "submission", "tracking", "orders", "metadata"]
+        [
+            "program",
+            "submission",
+            "tracking",
+            "orders",
+            "metadata",
+            "eecu_seconds"
+        ]
     );
     assert_eq!(published["tracking"]["name"], name.as_str());
     assert_eq!(published["orders"].as_array().unwrap().len(), 36);
+    // The extra key is the sum of the EECU each ended task used, recorded on its order.
+    let per_order: f64 = published["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["status"]["eecu_seconds"].as_f64())
+        .sum();
+    let total = published["eecu_seconds"].as_f64().unwrap();
+    assert!(total > 0.0, "{total}");
+    assert!((total - per_order).abs() < 1e-6, "{total} vs {per_order}");
     assert_eq!(c.drained(&name).await.1, BTreeMap::new(), "queues drained");
 }
 

@@ -7,6 +7,7 @@ mod cli;
 mod daemon;
 mod doctor;
 mod earthengine;
+mod eecu;
 mod emulator;
 mod export;
 mod geotiff;

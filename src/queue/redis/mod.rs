@@ -24,6 +24,7 @@
 //! | `{ns}:ee:*` | string | other admission figures: EE's queue limit, other pipelines' tasks, accepted exports |
 //! | `{ns}:ee:active` | set | ids holding an EE admission slot (admitted, until the poll ends) |
 //! | `{ns}:ee:rate:{unix second}` | string | EE calls in that second (expires after 2 s) |
+//! | `{ns}:eecu:buckets`, `{ns}:eecu:counted` | hash, zset | the EECU window ([`crate::queue::eecu`]) |
 //!
 //! All times come from the Redis clock (`TIME` inside the scripts): workers on many machines
 //! share one queue, and their own clocks may disagree by more than a lease.
@@ -33,6 +34,7 @@
 //! Redis Cluster.
 
 mod connect;
+mod eecu;
 mod scripts;
 
 use std::time::Duration;

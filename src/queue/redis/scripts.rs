@@ -10,7 +10,7 @@ use redis::Script;
 use crate::queue::{DeadReason, LEASE_EXPIRED};
 
 /// Redis time in milliseconds. Prepended to every script that needs the clock.
-const NOW_LUA: &str = r#"
+pub(super) const NOW_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 "#;

@@ -9,6 +9,7 @@
 //! transaction; their comments say why.
 
 mod db;
+mod eecu;
 
 use std::{sync::Arc, time::Duration};
 

@@ -212,6 +212,9 @@ pub struct OrderStatus {
     pub started: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<DateTime<Utc>>,
+    /// EECU-seconds EE billed for the task (`batchEecuUsageSeconds`), set when poll sees it end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eecu_seconds: Option<f64>,
     pub updated: DateTime<Utc>,
 }
 
@@ -231,6 +234,7 @@ impl OrderStatus {
             created: None,
             started: None,
             ended: None,
+            eecu_seconds: None,
             updated: Utc::now(),
         }
     }
@@ -465,6 +469,17 @@ impl Tracker {
     /// Orders per state, from the tally kept by [`Tracker::set`]; states with none are left out.
     pub async fn counts(&self, name: &str) -> Result<BTreeMap<OrderState, u64>, TrackingError> {
         dispatch!(self, t => t.counts(name).await)
+    }
+
+    /// EECU-seconds the ended EE tasks of `name` used: the sum over its orders (reads every
+    /// order, as [`Tracker::all`]).
+    pub async fn eecu_seconds(&self, name: &str) -> Result<f64, TrackingError> {
+        Ok(self
+            .all(name)
+            .await?
+            .values()
+            .filter_map(|s| s.eecu_seconds)
+            .sum())
     }
 
     /// Every submission's orders per state ([`Tracker::counts`]), by name: one tally read per
