@@ -136,11 +136,15 @@ pub async fn run(
         }
     });
 
+    // Workers run in one process (benches, tests) lease under names of their own: a name shared
+    // by two would hand back each other's leases as strays.
+    static INSTANCES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let instance = INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = tokio::spawn(jobs::poll::sweep_loop(
         ctx.clone(),
         opts.sweep.clone(),
-        queue::worker_name(Stage::Poll, 99, 0),
+        queue::worker_name(Stage::Poll, 10_000 + instance, 0),
         stop_rx.clone(),
     ));
     let metrics = tokio::spawn(server::serve(
@@ -180,7 +184,7 @@ pub async fn run(
             let every = opts.poll_every;
             let names = names.clone();
             monitor = monitor.register(move |restarts| {
-                let name = queue::worker_name(stage, 0, restarts);
+                let name = queue::worker_name(stage, instance, restarts);
                 names
                     .lock()
                     .expect("worker names lock")
