@@ -348,6 +348,14 @@ pub const CATALOGUE: &[MetricDef] = &[
         buckets: &[],
     },
     MetricDef {
+        name: "cedar_download_resumes_total",
+        kind: Kind::Counter,
+        unit: "requests",
+        labels: &[],
+        help: "Ranged GETs that resumed a download cut mid-body from the bytes already written.",
+        buckets: &[],
+    },
+    MetricDef {
         name: "cedar_dependency_up",
         kind: Kind::Gauge,
         unit: "boolean",
@@ -593,6 +601,11 @@ pub fn ee_request(method: &str, status: Option<u16>) {
 /// Records bytes written to the destination and verified.
 pub fn downloaded(bytes: u64) {
     ::metrics::counter!("cedar_download_bytes_total").increment(bytes);
+}
+
+/// Records a download resumed from the bytes already written after its transfer was cut.
+pub fn download_resumed() {
+    ::metrics::counter!("cedar_download_resumes_total").increment(1);
 }
 
 /// Records a metadata JSON read back from the bucket by a re-run export.

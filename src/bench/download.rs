@@ -354,6 +354,7 @@ async fn copy_run(
         "bench",
         &objects,
         true,
+        &cedar::jobs::download::DownloadOptions::default(),
     )
     .await
     .map_err(|e| anyhow::anyhow!("copy_verified: {e}"))?;

@@ -72,6 +72,8 @@ pub struct JobSettings {
     pub backpressure_delay: Duration,
     /// Queue-level retries of failed jobs.
     pub retry: crate::queue::RetryPolicy,
+    /// How downloads verify and how many objects of an order they copy at once.
+    pub download: download::DownloadOptions,
 }
 
 impl JobSettings {
@@ -85,6 +87,10 @@ impl JobSettings {
             retry: crate::queue::RetryPolicy {
                 base: Duration::from_millis(w.retry_base_ms),
                 ..Default::default()
+            },
+            download: download::DownloadOptions {
+                verify: crate::store::Verify::parse(&config.download.verify).unwrap_or_default(),
+                concurrency: config.download.concurrency.max(1) as usize,
             },
         }
     }

@@ -29,7 +29,7 @@ use cedar::earthengine::{EarthEngine, EeError, ExportParams, export_request};
 use cedar::emulator::{ApiMethod, Fault};
 use cedar::grid::TileGrid;
 use cedar::jobs::JobError;
-use cedar::jobs::download::{copy_verified, export_objects};
+use cedar::jobs::download::{DownloadOptions, copy_verified, export_objects};
 use cedar::queue::tracking::{OrderState, Tracker};
 use cedar::queue::{Depth, Queue, Stage};
 use cedar::store::{
@@ -736,7 +736,15 @@ async fn download(
     dest: &Destination,
     objects: &[ObjectInfo],
 ) -> Result<(), Classified> {
-    copy_verified(bucket, dest, "T", objects, false).await?;
+    copy_verified(
+        bucket,
+        dest,
+        "T",
+        objects,
+        false,
+        &DownloadOptions::default(),
+    )
+    .await?;
     Ok(())
 }
 
