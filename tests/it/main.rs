@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod daemon;
 mod doctor;
+mod download;
 mod earthengine;
 mod emulator;
 mod export;
