@@ -1129,6 +1129,30 @@ fn table(f: &Fixture) -> Vec<Case> {
             },
         ),
         cli(
+            "config: download verify",
+            "download.verify: \"sha256\" is not one of \"crc32c\", \"both\"",
+            2,
+            |f| {
+                submit_with(f.config_with(
+                    "download-verify",
+                    "[download]\n",
+                    "[download]\nverify = \"sha256\"\n",
+                ))
+            },
+        ),
+        cli(
+            "config: download concurrency",
+            "download.concurrency: 0 is out of range; give 1 to 64",
+            2,
+            |f| {
+                submit_with(f.config_with(
+                    "download-concurrency",
+                    "[download]\n",
+                    "[download]\nconcurrency = 0\n",
+                ))
+            },
+        ),
+        cli(
             "config: metrics listen address",
             "metrics.listen: \"0.0.0.0\" is not a socket address",
             2,
