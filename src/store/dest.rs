@@ -52,13 +52,19 @@ impl Verify {
     /// The configuration's names of the choices, in order.
     pub const NAMES: [&'static str; 2] = ["crc32c", "both"];
 
+    /// The choice's name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verify::Crc32c => "crc32c",
+            Verify::Both => "both",
+        }
+    }
+
     /// The choice named `name` in the configuration.
     pub fn parse(name: &str) -> Option<Verify> {
-        match name {
-            "crc32c" => Some(Verify::Crc32c),
-            "both" => Some(Verify::Both),
-            _ => None,
-        }
+        [Verify::Crc32c, Verify::Both]
+            .into_iter()
+            .find(|v| v.name() == name)
     }
 }
 
