@@ -428,6 +428,14 @@ pub const CATALOGUE: &[MetricDef] = &[
         buckets: &[],
     },
     MetricDef {
+        name: "cedar_download_resumes_total",
+        kind: Kind::Counter,
+        unit: "requests",
+        labels: &[],
+        help: "Ranged GETs that resumed a download cut mid-body from the bytes already written.",
+        buckets: &[],
+    },
+    MetricDef {
         name: "cedar_dependency_up",
         kind: Kind::Gauge,
         unit: "boolean",
@@ -686,6 +694,11 @@ pub fn auth_token_refreshes(counts: &[(&'static str, u64)]) {
 /// Records bytes written to the destination and verified.
 pub fn downloaded(bytes: u64) {
     ::metrics::counter!("cedar_download_bytes_total").increment(bytes);
+}
+
+/// Records a download resumed from the bytes already written after its transfer was cut.
+pub fn download_resumed() {
+    ::metrics::counter!("cedar_download_resumes_total").increment(1);
 }
 
 /// Records a metadata JSON read back from the bucket by a re-run export.

@@ -9,6 +9,7 @@ use crate::auth;
 use crate::earthengine::{EE_QUEUE_CAP, EE_QUEUE_MARGIN, MAX_ACTIVE_EXPORTS};
 use crate::naming;
 use crate::queue::{QueueUrl, redact_url, sqlite::not_a_file};
+use crate::store::Verify;
 
 /// `[earthengine]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,12 +128,22 @@ impl Default for TrackingConfig {
 #[serde(default)]
 pub struct DownloadConfig {
     pub dest: String,
+    /// Which checksums a download verifies: `"crc32c"` (default; MD5 only for an object
+    /// without a CRC32C) or `"both"` (MD5 too, several times slower).
+    pub verify: String,
+    /// Objects of one order downloaded at once; default 4, at most [`MAX_DOWNLOAD_CONCURRENCY`].
+    pub concurrency: u32,
 }
+
+/// The most objects of one order downloaded at once.
+pub const MAX_DOWNLOAD_CONCURRENCY: u32 = 64;
 
 impl Default for DownloadConfig {
     fn default() -> Self {
         DownloadConfig {
             dest: "./cedar-downloads".into(),
+            verify: "crc32c".into(),
+            concurrency: 4,
         }
     }
 }
@@ -492,6 +503,25 @@ impl DownloadConfig {
             p.add(
                 "download.dest",
                 "is empty; give a local path or an object_store URL",
+            );
+        }
+        if Verify::parse(&self.verify).is_none() {
+            p.add(
+                "download.verify",
+                format!(
+                    "{:?} is not one of {}; \"crc32c\" checks every object's CRC32C (MD5 when it has none), \"both\" adds MD5",
+                    self.verify,
+                    Verify::NAMES.map(|n| format!("{n:?}")).join(", ")
+                ),
+            );
+        }
+        if !(1..=MAX_DOWNLOAD_CONCURRENCY).contains(&self.concurrency) {
+            p.add(
+                "download.concurrency",
+                format!(
+                    "{} is out of range; give 1 to {MAX_DOWNLOAD_CONCURRENCY} objects of an order downloaded at once (default 4)",
+                    self.concurrency
+                ),
             );
         }
     }

@@ -31,7 +31,9 @@ pub struct Stats {
     /// Storage JSON API requests per method (`objects.list`, `objects.get.media`, …).
     #[serde(default)]
     pub storage_requests: BTreeMap<String, u64>,
-    /// Bytes of `alt=media` downloads served whole.
+    /// Bytes of `alt=media` bodies sent: whole objects, ranges, and what went out of a cut
+    /// download before the cut. A client that never fetches a byte twice makes this exactly
+    /// the bytes it downloaded.
     #[serde(default)]
     pub media_bytes_served: u64,
     /// Storage JSON API requests answered 401 (no valid token, with `require_auth`).

@@ -8,7 +8,9 @@
 //!   string prefix (not a directory), name order, `nextPageToken` while more remain; `size` and
 //!   `generation` as strings, `md5Hash` and `crc32c` (big-endian) as base64.
 //! - `GET /storage/v1/b/{bucket}/o/{object}`: the object resource, or with `alt=media` its bytes
-//!   (`x-goog-hash` and `x-goog-generation` headers as Google sends them).
+//!   (`x-goog-hash` and `x-goog-generation` headers as Google sends them), all of them or the
+//!   `Range: bytes=N-[M]` asked for (206 with `Content-Range`); `ifGenerationMatch` answers 412
+//!   when the object is of another generation.
 //! - `DELETE /storage/v1/b/{bucket}/o/{object}`: 204, or 404 when there is no such object.
 //! - `POST /upload/storage/v1/b/{bucket}/o?uploadType=media&name=`: a simple upload; answers
 //!   with the stored object's resource.
@@ -272,7 +274,48 @@ pub(crate) async fn list(
     axum::Json(body).into_response()
 }
 
-/// `objects.get`: the resource, or the bytes with `alt=media`.
+/// The first byte a `Range: bytes=N-` or `bytes=N-M` header asks for and the end (exclusive)
+/// within `length`, as Google serves them: `None` without the header, `Err` (416) for a range
+/// that starts at or past the end or that this emulator does not serve (several ranges,
+/// suffix ranges).
+fn byte_range(
+    headers: &axum::http::HeaderMap,
+    length: u64,
+) -> Result<Option<(u64, u64)>, Rejected> {
+    let Some(value) = headers.get(header::RANGE) else {
+        return Ok(None);
+    };
+    let unsatisfiable = || {
+        Box::new(error(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "requestedRangeNotSatisfiable",
+            format!("The requested range cannot be satisfied: {value:?}"),
+        ))
+    };
+    let spec = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("bytes="))
+        .filter(|v| !v.contains(','))
+        .and_then(|v| v.split_once('-'))
+        .ok_or_else(unsatisfiable)?;
+    let start: u64 = spec.0.parse().map_err(|_| unsatisfiable())?;
+    let end = match spec.1 {
+        "" => length,
+        last => last
+            .parse::<u64>()
+            .map_err(|_| unsatisfiable())?
+            .saturating_add(1)
+            .min(length),
+    };
+    if start >= length || end <= start {
+        return Err(unsatisfiable());
+    }
+    Ok(Some((start, end)))
+}
+
+/// `objects.get`: the resource, or the bytes with `alt=media` (all of them, or the `Range`
+/// asked for, answered 206); `ifGenerationMatch` answers 412 for another generation.
 pub(crate) async fn get(
     State(shared): SharedState,
     Path((bucket, name)): Path<(String, String)>,
@@ -297,31 +340,50 @@ pub(crate) async fn get(
         Ok(None) => return no_such_object(&bucket, &name),
         Err(r) => return *r,
     };
+    if let Some(wanted) = query.get("ifGenerationMatch")
+        && *wanted != generation(&meta)
+    {
+        return error(
+            StatusCode::PRECONDITION_FAILED,
+            "conditionNotMet",
+            "At least one of the pre-conditions you specified did not hold.".to_owned(),
+        );
+    }
     if !media {
         return axum::Json(resource(&bucket, &meta, &bytes)).into_response();
     }
     let md5: [u8; 16] = Md5::digest(&bytes).into();
+    // The hashes are of the whole object, for a range too, as Google sends them.
     let hash = format!(
         "crc32c={},md5={}",
         BASE64.encode(crc32c::crc32c(&bytes).to_be_bytes()),
         BASE64.encode(md5)
     );
-    let length = bytes.len();
+    let total = bytes.len() as u64;
+    let range = match byte_range(&headers, total) {
+        Ok(range) => range,
+        Err(r) => return *r,
+    };
+    let (start, end) = range.unwrap_or((0, total));
+    let body_bytes = bytes.slice(start as usize..end as usize);
+    let length = body_bytes.len();
     let truncate = {
         let mut state = shared.lock();
         let cut = state.faults.take_truncation(&name);
-        match cut {
-            Some(_) => state.counters.download_truncated(),
-            None => state.counters.media_served(length as u64),
+        // Bytes sent: the body, or as much of it as goes out before a cut.
+        let sent = cut.map_or(length as u64, |after| after.min(length as u64));
+        state.counters.media_served(sent);
+        if cut.is_some() {
+            state.counters.download_truncated();
         }
         cut
     };
     let body = match truncate {
-        None => Body::from(bytes),
+        None => Body::from(body_bytes),
         Some(after) => {
-            // The headers promise the whole object; the connection drops after `after` bytes,
+            // The headers promise the whole body; the connection drops after `after` bytes,
             // as a network cut mid-transfer does.
-            let head = bytes.slice(..(after as usize).min(length));
+            let head = body_bytes.slice(..(after as usize).min(length));
             // The pause lets the headers and the first bytes reach the client before the cut;
             // failing at once would abort the response before anything is sent.
             let cut = futures::stream::once(async {
@@ -331,7 +393,7 @@ pub(crate) async fn get(
             Body::from_stream(futures::stream::iter([Ok(head)]).chain(cut))
         }
     };
-    (
+    let mut response = (
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
             (header::CONTENT_LENGTH, length.to_string()),
@@ -343,7 +405,15 @@ pub(crate) async fn get(
         ],
         body,
     )
-        .into_response()
+        .into_response();
+    if range.is_some() {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let content_range = format!("bytes {start}-{}/{total}", end - 1);
+        if let Ok(value) = header::HeaderValue::from_str(&content_range) {
+            response.headers_mut().insert(header::CONTENT_RANGE, value);
+        }
+    }
+    response
 }
 
 /// `objects.delete`.

@@ -76,6 +76,8 @@ pub struct JobSettings {
     pub retry: crate::queue::RetryPolicy,
     /// The EECU budget that pauses admission (`[limits] eecu_hours_per_day`).
     pub eecu: eecu::EecuBudget,
+    /// How downloads verify and how many objects of an order they copy at once.
+    pub download: download::DownloadOptions,
 }
 
 impl JobSettings {
@@ -91,6 +93,10 @@ impl JobSettings {
                 ..Default::default()
             },
             eecu: eecu::EecuBudget::from_config(&config.limits),
+            download: download::DownloadOptions {
+                verify: crate::store::Verify::parse(&config.download.verify).unwrap_or_default(),
+                concurrency: config.download.concurrency.max(1) as usize,
+            },
         }
     }
 }

@@ -441,7 +441,7 @@ pub(super) fn metrics_agree(calm: Option<&CalmMetrics>) -> Check {
             "cedar_download_bytes_total + cedar_scene_list_read_bytes_total",
             delta("cedar_download_bytes_total", &[])
                 + delta("cedar_scene_list_read_bytes_total", &[]),
-            "emulator media bytes served whole",
+            "emulator media bytes sent",
             c.ee_after.media_bytes_served - c.ee_before.media_bytes_served,
         ),
         (

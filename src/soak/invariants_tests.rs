@@ -423,7 +423,7 @@ fn metrics_agree_passes_equal_totals_and_fails_any_difference() {
     c.ee_after.media_bytes_served -= 1;
     assert_fails(
         metrics_agree(Some(&c)),
-        "cedar_download_bytes_total + cedar_scene_list_read_bytes_total 500 != emulator media bytes served whole 499",
+        "cedar_download_bytes_total + cedar_scene_list_read_bytes_total 500 != emulator media bytes sent 499",
     );
     let mut c = calm();
     c.cleaned = 4;

@@ -5,7 +5,8 @@
 //! corrupted transfer never leaves a plausible-looking file behind, and a re-run can trust any
 //! file it finds ([`Destination::existing`]).
 
-use std::os::unix::fs::PermissionsExt;
+use std::io::{IoSlice, Write as _};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,7 +17,6 @@ use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
-use tokio::io::{AsyncWriteExt, BufWriter};
 
 use super::gcs::hex;
 use super::objects::{open_object_store, parse_store_url};
@@ -26,15 +26,47 @@ use super::{ObjectInfo, StoreError};
 const FILE_MODE: u32 = 0o644;
 /// Mode of every directory cedar creates locally.
 const DIR_MODE: u32 = 0o755;
-/// Write buffer for local files; network chunks are small (8–16 KiB) and each unbuffered write
-/// would be a blocking-pool round trip. Default: 1 MiB.
-const WRITE_BUFFER_BYTES: usize = 1 << 20;
+/// Bytes received before they are handed, as one batch, to the blocking pool to be checksummed
+/// and written; network chunks are small (8–64 KiB) and each would otherwise be a round trip.
+/// One batch is written while the next is received. Default: 2 MiB.
+const WRITE_BATCH_BYTES: usize = 2 << 20;
 /// Parts an object-store multipart upload may have in flight at once.
 const MULTIPART_CONCURRENCY: usize = 4;
 
 /// The chunks of one object being written, pinned once by [`Destination::write_verified`] so
 /// that each backend's writer is one function rather than one per stream type.
 type Chunks<'a> = Pin<&'a mut (dyn Stream<Item = Result<Bytes, StoreError>> + Send)>;
+
+/// Which checksums a download verifies when the bucket reports both (`[download] verify`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Verify {
+    /// CRC32C (hardware-accelerated: several GB/s per core), and MD5 only for an object that
+    /// has no CRC32C. The default.
+    #[default]
+    Crc32c,
+    /// Every checksum the bucket reports: MD5 too, at a few hundred MB/s per core.
+    Both,
+}
+
+impl Verify {
+    /// The configuration's names of the choices, in order.
+    pub const NAMES: [&'static str; 2] = ["crc32c", "both"];
+
+    /// The choice's name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verify::Crc32c => "crc32c",
+            Verify::Both => "both",
+        }
+    }
+
+    /// The choice named `name` in the configuration.
+    pub fn parse(name: &str) -> Option<Verify> {
+        [Verify::Crc32c, Verify::Both]
+            .into_iter()
+            .find(|v| v.name() == name)
+    }
+}
 
 /// What the bucket says the object is; every `Some` checksum must match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,22 +76,35 @@ pub struct Expected {
     pub crc32c: Option<u32>,
 }
 
-impl From<&ObjectInfo> for Expected {
-    fn from(object: &ObjectInfo) -> Self {
+impl Expected {
+    /// What to check of `object` under `verify`: its size, its CRC32C, and its MD5 when it has
+    /// no CRC32C or `verify` is [`Verify::Both`]. MD5 is computed only when it is checked.
+    pub fn of(object: &ObjectInfo, verify: Verify) -> Expected {
+        let md5 = match (verify, object.crc32c) {
+            (Verify::Crc32c, Some(_)) => None,
+            _ => object.md5,
+        };
         Expected {
             size: object.size,
-            md5: object.md5,
+            md5,
             crc32c: object.crc32c,
         }
     }
 }
 
-/// What was written, with both checksums computed while streaming (whether or not the bucket
-/// reported them), for the record.
+impl From<&ObjectInfo> for Expected {
+    /// Every checksum the store reports ([`Verify::Both`]).
+    fn from(object: &ObjectInfo) -> Self {
+        Expected::of(object, Verify::Both)
+    }
+}
+
+/// What was written, with the checksums computed while writing: CRC32C always, MD5 when it
+/// was checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Written {
     pub size: u64,
-    pub md5: [u8; 16],
+    pub md5: Option<[u8; 16]>,
     pub crc32c: u32,
 }
 
@@ -187,14 +232,51 @@ impl Destination {
     where
         S: Stream<Item = Result<Bytes, StoreError>> + Send,
     {
-        let rel_path = check_rel_path(rel_path)?;
-        let stream = std::pin::pin!(stream);
-        match &self.backend {
-            Backend::Local { root } => write_local(root, rel_path, stream, expected).await,
-            Backend::Store { store, root } => {
-                write_store(store.as_ref(), root, rel_path, stream, expected).await
+        let mut partial = self.begin(rel_path, expected).await?;
+        match partial.append(stream).await {
+            Ok(()) => partial.finish().await,
+            Err(error) => {
+                partial.abort().await;
+                Err(error)
             }
         }
+    }
+
+    /// Starts a verified write to `rel_path`: chunks are then appended, from one stream or
+    /// several (a transfer resumed where it was cut), and [`PartialWrite::finish`] makes the
+    /// file visible once its size and every checksum in `expected` match.
+    pub async fn begin(
+        &self,
+        rel_path: &str,
+        expected: Expected,
+    ) -> Result<PartialWrite, StoreError> {
+        let rel_path = check_rel_path(rel_path)?;
+        let (display, sink) = match &self.backend {
+            Backend::Local { root } => {
+                let (display, sink) = LocalSink::open(root, rel_path, &expected).await?;
+                (display, Sink::Local(sink))
+            }
+            Backend::Store { store, root } => {
+                let path = store_path(root, rel_path)?;
+                let display = path.to_string();
+                let upload = store
+                    .put_multipart(&path)
+                    .await
+                    .map_err(|e| StoreError::object_store("write", &display, e))?;
+                let sink = StoreSink {
+                    writer: WriteMultipart::new(upload),
+                    digests: Digests::new(&expected),
+                };
+                (display, Sink::Store(Box::new(sink)))
+            }
+        };
+        Ok(PartialWrite {
+            display,
+            expected,
+            accepted: 0,
+            broken: false,
+            sink,
+        })
     }
 
     /// Removes the file at `rel_path`; a file that is not there counts as removed.
@@ -231,79 +313,193 @@ fn store_path(root: &Path, rel_path: &str) -> Result<Path, StoreError> {
     })
 }
 
-/// Size and checksums of the bytes seen so far.
-struct Verifier<'a> {
-    path: &'a str,
-    expected: Expected,
+/// Size and running checksums of the bytes written so far: CRC32C always (hardware-accelerated,
+/// it costs little), MD5 only when it is to be checked (a few hundred MB/s per core).
+struct Digests {
     size: u64,
-    md5: Md5,
     crc32c: u32,
+    md5: Option<Md5>,
 }
 
-impl<'a> Verifier<'a> {
-    fn new(path: &'a str, expected: Expected) -> Self {
-        Verifier {
-            path,
-            expected,
+impl Digests {
+    fn new(expected: &Expected) -> Self {
+        Digests {
             size: 0,
-            md5: Md5::new(),
             crc32c: 0,
+            md5: expected.md5.map(|_| Md5::new()),
         }
     }
 
-    /// Takes the next chunk; fails as soon as there are more bytes than expected, so that an
-    /// endless or wrong stream cannot fill the disk.
-    fn update(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+    fn update(&mut self, chunk: &[u8]) {
         self.size += chunk.len() as u64;
-        if self.size > self.expected.size {
-            return Err(self.mismatch(
-                "size",
-                self.expected.size.to_string(),
-                format!("more than {}", self.expected.size),
-            ));
-        }
-        self.md5.update(chunk);
         self.crc32c = crc32c::crc32c_append(self.crc32c, chunk);
-        Ok(())
+        if let Some(md5) = &mut self.md5 {
+            md5.update(chunk);
+        }
     }
 
-    fn finish(self) -> Result<Written, StoreError> {
+    /// What was written, if it is what `expected` says.
+    fn verify(self, path: &str, expected: &Expected) -> Result<Written, StoreError> {
         let written = Written {
             size: self.size,
-            md5: self.md5.clone().finalize().into(),
+            md5: self.md5.map(|md5| md5.finalize().into()),
             crc32c: self.crc32c,
         };
-        if written.size != self.expected.size {
-            return Err(self.mismatch(
+        if written.size != expected.size {
+            return Err(mismatch(
+                path,
                 "size",
-                self.expected.size.to_string(),
+                expected.size.to_string(),
                 written.size.to_string(),
             ));
         }
-        if let Some(md5) = self.expected.md5
-            && md5 != written.md5
+        if let (Some(want), Some(got)) = (expected.md5, written.md5)
+            && want != got
         {
-            return Err(self.mismatch("md5", hex(&md5), hex(&written.md5)));
+            return Err(mismatch(path, "md5", hex(&want), hex(&got)));
         }
-        if let Some(crc) = self.expected.crc32c
-            && crc != written.crc32c
+        if let Some(want) = expected.crc32c
+            && want != written.crc32c
         {
-            return Err(self.mismatch(
+            return Err(mismatch(
+                path,
                 "crc32c",
-                format!("{crc:08x}"),
+                format!("{want:08x}"),
                 format!("{:08x}", written.crc32c),
             ));
         }
         Ok(written)
     }
+}
 
-    fn mismatch(&self, what: &'static str, expected: String, actual: String) -> StoreError {
-        StoreError::Mismatch {
-            path: self.path.to_owned(),
-            what,
-            expected,
-            actual,
+fn mismatch(path: &str, what: &'static str, expected: String, actual: String) -> StoreError {
+    StoreError::Mismatch {
+        path: path.to_owned(),
+        what,
+        expected,
+        actual,
+    }
+}
+
+/// A verified write under way ([`Destination::begin`]).
+///
+/// Each appended chunk is checksummed as it is written — no byte is ever read back — and the
+/// file appears under its final name only at [`PartialWrite::finish`], once verified. When a
+/// stream fails mid-way (a cut connection), everything that arrived before the failure is
+/// written and counted in [`PartialWrite::written`], so the caller can fetch the rest from that
+/// offset and append it: the running checksums simply continue. Dropping a partial write, or
+/// [`PartialWrite::abort`], leaves nothing behind.
+pub struct PartialWrite {
+    /// The final path, for errors.
+    display: String,
+    expected: Expected,
+    /// Bytes taken from streams so far; once `append` returns, all of them are written.
+    accepted: u64,
+    /// Set when writing failed or the content cannot be right any more: only abort remains.
+    broken: bool,
+    sink: Sink,
+}
+
+enum Sink {
+    Local(LocalSink),
+    Store(Box<StoreSink>),
+}
+
+impl PartialWrite {
+    /// Bytes written so far: where a resumed transfer must start.
+    pub fn written(&self) -> u64 {
+        self.accepted
+    }
+
+    /// Whether more may be appended after a failed [`PartialWrite::append`]: true when the
+    /// failure was the stream's own (a cut connection), false when writing failed or more
+    /// bytes arrived than expected.
+    pub fn can_resume(&self) -> bool {
+        !self.broken
+    }
+
+    /// Appends every chunk of `stream`. On the stream's error, what arrived before it is
+    /// written and the error is returned; more may then be appended ([`Self::can_resume`]).
+    /// More bytes than expected fail at once, so that an endless stream cannot fill the disk.
+    pub async fn append<S>(&mut self, stream: S) -> Result<(), StoreError>
+    where
+        S: Stream<Item = Result<Bytes, StoreError>> + Send,
+    {
+        if self.broken {
+            return Err(self.unusable());
         }
+        let stream: Chunks<'_> = std::pin::pin!(stream);
+        let mut limit = Limit {
+            path: &self.display,
+            size: self.expected.size,
+            accepted: &mut self.accepted,
+        };
+        let outcome = match &mut self.sink {
+            Sink::Local(local) => local.append(&self.display, &mut limit, stream).await,
+            Sink::Store(store) => store.append(&self.display, &mut limit, stream).await,
+        };
+        match outcome {
+            Ok(stream_result) => stream_result,
+            Err(error) => {
+                self.broken = true;
+                Err(error)
+            }
+        }
+    }
+
+    /// Verifies what was written and makes it visible under its final name (fsynced, with its
+    /// directory, on a local destination). On a mismatch nothing appears there.
+    pub async fn finish(self) -> Result<Written, StoreError> {
+        if self.broken {
+            return Err(self.unusable());
+        }
+        match self.sink {
+            Sink::Local(local) => local.finish(self.display, self.expected).await,
+            Sink::Store(store) => store.finish(&self.display, &self.expected).await,
+        }
+    }
+
+    /// Gives up: removes the temporary file, or aborts the multipart upload.
+    pub async fn abort(self) {
+        match self.sink {
+            // The temporary file's guard removes it when dropped.
+            Sink::Local(local) => drop(local),
+            // Best effort, like removing a local temporary file: the error that led here
+            // matters more.
+            Sink::Store(store) => {
+                let _ = store.writer.abort().await;
+            }
+        }
+    }
+
+    fn unusable(&self) -> StoreError {
+        StoreError::Io {
+            path: self.display.clone(),
+            source: std::io::Error::other("an earlier write to this file failed"),
+        }
+    }
+}
+
+/// Counts the bytes a partial write takes and refuses more than expected.
+struct Limit<'a> {
+    path: &'a str,
+    size: u64,
+    accepted: &'a mut u64,
+}
+
+impl Limit<'_> {
+    fn take(&mut self, chunk: &Bytes) -> Result<(), StoreError> {
+        let total = *self.accepted + chunk.len() as u64;
+        if total > self.size {
+            return Err(mismatch(
+                self.path,
+                "size",
+                self.size.to_string(),
+                format!("more than {}", self.size),
+            ));
+        }
+        *self.accepted = total;
+        Ok(())
     }
 }
 
@@ -366,74 +562,201 @@ fn remove_stale_temps_in(root: &std::path::Path) -> u64 {
     removed
 }
 
-async fn write_local(
-    root: &std::path::Path,
-    rel_path: &str,
-    mut stream: Chunks<'_>,
-    expected: Expected,
-) -> Result<Written, StoreError> {
-    let final_path = root.join(rel_path);
-    let display = final_path.display().to_string();
-    let (dir_rel, file_name) = rel_path.rsplit_once('/').unwrap_or(("", rel_path));
-    create_dirs(root, dir_rel).await?;
-    let dir = final_path
-        .parent()
-        .expect("a checked relative path joined to a root has a parent")
-        .to_path_buf();
-    let temp_path = dir.join(temp_name(file_name));
-    // Removes the temporary file on error, and also when this future is dropped mid-write
-    // (shutdown, a timeout around the job), which no `match` on the result would see.
-    let mut guard = TempFile(Some(temp_path.clone()));
+/// A local temporary file being written, and the checksums of what it holds.
+struct LocalFile {
+    file: std::fs::File,
+    digests: Digests,
+    temp: TempFile,
+}
 
-    let result: Result<Written, StoreError> = async {
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .open(&temp_path)
-            .await
-            .map_err(|e| StoreError::io(&display, e))?;
-        // The umask may have narrowed the mode given to open.
-        file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
-            .await
-            .map_err(|e| StoreError::io(&display, e))?;
-        let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
-        let mut verifier = Verifier::new(&display, expected);
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            verifier.update(&chunk)?;
-            writer
-                .write_all(&chunk)
-                .await
-                .map_err(|e| StoreError::io(&display, e))?;
+impl LocalFile {
+    /// Checksums and writes a batch, on the blocking pool; hands itself back either way.
+    fn write(mut self, batch: Vec<Bytes>) -> (Self, std::io::Result<()>) {
+        for chunk in &batch {
+            self.digests.update(chunk);
         }
-        let written = verifier.finish()?;
-        writer
-            .flush()
+        let result = write_all_vectored(&mut self.file, &batch);
+        (self, result)
+    }
+}
+
+/// Writes every chunk with as few `writev` calls as it takes.
+fn write_all_vectored(file: &mut std::fs::File, chunks: &[Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = chunks
+        .iter()
+        .filter(|c| !c.is_empty())
+        .map(|c| IoSlice::new(c))
+        .collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A write to a local directory: cedar manages the temporary file, fsync and rename itself, so
+/// that modes and durability are exactly as documented.
+struct LocalSink {
+    /// `None` only while a batch is being written on the blocking pool (or after that write
+    /// was abandoned, when the task that holds it removes the file as it ends).
+    file: Option<LocalFile>,
+    final_path: PathBuf,
+    dir: PathBuf,
+}
+
+type BatchTask = tokio::task::JoinHandle<(LocalFile, std::io::Result<()>)>;
+
+impl LocalSink {
+    async fn open(
+        root: &std::path::Path,
+        rel_path: &str,
+        expected: &Expected,
+    ) -> Result<(String, LocalSink), StoreError> {
+        let final_path = root.join(rel_path);
+        let display = final_path.display().to_string();
+        let (dir_rel, file_name) = rel_path.rsplit_once('/').unwrap_or(("", rel_path));
+        create_dirs(root, dir_rel).await?;
+        let dir = final_path
+            .parent()
+            .expect("a checked relative path joined to a root has a parent")
+            .to_path_buf();
+        let temp_path = dir.join(temp_name(file_name));
+        // Removes the temporary file on error, and also when the write is dropped mid-way
+        // (shutdown, a timeout around the job), which no `match` on a result would see.
+        let temp = TempFile(Some(temp_path.clone()));
+        let file = tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&temp_path)?;
+            // The umask may have narrowed the mode given to open.
+            file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+            Ok(file)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|opened| opened)
+        .map_err(|e| StoreError::io(&display, e))?;
+        let sink = LocalSink {
+            file: Some(LocalFile {
+                file,
+                digests: Digests::new(expected),
+                temp,
+            }),
+            final_path,
+            dir,
+        };
+        Ok((display, sink))
+    }
+
+    /// Receives chunks into a batch while the previous batch is checksummed and written on
+    /// the blocking pool: the network and the disk work at the same time, and the runtime's
+    /// threads never hash or block. The outer error is a failed write (or too many bytes), the
+    /// inner one the stream's.
+    async fn append(
+        &mut self,
+        display: &str,
+        limit: &mut Limit<'_>,
+        mut stream: Chunks<'_>,
+    ) -> Result<Result<(), StoreError>, StoreError> {
+        let mut in_flight: Option<BatchTask> = None;
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        let ended = loop {
+            match stream.next().await {
+                Some(Ok(chunk)) => {
+                    if let Err(e) = limit.take(&chunk) {
+                        // Not written: what was already taken is dropped with the file.
+                        self.settle(display, &mut in_flight).await?;
+                        return Err(e);
+                    }
+                    batch_bytes += chunk.len();
+                    batch.push(chunk);
+                    if batch_bytes >= WRITE_BATCH_BYTES {
+                        self.settle(display, &mut in_flight).await?;
+                        in_flight = Some(self.spawn(std::mem::take(&mut batch)));
+                        batch_bytes = 0;
+                    }
+                }
+                Some(Err(e)) => break Err(e),
+                None => break Ok(()),
+            }
+        };
+        // Everything that arrived before the end, or before a cut, is written before
+        // returning: the file then holds exactly `written()` bytes, where a resumed transfer
+        // starts.
+        self.settle(display, &mut in_flight).await?;
+        if !batch.is_empty() {
+            let mut last = Some(self.spawn(batch));
+            self.settle(display, &mut last).await?;
+        }
+        Ok(ended)
+    }
+
+    fn spawn(&mut self, batch: Vec<Bytes>) -> BatchTask {
+        let file = self.file.take().expect("settled before the next batch");
+        tokio::task::spawn_blocking(move || file.write(batch))
+    }
+
+    /// Waits for the batch being written, if any, and takes the file back.
+    async fn settle(
+        &mut self,
+        display: &str,
+        in_flight: &mut Option<BatchTask>,
+    ) -> Result<(), StoreError> {
+        let Some(task) = in_flight.take() else {
+            return Ok(());
+        };
+        let (file, result) = task
             .await
-            .map_err(|e| StoreError::io(&display, e))?;
-        // Data must be on disk before the rename makes it visible, or a crash could leave a
-        // final name pointing at an empty or partial file.
-        writer
-            .into_inner()
-            .sync_all()
-            .await
-            .map_err(|e| StoreError::io(&display, e))?;
-        tokio::fs::rename(&temp_path, &final_path)
+            .map_err(|e| StoreError::io(display, std::io::Error::other(e)))?;
+        self.file = Some(file);
+        result.map_err(|e| StoreError::io(display, e))
+    }
+
+    async fn finish(mut self, display: String, expected: Expected) -> Result<Written, StoreError> {
+        let Some(LocalFile {
+            file,
+            digests,
+            mut temp,
+        }) = self.file.take()
+        else {
+            return Err(StoreError::io(
+                &display,
+                std::io::Error::other("an earlier write to this file was abandoned"),
+            ));
+        };
+        let final_path = self.final_path;
+        let path = display.clone();
+        let written = tokio::task::spawn_blocking(move || -> Result<Written, StoreError> {
+            // On a mismatch the guard removes the temporary file as this returns.
+            let written = digests.verify(&path, &expected)?;
+            // Data must be on disk before the rename makes it visible, or a crash could leave
+            // a final name pointing at an empty or partial file.
+            file.sync_all().map_err(|e| StoreError::io(&path, e))?;
+            // Taken from the guard: renamed away, nothing is left to remove, and on a failed
+            // rename the file is removed here.
+            let temp_path = temp.0.take().expect("the guard holds the path until now");
+            if let Err(e) = std::fs::rename(&temp_path, &final_path) {
+                let _ = std::fs::remove_file(&temp_path);
+                return Err(StoreError::io(&path, e));
+            }
+            Ok(written)
+        })
+        .await
+        .map_err(|e| StoreError::io(&display, std::io::Error::other(e)))??;
+        // The rename itself is durable only once the directory entry is synced.
+        sync_dir(self.dir)
             .await
             .map_err(|e| StoreError::io(&display, e))?;
         Ok(written)
     }
-    .await;
-
-    let written = result?;
-    // Renamed away: nothing left to remove.
-    guard.0 = None;
-    // The rename itself is durable only once the directory entry is synced.
-    sync_dir(dir)
-        .await
-        .map_err(|e| StoreError::io(&display, e))?;
-    Ok(written)
 }
 
 /// A temporary file to remove when dropped, unless its path was taken back.
@@ -490,7 +813,7 @@ async fn sync_dir(dir: PathBuf) -> std::io::Result<()> {
         .map_err(std::io::Error::other)?
 }
 
-/// Writes through an `object_store` multipart upload, completed only after verification.
+/// A write through an `object_store` multipart upload, completed only after verification.
 ///
 /// This is atomic on every store cedar supports: S3 and GCS make a multipart object visible
 /// only when the upload is completed, and discard the parts on abort; `LocalFileSystem` writes
@@ -498,47 +821,49 @@ async fn sync_dir(dir: PathBuf) -> std::io::Result<()> {
 /// deletes on abort (or when the upload is dropped mid-write); `InMemory` buffers the parts
 /// until completion. A write dropped mid-way on S3 or GCS leaves an incomplete multipart upload,
 /// invisible but billed until the bucket's lifecycle rule aborts it.
-async fn write_store(
-    store: &dyn ObjectStore,
-    root: &Path,
-    rel_path: &str,
-    mut stream: Chunks<'_>,
-    expected: Expected,
-) -> Result<Written, StoreError> {
-    let path = store_path(root, rel_path)?;
-    let display = path.to_string();
-    let upload = store
-        .put_multipart(&path)
-        .await
-        .map_err(|e| StoreError::object_store("write", &display, e))?;
-    let mut writer = WriteMultipart::new(upload);
-    let mut verifier = Verifier::new(&display, expected);
-    let streamed = async {
+struct StoreSink {
+    writer: WriteMultipart,
+    digests: Digests,
+}
+
+impl StoreSink {
+    /// The outer error is a failed write (or too many bytes), the inner one the stream's.
+    async fn append(
+        &mut self,
+        display: &str,
+        limit: &mut Limit<'_>,
+        mut stream: Chunks<'_>,
+    ) -> Result<Result<(), StoreError>, StoreError> {
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            verifier.update(&chunk)?;
-            writer
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => return Ok(Err(e)),
+            };
+            limit.take(&chunk)?;
+            self.digests.update(&chunk);
+            self.writer
                 .wait_for_capacity(MULTIPART_CONCURRENCY)
                 .await
-                .map_err(|e| StoreError::object_store("write", &display, e))?;
-            writer.put(chunk);
+                .map_err(|e| StoreError::object_store("write", display, e))?;
+            self.writer.put(chunk);
         }
-        Ok::<(), StoreError>(())
+        Ok(Ok(()))
     }
-    .await;
-    let verified = streamed.and_then(|()| verifier.finish());
-    match verified {
-        Ok(written) => {
-            writer
-                .finish()
-                .await
-                .map_err(|e| StoreError::object_store("write", &display, e))?;
-            Ok(written)
-        }
-        Err(error) => {
-            // Best effort, like removing a local temp file: the original error matters.
-            let _ = writer.abort().await;
-            Err(error)
+
+    async fn finish(self, display: &str, expected: &Expected) -> Result<Written, StoreError> {
+        match self.digests.verify(display, expected) {
+            Ok(written) => {
+                self.writer
+                    .finish()
+                    .await
+                    .map_err(|e| StoreError::object_store("write", display, e))?;
+                Ok(written)
+            }
+            Err(error) => {
+                // Best effort, like removing a local temp file: the mismatch matters more.
+                let _ = self.writer.abort().await;
+                Err(error)
+            }
         }
     }
 }
@@ -666,7 +991,7 @@ mod tests {
             .unwrap();
         let want = expected(b"hello world");
         assert_eq!(
-            (written.size, Some(written.md5), Some(written.crc32c)),
+            (written.size, written.md5, Some(written.crc32c)),
             (want.size, want.md5, want.crc32c)
         );
         assert_eq!(dest.existing("a/b.tif").await.unwrap(), Some(11));

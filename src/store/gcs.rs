@@ -193,19 +193,64 @@ impl GcsJsonBucket {
         })
     }
 
-    async fn send_media_get(&self, name: &str) -> Result<(String, Response), StoreError> {
+    /// `objects.get?alt=media`, from byte `from` on (a `Range` request, answered 206), of the
+    /// version `generation` when given (`ifGenerationMatch`: 412 when the object changed).
+    async fn send_media_get(
+        &self,
+        name: &str,
+        from: u64,
+        generation: Option<&str>,
+    ) -> Result<(String, Response), StoreError> {
         let full = self.full_name(name)?;
         let target = self.gs(&full);
-        let request = self
+        let mut request = self
             .http
             .request(Method::GET, self.object_url(&full))
             .query(&[("alt", "media")]);
-        match self.send("download", &target, request).await {
-            Err(StoreError::Status { status: 404, .. }) => {
-                Err(StoreError::NotFound { name: target })
-            }
-            other => other.map(|response| (target, response)),
+        if let Some(generation) = generation {
+            request = request.query(&[("ifGenerationMatch", generation)]);
         }
+        if from > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={from}-"));
+        }
+        let response = match self.send("download", &target, request).await {
+            Err(StoreError::Status { status: 404, .. }) => {
+                return Err(StoreError::NotFound { name: target });
+            }
+            Err(StoreError::Status { status: 412, .. }) => {
+                return Err(StoreError::Mismatch {
+                    path: target,
+                    what: "generation",
+                    expected: generation.unwrap_or_default().to_owned(),
+                    actual: "another: the object was rewritten since it was listed".to_owned(),
+                });
+            }
+            other => other?,
+        };
+        if from > 0 {
+            // A server that ignores Range answers 200 with the whole object: appending that
+            // to the bytes already received would corrupt the file (the checksums would
+            // catch it, after a wasted transfer).
+            let start = response
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split_once('-'))
+                .and_then(|(start, _)| start.parse::<u64>().ok());
+            if response.status() != StatusCode::PARTIAL_CONTENT || start != Some(from) {
+                return Err(StoreError::Protocol {
+                    op: "download",
+                    target,
+                    reason: format!(
+                        "asked for the bytes from {from} on, got HTTP {} with Content-Range {:?}",
+                        response.status().as_u16(),
+                        response.headers().get(reqwest::header::CONTENT_RANGE)
+                    ),
+                });
+            }
+        }
+        Ok((target, response))
     }
 }
 
@@ -374,8 +419,10 @@ impl ExportBucket for GcsJsonBucket {
     async fn stream(
         &self,
         name: &str,
+        from: u64,
+        generation: Option<&str>,
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
-        let (target, response) = self.send_media_get(name).await?;
+        let (target, response) = self.send_media_get(name, from, generation).await?;
         Ok(response
             .bytes_stream()
             .map_err(move |source| StoreError::Transport {
@@ -435,7 +482,7 @@ impl ExportBucket for GcsJsonBucket {
     }
 
     async fn get(&self, name: &str) -> Result<Bytes, StoreError> {
-        let (target, response) = self.send_media_get(name).await?;
+        let (target, response) = self.send_media_get(name, 0, None).await?;
         response
             .bytes()
             .await

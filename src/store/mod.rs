@@ -6,8 +6,9 @@
 //!   `crc32c`, and it is the API that `gcp-storage-emulator` implements fully);
 //!   [`ObjectStoreBucket`] wraps any `object_store` store (local directory, `memory://`, `s3://`)
 //!   for demos and tests. [`open_bucket`] picks one from a URL.
-//! - [`Destination`] writes a downloaded object under a relative path, verifying its size and
-//!   checksums before it becomes visible under its final name, and refuses unsafe paths.
+//! - [`Destination`] writes a downloaded object under a relative path, checksumming it as it
+//!   is written (never reading it back) and verifying it before it becomes visible under its
+//!   final name; a [`PartialWrite`] takes the rest of a cut transfer; unsafe paths are refused.
 //!
 //! The store never retries by itself: every [`StoreError`] says whether it is worth retrying
 //! ([`StoreError::is_retryable`]), and the job that called it owns the retry policy.
@@ -25,7 +26,7 @@ use futures::stream::BoxStream;
 
 use crate::auth::TokenSource;
 
-pub use dest::{Destination, Expected, Written, check_rel_path};
+pub use dest::{Destination, Expected, PartialWrite, Verify, Written, check_rel_path};
 pub use error::StoreError;
 pub use gcs::{DEFAULT_ENDPOINT, EMULATOR_HOST_ENV, GcsJsonBucket, gcs_endpoint};
 pub use objects::{ObjectStoreBucket, open_object_store};
@@ -55,10 +56,16 @@ pub trait ExportBucket: Send + Sync + std::fmt::Debug {
     /// Every object whose name starts with `prefix` (a plain string prefix, as in GCS, not a
     /// directory), following all pages, in name order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
-    /// The content of an object as a stream of chunks, for large files.
+    /// The content of an object from byte `from` on (0: all of it), as a stream of chunks,
+    /// for large files: a transfer cut mid-way resumes with `from` = the bytes already received.
+    /// With `generation` (the listed [`ObjectInfo::generation`]), the bytes must come from that
+    /// version of the object: a rewritten object fails with a retryable
+    /// [`StoreError::Mismatch`] rather than splicing two versions into one file.
     async fn stream(
         &self,
         name: &str,
+        from: u64,
+        generation: Option<&str>,
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError>;
     /// Creates or replaces a (small) object, e.g. metadata or tracking JSON.
     async fn put(&self, name: &str, body: Bytes) -> Result<(), StoreError>;

@@ -29,7 +29,7 @@ use cedar::earthengine::{EarthEngine, EeError, ExportParams, export_request};
 use cedar::emulator::{ApiMethod, Fault};
 use cedar::grid::TileGrid;
 use cedar::jobs::JobError;
-use cedar::jobs::download::{copy_verified, export_objects};
+use cedar::jobs::download::{DownloadOptions, copy_verified, export_objects};
 use cedar::queue::tracking::{OrderState, Tracker};
 use cedar::queue::{Depth, Queue, Stage};
 use cedar::store::{
@@ -738,7 +738,15 @@ async fn download(
     dest: &Destination,
     objects: &[ObjectInfo],
 ) -> Result<(), Classified> {
-    copy_verified(bucket, dest, "T", objects, false).await?;
+    copy_verified(
+        bucket,
+        dest,
+        "T",
+        objects,
+        false,
+        &DownloadOptions::default(),
+    )
+    .await?;
     Ok(())
 }
 
@@ -1155,6 +1163,30 @@ fn table(f: &Fixture) -> Vec<Case> {
                     "queue-scheme",
                     &url,
                     "postgres://u:hunter2@db.example/cedar",
+                ))
+            },
+        ),
+        cli(
+            "config: download verify",
+            "download.verify: \"sha256\" is not one of \"crc32c\", \"both\"",
+            2,
+            |f| {
+                submit_with(f.config_with(
+                    "download-verify",
+                    "[download]\n",
+                    "[download]\nverify = \"sha256\"\n",
+                ))
+            },
+        ),
+        cli(
+            "config: download concurrency",
+            "download.concurrency: 0 is out of range; give 1 to 64",
+            2,
+            |f| {
+                submit_with(f.config_with(
+                    "download-concurrency",
+                    "[download]\n",
+                    "[download]\nconcurrency = 0\n",
                 ))
             },
         ),

@@ -1087,7 +1087,7 @@ async fn the_same_items_again_are_refused_while_running_then_run_as_their_own_ca
 #[tokio::test]
 async fn download_refuses_names_that_escape_the_destination() {
     use cedar::jobs::JobError;
-    use cedar::jobs::download::copy_verified;
+    use cedar::jobs::download::{DownloadOptions, copy_verified};
     use cedar::store::{Destination, ExportBucket, ObjectInfo, ObjectStoreBucket};
 
     let dir = tempfile::tempdir().unwrap();
@@ -1116,9 +1116,16 @@ async fn download_refuses_names_that_escape_the_destination() {
         ("../T", "CEDAR_PREARD/ok.tif"),
         ("T/../..", "CEDAR_PREARD/ok.tif"),
     ] {
-        let err = copy_verified(&bucket, &dest, tracking, &[info(object)], false)
-            .await
-            .expect_err(object);
+        let err = copy_verified(
+            &bucket,
+            &dest,
+            tracking,
+            &[info(object)],
+            false,
+            &DownloadOptions::default(),
+        )
+        .await
+        .expect_err(object);
         match &err {
             JobError::Fatal(m) => assert!(
                 m.contains("refused object") && m.contains("would escape the destination"),
@@ -1133,10 +1140,16 @@ async fn download_refuses_names_that_escape_the_destination() {
         );
     }
 
-    let (verified, bytes) =
-        copy_verified(&bucket, &dest, "T", &[info("CEDAR_PREARD/ok.tif")], false)
-            .await
-            .unwrap();
+    let (verified, bytes) = copy_verified(
+        &bucket,
+        &dest,
+        "T",
+        &[info("CEDAR_PREARD/ok.tif")],
+        false,
+        &DownloadOptions::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(bytes, body.len() as u64);
     assert_eq!(verified.len(), 1);
     assert_eq!(

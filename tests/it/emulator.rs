@@ -1125,10 +1125,55 @@ async fn exports_are_in_the_manifest_and_a_download_can_be_cut_mid_stream() {
         "the client sees the transfer fail (got {received} bytes)"
     );
     assert_eq!(received, 100);
+    // The rest, from where the cut stopped, of the same generation: 206 and Content-Range.
+    let generation = generation_of(&t, path).await;
+    let rest = t
+        .http
+        .get(t.url(&format!("{path}&ifGenerationMatch={generation}")))
+        .header("range", "bytes=100-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.status(), 206);
+    assert_eq!(
+        rest.headers()["content-range"],
+        format!("bytes 100-{}/{}", full.len() - 1, full.len()).as_str()
+    );
+    assert_eq!(&rest.bytes().await.unwrap()[..], &full[100..]);
+    // Another generation is refused (412), and so is a range past the end (416); neither
+    // sends a byte.
+    let stale = t
+        .http
+        .get(t.url(&format!("{path}&ifGenerationMatch=1")))
+        .header("range", "bytes=100-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 412);
+    let past = t
+        .http
+        .get(t.url(path))
+        .header("range", format!("bytes={}-", full.len()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(past.status(), 416);
     // One-shot: the next download is whole.
     let whole = t.http.get(t.url(path)).send().await.unwrap();
+    assert_eq!(whole.status(), 200);
     assert_eq!(&whole.bytes().await.unwrap()[..], &full[..]);
     let stats = t.emulator.stats();
     assert_eq!(stats.downloads_truncated, 1);
-    assert_eq!(stats.media_bytes_served, (first.len() + full.len()) as u64);
+    // Bytes sent: the other object, the 100 before the cut, the rest, the whole again.
+    assert_eq!(
+        stats.media_bytes_served,
+        first.len() as u64 + 100 + (full.len() as u64 - 100) + full.len() as u64
+    );
+}
+
+/// The generation the emulator serves an object (`path` is its `alt=media` URL path) with.
+async fn generation_of(t: &TestEmulator, path: &str) -> String {
+    let (status, resource) = t.get(path.trim_end_matches("?alt=media")).await;
+    assert_eq!(status, 200);
+    resource["generation"].as_str().unwrap().to_owned()
 }

@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod daemon;
 mod doctor;
+mod download;
 mod earthengine;
 mod eecu;
 mod emulator;

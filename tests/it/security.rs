@@ -19,7 +19,7 @@ use bytes::Bytes;
 use cedar::config::{Config, DEFAULT_TOML};
 use cedar::emulator;
 use cedar::jobs::JobError;
-use cedar::jobs::download::copy_verified;
+use cedar::jobs::download::{DownloadOptions, copy_verified};
 use cedar::queue::{Connection, Queue};
 use cedar::store::{Destination, Expected, ExportBucket, ObjectInfo, StoreError, check_rel_path};
 use futures::stream::{self, BoxStream, StreamExt};
@@ -51,6 +51,8 @@ impl ExportBucket for AnyNameBucket {
     async fn stream(
         &self,
         _name: &str,
+        _from: u64,
+        _generation: Option<&str>,
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
         Ok(stream::once(async { Ok(Bytes::from_static(BODY)) }).boxed())
     }
@@ -105,7 +107,15 @@ async fn unsafe_object_names_are_refused_and_nothing_is_written() {
         "exports/..".to_string(),
     ];
     for name in &names {
-        let result = copy_verified(&AnyNameBucket, &dest, "T", &[object(name)], false).await;
+        let result = copy_verified(
+            &AnyNameBucket,
+            &dest,
+            "T",
+            &[object(name)],
+            false,
+            &DownloadOptions::default(),
+        )
+        .await;
         match result {
             Err(JobError::Fatal(message)) => {
                 assert!(message.contains("refused"), "{name:?}: {message}");
@@ -162,6 +172,7 @@ async fn unsafe_object_names_are_refused_and_nothing_is_written() {
         "T",
         &[object("exports/good.tif")],
         false,
+        &DownloadOptions::default(),
     )
     .await
     .unwrap();
