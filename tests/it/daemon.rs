@@ -822,6 +822,43 @@ async fn finished_operations_that_leave_the_list_are_looked_up_not_lost() {
     assert_downloaded(&c, &doc, &name);
 }
 
+/// Tasks leave `operations.list` once finished and `operations.get` answers 404 NOT_FOUND for
+/// them: only then, with EE saying the operation does not exist, are orders LOST, and their
+/// slots freed; nothing is downloaded from a task cedar cannot see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_is_lost_only_when_ee_says_its_operation_does_not_exist() {
+    let mut c = Campaign::start(
+        "lost",
+        EmulatorOptions {
+            list_retention_secs: Some(0.0),
+            ..Campaign::options()
+        },
+    )
+    .await;
+    c.emulator.inject(Fault::NextRequests {
+        method: Some(ApiMethod::OperationsGet),
+        count: 10_000,
+        status: 404,
+        message: Some("Operation not found.".to_owned()),
+        processed: false,
+    });
+    c.spawn_worker();
+    let name = c.submit(&four_tiles(LC08, "2021-12-31", "3MS")).await;
+    let (status, _) = c.wait_done(&name).await;
+    assert_eq!(
+        counts(&status),
+        BTreeMap::from([("LOST".to_owned(), 8)]),
+        "{status}"
+    );
+    let stats = c.emulator.stats();
+    let gets = stats.requests.get("operations.get").copied().unwrap_or(0);
+    assert!(
+        gets >= 8,
+        "each order was asked about by name before it was LOST: {stats:#?}"
+    );
+    assert_exported_once(&stats);
+}
+
 /// EE tasks that fail are reported with EE's message; `cedar retry` exports them again (a new
 /// task each) and brings them home.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
