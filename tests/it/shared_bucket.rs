@@ -179,13 +179,24 @@ async fn two_deployments_on_one_bucket_each_end_with_their_own_files() {
     assert_eq!(bands_b, serde_json::json!(["blue"]));
     let n_a = bands_a.as_array().unwrap().len() as u64;
     assert!(n_a > 1, "{bands_a}");
-    // The emulator writes bytes in proportion to the bands exported: team B's pieces are its
-    // own one-band export, not team A's files under team B's metadata.
-    let (sum_a, sum_b): (u64, u64) = (tifs_a.iter().sum(), tifs_b.iter().sum());
-    assert!(
-        sum_b * n_a <= sum_a + sum_a / 5 && sum_b * n_a + sum_a / 5 >= sum_a,
-        "team A {sum_a} bytes for {n_a} bands, team B {sum_b} bytes for 1"
-    );
+    // Every GeoTIFF holds its own team's bands (one per band per scene date, as its metadata's
+    // band_order lists them): team B's pieces are its own one-band export, not team A's files
+    // under team B's metadata.
+    for (team, name) in [(&a, &name_a), (&b, &name_b)] {
+        let order = team.metadata(name)["image"]["band_order"].clone();
+        let want = order.as_array().unwrap().len() as u64;
+        assert!(want > 0, "{order}");
+        for file in team
+            .downloaded(name)
+            .into_keys()
+            .filter(|f| f.ends_with(".tif"))
+        {
+            let bytes = std::fs::read(team.dest.join(name).join(&file)).unwrap();
+            let mut tiff = tiff::decoder::Decoder::new(std::io::Cursor::new(bytes)).unwrap();
+            let samples = tiff.get_tag_u32(tiff::tags::Tag::SamplesPerPixel).unwrap();
+            assert_eq!(u64::from(samples), want, "{name}/{file}");
+        }
+    }
     let left: Vec<String> = files(&env.bucket)
         .into_keys()
         .filter(|f| !f.contains("TRACKING/"))
