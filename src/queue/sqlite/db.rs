@@ -301,7 +301,23 @@ impl Db {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // journal_mode answers with the mode now in force; anything but WAL would let a long
         // read block every writer.
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        // Switching a new file to WAL takes an exclusive lock without waiting on the busy
+        // handler: two processes opening the file at once (a worker starting while `submit`
+        // runs) would get "database is locked". Retry until the busy timeout instead.
+        let started = std::time::Instant::now();
+        let mode: String = loop {
+            match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if matches!(
+                        e.code,
+                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                    ) && started.elapsed() < BUSY_TIMEOUT =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(QueueError::Database {
                 path: path.display().to_string(),
@@ -391,6 +407,25 @@ async fn join<T, E: From<rusqlite::Error>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_opening_a_new_file_at_once_all_get_it() {
+        // Each round, four openers race on a file that does not exist yet, as `cedar submit`
+        // and a starting worker do: none may fail with "database is locked".
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..10 {
+            let path = dir.path().join(format!("race-{round}.db"));
+            let openers: Vec<_> = (0..4)
+                .map(|_| {
+                    let path = path.clone();
+                    std::thread::spawn(move || Db::open_blocking(path).map(|_| ()))
+                })
+                .collect();
+            for o in openers {
+                o.join().unwrap().unwrap();
+            }
+        }
+    }
 
     #[test]
     fn sqlite_urls_name_absolute_and_relative_files() {
