@@ -138,9 +138,9 @@ async fn full_queue(backend: &str) {
         },
     )
     .await;
-    c.spawn_worker(&["--max-active-exports", "12"]);
     // 4 tiles × 3 periods = 12 orders, all admitted at once at first.
     let name = c.submit(&four_tiles(LC08, "2021-09-30", "1MS")).await;
+    c.spawn_worker(&["--max-active-exports", "12"]);
     let status = c.wait_done(&name).await;
     assert_eq!(cleaned(&status), 12, "{status}\n{}", c.tail());
     let stats = c.env.emulator.stats();
@@ -174,8 +174,8 @@ async fn priorities(backend: &str) {
         },
     )
     .await;
-    c.spawn_worker(&["--max-active-exports", "2"]);
     let backfill = c.submit(&four_tiles(LC08, "2021-12-31", "1MS")).await;
+    c.spawn_worker(&["--max-active-exports", "2"]);
     // Let the backfill start before the urgent campaign arrives.
     wait_until(
         Duration::from_secs(120),
