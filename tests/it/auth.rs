@@ -298,10 +298,9 @@ async fn a_campaign_completes_while_its_tokens_are_revoked() {
         stats.responses.get("401").copied().unwrap_or(0) > 0,
         "EE refused some token: {stats:?}"
     );
-    assert!(
-        stats.storage_unauthenticated > 0,
-        "Cloud Storage refused some token: {stats:?}"
-    );
+    // Whether Cloud Storage also met a revoked token here depends on timing (CI saw runs where
+    // none did); its refresh on 401 is proven call by call in
+    // `cloud_storage_calls_refresh_a_revoked_token_once`.
     let tokens = stats.requests["token"];
     assert!(tokens > 2, "{stats:?}");
 
