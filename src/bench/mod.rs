@@ -20,15 +20,17 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use chrono::{Months, NaiveDate};
 
 use cedar::config::{Config, Settings};
 use cedar::emulator::{self, EmulatorOptions, RunningEmulator};
+use cedar::jobs::JobSettings;
 use cedar::queue::tracking::OrderState;
 use cedar::submit::{Plan, Request};
+use cedar::worker::WorkerOptions;
 
 /// The benchmarks.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -311,6 +313,66 @@ pub(crate) fn campaign(settings: &Settings, jobs: u64) -> anyhow::Result<Request
         error_if_empty: false,
         priority: None,
     })
+}
+
+/// Runs `plan` to the end on `workers` in-process workers sharing the queue: submits it, waits
+/// until every order ended (or `timeout` passes), takes `snapshot` while the workers still run
+/// (so that nothing their drain does is counted), then stops them. Returns the wall time from
+/// submit to the last order ended, the final counts and the snapshot.
+async fn run_in_process<S>(
+    settings: &Arc<Settings>,
+    jobs: &JobSettings,
+    opts: &WorkerOptions,
+    workers: usize,
+    plan: &Plan,
+    timeout: Duration,
+    snapshot: impl FnOnce() -> S,
+) -> anyhow::Result<(Duration, BTreeMap<OrderState, u64>, S)> {
+    let submitter = cedar::jobs::Context::connect(settings.clone(), jobs.clone()).await?;
+    let total = plan.submission.order_count() as u64;
+    let name = &plan.submission.name;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut running = Vec::new();
+    for _ in 0..workers.max(1) {
+        let ctx = cedar::jobs::Context::connect(settings.clone(), jobs.clone()).await?;
+        let mut stop = stop_rx.clone();
+        running.push(tokio::spawn(cedar::worker::run(
+            ctx,
+            opts.clone(),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )));
+    }
+    let started = Instant::now();
+    cedar::submit::enqueue(&submitter, plan).await?;
+    let deadline = started + timeout;
+    let counts = loop {
+        let counts = submitter.tracker.counts(name).await?;
+        if ended(&counts) >= total {
+            break counts;
+        }
+        if Instant::now() > deadline {
+            // Drained before the cleanup, which would otherwise race their last writes.
+            let _ = stop_tx.send(true);
+            for w in running {
+                let _ = w.await;
+            }
+            anyhow::bail!(
+                "not done after {} s: {}",
+                timeout.as_secs(),
+                describe_counts(&counts)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let wall = started.elapsed();
+    let snap = snapshot();
+    let _ = stop_tx.send(true);
+    for w in running {
+        w.await??;
+    }
+    Ok((wall, counts, snap))
 }
 
 fn describe(plan: &Plan) -> String {

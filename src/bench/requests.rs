@@ -2,21 +2,18 @@
 //! emulated time, against the two requests (compute + export) a tile-period needs at least.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use anyhow::bail;
-use tokio::sync::watch;
+use std::time::Duration;
 
 use cedar::emulator::RunningEmulator;
 use cedar::jobs::JobSettings;
 use cedar::jobs::poll::SweepSettings;
 use cedar::queue::tracking::OrderState;
 use cedar::submit;
-use cedar::worker::{self, WorkerOptions};
+use cedar::worker::WorkerOptions;
 
 use super::{
-    RedisArgs, Scratch, Table, campaign, describe, describe_counts, emulated_ee, ended, secs,
-    verdict, with_emulator,
+    RedisArgs, Scratch, Table, campaign, describe, describe_counts, emulated_ee, run_in_process,
+    secs, verdict, with_emulator,
 };
 
 /// Options of `cedar bench requests`. Durations marked "emulated" run `time_scale` times faster
@@ -113,50 +110,22 @@ async fn requests_in(
         ..WorkerOptions::default()
     };
 
-    let submitter = cedar::jobs::Context::connect(settings.clone(), jobs.clone()).await?;
-    let req = campaign(&settings, a.in_flight)?;
-    let plan = submit::plan(&settings, &req, chrono::Utc::now())?;
+    let plan = submit::plan(
+        &settings,
+        &campaign(&settings, a.in_flight)?,
+        chrono::Utc::now(),
+    )?;
     let total = plan.submission.order_count() as u64;
-    let name = plan.submission.name.clone();
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut workers = Vec::new();
-    for _ in 0..a.workers.max(1) {
-        let ctx = cedar::jobs::Context::connect(settings.clone(), jobs.clone()).await?;
-        let mut stop = stop_rx.clone();
-        workers.push(tokio::spawn(worker::run(ctx, opts.clone(), async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })));
-    }
-    let started = Instant::now();
-    submit::enqueue(&submitter, &plan).await?;
-    let deadline = started + Duration::from_secs(a.timeout_secs);
-    let counts = loop {
-        let counts = submitter.tracker.counts(&name).await?;
-        if ended(&counts) >= total {
-            break counts;
-        }
-        if Instant::now() > deadline {
-            // Drained before the cleanup, which would otherwise race their last writes.
-            let _ = stop_tx.send(true);
-            for w in workers {
-                let _ = w.await;
-            }
-            bail!(
-                "not done after {} s: {}",
-                a.timeout_secs,
-                describe_counts(&counts)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let wall = started.elapsed();
-    // Read before the workers stop, so that nothing the drain does is counted.
-    let stats = emulator.stats();
-    let _ = stop_tx.send(true);
-    for w in workers {
-        w.await??;
-    }
+    let (wall, counts, stats) = run_in_process(
+        &settings,
+        &jobs,
+        &opts,
+        a.workers,
+        &plan,
+        Duration::from_secs(a.timeout_secs),
+        || emulator.stats(),
+    )
+    .await?;
 
     let count = |s: OrderState| counts.get(&s).copied().unwrap_or(0);
     let completed = count(OrderState::Cleaned) + count(OrderState::Empty);

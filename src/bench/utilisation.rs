@@ -12,20 +12,15 @@
 //!   take).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use anyhow::bail;
-use tokio::sync::watch;
+use std::time::Duration;
 
 use cedar::emulator::{EmulatorOptions, RunningEmulator, TimelineEntry};
 use cedar::jobs::JobSettings;
 use cedar::jobs::poll::SweepSettings;
 use cedar::submit;
-use cedar::worker::{self, WorkerOptions};
+use cedar::worker::WorkerOptions;
 
-use super::{
-    RedisArgs, Scratch, Table, campaign, describe_counts, ended, pct, verdict, with_emulator,
-};
+use super::{RedisArgs, Scratch, Table, campaign, pct, run_in_process, verdict, with_emulator};
 
 /// Options of `cedar bench utilisation` (the campaign by default).
 #[derive(Debug, Clone, clap::Args)]
@@ -172,52 +167,23 @@ async fn one_run(
         sweep,
         ..WorkerOptions::default()
     };
-    let submitter = cedar::jobs::Context::connect(settings.clone(), jobs.clone()).await?;
     let plan = submit::plan(
         &settings,
         &campaign(&settings, a.tile_periods)?,
         chrono::Utc::now(),
     )?;
     let total = plan.submission.order_count() as u64;
-    let name = plan.submission.name.clone();
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut workers = Vec::new();
-    for _ in 0..a.workers.max(1) {
-        let ctx = cedar::jobs::Context::connect(settings.clone(), jobs.clone()).await?;
-        let mut stop = stop_rx.clone();
-        workers.push(tokio::spawn(worker::run(ctx, opts.clone(), async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })));
-    }
-    let started = Instant::now();
-    submit::enqueue(&submitter, &plan).await?;
-    let deadline = started + Duration::from_secs(a.timeout_secs);
-    loop {
-        let counts = submitter.tracker.counts(&name).await?;
-        if ended(&counts) >= total {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = stop_tx.send(true);
-            for w in workers {
-                let _ = w.await;
-            }
-            bail!(
-                "not done after {} s: {}",
-                a.timeout_secs,
-                describe_counts(&counts)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let wall = started.elapsed().as_secs_f64() * a.time_scale;
-    let stats = emulator.stats();
-    let timeline = emulator.timeline();
-    let _ = stop_tx.send(true);
-    for w in workers {
-        w.await??;
-    }
+    let (wall, _, (stats, timeline)) = run_in_process(
+        &settings,
+        &jobs,
+        &opts,
+        a.workers,
+        &plan,
+        Duration::from_secs(a.timeout_secs),
+        || (emulator.stats(), emulator.timeline()),
+    )
+    .await?;
+    let wall = wall.as_secs_f64() * a.time_scale;
     let requests: u64 = stats.requests.values().sum();
     let mut f = measure(&timeline, a.slots);
     f.orders = total;
