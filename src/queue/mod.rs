@@ -189,22 +189,21 @@ pub struct BacklogPlace<'a> {
 }
 
 impl BacklogPlace<'_> {
-    pub const DEFAULT_PRIORITY: u32 = crate::order::DEFAULT_PRIORITY;
-    pub const MAX_PRIORITY: u32 = crate::order::MAX_PRIORITY;
     /// Backlog places one priority's band spans: more turns than any campaign has orders.
     pub const BAND_WIDTH: i64 = 1 << 33;
 
     /// The lowest backlog score of this priority's band (scores stay exact in Lua's doubles:
     /// 10,000 × 2^33 < 2^53).
     pub fn band(&self) -> i64 {
-        i64::from(Self::MAX_PRIORITY - self.priority.min(Self::MAX_PRIORITY)) * Self::BAND_WIDTH
+        i64::from(crate::order::MAX_PRIORITY - self.priority.min(crate::order::MAX_PRIORITY))
+            * Self::BAND_WIDTH
     }
 }
 
 impl Default for BacklogPlace<'_> {
     fn default() -> Self {
         BacklogPlace {
-            priority: Self::DEFAULT_PRIORITY,
+            priority: crate::order::DEFAULT_PRIORITY,
             tracking: "",
         }
     }
