@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::support::{
     Emulated, FAST_WORKER, Process, assert_exported_once, cedar_command, configured, files,
-    free_port, one_tile, rsa_key, run, service_account_key, small_exports, wait_until,
+    free_port, one_tile, run, small_exports, wait_until,
 };
 
 const BUCKET: &str = "cedar-auth";
@@ -35,13 +35,7 @@ async fn revoking(uses: u64, ms: u64) -> (Emulated, String) {
         ..small_exports(BUCKET)
     })
     .await;
-    let (private, public) = rsa_key(env.dir.path(), "sa");
-    env.emulator.register_public_key_pem(&public);
-    let key = service_account_key(
-        env.dir.path(),
-        &private,
-        &format!("{}/token", env.emulator.url()),
-    );
+    let key = env.service_account_key();
     (env, key)
 }
 

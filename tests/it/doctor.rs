@@ -12,7 +12,7 @@ use cedar::emulator::EmulatorOptions;
 
 use crate::support::{
     Emulated, GcsEmulator, Namespace, Run, TestConfig, cedar_command, files, free_port, redis_url,
-    rsa_key, run, service_account_key,
+    run,
 };
 
 /// Every check, in the order doctor prints them.
@@ -234,13 +234,7 @@ async fn each_failure_is_one_line_with_its_fix_and_exit_1() {
         ..EmulatorOptions::default()
     })
     .await;
-    let (private, public) = rsa_key(env.dir.path(), "sa");
-    env.emulator.register_public_key_pem(&public);
-    let key = service_account_key(
-        env.dir.path(),
-        &private,
-        &format!("{}/token", env.emulator.url()),
-    );
+    let key = env.service_account_key();
     let sqlite = format!("sqlite://{}", env.path("cedar.db").display());
     let base = || TestConfig {
         project: "cedar-right".to_owned(),

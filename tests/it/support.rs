@@ -152,6 +152,18 @@ impl Emulated {
         self.dir.path().join(name)
     }
 
+    /// A new service-account key file whose public key this emulator trusts and whose token
+    /// URI is this emulator's `/token`; returns its path.
+    pub fn service_account_key(&self) -> String {
+        let (private, public) = rsa_key(self.dir.path(), "sa");
+        self.emulator.register_public_key_pem(&public);
+        service_account_key(
+            self.dir.path(),
+            &private,
+            &format!("{}/token", self.emulator.url()),
+        )
+    }
+
     /// The configuration pointing cedar at this emulator, bucket and destination.
     pub fn config(&self, bucket: &str, queue_url: &str, namespace: &str) -> TestConfig {
         TestConfig {
