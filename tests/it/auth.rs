@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::support::{
     Emulated, FAST_WORKER, Process, assert_exported_once, cedar_command, configured, files,
-    free_port, one_tile, run, small_exports, wait_until,
+    one_tile, run, small_exports, wait_until,
 };
 
 const BUCKET: &str = "cedar-auth";
@@ -219,11 +219,12 @@ async fn a_campaign_completes_while_its_tokens_are_revoked() {
     // campaign runs (a fresh token outlives the one call sent again with it).
     let (env, key) = revoking(0, 400).await;
     let db = env.path("cedar.db");
-    let metrics = format!("127.0.0.1:{}", free_port());
+    // Port 0: the worker binds a free port and logs it (a port picked here could be taken by
+    // another test's process before the worker binds it).
     let mut config = env.config(BUCKET, &format!("sqlite://{}", db.display()), "auth");
     config.credentials = key;
     config.store_url = format!("gs://{BUCKET}");
-    config.metrics_listen = Some(metrics.clone());
+    config.metrics_listen = Some("127.0.0.1:0".to_owned());
     let toml = config.toml().replace(
         "[store]\n",
         &format!("[store]\nendpoint = \"{}\"\n", env.emulator.url()),
@@ -299,7 +300,14 @@ async fn a_campaign_completes_while_its_tokens_are_revoked() {
     assert!(tokens > 2, "{stats:?}");
 
     // The worker counted the refreshes the 401s caused.
-    let text = reqwest::get(format!("http://{metrics}/metrics"))
+    let log = worker.log();
+    let bound = log
+        .lines()
+        .find(|l| l.contains("serving metrics at"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .map(|a| a.split_whitespace().next().unwrap_or_default().to_owned())
+        .unwrap_or_else(|| panic!("the worker logs where it serves metrics:\n{log}"));
+    let text = reqwest::get(format!("http://{bound}/metrics"))
         .await
         .unwrap()
         .text()
