@@ -7,13 +7,12 @@
 //! in bulk (pipelined; 100,000 jobs take seconds) into the admission backlog.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::config::Settings;
 use crate::document::{document_object, publish};
-use crate::jobs::{Context, job_for};
+use crate::jobs::Context;
 use crate::naming::{TrackingValues, check_workload_tag, workload_tag_for};
 use crate::order::Order;
 use crate::period::{Frequency, Period, periods};
@@ -207,14 +206,12 @@ pub async fn enqueue(ctx: &Context, plan: &Plan) -> Result<u64, SubmitError> {
 
 async fn publish_and_queue(ctx: &Context, sub: &Submission) -> Result<u64, SubmitError> {
     publish(&ctx.settings, &ctx.tracker, ctx.bucket.as_ref(), &sub.name).await?;
-    let jobs: Vec<_> = sub.orders().map(|o| job_for(&sub.name, &o, None)).collect();
-    let mut added = 0;
-    for chunk in jobs.chunks(20_000) {
-        added += ctx
-            .queue
-            .enqueue_placed(Stage::Export, chunk, Duration::ZERO, sub.backlog_place())
-            .await?;
-    }
+    // One run in the backlog for the whole product; admission writes each job when its turn
+    // comes, so an archive-size submission is queued in a few writes.
+    let added = ctx
+        .queue
+        .enqueue_run(&sub.export_run(), sub.backlog_place())
+        .await?;
     Ok(added)
 }
 

@@ -35,11 +35,13 @@
 //! - [`sqlite`]: the same operations as SQL transactions on one file ([`SqliteQueue`]).
 //! - [`snapshot`]: the EE operations snapshot shared by the poll jobs and their sweeper.
 //! - [`eecu`]: the EECU ended tasks used in a rolling window, for the EECU budget.
+//! - [`run`]: a submission's export jobs as one backlog entry, expanded at admission.
 //! - [`backend`](mod@backend): the apalis 1.0 backend that drives handlers from a [`Queue`].
 
 pub mod backend;
 pub mod eecu;
 pub mod redis;
+pub mod run;
 pub mod snapshot;
 pub mod sqlite;
 pub mod tracking;
@@ -53,6 +55,7 @@ use tokio::sync::Notify;
 pub use self::backend::{BackendConfig, CedarBackend, backend, worker_name};
 pub use self::eecu::EecuUse;
 pub use self::redis::RedisQueue;
+pub use self::run::ExportRun;
 pub use self::snapshot::Snapshot;
 pub use self::sqlite::SqliteQueue;
 
@@ -578,6 +581,32 @@ impl Queue {
         }
         self.enqueue_encoded_placed(stage, &encoded, delay, place)
             .await
+    }
+
+    /// Adds a submission's export jobs as one run in the backlog, placed by `place` as its
+    /// first job would be ([`run`]): admission expands it an order at a time, so an
+    /// archive-size submission costs a few writes and its plan instead of a payload per order.
+    /// Returns how many jobs the run holds; 0 if it was added before (enqueueing twice is a
+    /// no-op while the run waits).
+    pub async fn enqueue_run(
+        &self,
+        export: &ExportRun<'_>,
+        place: BacklogPlace<'_>,
+    ) -> Result<u64, QueueError> {
+        if export.is_empty() {
+            return Ok(0);
+        }
+        let added = dispatch!(self, q => q.enqueue_run(export, place).await)?;
+        if added > 0 {
+            self.nudge(Stage::Export);
+        }
+        Ok(added)
+    }
+
+    /// The order indices of `tracking` ([`run`]'s order) that its runs still hold, as
+    /// `[from, to)` ranges: orders whose export job has not been written yet.
+    pub async fn run_ranges(&self, tracking: &str) -> Result<Vec<(u64, u64)>, QueueError> {
+        dispatch!(self, q => q.run_ranges(tracking).await)
     }
 
     /// [`Queue::enqueue_bulk`] for payloads already encoded (the apalis sink encodes them).

@@ -40,6 +40,9 @@ on_both!(
     push_back_returns_the_slot_and_the_job_to_the_front_of_the_backlog,
     admission_stays_under_the_learnt_room_and_stops_while_paused,
     the_backlog_goes_by_priority_then_submissions_take_turns,
+    a_run_hands_out_the_jobs_enqueueing_each_would_have,
+    runs_take_the_same_turns_as_the_jobs_they_hold,
+    cancel_removes_a_run_and_push_back_goes_ahead_of_it,
 );
 
 fn job(tracking: &str, row: u32, col: u32) -> OrderJob {
@@ -955,7 +958,8 @@ async fn wake_makes_delayed_jobs_due_now_and_a_running_one_snooze_for_no_time(t:
     assert_eq!(q.depth(Stage::Download).await.unwrap().due_now, 2_500);
 }
 
-/// A file written by a cedar of schema version 1 (no `jobs.woken`, no `ops_waiting.job`) opens,
+/// A file written by a cedar of schema version 1 (no `jobs.woken`, no `ops_waiting.job`, no
+/// export runs) opens,
 /// is upgraded in place, and keeps its jobs and awaited operations, which wake as they should.
 #[tokio::test]
 async fn an_sqlite_file_of_schema_1_is_upgraded_in_place() {
@@ -976,6 +980,8 @@ async fn an_sqlite_file_of_schema_1_is_upgraded_in_place() {
             "ALTER TABLE jobs DROP COLUMN woken;
              ALTER TABLE ops_waiting DROP COLUMN job;
              INSERT INTO ops_waiting (ns, name) VALUES ('ns', 'ops/old');
+             DROP TABLE runs;
+             DROP TABLE run_plans;
              PRAGMA user_version = 1;",
         )
         .unwrap();
@@ -989,7 +995,7 @@ async fn an_sqlite_file_of_schema_1_is_upgraded_in_place() {
         .unwrap()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     assert_eq!(q.wake(Stage::Poll, &[old.id()]).await.unwrap(), 1);
     assert_eq!(q.depth(Stage::Poll).await.unwrap().due_now, 1);
     // Awaited before the upgrade, by a cedar that did not record the job: still awaited, and
@@ -1114,5 +1120,179 @@ async fn the_backlog_goes_by_priority_then_submissions_take_turns(t: TestQueue) 
             "backfill", "backfill", "backfill"
         ],
         "{order:?}"
+    );
+}
+
+fn day(y: i32, m: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(y, m, 1).unwrap()
+}
+
+/// A run over `collections` × `tiles` tiles × `periods` months.
+struct RunParts {
+    tracking: String,
+    collections: Vec<String>,
+    tiles: Vec<(u32, u32)>,
+    periods: Vec<(NaiveDate, NaiveDate)>,
+}
+
+impl RunParts {
+    fn new(tracking: &str, collections: usize, tiles: u32, periods: u32) -> Self {
+        RunParts {
+            tracking: tracking.into(),
+            collections: (0..collections).map(|c| format!("C/{c}\"q")).collect(),
+            tiles: (0..tiles).map(|t| (t / 3, 10 + t)).collect(),
+            periods: (0..periods)
+                .map(|p| {
+                    (
+                        day(2000 + (p / 12) as i32, 1 + p % 12),
+                        day(2000 + ((p + 1) / 12) as i32, 1 + (p + 1) % 12),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn run(&self) -> queue::ExportRun<'_> {
+        queue::ExportRun {
+            tracking: &self.tracking,
+            collections: &self.collections,
+            tiles: &self.tiles,
+            periods: self.periods.clone(),
+        }
+    }
+}
+
+async fn a_run_hands_out_the_jobs_enqueueing_each_would_have(t: TestQueue) {
+    let q = &t.queue;
+    let parts = RunParts::new("camp", 2, 3, 4);
+    let run = parts.run();
+    assert_eq!(
+        q.enqueue_run(&run, BacklogPlace::default()).await.unwrap(),
+        24
+    );
+    assert_eq!(
+        q.enqueue_run(&run, BacklogPlace::default()).await.unwrap(),
+        0,
+        "enqueueing a waiting run again is a no-op"
+    );
+    assert_eq!(q.depth(Stage::Export).await.unwrap().backlog, 24);
+    assert_eq!(q.run_ranges("camp").await.unwrap(), [(0, 24)]);
+    // An order queued on its own already (e.g. by `cedar retry`) is not handed out twice.
+    let single = run.job(5).unwrap();
+    q.enqueue_bulk(Stage::Export, std::slice::from_ref(&single), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(q.depth(Stage::Export).await.unwrap().backlog, 25);
+
+    // The single job takes turns with the run (it went in at the band's front) and comes first
+    // on the tie; then the run hands out 0–4, skips 5 (queued already) and hands out 6–9.
+    assert_eq!(q.admit(10).await.unwrap(), 10);
+    assert_eq!(q.run_ranges("camp").await.unwrap(), [(11, 24)]);
+    assert_eq!(q.admit(100).await.unwrap(), 14, "24 distinct jobs in all");
+    assert!(q.run_ranges("camp").await.unwrap().is_empty());
+    let leased = q
+        .lease(Stage::Export, "w", 100, LEASE, &RetryPolicy::default())
+        .await
+        .unwrap();
+    let mut got: Vec<(String, OrderJob)> = leased
+        .iter()
+        .map(|l| (l.id.clone(), serde_json::from_slice(&l.payload).unwrap()))
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut want: Vec<(String, OrderJob)> = (0..24)
+        .map(|i| run.job(i).unwrap())
+        .map(|j| (j.id(), j))
+        .collect();
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got, want, "ids and payloads as enqueue_bulk writes them");
+    let depth = q.depth(Stage::Export).await.unwrap();
+    assert_eq!((depth.backlog, depth.leased), (0, 24));
+    assert_eq!(q.active_count().await.unwrap(), 24);
+}
+
+async fn runs_take_the_same_turns_as_the_jobs_they_hold(t: TestQueue) {
+    let q = &t.queue;
+    let place = |priority, tracking| BacklogPlace { priority, tracking };
+    let backfill = RunParts::new("backfill", 1, 2, 4);
+    let other = RunParts::new("other", 1, 3, 1);
+    let ingest = RunParts::new("ingest", 2, 1, 1);
+    q.enqueue_run(&backfill.run(), place(100, "backfill"))
+        .await
+        .unwrap();
+    let first = admit_one_by_one(q, 2).await;
+    q.enqueue_run(&other.run(), place(100, "other"))
+        .await
+        .unwrap();
+    q.enqueue_run(&ingest.run(), place(200, "ingest"))
+        .await
+        .unwrap();
+    for id in first {
+        q.complete(Stage::Export, &id).await.unwrap();
+        q.release_slot(&id).await.unwrap();
+    }
+    let order = admit_one_by_one(q, 100).await;
+    let campaigns: Vec<&str> = order
+        .iter()
+        .map(|id| id.split('|').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        campaigns,
+        [
+            "ingest", "ingest", "backfill", "other", "backfill", "other", "backfill", "other",
+            "backfill", "backfill", "backfill"
+        ],
+        "{order:?}"
+    );
+    // Within a run, the submission's own order: tile by tile, period by period.
+    let backfill_ids: Vec<_> = order
+        .iter()
+        .filter(|id| id.starts_with("backfill|"))
+        .collect();
+    let run = backfill.run();
+    let want: Vec<String> = (2..8).map(|i| run.job(i).unwrap().id()).collect();
+    assert_eq!(backfill_ids, want.iter().collect::<Vec<_>>());
+}
+
+async fn cancel_removes_a_run_and_push_back_goes_ahead_of_it(t: TestQueue) {
+    let q = &t.queue;
+    let parts = RunParts::new("camp", 1, 4, 5);
+    let keep = RunParts::new("camp2", 1, 1, 2);
+    q.enqueue_run(&parts.run(), BacklogPlace::default())
+        .await
+        .unwrap();
+    q.enqueue_run(&keep.run(), BacklogPlace::default())
+        .await
+        .unwrap();
+    assert_eq!(q.admit(3).await.unwrap(), 3);
+    let leased = q
+        .lease(Stage::Export, "w", 3, LEASE, &RetryPolicy::default())
+        .await
+        .unwrap();
+    // EE's queue is full: the job goes back ahead of the runs, and is the next one admitted.
+    assert!(q.push_back("w", &leased[2].id).await.unwrap());
+    assert_eq!(q.admit(3).await.unwrap(), 1);
+    let again = q
+        .lease(Stage::Export, "w", 3, LEASE, &RetryPolicy::default())
+        .await
+        .unwrap();
+    assert_eq!(again[0].id, leased[2].id);
+    // Cancel: the 3 jobs written and the 17 orders the run still holds; the other run stays.
+    let before = q.depth(Stage::Export).await.unwrap().backlog;
+    assert_eq!(
+        q.remove_tracking(Stage::Export, "camp").await.unwrap(),
+        3 + 17
+    );
+    assert!(q.run_ranges("camp").await.unwrap().is_empty());
+    assert_eq!(q.depth(Stage::Export).await.unwrap().backlog, before - 17);
+    assert_eq!(q.run_ranges("camp2").await.unwrap(), [(0, 2)]);
+    assert_eq!(q.admit(10).await.unwrap(), 2);
+    let last = q
+        .lease(Stage::Export, "w", 10, LEASE, &RetryPolicy::default())
+        .await
+        .unwrap();
+    assert!(
+        last.iter().all(|l| l.id.starts_with("camp2|")),
+        "{:?}",
+        last.len()
     );
 }

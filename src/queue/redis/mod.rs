@@ -16,7 +16,9 @@
 //! | `{ns}:{stage}:enqueued` | hash | id → first enqueue time (ms) |
 //! | `{ns}:{stage}:dead` | hash | id → [`DeadReason`] JSON |
 //! | `{ns}:{stage}:woken` | set | ids woken while leased: their next snooze is due at once (until it, or their removal) |
-//! | `{ns}:export:backlog` | zset | id → place (priority band + the submission's turn); export jobs waiting for an admission slot |
+//! | `{ns}:export:backlog` | zset | id or run member → place (priority band + the submission's turn); export jobs waiting for an admission slot |
+//! | `{ns}:export:runs` | hash | run member (`run/{tracking}/{first}`) → `"{next} {end} {enqueued ms}"`: a submission's export jobs not expanded yet ([`crate::queue::run`]) |
+//! | `{ns}:export:plan:{tracking}` | hash | what a run's jobs are made of: `nc`/`nt`/`np`, `c:{i}`, `t:{i}`, `p:{i}`, and `runs` (live runs) |
 //! | `{ns}:export:turns` | hash | submission → its last turn in the backlog (round-robin) |
 //! | `{ns}:export:seq` | string | the sequence of `cedar retry`'s re-queued exports |
 //! | `{ns}:export:room` | string | the admission cap learnt from EE's queue (`jobs::admission`) |
@@ -45,9 +47,10 @@ use serde::Deserialize;
 pub use self::connect::{connect, connect_now, connect_with_ca};
 pub(in crate::queue) use self::scripts::script;
 use self::scripts::{
-    ADMIT, BURY, ENQUEUE, FAIL, LEASE, PUSH_BACK, RATE, REAP, REMOVE, RENEW, REQUEUE_DEAD,
-    RESCHEDULE, WAKE,
+    ADMIT, BURY, ENQUEUE, ENQUEUE_RUN, FAIL, LEASE, PUSH_BACK, RATE, REAP, REMOVE, REMOVE_RUNS,
+    RENEW, REQUEUE_DEAD, RESCHEDULE, WAKE,
 };
+use super::run::{self, ExportRun};
 use super::{
     ADMIT_LIMIT, BacklogPlace, DeadReason, Depth, ENQUEUE_CHUNK, FailResult, Figure, Leased,
     QueueError, REAP_LIMIT, RateDecision, RetryPolicy, Stage, WAKE_CHUNK,
@@ -165,6 +168,79 @@ impl RedisQueue {
             added += n;
         }
         Ok(added)
+    }
+
+    /// Adds a submission's export jobs as one run (see [`super::Queue::enqueue_run`]); returns
+    /// how many jobs it holds, 0 if it was there already.
+    pub(crate) async fn enqueue_run(
+        &self,
+        export: &ExportRun<'_>,
+        place: BacklogPlace<'_>,
+    ) -> Result<u64, QueueError> {
+        let stage = Stage::Export;
+        let mut call = ENQUEUE_RUN.prepare_invoke();
+        call.key(self.key(stage, "backlog"))
+            .key(self.key(stage, "runs"))
+            .key(self.plan_key(export.tracking))
+            .key(self.key(stage, "turns"))
+            .arg(export.member())
+            .arg(export.len())
+            .arg(place.band())
+            .arg(BacklogPlace::BAND_WIDTH)
+            .arg(place.tracking);
+        for (field, value) in export.plan_fields() {
+            call.arg(field).arg(value);
+        }
+        Ok(call.invoke_async(&mut self.conn.clone()).await?)
+    }
+
+    fn plan_key(&self, tracking: &str) -> String {
+        format!("{}:export:plan:{tracking}", self.namespace)
+    }
+
+    /// The runs of `tracking` still in the backlog: member → (next index, end index).
+    async fn runs_of(&self, tracking: &str) -> Result<Vec<(String, u64, u64)>, QueueError> {
+        let pattern = format!("{}{}/*", run::RUN_PREFIX, glob_escape(tracking));
+        let mut conn = self.conn.clone();
+        let mut out = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+                .arg(self.key(Stage::Export, "runs"))
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_CHUNK)
+                .query_async(&mut conn)
+                .await?;
+            for (member, value) in page {
+                if run::tracking_of(&member) != Some(tracking) {
+                    continue;
+                }
+                let mut parts = value.split(' ').map(str::parse::<u64>);
+                if let (Some(Ok(from)), Some(Ok(to))) = (parts.next(), parts.next()) {
+                    out.push((member, from, to));
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The order indices of `tracking` its runs have not handed out yet, as `[from, to)` ranges.
+    pub async fn run_ranges(&self, tracking: &str) -> Result<Vec<(u64, u64)>, QueueError> {
+        Ok(self
+            .runs_of(tracking)
+            .await?
+            .into_iter()
+            .map(|(_, from, to)| (from, to))
+            .collect())
     }
 
     /// Reaps a bounded number of expired leases (spending an attempt each), then leases up to `n`
@@ -462,8 +538,26 @@ impl RedisQueue {
     /// admission slots (cancel); returns how many. A worker running one of them finishes its
     /// run, but its outcome finds nothing left to reschedule.
     pub async fn remove_tracking(&self, stage: Stage, tracking: &str) -> Result<u64, QueueError> {
-        let ids = self.ids_of_tracking(stage, "data", tracking).await?;
         let mut n = 0;
+        if stage == Stage::Export {
+            // Runs first, so that admission cannot expand a job of one after the scan below.
+            let members: Vec<String> = self
+                .runs_of(tracking)
+                .await?
+                .into_iter()
+                .map(|(m, _, _)| m)
+                .collect();
+            let mut call = REMOVE_RUNS.prepare_invoke();
+            call.key(self.key(stage, "backlog"))
+                .key(self.key(stage, "runs"))
+                .key(self.plan_key(tracking));
+            for m in &members {
+                call.arg(m);
+            }
+            let held: u64 = call.invoke_async(&mut self.conn.clone()).await?;
+            n += held;
+        }
+        let ids = self.ids_of_tracking(stage, "data", tracking).await?;
         for chunk in ids.chunks(SCAN_CHUNK) {
             n += self.remove(stage, chunk, true).await?;
         }
@@ -476,13 +570,14 @@ impl RedisQueue {
         let due = self.key(stage, "due");
         // Only export fills its backlog; for the other stages the key never exists and counts 0.
         let backlog = self.key(stage, "backlog");
-        let (due_now, scheduled, leased, dead, backlog, oldest): (
+        let (due_now, scheduled, leased, dead, members, oldest, runs): (
             u64,
             u64,
             u64,
             u64,
             u64,
             Vec<(String, f64)>,
+            Vec<String>,
         ) = redis::pipe()
             .zcount(&due, "-inf", now)
             .zcount(&due, format!("({now}"), "+inf")
@@ -490,8 +585,21 @@ impl RedisQueue {
             .hlen(self.key(stage, "dead"))
             .zcard(backlog)
             .zrange_withscores(&due, 0, 0)
+            .hvals(self.key(stage, "runs"))
             .query_async(&mut self.conn.clone())
             .await?;
+        // A run is one member holding many jobs (one run per submission still queueing).
+        let in_runs: u64 = runs
+            .iter()
+            .filter_map(|v| {
+                let mut parts = v.split(' ').map(str::parse::<u64>);
+                match (parts.next(), parts.next()) {
+                    (Some(Ok(from)), Some(Ok(to))) => Some(to.saturating_sub(from)),
+                    _ => None,
+                }
+            })
+            .sum();
+        let backlog = members.saturating_sub(runs.len() as u64) + in_runs;
         let oldest_due_age_secs = oldest
             .first()
             .map(|(_, score)| *score as u64)
@@ -538,8 +646,12 @@ impl RedisQueue {
             .key(self.active_key())
             .key(self.figure_key(Figure::Room))
             .key(self.figure_key(Figure::Paused))
+            .key(self.key(Stage::Export, "runs"))
+            .key(self.key(Stage::Export, "data"))
+            .key(self.key(Stage::Export, "enqueued"))
             .arg(max_active)
             .arg(ADMIT_LIMIT)
+            .arg(format!("{}:export:plan:", self.namespace))
             .invoke_async(&mut self.conn.clone())
             .await?)
     }

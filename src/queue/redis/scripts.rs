@@ -313,7 +313,13 @@ return n
 /// the cap, and the due set never holds more than the cap (no crowd of 100k due jobs).
 /// The cap is the lowest of `max active` and the learnt room (`export:room`, see
 /// `jobs::admission`); admission is paused while `export:paused` exists (EECU budget).
-/// KEYS: 1 backlog, 2 due, 3 ee:active, 4 room, 5 paused. ARGV: 1 max active, 2 per-call limit.
+///
+/// A backlog member that is a run (`run/{tracking}/{first}`, see `queue::run`) yields its next
+/// order: the job is written (payload, enqueue time) as ENQUEUE would have written it, unless a
+/// job of that id exists already, and the run moves one turn back (or goes, with its plan once
+/// its submission has no run left). Steps are bounded even when a run's jobs all exist.
+/// KEYS: 1 backlog, 2 due, 3 ee:active, 4 room, 5 paused, 6 runs, 7 data, 8 enqueued.
+/// ARGV: 1 max active, 2 per-call limit, 3 plan key prefix `{ns}:export:plan:`.
 const ADMIT_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
 local cap = tonumber(ARGV[1])
@@ -322,13 +328,101 @@ if room then cap = math.min(cap, tonumber(room)) end
 local free = cap - redis.call('SCARD', KEYS[3])
 if free <= 0 then return 0 end
 free = math.min(free, tonumber(ARGV[2]))
-local ids = redis.call('ZRANGE', KEYS[1], 0, free - 1)
-for _, id in ipairs(ids) do
-  redis.call('ZREM', KEYS[1], id)
+local admitted, steps = 0, 0
+local function take(id)
   redis.call('ZADD', KEYS[2], now, id)
   redis.call('SADD', KEYS[3], id)
+  admitted = admitted + 1
 end
-return #ids
+while admitted < free and steps < 4 * tonumber(ARGV[2]) do
+  steps = steps + 1
+  local front = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  if not front[1] then break end
+  local id, score = front[1], tonumber(front[2])
+  redis.call('ZREM', KEYS[1], id)
+  local run = redis.call('HGET', KEYS[6], id)
+  if run then
+    local nxt, last, enq = string.match(run, '^(%d+) (%d+) (%d+)$')
+    nxt, last = tonumber(nxt), tonumber(last)
+    local tracking = string.match(id, '^run/(.*)/%d+$')
+    local plan = ARGV[3] .. tracking
+    local dims = redis.call('HMGET', plan, 'nt', 'np')
+    local nt, np = tonumber(dims[1]), tonumber(dims[2])
+    local ci = math.floor(nxt / (nt * np))
+    local ti = math.floor(nxt / np) % nt
+    local pi = nxt % np
+    local v = redis.call('HMGET', plan, 'c:' .. ci, 't:' .. ti, 'p:' .. pi)
+    local row, col = string.match(v[2], '^(%d+) (%d+)$')
+    local s, e = string.match(v[3], '^(%S+) (%S+)$')
+    local jid = tracking .. '|' .. v[1] .. '|' .. row .. '|' .. col .. '|' .. s
+    if redis.call('HEXISTS', KEYS[7], jid) == 0 then
+      redis.call('HSET', KEYS[7], jid, cjson.encode({v = 1, tracking = tracking, collection = v[1],
+        row = tonumber(row), col = tonumber(col), start = s, ['end'] = e}))
+      redis.call('HSET', KEYS[8], jid, enq)
+      take(jid)
+    end
+    nxt = nxt + 1
+    if nxt >= last then
+      redis.call('HDEL', KEYS[6], id)
+      if redis.call('HINCRBY', plan, 'runs', -1) <= 0 then redis.call('DEL', plan) end
+    else
+      redis.call('HSET', KEYS[6], id, nxt .. ' ' .. last .. ' ' .. enq)
+      redis.call('ZADD', KEYS[1], score + 1, id)
+    end
+  else
+    take(id)
+  end
+end
+return admitted
+"#;
+
+/// Adds a run (see `queue::run`): its plan, and one backlog member placed as ENQUEUE places a
+/// submission's first job, with the submission's turns moved on by the run's length, as if its
+/// jobs had been queued one by one. A run that exists already is left alone (0).
+/// KEYS: 1 backlog, 2 runs, 3 plan, 4 turns. ARGV: 1 member, 2 length, 3 band, 4 band width,
+/// 5 submission, then plan field, value pairs.
+const ENQUEUE_RUN_LUA: &str = r#"
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
+local n = tonumber(ARGV[2])
+local band, width = tonumber(ARGV[3]), tonumber(ARGV[4])
+local seq = tonumber(redis.call('HGET', KEYS[4], ARGV[5]) or '0')
+local front = redis.call('ZRANGEBYSCORE', KEYS[1], band, '(' .. (band + width), 'WITHSCORES', 'LIMIT', 0, 1)
+if front[2] then seq = math.max(seq, tonumber(front[2]) - band - 1) end
+-- The plan goes in pieces of at most ENQUEUE_BATCH pairs: no `unpack` of an unbounded list.
+local i = 6
+while i <= #ARGV do
+  local fields = {}
+  while i <= #ARGV and #fields < 2 * ENQUEUE_BATCH do
+    fields[#fields + 1] = ARGV[i]
+    fields[#fields + 1] = ARGV[i + 1]
+    i = i + 2
+  end
+  redis.call('HSET', KEYS[3], unpack(fields))
+end
+redis.call('HINCRBY', KEYS[3], 'runs', 1)
+redis.call('HSET', KEYS[2], ARGV[1], '0 ' .. n .. ' ' .. now)
+redis.call('ZADD', KEYS[1], band + seq + 1, ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[5], seq + n)
+return n
+"#;
+
+/// Removes the runs of one submission (cancel, a failed submit) and its plan; returns how many
+/// jobs they still held.
+/// KEYS: 1 backlog, 2 runs, 3 plan. ARGV: members.
+const REMOVE_RUNS_LUA: &str = r#"
+local n = 0
+for i = 1, #ARGV do
+  local run = redis.call('HGET', KEYS[2], ARGV[i])
+  if run then
+    local nxt, last = string.match(run, '^(%d+) (%d+)')
+    n = n + tonumber(last) - tonumber(nxt)
+    redis.call('HDEL', KEYS[2], ARGV[i])
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+-- Every run of the submission is named here, so its plan goes with them.
+redis.call('DEL', KEYS[3])
+return n
 "#;
 
 /// Puts an export job its worker holds back at the front of the backlog and frees its admission
@@ -398,6 +492,14 @@ pub(super) static BURY: LazyLock<Script> =
 pub(super) static REQUEUE_DEAD: LazyLock<Script> =
     LazyLock::new(|| script(&[NOW_LUA, REQUEUE_DEAD_LUA]));
 pub(super) static ADMIT: LazyLock<Script> = LazyLock::new(|| script(&[NOW_LUA, ADMIT_LUA]));
+pub(super) static ENQUEUE_RUN: LazyLock<Script> = LazyLock::new(|| {
+    script(&[
+        &format!("local ENQUEUE_BATCH = {ENQUEUE_BATCH}\n"),
+        NOW_LUA,
+        ENQUEUE_RUN_LUA,
+    ])
+});
+pub(super) static REMOVE_RUNS: LazyLock<Script> = LazyLock::new(|| script(&[REMOVE_RUNS_LUA]));
 pub(super) static PUSH_BACK: LazyLock<Script> = LazyLock::new(|| script(&[PUSH_BACK_LUA]));
 pub(super) static RATE: LazyLock<Script> = LazyLock::new(|| script(&[NOW_LUA, RATE_LUA]));
 
@@ -410,6 +512,7 @@ mod tests {
         // apalis-redis 1.0.0 crashed every worker with `unpack` over an unbounded list. Only
         // the enqueue script unpacks, and only batches of ENQUEUE_BATCH jobs.
         assert!(ENQUEUE_LUA.contains("#ids < ENQUEUE_BATCH"));
+        assert!(ENQUEUE_RUN_LUA.contains("#fields < 2 * ENQUEUE_BATCH"));
         for lua in [
             DEAD_LUA.as_str(),
             REAP_LUA,
@@ -422,6 +525,7 @@ mod tests {
             BURY_LUA,
             REQUEUE_DEAD_LUA,
             ADMIT_LUA,
+            REMOVE_RUNS_LUA,
             PUSH_BACK_LUA,
             RATE_LUA,
         ] {

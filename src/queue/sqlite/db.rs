@@ -31,15 +31,41 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The version of [`SCHEMA`], kept in `PRAGMA user_version`. A file written by a newer cedar is
 /// refused instead of being half-understood; an older one is brought up to date ([`UPGRADES`]).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// What turns a file of version `from` into one of version `from + 1`, in order. A new file
-/// gets [`SCHEMA`] directly, which already has all of it.
-const UPGRADES: &[(i64, &str)] = &[(
-    1,
-    "ALTER TABLE jobs ADD COLUMN woken INTEGER NOT NULL DEFAULT 0;
-     ALTER TABLE ops_waiting ADD COLUMN job TEXT;",
-)];
+/// gets [`SCHEMA`] and [`RUN_TABLES`] directly, which already have all of it.
+const UPGRADES: &[(i64, &str)] = &[
+    (
+        1,
+        "ALTER TABLE jobs ADD COLUMN woken INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE ops_waiting ADD COLUMN job TEXT;",
+    ),
+    (2, RUN_TABLES),
+];
+
+/// The export runs (`queue::run`): a submission's export jobs before admission expands them,
+/// placed in the backlog beside the jobs (`run_at` is the run's place, as a job's), and the
+/// plan each expands from.
+const RUN_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+  ns TEXT NOT NULL,
+  member TEXT NOT NULL,
+  tracking TEXT NOT NULL,
+  next INTEGER NOT NULL,
+  end_index INTEGER NOT NULL,
+  run_at INTEGER NOT NULL,
+  enqueued_ms INTEGER NOT NULL,
+  PRIMARY KEY (ns, member)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS runs_by_place ON runs (ns, run_at, member);
+CREATE TABLE IF NOT EXISTS run_plans (
+  ns TEXT NOT NULL,
+  tracking TEXT NOT NULL,
+  body TEXT NOT NULL,
+  PRIMARY KEY (ns, tracking)
+) WITHOUT ROWID;
+";
 
 /// Every table of the file. Job states are the Redis structures a job id can be in: `backlog`
 /// (export jobs waiting for an admission slot; `run_at` is their enqueue sequence), `due`
@@ -337,6 +363,7 @@ impl Db {
         }
         if version == 0 {
             tx.execute_batch(SCHEMA)?;
+            tx.execute_batch(RUN_TABLES)?;
         } else {
             for (_, upgrade) in UPGRADES.iter().filter(|(from, _)| *from >= version) {
                 tx.execute_batch(upgrade)?;

@@ -10,6 +10,7 @@
 
 mod db;
 mod eecu;
+mod runs;
 
 use std::{sync::Arc, time::Duration};
 
@@ -226,12 +227,8 @@ impl SqliteQueue {
                                 |r| r.get(0),
                             )
                             .optional()?;
-                        let front: Option<i64> = tx.query_row(
-                            "SELECT min(run_at) FROM jobs WHERE ns = ?1 AND stage = ?2
-                             AND state = 'backlog' AND run_at >= ?3 AND run_at < ?4",
-                            params![&*ns, stage.name(), band, band + BacklogPlace::BAND_WIDTH],
-                            |r| r.get(0),
-                        )?;
+                        let front =
+                            runs::backlog_front(tx, &ns, band, band + BacklogPlace::BAND_WIDTH)?;
                         turn = last.unwrap_or(0).max(front.map_or(0, |f| f - band - 1));
                     }
                     let mut insert = tx.prepare_cached(
@@ -595,7 +592,12 @@ impl SqliteQueue {
                     )?
                     .query_map(params![&*ns, stage.name(), tracking], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
-                Ok(remove(tx, &ns, stage.name(), &ids, true)?)
+                let held = if runs::has_runs(stage) {
+                    runs::remove_runs(tx, &ns, &tracking)?
+                } else {
+                    0
+                };
+                Ok(held + remove(tx, &ns, stage.name(), &ids, true)?)
             })
             .await
     }
@@ -614,6 +616,11 @@ impl SqliteQueue {
         ) = self
             .db
             .read(move |c| {
+                let held = if runs::has_runs(stage) {
+                    runs::held(c, &ns)?
+                } else {
+                    0
+                };
                 c.query_row(
                     "SELECT
                        coalesce(sum(state = 'due' AND run_at <= ?3), 0),
@@ -630,7 +637,7 @@ impl SqliteQueue {
                             r.get(1)?,
                             r.get(2)?,
                             r.get(3)?,
-                            r.get(4)?,
+                            r.get::<_, i64>(4)? + held,
                             r.get(5)?,
                         ))
                     },
@@ -704,25 +711,7 @@ impl SqliteQueue {
                 if free <= 0 {
                     return Ok(0);
                 }
-                let ids: Vec<String> = tx
-                    .prepare_cached(
-                        "SELECT id FROM jobs WHERE ns = ?1 AND stage = ?2 AND state = 'backlog'
-                         ORDER BY run_at, id LIMIT ?3",
-                    )?
-                    .query_map(params![&*ns, Stage::Export.name(), free], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?;
-                let now = now_ms();
-                for id in &ids {
-                    tx.execute(
-                        "UPDATE jobs SET state = 'due', run_at = ?4 WHERE ns = ?1 AND stage = ?2 AND id = ?3",
-                        params![&*ns, Stage::Export.name(), id, now],
-                    )?;
-                    tx.execute(
-                        "INSERT OR IGNORE INTO slots (ns, id) VALUES (?1, ?2)",
-                        params![&*ns, id],
-                    )?;
-                }
-                Ok(ids.len() as u64)
+                runs::admit(tx, &ns, free)
             })
             .await
     }
@@ -734,11 +723,7 @@ impl SqliteQueue {
         self.db
             .write(move |tx| -> Result<bool, QueueError> {
                 let stage = Stage::Export.name();
-                let front: Option<i64> = tx.query_row(
-                    "SELECT min(run_at) FROM jobs WHERE ns = ?1 AND stage = ?2 AND state = 'backlog'",
-                    params![&*ns, stage],
-                    |r| r.get(0),
-                )?;
+                let front = runs::backlog_front(tx, &ns, i64::MIN, i64::MAX)?;
                 let n = tx.execute(
                     "UPDATE jobs SET state = 'backlog', run_at = ?5, owner = NULL, woken = 0
                      WHERE ns = ?1 AND stage = ?2 AND id = ?3 AND state = 'leased' AND owner = ?4",

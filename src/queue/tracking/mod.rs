@@ -314,6 +314,17 @@ impl Submission {
         })
     }
 
+    /// Its export jobs as one backlog run ([`crate::queue::run`]), in [`Submission::orders`]'
+    /// order.
+    pub fn export_run(&self) -> crate::queue::ExportRun<'_> {
+        crate::queue::ExportRun {
+            tracking: &self.name,
+            collections: &self.collections,
+            tiles: &self.tiles,
+            periods: self.periods.iter().map(|p| (p.start, p.end)).collect(),
+        }
+    }
+
     pub fn order_count(&self) -> usize {
         self.collections.len() * self.tiles.len() * self.periods.len()
     }
