@@ -570,15 +570,8 @@ impl RedisQueue {
         let due = self.key(stage, "due");
         // Only export fills its backlog; for the other stages the key never exists and counts 0.
         let backlog = self.key(stage, "backlog");
-        let (due_now, scheduled, leased, dead, members, oldest, runs): (
-            u64,
-            u64,
-            u64,
-            u64,
-            u64,
-            Vec<(String, f64)>,
-            Vec<String>,
-        ) = redis::pipe()
+        type Counts = (u64, u64, u64, u64, u64, Vec<(String, f64)>, Vec<String>);
+        let (due_now, scheduled, leased, dead, members, oldest, runs): Counts = redis::pipe()
             .zcount(&due, "-inf", now)
             .zcount(&due, format!("({now}"), "+inf")
             .zcard(self.key(stage, "leased"))
