@@ -15,6 +15,7 @@
 
 mod redis;
 mod sqlite;
+mod stored;
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,10 @@ use self::sqlite::SqliteTracker;
 use crate::order::Order;
 use crate::period::Period;
 use crate::queue::{Connection, QueueError};
+
+/// The tally's field (Redis) or row (SQLite) beside the states that holds the EECU its ended
+/// tasks used, in ms, kept by [`Tracker::set`].
+const EECU_FIELD: &str = "eecu_ms";
 use crate::recipe::Recipe;
 
 /// Errors of tracking state.
@@ -438,7 +443,7 @@ impl Tracker {
         let raw: Vec<Option<String>> = dispatch!(self, t => t.raw_statuses(name, keys).await)?;
         raw.into_iter()
             .map(|r| {
-                r.map(|r| serde_json::from_str(&r).map_err(|e| TrackingError::corrupt(name, e)))
+                r.map(|r| stored::decode(&r).map_err(|e| TrackingError::corrupt(name, e)))
                     .transpose()
             })
             .collect()
@@ -482,9 +487,13 @@ impl Tracker {
         dispatch!(self, t => t.counts(name).await)
     }
 
-    /// EECU-seconds the ended EE tasks of `name` used: the sum over its orders (reads every
-    /// order, as [`Tracker::all`]).
+    /// EECU-seconds the ended EE tasks of `name` used: the running sum [`Tracker::set`] keeps
+    /// (one read), or for a submission recorded before it was kept the sum over its orders
+    /// (which reads every order, as [`Tracker::all`]).
     pub async fn eecu_seconds(&self, name: &str) -> Result<f64, TrackingError> {
+        if let Some(ms) = dispatch!(self, t => t.eecu_ms(name).await)? {
+            return Ok(ms as f64 / 1000.0);
+        }
         Ok(self
             .all(name)
             .await?

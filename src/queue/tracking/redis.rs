@@ -9,28 +9,36 @@ use std::sync::LazyLock;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use super::{OrderState, OrderStatus, Submission, TrackingError, order_key};
+use super::{EECU_FIELD, OrderState, OrderStatus, Submission, TrackingError, order_key, stored};
 use crate::order::Order;
 use crate::queue::redis::script;
 
-/// Sets an order's status and keeps the per-state tally in step, atomically; refuses to move
-/// an order backwards unless forced. Returns 1 when written, 0 when refused.
+/// Sets an order's status and keeps the per-state tally and the EECU sum in step, atomically;
+/// refuses to move an order backwards unless forced. Returns 1 when written, 0 when refused.
 ///
-/// KEYS: orders hash, counts hash, dirty set. ARGV: order key, status JSON, new state, new
-/// rank, force ("1"/"0"), tracking name. `__RANKS__` is replaced by the rank of every state.
+/// KEYS: orders hash, counts hash, dirty set. ARGV: order key, status (stored form), new state,
+/// new rank, force ("1"/"0"), tracking name, the new status's EECU in ms. `__RANKS__` is
+/// replaced by the rank of every state. The old status may be in the short or the long form
+/// (`stored.rs`).
 const SET_STATUS: &str = r#"
 local ranks = {__RANKS__}
 local old = redis.call('HGET', KEYS[1], ARGV[1])
+local old_eecu = 0
 if old then
-  local old_state = cjson.decode(old)['state']
+  local d = cjson.decode(old)
+  local old_state = d['s'] or d['state']
   if ARGV[5] ~= '1' and tonumber(ARGV[4]) < (ranks[old_state] or 0) then return 0 end
   redis.call('HINCRBY', KEYS[2], old_state, -1)
+  local e = d['eecu'] or d['eecu_seconds']
+  if type(e) == 'number' then old_eecu = math.floor(e * 1000 + 0.5) end
 else
   -- No field yet: the order was QUEUED (submit records none per order).
   redis.call('HINCRBY', KEYS[2], 'QUEUED', -1)
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+local eecu = tonumber(ARGV[7]) - old_eecu
+if eecu ~= 0 then redis.call('HINCRBY', KEYS[2], EECU_FIELD, eecu) end
 redis.call('SADD', KEYS[3], ARGV[6])
 return 1
 "#;
@@ -77,6 +85,8 @@ impl RedisTracker {
         // The tally starts with every order QUEUED; no field is written per order.
         let _: () = redis::pipe()
             .hset(self.counts_key(&sub.name), "QUEUED", sub.order_count())
+            .ignore()
+            .hset(self.counts_key(&sub.name), EECU_FIELD, 0)
             .ignore()
             .zadd(
                 self.index_key(),
@@ -131,7 +141,7 @@ impl RedisTracker {
         force: bool,
     ) -> Result<bool, TrackingError> {
         let mut c = self.conn.clone();
-        let json = serde_json::to_string(status).expect("status serializes");
+        let json = stored::encode(status);
         let written: i64 = SET_STATUS_SCRIPT
             .key(self.orders_key(name))
             .key(self.counts_key(name))
@@ -142,6 +152,7 @@ impl RedisTracker {
             .arg(status.state.rank())
             .arg(if force { "1" } else { "0" })
             .arg(name)
+            .arg(stored::eecu_ms(status))
             .invoke_async(&mut c)
             .await?;
         Ok(written == 1)
@@ -160,6 +171,13 @@ impl RedisTracker {
             .collect())
     }
 
+    /// The EECU-seconds sum SET_STATUS keeps, in ms; `None` for a submission recorded before it
+    /// was kept.
+    pub(super) async fn eecu_ms(&self, name: &str) -> Result<Option<i64>, TrackingError> {
+        let mut c = self.conn.clone();
+        Ok(c.hget(self.counts_key(name), EECU_FIELD).await?)
+    }
+
     /// Streams the orders hash through HSCAN, so a large campaign is read in pages.
     pub(super) async fn all(
         &self,
@@ -171,7 +189,7 @@ impl RedisTracker {
         let mut bad = None;
         while let Some(item) = iter.next_item().await {
             let (k, v) = item?;
-            match serde_json::from_str(&v) {
+            match stored::decode(&v) {
                 Ok(s) => {
                     out.insert(k, s);
                 }
@@ -226,7 +244,9 @@ fn set_status_script() -> String {
         .iter()
         .map(|s| format!("{}={}", s.as_str(), s.rank()))
         .collect();
-    SET_STATUS.replace("__RANKS__", &ranks.join(","))
+    SET_STATUS
+        .replace("__RANKS__", &ranks.join(","))
+        .replace("EECU_FIELD", &format!("'{EECU_FIELD}'"))
 }
 
 #[cfg(test)]
@@ -240,5 +260,6 @@ mod tests {
             assert!(s.contains(&format!("{}={}", st.as_str(), st.rank())));
         }
         assert!(!s.contains("__RANKS__"));
+        assert!(s.contains("HINCRBY', KEYS[2], 'eecu_ms', eecu"));
     }
 }

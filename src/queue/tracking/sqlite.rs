@@ -9,7 +9,7 @@ use rusqlite::types::FromSql;
 use rusqlite::{OptionalExtension, params};
 use serde::Deserialize;
 
-use super::{OrderState, OrderStatus, Submission, TrackingError, order_key};
+use super::{EECU_FIELD, OrderState, OrderStatus, Submission, TrackingError, order_key, stored};
 use crate::order::Order;
 use crate::queue::sqlite::Db;
 
@@ -23,10 +23,14 @@ pub(super) struct SqliteTracker {
 /// Marks submission `?2` of namespace `?1` for the document publisher.
 const MARK_DIRTY: &str = "INSERT OR IGNORE INTO dirty (ns, tracking) VALUES (?1, ?2)";
 
-/// Reads only the state of a stored status, as the Redis script does with `cjson`.
+/// Reads only the state and EECU of a stored status (short or long form), as the Redis script
+/// does with `cjson`.
 #[derive(Deserialize)]
 struct StateOnly {
+    #[serde(alias = "s")]
     state: String,
+    #[serde(default, alias = "eecu")]
+    eecu_seconds: Option<f64>,
 }
 
 impl SqliteTracker {
@@ -60,6 +64,11 @@ impl SqliteTracker {
                     "INSERT INTO order_counts (ns, tracking, state, n) VALUES (?1, ?2, 'QUEUED', ?3)
                      ON CONFLICT (ns, tracking, state) DO UPDATE SET n = ?3",
                     params![&*ns, name, count],
+                )?;
+                tx.execute(
+                    "INSERT INTO order_counts (ns, tracking, state, n) VALUES (?1, ?2, ?3, 0)
+                     ON CONFLICT (ns, tracking, state) DO UPDATE SET n = 0",
+                    params![&*ns, name, EECU_FIELD],
                 )?;
                 tx.execute(MARK_DIRTY, params![&*ns, name])?;
                 Ok(())
@@ -143,7 +152,8 @@ impl SqliteTracker {
         status: &OrderStatus,
         force: bool,
     ) -> Result<bool, TrackingError> {
-        let json = serde_json::to_string(status).expect("status serializes");
+        let json = stored::encode(status);
+        let new_eecu = stored::eecu_ms(status);
         let (ns, tracking, key, state) = (
             self.ns.clone(),
             name.to_owned(),
@@ -159,10 +169,12 @@ impl SqliteTracker {
                         |r| r.get(0),
                     )
                     .optional()?;
+                let mut old_eecu = 0;
                 if let Some(old) = old {
-                    let old_state = serde_json::from_str::<StateOnly>(&old)
-                        .map_err(|e| TrackingError::corrupt(&tracking, e))?
-                        .state;
+                    let old = serde_json::from_str::<StateOnly>(&old)
+                        .map_err(|e| TrackingError::corrupt(&tracking, e))?;
+                    old_eecu = old.eecu_seconds.map_or(0, |s| (s * 1000.0).round() as i64);
+                    let old_state = old.state;
                     let old_rank = OrderState::parse(&old_state).map_or(0, OrderState::rank);
                     if !force && state.rank() < old_rank {
                         return Ok(false);
@@ -190,6 +202,12 @@ impl SqliteTracker {
                      ON CONFLICT (ns, tracking, state) DO UPDATE SET n = n + 1",
                     params![&*ns, tracking, state.as_str()],
                 )?;
+                if new_eecu != old_eecu {
+                    tx.execute(
+                        "UPDATE order_counts SET n = n + ?4 WHERE ns = ?1 AND tracking = ?2 AND state = ?3",
+                        params![&*ns, tracking, EECU_FIELD, new_eecu - old_eecu],
+                    )?;
+                }
                 tx.execute(MARK_DIRTY, params![&*ns, tracking])?;
                 Ok(true)
             })
@@ -212,6 +230,23 @@ impl SqliteTracker {
             .collect())
     }
 
+    /// The EECU-seconds sum `set` keeps, in ms; `None` for a submission recorded before it was
+    /// kept.
+    pub(super) async fn eecu_ms(&self, name: &str) -> Result<Option<i64>, TrackingError> {
+        let (ns, tracking) = (self.ns.clone(), name.to_owned());
+        Ok(self
+            .db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT n FROM order_counts WHERE ns = ?1 AND tracking = ?2 AND state = ?3",
+                    params![&*ns, tracking, EECU_FIELD],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await?)
+    }
+
     pub(super) async fn all(
         &self,
         name: &str,
@@ -226,7 +261,7 @@ impl SqliteTracker {
             .map(|(k, v)| {
                 Ok((
                     k,
-                    serde_json::from_str(&v).map_err(|e| TrackingError::corrupt(name, e))?,
+                    stored::decode(&v).map_err(|e| TrackingError::corrupt(name, e))?,
                 ))
             })
             .collect()
