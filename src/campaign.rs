@@ -43,7 +43,7 @@ pub async fn update(ctx: &Context, name: &str) -> anyhow::Result<usize> {
                         state,
                         error: view.error.clone().or(s.error.clone()),
                         ee_attempt: view.attempt.or(s.ee_attempt),
-                        updated: chrono::Utc::now(),
+                        updated: crate::queue::tracking::stamp(),
                         ..s.clone()
                     },
                     false,

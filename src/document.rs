@@ -3,6 +3,8 @@
 //! plus cedar's `eecu_seconds`, the EECU its ended tasks used), re-rendered from the tracking
 //! state ([`crate::queue::tracking`]) whenever it changed.
 
+use tokio::io::{AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+
 use crate::config::Settings;
 use crate::order::{Order, OrderNames};
 use crate::queue::tracking::{OrderState, OrderStatus, Tracker, TrackingError, order_key};
@@ -10,16 +12,34 @@ use crate::queue::tracking::{OrderState, OrderStatus, Tracker, TrackingError, or
 /// Orders read per round trip while rendering a document.
 const DOCUMENT_CHUNK: usize = 1000;
 
+/// Submissions up to this many orders have their document written at once by `submit` and
+/// rendered in memory; larger ones are streamed through a temporary file ([`publish`]) by the
+/// worker's publisher, which writes the first one as soon as it sees the submission.
+pub const INLINE_ORDERS: usize = 50_000;
+
 /// Renders a submission's tracking document — the original CEDAR's keys `program`,
-/// `submission`, `tracking`, `orders`, `metadata` — as compact JSON.
-///
-/// Order statuses are read and written out in chunks, so a 100,000-order submission never
-/// holds more than one chunk of statuses (plus the output) in memory.
+/// `submission`, `tracking`, `orders`, `metadata` — as compact JSON, in memory.
 pub async fn render(
     settings: &Settings,
     tracker: &Tracker,
     name: &str,
-) -> Result<Vec<u8>, TrackingError> {
+) -> Result<Vec<u8>, PublishError> {
+    let mut out = Vec::new();
+    render_into(settings, tracker, name, &mut out).await?;
+    Ok(out)
+}
+
+/// Writes a submission's tracking document to `out` (see [`render`]); returns its size.
+///
+/// Orders are read and written out in chunks of [`DOCUMENT_CHUNK`], in two passes (the
+/// `orders`, then the `metadata` names), so an archive-size submission never holds more than one
+/// chunk of statuses in memory however large the document is (about 300 bytes per order).
+pub async fn render_into<W: AsyncWrite + Unpin>(
+    settings: &Settings,
+    tracker: &Tracker,
+    name: &str,
+    out: &mut W,
+) -> Result<u64, PublishError> {
     use serde_json::json;
     let sub = tracker.submission(name).await?;
     let recipe = settings.recipe_of(&sub);
@@ -57,50 +77,76 @@ pub async fn render(
             "prefix_template": recipe.prefix_template,
         },
     });
-    let mut out = serde_json::to_vec(&head).expect("document head serializes");
-    out.pop(); // the closing brace; orders and metadata follow
-    out.extend_from_slice(b",\"orders\":[");
-    let mut metadata = Vec::new();
-    let queued = OrderStatus::new(OrderState::Queued);
-    let orders: Vec<Order> = sub.orders().collect();
-    let mut first = true;
+    let mut buf = serde_json::to_vec(&head).expect("document head serializes");
+    buf.pop(); // the closing brace; orders and metadata follow
+    buf.extend_from_slice(b",\"orders\":[");
+    let mut written = 0u64;
+    // An order without a record has been QUEUED since the submission was made.
+    let queued = OrderStatus {
+        updated: sub.submitted,
+        ..OrderStatus::new(OrderState::Queued)
+    };
+    let names_of = |order: &Order| {
+        templates
+            .as_ref()
+            .and_then(|t| order.names(t.items(), sub.submitted).ok())
+            .unwrap_or_else(|| OrderNames {
+                name: order_key(order),
+                prefix: String::new(),
+            })
+    };
     let mut eecu_seconds = 0.0;
-    for chunk in orders.chunks(DOCUMENT_CHUNK) {
-        let statuses = tracker.statuses(name, chunk).await?;
-        for (order, status) in chunk.iter().zip(statuses) {
-            let status = status.unwrap_or_else(|| queued.clone());
-            if status.state == OrderState::Empty && !sub.save_empty_metadata {
-                continue;
+    for metadata in [false, true] {
+        let mut first = true;
+        let mut orders = sub.orders();
+        loop {
+            let chunk: Vec<Order> = orders.by_ref().take(DOCUMENT_CHUNK).collect();
+            if chunk.is_empty() {
+                break;
             }
-            let names = templates
-                .as_ref()
-                .and_then(|t| order.names(t.items(), sub.submitted).ok())
-                .unwrap_or_else(|| OrderNames {
-                    name: order_key(order),
-                    prefix: String::new(),
-                });
-            if !first {
-                out.push(b',');
-                metadata.push(b',');
+            let statuses = tracker.statuses(name, &chunk).await?;
+            for (order, status) in chunk.iter().zip(statuses) {
+                let status = status.unwrap_or_else(|| queued.clone());
+                if status.state == OrderState::Empty && !sub.save_empty_metadata {
+                    continue;
+                }
+                let names = names_of(order);
+                if !first {
+                    buf.push(b',');
+                }
+                first = false;
+                if metadata {
+                    let base = recipe.export_base(&names, status.exports);
+                    serde_json::to_writer(&mut buf, &format!("{base}.json"))
+                        .expect("name serializes");
+                } else {
+                    serde_json::to_writer(
+                        &mut buf,
+                        &json!({"name": names.name, "prefix": names.prefix, "status": status}),
+                    )
+                    .expect("order serializes");
+                    eecu_seconds += status.eecu_seconds.unwrap_or(0.0);
+                }
             }
-            first = false;
-            serde_json::to_writer(
-                &mut out,
-                &json!({"name": names.name, "prefix": names.prefix, "status": status}),
-            )
-            .expect("order serializes");
-            eecu_seconds += status.eecu_seconds.unwrap_or(0.0);
-            let base = recipe.export_base(&names, status.exports);
-            serde_json::to_writer(&mut metadata, &format!("{base}.json")).expect("name serializes");
+            written += flush(out, &mut buf).await?;
         }
+        buf.extend_from_slice(if metadata { b"]" } else { b"],\"metadata\":[" });
     }
-    out.extend_from_slice(b"],\"metadata\":[");
-    out.extend_from_slice(&metadata);
     // An extra key beside the original's: the EECU-seconds its ended tasks used.
-    out.extend_from_slice(b"],\"eecu_seconds\":");
-    serde_json::to_writer(&mut out, &eecu_seconds).expect("a number serializes");
-    out.extend_from_slice(b"}");
-    Ok(out)
+    buf.extend_from_slice(b",\"eecu_seconds\":");
+    serde_json::to_writer(&mut buf, &eecu_seconds).expect("a number serializes");
+    buf.extend_from_slice(b"}");
+    written += flush(out, &mut buf).await?;
+    out.flush().await?;
+    Ok(written)
+}
+
+/// Writes `buf` to `out` and empties it; returns how many bytes.
+async fn flush<W: AsyncWrite + Unpin>(out: &mut W, buf: &mut Vec<u8>) -> std::io::Result<u64> {
+    out.write_all(buf).await?;
+    let n = buf.len() as u64;
+    buf.clear();
+    Ok(n)
 }
 
 /// The object name of a tracking document.
@@ -112,16 +158,30 @@ pub fn document_object(settings: &Settings, name: &str) -> String {
 }
 
 /// Re-renders a submission's tracking document from the tracking state and writes it to the
-/// store.
+/// store: in memory up to [`INLINE_ORDERS`] orders, else through a temporary file streamed to the
+/// store, so that the document's size never shows in the process's memory.
 pub async fn publish(
     settings: &Settings,
     tracker: &Tracker,
     bucket: &dyn crate::store::ExportBucket,
     name: &str,
 ) -> Result<(), PublishError> {
-    let body = render(settings, tracker, name).await?;
+    let object = document_object(settings, name);
+    let orders = tracker.submission(name).await?.order_count();
+    if orders <= INLINE_ORDERS {
+        let body = render(settings, tracker, name).await?;
+        bucket.put(&object, body.into()).await?;
+        return Ok(());
+    }
+    let file = tokio::task::spawn_blocking(tempfile::tempfile)
+        .await
+        .map_err(std::io::Error::other)??;
+    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
+    let size = render_into(settings, tracker, name, &mut out).await?;
+    let mut file = out.into_inner();
+    file.rewind().await?;
     bucket
-        .put(&document_object(settings, name), body.into())
+        .put_file(&object, file.into_std().await, size)
         .await?;
     Ok(())
 }
@@ -131,6 +191,8 @@ pub async fn publish(
 pub enum PublishError {
     #[error(transparent)]
     Tracking(#[from] TrackingError),
+    #[error("writing the tracking document to a temporary file: {0}")]
+    Io(#[from] std::io::Error),
     #[error("writing the tracking document: {0}")]
     Store(#[from] crate::store::StoreError),
 }

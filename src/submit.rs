@@ -205,7 +205,11 @@ pub async fn enqueue(ctx: &Context, plan: &Plan) -> Result<u64, SubmitError> {
 }
 
 async fn publish_and_queue(ctx: &Context, sub: &Submission) -> Result<u64, SubmitError> {
-    publish(&ctx.settings, &ctx.tracker, ctx.bucket.as_ref(), &sub.name).await?;
+    // A large submission's document (hundreds of megabytes for an archive) is left to the
+    // workers' publisher, which streams it: `create` marked it for publishing.
+    if sub.order_count() <= crate::document::INLINE_ORDERS {
+        publish(&ctx.settings, &ctx.tracker, ctx.bucket.as_ref(), &sub.name).await?;
+    }
     // One run in the backlog for the whole product; admission writes each job when its turn
     // comes, so an archive-size submission is queued in a few writes.
     let added = ctx

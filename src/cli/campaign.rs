@@ -13,7 +13,7 @@ use clap::{Args, Subcommand};
 
 use cedar::campaign;
 use cedar::config::{Config, Settings};
-use cedar::document::{document_object, publish, render};
+use cedar::document::{INLINE_ORDERS, document_object, publish, render, render_into};
 use cedar::jobs::JobSettings;
 use cedar::jobs::download::fetch_order;
 use cedar::period::Frequency;
@@ -370,13 +370,16 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             )
         }
         CampaignCommand::Show { name } => {
-            let doc = render(&settings, &ctx.tracker, name).await?;
-            // Pretty for people; a very large document stays compact.
-            if doc.len() < 16 << 20 {
+            // Pretty for people; a large document is streamed compact, never held in memory.
+            if ctx.tracker.submission(name).await?.order_count() <= INLINE_ORDERS {
+                let doc = render(&settings, &ctx.tracker, name).await?;
                 let v: serde_json::Value = serde_json::from_slice(&doc)?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("{}", String::from_utf8_lossy(&doc));
+                let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::io::stdout());
+                render_into(&settings, &ctx.tracker, name, &mut out).await?;
+                tokio::io::AsyncWriteExt::write_all(&mut out, b"\n").await?;
+                tokio::io::AsyncWriteExt::flush(&mut out).await?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -207,7 +207,7 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
             s.images = Some(images.len() as u32);
             s.exports = s.exports.max(1);
             s.error = None;
-            s.exported = Some(Utc::now());
+            s.exported = Some(crate::queue::tracking::stamp());
             s.created = op
                 .metadata
                 .as_ref()

@@ -158,15 +158,29 @@ impl GcsJsonBucket {
         target: &str,
         request: RequestBuilder,
     ) -> Result<Response, StoreError> {
+        self.send_with(op, target, || {
+            request
+                .try_clone()
+                .expect("requests to the JSON API have no body or a buffered one, so they copy")
+        })
+        .await
+    }
+
+    /// [`Self::send`] for a request made afresh for each attempt by `make` (a streamed body
+    /// cannot be copied, but it can be opened again).
+    async fn send_with(
+        &self,
+        op: &'static str,
+        target: &str,
+        make: impl Fn() -> RequestBuilder,
+    ) -> Result<Response, StoreError> {
         let transport = |source: reqwest::Error| StoreError::Transport {
             op,
             target: target.to_owned(),
             source: source.without_url(),
         };
         let send = |token: Option<String>| {
-            let attempt = request
-                .try_clone()
-                .expect("requests to the JSON API have no body or a buffered one, so they copy");
+            let attempt = make();
             let attempt = match token {
                 Some(token) => attempt.bearer_auth(token),
                 None => attempt,
@@ -481,6 +495,47 @@ impl ExportBucket for GcsJsonBucket {
         Ok(())
     }
 
+    /// A media upload whose body is read from `file` as it goes (by offset, so that an attempt
+    /// resent after a 401 reads it again from the start); the stored size is checked.
+    async fn put_file(&self, name: &str, file: std::fs::File, size: u64) -> Result<(), StoreError> {
+        let full = self.full_name(name)?;
+        let target = self.gs(&full);
+        let file = Arc::new(file);
+        let url = self.url(&["upload", "storage", "v1", "b", &self.bucket, "o"]);
+        let make = || {
+            self.http
+                .post(url.clone())
+                .query(&[("uploadType", "media"), ("name", &full)])
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .header(reqwest::header::CONTENT_LENGTH, size)
+                .body(reqwest::Body::wrap_stream(file_chunks(file.clone(), size)))
+        };
+        let response = self.send_with("upload", &target, make).await?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|source| StoreError::Transport {
+                op: "upload",
+                target: target.clone(),
+                source: source.without_url(),
+            })?;
+        let stored: ObjectResource =
+            serde_json::from_slice(&body).map_err(|e| StoreError::Protocol {
+                op: "upload",
+                target: target.clone(),
+                reason: format!("not an object resource: {e}"),
+            })?;
+        if stored.size != size.to_string() {
+            return Err(StoreError::Mismatch {
+                path: target,
+                what: "size",
+                expected: size.to_string(),
+                actual: stored.size,
+            });
+        }
+        Ok(())
+    }
+
     async fn get(&self, name: &str) -> Result<Bytes, StoreError> {
         let (target, response) = self.send_media_get(name, 0, None).await?;
         response
@@ -507,6 +562,32 @@ impl ExportBucket for GcsJsonBucket {
 
 pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The first `size` bytes of `file` in pieces of 1 MiB, each read on the blocking pool at its
+/// own offset.
+fn file_chunks(
+    file: Arc<std::fs::File>,
+    size: u64,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    const PIECE: u64 = 1 << 20;
+    futures::stream::try_unfold(0u64, move |at| {
+        let file = file.clone();
+        async move {
+            if at >= size {
+                return Ok(None);
+            }
+            let len = PIECE.min(size - at) as usize;
+            let piece = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0; len];
+                file.read_exact_at(&mut buf, at).map(|()| buf)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            Ok(Some((Bytes::from(piece), at + len as u64)))
+        }
+    })
 }
 
 #[cfg(test)]

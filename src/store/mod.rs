@@ -69,6 +69,24 @@ pub trait ExportBucket: Send + Sync + std::fmt::Debug {
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError>;
     /// Creates or replaces a (small) object, e.g. metadata or tracking JSON.
     async fn put(&self, name: &str, body: Bytes) -> Result<(), StoreError>;
+    /// Creates or replaces an object with the `size` bytes of `file`, streamed from it (an
+    /// archive's tracking document: hundreds of megabytes that must not sit in memory). The
+    /// default reads the file whole and calls [`ExportBucket::put`].
+    async fn put_file(&self, name: &str, file: std::fs::File, size: u64) -> Result<(), StoreError> {
+        let body = tokio::task::spawn_blocking(move || {
+            let mut body = Vec::with_capacity(size as usize);
+            std::io::Read::read_to_end(&mut std::io::Read::take(&file, size), &mut body)
+                .map(|_| body)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|source| StoreError::Io {
+            path: name.to_owned(),
+            source,
+        })?;
+        self.put(name, body.into()).await
+    }
     /// The whole content of a small object. A missing object is [`StoreError::NotFound`].
     async fn get(&self, name: &str) -> Result<Bytes, StoreError>;
     /// Deletes an object. An object that is already gone counts as deleted, so clean can re-run.

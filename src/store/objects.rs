@@ -267,6 +267,38 @@ impl ExportBucket for ObjectStoreBucket {
         Ok(())
     }
 
+    /// A multipart upload fed from `file` in pieces of 8 MiB, a few in flight at once.
+    async fn put_file(&self, name: &str, file: std::fs::File, size: u64) -> Result<(), StoreError> {
+        const PIECE: u64 = 8 << 20;
+        let path = self.path(name)?;
+        let failed = |e| StoreError::object_store("put", path.to_string(), e);
+        let upload = self.store.put_multipart(&path).await.map_err(failed)?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PIECE as usize);
+        let file = Arc::new(file);
+        let mut at = 0;
+        while at < size {
+            let len = PIECE.min(size - at) as usize;
+            let f = file.clone();
+            let piece = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0; len];
+                f.read_exact_at(&mut buf, at).map(|()| buf)
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|source| StoreError::Io {
+                path: path.to_string(),
+                source,
+            })?;
+            writer.wait_for_capacity(2).await.map_err(failed)?;
+            writer.write(&piece);
+            at += len as u64;
+        }
+        writer.finish().await.map_err(failed)?;
+        Ok(())
+    }
+
     async fn get(&self, name: &str) -> Result<Bytes, StoreError> {
         let (path, result) = self.open(name).await?;
         result

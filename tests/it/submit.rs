@@ -252,3 +252,66 @@ async fn a_name_submitted_anew_is_read_anew_on_redis() {
 async fn a_name_submitted_anew_is_read_anew_on_sqlite() {
     a_name_submitted_anew_is_read_anew(String::new()).await;
 }
+
+/// A document above `document::INLINE_ORDERS` orders: `submit` leaves it to the publisher, which
+/// streams it through a temporary file into the bucket (`put_file`), and what lands there is the
+/// document `render` makes in memory, every order and metadata name in it.
+async fn a_large_document_is_streamed_to_the_bucket(gcs: Option<&crate::support::GcsEmulator>) {
+    let b = context_bench("submit-large-doc", redis_url(), |c| {
+        if let Some(gcs) = gcs {
+            c.store.url = format!("gs://{}", gcs.bucket);
+            c.store.endpoint = gcs.endpoint.clone();
+            c.export.bucket = gcs.bucket.clone();
+        }
+    })
+    .await;
+    let ctx = &b.ctx;
+    let mut req = request();
+    // 105 tiles × 480 months: 50,400 orders.
+    req.tiles = (0..105).map(|i| (i / 15, i % 15)).collect();
+    req.start = NaiveDate::from_ymd_opt(1985, 1, 1).unwrap();
+    req.end = NaiveDate::from_ymd_opt(2025, 1, 1).unwrap();
+    req.freq = Some("1MS".parse().unwrap());
+    let plan = submit::plan(&ctx.settings, &req, Utc::now()).unwrap();
+    let name = plan.submission.name.clone();
+    let orders = plan.submission.order_count();
+    assert!(orders > cedar::document::INLINE_ORDERS, "{orders}");
+    assert_eq!(submit::enqueue(ctx, &plan).await.unwrap(), orders as u64);
+    let object = cedar::document::document_object(&ctx.settings, &name);
+    assert!(
+        ctx.bucket.get(&object).await.is_err(),
+        "submit leaves a large document to the publisher"
+    );
+    assert_eq!(ctx.tracker.take_dirty(10).await.unwrap(), [name.clone()]);
+
+    cedar::document::publish(&ctx.settings, &ctx.tracker, ctx.bucket.as_ref(), &name)
+        .await
+        .unwrap();
+    let stored = ctx.bucket.get(&object).await.unwrap();
+    let rendered = cedar::document::render(&ctx.settings, &ctx.tracker, &name)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), rendered.len());
+    assert!(
+        stored == rendered,
+        "the streamed document is the rendered one"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+    for key in ["program", "submission", "tracking", "orders", "metadata"] {
+        assert!(doc.get(key).is_some(), "{key}");
+    }
+    assert_eq!(doc["orders"].as_array().unwrap().len(), orders);
+    assert_eq!(doc["metadata"].as_array().unwrap().len(), orders);
+    assert_eq!(doc["orders"][0]["status"]["state"], "QUEUED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_document_is_streamed_to_a_directory() {
+    a_large_document_is_streamed_to_the_bucket(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_document_is_streamed_over_the_gcs_json_api() {
+    let gcs = crate::support::GcsEmulator::start("cedar-large-doc").await;
+    a_large_document_is_streamed_to_the_bucket(Some(&gcs)).await;
+}

@@ -240,9 +240,15 @@ impl OrderStatus {
             started: None,
             ended: None,
             eecu_seconds: None,
-            updated: Utc::now(),
+            updated: stamp(),
         }
     }
+}
+
+/// Now, to the millisecond: the precision order times are stored with ([`stored`]), so that a
+/// status reads back equal to the one written.
+pub fn stamp() -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_default()
 }
 
 /// What was asked for, recorded once at submit.
@@ -477,7 +483,7 @@ impl Tracker {
             .await?
             .unwrap_or_else(|| OrderStatus::new(OrderState::Queued));
         f(&mut s);
-        s.updated = Utc::now();
+        s.updated = stamp();
         self.set(name, order, &s, force).await?;
         Ok(s)
     }

@@ -37,8 +37,11 @@ else
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+-- The sum exists from `create` on; one recorded before it was kept is summed on demand.
 local eecu = tonumber(ARGV[7]) - old_eecu
-if eecu ~= 0 then redis.call('HINCRBY', KEYS[2], EECU_FIELD, eecu) end
+if eecu ~= 0 and redis.call('HEXISTS', KEYS[2], EECU_FIELD) == 1 then
+  redis.call('HINCRBY', KEYS[2], EECU_FIELD, eecu)
+end
 redis.call('SADD', KEYS[3], ARGV[6])
 return 1
 "#;
@@ -260,6 +263,6 @@ mod tests {
             assert!(s.contains(&format!("{}={}", st.as_str(), st.rank())));
         }
         assert!(!s.contains("__RANKS__"));
-        assert!(s.contains("HINCRBY', KEYS[2], 'eecu_ms', eecu"));
+        assert!(s.contains("redis.call('HINCRBY', KEYS[2], 'eecu_ms', eecu)"));
     }
 }
