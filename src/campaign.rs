@@ -3,18 +3,20 @@
 //! the demo and (later) the web console call them; each is safe to run twice.
 
 use std::collections::{BTreeMap, HashMap};
+
+/// Orders read and written per round trip by `cancel` and `retry`.
+const CHUNK: usize = 1_000;
 use std::time::Duration;
 
 use crate::earthengine::types::OpView;
 use crate::jobs::{Context, Submitted, job_for};
 use crate::order::{Order, parse_piece};
 use crate::queue::Stage;
-use crate::queue::tracking::{OrderState, OrderStatus, order_key};
+use crate::queue::tracking::{OrderState, OrderStatus};
 
 /// One sweep of EE's operations applied to the submission's orders; returns how many changed.
 pub async fn update(ctx: &Context, name: &str) -> anyhow::Result<usize> {
     let sub = ctx.submission(name).await?;
-    let statuses = ctx.tracker.all(name).await?;
     let ops: BTreeMap<String, OpView> = ctx
         .ee
         .list_all_operations()
@@ -23,35 +25,36 @@ pub async fn update(ctx: &Context, name: &str) -> anyhow::Result<usize> {
         .filter_map(|op| Some((op.name.clone()?, OpView::from_operation(op))))
         .collect();
     let mut changed = 0;
-    for order in sub.orders() {
-        let Some(s) = statuses.get(&order_key(&order)) else {
-            continue;
-        };
-        let Some(view) = s.operation.as_ref().and_then(|op| ops.get(op)) else {
-            continue;
-        };
-        let Some(state) = OrderState::parse(&view.state) else {
-            continue;
-        };
-        if state != s.state
-            && ctx
-                .tracker
-                .set(
-                    name,
-                    &order,
-                    &OrderStatus {
-                        state,
-                        error: view.error.clone().or(s.error.clone()),
-                        ee_attempt: view.attempt.or(s.ee_attempt),
-                        updated: crate::queue::tracking::stamp(),
-                        ..s.clone()
-                    },
-                    false,
-                )
-                .await?
-        {
-            changed += 1;
+    let mut orders = sub.orders();
+    // In chunks, as `cancel`.
+    loop {
+        let chunk: Vec<Order> = orders.by_ref().take(CHUNK).collect();
+        if chunk.is_empty() {
+            break;
         }
+        let statuses = ctx.tracker.statuses(name, &chunk).await?;
+        let mut moved = Vec::new();
+        for (order, s) in chunk.into_iter().zip(statuses) {
+            let Some(s) = s else { continue };
+            let Some(view) = s.operation.as_ref().and_then(|op| ops.get(op)) else {
+                continue;
+            };
+            let Some(state) = OrderState::parse(&view.state) else {
+                continue;
+            };
+            if state != s.state {
+                let status = OrderStatus {
+                    state,
+                    error: view.error.clone().or(s.error.clone()),
+                    ee_attempt: view.attempt.or(s.ee_attempt),
+                    updated: crate::queue::tracking::stamp(),
+                    ..s
+                };
+                moved.push((order, status));
+            }
+        }
+        let written = ctx.tracker.set_many(name, &moved, false).await?;
+        changed += written.iter().filter(|w| **w).count();
     }
     Ok(changed)
 }
@@ -75,46 +78,60 @@ pub async fn cancel(ctx: &Context, name: &str) -> anyhow::Result<Cancelled> {
     for stage in [Stage::Export, Stage::Poll, Stage::Download] {
         ctx.queue.remove_tracking(stage, name).await?;
     }
-    let statuses = ctx.tracker.all(name).await?;
     let mut done = Cancelled::default();
     let mut cleans = Vec::new();
-    // Orders without a record are still QUEUED (submit records none per order).
-    let queued = OrderStatus::new(OrderState::Queued);
-    for order in sub.orders() {
-        let s = statuses.get(&order_key(&order)).unwrap_or(&queued);
-        match s.state {
-            OrderState::Downloaded => {
-                cleans.push(job_for(name, &order, s.operation.clone()));
-                continue;
-            }
-            OrderState::Succeeded => {
-                done.objects += delete_export(ctx, &sub, &order, s.exports).await?;
-            }
-            state if state == OrderState::Queued || state.is_active() => {}
-            _ => continue,
+    let mut orders = sub.orders();
+    // In chunks: an archive's 1.39 million orders are never all in memory, and each chunk's
+    // statuses are read and written in one round trip each.
+    loop {
+        let chunk: Vec<Order> = orders.by_ref().take(CHUNK).collect();
+        if chunk.is_empty() {
+            break;
         }
-        if let Some(op) = s.operation.as_deref().filter(|_| s.state.is_active())
-            && let Err(e) = ctx.ee.cancel_operation(op).await
-        {
-            if e.ee_status() == Some("FAILED_PRECONDITION") {
-                // "has already completed": the task ended since the last sweep. Not a problem,
-                // but what it wrote would stay in the bucket with nobody left to clean it.
-                tracing::debug!(operation = op, "the EE task had already ended");
-                done.objects += delete_export(ctx, &sub, &order, s.exports).await?;
-            } else {
-                tracing::warn!(operation = op, error = %e, "cancelling the EE task failed");
+        let statuses = ctx.tracker.statuses(name, &chunk).await?;
+        let mut cancelled = Vec::new();
+        for (order, s) in chunk.into_iter().zip(statuses) {
+            // Orders without a record are still QUEUED (submit records none per order).
+            let s = s.unwrap_or_else(|| OrderStatus::new(OrderState::Queued));
+            match s.state {
+                OrderState::Downloaded => {
+                    cleans.push(job_for(name, &order, s.operation.clone()));
+                    continue;
+                }
+                OrderState::Succeeded => {
+                    done.objects += delete_export(ctx, &sub, &order, s.exports).await?;
+                }
+                state if state == OrderState::Queued || state.is_active() => {}
+                _ => continue,
             }
+            if let Some(op) = s.operation.as_deref().filter(|_| s.state.is_active()) {
+                match ctx.ee.cancel_operation(op).await {
+                    Ok(_) => {}
+                    // "has already completed": the task ended since the last sweep. Not a
+                    // problem, but what it wrote would stay in the bucket with nobody left to
+                    // clean it.
+                    Err(e) if e.ee_status() == Some("FAILED_PRECONDITION") => {
+                        tracing::debug!(operation = op, "the EE task had already ended");
+                        done.objects += delete_export(ctx, &sub, &order, s.exports).await?;
+                    }
+                    Err(e) => {
+                        tracing::warn!(operation = op, error = %e, "cancelling the EE task failed")
+                    }
+                }
+                ctx.queue
+                    .release_slot(&job_for(name, &order, None).id())
+                    .await?;
+            }
+            let status = OrderStatus {
+                state: OrderState::Cancelled,
+                error: Some("cancelled by cedar cancel".into()),
+                updated: crate::queue::tracking::stamp(),
+                ..s
+            };
+            cancelled.push((order, status));
         }
-        ctx.tracker
-            .update(name, &order, false, |s| {
-                s.state = OrderState::Cancelled;
-                s.error = Some("cancelled by cedar cancel".into());
-            })
-            .await?;
-        ctx.queue
-            .release_slot(&job_for(name, &order, None).id())
-            .await?;
-        done.orders += 1;
+        let written = ctx.tracker.set_many(name, &cancelled, false).await?;
+        done.orders += written.iter().filter(|w| **w).count();
     }
     ctx.queue
         .enqueue_bulk(Stage::Clean, &cleans, Duration::ZERO)
@@ -155,48 +172,71 @@ async fn delete_export(
 /// resumed.
 pub async fn retry(ctx: &Context, name: &str, resume: bool) -> anyhow::Result<usize> {
     let sub = ctx.submission(name).await?;
-    let statuses = ctx.tracker.all(name).await?;
-    let mut jobs = Vec::new();
-    // The jobs of resumed orders, by the stage each resumes at.
-    let mut resumed: HashMap<Stage, Vec<_>> = HashMap::new();
-    // Orders without a record are still QUEUED (submit records none per order).
-    let queued = OrderStatus::new(OrderState::Queued);
-    for order in sub.orders() {
-        let s = statuses.get(&order_key(&order)).unwrap_or(&queued);
-        let job = job_for(name, &order, None);
-        if s.state.is_failed() {
-            for stage in [Stage::Export, Stage::Poll, Stage::Download, Stage::Clean] {
-                ctx.queue.complete(stage, &job.id()).await?;
+    // Orders a run still holds get their export job when admission reaches them.
+    let held = ctx.queue.run_ranges(name).await?;
+    let in_run = |i: u64| held.iter().any(|(from, to)| (*from..*to).contains(&i));
+    let place = sub.backlog_place();
+    let mut requeued = 0;
+    let mut orders = sub.orders().enumerate();
+    // In chunks, as `cancel`.
+    loop {
+        let chunk: Vec<(usize, Order)> = orders.by_ref().take(CHUNK).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        let (indices, chunk): (Vec<usize>, Vec<Order>) = chunk.into_iter().unzip();
+        let statuses = ctx.tracker.statuses(name, &chunk).await?;
+        let mut exports = Vec::new();
+        let mut reset = Vec::new();
+        // The jobs of resumed orders, by the stage each resumes at.
+        let mut resumed: HashMap<Stage, Vec<_>> = HashMap::new();
+        for ((i, order), s) in indices.into_iter().zip(chunk).zip(statuses) {
+            let job = job_for(name, &order, None);
+            let Some(s) = s else {
+                // No record: QUEUED, with its job in a run, or queued alone (a job that
+                // exists is not added twice).
+                if !in_run(i as u64) {
+                    exports.push(job);
+                }
+                continue;
+            };
+            if s.state.is_failed() {
+                for stage in [Stage::Export, Stage::Poll, Stage::Download, Stage::Clean] {
+                    ctx.queue.complete(stage, &job.id()).await?;
+                }
+                // The new generation exports into a folder of its own; what the failed one left
+                // (its metadata JSON, pieces of a task that failed half-way) would stay forever.
+                delete_export(ctx, &sub, &order, s.exports).await?;
+                let status = OrderStatus {
+                    state: OrderState::Queued,
+                    exports: s.exports.max(1) + 1,
+                    operation: None,
+                    error: None,
+                    updated: crate::queue::tracking::stamp(),
+                    ..s
+                };
+                reset.push((order, status));
+                exports.push(job);
+            } else if s.state == OrderState::Queued {
+                exports.push(job);
+            } else if let Some(stage) = resume_stage(s.state).filter(|_| resume) {
+                resumed
+                    .entry(stage)
+                    .or_default()
+                    .push(job_for(name, &order, s.operation.clone()));
             }
-            // The new generation exports into a folder of its own; what the failed one left
-            // (its metadata JSON, pieces of a task that failed half-way) would stay forever.
-            delete_export(ctx, &sub, &order, s.exports).await?;
-            ctx.tracker
-                .update(name, &order, true, |s| {
-                    s.state = OrderState::Queued;
-                    s.exports = s.exports.max(1) + 1;
-                    s.operation = None;
-                    s.error = None;
-                })
+        }
+        ctx.tracker.set_many(name, &reset, true).await?;
+        // The re-queued orders start over at export.
+        resumed.insert(Stage::Export, exports);
+        for (stage, jobs) in &resumed {
+            ctx.queue
+                .enqueue_placed(*stage, jobs, Duration::ZERO, place)
                 .await?;
-            jobs.push(job);
-        } else if s.state == OrderState::Queued {
-            jobs.push(job);
-        } else if let Some(stage) = resume_stage(s.state).filter(|_| resume) {
-            resumed
-                .entry(stage)
-                .or_default()
-                .push(job_for(name, &order, s.operation.clone()));
+            requeued += jobs.len();
         }
     }
-    // The re-queued orders start over at export.
-    resumed.insert(Stage::Export, jobs);
-    for (stage, jobs) in &resumed {
-        ctx.queue
-            .enqueue_placed(*stage, jobs, Duration::ZERO, sub.backlog_place())
-            .await?;
-    }
-    Ok(resumed.values().map(Vec::len).sum())
+    Ok(requeued)
 }
 
 /// The stage that moves an unfinished, exported order on.

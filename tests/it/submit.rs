@@ -282,7 +282,10 @@ async fn a_large_document_is_streamed_to_the_bucket(gcs: Option<&crate::support:
         ctx.bucket.get(&object).await.is_err(),
         "submit leaves a large document to the publisher"
     );
-    assert_eq!(ctx.tracker.take_dirty(10).await.unwrap(), vec![name.clone()]);
+    assert_eq!(
+        ctx.tracker.take_dirty(10).await.unwrap(),
+        vec![name.clone()]
+    );
 
     cedar::document::publish(&ctx.settings, &ctx.tracker, ctx.bucket.as_ref(), &name)
         .await

@@ -470,6 +470,20 @@ impl Tracker {
         dispatch!(self, t => t.set(name, order, status, force).await)
     }
 
+    /// [`Tracker::set`] for many orders of `name` in one round trip (one transaction); which
+    /// were written, in order.
+    pub async fn set_many(
+        &self,
+        name: &str,
+        items: &[(Order, OrderStatus)],
+        force: bool,
+    ) -> Result<Vec<bool>, TrackingError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(self, t => t.set_many(name, items, force).await)
+    }
+
     /// Reads the order's status, applies `f`, writes it back (forward-only unless `force`).
     pub async fn update(
         &self,

@@ -161,6 +161,39 @@ impl RedisTracker {
         Ok(written == 1)
     }
 
+    /// [`Self::set`] for many orders, pipelined: one round trip.
+    pub(super) async fn set_many(
+        &self,
+        name: &str,
+        items: &[(Order, OrderStatus)],
+        force: bool,
+    ) -> Result<Vec<bool>, TrackingError> {
+        let mut c = self.conn.clone();
+        // A pipeline does not load a script Redis does not know yet (after a restart).
+        let _: String = SET_STATUS_SCRIPT
+            .prepare_invoke()
+            .load_async(&mut c)
+            .await?;
+        let mut pipe = redis::pipe();
+        for (order, status) in items {
+            pipe.invoke_script(
+                SET_STATUS_SCRIPT
+                    .key(self.orders_key(name))
+                    .key(self.counts_key(name))
+                    .key(self.dirty_key())
+                    .arg(order_key(order))
+                    .arg(stored::encode(status))
+                    .arg(status.state.as_str())
+                    .arg(status.state.rank())
+                    .arg(if force { "1" } else { "0" })
+                    .arg(name)
+                    .arg(stored::eecu_ms(status)),
+            );
+        }
+        let written: Vec<i64> = pipe.query_async(&mut c).await?;
+        Ok(written.into_iter().map(|w| w == 1).collect())
+    }
+
     pub(super) async fn counts(
         &self,
         name: &str,

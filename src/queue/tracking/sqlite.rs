@@ -152,64 +152,43 @@ impl SqliteTracker {
         status: &OrderStatus,
         force: bool,
     ) -> Result<bool, TrackingError> {
-        let json = stored::encode(status);
-        let new_eecu = stored::eecu_ms(status);
-        let (ns, tracking, key, state) = (
-            self.ns.clone(),
-            name.to_owned(),
-            order_key(order),
-            status.state,
-        );
+        let written = self
+            .set_many(name, &[(order.clone(), status.clone())], force)
+            .await?;
+        Ok(written.first().copied().unwrap_or(false))
+    }
+
+    /// [`Self::set`] for many orders in one transaction.
+    pub(super) async fn set_many(
+        &self,
+        name: &str,
+        items: &[(Order, OrderStatus)],
+        force: bool,
+    ) -> Result<Vec<bool>, TrackingError> {
+        let rows: Vec<(String, String, OrderState, i64)> = items
+            .iter()
+            .map(|(order, status)| {
+                (
+                    order_key(order),
+                    stored::encode(status),
+                    status.state,
+                    stored::eecu_ms(status),
+                )
+            })
+            .collect();
+        let (ns, tracking) = (self.ns.clone(), name.to_owned());
         self.db
-            .write(move |tx| -> Result<bool, TrackingError> {
-                let old: Option<String> = tx
-                    .query_row(
-                        "SELECT status FROM orders WHERE ns = ?1 AND tracking = ?2 AND key = ?3",
-                        params![&*ns, tracking, key],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                let mut old_eecu = 0;
-                if let Some(old) = old {
-                    let old = serde_json::from_str::<StateOnly>(&old)
-                        .map_err(|e| TrackingError::corrupt(&tracking, e))?;
-                    old_eecu = old.eecu_seconds.map_or(0, |s| (s * 1000.0).round() as i64);
-                    let old_state = old.state;
-                    let old_rank = OrderState::parse(&old_state).map_or(0, OrderState::rank);
-                    if !force && state.rank() < old_rank {
-                        return Ok(false);
-                    }
-                    tx.execute(
-                        "UPDATE order_counts SET n = n - 1
-                         WHERE ns = ?1 AND tracking = ?2 AND state = ?3",
-                        params![&*ns, tracking, old_state],
-                    )?;
-                } else {
-                    // No row yet: the order was QUEUED.
-                    tx.execute(
-                        "UPDATE order_counts SET n = n - 1
-                         WHERE ns = ?1 AND tracking = ?2 AND state = 'QUEUED'",
-                        params![&*ns, tracking],
-                    )?;
+            .write(move |tx| -> Result<Vec<bool>, TrackingError> {
+                let written = rows
+                    .iter()
+                    .map(|(key, json, state, eecu)| {
+                        set_in(tx, &ns, &tracking, key, json, *state, *eecu, force)
+                    })
+                    .collect::<Result<Vec<bool>, TrackingError>>()?;
+                if written.iter().any(|w| *w) {
+                    tx.execute(MARK_DIRTY, params![&*ns, tracking])?;
                 }
-                tx.execute(
-                    "INSERT INTO orders (ns, tracking, key, status) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (ns, tracking, key) DO UPDATE SET status = ?4",
-                    params![&*ns, tracking, key, json],
-                )?;
-                tx.execute(
-                    "INSERT INTO order_counts (ns, tracking, state, n) VALUES (?1, ?2, ?3, 1)
-                     ON CONFLICT (ns, tracking, state) DO UPDATE SET n = n + 1",
-                    params![&*ns, tracking, state.as_str()],
-                )?;
-                if new_eecu != old_eecu {
-                    tx.execute(
-                        "UPDATE order_counts SET n = n + ?4 WHERE ns = ?1 AND tracking = ?2 AND state = ?3",
-                        params![&*ns, tracking, EECU_FIELD, new_eecu - old_eecu],
-                    )?;
-                }
-                tx.execute(MARK_DIRTY, params![&*ns, tracking])?;
-                Ok(true)
+                Ok(written)
             })
             .await
     }
@@ -339,4 +318,60 @@ impl SqliteTracker {
             })
             .await
     }
+}
+
+/// One status write of [`SqliteTracker::set_many`], inside its transaction: refused (false) when
+/// it would move the order backwards unless `force`; the tally and the EECU sum follow.
+#[allow(clippy::too_many_arguments)]
+fn set_in(
+    tx: &rusqlite::Transaction,
+    ns: &str,
+    tracking: &str,
+    key: &str,
+    json: &str,
+    state: OrderState,
+    new_eecu: i64,
+    force: bool,
+) -> Result<bool, TrackingError> {
+    let old: Option<String> = tx
+        .query_row(
+            "SELECT status FROM orders WHERE ns = ?1 AND tracking = ?2 AND key = ?3",
+            params![ns, tracking, key],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let mut old_eecu = 0;
+    // No row yet: the order was QUEUED.
+    let mut old_state = OrderState::Queued.as_str().to_owned();
+    if let Some(old) = old {
+        let old = serde_json::from_str::<StateOnly>(&old)
+            .map_err(|e| TrackingError::corrupt(tracking, e))?;
+        old_eecu = old.eecu_seconds.map_or(0, |s| (s * 1000.0).round() as i64);
+        let old_rank = OrderState::parse(&old.state).map_or(0, OrderState::rank);
+        if !force && state.rank() < old_rank {
+            return Ok(false);
+        }
+        old_state = old.state;
+    }
+    tx.execute(
+        "UPDATE order_counts SET n = n - 1 WHERE ns = ?1 AND tracking = ?2 AND state = ?3",
+        params![ns, tracking, old_state],
+    )?;
+    tx.execute(
+        "INSERT INTO orders (ns, tracking, key, status) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (ns, tracking, key) DO UPDATE SET status = ?4",
+        params![ns, tracking, key, json],
+    )?;
+    tx.execute(
+        "INSERT INTO order_counts (ns, tracking, state, n) VALUES (?1, ?2, ?3, 1)
+         ON CONFLICT (ns, tracking, state) DO UPDATE SET n = n + 1",
+        params![ns, tracking, state.as_str()],
+    )?;
+    if new_eecu != old_eecu {
+        tx.execute(
+            "UPDATE order_counts SET n = n + ?4 WHERE ns = ?1 AND tracking = ?2 AND state = ?3",
+            params![ns, tracking, EECU_FIELD, new_eecu - old_eecu],
+        )?;
+    }
+    Ok(true)
 }
