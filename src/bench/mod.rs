@@ -14,6 +14,7 @@ mod e2e;
 mod enqueue;
 mod requests;
 mod rss;
+mod scale;
 mod utilisation;
 
 use std::collections::BTreeMap;
@@ -49,6 +50,9 @@ pub enum BenchCommand {
     Utilisation(utilisation::UtilisationArgs),
     /// MB/s of `copy_verified` from the emulator's bucket (`file://`, `gs://`) against `cp -r`.
     Download(download::DownloadArgs),
+    /// The whole-CONUS archive (1.39 million orders) in one submission: submit, Redis bytes per
+    /// order, `status --json`, worker RSS with thousands of tasks in flight, `show`, `cancel`.
+    Scale(scale::ScaleArgs),
 }
 
 /// The Redis every bench runs against.
@@ -68,6 +72,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::E2e(a) => e2e::run(a).await,
         BenchCommand::Download(a) => download::run(a).await,
         BenchCommand::Utilisation(a) => utilisation::run(a).await,
+        BenchCommand::Scale(a) => scale::run(a).await,
     }
 }
 

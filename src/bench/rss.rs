@@ -190,21 +190,21 @@ async fn rss_in(bench: &Scratch, emulator: &RunningEmulator, a: &RssArgs) -> any
 }
 
 /// Tasks started in EE and not yet ended: the poll stage's jobs, due or leased.
-async fn in_flight(ctx: &cedar::jobs::Context) -> anyhow::Result<u64> {
+pub(super) async fn in_flight(ctx: &cedar::jobs::Context) -> anyhow::Result<u64> {
     let d = ctx.queue.depth(Stage::Poll).await?;
     Ok(d.due_now + d.scheduled + d.leased)
 }
 
 /// Memory of a process, from `/proc/PID/status`.
 #[derive(Debug, Clone, Copy)]
-struct Memory {
+pub(super) struct Memory {
     /// Peak resident set (VmHWM), bytes.
-    hwm: u64,
+    pub hwm: u64,
     /// Resident set now (VmRSS), bytes.
-    rss: u64,
+    pub rss: u64,
 }
 
-fn read_memory(pid: u32) -> anyhow::Result<Memory> {
+pub(super) fn read_memory(pid: u32) -> anyhow::Result<Memory> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let field = |name: &str| -> anyhow::Result<u64> {
