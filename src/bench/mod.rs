@@ -1,7 +1,8 @@
-//! Benchmarks: `cedar bench enqueue|requests|rss|e2e|download` measure submit throughput, EE
-//! requests per tile-period, worker memory, campaign throughput against the original CEDAR's
-//! sequential loop, and download throughput against `cp -r`, each as a ratio against a baseline
-//! measured in the same run.
+//! Benchmarks: `cedar bench scale|requests|rss|e2e|download|utilisation` measure an archive-size
+//! submission (submit, Redis bytes, status, worker memory), EE requests per tile-period, worker
+//! memory, campaign throughput against the original CEDAR's sequential loop, download throughput
+//! against copy + fsync, and EE run-slot use, each as a ratio against a baseline measured in the
+//! same run.
 //!
 //! Speed and memory targets live here, never in timed tests: a figure taken on a busy or slow
 //! machine only means something next to a baseline taken on the same machine a moment earlier.
@@ -11,7 +12,6 @@
 
 mod download;
 mod e2e;
-mod enqueue;
 mod requests;
 mod rss;
 mod scale;
@@ -36,8 +36,6 @@ use cedar::worker::WorkerOptions;
 /// The benchmarks.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum BenchCommand {
-    /// Submit throughput: plan + record + enqueue N jobs, against `redis-benchmark` LPUSH -P 64.
-    Enqueue(enqueue::EnqueueArgs),
     /// EE requests per completed tile-period, N tasks in flight, on emulated time.
     Requests(requests::RequestsArgs),
     /// Peak RSS of a `cedar worker` process with N jobs queued and thousands in flight.
@@ -66,7 +64,6 @@ pub struct RedisArgs {
 /// Runs one benchmark and prints its table.
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
-        BenchCommand::Enqueue(a) => enqueue::run(a).await,
         BenchCommand::Requests(a) => requests::run(a).await,
         BenchCommand::Rss(a) => rss::run(a).await,
         BenchCommand::E2e(a) => e2e::run(a).await,
@@ -141,11 +138,6 @@ impl Scratch {
             namespace,
             dir,
         })
-    }
-
-    /// A key of this bench's namespace.
-    fn key(&self, name: &str) -> String {
-        format!("{}:bench:{name}", self.namespace)
     }
 
     /// A second namespace inside this one, deleted with it.
