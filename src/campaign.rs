@@ -4,8 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-/// Orders read and written per round trip by `cancel` and `retry`.
-const CHUNK: usize = 1_000;
 use std::time::Duration;
 
 use crate::earthengine::types::OpView;
@@ -25,16 +23,11 @@ pub async fn update(ctx: &Context, name: &str) -> anyhow::Result<usize> {
         .filter_map(|op| Some((op.name.clone()?, OpView::from_operation(op))))
         .collect();
     let mut changed = 0;
-    let mut orders = sub.orders();
     // In chunks, as `cancel`.
-    loop {
-        let chunk: Vec<Order> = orders.by_ref().take(CHUNK).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        let statuses = ctx.tracker.statuses(name, &chunk).await?;
+    let mut walk = ctx.tracker.walk(name, sub.orders());
+    while let Some(chunk) = walk.next().await? {
         let mut moved = Vec::new();
-        for (order, s) in chunk.into_iter().zip(statuses) {
+        for (order, s) in chunk {
             let Some(s) = s else { continue };
             let Some(view) = s.operation.as_ref().and_then(|op| ops.get(op)) else {
                 continue;
@@ -80,17 +73,12 @@ pub async fn cancel(ctx: &Context, name: &str) -> anyhow::Result<Cancelled> {
     }
     let mut done = Cancelled::default();
     let mut cleans = Vec::new();
-    let mut orders = sub.orders();
     // In chunks: an archive's 1.39 million orders are never all in memory, and each chunk's
     // statuses are read and written in one round trip each.
-    loop {
-        let chunk: Vec<Order> = orders.by_ref().take(CHUNK).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        let statuses = ctx.tracker.statuses(name, &chunk).await?;
+    let mut walk = ctx.tracker.walk(name, sub.orders());
+    while let Some(chunk) = walk.next().await? {
         let mut cancelled = Vec::new();
-        for (order, s) in chunk.into_iter().zip(statuses) {
+        for (order, s) in chunk {
             // Orders without a record are still QUEUED (submit records none per order).
             let s = s.unwrap_or_else(|| OrderStatus::new(OrderState::Queued));
             match s.state {
@@ -177,25 +165,22 @@ pub async fn retry(ctx: &Context, name: &str, resume: bool) -> anyhow::Result<us
     let in_run = |i: u64| held.iter().any(|(from, to)| (*from..*to).contains(&i));
     let place = sub.backlog_place();
     let mut requeued = 0;
-    let mut orders = sub.orders().enumerate();
+    let mut index = 0u64;
     // In chunks, as `cancel`.
-    loop {
-        let chunk: Vec<(usize, Order)> = orders.by_ref().take(CHUNK).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        let (indices, chunk): (Vec<usize>, Vec<Order>) = chunk.into_iter().unzip();
-        let statuses = ctx.tracker.statuses(name, &chunk).await?;
+    let mut walk = ctx.tracker.walk(name, sub.orders());
+    while let Some(chunk) = walk.next().await? {
         let mut exports = Vec::new();
         let mut reset = Vec::new();
         // The jobs of resumed orders, by the stage each resumes at.
         let mut resumed: HashMap<Stage, Vec<_>> = HashMap::new();
-        for ((i, order), s) in indices.into_iter().zip(chunk).zip(statuses) {
+        for (order, s) in chunk {
+            let i = index;
+            index += 1;
             let job = job_for(name, &order, None);
             let Some(s) = s else {
                 // No record: QUEUED, with its job in a run, or queued alone (a job that
                 // exists is not added twice).
-                if !in_run(i as u64) {
+                if !in_run(i) {
                     exports.push(job);
                 }
                 continue;

@@ -9,13 +9,29 @@ use crate::config::Settings;
 use crate::order::{Order, OrderNames};
 use crate::queue::tracking::{OrderState, OrderStatus, Tracker, TrackingError, order_key};
 
-/// Orders read per round trip while rendering a document.
-const DOCUMENT_CHUNK: usize = 1000;
-
-/// Submissions up to this many orders have their document written at once by `submit` and
-/// rendered in memory; larger ones are streamed through a temporary file ([`publish`]) by the
-/// worker's publisher, which writes the first one as soon as it sees the submission.
+/// Submissions up to this many orders have their document written at once by `submit` (and
+/// `cancel`, `retry`, `update`) and rendered in memory; larger ones are streamed through a
+/// temporary file ([`publish`]) by the worker's publisher, which writes the first one as soon as
+/// it sees the submission.
 pub const INLINE_ORDERS: usize = 50_000;
+
+/// After a command changed `name`: publishes its document now if it has up to
+/// [`INLINE_ORDERS`] orders, else leaves it to the workers' publisher (the change marked it for
+/// publishing) rather than make the command wait for hundreds of megabytes. Returns whether it
+/// published.
+pub async fn publish_if_small(
+    settings: &Settings,
+    tracker: &Tracker,
+    bucket: &dyn crate::store::ExportBucket,
+    name: &str,
+) -> Result<bool, PublishError> {
+    if tracker.submission(name).await?.order_count() > INLINE_ORDERS {
+        tracker.mark_dirty(name).await?;
+        return Ok(false);
+    }
+    publish(settings, tracker, bucket, name).await?;
+    Ok(true)
+}
 
 /// Renders a submission's tracking document — the original CEDAR's keys `program`,
 /// `submission`, `tracking`, `orders`, `metadata` — as compact JSON, in memory.
@@ -31,7 +47,7 @@ pub async fn render(
 
 /// Writes a submission's tracking document to `out` (see [`render`]); returns its size.
 ///
-/// Orders are read and written out in chunks of [`DOCUMENT_CHUNK`], in two passes (the
+/// Orders are read and written out in chunks ([`Tracker::walk`]), in two passes (the
 /// `orders`, then the `metadata` names), so an archive-size submission never holds more than one
 /// chunk of statuses in memory however large the document is (about 300 bytes per order).
 pub async fn render_into<W: AsyncWrite + Unpin>(
@@ -98,19 +114,14 @@ pub async fn render_into<W: AsyncWrite + Unpin>(
     let mut eecu_seconds = 0.0;
     for metadata in [false, true] {
         let mut first = true;
-        let mut orders = sub.orders();
-        loop {
-            let chunk: Vec<Order> = orders.by_ref().take(DOCUMENT_CHUNK).collect();
-            if chunk.is_empty() {
-                break;
-            }
-            let statuses = tracker.statuses(name, &chunk).await?;
-            for (order, status) in chunk.iter().zip(statuses) {
+        let mut walk = tracker.walk(name, sub.orders());
+        while let Some(chunk) = walk.next().await? {
+            for (order, status) in chunk {
                 let status = status.unwrap_or_else(|| queued.clone());
                 if status.state == OrderState::Empty && !sub.save_empty_metadata {
                     continue;
                 }
-                let names = names_of(order);
+                let names = names_of(&order);
                 if !first {
                     buf.push(b',');
                 }

@@ -13,11 +13,13 @@ use clap::{Args, Subcommand};
 
 use cedar::campaign;
 use cedar::config::{Config, Settings};
-use cedar::document::{INLINE_ORDERS, document_object, publish, render, render_into};
+use cedar::document::{
+    INLINE_ORDERS, document_object, publish, publish_if_small, render, render_into,
+};
 use cedar::jobs::JobSettings;
 use cedar::jobs::download::fetch_order;
 use cedar::period::Frequency;
-use cedar::queue::tracking::{OrderState, Tracker, TrackingError, order_key};
+use cedar::queue::tracking::{OrderState, OrderStatus, Tracker, TrackingError};
 use cedar::queue::{Connection, QueueUrl};
 use cedar::store::Destination;
 use cedar::submit::{self, Request};
@@ -385,7 +387,7 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
         }
         CampaignCommand::Update { name } => {
             let n = campaign::update(&ctx, name).await?;
-            publish(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
+            publish_if_small(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
             eprintln!("{n} orders refreshed from EE");
             Ok(ExitCode::SUCCESS)
         }
@@ -400,21 +402,22 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             let folder = root.join(name);
             let dest = Destination::local(&root);
             let sub = ctx.submission(name).await?;
-            let statuses = ctx.tracker.all(name).await?;
             let (mut files, mut bytes, mut cleaned) = (0, 0, 0);
-            for order in sub.orders() {
-                let Some(status) = statuses.get(&order_key(&order)) else {
-                    continue;
-                };
-                if status.state == OrderState::Cleaned {
-                    cleaned += 1;
+            let mut walk = ctx.tracker.walk(name, sub.orders());
+            while let Some(chunk) = walk.next().await? {
+                for (order, status) in chunk {
+                    let Some(status) = status else { continue };
+                    if status.state == OrderState::Cleaned {
+                        cleaned += 1;
+                    }
+                    if !matches!(status.state, OrderState::Succeeded | OrderState::Downloaded) {
+                        continue;
+                    }
+                    let (v, b) =
+                        fetch_order(&ctx, &sub, &order, &status, &dest, *overwrite).await?;
+                    files += v.len();
+                    bytes += b;
                 }
-                if !matches!(status.state, OrderState::Succeeded | OrderState::Downloaded) {
-                    continue;
-                }
-                let (v, b) = fetch_order(&ctx, &sub, &order, status, &dest, *overwrite).await?;
-                files += v.len();
-                bytes += b;
             }
             eprintln!(
                 "{} ({bytes} bytes) verified in {}",
@@ -455,25 +458,31 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
                 )));
             }
             let sub = ctx.submission(name).await?;
-            let statuses = ctx.tracker.all(name).await?;
-            let mut deleted = 0;
-            for order in sub.orders() {
-                let Some(s) = statuses.get(&order_key(&order)) else {
-                    continue;
-                };
-                if s.state != OrderState::Downloaded {
-                    continue;
+            let (mut deleted, mut already) = (0, 0);
+            let mut walk = ctx.tracker.walk(name, sub.orders());
+            while let Some(chunk) = walk.next().await? {
+                let mut cleaned = Vec::new();
+                for (order, s) in chunk {
+                    let Some(s) = s else { continue };
+                    if s.state == OrderState::Cleaned {
+                        already += 1;
+                    }
+                    if s.state != OrderState::Downloaded {
+                        continue;
+                    }
+                    for o in &s.objects {
+                        ctx.bucket.delete(&o.name).await?;
+                        deleted += 1;
+                    }
+                    let s = OrderStatus {
+                        state: OrderState::Cleaned,
+                        objects: Vec::new(),
+                        updated: cedar::queue::tracking::stamp(),
+                        ..s
+                    };
+                    cleaned.push((order, s));
                 }
-                for o in &s.objects {
-                    ctx.bucket.delete(&o.name).await?;
-                    deleted += 1;
-                }
-                ctx.tracker
-                    .update(name, &order, false, |s| {
-                        s.state = OrderState::Cleaned;
-                        s.objects.clear();
-                    })
-                    .await?;
+                ctx.tracker.set_many(name, &cleaned, false).await?;
             }
             if *keep_tracking {
                 publish(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
@@ -481,10 +490,6 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
                 ctx.bucket.delete(&document_object(&settings, name)).await?;
                 ctx.tracker.forget(name).await?;
             }
-            let already = statuses
-                .values()
-                .filter(|s| s.state == OrderState::Cleaned)
-                .count();
             eprintln!("{} deleted", plural(deleted, "object"));
             if already > 0 {
                 eprintln!("{} already cleaned by a worker", plural(already, "order"));
@@ -493,7 +498,7 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
         }
         CampaignCommand::Cancel { name } => {
             let done = campaign::cancel(&ctx, name).await?;
-            publish(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
+            publish_if_small(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
             eprintln!("{} cancelled", plural(done.orders, "order"));
             if done.objects > 0 {
                 eprintln!(
@@ -505,7 +510,7 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
         }
         CampaignCommand::Retry { name, resume } => {
             let n = campaign::retry(&ctx, name, *resume).await?;
-            publish(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
+            publish_if_small(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
             eprintln!("{} re-queued", plural(n, "order"));
             Ok(ExitCode::SUCCESS)
         }

@@ -349,6 +349,31 @@ pub fn order_key(order: &Order) -> String {
     )
 }
 
+/// Orders per round trip of [`Tracker::walk`].
+pub const WALK_CHUNK: usize = 1_000;
+
+/// A pass over orders and their statuses in chunks ([`Tracker::walk`]).
+pub struct Walk<'a, I> {
+    tracker: &'a Tracker,
+    name: String,
+    orders: I,
+}
+
+impl<I: Iterator<Item = Order>> Walk<'_, I> {
+    /// The next chunk: each order with its status (`None`: no record yet, i.e. QUEUED); `None`
+    /// once every order was handed out.
+    pub async fn next(
+        &mut self,
+    ) -> Result<Option<Vec<(Order, Option<OrderStatus>)>>, TrackingError> {
+        let chunk: Vec<Order> = self.orders.by_ref().take(WALK_CHUNK).collect();
+        if chunk.is_empty() {
+            return Ok(None);
+        }
+        let statuses = self.tracker.statuses(&self.name, &chunk).await?;
+        Ok(Some(chunk.into_iter().zip(statuses).collect()))
+    }
+}
+
 /// Tracking state under a namespace, in Redis or in the SQLite file of the queue.
 #[derive(Clone)]
 pub struct Tracker {
@@ -453,6 +478,16 @@ impl Tracker {
                     .transpose()
             })
             .collect()
+    }
+
+    /// Walks `orders` of `name` with their statuses, [`WALK_CHUNK`] at a time (one round trip
+    /// each), so that a pass over an archive-size submission holds one chunk in memory.
+    pub fn walk<I: Iterator<Item = Order>>(&self, name: &str, orders: I) -> Walk<'_, I> {
+        Walk {
+            tracker: self,
+            name: name.to_owned(),
+            orders,
+        }
     }
 
     /// Writes `status` unless it would move the order backwards ([`OrderState::rank`]; then
