@@ -27,7 +27,7 @@ pub struct RssArgs {
     #[arg(long, default_value_t = 100_000)]
     pub jobs: u64,
     /// EE tasks in flight (`--max-active-exports` of the worker, which caps it at 2,900).
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 2900)]
     pub in_flight: u64,
     /// Real seconds the loaded worker is watched once the tasks are in flight.
     #[arg(long, default_value_t = 30)]

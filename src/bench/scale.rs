@@ -37,7 +37,7 @@ pub struct ScaleArgs {
     #[arg(long, default_value_t = 100_000)]
     pub baseline_jobs: usize,
     /// EE tasks in flight while the worker runs the archive (its `--max-active-exports`).
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 2900)]
     pub in_flight: u64,
     /// Real seconds the loaded worker is watched once the tasks are in flight.
     #[arg(long, default_value_t = 30)]
@@ -112,7 +112,8 @@ async fn timed_cli(
         .env("CEDAR_LOG", "warn")
         .stdout(file)
         .stderr(std::process::Stdio::piped())
-        .output()
+        .spawn()?
+        .wait_with_output()
         .await?;
     let took = started.elapsed();
     // `status` exits 3 while the campaign runs, which is not a failure here.
@@ -131,6 +132,17 @@ async fn timed_cli(
         .map(char::from)
         .collect();
     Ok((took, size, head))
+}
+
+/// The last lines of a worker's log, for an error.
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "{}:\n{}",
+        log.display(),
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    )
 }
 
 /// The fastest of `n` runs (the least disturbed by the machine).
@@ -198,9 +210,13 @@ async fn scale_in(
     drop(plan);
 
     // Baseline 2: `status --json` of a one-order submission in the same namespace.
+    // (A month before the archive's first, which it would otherwise overlap.)
     let mut small = archive(&all_tiles[..1], 1)?;
     small.collections.truncate(1);
     small.name = Some("bench-scale-one-order".into());
+    small.start = NaiveDate::from_ymd_opt(1984, 12, 1).expect("a date");
+    // The period holding `end` is included (as in the original): one month.
+    small.end = NaiveDate::from_ymd_opt(1984, 12, 15).expect("a date");
     let small_plan = submit::plan(&settings, &small, chrono::Utc::now())?;
     submit::enqueue(&ctx, &small_plan).await?;
     let out = bench.dir.join("status.json");
@@ -233,8 +249,14 @@ async fn scale_in(
     idle_config.queue.namespace = bench.sub("idle");
     let idle_path = bench.dir.join("cedar-idle.toml");
     std::fs::write(&idle_path, toml::to_string(&idle_config)?)?;
-    let idle = worker(&idle_path, "worker-idle.log")?;
+    eprintln!(
+        "submitted {orders} orders in {} s; starting the workers",
+        secs(submitted)
+    );
+    let mut idle = worker(&idle_path, "worker-idle.log")?;
     tokio::time::sleep(Duration::from_secs(5)).await;
+    idle.check_alive()
+        .with_context(|| tail(&bench.dir.join("worker-idle.log")))?;
     let idle_mem = read_memory(idle.pid()?)?;
     idle.stop().await;
 
@@ -273,10 +295,13 @@ async fn scale_in(
     .await;
     let mem = loaded.pid().and_then(read_memory);
     let counts = ctx.tracker.counts(&name).await;
+    let redis_running = used_memory(&bench.redis).await;
     loaded.stop().await;
-    let (ramp, low, high) = held?;
+    let (ramp, low, high) = held.with_context(|| tail(&bench.dir.join("worker.log")))?;
+    eprintln!("worker held; `cedar show` and `cedar cancel` of the archive next");
     let mem = mem?;
     let counts = counts?;
+    let redis_running = redis_running?;
     let document_published = ctx
         .bucket
         .list(&cedar::document::document_object(&settings, &name))
@@ -292,7 +317,9 @@ async fn scale_in(
         None
     } else {
         let out = bench.dir.join("cancel.txt");
-        Some(timed_cli(&config_path, &["cancel", &name], &out).await?.0)
+        let took = timed_cli(&config_path, &["cancel", &name], &out).await?.0;
+        let after = used_memory(&bench.redis).await?;
+        Some((took, after))
     };
 
     println!(
@@ -334,15 +361,16 @@ async fn scale_in(
         "÷ baseline",
         "target",
     ]);
+    let ms = |d: Duration| format!("{:.3}", d.as_secs_f64());
     t.row([
         "baseline: a one-order submission".into(),
-        secs(status_small),
+        ms(status_small),
         "1".into(),
         "".into(),
     ]);
     t.row([
         "the archive".into(),
-        secs(status_archive),
+        ms(status_archive),
         format!(
             "{:.2}",
             status_archive.as_secs_f64() / status_small.as_secs_f64().max(1e-6)
@@ -379,8 +407,21 @@ async fn scale_in(
         secs(show_time),
         show_bytes as f64 / orders as f64
     );
-    if let Some(cancel) = cancel {
-        println!("`cedar cancel` of the archive: {} s", secs(cancel));
+    let queued = counts
+        .get(&cedar::queue::tracking::OrderState::Queued)
+        .copied()
+        .unwrap_or(0);
+    let started_orders = orders - queued;
+    println!(
+        "Redis while the worker ran: {:.0} bytes per started order ({started_orders} started: its record, its jobs, its operation in the snapshot)",
+        redis_running.saturating_sub(before) as f64 / started_orders.max(1) as f64
+    );
+    if let Some((took, after)) = cancel {
+        println!(
+            "`cedar cancel` of the archive: {} s; then {:.0} Redis bytes per order (every order has a CANCELLED record)",
+            secs(took),
+            after.saturating_sub(before) as f64 / orders as f64
+        );
     }
     Ok(())
 }
