@@ -1,5 +1,5 @@
 //! The plain sections of the configuration (`[earthengine]`, `[queue]`, `[export]`, `[store]`,
-//! `[tracking]`, `[download]`, `[metrics]`, `[limits]`, `[worker]`), each with its defaults and
+//! `[tracking]`, `[download]`, `[metrics]`, `[web]`, `[limits]`, `[worker]`), each with its defaults and
 //! the checks that need only the section itself.
 
 use serde::{Deserialize, Serialize};
@@ -161,6 +161,30 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// `[web]`: the web console (`cedar worker` and `cedar web` serve it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebConfig {
+    /// The socket address the console is served on; default `127.0.0.1:9464`, loopback. When
+    /// it equals `[metrics] listen`, a worker serves both on one listener.
+    pub listen: String,
+    /// Whether the console's retry and cancel buttons act (POST, with the token). Default false.
+    pub allow_actions: bool,
+    /// The bearer token a POST must carry (`Authorization: Bearer …`); required by
+    /// `allow_actions` and by a `listen` that is not loopback. Default unset.
+    pub token: Option<String>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            listen: "127.0.0.1:9464".into(),
+            allow_actions: false,
+            token: None,
         }
     }
 }
@@ -536,6 +560,41 @@ impl MetricsConfig {
                     "{:?} is not a socket address; e.g. \"127.0.0.1:9464\" (loopback) or \"0.0.0.0:9464\"",
                     self.listen
                 ),
+            );
+        }
+    }
+}
+
+impl WebConfig {
+    /// The token, when one is set and not blank.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref().filter(|t| !t.trim().is_empty())
+    }
+
+    /// Checks the address, and that the console is neither reachable from other hosts nor able
+    /// to act without a token: the console shows every campaign, and its buttons cancel them.
+    pub(super) fn validate(&self, p: &mut Problems) {
+        match self.listen.parse::<std::net::SocketAddr>() {
+            Err(_) => p.add(
+                "web.listen",
+                format!(
+                    "{:?} is not a socket address; e.g. \"127.0.0.1:9464\" (loopback, the default)",
+                    self.listen
+                ),
+            ),
+            Ok(addr) if !addr.ip().is_loopback() && self.token().is_none() => p.add(
+                "web.listen",
+                format!(
+                    "{:?} is reachable from other hosts, but web.token is unset: anyone could read every campaign; set web.token (a long random string) or listen on 127.0.0.1",
+                    self.listen
+                ),
+            ),
+            Ok(_) => {}
+        }
+        if self.allow_actions && self.token().is_none() {
+            p.add(
+                "web.allow_actions",
+                "needs web.token: retry and cancel are only accepted with `Authorization: Bearer <token>`; set web.token or allow_actions = false",
             );
         }
     }

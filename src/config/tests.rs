@@ -434,3 +434,36 @@ fn scopes_default_to_earth_engine_and_storage_and_are_checked() {
         assert!(got.contains(expect), "{scopes}: {got}");
     }
 }
+
+#[test]
+fn the_web_console_is_loopback_or_behind_a_token() {
+    let check = |web: &str| -> Vec<String> {
+        let text = format!("{}[web]\n{web}\n", valid_toml());
+        match Config::from_toml("t", &text, no_env()).unwrap().validate() {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+        }
+    };
+    assert!(check("listen = \"127.0.0.1:0\"").is_empty());
+    assert!(check("listen = \"[::1]:8080\"").is_empty());
+    assert!(check("listen = \"0.0.0.0:8080\"\ntoken = \"s3cret\"").is_empty());
+    assert!(check("allow_actions = true\ntoken = \"s3cret\"").is_empty());
+    let open = check("listen = \"0.0.0.0:8080\"");
+    assert!(
+        open.len() == 1 && open[0].starts_with("web.listen: \"0.0.0.0:8080\" is reachable"),
+        "{open:?}"
+    );
+    // A blank token is no token.
+    let blank = check("listen = \"10.0.0.1:8080\"\ntoken = \"  \"");
+    assert_eq!(blank.len(), 1, "{blank:?}");
+    let actions = check("allow_actions = true");
+    assert!(
+        actions.len() == 1 && actions[0].starts_with("web.allow_actions: needs web.token"),
+        "{actions:?}"
+    );
+    let bad = check("listen = \"localhost\"");
+    assert!(
+        bad.len() == 1 && bad[0].contains("is not a socket address"),
+        "{bad:?}"
+    );
+}

@@ -1,0 +1,211 @@
+//! A campaign's digest: every order's state as one letter, its failures grouped by message and
+//! the EECU its tasks used, from one walk over its orders, kept for the console to answer from.
+//!
+//! A walk reads every order (in chunks of [`WALK_CHUNK`], a missing record being QUEUED), so
+//! at archive size (1.39 M orders) it takes seconds: the console never waits for one there. A
+//! page asks for the digest; a small campaign is walked at once, a big one in the background
+//! while the page shows the previous digest (or says it is being aggregated). A digest is walked
+//! again once it is older than five times its walk took (at least [`MIN_AGE`]), so a big
+//! campaign costs the queue a bounded share of its time however many pages watch it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::map::code;
+use crate::jobs::Submitted;
+use crate::order::Order;
+use crate::queue::tracking::{OrderState, Tracker, TrackingError};
+
+/// Orders read per round trip.
+pub const WALK_CHUNK: usize = 1000;
+/// Campaigns up to this many orders are walked while the request waits (tens of milliseconds).
+const INLINE_ORDERS: usize = 20_000;
+/// A digest younger than this is never walked again.
+const MIN_AGE: Duration = Duration::from_secs(2);
+/// Failure messages kept (the most frequent), and orders named per message.
+const MAX_GROUPS: usize = 50;
+const MAX_EXAMPLES: usize = 5;
+/// Longer failure messages are cut here: some EE messages quote a whole expression.
+const MAX_MESSAGE: usize = 500;
+
+/// What one walk over a campaign's orders found.
+#[derive(Debug, Clone)]
+pub struct Digest {
+    /// The submission time of the campaign walked: a campaign forgotten and submitted again
+    /// under its name is walked anew.
+    pub submitted: DateTime<Utc>,
+    /// One letter per order ([`super::map::code`]), in `Submission::orders` order.
+    pub codes: Vec<u8>,
+    /// Failed, cancelled and lost orders by message, most frequent first.
+    pub failures: Vec<FailureGroup>,
+    /// Failed orders beyond those in `failures` (messages past [`MAX_GROUPS`]).
+    pub failures_other: u64,
+    pub eecu_seconds: f64,
+    /// When the walk ended, and how long it took.
+    pub at: DateTime<Utc>,
+    pub took: Duration,
+    walked: Instant,
+}
+
+/// The failed orders that share one message.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailureGroup {
+    pub message: String,
+    pub count: u64,
+    /// Indices of the first few orders with it (`Submission::orders` order).
+    pub examples: Vec<usize>,
+}
+
+/// Reads every order of `sub` and digests them.
+pub async fn walk(tracker: &Tracker, sub: &Submitted) -> Result<Digest, TrackingError> {
+    let started = Instant::now();
+    let mut codes = Vec::with_capacity(sub.order_count());
+    let mut groups: HashMap<String, FailureGroup> = HashMap::new();
+    let mut eecu_seconds = 0.0;
+    let mut chunk: Vec<Order> = Vec::with_capacity(WALK_CHUNK);
+    let mut orders = sub.orders().peekable();
+    while orders.peek().is_some() {
+        chunk.clear();
+        chunk.extend(orders.by_ref().take(WALK_CHUNK));
+        let first = codes.len();
+        for (i, status) in tracker
+            .statuses(&sub.name, &chunk)
+            .await?
+            .into_iter()
+            .enumerate()
+        {
+            let Some(s) = status else {
+                codes.push(code(OrderState::Queued) as u8);
+                continue;
+            };
+            codes.push(code(s.state) as u8);
+            eecu_seconds += s.eecu_seconds.unwrap_or(0.0);
+            if s.state.is_failed() {
+                let message = cut(s.error.as_deref().unwrap_or("(no message)"));
+                let g = groups.entry(message.clone()).or_insert(FailureGroup {
+                    message,
+                    count: 0,
+                    examples: Vec::new(),
+                });
+                g.count += 1;
+                if g.examples.len() < MAX_EXAMPLES {
+                    g.examples.push(first + i);
+                }
+            }
+        }
+    }
+    let mut failures: Vec<FailureGroup> = groups.into_values().collect();
+    failures.sort_by(|a, b| b.count.cmp(&a.count).then(a.message.cmp(&b.message)));
+    let failures_other = failures.iter().skip(MAX_GROUPS).map(|g| g.count).sum();
+    failures.truncate(MAX_GROUPS);
+    Ok(Digest {
+        submitted: sub.submitted,
+        codes,
+        failures,
+        failures_other,
+        eecu_seconds,
+        at: Utc::now(),
+        took: started.elapsed(),
+        walked: Instant::now(),
+    })
+}
+
+/// `message` cut to [`MAX_MESSAGE`] characters.
+fn cut(message: &str) -> String {
+    match message.char_indices().nth(MAX_MESSAGE) {
+        Some((i, _)) => format!("{}…", &message[..i]),
+        None => message.to_owned(),
+    }
+}
+
+impl Digest {
+    /// Whether a walk should start again: the campaign was submitted anew, or the digest is
+    /// older than five walks (and [`MIN_AGE`]).
+    fn stale(&self, sub: &Submitted) -> bool {
+        self.submitted != sub.submitted || self.walked.elapsed() > (self.took * 5).max(MIN_AGE)
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    digest: Option<Arc<Digest>>,
+    walking: bool,
+}
+
+/// The digests of the campaigns the console was asked about, by name.
+#[derive(Clone, Default)]
+pub struct Digests {
+    slots: Arc<Mutex<HashMap<String, Slot>>>,
+}
+
+impl Digests {
+    /// The digest of `sub`: fresh for a small campaign; for a big one the latest walked (a new
+    /// walk started in the background when it is stale), `None` until the first walk ends.
+    pub async fn get(&self, tracker: &Tracker, sub: Arc<Submitted>) -> Option<Arc<Digest>> {
+        let (current, start) = {
+            let mut slots = self.slots.lock().expect("digest lock");
+            let slot = slots.entry(sub.name.clone()).or_default();
+            let current = slot.digest.clone().filter(|d| d.submitted == sub.submitted);
+            let start = !slot.walking && current.as_ref().is_none_or(|d| d.stale(&sub));
+            if start {
+                slot.walking = true;
+            }
+            (current, start)
+        };
+        if !start {
+            return current;
+        }
+        if sub.order_count() <= INLINE_ORDERS {
+            return self.run(tracker, &sub).await.or(current);
+        }
+        let (this, tracker) = (self.clone(), tracker.clone());
+        tokio::spawn(async move { this.run(&tracker, &sub).await });
+        current
+    }
+
+    /// Walks `sub` and keeps the result; on an error keeps the previous digest.
+    async fn run(&self, tracker: &Tracker, sub: &Submitted) -> Option<Arc<Digest>> {
+        let walked = walk(tracker, sub).await;
+        let mut slots = self.slots.lock().expect("digest lock");
+        let slot = slots.entry(sub.name.clone()).or_default();
+        slot.walking = false;
+        match walked {
+            Ok(d) => {
+                if d.took > Duration::from_secs(1) {
+                    tracing::debug!(tracking = %sub.name, took_ms = d.took.as_millis() as u64, "console digest walked");
+                }
+                let d = Arc::new(d);
+                slot.digest = Some(d.clone());
+                Some(d)
+            }
+            Err(e) => {
+                tracing::warn!(tracking = %sub.name, error = %e, "the console could not read the campaign's orders");
+                None
+            }
+        }
+    }
+
+    /// The EECU of `name` from its latest digest, if one was walked (no walk is started).
+    pub fn eecu_seconds(&self, name: &str) -> Option<f64> {
+        let slots = self.slots.lock().expect("digest lock");
+        slots.get(name)?.digest.as_ref().map(|d| d.eecu_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_on_a_character() {
+        assert_eq!(cut("short"), "short");
+        let long = "é".repeat(MAX_MESSAGE + 10);
+        let c = cut(&long);
+        assert_eq!(c.chars().count(), MAX_MESSAGE + 1);
+        assert!(c.ends_with('…'));
+    }
+}
