@@ -36,6 +36,7 @@ use crate::queue::QueueError;
 use crate::queue::tracking::TrackingError;
 
 pub use self::api::{Campaign, Detail, OrdersPage, Overview, SCAN_LIMIT, View};
+pub use self::pages::campaign_href;
 
 /// The console's script and style sheet, compiled into the binary.
 const SCRIPT: &str = include_str!("static/console.js");
