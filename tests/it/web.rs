@@ -367,7 +367,7 @@ async fn actions_are_refused_without_the_token_and_accepted_with_it() {
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("allow_actions"), "{body}");
     let (_, page) = closed.get(&campaign_href(&sub.name)).await;
-    assert!(!page.contains("data-action"), "{page}");
+    assert!(!page.contains(r#"data-action=""#), "{page}");
 
     let token = "s3cret-token";
     let open = Served::start(
@@ -543,7 +543,7 @@ async fn the_map_follows_a_campaign_a_worker_runs_as_show_and_status_see_it() {
             assert_eq!(details["bytes"], s["bytes"].to_string(), "{details} vs {s}");
             if state == "FAILED" {
                 assert_eq!(details["error"], s["error"], "{details} vs {s}");
-                assert_eq!(details["error"], message);
+                assert!(details["error"].as_str().unwrap().ends_with(message), "{details}");
             } else {
                 assert!(s["files"].as_u64().unwrap() > 0, "{s}");
             }
