@@ -85,7 +85,7 @@ pub async fn walk(tracker: &Tracker, sub: &Submitted) -> Result<Digest, Tracking
             codes.push(code(s.state) as u8);
             eecu_seconds += s.eecu_seconds.unwrap_or(0.0);
             if s.state.is_failed() {
-                let message = cut(s.error.as_deref().unwrap_or("(no message)"));
+                let message = cut(ee_message(s.error.as_deref().unwrap_or("(no message)")));
                 let g = groups.entry(message.clone()).or_insert(FailureGroup {
                     message,
                     count: 0,
@@ -112,6 +112,17 @@ pub async fn walk(tracker: &Tracker, sub: &Submitted) -> Result<Digest, Tracking
         took: started.elapsed(),
         walked: Instant::now(),
     })
+}
+
+/// EE's own words in an order's error: poll records a failed task as `EE task {operation}
+/// failed (attempt {n}): {EE's message}`, and the operation differs for every order, so
+/// failures are grouped by what follows. Other errors (cedar's own) are kept whole.
+fn ee_message(error: &str) -> &str {
+    error
+        .strip_prefix("EE task ")
+        .filter(|rest| rest.contains(" failed (attempt "))
+        .and_then(|rest| rest.split_once("): "))
+        .map_or(error, |(_, message)| message)
 }
 
 /// `message` cut to [`MAX_MESSAGE`] characters.
@@ -199,6 +210,22 @@ impl Digests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_group_by_what_ee_said() {
+        assert_eq!(
+            ee_message("EE task projects/p/operations/ABC failed (attempt 2): Computation timed out."),
+            "Computation timed out."
+        );
+        assert_eq!(
+            ee_message("EE task projects/p/operations/ABC failed (attempt 1): a): b"),
+            "a): b"
+        );
+        assert_eq!(
+            ee_message("gave up after 5 attempts: HTTP 503"),
+            "gave up after 5 attempts: HTTP 503"
+        );
+    }
 
     #[test]
     fn long_messages_are_cut_on_a_character() {

@@ -14,6 +14,9 @@ use super::map::{self, geometry, state_of};
 use super::{Console, WebError};
 use crate::queue::tracking::OrderState;
 
+/// Tiles labelled on the map at most.
+const MAX_LABELS: usize = 120;
+
 /// The states in the order their bars and legends show them: finished first, waiting last.
 const BAR_ORDER: [OrderState; 11] = [
     OrderState::Cleaned,
@@ -278,6 +281,12 @@ pub(super) async fn campaign(
                         rect class={"tile st-" (state)} data-state=(state) data-row=(t.row) data-col=(t.col)
                             x=(t.x) y=(t.y) width=(t.width) height=(t.height) stroke-width=(stroke) {
                             title { (t.label) " (row " (t.row) ", col " (t.col) "): " (state) }
+                        }
+                    }
+                    // Labels while they can be read; hovering names a tile in any case.
+                    @if geo.tiles.len() <= MAX_LABELS {
+                        @for t in &geo.tiles {
+                            text x=(t.x + t.width / 2.0) y=(t.y + t.height / 2.0) font-size=(t.width / 7.0) { (t.label) }
                         }
                     }
                 }

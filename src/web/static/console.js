@@ -139,9 +139,13 @@
           x = end;
         }
       }
+      // Cells as square as the page allows: wide enough to hit, never wider than the page.
+      const cell = Math.max(4, Math.min(28, Math.floor(1100 / Math.max(cols, 1))));
+      const height = Math.max(3, Math.min(cell, Math.floor(2400 / Math.max(rows, 1))));
       matrixSvg.setAttribute('viewBox', '0 0 ' + Math.max(cols, 1) + ' ' + Math.max(rows, 1));
       matrixSvg.setAttribute('preserveAspectRatio', 'none');
-      matrixSvg.setAttribute('height', String(Math.min(Math.max(rows * 10, 40), 600)));
+      matrixSvg.setAttribute('width', String(cols * cell));
+      matrixSvg.setAttribute('height', String(rows * height));
       const paths = [];
       for (const [c, path] of Object.entries(d)) {
         const p = document.createElementNS(SVG, 'path');
