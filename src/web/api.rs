@@ -200,7 +200,13 @@ impl Console {
         let mut campaigns = Vec::with_capacity(tallies.len());
         for (name, counts) in &tallies {
             let sub = self.submission(name).await?;
-            campaigns.push(self.campaign(&sub, counts.clone(), paused));
+            // The EECU comes from the digest: the latest one, a new walk in the background.
+            let digest = self
+                .inner
+                .digests
+                .get(&ctx.tracker, sub.clone(), counts, false);
+            let eecu = digest.await.map(|d| d.eecu_seconds);
+            campaigns.push(self.campaign(&sub, counts.clone(), paused, eecu));
         }
         let now = Utc::now();
         let ingests = schedule::status(&ctx.tracker, &ctx.settings.ingests, &tallies, now)
@@ -245,8 +251,11 @@ impl Console {
     /// One campaign and what it was asked for.
     pub async fn detail(&self, name: &str) -> Result<Detail, WebError> {
         let sub = self.submission(name).await?;
-        let counts = self.inner.ctx.tracker.counts(name).await?;
-        let campaign = self.campaign(&sub, counts, self.paused_until().await?);
+        let tracker = &self.inner.ctx.tracker;
+        let counts = tracker.counts(name).await?;
+        let digest = self.inner.digests.get(tracker, sub.clone(), &counts, false);
+        let eecu = digest.await.map(|d| d.eecu_seconds);
+        let campaign = self.campaign(&sub, counts, self.paused_until().await?, eecu);
         Ok(Detail {
             campaign,
             collections: sub.collections.clone(),
@@ -283,8 +292,13 @@ impl Console {
             }
         }
         let counts = ctx.tracker.counts(name).await?;
-        let campaign = self.campaign(&sub, counts, self.paused_until().await?);
-        let digest = self.inner.digests.get(&ctx.tracker, sub.clone()).await;
+        let digest = self
+            .inner
+            .digests
+            .get(&ctx.tracker, sub.clone(), &counts, true);
+        let digest = digest.await;
+        let eecu = digest.as_ref().map(|d| d.eecu_seconds);
+        let campaign = self.campaign(&sub, counts, self.paused_until().await?, eecu);
         let per_collection = sub.tiles.len() * sub.periods.len();
         let matrix = digest.as_ref().map(|d| {
             let codes = &d.codes[ci * per_collection..(ci + 1) * per_collection];
@@ -325,12 +339,9 @@ impl Console {
         };
         let collection = match q.collection.as_deref().filter(|c| !c.is_empty()) {
             None => None,
-            Some(c) => Some(
-                sub.collections
-                    .iter()
-                    .position(|x| x == c)
-                    .ok_or_else(|| WebError::BadRequest(format!("{c:?} is not a collection of {name}")))?,
-            ),
+            Some(c) => Some(sub.collections.iter().position(|x| x == c).ok_or_else(|| {
+                WebError::BadRequest(format!("{c:?} is not a collection of {name}"))
+            })?),
         };
         let tile = match q.tile.as_deref().filter(|t| !t.is_empty()) {
             None => None,
@@ -341,12 +352,13 @@ impl Console {
                 })?)
             }
         };
-        let period = match q.period {
-            None => None,
-            Some(d) => Some(sub.periods.iter().position(|p| p.start == d).ok_or_else(|| {
-                WebError::BadRequest(format!("no period of {name} starts on {d}"))
-            })?),
-        };
+        let period =
+            match q.period {
+                None => None,
+                Some(d) => Some(sub.periods.iter().position(|p| p.start == d).ok_or_else(
+                    || WebError::BadRequest(format!("no period of {name} starts on {d}")),
+                )?),
+            };
         let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
         let cursor = q.cursor.unwrap_or(0);
         let (nt, np) = (sub.tiles.len(), sub.periods.len());
@@ -356,9 +368,12 @@ impl Console {
             .into_iter()
             .flat_map(|c| {
                 let periods = pick(np, period);
-                pick(nt, tile)
-                    .into_iter()
-                    .flat_map(move |t| periods.clone().into_iter().map(move |p| (c * nt + t) * np + p))
+                pick(nt, tile).into_iter().flat_map(move |t| {
+                    periods
+                        .clone()
+                        .into_iter()
+                        .map(move |p| (c * nt + t) * np + p)
+                })
             })
             .filter(|i| *i >= cursor)
             .peekable();
@@ -371,7 +386,10 @@ impl Console {
                 next = Some(first);
                 break;
             }
-            let chunk: Vec<usize> = indices.by_ref().take(WALK_CHUNK.min(SCAN_LIMIT - scanned)).collect();
+            let chunk: Vec<usize> = indices
+                .by_ref()
+                .take(WALK_CHUNK.min(SCAN_LIMIT - scanned))
+                .collect();
             scanned += chunk.len();
             let orders: Vec<Order> = chunk.iter().map(|i| order_at(&sub, *i)).collect();
             let statuses = ctx.tracker.statuses(name, &orders).await?;
@@ -403,6 +421,7 @@ impl Console {
         sub: &Submitted,
         counts: BTreeMap<OrderState, u64>,
         paused: Option<DateTime<Utc>>,
+        eecu_seconds: Option<f64>,
     ) -> Campaign {
         let sum = |f: fn(OrderState) -> bool| -> u64 {
             counts.iter().filter(|(s, _)| f(**s)).map(|(_, n)| n).sum()
@@ -429,7 +448,7 @@ impl Console {
             total,
             counts: counts.iter().map(|(s, n)| (s.as_str(), *n)).collect(),
             done,
-            eecu_seconds: self.inner.digests.eecu_seconds(&sub.name),
+            eecu_seconds,
             admission_paused_until: paused,
             submitted: sub.submitted,
             priority: sub.priority(),
@@ -454,7 +473,10 @@ impl Console {
         let mut rates = self.inner.rates.lock().expect("rates lock");
         let samples = rates.entry(name.to_owned()).or_default();
         let t = Instant::now();
-        if samples.back().is_none_or(|(at, _)| t.duration_since(*at).as_secs() >= 1) {
+        if samples
+            .back()
+            .is_none_or(|(at, _)| t.duration_since(*at).as_secs() >= 1)
+        {
             samples.push_back((t, finished));
         }
         while samples
@@ -499,9 +521,13 @@ pub fn choose(sub: &Submitted, q: &ViewQuery) -> Result<(usize, usize), WebError
     };
     let pi = match q.period {
         None => 0,
-        Some(d) => sub.periods.iter().position(|p| p.start == d).ok_or_else(|| {
-            WebError::BadRequest(format!("no period of {} starts on {d}", sub.name))
-        })?,
+        Some(d) => sub
+            .periods
+            .iter()
+            .position(|p| p.start == d)
+            .ok_or_else(|| {
+                WebError::BadRequest(format!("no period of {} starts on {d}", sub.name))
+            })?,
     };
     if sub.collections.is_empty() || sub.periods.is_empty() || sub.tiles.is_empty() {
         return Err(WebError::Internal(format!("{} has no orders", sub.name)));
@@ -527,9 +553,10 @@ fn row(sub: &Submitted, index: usize, order: Order, status: OrderStatus) -> Orde
     let names = sub.names(&order).ok();
     OrderRow {
         index,
-        name: names
-            .as_ref()
-            .map_or_else(|| crate::queue::tracking::order_key(&order), |n| n.name.clone()),
+        name: names.as_ref().map_or_else(
+            || crate::queue::tracking::order_key(&order),
+            |n| n.name.clone(),
+        ),
         prefix: names.map(|n| n.prefix).unwrap_or_default(),
         tile: (order.row, order.col),
         period: order.period,

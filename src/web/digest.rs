@@ -5,10 +5,11 @@
 //! at archive size (1.39 M orders) it takes seconds: the console never waits for one there. A
 //! page asks for the digest; a small campaign is walked at once, a big one in the background
 //! while the page shows the previous digest (or says it is being aggregated). A digest is walked
-//! again once it is older than five times its walk took (at least [`MIN_AGE`]), so a big
-//! campaign costs the queue a bounded share of its time however many pages watch it.
+//! again only when the campaign's per-state tally has changed since, and once it is older than
+//! five times its walk took (at least [`MIN_AGE`]): a finished campaign is walked once, and a
+//! big running one costs the queue a bounded share of its time however many pages watch it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,8 @@ pub struct Digest {
     /// Failed orders beyond those in `failures` (messages past [`MAX_GROUPS`]).
     pub failures_other: u64,
     pub eecu_seconds: f64,
+    /// The campaign's per-state tally when the walk started.
+    pub counts: BTreeMap<OrderState, u64>,
     /// When the walk ended, and how long it took.
     pub at: DateTime<Utc>,
     pub took: Duration,
@@ -60,8 +63,12 @@ pub struct FailureGroup {
     pub examples: Vec<usize>,
 }
 
-/// Reads every order of `sub` and digests them.
-pub async fn walk(tracker: &Tracker, sub: &Submitted) -> Result<Digest, TrackingError> {
+/// Reads every order of `sub`, whose tally is `counts`, and digests them.
+pub async fn walk(
+    tracker: &Tracker,
+    sub: &Submitted,
+    counts: BTreeMap<OrderState, u64>,
+) -> Result<Digest, TrackingError> {
     let started = Instant::now();
     let mut codes = Vec::with_capacity(sub.order_count());
     let mut groups: HashMap<String, FailureGroup> = HashMap::new();
@@ -108,6 +115,7 @@ pub async fn walk(tracker: &Tracker, sub: &Submitted) -> Result<Digest, Tracking
         failures,
         failures_other,
         eecu_seconds,
+        counts,
         at: Utc::now(),
         took: started.elapsed(),
         walked: Instant::now(),
@@ -134,10 +142,11 @@ fn cut(message: &str) -> String {
 }
 
 impl Digest {
-    /// Whether a walk should start again: the campaign was submitted anew, or the digest is
-    /// older than five walks (and [`MIN_AGE`]).
-    fn stale(&self, sub: &Submitted) -> bool {
-        self.submitted != sub.submitted || self.walked.elapsed() > (self.took * 5).max(MIN_AGE)
+    /// Whether a walk should start again: the campaign was submitted anew, or its tally moved
+    /// since this walk and the digest is older than five walks (and [`MIN_AGE`]).
+    fn stale(&self, sub: &Submitted, counts: &BTreeMap<OrderState, u64>) -> bool {
+        self.submitted != sub.submitted
+            || (self.counts != *counts && self.walked.elapsed() > (self.took * 5).max(MIN_AGE))
     }
 }
 
@@ -154,14 +163,21 @@ pub struct Digests {
 }
 
 impl Digests {
-    /// The digest of `sub`: fresh for a small campaign; for a big one the latest walked (a new
-    /// walk started in the background when it is stale), `None` until the first walk ends.
-    pub async fn get(&self, tracker: &Tracker, sub: Arc<Submitted>) -> Option<Arc<Digest>> {
+    /// The digest of `sub`, whose tally is now `counts`: when `wait`, fresh for a small
+    /// campaign; otherwise (and for a big one) the latest walked, a new walk started in the
+    /// background when it is stale; `None` until the first walk ends.
+    pub async fn get(
+        &self,
+        tracker: &Tracker,
+        sub: Arc<Submitted>,
+        counts: &BTreeMap<OrderState, u64>,
+        wait: bool,
+    ) -> Option<Arc<Digest>> {
         let (current, start) = {
             let mut slots = self.slots.lock().expect("digest lock");
             let slot = slots.entry(sub.name.clone()).or_default();
             let current = slot.digest.clone().filter(|d| d.submitted == sub.submitted);
-            let start = !slot.walking && current.as_ref().is_none_or(|d| d.stale(&sub));
+            let start = !slot.walking && current.as_ref().is_none_or(|d| d.stale(&sub, counts));
             if start {
                 slot.walking = true;
             }
@@ -170,17 +186,22 @@ impl Digests {
         if !start {
             return current;
         }
-        if sub.order_count() <= INLINE_ORDERS {
-            return self.run(tracker, &sub).await.or(current);
+        if wait && sub.order_count() <= INLINE_ORDERS {
+            return self.run(tracker, &sub, counts.clone()).await.or(current);
         }
-        let (this, tracker) = (self.clone(), tracker.clone());
-        tokio::spawn(async move { this.run(&tracker, &sub).await });
+        let (this, tracker, counts) = (self.clone(), tracker.clone(), counts.clone());
+        tokio::spawn(async move { this.run(&tracker, &sub, counts).await });
         current
     }
 
     /// Walks `sub` and keeps the result; on an error keeps the previous digest.
-    async fn run(&self, tracker: &Tracker, sub: &Submitted) -> Option<Arc<Digest>> {
-        let walked = walk(tracker, sub).await;
+    async fn run(
+        &self,
+        tracker: &Tracker,
+        sub: &Submitted,
+        counts: BTreeMap<OrderState, u64>,
+    ) -> Option<Arc<Digest>> {
+        let walked = walk(tracker, sub, counts).await;
         let mut slots = self.slots.lock().expect("digest lock");
         let slot = slots.entry(sub.name.clone()).or_default();
         slot.walking = false;
@@ -199,12 +220,6 @@ impl Digests {
             }
         }
     }
-
-    /// The EECU of `name` from its latest digest, if one was walked (no walk is started).
-    pub fn eecu_seconds(&self, name: &str) -> Option<f64> {
-        let slots = self.slots.lock().expect("digest lock");
-        slots.get(name)?.digest.as_ref().map(|d| d.eecu_seconds)
-    }
 }
 
 #[cfg(test)]
@@ -214,7 +229,9 @@ mod tests {
     #[test]
     fn failures_group_by_what_ee_said() {
         assert_eq!(
-            ee_message("EE task projects/p/operations/ABC failed (attempt 2): Computation timed out."),
+            ee_message(
+                "EE task projects/p/operations/ABC failed (attempt 2): Computation timed out."
+            ),
             "Computation timed out."
         );
         assert_eq!(

@@ -38,9 +38,7 @@ pub fn code(state: OrderState) -> char {
 
 /// The state a letter of [`code`] stands for.
 pub fn state_of(code: char) -> Option<OrderState> {
-    OrderState::ALL
-        .into_iter()
-        .find(|s| self::code(*s) == code)
+    OrderState::ALL.into_iter().find(|s| self::code(*s) == code)
 }
 
 /// One submitted tile on the map: its rectangle in the grid's coordinates, y negated so that

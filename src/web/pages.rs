@@ -121,10 +121,9 @@ fn counts_text(c: &Campaign) -> String {
 /// `GET /`.
 pub(super) async fn campaigns(State(console): State<Console>) -> Result<Html<String>, WebError> {
     let o = console.overview().await?;
-    let cap = o
-        .ee
-        .admission_cap
-        .map_or_else(|| "—".to_owned(), |c| c.to_string());
+    let cap =
+        o.ee.admission_cap
+            .map_or_else(|| "—".to_owned(), |c| c.to_string());
     let body = html! {
         section.ee {
             h2 { "Earth Engine" }
@@ -286,7 +285,7 @@ pub(super) async fn campaign(
                     // Labels while they can be read; hovering names a tile in any case.
                     @if geo.tiles.len() <= MAX_LABELS {
                         @for t in &geo.tiles {
-                            text x=(t.x + t.width / 2.0) y=(t.y + t.height / 2.0) font-size=(t.width / 7.0) { (t.label) }
+                            text x=(t.x + t.width / 2.0) y=(t.y + t.height / 2.0) font-size=(t.width / 6.0) { (t.label) }
                         }
                     }
                 }

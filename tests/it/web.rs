@@ -123,7 +123,10 @@ impl Served {
     async fn set(&self, sub: &Submission, order: &Order, state: OrderState, error: Option<&str>) {
         let status = OrderStatus {
             error: error.map(str::to_owned),
-            operation: Some(format!("projects/cedar-e2e/operations/{}", order.row * 100 + order.col)),
+            operation: Some(format!(
+                "projects/cedar-e2e/operations/{}",
+                order.row * 100 + order.col
+            )),
             ..OrderStatus::new(state)
         };
         assert!(
@@ -169,13 +172,36 @@ async fn the_json_api_answers_as_the_cli_does_and_pages_orders() {
     let s = Served::start("web-api", ConsoleOptions::default()).await;
     // 2 collections × 3 tiles × 5 monthly periods = 30 orders.
     let sub = s
-        .submit(None, &[LC08, LC09], vec![(10, 14), (10, 15), (11, 14)], "2021-05-31")
+        .submit(
+            None,
+            &[LC08, LC09],
+            vec![(10, 14), (10, 15), (11, 14)],
+            "2021-05-31",
+        )
         .await;
     assert_eq!(sub.order_count(), 30);
     let orders: Vec<Order> = sub.orders().collect();
-    s.set(&sub, &orders[1], OrderState::Failed, Some("Computation timed out.")).await;
-    s.set(&sub, &orders[7], OrderState::Failed, Some("Computation timed out.")).await;
-    s.set(&sub, &orders[20], OrderState::Lost, Some("operation not found")).await;
+    s.set(
+        &sub,
+        &orders[1],
+        OrderState::Failed,
+        Some("Computation timed out."),
+    )
+    .await;
+    s.set(
+        &sub,
+        &orders[7],
+        OrderState::Failed,
+        Some("Computation timed out."),
+    )
+    .await;
+    s.set(
+        &sub,
+        &orders[20],
+        OrderState::Lost,
+        Some("operation not found"),
+    )
+    .await;
     s.set(&sub, &orders[2], OrderState::Cleaned, None).await;
     s.set(&sub, &orders[3], OrderState::Running, None).await;
     let name = &sub.name;
@@ -262,10 +288,26 @@ async fn the_json_api_answers_as_the_cli_does_and_pages_orders() {
 
     // Bad input is answered 400 or 404 with the reason, never a page of nothing.
     for (path, code, says) in [
-        (format!("{}/orders?state=DONE", api(name)), 400, "not an order state"),
-        (format!("{}/orders?tile=99,99", api(name)), 400, "not a tile of"),
-        (format!("{}/orders?period=2030-01-01", api(name)), 400, "no period"),
-        (format!("{}/view?collection=NOPE", api(name)), 400, "not a collection"),
+        (
+            format!("{}/orders?state=DONE", api(name)),
+            400,
+            "not an order state",
+        ),
+        (
+            format!("{}/orders?tile=99,99", api(name)),
+            400,
+            "not a tile of",
+        ),
+        (
+            format!("{}/orders?period=2030-01-01", api(name)),
+            400,
+            "no period",
+        ),
+        (
+            format!("{}/view?collection=NOPE", api(name)),
+            400,
+            "not a collection",
+        ),
         (api("NO_SUCH_CAMPAIGN"), 404, "does not exist"),
         (campaign_href("NO_SUCH_CAMPAIGN"), 404, "does not exist"),
     ] {
@@ -314,15 +356,24 @@ async fn user_strings_are_rendered_inert() {
         "document.body.dataset.polls",
     )
     .await;
-    assert_eq!(b.eval("document.querySelector('h1').textContent").await, evil);
-    assert_eq!(b.eval("document.scripts.length").await, 1, "only console.js runs");
+    assert_eq!(
+        b.eval("document.querySelector('h1').textContent").await,
+        evil
+    );
+    assert_eq!(
+        b.eval("document.scripts.length").await,
+        1,
+        "only console.js runs"
+    );
     assert_eq!(b.eval("document.querySelectorAll('img').length").await, 0);
     assert_eq!(
-        b.eval("document.querySelector('#failures .msg').textContent").await,
+        b.eval("document.querySelector('#failures .msg').textContent")
+            .await,
         message
     );
     assert_eq!(
-        b.eval("document.querySelector('#campaign').dataset.name").await,
+        b.eval("document.querySelector('#campaign').dataset.name")
+            .await,
         evil
     );
     // A click shows the order's details, its error as text.
@@ -340,7 +391,8 @@ async fn user_strings_are_rendered_inert() {
     assert!(details.as_str().unwrap().contains(message), "{details}");
     b.goto(&format!("{}/", s.url)).await;
     assert_eq!(
-        b.eval("document.querySelector('#campaigns tbody a').textContent").await,
+        b.eval("document.querySelector('#campaigns tbody a').textContent")
+            .await,
         evil
     );
     assert_eq!(b.eval("document.scripts.length").await, 1);
@@ -350,7 +402,9 @@ async fn user_strings_are_rendered_inert() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_are_refused_without_the_token_and_accepted_with_it() {
     let closed = Served::start("web-actions-off", ConsoleOptions::default()).await;
-    let sub = closed.submit(None, &[LC08], vec![(10, 14)], "2021-02-28").await;
+    let sub = closed
+        .submit(None, &[LC08], vec![(10, 14)], "2021-02-28")
+        .await;
     let client = reqwest::Client::new();
     let post = |url: String, token: Option<&str>| {
         let mut r = client.post(url);
@@ -383,7 +437,13 @@ async fn actions_are_refused_without_the_token_and_accepted_with_it() {
         .submit(None, &[LC08], vec![(10, 14), (10, 15)], "2021-02-28")
         .await;
     let orders: Vec<Order> = sub.orders().collect();
-    open.set(&sub, &orders[0], OrderState::Failed, Some("Computation timed out.")).await;
+    open.set(
+        &sub,
+        &orders[0],
+        OrderState::Failed,
+        Some("Computation timed out."),
+    )
+    .await;
     let (_, page) = open.get(&campaign_href(&sub.name)).await;
     assert!(page.contains(r#"data-action="retry""#), "{page}");
     let retry = format!("{}{}/retry", open.url, api(&sub.name));
@@ -398,13 +458,26 @@ async fn actions_are_refused_without_the_token_and_accepted_with_it() {
     let (code, _) = open.get(&format!("{}/retry", api(&sub.name))).await;
     assert_eq!(code, 405);
     let counts = open.ctx.tracker.counts(&sub.name).await.unwrap();
-    assert_eq!(counts.get(&OrderState::Failed), Some(&1), "refused actions changed nothing");
+    assert_eq!(
+        counts.get(&OrderState::Failed),
+        Some(&1),
+        "refused actions changed nothing"
+    );
 
     let (code, body) = post(retry.clone(), Some(token)).await;
     assert_eq!(code, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(answer["requeued"], 4, "the failed order and the 3 queued: {answer}");
-    let s0 = open.ctx.tracker.status(&sub.name, &orders[0]).await.unwrap().unwrap();
+    assert_eq!(
+        answer["requeued"], 4,
+        "the failed order and the 3 queued: {answer}"
+    );
+    let s0 = open
+        .ctx
+        .tracker
+        .status(&sub.name, &orders[0])
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s0.state, OrderState::Queued);
     assert_eq!(s0.exports, 2, "a new export generation");
 
@@ -434,8 +507,8 @@ async fn the_map_follows_a_campaign_a_worker_runs_as_show_and_status_see_it() {
         count: 1,
         message: Some(message.to_owned()),
     });
-    let toml = env.config(BUCKET, &redis_url(), &ns.name).toml()
-        + "\n[web]\nlisten = \"127.0.0.1:0\"\n";
+    let toml =
+        env.config(BUCKET, &redis_url(), &ns.name).toml() + "\n[web]\nlisten = \"127.0.0.1:0\"\n";
     let config = env.path("cedar.toml");
     std::fs::write(&config, toml).unwrap();
     let cedar = |args: &[&str]| configured(cedar_command(), env.dir.path(), &config, args);
@@ -448,18 +521,27 @@ async fn the_map_follows_a_campaign_a_worker_runs_as_show_and_status_see_it() {
         .to_owned();
     let worker = Process::spawn(cedar(FAST_WORKER), env.path("worker.log"));
     // The worker serves the console on its metrics listener ([web] listen = [metrics] listen).
-    let addr = wait_until(Duration::from_secs(20), Duration::from_millis(100), || async {
-        worker
-            .log()
-            .lines()
-            .find(|l| l.contains("serving the web console at"))
-            .and_then(|l| l.split("addr=").nth(1))
-            .map(|a| a.split_whitespace().next().unwrap_or_default().to_owned())
-            .ok_or_else(|| format!("no console yet:\n{}", worker.tail(10)))
-    })
+    let addr = wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            worker
+                .log()
+                .lines()
+                .find(|l| l.contains("serving the web console at"))
+                .and_then(|l| l.split("addr=").nth(1))
+                .map(|a| a.split_whitespace().next().unwrap_or_default().to_owned())
+                .ok_or_else(|| format!("no console yet:\n{}", worker.tail(10)))
+        },
+    )
     .await;
     let base = format!("http://{addr}");
-    let page = |period: &str| format!("{base}{}?collection={LC08}&period={period}", campaign_href(&name));
+    let page = |period: &str| {
+        format!(
+            "{base}{}?collection={LC08}&period={period}",
+            campaign_href(&name)
+        )
+    };
     let periods = ["2021-07-01", "2021-10-01"];
 
     let mut b = Browser::launch().await;
@@ -477,16 +559,26 @@ async fn the_map_follows_a_campaign_a_worker_runs_as_show_and_status_see_it() {
     let finished = "Array.from(document.querySelectorAll('#map rect.tile')).every(r => ['CLEANED', 'EMPTY', 'FAILED'].includes(r.dataset.state))";
     b.wait_for(finished, Duration::from_secs(120), states).await;
     assert_eq!(b.eval("window.cedarMark").await, "same page");
-    assert!(b.eval("Number(document.body.dataset.polls)").await.as_u64().unwrap() > 1);
+    assert!(
+        b.eval("Number(document.body.dataset.polls)")
+            .await
+            .as_u64()
+            .unwrap()
+            > 1
+    );
 
-    let status = wait_until(Duration::from_secs(120), Duration::from_millis(500), || async {
-        let st = json(cedar(&["status", &name, "--json"])).await;
-        if st["done"] == Value::Bool(true) {
-            Ok(st)
-        } else {
-            Err(format!("not done: {st}\n{}", worker.tail(20)))
-        }
-    })
+    let status = wait_until(
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || async {
+            let st = json(cedar(&["status", &name, "--json"])).await;
+            if st["done"] == Value::Bool(true) {
+                Ok(st)
+            } else {
+                Err(format!("not done: {st}\n{}", worker.tail(20)))
+            }
+        },
+    )
     .await;
     let counts = status["counts"].as_object().unwrap().clone();
     assert_eq!(counts.get("FAILED"), Some(&Value::from(1)), "{status}");
@@ -517,12 +609,16 @@ async fn the_map_follows_a_campaign_a_worker_runs_as_show_and_status_see_it() {
         for state in ["FAILED", "CLEANED"] {
             let selector = format!("#map rect.tile[data-state=\"{state}\"]");
             let present = b
-                .eval(&format!("document.querySelector({}) !== null", serde_json::to_string(&selector).unwrap()))
+                .eval(&format!(
+                    "document.querySelector({}) !== null",
+                    serde_json::to_string(&selector).unwrap()
+                ))
                 .await;
             if present != Value::Bool(true) || checked.contains_key(state) {
                 continue;
             }
-            b.eval("delete document.querySelector('#details').dataset.state").await;
+            b.eval("delete document.querySelector('#details').dataset.state")
+                .await;
             b.click(&selector).await;
             b.wait_for(
                 &format!("document.querySelector('#details').dataset.state === '{state}'"),
@@ -543,19 +639,30 @@ async fn the_map_follows_a_campaign_a_worker_runs_as_show_and_status_see_it() {
             assert_eq!(details["bytes"], s["bytes"].to_string(), "{details} vs {s}");
             if state == "FAILED" {
                 assert_eq!(details["error"], s["error"], "{details} vs {s}");
-                assert!(details["error"].as_str().unwrap().ends_with(message), "{details}");
+                assert!(
+                    details["error"].as_str().unwrap().ends_with(message),
+                    "{details}"
+                );
             } else {
                 assert!(s["files"].as_u64().unwrap() > 0, "{s}");
             }
-            b.screenshot(&artefact(&format!("web-campaign-{}.png", state.to_lowercase()))).await;
+            b.screenshot(&artefact(&format!(
+                "web-campaign-{}.png",
+                state.to_lowercase()
+            )))
+            .await;
             checked.insert(state, order.to_owned());
         }
         // Failures by EE message: the message as text (its <b> is not an element).
-        let failures = b.eval("document.querySelector('#failures').textContent").await;
+        let failures = b
+            .eval("document.querySelector('#failures').textContent")
+            .await;
         assert!(failures.as_str().unwrap().contains(message), "{failures}");
         assert_eq!(
-            b.eval("document.querySelectorAll('#failures b').length").await,
-            b.eval("document.querySelectorAll('#failures li').length").await,
+            b.eval("document.querySelectorAll('#failures b').length")
+                .await,
+            b.eval("document.querySelectorAll('#failures li').length")
+                .await,
             "only the counts are bold"
         );
     }
@@ -564,14 +671,24 @@ async fn the_map_follows_a_campaign_a_worker_runs_as_show_and_status_see_it() {
         .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
         .collect();
     assert_eq!(seen, want, "map vs status --json");
-    assert_eq!(checked.len(), 2, "a FAILED and a CLEANED tile were clicked: {checked:?}");
+    assert_eq!(
+        checked.len(),
+        2,
+        "a FAILED and a CLEANED tile were clicked: {checked:?}"
+    );
 
     // The campaigns page: the campaign with its progress, EE's load and the stages' jobs.
     b.goto(&format!("{base}/")).await;
-    let row = b.eval("document.querySelector('#campaigns tbody tr').textContent").await;
+    let row = b
+        .eval("document.querySelector('#campaigns tbody tr').textContent")
+        .await;
     let row = row.as_str().unwrap();
     assert!(row.contains(&name) && row.contains("8 / 8"), "{row}");
-    assert_eq!(b.eval("document.querySelectorAll('#stages tbody tr').length").await, 4);
+    assert_eq!(
+        b.eval("document.querySelectorAll('#stages tbody tr').length")
+            .await,
+        4
+    );
     b.screenshot(&artefact("web-campaigns.png")).await;
     drop(worker);
 }
@@ -592,9 +709,14 @@ async fn an_archive_size_campaign_page_is_small_and_fast() {
         name: None,
         workload_tag: None,
         priority: None,
-        collections: [LC08, LC09, "LANDSAT/LE07/C02/T1_L2", "LANDSAT/LT05/C02/T1_L2"]
-            .map(str::to_owned)
-            .to_vec(),
+        collections: [
+            LC08,
+            LC09,
+            "LANDSAT/LE07/C02/T1_L2",
+            "LANDSAT/LT05/C02/T1_L2",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
         tiles,
         start: "1985-01-01".parse().unwrap(),
         end: "2024-12-31".parse().unwrap(),
@@ -631,19 +753,35 @@ async fn an_archive_size_campaign_page_is_small_and_fast() {
     assert!(took < Duration::from_secs(1), "{took:?}");
     // The digest arrives in the background; the view (matrix by year, failures) then stays
     // small and fast too.
-    let view = format!("{}/view?collection={}&period=2013-01-01", api(&sub.name), LC08.replace('/', "%2F"));
+    let view = format!(
+        "{}/view?collection={}&period=2013-01-01",
+        api(&sub.name),
+        LC08.replace('/', "%2F")
+    );
     let digest_started = Instant::now();
     let aggregated = wait_until(Duration::from_secs(300), Duration::from_secs(1), || async {
         let v = s.json(&view).await;
-        if v["matrix"].is_object() { Ok(v) } else { Err("no digest yet".to_owned()) }
+        if v["matrix"].is_object() {
+            Ok(v)
+        } else {
+            Err("no digest yet".to_owned())
+        }
     })
     .await;
-    eprintln!("archive-size digest walked within {:?}", digest_started.elapsed());
+    eprintln!(
+        "archive-size digest walked within {:?}",
+        digest_started.elapsed()
+    );
     let matrix = &aggregated["matrix"];
     assert_eq!(matrix["by_year"], true);
     assert_eq!(matrix["columns"].as_array().unwrap().len(), 40);
     assert_eq!(matrix["cells"].as_str().unwrap().len(), 726 * 40);
-    assert_eq!(aggregated["failures"].as_array().unwrap().len(), 7, "{}", aggregated["failures"]);
+    assert_eq!(
+        aggregated["failures"].as_array().unwrap().len(),
+        7,
+        "{}",
+        aggregated["failures"]
+    );
     let (took, bytes) = timed(view.clone()).await;
     eprintln!("archive-size view: {bytes} bytes in {took:?}");
     assert!(bytes < 1 << 20, "{bytes} bytes");
