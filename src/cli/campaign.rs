@@ -167,7 +167,7 @@ pub struct SubmitArgs {
 /// `cedar web` flags.
 #[derive(Debug, Args)]
 pub struct WebArgs {
-    /// The address to serve on; overrides `[web] listen` (default 127.0.0.1:9464).
+    /// The address to serve on; overrides `[web] listen` (default: 127.0.0.1:9464).
     #[arg(long)]
     pub listen: Option<String>,
 }
@@ -570,9 +570,10 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             // A worker knows its admission cap; here only a configured one is known.
             let cap = Some(cfg.limits.max_active_exports).filter(|n| *n > 0);
             let console = Console::new(ctx, ConsoleOptions::from_config(cfg, cap));
-            let listener = tokio::net::TcpListener::bind(&cfg.web.listen)
+            let listen = cfg.web.standalone_listen();
+            let listener = tokio::net::TcpListener::bind(listen)
                 .await
-                .map_err(|e| anyhow::anyhow!("web.listen {}: {e}", cfg.web.listen))?;
+                .map_err(|e| anyhow::anyhow!("web.listen {listen}: {e}"))?;
             let addr = listener.local_addr()?;
             tracing::info!(addr = %addr, "serving the web console at http://{addr}/");
             println!("http://{addr}/");

@@ -27,7 +27,7 @@ pub use self::grid::GridConfig;
 use self::grid::grid_problem;
 pub use self::sections::{
     DownloadConfig, EarthEngineConfig, ExportConfig, LimitsConfig, MetricsConfig, QueueConfig,
-    StoreConfig, TrackingConfig, WebConfig, WorkerConfig,
+    StoreConfig, TrackingConfig, WebConfig, WebPlacement, WorkerConfig,
 };
 
 /// The documented defaults, embedded so that cedar runs without any file.

@@ -17,6 +17,7 @@ use chrono::Utc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
+use crate::config::WebPlacement;
 use crate::earthengine::EE_QUEUE_CAP;
 use crate::earthengine::types::OpView;
 use crate::jobs::Context;
@@ -61,14 +62,20 @@ pub async fn serve(
         ConsoleOptions::from_config(&ctx.settings.config, Some(admission_cap)),
     );
     let listen = ctx.settings.config.metrics.listen.clone();
-    let shared = ctx.settings.config.web.listen == listen;
-    let web = (!shared).then(|| {
-        tokio::spawn(serve_console(
-            ctx.settings.config.web.listen.clone(),
+    let placement = ctx.settings.config.web.placement(&listen);
+    let shared = placement == WebPlacement::Metrics;
+    let web = match placement {
+        WebPlacement::Own(addr) => Some(tokio::spawn(serve_console(
+            addr.to_owned(),
             console.clone(),
             stop.clone(),
-        ))
-    });
+        ))),
+        WebPlacement::Off(why) => {
+            tracing::info!("the web console is not served: {why}");
+            None
+        }
+        WebPlacement::Metrics => None,
+    };
     let addr: Option<SocketAddr> = listen.parse().ok();
     let listener = match addr {
         Some(a) => tokio::net::TcpListener::bind(a)

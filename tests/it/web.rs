@@ -491,6 +491,75 @@ async fn actions_are_refused_without_the_token_and_accepted_with_it() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cedar_web_serves_the_console_alone_and_is_never_exposed_unguarded() {
+    let s = Served::start("web-standalone", ConsoleOptions::default()).await;
+    let sub = s.submit(None, &[LC08], vec![(10, 14)], "2021-02-28").await;
+    let web = Process::spawn(
+        s.cedar(&["web", "--listen", "127.0.0.1:0"]),
+        s.dir.path().join("web.log"),
+    );
+    let url = wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            web.log()
+                .lines()
+                .find(|l| l.starts_with("http://"))
+                .map(|l| l.trim().to_owned())
+                .ok_or_else(|| format!("no URL yet:\n{}", web.log()))
+        },
+    )
+    .await;
+    let all: Value = reqwest::get(format!("{url}api/v1/campaigns"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all["campaigns"][0]["name"], sub.name.as_str(), "{all}");
+    let page = reqwest::get(format!("{url}{}", &campaign_href(&sub.name)[1..]))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(
+        page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next(),
+        Some("default-src 'none'")
+    );
+    drop(web);
+
+    // Reachable from other hosts without a token: refused before anything is served.
+    let (code, out, err) = run(s.cedar(&["web", "--listen", "0.0.0.0:0"]))
+        .await
+        .parts();
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(
+        err.contains("web.listen: \"0.0.0.0:0\" is reachable from other hosts"),
+        "{err}"
+    );
+    // The token is a password: `config show` says one is set, never what it is.
+    let with_token = s.dir.path().join("token.toml");
+    std::fs::write(
+        &with_token,
+        std::fs::read_to_string(&s.config).unwrap() + "\n[web]\ntoken = \"hunter2-web\"\n",
+    )
+    .unwrap();
+    let shown = run(configured(
+        cedar_command(),
+        s.dir.path(),
+        &with_token,
+        &["config", "show"],
+    ))
+    .await;
+    assert_eq!(shown.code, Some(0), "{shown:?}");
+    assert!(shown.stdout.contains("(redacted)"), "{}", shown.stdout);
+    assert!(!shown.stdout.contains("hunter2-web"), "{}", shown.stdout);
+}
+
 /// The whole console in a browser, against `cedar worker` running a campaign on the emulator.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_map_follows_a_campaign_a_worker_runs_as_show_and_status_see_it() {
