@@ -501,8 +501,11 @@ impl Console {
     }
 
     pub(super) async fn submission(&self, name: &str) -> Result<Arc<Submitted>, WebError> {
-        // Unknown names are answered 404 before the cached lookup, which would say "fatal".
-        self.inner.ctx.tracker.submission(name).await?;
+        // Unknown names are answered 404 (one cheap lookup) before the cached read of the
+        // record, whose error would not tell a missing name from a broken record.
+        if self.inner.ctx.tracker.submitted_ms(name).await?.is_none() {
+            return Err(crate::queue::tracking::TrackingError::Unknown(name.to_owned()).into());
+        }
         self.inner
             .ctx
             .submission(name)

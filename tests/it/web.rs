@@ -735,6 +735,24 @@ async fn the_map_follows_a_campaign_a_worker_runs_as_show_and_status_see_it() {
             "only the counts are bold"
         );
     }
+    // A matrix cell as well: tile 3 of 4 (row 11, col 14), the second period.
+    b.eval("delete document.querySelector('#details').dataset.order")
+        .await;
+    b.click_at("#matrix", 0.75, 0.625).await;
+    b.wait_for(
+        "(document.querySelector('#details').dataset.order || '').includes('h014v011_2021-10-01')",
+        Duration::from_secs(10),
+        "document.querySelector('#details').textContent",
+    )
+    .await;
+    let order = b
+        .eval("document.querySelector('#details').dataset.order")
+        .await;
+    let state = b
+        .eval("document.querySelector('#details').dataset.state")
+        .await;
+    assert_eq!(state, by_name[order.as_str().unwrap()]["state"], "{order}");
+
     let want: BTreeMap<String, u64> = counts
         .iter()
         .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))

@@ -223,13 +223,18 @@
       if (x < 0 || y < 0 || x >= cols || y >= rows) return null;
       return { x, y, column: matrix.columns[x], state: STATES[matrix.cells[y * cols + x]] };
     }
+    let hovered = null;
     matrixSvg.addEventListener('mousemove', (ev) => {
       const c = cellAt(ev);
-      if (!c) return;
+      if (!c || hovered === c.y + ',' + c.x) return;
+      hovered = c.y + ',' + c.x;
       matrixSvg.setAttribute('aria-label', tileLabels[c.y] + ' ' + c.column.label + ': ' + c.state);
       if (matrix.by_year) {
         showDetails([['tile', tileLabels[c.y]], ['year', c.column.label],
           ['periods', c.column.to - c.column.from], ['rolled up', c.state]]);
+      } else {
+        const tile = tiles[c.y].dataset.row + ',' + tiles[c.y].dataset.col;
+        details({ collection, tile, period: c.column.first.start }).catch(console.warn);
       }
     });
     matrixSvg.addEventListener('click', (ev) => {

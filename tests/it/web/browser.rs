@@ -179,9 +179,14 @@ impl Browser {
     /// A real mouse click (pressed and released) at the centre of the element `selector`
     /// finds, as a person's: the page sees mousemove, mousedown, mouseup and click.
     pub async fn click(&mut self, selector: &str) {
+        self.click_at(selector, 0.5, 0.5).await;
+    }
+
+    /// A real mouse click at `fx`, `fy` of the element's width and height from its top left.
+    pub async fn click_at(&mut self, selector: &str, fx: f64, fy: f64) {
         let at = self
             .eval(&format!(
-                "(() => {{ const e = document.querySelector({sel}); e.scrollIntoView({{block: 'center'}}); const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()",
+                "(() => {{ const e = document.querySelector({sel}); e.scrollIntoView({{block: 'center'}}); const r = e.getBoundingClientRect(); return [r.x + r.width * {fx}, r.y + r.height * {fy}]; }})()",
                 sel = serde_json::to_string(selector).unwrap()
             ))
             .await;
