@@ -17,14 +17,14 @@ use axum::http::HeaderMap;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::digest::{FailureGroup, WALK_CHUNK};
+use super::digest::FailureGroup;
 use super::map::{self, Matrix, code};
 use super::{Console, WebError};
 use crate::earthengine::EE_QUEUE_CAP;
 use crate::jobs::Submitted;
 use crate::order::Order;
 use crate::period::Period;
-use crate::queue::tracking::{OrderState, OrderStatus};
+use crate::queue::tracking::{OrderState, OrderStatus, WALK_CHUNK};
 use crate::queue::{Figure, Stage};
 use crate::schedule;
 
@@ -286,8 +286,9 @@ impl Console {
             })
             .collect();
         let mut map = String::with_capacity(orders.len());
-        for chunk in orders.chunks(WALK_CHUNK) {
-            for s in ctx.tracker.statuses(name, chunk).await? {
+        let mut walk = ctx.tracker.walk(name, orders.into_iter());
+        while let Some(chunk) = walk.next().await? {
+            for (_, s) in chunk {
                 map.push(code(s.map_or(OrderState::Queued, |s| s.state)));
             }
         }

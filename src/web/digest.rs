@@ -1,7 +1,7 @@
 //! A campaign's digest: every order's state as one letter, its failures grouped by message and
 //! the EECU its tasks used, from one walk over its orders, kept for the console to answer from.
 //!
-//! A walk reads every order (in chunks of [`WALK_CHUNK`], a missing record being QUEUED), so
+//! A walk reads every order ([`Tracker::walk`], a missing record being QUEUED), so
 //! at archive size (1.39 M orders) it takes seconds: the console never waits for one there. A
 //! page asks for the digest; a small campaign is walked at once, a big one in the background
 //! while the page shows the previous digest (or says it is being aggregated). A digest is walked
@@ -18,11 +18,7 @@ use serde::Serialize;
 
 use super::map::code;
 use crate::jobs::Submitted;
-use crate::order::Order;
 use crate::queue::tracking::{OrderState, Tracker, TrackingError};
-
-/// Orders read per round trip.
-pub const WALK_CHUNK: usize = 1000;
 /// Campaigns up to this many orders are walked while the request waits (tens of milliseconds).
 const INLINE_ORDERS: usize = 20_000;
 /// A digest younger than this is never walked again.
@@ -73,18 +69,10 @@ pub async fn walk(
     let mut codes = Vec::with_capacity(sub.order_count());
     let mut groups: HashMap<String, FailureGroup> = HashMap::new();
     let mut eecu_seconds = 0.0;
-    let mut chunk: Vec<Order> = Vec::with_capacity(WALK_CHUNK);
-    let mut orders = sub.orders().peekable();
-    while orders.peek().is_some() {
-        chunk.clear();
-        chunk.extend(orders.by_ref().take(WALK_CHUNK));
+    let mut walk = tracker.walk(&sub.name, sub.orders());
+    while let Some(chunk) = walk.next().await? {
         let first = codes.len();
-        for (i, status) in tracker
-            .statuses(&sub.name, &chunk)
-            .await?
-            .into_iter()
-            .enumerate()
-        {
+        for (i, (_, status)) in chunk.into_iter().enumerate() {
             let Some(s) = status else {
                 codes.push(code(OrderState::Queued) as u8);
                 continue;
