@@ -628,6 +628,13 @@ async fn the_map_follows_a_campaign_a_worker_runs_as_show_and_status_see_it() {
     let finished = "Array.from(document.querySelectorAll('#map rect.tile')).every(r => ['CLEANED', 'EMPTY', 'FAILED'].includes(r.dataset.state))";
     b.wait_for(finished, Duration::from_secs(120), states).await;
     assert_eq!(b.eval("window.cedarMark").await, "same page");
+    let updated = b
+        .eval("document.getElementById('updated').textContent")
+        .await;
+    assert!(
+        updated.as_str().unwrap().starts_with("updated "),
+        "{updated}"
+    );
     assert!(
         b.eval("Number(document.body.dataset.polls)")
             .await
@@ -766,6 +773,20 @@ async fn the_map_follows_a_campaign_a_worker_runs_as_show_and_status_see_it() {
 
     // The campaigns page: the campaign with its progress, EE's load and the stages' jobs.
     b.goto(&format!("{base}/")).await;
+    // It keeps itself current too: a refresh from the API has run, and succeeded.
+    b.wait_for(
+        "Number(document.body.dataset.polls) >= 1",
+        Duration::from_secs(15),
+        "document.body.dataset.polls",
+    )
+    .await;
+    let updated = b
+        .eval("document.getElementById('updated').textContent")
+        .await;
+    assert!(
+        updated.as_str().unwrap().starts_with("updated "),
+        "{updated}"
+    );
     let row = b
         .eval("document.querySelector('#campaigns tbody tr').textContent")
         .await;
