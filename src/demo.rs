@@ -5,7 +5,9 @@
 //! It submits 2 collections × 6 tiles × 4 quarters (Landsat 9 has no data before 2021-10-31,
 //! so some orders are EMPTY), injects one 503 answer to an export (retried by the queue) and one
 //! failed EE task (brought home with `retry`), shows progress bars while an in-process worker
-//! runs every stage, and prints a summary table and where the files are.
+//! runs every stage, and prints a summary table and where the files are. The web console
+//! ([`cedar::web`]) shows the campaign on its tile map meanwhile; with `--serve` it stays open
+//! after the summary until Ctrl-C.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ use cedar::jobs::poll::SweepSettings;
 use cedar::period::Frequency;
 use cedar::queue::tracking::{OrderState, order_key};
 use cedar::submit::{self, Request};
+use cedar::web::{Console, ConsoleOptions};
 use cedar::worker::{self, WorkerOptions};
 
 /// Options of `cedar demo`.
@@ -34,6 +37,12 @@ pub struct DemoArgs {
     /// Emulated seconds each export runs.
     #[arg(long, default_value_t = 2.0)]
     pub task_seconds: f64,
+    /// Where the web console is served while the demo runs.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub listen: String,
+    /// Keep the web console open after the campaign, until Ctrl-C.
+    #[arg(long)]
+    pub serve: bool,
 }
 
 /// Runs the demo and prints a summary.
@@ -87,6 +96,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     config.download.dest = dest_dir.display().to_string();
     config.queue.url = format!("sqlite://{}", root.join("queue.db").display());
     config.queue.namespace = "demo".into();
+    // The worker's own endpoint on a port of its own: the console is served below, on --listen.
+    config.metrics.listen = "127.0.0.1:0".into();
+    config.web.listen = "127.0.0.1:0".into();
     let settings = Arc::new(config.validate()?);
     let jobs = JobSettings {
         poll_interval: Duration::from_secs(1),
@@ -124,6 +136,35 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         emulator.url(),
         settings.config.queue.url
     );
+    let (console_stop, console_stopped) = tokio::sync::watch::channel(false);
+    let console = match tokio::net::TcpListener::bind(&args.listen).await {
+        Ok(listener) => {
+            let addr = listener.local_addr()?;
+            println!(
+                "web console: http://{addr}{}",
+                cedar::web::campaign_href(&name)
+            );
+            let console = Console::new(
+                ctx.clone(),
+                ConsoleOptions {
+                    admission_cap: Some(total),
+                    ..ConsoleOptions::default()
+                },
+            );
+            Some(tokio::spawn(cedar::web::serve(
+                listener,
+                console,
+                console_stopped,
+            )))
+        }
+        Err(e) => {
+            println!(
+                "no web console: cannot listen on {}: {e}; pass a free address with --listen",
+                args.listen
+            );
+            None
+        }
+    };
     println!(
         "submitted {name}: {} collections x {} tiles x {} periods = {total} orders",
         request.collections.len(),
@@ -260,5 +301,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "inspect it again: CEDAR__QUEUE__URL={} CEDAR__QUEUE__NAMESPACE={} cedar status {name}",
         settings.config.queue.url, settings.config.queue.namespace
     );
+    if let Some(console) = console {
+        if args.serve {
+            println!("the web console stays open; Ctrl-C to stop");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        let _ = console_stop.send(true);
+        console.await??;
+    }
     Ok(())
 }

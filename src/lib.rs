@@ -24,7 +24,7 @@
 //!
 //! ```text
 //! front ends   cli · demo · bench · soak                 (the binary, src/main.rs)
-//! runtime      worker (+ its HTTP server)
+//! runtime      worker (+ its HTTP server) · web
 //! pipeline     jobs · submit · schedule · document · campaign
 //! config       config
 //! adapters     auth · queue (+ tracking, snapshot) · store · metrics · earthengine
@@ -65,7 +65,8 @@
 //! - [`campaign`]: operations on a recorded submission: update, cancel, retry.
 //!
 //! **Runtime** — [`worker`]: `cedar worker`, every stage against the shared queue, with SIGTERM
-//! drain, and its `/metrics`, `/healthz`, `/readyz` endpoint.
+//! drain, and its `/metrics`, `/healthz`, `/readyz` endpoint; [`web`]: the web console (every
+//! campaign, each on its tile map, and a JSON API), served by the worker and by `cedar web`.
 //!
 //! **Front ends** live in the binary target (`src/main.rs` declares them): `cli` (the command
 //! line, `cedar doctor` among it: every remote a campaign needs, checked), `demo` (a whole campaign on embedded defaults), `bench` (speed and memory figures as
@@ -102,6 +103,7 @@ pub mod schedule;
 pub mod submit;
 
 // Runtime.
+pub mod web;
 pub mod worker;
 
 // Self-contained.

@@ -23,6 +23,7 @@ use cedar::queue::tracking::{OrderState, OrderStatus, Tracker, TrackingError};
 use cedar::queue::{Connection, QueueUrl};
 use cedar::store::Destination;
 use cedar::submit::{self, Request};
+use cedar::web::{Console, ConsoleOptions};
 use cedar::worker::{self, WorkerOptions};
 
 /// Commands that act on submissions and the queue.
@@ -78,6 +79,9 @@ pub enum CampaignCommand {
     },
     /// Run the daemon: every stage, until SIGTERM (then drain).
     Worker(WorkerArgs),
+    /// Serve the web console alone (every campaign, each on its tile map, and the JSON API
+    /// under /api/v1/) on `[web] listen` until SIGTERM or Ctrl-C; it runs no job.
+    Web(WebArgs),
     /// Continuous ingest entries (`[[ingest]]`).
     #[command(subcommand)]
     Ingest(IngestCommand),
@@ -158,6 +162,24 @@ pub struct SubmitArgs {
     /// Print `{"tracking_name", "jobs"}`.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `cedar web` flags.
+#[derive(Debug, Args)]
+pub struct WebArgs {
+    /// The address to serve on; overrides `[web] listen` (default: 127.0.0.1:9464).
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+impl WebArgs {
+    /// Writes the flags given into the configuration, before it is validated (so that an
+    /// address reachable from other hosts still needs `[web] token`).
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(l) = &self.listen {
+            config.web.listen = l.clone();
+        }
+    }
 }
 
 /// `cedar worker` flags: each overrides the configuration key of the same name.
@@ -541,6 +563,26 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
         CampaignCommand::Worker(_) => {
             let opts = WorkerOptions::from_config(&settings.config);
             worker::run(ctx, opts, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCommand::Web(_) => {
+            let cfg = &settings.config;
+            // A worker knows its admission cap; here only a configured one is known.
+            let cap = Some(cfg.limits.max_active_exports).filter(|n| *n > 0);
+            let console = Console::new(ctx, ConsoleOptions::from_config(cfg, cap));
+            let listen = cfg.web.standalone_listen();
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("web.listen {listen}: {e}"))?;
+            let addr = listener.local_addr()?;
+            tracing::info!(addr = %addr, "serving the web console at http://{addr}/");
+            println!("http://{addr}/");
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = stop_tx.send(true);
+            });
+            cedar::web::serve(listener, console, stop_rx).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

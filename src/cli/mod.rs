@@ -159,8 +159,10 @@ fn load(cli: &Cli) -> Result<Config, ExitCode> {
 
 fn settings(cli: &Cli) -> Result<Settings, ExitCode> {
     let mut config = load(cli)?;
-    if let Command::Campaign(campaign::CampaignCommand::Worker(flags)) = &cli.command {
-        flags.apply(&mut config);
+    match &cli.command {
+        Command::Campaign(campaign::CampaignCommand::Worker(flags)) => flags.apply(&mut config),
+        Command::Campaign(campaign::CampaignCommand::Web(flags)) => flags.apply(&mut config),
+        _ => {}
     }
     config.validate().map_err(|e| {
         print_config_error(&e);
@@ -246,6 +248,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             c.queue.url = cedar::queue::redact_url(&c.queue.url);
+            // The console's token is a password: show that one is set, never its value.
+            if c.web.token.is_some() {
+                c.web.token = Some("(redacted)".into());
+            }
             print!("{}", toml::to_string_pretty(&c)?);
             Ok(ExitCode::SUCCESS)
         }

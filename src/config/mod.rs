@@ -27,7 +27,7 @@ pub use self::grid::GridConfig;
 use self::grid::grid_problem;
 pub use self::sections::{
     DownloadConfig, EarthEngineConfig, ExportConfig, LimitsConfig, MetricsConfig, QueueConfig,
-    StoreConfig, TrackingConfig, WorkerConfig,
+    StoreConfig, TrackingConfig, WebConfig, WebPlacement, WorkerConfig,
 };
 
 /// The documented defaults, embedded so that cedar runs without any file.
@@ -112,6 +112,7 @@ pub struct Config {
     pub tracking: TrackingConfig,
     pub download: DownloadConfig,
     pub metrics: MetricsConfig,
+    pub web: WebConfig,
     pub limits: LimitsConfig,
     pub worker: WorkerConfig,
     pub grid: GridConfig,
@@ -328,6 +329,7 @@ impl Config {
         self.tracking.validate(&mut p);
         self.download.validate(&mut p);
         self.metrics.validate(&mut p);
+        self.web.validate(&mut p);
         self.worker.validate(&mut p);
         let store_url = if self.store.url.is_empty() {
             format!("gs://{}", self.export.bucket)

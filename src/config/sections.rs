@@ -1,5 +1,5 @@
 //! The plain sections of the configuration (`[earthengine]`, `[queue]`, `[export]`, `[store]`,
-//! `[tracking]`, `[download]`, `[metrics]`, `[limits]`, `[worker]`), each with its defaults and
+//! `[tracking]`, `[download]`, `[metrics]`, `[web]`, `[limits]`, `[worker]`), each with its defaults and
 //! the checks that need only the section itself.
 
 use serde::{Deserialize, Serialize};
@@ -163,6 +163,23 @@ impl Default for MetricsConfig {
             listen: "127.0.0.1:9464".into(),
         }
     }
+}
+
+/// `[web]`: the web console (`cedar worker` and `cedar web` serve it). Defaults: every field
+/// empty or false.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebConfig {
+    /// The socket address the console is served on. Default `""`: a worker serves it on its
+    /// metrics listener (`[metrics] listen`) when that is loopback or a token is set, and
+    /// `cedar web` on [`WebConfig::STANDALONE`]. An address equal to `[metrics] listen` shares
+    /// that listener too.
+    pub listen: String,
+    /// Whether the console's retry and cancel buttons act (POST, with the token). Default false.
+    pub allow_actions: bool,
+    /// The bearer token a POST must carry (`Authorization: Bearer …`); required by
+    /// `allow_actions` and by a `listen` that is not loopback. Default unset.
+    pub token: Option<String>,
 }
 
 /// `[limits]`: how hard cedar may push Earth Engine, across all workers.
@@ -536,6 +553,85 @@ impl MetricsConfig {
                     "{:?} is not a socket address; e.g. \"127.0.0.1:9464\" (loopback) or \"0.0.0.0:9464\"",
                     self.listen
                 ),
+            );
+        }
+    }
+}
+
+/// Where a worker serves the web console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebPlacement<'a> {
+    /// On the metrics listener, beside `/metrics`.
+    Metrics,
+    /// On a listener of its own, at this address.
+    Own(&'a str),
+    /// Not at all, for this reason.
+    Off(&'static str),
+}
+
+impl WebConfig {
+    /// Where `cedar web` listens when `listen` is empty: loopback, the metrics port.
+    pub const STANDALONE: &'static str = "127.0.0.1:9464";
+
+    /// Where a worker whose metrics listen on `metrics_listen` serves the console. An empty
+    /// `listen` shares the metrics listener unless that is reachable from other hosts without a
+    /// token: containers listen on 0.0.0.0 for Prometheus, and the console must not follow them
+    /// there unguarded.
+    pub fn placement<'a>(&'a self, metrics_listen: &str) -> WebPlacement<'a> {
+        if !self.listen.is_empty() && self.listen != metrics_listen {
+            return WebPlacement::Own(&self.listen);
+        }
+        let exposed = metrics_listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| !a.ip().is_loopback());
+        if self.listen.is_empty() && exposed && self.token().is_none() {
+            WebPlacement::Off(
+                "[metrics] listen is reachable from other hosts and [web] token is unset; set [web] listen to a loopback address, or [web] token",
+            )
+        } else {
+            WebPlacement::Metrics
+        }
+    }
+
+    /// The address `cedar web` listens on.
+    pub fn standalone_listen(&self) -> &str {
+        if self.listen.is_empty() {
+            Self::STANDALONE
+        } else {
+            &self.listen
+        }
+    }
+
+    /// The token, when one is set and not blank.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref().filter(|t| !t.trim().is_empty())
+    }
+
+    /// Checks the address, and that the console is neither reachable from other hosts nor able
+    /// to act without a token: the console shows every campaign, and its buttons cancel them.
+    pub(super) fn validate(&self, p: &mut Problems) {
+        // Empty: the metrics listener, guarded by `placement`.
+        match self.standalone_listen().parse::<std::net::SocketAddr>() {
+            Err(_) => p.add(
+                "web.listen",
+                format!(
+                    "{:?} is not a socket address; e.g. \"127.0.0.1:9464\" (loopback, the default)",
+                    self.listen
+                ),
+            ),
+            Ok(addr) if !addr.ip().is_loopback() && self.token().is_none() => p.add(
+                "web.listen",
+                format!(
+                    "{:?} is reachable from other hosts, but web.token is unset: anyone could read every campaign; set web.token (a long random string) or listen on 127.0.0.1",
+                    self.listen
+                ),
+            ),
+            Ok(_) => {}
+        }
+        if self.allow_actions && self.token().is_none() {
+            p.add(
+                "web.allow_actions",
+                "needs web.token: retry and cancel are only accepted with `Authorization: Bearer <token>`; set web.token or allow_actions = false",
             );
         }
     }

@@ -434,3 +434,69 @@ fn scopes_default_to_earth_engine_and_storage_and_are_checked() {
         assert!(got.contains(expect), "{scopes}: {got}");
     }
 }
+
+#[test]
+fn the_web_console_is_loopback_or_behind_a_token() {
+    let check = |web: &str| -> Vec<String> {
+        let text = format!("{}[web]\n{web}\n", valid_toml());
+        match Config::from_toml("t", &text, no_env()).unwrap().validate() {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+        }
+    };
+    assert!(check("listen = \"127.0.0.1:0\"").is_empty());
+    assert!(check("listen = \"[::1]:8080\"").is_empty());
+    assert!(check("listen = \"0.0.0.0:8080\"\ntoken = \"s3cret\"").is_empty());
+    assert!(check("allow_actions = true\ntoken = \"s3cret\"").is_empty());
+    let open = check("listen = \"0.0.0.0:8080\"");
+    assert!(
+        open.len() == 1 && open[0].starts_with("web.listen: \"0.0.0.0:8080\" is reachable"),
+        "{open:?}"
+    );
+    // A blank token is no token.
+    let blank = check("listen = \"10.0.0.1:8080\"\ntoken = \"  \"");
+    assert_eq!(blank.len(), 1, "{blank:?}");
+    let actions = check("allow_actions = true");
+    assert!(
+        actions.len() == 1 && actions[0].starts_with("web.allow_actions: needs web.token"),
+        "{actions:?}"
+    );
+    // An empty address is the metrics listener's, guarded where the worker places it.
+    assert!(check("listen = \"\"").is_empty());
+    let bad = check("listen = \"localhost\"");
+    assert!(
+        bad.len() == 1 && bad[0].contains("is not a socket address"),
+        "{bad:?}"
+    );
+}
+
+#[test]
+fn the_console_shares_the_metrics_listener_unless_that_is_exposed_without_a_token() {
+    let web = |listen: &str, token: Option<&str>| WebConfig {
+        listen: listen.into(),
+        allow_actions: false,
+        token: token.map(str::to_owned),
+    };
+    assert_eq!(
+        web("", None).placement("127.0.0.1:9464"),
+        WebPlacement::Metrics
+    );
+    assert_eq!(
+        web("127.0.0.1:0", None).placement("127.0.0.1:0"),
+        WebPlacement::Metrics
+    );
+    assert_eq!(
+        web("127.0.0.1:8080", None).placement("0.0.0.0:9464"),
+        WebPlacement::Own("127.0.0.1:8080")
+    );
+    assert!(matches!(
+        web("", None).placement("0.0.0.0:9464"),
+        WebPlacement::Off(why) if why.contains("[web] token")
+    ));
+    assert_eq!(
+        web("", Some("t")).placement("0.0.0.0:9464"),
+        WebPlacement::Metrics
+    );
+    assert_eq!(web("", None).standalone_listen(), WebConfig::STANDALONE);
+    assert_eq!(web("10.0.0.1:1", None).standalone_listen(), "10.0.0.1:1");
+}

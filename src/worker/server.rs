@@ -1,6 +1,7 @@
 //! The worker's HTTP endpoint: `/metrics` (the catalogue in [`crate::metrics`]), `/healthz` and
-//! `/readyz`, and the collector that reads the queue's numbers (and what each `[[ingest]]` entry
-//! has done) into their gauges.
+//! `/readyz`, the web console ([`crate::web`]) on the same listener when `[web] listen` is
+//! `[metrics] listen` (else on its own), and the collector that reads the queue's numbers (and
+//! what each `[[ingest]]` entry has done) into their gauges.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,6 +17,7 @@ use chrono::Utc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
+use crate::config::WebPlacement;
 use crate::earthengine::EE_QUEUE_CAP;
 use crate::earthengine::types::OpView;
 use crate::jobs::Context;
@@ -23,6 +25,7 @@ use crate::metrics;
 use crate::queue::Stage;
 use crate::queue::tracking::OrderState;
 use crate::schedule;
+use crate::web::{Console, ConsoleOptions};
 
 /// How often the collector reads the queue, tracking and snapshot numbers.
 pub const COLLECT_INTERVAL: Duration = Duration::from_secs(10);
@@ -54,7 +57,25 @@ pub async fn serve(
         settings.collections.keys().map(String::as_str),
     );
     let collector = tokio::spawn(collect_loop(ctx.clone(), handle, stop.clone()));
+    let console = Console::new(
+        ctx.clone(),
+        ConsoleOptions::from_config(&ctx.settings.config, Some(admission_cap)),
+    );
     let listen = ctx.settings.config.metrics.listen.clone();
+    let placement = ctx.settings.config.web.placement(&listen);
+    let shared = placement == WebPlacement::Metrics;
+    let web = match placement {
+        WebPlacement::Own(addr) => Some(tokio::spawn(serve_console(
+            addr.to_owned(),
+            console.clone(),
+            stop.clone(),
+        ))),
+        WebPlacement::Off(why) => {
+            tracing::info!("the web console is not served: {why}");
+            None
+        }
+        WebPlacement::Metrics => None,
+    };
     let addr: Option<SocketAddr> = listen.parse().ok();
     let listener = match addr {
         Some(a) => tokio::net::TcpListener::bind(a)
@@ -65,14 +86,17 @@ pub async fn serve(
     match listener {
         Ok(listener) => {
             let local = listener.local_addr().map(|a| a.to_string());
-            tracing::info!(
-                addr = %local.unwrap_or_else(|_| listen.clone()),
-                "serving metrics at /metrics, /healthz, /readyz"
-            );
+            let addr = local.unwrap_or_else(|_| listen.clone());
+            tracing::info!(addr = %addr, "serving metrics at /metrics, /healthz, /readyz");
+            let mut app = router(ctx, handle);
+            if shared {
+                tracing::info!(addr = %addr, "serving the web console at http://{addr}/");
+                app = app.merge(crate::web::router(console));
+            }
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = axum::serve(listener, router(ctx, handle))
+            if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await
             {
@@ -86,6 +110,36 @@ pub async fn serve(
         ),
     }
     let _ = collector.await;
+    if let Some(web) = web {
+        let _ = web.await;
+    }
+}
+
+/// Serves the console on its own listener, `[web] listen`; like the metrics, a console that
+/// cannot bind is logged and the worker goes on without it.
+async fn serve_console(listen: String, console: Console, stop: watch::Receiver<bool>) {
+    let listener = match listen.parse::<SocketAddr>() {
+        Ok(a) => tokio::net::TcpListener::bind(a)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(_) => Err("not a socket address".to_owned()),
+    };
+    match listener {
+        Ok(listener) => {
+            let addr = listener
+                .local_addr()
+                .map_or_else(|_| listen.clone(), |a| a.to_string());
+            tracing::info!(addr = %addr, "serving the web console at http://{addr}/");
+            if let Err(e) = crate::web::serve(listener, console, stop).await {
+                tracing::error!(error = %e, "the web console stopped");
+            }
+        }
+        Err(e) => tracing::error!(
+            listen = %listen,
+            error = %e,
+            "cannot serve the web console; set [web] listen to a free address"
+        ),
+    }
 }
 
 fn router(ctx: Context, handle: &'static PrometheusHandle) -> Router {

@@ -1203,6 +1203,24 @@ fn table(f: &Fixture) -> Vec<Case> {
             },
         ),
         cli(
+            "config: web console open to other hosts without a token",
+            "web.listen: \"0.0.0.0:8080\" is reachable from other hosts, but web.token is unset",
+            2,
+            |f| {
+                let path = f.config_plus("web-open", "[web]\nlisten = \"0.0.0.0:8080\"\n");
+                strings(&["--config", &path, "config", "check"])
+            },
+        ),
+        cli(
+            "config: web actions without a token",
+            "web.allow_actions: needs web.token",
+            2,
+            |f| {
+                let path = f.config_plus("web-actions", "[web]\nallow_actions = true\n");
+                strings(&["--config", &path, "config", "check"])
+            },
+        ),
+        cli(
             "config: duplicate ingest names",
             "ingest: two entries are named \"monthly\"",
             2,

@@ -31,7 +31,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "pipeline",
         &["jobs", "submit", "schedule", "document", "campaign"],
     ),
-    ("runtime", &["worker"]),
+    ("runtime", &["worker", "web"]),
     ("front ends", &["main", "cli", "demo", "bench", "soak"]),
 ];
 

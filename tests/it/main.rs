@@ -28,3 +28,4 @@ mod store;
 mod submit;
 mod support;
 mod tracking;
+mod web;

@@ -1,0 +1,647 @@
+//! The console's JSON API under `/api/v1/`: what the pages show, in the shapes of the CLI's
+//! `--json` (a campaign is `cedar status --json`'s object with more fields beside), and the
+//! retry and cancel actions.
+//!
+//! Everything a response holds is bounded whatever the campaign's size: counts come from the
+//! per-state tallies, the map reads one order per tile, the matrix and the failures come from
+//! the campaign's digest ([`super::digest`]), and orders are paged with the order's index as
+//! the cursor, reading at most [`SCAN_LIMIT`] orders per request.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::digest::FailureGroup;
+use super::map::{self, Matrix, code};
+use super::{Console, WebError};
+use crate::earthengine::EE_QUEUE_CAP;
+use crate::jobs::Submitted;
+use crate::order::Order;
+use crate::period::Period;
+use crate::queue::tracking::{OrderState, OrderStatus, WALK_CHUNK};
+use crate::queue::{Figure, Stage};
+use crate::schedule;
+
+/// Orders read at most per `orders` request: a filter that matches nothing still answers in
+/// well under a second, with the cursor to go on from.
+pub const SCAN_LIMIT: usize = 50_000;
+/// Orders returned per page by default, and at most.
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+/// Throughput is measured over this much of the console's recent samples.
+const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// One campaign: `cedar status --json`'s fields (`name`, `total`, `counts`, `done`,
+/// `eecu_seconds`, `admission_paused_until`) and what the console shows beside them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Campaign {
+    pub name: String,
+    pub total: usize,
+    pub counts: BTreeMap<&'static str, u64>,
+    pub done: bool,
+    /// From the campaign's latest digest; `null` until one was walked.
+    pub eecu_seconds: Option<f64>,
+    pub admission_paused_until: Option<DateTime<Utc>>,
+    pub submitted: DateTime<Utc>,
+    pub priority: u32,
+    /// The `[[ingest]]` entry that submitted it.
+    pub ingest: Option<String>,
+    /// Orders with an EE task PENDING or RUNNING (or being cancelled).
+    pub active: u64,
+    pub complete: u64,
+    pub failed: u64,
+    /// Orders that finished (complete or failed) per hour, recently; `null` before any did.
+    pub throughput_per_hour: Option<f64>,
+    /// When the unfinished orders will have finished at that pace.
+    pub eta: Option<DateTime<Utc>>,
+}
+
+/// EE's load, across campaigns.
+#[derive(Debug, Clone, Serialize)]
+pub struct EeLoad {
+    /// EE tasks cedar holds an admission slot for.
+    pub active: u64,
+    /// The worker's admission cap; `null` where the console does not know it (`cedar web`
+    /// with `[limits] max_active_exports = 0`, derived from EE by each worker).
+    pub admission_cap: Option<u64>,
+    /// How many tasks EE queues per project.
+    pub ee_queue_cap: u64,
+    pub admission_paused_until: Option<DateTime<Utc>>,
+}
+
+/// An `[[ingest]]` entry: what `cedar ingest list` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestRow {
+    pub name: String,
+    pub last_submitted: Option<String>,
+    pub last_period: Option<Period>,
+    pub last_complete: Option<Period>,
+    pub missing: usize,
+    pub next_period: Option<Period>,
+    pub next_due: Option<NaiveDate>,
+    pub failed_orders: u64,
+}
+
+/// The jobs of one stage; dead ones need `cedar retry`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageRow {
+    pub stage: &'static str,
+    pub backlog: u64,
+    pub due: u64,
+    pub scheduled: u64,
+    pub leased: u64,
+    pub dead: u64,
+}
+
+/// `GET /api/v1/campaigns`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Overview {
+    pub campaigns: Vec<Campaign>,
+    pub ee: EeLoad,
+    pub ingests: Vec<IngestRow>,
+    pub stages: Vec<StageRow>,
+}
+
+/// `GET /api/v1/campaigns/{name}`: the campaign and what it was asked for.
+#[derive(Debug, Clone, Serialize)]
+pub struct Detail {
+    #[serde(flatten)]
+    pub campaign: Campaign,
+    pub collections: Vec<String>,
+    pub tiles: Vec<(u32, u32)>,
+    pub periods: Vec<Period>,
+    pub period_freq: Option<String>,
+    pub workload_tag: String,
+    pub grid: String,
+    pub actions: bool,
+}
+
+/// `GET /api/v1/campaigns/{name}/view`: what the campaign page draws for one collection and
+/// period.
+#[derive(Debug, Clone, Serialize)]
+pub struct View {
+    pub campaign: Campaign,
+    pub collection: String,
+    pub period: Period,
+    /// The state of each submitted tile in the chosen collection and period, one letter per
+    /// tile in the submission's order ([`map::code`]).
+    pub map: String,
+    /// The tiles × periods matrix of the collection; `null` while the first digest of a big
+    /// campaign is being walked.
+    pub matrix: Option<Matrix>,
+    pub failures: Option<Vec<Failure>>,
+    /// Failed orders whose messages are too rare to list.
+    pub failures_other: u64,
+    /// When the matrix and failures were read.
+    pub aggregated_at: Option<DateTime<Utc>>,
+}
+
+/// Failed orders sharing one message, with a few of them named.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub message: String,
+    pub count: u64,
+    pub examples: Vec<String>,
+}
+
+/// One order, as in the tracking document (`name`, `prefix`, `status`) with where it lies.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderRow {
+    pub index: usize,
+    pub name: String,
+    pub prefix: String,
+    pub collection: String,
+    pub tile: (u32, u32),
+    pub period: Period,
+    pub status: OrderStatus,
+}
+
+/// `GET /api/v1/campaigns/{name}/orders`.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrdersPage {
+    pub total: usize,
+    pub orders: Vec<OrderRow>,
+    /// The cursor of the next page; `null` after the last order.
+    pub next: Option<usize>,
+}
+
+/// The filters and page of `orders`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct OrdersQuery {
+    pub state: Option<String>,
+    pub collection: Option<String>,
+    /// `ROW,COL`.
+    pub tile: Option<String>,
+    /// The first day of a period.
+    pub period: Option<NaiveDate>,
+    pub cursor: Option<usize>,
+    pub limit: Option<usize>,
+}
+
+/// The collection and period the campaign page shows.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ViewQuery {
+    pub collection: Option<String>,
+    pub period: Option<NaiveDate>,
+}
+
+impl Console {
+    /// Every campaign, EE's load, the ingest entries and the stages' jobs.
+    pub async fn overview(&self) -> Result<Overview, WebError> {
+        let ctx = &self.inner.ctx;
+        let tallies = ctx.tracker.tallies().await?;
+        let paused = self.paused_until().await?;
+        let mut campaigns = Vec::with_capacity(tallies.len());
+        for (name, counts) in &tallies {
+            let sub = self.submission(name).await?;
+            // The EECU comes from the digest: the latest one, a new walk in the background.
+            let digest = self
+                .inner
+                .digests
+                .get(&ctx.tracker, sub.clone(), counts, false);
+            let eecu = digest.await.map(|d| d.eecu_seconds);
+            campaigns.push(self.campaign(&sub, counts.clone(), paused, eecu));
+        }
+        let now = Utc::now();
+        let ingests = schedule::status(&ctx.tracker, &ctx.settings.ingests, &tallies, now)
+            .await?
+            .into_iter()
+            .map(|s| IngestRow {
+                name: s.name,
+                last_submitted: s.last_submitted.as_ref().map(|l| l.tracking.clone()),
+                last_period: s.last_submitted.as_ref().map(|l| l.period),
+                last_complete: s.last_complete,
+                missing: s.missing.len(),
+                next_period: s.next.map(|n| n.0),
+                next_due: s.next.map(|n| n.1),
+                failed_orders: s.failed_orders,
+            })
+            .collect();
+        let mut stages = Vec::new();
+        for stage in Stage::ALL {
+            let d = ctx.queue.depth(stage).await?;
+            stages.push(StageRow {
+                stage: stage.name(),
+                backlog: d.backlog,
+                due: d.due_now,
+                scheduled: d.scheduled,
+                leased: d.leased,
+                dead: d.dead,
+            });
+        }
+        Ok(Overview {
+            campaigns,
+            ee: EeLoad {
+                active: ctx.queue.active_count().await?,
+                admission_cap: self.inner.opts.admission_cap,
+                ee_queue_cap: EE_QUEUE_CAP,
+                admission_paused_until: paused,
+            },
+            ingests,
+            stages,
+        })
+    }
+
+    /// One campaign and what it was asked for.
+    pub async fn detail(&self, name: &str) -> Result<Detail, WebError> {
+        let sub = self.submission(name).await?;
+        let tracker = &self.inner.ctx.tracker;
+        let counts = tracker.counts(name).await?;
+        let digest = self.inner.digests.get(tracker, sub.clone(), &counts, false);
+        let eecu = digest.await.map(|d| d.eecu_seconds);
+        let campaign = self.campaign(&sub, counts, self.paused_until().await?, eecu);
+        Ok(Detail {
+            campaign,
+            collections: sub.collections.clone(),
+            tiles: sub.tiles.clone(),
+            periods: sub.periods.clone(),
+            period_freq: sub.period_freq.clone(),
+            workload_tag: sub.workload_tag(),
+            grid: sub.recipe.grid.name.clone(),
+            actions: self.inner.opts.actions_enabled(),
+        })
+    }
+
+    /// The map of one collection and period, the collection's matrix, and the failures.
+    pub async fn view(&self, name: &str, q: &ViewQuery) -> Result<View, WebError> {
+        let sub = self.submission(name).await?;
+        let (ci, pi) = choose(&sub, q)?;
+        let ctx = &self.inner.ctx;
+        let collection = sub.collections[ci].clone();
+        let period = sub.periods[pi];
+        let orders: Vec<Order> = sub
+            .tiles
+            .iter()
+            .map(|(row, col)| Order {
+                collection: collection.clone(),
+                row: *row,
+                col: *col,
+                period,
+            })
+            .collect();
+        let mut map = String::with_capacity(orders.len());
+        let mut walk = ctx.tracker.walk(name, orders.into_iter());
+        while let Some(chunk) = walk.next().await? {
+            for (_, s) in chunk {
+                map.push(code(s.map_or(OrderState::Queued, |s| s.state)));
+            }
+        }
+        let counts = ctx.tracker.counts(name).await?;
+        let digest = self
+            .inner
+            .digests
+            .get(&ctx.tracker, sub.clone(), &counts, true);
+        let digest = digest.await;
+        let eecu = digest.as_ref().map(|d| d.eecu_seconds);
+        let campaign = self.campaign(&sub, counts, self.paused_until().await?, eecu);
+        let per_collection = sub.tiles.len() * sub.periods.len();
+        let matrix = digest.as_ref().map(|d| {
+            let codes = &d.codes[ci * per_collection..(ci + 1) * per_collection];
+            map::matrix(codes, sub.tiles.len(), &sub.periods)
+        });
+        let failures = digest.as_ref().map(|d| {
+            d.failures
+                .iter()
+                .map(|g| failure(&sub, g))
+                .collect::<Vec<_>>()
+        });
+        Ok(View {
+            campaign,
+            collection,
+            period,
+            map,
+            matrix,
+            failures,
+            failures_other: digest.as_ref().map_or(0, |d| d.failures_other),
+            aggregated_at: digest.as_ref().map(|d| d.at),
+        })
+    }
+
+    /// A page of the campaign's orders that pass the filters, from `cursor` on.
+    pub async fn orders(&self, name: &str, q: &OrdersQuery) -> Result<OrdersPage, WebError> {
+        let sub = self.submission(name).await?;
+        let state = match q.state.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => Some(OrderState::parse(&s.to_ascii_uppercase()).ok_or_else(|| {
+                WebError::BadRequest(format!(
+                    "state {s:?} is not an order state; one of {}",
+                    OrderState::ALL.map(|s| s.as_str()).join(", ")
+                ))
+            })?),
+        };
+        let pick = |n: usize, wanted: Option<usize>| -> Vec<usize> {
+            wanted.map_or_else(|| (0..n).collect(), |i| vec![i])
+        };
+        let collection = match q.collection.as_deref().filter(|c| !c.is_empty()) {
+            None => None,
+            Some(c) => Some(sub.collections.iter().position(|x| x == c).ok_or_else(|| {
+                WebError::BadRequest(format!("{c:?} is not a collection of {name}"))
+            })?),
+        };
+        let tile = match q.tile.as_deref().filter(|t| !t.is_empty()) {
+            None => None,
+            Some(t) => {
+                let rc = crate::grid::parse_tile(t).map_err(WebError::BadRequest)?;
+                Some(sub.tiles.iter().position(|x| *x == rc).ok_or_else(|| {
+                    WebError::BadRequest(format!("tile {t} is not a tile of {name}"))
+                })?)
+            }
+        };
+        let period =
+            match q.period {
+                None => None,
+                Some(d) => Some(sub.periods.iter().position(|p| p.start == d).ok_or_else(
+                    || WebError::BadRequest(format!("no period of {name} starts on {d}")),
+                )?),
+            };
+        let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+        let cursor = q.cursor.unwrap_or(0);
+        let (nt, np) = (sub.tiles.len(), sub.periods.len());
+        // The indices that pass the collection, tile and period filters, in order, from the
+        // cursor on: computed, not read, so those filters cost nothing however big the campaign.
+        let mut indices = pick(sub.collections.len(), collection)
+            .into_iter()
+            .flat_map(|c| {
+                let periods = pick(np, period);
+                pick(nt, tile).into_iter().flat_map(move |t| {
+                    periods
+                        .clone()
+                        .into_iter()
+                        .map(move |p| (c * nt + t) * np + p)
+                })
+            })
+            .filter(|i| *i >= cursor)
+            .peekable();
+        let ctx = &self.inner.ctx;
+        let mut rows = Vec::new();
+        let mut scanned = 0;
+        let mut next = None;
+        while let Some(&first) = indices.peek() {
+            if rows.len() >= limit || scanned >= SCAN_LIMIT {
+                next = Some(first);
+                break;
+            }
+            let chunk: Vec<usize> = indices
+                .by_ref()
+                .take(WALK_CHUNK.min(SCAN_LIMIT - scanned))
+                .collect();
+            scanned += chunk.len();
+            let orders: Vec<Order> = chunk.iter().map(|i| order_at(&sub, *i)).collect();
+            let statuses = ctx.tracker.statuses(name, &orders).await?;
+            for ((i, order), status) in chunk.iter().zip(orders).zip(statuses) {
+                let status = status.unwrap_or_else(|| OrderStatus::new(OrderState::Queued));
+                if state.is_some_and(|s| s != status.state) {
+                    continue;
+                }
+                if rows.len() == limit {
+                    next = Some(*i);
+                    break;
+                }
+                rows.push(row(&sub, *i, order, status));
+            }
+            if next.is_some() {
+                break;
+            }
+        }
+        Ok(OrdersPage {
+            total: sub.order_count(),
+            orders: rows,
+            next,
+        })
+    }
+
+    /// A campaign's summary from its tally.
+    fn campaign(
+        &self,
+        sub: &Submitted,
+        counts: BTreeMap<OrderState, u64>,
+        paused: Option<DateTime<Utc>>,
+        eecu_seconds: Option<f64>,
+    ) -> Campaign {
+        let sum = |f: fn(OrderState) -> bool| -> u64 {
+            counts.iter().filter(|(s, _)| f(**s)).map(|(_, n)| n).sum()
+        };
+        let (complete, failed, active) = (
+            sum(OrderState::is_complete),
+            sum(OrderState::is_failed),
+            sum(OrderState::is_active),
+        );
+        let total = sub.order_count();
+        let finished = complete + failed;
+        let done = finished as usize >= total;
+        let now = Utc::now();
+        let rate = self.rate(&sub.name, finished, sub.submitted, now);
+        let eta = rate
+            .filter(|r| *r > 0.0 && !done)
+            .and_then(|r| {
+                let hours = (total as u64 - finished) as f64 / r;
+                chrono::Duration::try_milliseconds((hours * 3_600_000.0) as i64)
+            })
+            .map(|d| now + d);
+        Campaign {
+            name: sub.name.clone(),
+            total,
+            counts: counts.iter().map(|(s, n)| (s.as_str(), *n)).collect(),
+            done,
+            eecu_seconds,
+            admission_paused_until: paused,
+            submitted: sub.submitted,
+            priority: sub.priority(),
+            ingest: sub.ingest.clone(),
+            active,
+            complete,
+            failed,
+            throughput_per_hour: rate,
+            eta,
+        }
+    }
+
+    /// Orders finished per hour: over the console's samples of the last [`RATE_WINDOW`] when
+    /// they span a minute, else on average since the submission.
+    fn rate(
+        &self,
+        name: &str,
+        finished: u64,
+        submitted: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<f64> {
+        let mut rates = self.inner.rates.lock().expect("rates lock");
+        let samples = rates.entry(name.to_owned()).or_default();
+        let t = Instant::now();
+        if samples
+            .back()
+            .is_none_or(|(at, _)| t.duration_since(*at).as_secs() >= 1)
+        {
+            samples.push_back((t, finished));
+        }
+        while samples
+            .front()
+            .is_some_and(|(at, _)| t.duration_since(*at) > RATE_WINDOW)
+        {
+            samples.pop_front();
+        }
+        if let (Some((t0, f0)), Some((t1, f1))) = (samples.front(), samples.back())
+            && t1.duration_since(*t0).as_secs() >= 60
+        {
+            let hours = t1.duration_since(*t0).as_secs_f64() / 3600.0;
+            return Some(f1.saturating_sub(*f0) as f64 / hours);
+        }
+        let hours = (now - submitted).num_milliseconds() as f64 / 3_600_000.0;
+        (finished > 0 && hours > 0.0).then(|| finished as f64 / hours)
+    }
+
+    async fn paused_until(&self) -> Result<Option<DateTime<Utc>>, WebError> {
+        let until = self.inner.ctx.queue.figure(Figure::Paused).await?;
+        Ok(until.and_then(DateTime::<Utc>::from_timestamp_millis))
+    }
+
+    pub(super) async fn submission(&self, name: &str) -> Result<Arc<Submitted>, WebError> {
+        // Unknown names are answered 404 (one cheap lookup) before the cached read of the
+        // record, whose error would not tell a missing name from a broken record.
+        if self.inner.ctx.tracker.submitted_ms(name).await?.is_none() {
+            return Err(crate::queue::tracking::TrackingError::Unknown(name.to_owned()).into());
+        }
+        self.inner
+            .ctx
+            .submission(name)
+            .await
+            .map_err(|e| WebError::Internal(e.to_string()))
+    }
+}
+
+/// The indices of the collection and period `q` asks for (default: the first of each).
+pub fn choose(sub: &Submitted, q: &ViewQuery) -> Result<(usize, usize), WebError> {
+    let ci = match q.collection.as_deref().filter(|c| !c.is_empty()) {
+        None => 0,
+        Some(c) => sub.collections.iter().position(|x| x == c).ok_or_else(|| {
+            WebError::BadRequest(format!("{c:?} is not a collection of {}", sub.name))
+        })?,
+    };
+    let pi = match q.period {
+        None => 0,
+        Some(d) => sub
+            .periods
+            .iter()
+            .position(|p| p.start == d)
+            .ok_or_else(|| {
+                WebError::BadRequest(format!("no period of {} starts on {d}", sub.name))
+            })?,
+    };
+    if sub.collections.is_empty() || sub.periods.is_empty() || sub.tiles.is_empty() {
+        return Err(WebError::Internal(format!("{} has no orders", sub.name)));
+    }
+    Ok((ci, pi))
+}
+
+/// The order at `index` of `Submission::orders`.
+pub fn order_at(sub: &Submitted, index: usize) -> Order {
+    let (nt, np) = (sub.tiles.len(), sub.periods.len());
+    let (c, rest) = (index / (nt * np), index % (nt * np));
+    let (row, col) = sub.tiles[rest / np];
+    Order {
+        collection: sub.collections[c].clone(),
+        row,
+        col,
+        period: sub.periods[rest % np],
+    }
+}
+
+fn row(sub: &Submitted, index: usize, order: Order, status: OrderStatus) -> OrderRow {
+    // The same names the tracking document gives (`cedar show`).
+    let names = sub.names(&order).ok();
+    OrderRow {
+        index,
+        name: names.as_ref().map_or_else(
+            || crate::queue::tracking::order_key(&order),
+            |n| n.name.clone(),
+        ),
+        prefix: names.map(|n| n.prefix).unwrap_or_default(),
+        tile: (order.row, order.col),
+        period: order.period,
+        collection: order.collection,
+        status,
+    }
+}
+
+fn failure(sub: &Submitted, g: &FailureGroup) -> Failure {
+    Failure {
+        message: g.message.clone(),
+        count: g.count,
+        examples: g
+            .examples
+            .iter()
+            .map(|i| {
+                let order = order_at(sub, *i);
+                sub.names(&order)
+                    .map(|n| n.name)
+                    .unwrap_or_else(|_| crate::queue::tracking::order_key(&order))
+            })
+            .collect(),
+    }
+}
+
+// --- handlers -----------------------------------------------------------------------------------
+
+pub(super) async fn get_campaigns(State(c): State<Console>) -> Result<Json<Overview>, WebError> {
+    Ok(Json(c.overview().await?))
+}
+
+pub(super) async fn get_campaign(
+    State(c): State<Console>,
+    Path(name): Path<String>,
+) -> Result<Json<Detail>, WebError> {
+    Ok(Json(c.detail(&name).await?))
+}
+
+pub(super) async fn get_view(
+    State(c): State<Console>,
+    Path(name): Path<String>,
+    Query(q): Query<ViewQuery>,
+) -> Result<Json<View>, WebError> {
+    Ok(Json(c.view(&name, &q).await?))
+}
+
+pub(super) async fn get_orders(
+    State(c): State<Console>,
+    Path(name): Path<String>,
+    Query(q): Query<OrdersQuery>,
+) -> Result<Json<OrdersPage>, WebError> {
+    Ok(Json(c.orders(&name, &q).await?))
+}
+
+pub(super) async fn post_retry(
+    State(c): State<Console>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, WebError> {
+    c.authorize(&headers)?;
+    c.submission(&name).await?;
+    let started = Instant::now();
+    let n = crate::campaign::retry(&c.inner.ctx, &name, false)
+        .await
+        .map_err(|e| WebError::Internal(format!("retry {name}: {e:#}")))?;
+    tracing::info!(tracking = %name, orders = n, took_ms = started.elapsed().as_millis() as u64, "the console re-queued orders");
+    Ok(Json(serde_json::json!({"name": name, "requeued": n})))
+}
+
+pub(super) async fn post_cancel(
+    State(c): State<Console>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, WebError> {
+    c.authorize(&headers)?;
+    c.submission(&name).await?;
+    let done = crate::campaign::cancel(&c.inner.ctx, &name)
+        .await
+        .map_err(|e| WebError::Internal(format!("cancel {name}: {e:#}")))?;
+    tracing::info!(tracking = %name, orders = done.orders, "the console cancelled a campaign");
+    Ok(Json(
+        serde_json::json!({"name": name, "cancelled": done.orders, "objects_deleted": done.objects}),
+    ))
+}
