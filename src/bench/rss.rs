@@ -95,48 +95,20 @@ async fn rss_in(bench: &Scratch, emulator: &RunningEmulator, a: &RssArgs) -> any
     let redis_queued = namespace_memory(&bench.redis, &bench.namespace).await?;
 
     let mut loaded = worker_args(&config_path, "worker.log")?;
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(a.timeout_secs);
     let cap = worker::admission_cap(Some(a.in_flight), None, 1);
-    // In flight means started in EE: admitted and past export, so waiting in the poll stage.
     let target = cap * 95 / 100;
-    let mut peak_in_flight = 0;
-    let result = async {
-        loop {
-            let in_flight = in_flight(&ctx).await?;
-            peak_in_flight = peak_in_flight.max(in_flight);
-            if in_flight >= target {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "only {in_flight} tasks in flight after {} s (want {target}); see {}",
-                    a.timeout_secs,
-                    bench.dir.join("worker.log").display()
-                );
-            }
-            loaded.check_alive()?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let ramp = started.elapsed();
-        let hold_until = Instant::now() + Duration::from_secs(a.hold_secs);
-        let mut low = u64::MAX;
-        while Instant::now() < hold_until {
-            let n = in_flight(&ctx).await?;
-            peak_in_flight = peak_in_flight.max(n);
-            low = low.min(n);
-            loaded.check_alive()?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        Ok((ramp, low))
-    }
-    .await;
+    let log = bench.dir.join("worker.log");
+    let result = hold_in_flight(&ctx, &mut loaded, target, a.timeout_secs, a.hold_secs, &log).await;
     let mem = loaded.pid().and_then(read_memory);
     let redis_loaded = namespace_memory(&bench.redis, &bench.namespace).await;
     let counts = ctx.tracker.counts(&plan.submission.name).await;
     let depth = ctx.queue.depth(Stage::Export).await;
     loaded.stop().await;
-    let (ramp, low) = result?;
+    let Held {
+        ramp,
+        low,
+        high: peak_in_flight,
+    } = result?;
     let mem = mem?;
     let redis_loaded = redis_loaded?;
     let counts = counts?;
@@ -187,6 +159,53 @@ async fn rss_in(bench: &Scratch, emulator: &RunningEmulator, a: &RssArgs) -> any
     ]);
     t.print();
     Ok(())
+}
+
+/// How a loaded worker kept its tasks in flight ([`hold_in_flight`]).
+pub(super) struct Held {
+    /// From the worker's start until `target` tasks were in flight.
+    pub ramp: Duration,
+    /// The fewest and most in flight during the hold.
+    pub low: u64,
+    pub high: u64,
+}
+
+/// Waits (at most `timeout_secs`) until `worker` has `target` EE tasks in flight, then watches
+/// it keep them for `hold_secs`; fails, naming `log`, if it never gets there or exits.
+pub(super) async fn hold_in_flight(
+    ctx: &cedar::jobs::Context,
+    worker: &mut WorkerProcess,
+    target: u64,
+    timeout_secs: u64,
+    hold_secs: u64,
+    log: &Path,
+) -> anyhow::Result<Held> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(timeout_secs);
+    loop {
+        let n = in_flight(ctx).await?;
+        if n >= target {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {n} tasks in flight after {timeout_secs} s (want {target}); see {}",
+                log.display()
+            );
+        }
+        worker.check_alive()?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ramp = started.elapsed();
+    let until = Instant::now() + Duration::from_secs(hold_secs);
+    let (mut low, mut high) = (u64::MAX, 0);
+    while Instant::now() < until {
+        let n = in_flight(ctx).await?;
+        (low, high) = (low.min(n), high.max(n));
+        worker.check_alive()?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(Held { ramp, low, high })
 }
 
 /// Tasks started in EE and not yet ended: the poll stage's jobs, due or leased.

@@ -19,7 +19,7 @@ use cedar::queue::{Queue, Stage};
 use cedar::submit::{self, Request};
 use cedar::worker;
 
-use super::rss::{in_flight, read_memory};
+use super::rss::{Held, hold_in_flight, read_memory};
 use super::{RedisArgs, Scratch, Table, WorkerProcess, emulated_ee, verdict, with_emulator};
 
 /// Options of `cedar bench scale`.
@@ -261,43 +261,15 @@ async fn scale_in(
     idle.stop().await;
 
     let mut loaded = worker(&config_path, "worker.log")?;
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(a.timeout_secs);
     let cap = worker::admission_cap(Some(a.in_flight), None, 1);
     let target = cap * 95 / 100;
-    let held = async {
-        loop {
-            let n = in_flight(&ctx).await?;
-            if n >= target {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "only {n} tasks in flight after {} s (want {target}); see {}",
-                    a.timeout_secs,
-                    bench.dir.join("worker.log").display()
-                );
-            }
-            loaded.check_alive()?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let ramp = started.elapsed();
-        let until = Instant::now() + Duration::from_secs(a.hold_secs);
-        let (mut low, mut high) = (u64::MAX, 0);
-        while Instant::now() < until {
-            let n = in_flight(&ctx).await?;
-            (low, high) = (low.min(n), high.max(n));
-            loaded.check_alive()?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        Ok((ramp, low, high))
-    }
-    .await;
+    let log = bench.dir.join("worker.log");
+    let held = hold_in_flight(&ctx, &mut loaded, target, a.timeout_secs, a.hold_secs, &log).await;
     let mem = loaded.pid().and_then(read_memory);
     let counts = ctx.tracker.counts(&name).await;
     let redis_running = used_memory(&bench.redis).await;
     loaded.stop().await;
-    let (ramp, low, high) = held.with_context(|| tail(&bench.dir.join("worker.log")))?;
+    let Held { ramp, low, high } = held.with_context(|| tail(&log))?;
     eprintln!("worker held; `cedar show` and `cedar cancel` of the archive next");
     let mem = mem?;
     let counts = counts?;

@@ -461,22 +461,9 @@ impl ExportBucket for GcsJsonBucket {
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(body);
         let response = self.send("upload", &target, request).await?;
-        let body = response
-            .bytes()
-            .await
-            .map_err(|source| StoreError::Transport {
-                op: "upload",
-                target: target.clone(),
-                source: source.without_url(),
-            })?;
         // The service answers with the stored object's resource: comparing its MD5 with ours
         // catches a body damaged on the way up, for the price of hashing a small document.
-        let stored: ObjectResource =
-            serde_json::from_slice(&body).map_err(|e| StoreError::Protocol {
-                op: "upload",
-                target: target.clone(),
-                reason: format!("not an object resource: {e}"),
-            })?;
+        let stored = uploaded(response, &target).await?;
         if let Some(stored_md5) = stored.md5_hash.as_deref() {
             let stored_md5 = decode_md5(stored_md5).map_err(|reason| StoreError::Protocol {
                 op: "upload",
@@ -511,20 +498,7 @@ impl ExportBucket for GcsJsonBucket {
                 .body(reqwest::Body::wrap_stream(file_chunks(file.clone(), size)))
         };
         let response = self.send_with("upload", &target, make).await?;
-        let body = response
-            .bytes()
-            .await
-            .map_err(|source| StoreError::Transport {
-                op: "upload",
-                target: target.clone(),
-                source: source.without_url(),
-            })?;
-        let stored: ObjectResource =
-            serde_json::from_slice(&body).map_err(|e| StoreError::Protocol {
-                op: "upload",
-                target: target.clone(),
-                reason: format!("not an object resource: {e}"),
-            })?;
+        let stored = uploaded(response, &target).await?;
         if stored.size != size.to_string() {
             return Err(StoreError::Mismatch {
                 path: target,
@@ -562,6 +536,23 @@ impl ExportBucket for GcsJsonBucket {
 
 pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The object resource an upload answers with.
+async fn uploaded(response: Response, target: &str) -> Result<ObjectResource, StoreError> {
+    let body = response
+        .bytes()
+        .await
+        .map_err(|source| StoreError::Transport {
+            op: "upload",
+            target: target.to_owned(),
+            source: source.without_url(),
+        })?;
+    serde_json::from_slice(&body).map_err(|e| StoreError::Protocol {
+        op: "upload",
+        target: target.to_owned(),
+        reason: format!("not an object resource: {e}"),
+    })
 }
 
 /// The first `size` bytes of `file` in pieces of 1 MiB, each read on the blocking pool at its

@@ -201,36 +201,43 @@ impl RedisQueue {
     /// The runs of `tracking` still in the backlog: member → (next index, end index).
     async fn runs_of(&self, tracking: &str) -> Result<Vec<(String, u64, u64)>, QueueError> {
         let pattern = format!("{}{}/*", run::RUN_PREFIX, glob_escape(tracking));
+        let mut out: Vec<(String, u64, u64)> = self
+            .hscan(&self.key(Stage::Export, "runs"), &pattern)
+            .await?
+            .into_iter()
+            .filter(|(member, _)| run::tracking_of(member) == Some(tracking))
+            .filter_map(|(member, value)| {
+                let (from, to) = run_range(&value)?;
+                Some((member, from, to))
+            })
+            .collect();
+        // HSCAN may return an element twice.
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Every field and value of `hash` whose field matches `pattern`, paged with HSCAN.
+    async fn hscan(&self, hash: &str, pattern: &str) -> Result<Vec<(String, String)>, QueueError> {
         let mut conn = self.conn.clone();
         let mut out = Vec::new();
         let mut cursor: u64 = 0;
         loop {
             let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
-                .arg(self.key(Stage::Export, "runs"))
+                .arg(hash)
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(&pattern)
+                .arg(pattern)
                 .arg("COUNT")
                 .arg(SCAN_CHUNK)
                 .query_async(&mut conn)
                 .await?;
-            for (member, value) in page {
-                if run::tracking_of(&member) != Some(tracking) {
-                    continue;
-                }
-                let mut parts = value.split(' ').map(str::parse::<u64>);
-                if let (Some(Ok(from)), Some(Ok(to))) = (parts.next(), parts.next()) {
-                    out.push((member, from, to));
-                }
-            }
+            out.extend(page);
             if next == 0 {
-                break;
+                return Ok(out);
             }
             cursor = next;
         }
-        out.sort();
-        out.dedup();
-        Ok(out)
     }
 
     /// The order indices of `tracking` its runs have not handed out yet, as `[from, to)` ranges.
@@ -469,24 +476,12 @@ impl RedisQueue {
         }
         let pattern = format!("{}|*", glob_escape(tracking));
         let mut conn = self.conn.clone();
-        let mut candidates: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
-                .arg(self.key(stage, hash))
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(SCAN_CHUNK)
-                .query_async(&mut conn)
-                .await?;
-            candidates.extend(page.into_iter().map(|(id, _)| id));
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        let mut candidates: Vec<String> = self
+            .hscan(&self.key(stage, hash), &pattern)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         // HSCAN may return an element twice; the scripts are idempotent, but counts must not be.
         candidates.sort_unstable();
         candidates.dedup();
@@ -584,13 +579,8 @@ impl RedisQueue {
         // A run is one member holding many jobs (one run per submission still queueing).
         let in_runs: u64 = runs
             .iter()
-            .filter_map(|v| {
-                let mut parts = v.split(' ').map(str::parse::<u64>);
-                match (parts.next(), parts.next()) {
-                    (Some(Ok(from)), Some(Ok(to))) => Some(to.saturating_sub(from)),
-                    _ => None,
-                }
-            })
+            .filter_map(|v| run_range(v))
+            .map(|(from, to)| to.saturating_sub(from))
             .sum();
         let backlog = members.saturating_sub(runs.len() as u64) + in_runs;
         let oldest_due_age_secs = oldest
@@ -715,6 +705,15 @@ impl RedisQueue {
         } else {
             RateDecision::WaitMs(wait)
         })
+    }
+}
+
+/// The `(next, end)` indices of a run's value in `{ns}:export:runs`.
+fn run_range(value: &str) -> Option<(u64, u64)> {
+    let mut parts = value.split(' ').map(str::parse::<u64>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(from)), Some(Ok(to))) => Some((from, to)),
+        _ => None,
     }
 }
 

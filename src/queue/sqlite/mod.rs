@@ -220,16 +220,7 @@ impl SqliteQueue {
                     // front, so that submissions of one priority take turns.
                     let mut turn: i64 = 0;
                     if backlog {
-                        let last: Option<i64> = tx
-                            .query_row(
-                                "SELECT value FROM counters WHERE ns = ?1 AND name = ?2",
-                                params![&*ns, turns],
-                                |r| r.get(0),
-                            )
-                            .optional()?;
-                        let front =
-                            runs::backlog_front(tx, &ns, band, band + BacklogPlace::BAND_WIDTH)?;
-                        turn = last.unwrap_or(0).max(front.map_or(0, |f| f - band - 1));
+                        turn = runs::last_turn(tx, &ns, &turns, band)?;
                     }
                     let mut insert = tx.prepare_cached(
                         "INSERT INTO jobs (ns, stage, id, payload, tracking, state, run_at, enqueued_ms)

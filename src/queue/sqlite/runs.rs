@@ -37,6 +37,26 @@ pub(super) fn backlog_front(
     })
 }
 
+/// The turn a submission's next job in the backlog follows (counter `turns`): its own last
+/// turn, but no earlier than just before its band's front, so that submissions of one priority
+/// take turns (as ENQUEUE_LUA).
+pub(super) fn last_turn(
+    tx: &Transaction,
+    ns: &str,
+    turns: &str,
+    band: i64,
+) -> rusqlite::Result<i64> {
+    let last: Option<i64> = tx
+        .query_row(
+            "SELECT value FROM counters WHERE ns = ?1 AND name = ?2",
+            params![ns, turns],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let front = backlog_front(tx, ns, band, band + BacklogPlace::BAND_WIDTH)?;
+    Ok(last.unwrap_or(0).max(front.map_or(0, |f| f - band - 1)))
+}
+
 /// Moves up to `free` export jobs from the backlog to due, each taking an admission slot,
 /// expanding runs as they come to the front. As ADMIT_LUA after its cap checks.
 pub(super) fn admit(tx: &Transaction, ns: &str, free: i64) -> Result<u64, QueueError> {
@@ -180,15 +200,7 @@ impl SqliteQueue {
                 if exists {
                     return Ok(0);
                 }
-                let last: Option<i64> = tx
-                    .query_row(
-                        "SELECT value FROM counters WHERE ns = ?1 AND name = ?2",
-                        params![&*ns, turns],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                let front = backlog_front(tx, &ns, band, band + BacklogPlace::BAND_WIDTH)?;
-                let turn = last.unwrap_or(0).max(front.map_or(0, |f| f - band - 1));
+                let turn = last_turn(tx, &ns, &turns, band)?;
                 tx.execute(
                     "INSERT INTO run_plans (ns, tracking, body) VALUES (?1, ?2, ?3)
                      ON CONFLICT (ns, tracking) DO UPDATE SET body = ?3",
