@@ -730,6 +730,16 @@ impl Queue {
         dispatch!(self, q => q.dead_reason(stage, id).await)
     }
 
+    /// Up to `limit` dead jobs of `stage` with why each died (the web console lists them; the
+    /// count is in [`Queue::depth`]). Which ones, when there are more, is up to the backend.
+    pub async fn dead_jobs(
+        &self,
+        stage: Stage,
+        limit: usize,
+    ) -> Result<Vec<(String, DeadReason)>, QueueError> {
+        dispatch!(self, q => q.dead_jobs(stage, limit).await)
+    }
+
     /// Failed runs recorded for `id` (0 if none).
     pub async fn attempts(&self, stage: Stage, id: &str) -> Result<u32, QueueError> {
         dispatch!(self, q => q.attempts(stage, id).await)

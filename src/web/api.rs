@@ -99,6 +99,22 @@ pub struct StageRow {
     pub dead: u64,
 }
 
+/// A dead job: which order at which stage, and why it died.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadJob {
+    pub stage: &'static str,
+    /// The job id: `{tracking}|{collection}|{row}|{col}|{period start}`.
+    pub id: String,
+    /// `fatal` or `attempts exhausted`.
+    pub reason: String,
+    pub attempts: u32,
+    pub last_error: String,
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// Dead jobs listed per stage (the counts are in `stages`).
+pub const DEAD_LISTED: usize = 20;
+
 /// `GET /api/v1/campaigns`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Overview {
@@ -106,6 +122,8 @@ pub struct Overview {
     pub ee: EeLoad,
     pub ingests: Vec<IngestRow>,
     pub stages: Vec<StageRow>,
+    /// Up to [`DEAD_LISTED`] dead jobs of each stage.
+    pub dead: Vec<DeadJob>,
 }
 
 /// `GET /api/v1/campaigns/{name}`: the campaign and what it was asked for.
@@ -224,8 +242,21 @@ impl Console {
             })
             .collect();
         let mut stages = Vec::new();
+        let mut dead = Vec::new();
         for stage in Stage::ALL {
             let d = ctx.queue.depth(stage).await?;
+            if d.dead > 0 {
+                for (id, why) in ctx.queue.dead_jobs(stage, DEAD_LISTED).await? {
+                    dead.push(DeadJob {
+                        stage: stage.name(),
+                        id,
+                        reason: why.reason,
+                        attempts: why.attempts,
+                        last_error: why.last_error,
+                        at: DateTime::from_timestamp_millis(why.at_ms as i64),
+                    });
+                }
+            }
             stages.push(StageRow {
                 stage: stage.name(),
                 backlog: d.backlog,
@@ -245,6 +276,7 @@ impl Console {
             },
             ingests,
             stages,
+            dead,
         })
     }
 

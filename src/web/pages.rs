@@ -202,6 +202,23 @@ pub(super) async fn campaigns(State(console): State<Console>) -> Result<Html<Str
                 }
             }
             p.hint { "Dead jobs failed every attempt; " code { "cedar retry NAME" } " re-queues their orders." }
+            h2 { "Dead jobs" }
+            table #dead {
+                thead { tr { th { "stage" } th { "job" } th { "why" } th { "attempts" } th { "last error" } th { "at" } } }
+                tbody {
+                    @for d in &o.dead {
+                        tr {
+                            td { (d.stage) }
+                            td { code { (d.id) } }
+                            td { (d.reason) }
+                            td { (d.attempts) }
+                            td.error { (d.last_error) }
+                            td { (d.at.map_or_else(|| "—".to_owned(), |t| t.format("%Y-%m-%d %H:%M UTC").to_string())) }
+                        }
+                    }
+                }
+            }
+            p.hint #dead-none hidden[!o.dead.is_empty()] { "None." }
         }
     };
     Ok(layout("campaigns", "campaigns", html! {}, body))

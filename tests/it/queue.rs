@@ -412,6 +412,12 @@ async fn bury_requeue_dead_and_remove_tracking_select_one_campaign(t: TestQueue)
         ("fatal", "403 forbidden")
     );
     assert_eq!(q.depth(Stage::Download).await.unwrap().dead, 5);
+    // Listed with their reasons, as many as asked for.
+    let dead = q.dead_jobs(Stage::Download, 10).await.unwrap();
+    assert_eq!(dead.len(), 5);
+    assert!(dead.iter().all(|(_, why)| why.last_error == "403 forbidden"));
+    assert_eq!(q.dead_jobs(Stage::Download, 2).await.unwrap().len(), 2);
+    assert!(q.dead_jobs(Stage::Export, 10).await.unwrap().is_empty());
 
     assert_eq!(q.requeue_dead(Stage::Download, "camp").await.unwrap(), 3);
     let depth = q.depth(Stage::Download).await.unwrap();

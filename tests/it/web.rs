@@ -16,6 +16,7 @@ use cedar::config::{Config, Settings};
 use cedar::emulator::{EmulatorOptions, Fault};
 use cedar::jobs::{Context, JobSettings};
 use cedar::order::Order;
+use cedar::queue::Stage;
 use cedar::queue::tracking::{OrderState, OrderStatus, Submission};
 use cedar::submit::{self, Request};
 use cedar::web::{Console, ConsoleOptions, campaign_href};
@@ -327,6 +328,29 @@ async fn user_strings_are_rendered_inert() {
     let order = sub.orders().next().unwrap();
     let message = r#"<img src=x onerror="alert(1)"> & "quoted""#;
     s.set(&sub, &order, OrderState::Failed, Some(message)).await;
+    // A job that died with that message is listed on `/`, by id and reason.
+    let job = cedar::jobs::job_for(evil, &order, None);
+    s.ctx
+        .queue
+        .enqueue_bulk(
+            Stage::Download,
+            std::slice::from_ref(&job),
+            std::time::Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert!(
+        s.ctx
+            .queue
+            .bury(Stage::Download, &job.id(), message)
+            .await
+            .unwrap()
+    );
+    let overview = s.json("/api/v1/campaigns").await;
+    assert_eq!(overview["dead"][0]["id"], job.id());
+    assert_eq!(overview["dead"][0]["stage"], "download");
+    assert_eq!(overview["dead"][0]["reason"], "fatal");
+    assert_eq!(overview["dead"][0]["last_error"], message);
 
     for path in ["/".to_owned(), campaign_href(evil)] {
         let (status, body) = s.get(&path).await;
@@ -396,6 +420,24 @@ async fn user_strings_are_rendered_inert() {
         evil
     );
     assert_eq!(b.eval("document.scripts.length").await, 1);
+    // The dead job's row, rendered and then rebuilt by the script, holds text only.
+    b.wait_for(
+        "Number(document.body.dataset.polls) >= 1",
+        Duration::from_secs(15),
+        "document.body.dataset.polls",
+    )
+    .await;
+    assert_eq!(
+        b.eval("document.querySelector('#dead tbody code').textContent")
+            .await,
+        job.id()
+    );
+    assert_eq!(
+        b.eval("document.querySelector('#dead tbody td.error').textContent")
+            .await,
+        message
+    );
+    assert_eq!(b.eval("document.querySelectorAll('img').length").await, 0);
     b.screenshot(&artefact("web-escaping.png")).await;
 }
 

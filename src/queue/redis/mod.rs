@@ -451,6 +451,36 @@ impl RedisQueue {
         })
     }
 
+    /// Up to `limit` dead jobs of `stage`, paged with HSCAN (bounded, never HGETALL).
+    pub async fn dead_jobs(
+        &self,
+        stage: Stage,
+        limit: usize,
+    ) -> Result<Vec<(String, DeadReason)>, QueueError> {
+        let mut conn = self.conn.clone();
+        let mut out = Vec::new();
+        let mut cursor: u64 = 0;
+        while out.len() < limit {
+            let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+                .arg(self.key(stage, "dead"))
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(limit)
+                .query_async(&mut conn)
+                .await?;
+            for (id, json) in page {
+                if out.len() < limit && !out.iter().any(|(seen, _)| *seen == id) {
+                    out.push((id, serde_json::from_str(&json)?));
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(out)
+    }
+
     /// Failed runs recorded for `id` (0 if none).
     pub async fn attempts(&self, stage: Stage, id: &str) -> Result<u32, QueueError> {
         let n: Option<u32> = self

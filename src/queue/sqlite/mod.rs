@@ -520,6 +520,32 @@ impl SqliteQueue {
         })
     }
 
+    /// Up to `limit` dead jobs of `stage`, by id.
+    pub async fn dead_jobs(
+        &self,
+        stage: Stage,
+        limit: usize,
+    ) -> Result<Vec<(String, DeadReason)>, QueueError> {
+        let ns = self.ns.clone();
+        let rows: Vec<(String, String)> = self
+            .db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT id, dead_reason FROM jobs
+                     WHERE ns = ?1 AND stage = ?2 AND state = 'dead' AND dead_reason IS NOT NULL
+                     ORDER BY id LIMIT ?3",
+                )?
+                .query_map(params![&*ns, stage.name(), limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(id, json)| Ok((id, serde_json::from_str(&json)?)))
+            .collect()
+    }
+
     /// Failed runs recorded for `id` (0 if none).
     pub async fn attempts(&self, stage: Stage, id: &str) -> Result<u32, QueueError> {
         let (ns, id) = (self.ns.clone(), id.to_owned());

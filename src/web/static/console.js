@@ -87,6 +87,20 @@
       for (const k of ['backlog', 'due', 'scheduled', 'leased', 'dead']) text(field(row, k), s[k]);
       field(row, 'dead').classList.toggle('dead', s.dead > 0);
     }
+    const dead = document.querySelector('#dead tbody');
+    if (dead) {
+      const rows = o.dead.map((d) => {
+        const tr = el('tr');
+        const job = el('td');
+        job.appendChild(el('code', null, d.id));
+        tr.append(el('td', null, d.stage), job, el('td', null, d.reason),
+          el('td', null, d.attempts), el('td', 'error', d.last_error), el('td', null, fmtTime(d.at)));
+        return tr;
+      });
+      dead.replaceChildren(...rows);
+      const none = document.getElementById('dead-none');
+      if (none) none.hidden = o.dead.length > 0;
+    }
   }
 
   // --- /campaigns/NAME : one campaign on its map ------------------------------------------
