@@ -130,22 +130,7 @@ async fn rss_in(bench: &Scratch, emulator: &RunningEmulator, a: &RssArgs) -> any
         describe_counts(&counts)
     );
     let mib = |b: u64| format!("{:.1}", b as f64 / (1024.0 * 1024.0));
-    let mut t = Table::new(["process", "VmHWM MiB", "VmRSS MiB", "÷ baseline", "target"]);
-    t.row([
-        "baseline: idle `cedar worker`".into(),
-        mib(idle_mem.hwm),
-        mib(idle_mem.rss),
-        "1".into(),
-        "".into(),
-    ]);
-    t.row([
-        "loaded `cedar worker`".into(),
-        mib(mem.hwm),
-        mib(mem.rss),
-        format!("{:.2}", mem.hwm as f64 / idle_mem.hwm.max(1) as f64),
-        verdict(mem.hwm <= 150 * 1024 * 1024, "≤ 150 MiB"),
-    ]);
-    t.print();
+    print_memory(idle_mem, mem, "loaded `cedar worker`");
     let mut t = Table::new(["Redis MEMORY USAGE of the namespace", "MiB", "bytes/job"]);
     t.row([
         "after submit".into(),
@@ -212,6 +197,27 @@ pub(super) async fn hold_in_flight(
 pub(super) async fn in_flight(ctx: &cedar::jobs::Context) -> anyhow::Result<u64> {
     let d = ctx.queue.depth(Stage::Poll).await?;
     Ok(d.due_now + d.scheduled + d.leased)
+}
+
+/// The table of a loaded worker's memory (`label`) against the idle one's, and the 150 MiB target.
+pub(super) fn print_memory(idle: Memory, loaded: Memory, label: &str) {
+    let mib = |b: u64| format!("{:.1}", b as f64 / (1024.0 * 1024.0));
+    let mut t = Table::new(["process", "VmHWM MiB", "VmRSS MiB", "÷ baseline", "target"]);
+    t.row([
+        "baseline: idle `cedar worker`".into(),
+        mib(idle.hwm),
+        mib(idle.rss),
+        "1".into(),
+        "".into(),
+    ]);
+    t.row([
+        label.into(),
+        mib(loaded.hwm),
+        mib(loaded.rss),
+        format!("{:.2}", loaded.hwm as f64 / idle.hwm.max(1) as f64),
+        verdict(loaded.hwm <= 150 * 1024 * 1024, "≤ 150 MiB"),
+    ]);
+    t.print();
 }
 
 /// Memory of a process, from `/proc/PID/status`.

@@ -19,7 +19,7 @@ use cedar::queue::{Queue, Stage};
 use cedar::submit::{self, Request};
 use cedar::worker;
 
-use super::rss::{Held, hold_in_flight, read_memory};
+use super::rss::{Held, hold_in_flight, print_memory, read_memory};
 use super::{RedisArgs, Scratch, Table, WorkerProcess, emulated_ee, verdict, with_emulator};
 
 /// Options of `cedar bench scale`.
@@ -356,22 +356,7 @@ async fn scale_in(
         secs(ramp),
         a.hold_secs
     );
-    let mut t = Table::new(["process", "VmHWM MiB", "VmRSS MiB", "÷ baseline", "target"]);
-    t.row([
-        "baseline: idle `cedar worker`".into(),
-        mib(idle_mem.hwm),
-        mib(idle_mem.rss),
-        "1".into(),
-        "".into(),
-    ]);
-    t.row([
-        "`cedar worker` running the archive".into(),
-        mib(mem.hwm),
-        mib(mem.rss),
-        format!("{:.2}", mem.hwm as f64 / idle_mem.hwm.max(1) as f64),
-        verdict(mem.hwm <= 150 * 1024 * 1024, "≤ 150 MiB"),
-    ]);
-    t.print();
+    print_memory(idle_mem, mem, "`cedar worker` running the archive");
     println!(
         "tracking document: published by the worker: {}; `cedar show` streamed {} MiB in {} s ({:.0} bytes/order)",
         document_published.map_or("not yet".into(), |b| format!("{} MiB", mib(b))),

@@ -415,7 +415,10 @@ async fn bury_requeue_dead_and_remove_tracking_select_one_campaign(t: TestQueue)
     // Listed with their reasons, as many as asked for.
     let dead = q.dead_jobs(Stage::Download, 10).await.unwrap();
     assert_eq!(dead.len(), 5);
-    assert!(dead.iter().all(|(_, why)| why.last_error == "403 forbidden"));
+    assert!(
+        dead.iter()
+            .all(|(_, why)| why.last_error == "403 forbidden")
+    );
     assert_eq!(q.dead_jobs(Stage::Download, 2).await.unwrap().len(), 2);
     assert!(q.dead_jobs(Stage::Export, 10).await.unwrap().is_empty());
 
@@ -1013,6 +1016,22 @@ async fn an_sqlite_file_of_schema_1_is_upgraded_in_place() {
     assert_eq!(snapshot.waiters(&op).await.unwrap(), [old.id()]);
 }
 
+/// Ends the export jobs `first` (their tasks done), then admits the rest one at a time.
+async fn finish_then_admit_the_rest(q: &queue::Queue, first: Vec<String>) -> Vec<String> {
+    for id in first {
+        q.complete(Stage::Export, &id).await.unwrap();
+        q.release_slot(&id).await.unwrap();
+    }
+    admit_one_by_one(q, 100).await
+}
+
+/// The campaign of each job id (its first field).
+fn campaigns_of(ids: &[String]) -> Vec<&str> {
+    ids.iter()
+        .map(|id| id.split('|').next().unwrap_or_default())
+        .collect()
+}
+
 /// Admits and leases export jobs one at a time, up to `n`: their ids in admission order.
 async fn admit_one_by_one(q: &queue::Queue, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
@@ -1110,15 +1129,8 @@ async fn the_backlog_goes_by_priority_then_submissions_take_turns(t: TestQueue) 
     )
     .await
     .unwrap();
-    for id in first {
-        q.complete(Stage::Export, &id).await.unwrap();
-        q.release_slot(&id).await.unwrap();
-    }
-    let order = admit_one_by_one(q, 100).await;
-    let campaigns: Vec<&str> = order
-        .iter()
-        .map(|id| id.split('|').next().unwrap_or_default())
-        .collect();
+    let order = finish_then_admit_the_rest(q, first).await;
+    let campaigns = campaigns_of(&order);
     assert_eq!(
         campaigns,
         [
@@ -1232,15 +1244,8 @@ async fn runs_take_the_same_turns_as_the_jobs_they_hold(t: TestQueue) {
     q.enqueue_run(&ingest.run(), place(200, "ingest"))
         .await
         .unwrap();
-    for id in first {
-        q.complete(Stage::Export, &id).await.unwrap();
-        q.release_slot(&id).await.unwrap();
-    }
-    let order = admit_one_by_one(q, 100).await;
-    let campaigns: Vec<&str> = order
-        .iter()
-        .map(|id| id.split('|').next().unwrap_or_default())
-        .collect();
+    let order = finish_then_admit_the_rest(q, first).await;
+    let campaigns = campaigns_of(&order);
     assert_eq!(
         campaigns,
         [
