@@ -1,6 +1,7 @@
 //! `cedar bench scale`: the whole-CONUS archive (726 tiles × 480 monthly periods × 4 Landsat
 //! collections, 1.39 million orders) in one submission. Submit time and Redis bytes per queued
-//! order against the same orders queued one job each (the layout before export runs), `cedar
+//! order (and the same on an SQLite queue) against the same orders queued one job each (the
+//! layout before export runs), `cedar
 //! status --json` against the same command on a one-order submission, the RSS of a `cedar
 //! worker` running the archive with thousands of EE tasks in flight against the same worker
 //! idle, and what `show` (the tracking document, streamed) and `cancel` cost at that size.
@@ -134,6 +135,19 @@ async fn timed_cli(
     Ok((took, size, head))
 }
 
+/// The size of an SQLite database with its write-ahead log (0 for none).
+fn file_bytes(db: &Path) -> u64 {
+    let wal = db.with_file_name(format!(
+        "{}-wal",
+        db.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+    ));
+    [db, wal.as_path()]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// The last lines of a worker's log, for an error.
 fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -208,6 +222,30 @@ async fn scale_in(
         used_memory(&bench.redis).await?.saturating_sub(before) as f64 / orders as f64;
     let name = plan.submission.name.clone();
     drop(plan);
+
+    // The same archive on the single-machine queue: an SQLite file of its own.
+    let db = bench.dir.join("cedar.db");
+    let mut lite_config = settings.config.clone();
+    lite_config.queue.url = format!("sqlite://{}", db.display());
+    let lite_path = bench.dir.join("cedar-sqlite.toml");
+    std::fs::write(&lite_path, toml::to_string(&lite_config)?)?;
+    let lite =
+        cedar::jobs::Context::connect(Arc::new(lite_config.validate()?), JobSettings::default())
+            .await?;
+    let empty_file = file_bytes(&db);
+    let started = Instant::now();
+    let lite_plan = submit::plan(&lite.settings, &req, chrono::Utc::now())?;
+    let lite_queued = submit::enqueue(&lite, &lite_plan).await?;
+    let lite_submitted = started.elapsed();
+    anyhow::ensure!(
+        lite_queued == orders,
+        "SQLite queued {lite_queued} of {orders}"
+    );
+    let lite_bytes = file_bytes(&db).saturating_sub(empty_file) as f64 / orders as f64;
+    let lite_name = lite_plan.submission.name.clone();
+    drop(lite_plan);
+    let out = bench.dir.join("status-sqlite.json");
+    let lite_status = best_of(3, &lite_path, &["status", &lite_name, "--json"], &out).await?;
 
     // Baseline 2: `status --json` of a one-order submission in the same namespace.
     // (A month before the archive's first, which it would otherwise overlap.)
@@ -326,6 +364,13 @@ async fn scale_in(
             "≤ 5 s, ≤ 200 B/order",
         ),
     ]);
+    t.row([
+        "the archive on SQLite (file bytes/order, WAL included)".into(),
+        secs(lite_submitted),
+        format!("{lite_bytes:.1}"),
+        format!("{:.3}", lite_bytes / per_job_bytes.max(1.0)),
+        verdict(lite_submitted <= Duration::from_secs(5), "≤ 5 s"),
+    ]);
     t.print();
     let mut t = Table::new([
         "`cedar status NAME --json`",
@@ -339,6 +384,15 @@ async fn scale_in(
         ms(status_small),
         "1".into(),
         "".into(),
+    ]);
+    t.row([
+        "the archive on SQLite".into(),
+        ms(lite_status),
+        format!(
+            "{:.2}",
+            lite_status.as_secs_f64() / status_small.as_secs_f64().max(1e-6)
+        ),
+        verdict(lite_status <= Duration::from_secs(1), "≤ 1 s"),
     ]);
     t.row([
         "the archive".into(),
