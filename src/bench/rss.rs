@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use cedar::config::Settings;
 use cedar::emulator::RunningEmulator;
 use cedar::jobs::JobSettings;
 use cedar::queue::Stage;
@@ -63,30 +64,10 @@ async fn rss_in(bench: &Scratch, emulator: &RunningEmulator, a: &RssArgs) -> any
     let config_path = bench.dir.join("cedar.toml");
     std::fs::write(&config_path, toml::to_string(&settings.config)?)
         .with_context(|| format!("writing {}", config_path.display()))?;
-    let worker_args = |config: &Path, log: &str| -> anyhow::Result<WorkerProcess> {
-        WorkerProcess::spawn(
-            config,
-            &bench.dir.join(log),
-            &[
-                "--max-active-exports".into(),
-                a.in_flight.to_string(),
-                "--ee-requests-per-second".into(),
-                a.ee_requests_per_second.to_string(),
-                "--drain-secs".into(),
-                "5".into(),
-            ],
-        )
+    let worker_args = |config: &Path, log: &str| {
+        loaded_worker(bench, config, log, a.in_flight, a.ee_requests_per_second)
     };
-
-    // Baseline: the same binary and configuration with nothing to do, in another namespace.
-    let mut idle_config = settings.config.clone();
-    idle_config.queue.namespace = bench.sub("idle");
-    let idle_path = bench.dir.join("cedar-idle.toml");
-    std::fs::write(&idle_path, toml::to_string(&idle_config)?)?;
-    let idle = worker_args(&idle_path, "worker-idle.log")?;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let idle_mem = read_memory(idle.pid()?)?;
-    idle.stop().await;
+    let idle_mem = idle_memory(bench, &settings, &worker_args).await?;
 
     let ctx = cedar::jobs::Context::connect(settings.clone(), JobSettings::default()).await?;
     let req = campaign(&settings, a.jobs)?;
@@ -144,6 +125,54 @@ async fn rss_in(bench: &Scratch, emulator: &RunningEmulator, a: &RssArgs) -> any
     ]);
     t.print();
     Ok(())
+}
+
+/// `cedar worker` on `config` as the memory benches run it: admitting `in_flight` exports at
+/// `ee_requests_per_second`, logging to `log` in the bench's folder.
+pub(super) fn loaded_worker(
+    bench: &Scratch,
+    config: &Path,
+    log: &str,
+    in_flight: u64,
+    ee_requests_per_second: u32,
+) -> anyhow::Result<WorkerProcess> {
+    WorkerProcess::spawn(
+        config,
+        &bench.dir.join(log),
+        &[
+            "--max-active-exports".into(),
+            in_flight.to_string(),
+            "--ee-requests-per-second".into(),
+            ee_requests_per_second.to_string(),
+            "--drain-secs".into(),
+            "5".into(),
+        ],
+    )
+}
+
+/// The baseline of the memory benches: the same binary and configuration, started by `spawn`
+/// in a namespace of its own with nothing to do, measured after 5 s.
+pub(super) async fn idle_memory(
+    bench: &Scratch,
+    settings: &Settings,
+    spawn: impl Fn(&Path, &str) -> anyhow::Result<WorkerProcess>,
+) -> anyhow::Result<Memory> {
+    let mut idle_config = settings.config.clone();
+    idle_config.queue.namespace = bench.sub("idle");
+    let idle_path = bench.dir.join("cedar-idle.toml");
+    std::fs::write(&idle_path, toml::to_string(&idle_config)?)?;
+    let log = "worker-idle.log";
+    let mut idle = spawn(&idle_path, log)?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    idle.check_alive().with_context(|| {
+        format!(
+            "the idle worker; its log: {}",
+            bench.dir.join(log).display()
+        )
+    })?;
+    let memory = read_memory(idle.pid()?)?;
+    idle.stop().await;
+    Ok(memory)
 }
 
 /// How a loaded worker kept its tasks in flight ([`hold_in_flight`]).

@@ -20,8 +20,8 @@ use cedar::queue::{Queue, Stage};
 use cedar::submit::{self, Request};
 use cedar::worker;
 
-use super::rss::{Held, hold_in_flight, print_memory, read_memory};
-use super::{RedisArgs, Scratch, Table, WorkerProcess, emulated_ee, verdict, with_emulator};
+use super::rss::{Held, hold_in_flight, idle_memory, loaded_worker, print_memory, read_memory};
+use super::{RedisArgs, Scratch, Table, emulated_ee, verdict, with_emulator};
 
 /// Options of `cedar bench scale`.
 #[derive(Debug, Clone, clap::Args)]
@@ -269,34 +269,12 @@ async fn scale_in(
     let (_, _, status_json) = timed_cli(&config_path, &["status", &name, "--json"], &out).await?;
 
     // The worker: idle baseline, then the archive with thousands of tasks in flight.
-    let worker = |config: &Path, log: &str| -> anyhow::Result<WorkerProcess> {
-        WorkerProcess::spawn(
-            config,
-            &bench.dir.join(log),
-            &[
-                "--max-active-exports".into(),
-                a.in_flight.to_string(),
-                "--ee-requests-per-second".into(),
-                "1000".into(),
-                "--drain-secs".into(),
-                "5".into(),
-            ],
-        )
-    };
-    let mut idle_config = settings.config.clone();
-    idle_config.queue.namespace = bench.sub("idle");
-    let idle_path = bench.dir.join("cedar-idle.toml");
-    std::fs::write(&idle_path, toml::to_string(&idle_config)?)?;
     eprintln!(
         "submitted {orders} orders in {} s; starting the workers",
         secs(submitted)
     );
-    let mut idle = worker(&idle_path, "worker-idle.log")?;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    idle.check_alive()
-        .with_context(|| tail(&bench.dir.join("worker-idle.log")))?;
-    let idle_mem = read_memory(idle.pid()?)?;
-    idle.stop().await;
+    let worker = |config: &Path, log: &str| loaded_worker(bench, config, log, a.in_flight, 1000);
+    let idle_mem = idle_memory(bench, &settings, &worker).await?;
 
     let mut loaded = worker(&config_path, "worker.log")?;
     let cap = worker::admission_cap(Some(a.in_flight), None, 1);

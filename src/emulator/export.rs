@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::EmulatorOptions;
 use super::evaluate::{self, EvalError, Image};
 use super::expression;
-use super::geotiff::{GeoKeyValue, SampleType};
+use super::geotiff::{GeoTiffPlan, SampleType};
 use super::schema::{parse_f64, parse_i64, unwrap_value};
 use super::wkt;
 
@@ -25,22 +25,6 @@ pub(crate) struct Piece {
     pub height: u64,
     pub xoff: u64,
     pub yoff: u64,
-}
-
-/// What every GeoTIFF of an export shares; each piece adds its size and offset.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct GeoTiffPlan {
-    pub band_names: Vec<String>,
-    pub sample: SampleType,
-    /// `geoTiffOptions.noData.floatValue`; `None` writes no nodata value.
-    pub nodata: Option<f64>,
-    /// Side of the internal tiles: `geoTiffOptions.tileSize`.
-    pub block: u32,
-    pub cloud_optimized: bool,
-    /// The export grid's affine transform (EE order: scaleX, shearX, translateX, shearY,
-    /// scaleY, translateY).
-    pub transform: [f64; 6],
-    pub geokeys: Vec<(u16, GeoKeyValue)>,
 }
 
 /// Everything the task needs to run, decided at submission.

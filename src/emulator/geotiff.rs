@@ -129,23 +129,28 @@ pub(crate) enum GeoKeyValue {
     Ascii(String),
 }
 
-/// Everything a piece's file holds, apart from where it goes.
+/// What every GeoTIFF of an export shares; each piece adds its size and offset.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct GeoTiffPlan {
+    pub band_names: Vec<String>,
+    pub sample: SampleType,
+    /// `geoTiffOptions.noData.floatValue`; `None` writes no nodata value.
+    pub nodata: Option<f64>,
+    /// Side of the internal tiles: `geoTiffOptions.tileSize`.
+    pub block: u32,
+    pub cloud_optimized: bool,
+    /// The affine transform (EE order: scaleX, shearX, translateX, shearY, scaleY,
+    /// translateY): the export grid's, and in a [`Raster`] the piece's own (its top-left corner).
+    pub transform: [f64; 6],
+    pub geokeys: Vec<(u16, GeoKeyValue)>,
+}
+
+/// One piece's file: its size and the export's layout, translated to the piece's corner.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Raster {
     pub width: u32,
     pub height: u32,
-    /// Band names, written as GDAL band descriptions.
-    pub bands: Vec<String>,
-    pub sample: SampleType,
-    pub nodata: Option<f64>,
-    /// Side of the internal tiles (EE's `tileSize`).
-    pub block: u32,
-    pub cloud_optimized: bool,
-    /// The piece's affine transform in EE order: scaleX, shearX, translateX, shearY, scaleY,
-    /// translateY; the translation is the piece's own top-left corner.
-    pub transform: [f64; 6],
-    /// The CRS as GeoKeys, sorted by id.
-    pub geokeys: Vec<(u16, GeoKeyValue)>,
+    pub layout: GeoTiffPlan,
 }
 
 /// Encodes `raster` as a GeoTIFF.
@@ -154,7 +159,7 @@ pub(crate) fn encode(raster: &Raster) -> Result<Vec<u8>, GeoTiffError> {
     // Every motif compressed once per level: `blocks[level][band]`.
     let blocks: Vec<Vec<Arc<Vec<u8>>>> = (0..levels.len())
         .map(|level| {
-            (0..raster.bands.len())
+            (0..raster.layout.band_names.len())
                 .map(|band| motif_block(raster, band, level as u32))
                 .collect()
         })
@@ -176,7 +181,7 @@ pub(crate) fn encode(raster: &Raster) -> Result<Vec<u8>, GeoTiffError> {
     let mut values = Vec::new();
     let tiles: Vec<usize> = levels
         .iter()
-        .map(|&(w, h)| tiles_per_band(raster, w, h) * raster.bands.len())
+        .map(|&(w, h)| tiles_per_band(raster, w, h) * raster.layout.band_names.len())
         .collect();
     let mut data_start = values_start + out_of_line_size(&ifds, &tiles);
     data_start += data_start % 2;
@@ -242,16 +247,16 @@ pub(crate) fn encode(raster: &Raster) -> Result<Vec<u8>, GeoTiffError> {
 }
 
 fn tiles_per_band(raster: &Raster, w: u32, h: u32) -> usize {
-    (w.div_ceil(raster.block) * h.div_ceil(raster.block)) as usize
+    (w.div_ceil(raster.layout.block) * h.div_ceil(raster.layout.block)) as usize
 }
 
 /// The size of every level: the full resolution, then (cloud optimized) halvings until the
 /// image fits in one tile, as GDAL's COG driver builds overviews.
 fn levels(raster: &Raster) -> Vec<(u32, u32)> {
     let mut levels = vec![(raster.width, raster.height)];
-    if raster.cloud_optimized {
+    if raster.layout.cloud_optimized {
         let (mut w, mut h) = (raster.width, raster.height);
-        while w > raster.block || h > raster.block {
+        while w > raster.layout.block || h > raster.layout.block {
             (w, h) = (w.div_ceil(2), h.div_ceil(2));
             levels.push((w, h));
         }
@@ -342,8 +347,8 @@ fn out_of_line_size(ifds: &[Vec<(u16, Field)>], tiles: &[usize]) -> u64 {
 
 /// The fields of one IFD, sorted by tag, as TIFF requires.
 fn fields(raster: &Raster, level: usize, w: u32, h: u32) -> Vec<(u16, Field)> {
-    let bands = raster.bands.len();
-    let bits = (raster.sample.bytes() * 8) as u16;
+    let bands = raster.layout.band_names.len();
+    let bits = (raster.layout.sample.bytes() * 8) as u16;
     let mut f: Vec<(u16, Field)> = Vec::new();
     if level > 0 {
         // NewSubfileType: a reduced-resolution version of the image.
@@ -360,8 +365,8 @@ fn fields(raster: &Raster, level: usize, w: u32, h: u32) -> Vec<(u16, Field)> {
         (277, Field::Short(vec![bands as u16])),
         // PlanarConfiguration: separate planes, one tile per band (GDAL's INTERLEAVE=BAND).
         (284, Field::Short(vec![2])),
-        (322, Field::Long(vec![raster.block])),
-        (323, Field::Long(vec![raster.block])),
+        (322, Field::Long(vec![raster.layout.block])),
+        (323, Field::Long(vec![raster.layout.block])),
         (324, Field::TileOffsets),
         (325, Field::TileByteCounts),
     ]);
@@ -369,9 +374,12 @@ fn fields(raster: &Raster, level: usize, w: u32, h: u32) -> Vec<(u16, Field)> {
         // ExtraSamples: the bands past the first are unspecified data, not alpha.
         f.push((338, Field::Short(vec![0; bands - 1])));
     }
-    f.push((339, Field::Short(vec![raster.sample.format(); bands])));
+    f.push((
+        339,
+        Field::Short(vec![raster.layout.sample.format(); bands]),
+    ));
     if level == 0 {
-        let [sx, shx, tx, shy, sy, ty] = raster.transform;
+        let [sx, shx, tx, shy, sy, ty] = raster.layout.transform;
         if shx == 0.0 && shy == 0.0 && sy < 0.0 {
             f.push((33550, Field::Double(vec![sx, -sy, 0.0])));
             f.push((33922, Field::Double(vec![0.0, 0.0, 0.0, tx, ty, 0.0])));
@@ -383,7 +391,7 @@ fn fields(raster: &Raster, level: usize, w: u32, h: u32) -> Vec<(u16, Field)> {
                 ]),
             ));
         }
-        let (directory, doubles, ascii) = geokey_directory(&raster.geokeys);
+        let (directory, doubles, ascii) = geokey_directory(&raster.layout.geokeys);
         f.push((34735, Field::Short(directory)));
         if !doubles.is_empty() {
             f.push((34736, Field::Double(doubles)));
@@ -391,8 +399,11 @@ fn fields(raster: &Raster, level: usize, w: u32, h: u32) -> Vec<(u16, Field)> {
         if !ascii.is_empty() {
             f.push((34737, Field::Ascii(ascii)));
         }
-        f.push((42112, Field::Ascii(gdal_metadata(&raster.bands))));
-        if let Some(nodata) = raster.nodata {
+        f.push((
+            42112,
+            Field::Ascii(gdal_metadata(&raster.layout.band_names)),
+        ));
+        if let Some(nodata) = raster.layout.nodata {
             f.push((42113, Field::Ascii(nodata_text(nodata))));
         }
     }
@@ -457,10 +468,10 @@ fn motif_block(raster: &Raster, band: usize, level: u32) -> Arc<Vec<u8>> {
     let kind = (band % MOTIF_KINDS) as u8;
     let key = (
         kind,
-        raster.sample,
-        raster.block,
+        raster.layout.sample,
+        raster.layout.block,
         level,
-        raster.nodata.map(f64::to_bits),
+        raster.layout.nodata.map(f64::to_bits),
     );
     let cached = MOTIFS
         .lock()
@@ -470,7 +481,13 @@ fn motif_block(raster: &Raster, band: usize, level: u32) -> Arc<Vec<u8>> {
     if let Some(block) = cached {
         return block;
     }
-    let raw = motif_pixels(kind, raster.sample, raster.block, level, raster.nodata);
+    let raw = motif_pixels(
+        kind,
+        raster.layout.sample,
+        raster.layout.block,
+        level,
+        raster.layout.nodata,
+    );
     let mut compressed = Vec::new();
     Deflate::with_level(DeflateLevel::Fast)
         .write_to(&mut compressed, &raw)
@@ -560,17 +577,19 @@ mod tests {
         Raster {
             width,
             height,
-            bands: vec!["blue".into(), "green".into(), "red".into()],
-            sample: SampleType::U16,
-            nodata: Some(0.0),
-            block: 256,
-            cloud_optimized,
-            transform: [30.0, 0.0, 1000.0, 0.0, -30.0, 2000.0],
-            geokeys: vec![
-                (1024, GeoKeyValue::Short(1)),
-                (1025, GeoKeyValue::Short(1)),
-                (3072, GeoKeyValue::Short(32610)),
-            ],
+            layout: GeoTiffPlan {
+                band_names: vec!["blue".into(), "green".into(), "red".into()],
+                sample: SampleType::U16,
+                nodata: Some(0.0),
+                block: 256,
+                cloud_optimized,
+                transform: [30.0, 0.0, 1000.0, 0.0, -30.0, 2000.0],
+                geokeys: vec![
+                    (1024, GeoKeyValue::Short(1)),
+                    (1025, GeoKeyValue::Short(1)),
+                    (3072, GeoKeyValue::Short(32610)),
+                ],
+            },
         }
     }
 
@@ -602,10 +621,8 @@ mod tests {
     #[test]
     fn every_motif_compresses_to_a_few_kilobytes() {
         for kind in 0..MOTIF_KINDS {
-            let raster = Raster {
-                bands: (0..MOTIF_KINDS).map(|b| format!("b{b}")).collect(),
-                ..raster(256, 256, false)
-            };
+            let mut raster = raster(256, 256, false);
+            raster.layout.band_names = (0..MOTIF_KINDS).map(|b| format!("b{b}")).collect();
             let block = motif_block(&raster, kind, 0);
             assert!(block.len() < 8192, "motif {kind}: {} bytes", block.len());
         }

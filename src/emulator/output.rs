@@ -9,7 +9,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::export::{ExportPlan, Piece};
-use super::geotiff::{self, GeoTiffError, Raster};
+use super::geotiff::{self, GeoTiffError, GeoTiffPlan, Raster};
 use super::stats::WrittenObject;
 
 /// Why writing failed; the task then ends FAILED with this message.
@@ -69,20 +69,17 @@ fn contents(plan: &ExportPlan, piece: &Piece) -> Result<Vec<u8>, OutputError> {
     let raster = Raster {
         width: piece.width as u32,
         height: piece.height as u32,
-        bands: layout.band_names.clone(),
-        sample: layout.sample,
-        nodata: layout.nodata,
-        block: layout.block,
-        cloud_optimized: layout.cloud_optimized,
-        transform: [
-            sx,
-            shx,
-            tx + sx * x + shx * y,
-            shy,
-            sy,
-            ty + shy * x + sy * y,
-        ],
-        geokeys: layout.geokeys.clone(),
+        layout: GeoTiffPlan {
+            transform: [
+                sx,
+                shx,
+                tx + sx * x + shx * y,
+                shy,
+                sy,
+                ty + shy * x + sy * y,
+            ],
+            ..layout.clone()
+        },
     };
     geotiff::encode(&raster).map_err(|source| OutputError::Encode {
         name: piece.name.clone(),

@@ -171,6 +171,28 @@ impl Campaign {
         (run.json(), run.code)
     }
 
+    /// EE starts the next `n` `image:export` tasks but their answers are lost (503): a retry
+    /// must find the task it started, not start a second one.
+    fn lose_export_answers(&self, n: u32) {
+        self.emulator.inject(Fault::NextRequests {
+            method: Some(ApiMethod::ImageExport),
+            count: n,
+            status: 503,
+            message: None,
+            processed: true,
+        });
+    }
+
+    /// Submits the eight orders of the EE-behaviour tests (four tiles × two quarters of LC08),
+    /// waits until they end and checks every one ended CLEANED; returns the submission's name.
+    async fn eight_cleaned(&self) -> String {
+        let name = self.submit(&four_tiles(LC08, "2021-12-31", "3MS")).await;
+        let (status, code) = self.wait_done(&name).await;
+        assert_eq!(code, Some(0), "{status}");
+        assert_eq!(counts(&status), BTreeMap::from([("CLEANED".to_owned(), 8)]));
+        name
+    }
+
     /// Polls `status --json` until the submission is done; returns the last answer.
     async fn wait_done(&self, name: &str) -> (Value, Option<i32>) {
         wait_until(DEADLINE, Duration::from_millis(500), move || async move {
@@ -698,19 +720,10 @@ async fn throttling_and_outages_are_retried_and_export_once() {
     .await;
     // The first answers to image:export are lost after EE started the task: the retry must
     // get the same task back through its requestId, not a second one.
-    c.emulator.inject(Fault::NextRequests {
-        method: Some(ApiMethod::ImageExport),
-        count: 3,
-        status: 503,
-        message: None,
-        processed: true,
-    });
+    c.lose_export_answers(3);
     c.spawn_worker();
     c.spawn_worker();
-    let name = c.submit(&four_tiles(LC08, "2021-12-31", "3MS")).await;
-    let (status, code) = c.wait_done(&name).await;
-    assert_eq!(code, Some(0), "{status}");
-    assert_eq!(counts(&status), BTreeMap::from([("CLEANED".to_owned(), 8)]));
+    let name = c.eight_cleaned().await;
     let stats = c.emulator.stats();
     let refused = stats.responses.get("429").copied().unwrap_or(0)
         + stats.responses.get("503").copied().unwrap_or(0);
@@ -746,18 +759,9 @@ async fn a_repeated_request_id_answered_already_exists_finds_the_running_task() 
     )
     .await;
     // EE starts these tasks but their answers are lost: each retry gets the 409.
-    c.emulator.inject(Fault::NextRequests {
-        method: Some(ApiMethod::ImageExport),
-        count: 3,
-        status: 503,
-        message: None,
-        processed: true,
-    });
+    c.lose_export_answers(3);
     c.spawn_worker();
-    let name = c.submit(&four_tiles(LC08, "2021-12-31", "3MS")).await;
-    let (status, code) = c.wait_done(&name).await;
-    assert_eq!(code, Some(0), "{status}");
-    assert_eq!(counts(&status), BTreeMap::from([("CLEANED".to_owned(), 8)]));
+    let name = c.eight_cleaned().await;
     let stats = c.emulator.stats();
     assert_eq!(
         stats.responses.get("409").copied(),
@@ -786,10 +790,7 @@ async fn operations_named_with_the_project_number_are_matched_by_id() {
     )
     .await;
     c.spawn_worker();
-    let name = c.submit(&four_tiles(LC08, "2021-12-31", "3MS")).await;
-    let (status, code) = c.wait_done(&name).await;
-    assert_eq!(code, Some(0), "{status}");
-    assert_eq!(counts(&status), BTreeMap::from([("CLEANED".to_owned(), 8)]));
+    c.eight_cleaned().await;
     let stats = c.emulator.stats();
     // Matched by name, no order would be found in the list: each would need operations.get.
     let gets = stats.requests.get("operations.get").copied().unwrap_or(0);
@@ -810,10 +811,7 @@ async fn finished_operations_that_leave_the_list_are_looked_up_not_lost() {
     )
     .await;
     c.spawn_worker();
-    let name = c.submit(&four_tiles(LC08, "2021-12-31", "3MS")).await;
-    let (status, code) = c.wait_done(&name).await;
-    assert_eq!(code, Some(0), "{status}");
-    assert_eq!(counts(&status), BTreeMap::from([("CLEANED".to_owned(), 8)]));
+    let name = c.eight_cleaned().await;
     let stats = c.emulator.stats();
     let gets = stats.requests.get("operations.get").copied().unwrap_or(0);
     assert!(gets >= 8, "each end was learnt by name: {stats:#?}");
