@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 use clap::{Args, Subcommand};
 
 use cedar::campaign;
@@ -694,12 +694,6 @@ fn exit_for(total: usize, counts: &BTreeMap<OrderState, u64>) -> (bool, ExitCode
     (finished, code)
 }
 
-/// When admission is paused because the EECU budget is spent, until when.
-async fn paused_until(queue: &cedar::queue::Queue) -> anyhow::Result<Option<DateTime<Utc>>> {
-    let until = queue.figure(cedar::queue::Figure::Paused).await?;
-    Ok(until.and_then(DateTime::<Utc>::from_timestamp_millis))
-}
-
 async fn watch(
     tracker: &Tracker,
     queue: &cedar::queue::Queue,
@@ -749,7 +743,7 @@ async fn watch(
             }
             // Read once, at the end: the EECU sum reads every order.
             let eecu = tracker.eecu_seconds(name).await?;
-            let paused = paused_until(queue).await?;
+            let paused = queue.paused_until().await?;
             if json {
                 let counts: BTreeMap<&str, u64> =
                     counts.iter().map(|(s, n)| (s.as_str(), *n)).collect();

@@ -792,6 +792,13 @@ impl Queue {
         dispatch!(self, q => q.figure(figure).await)
     }
 
+    /// Until when admission is paused because the EECU budget is spent ([`Figure::Paused`]);
+    /// `None` while it is not.
+    pub async fn paused_until(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>, QueueError> {
+        let until = self.figure(Figure::Paused).await?;
+        Ok(until.and_then(chrono::DateTime::from_timestamp_millis))
+    }
+
     /// Sets (or, with `None`, clears) one admission figure.
     pub async fn set_figure(&self, figure: Figure, value: Option<i64>) -> Result<(), QueueError> {
         dispatch!(self, q => q.set_figure(figure, value).await)?;

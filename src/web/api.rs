@@ -24,8 +24,8 @@ use crate::earthengine::EE_QUEUE_CAP;
 use crate::jobs::Submitted;
 use crate::order::Order;
 use crate::period::Period;
+use crate::queue::Stage;
 use crate::queue::tracking::{OrderState, OrderStatus, WALK_CHUNK};
-use crate::queue::{Figure, Stage};
 use crate::schedule;
 
 /// Orders read at most per `orders` request: a filter that matches nothing still answers in
@@ -218,13 +218,8 @@ impl Console {
         let mut campaigns = Vec::with_capacity(tallies.len());
         for (name, counts) in &tallies {
             let sub = self.submission(name).await?;
-            // The EECU comes from the digest: the latest one, a new walk in the background.
-            let digest = self
-                .inner
-                .digests
-                .get(&ctx.tracker, sub.clone(), counts, false);
-            let eecu = digest.await.map(|d| d.eecu_seconds);
-            campaigns.push(self.campaign(&sub, counts.clone(), paused, eecu));
+            let eecu = ctx.tracker.eecu_seconds(name).await?;
+            campaigns.push(self.campaign(&sub, counts.clone(), paused, Some(eecu)));
         }
         let now = Utc::now();
         let ingests = schedule::status(&ctx.tracker, &ctx.settings.ingests, &tallies, now)
@@ -285,9 +280,8 @@ impl Console {
         let sub = self.submission(name).await?;
         let tracker = &self.inner.ctx.tracker;
         let counts = tracker.counts(name).await?;
-        let digest = self.inner.digests.get(tracker, sub.clone(), &counts, false);
-        let eecu = digest.await.map(|d| d.eecu_seconds);
-        let campaign = self.campaign(&sub, counts, self.paused_until().await?, eecu);
+        let eecu = tracker.eecu_seconds(name).await?;
+        let campaign = self.campaign(&sub, counts, self.paused_until().await?, Some(eecu));
         Ok(Detail {
             campaign,
             collections: sub.collections.clone(),
@@ -330,8 +324,8 @@ impl Console {
             .digests
             .get(&ctx.tracker, sub.clone(), &counts, true);
         let digest = digest.await;
-        let eecu = digest.as_ref().map(|d| d.eecu_seconds);
-        let campaign = self.campaign(&sub, counts, self.paused_until().await?, eecu);
+        let eecu = ctx.tracker.eecu_seconds(name).await?;
+        let campaign = self.campaign(&sub, counts, self.paused_until().await?, Some(eecu));
         let per_collection = sub.tiles.len() * sub.periods.len();
         let matrix = digest.as_ref().map(|d| {
             let codes = &d.codes[ci * per_collection..(ci + 1) * per_collection];
@@ -370,12 +364,7 @@ impl Console {
         let pick = |n: usize, wanted: Option<usize>| -> Vec<usize> {
             wanted.map_or_else(|| (0..n).collect(), |i| vec![i])
         };
-        let collection = match q.collection.as_deref().filter(|c| !c.is_empty()) {
-            None => None,
-            Some(c) => Some(sub.collections.iter().position(|x| x == c).ok_or_else(|| {
-                WebError::BadRequest(format!("{c:?} is not a collection of {name}"))
-            })?),
-        };
+        let collection = collection_index(&sub, q.collection.as_deref())?;
         let tile = match q.tile.as_deref().filter(|t| !t.is_empty()) {
             None => None,
             Some(t) => {
@@ -385,13 +374,7 @@ impl Console {
                 })?)
             }
         };
-        let period =
-            match q.period {
-                None => None,
-                Some(d) => Some(sub.periods.iter().position(|p| p.start == d).ok_or_else(
-                    || WebError::BadRequest(format!("no period of {name} starts on {d}")),
-                )?),
-            };
+        let period = period_index(&sub, q.period)?;
         let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
         let cursor = q.cursor.unwrap_or(0);
         let (nt, np) = (sub.tiles.len(), sub.periods.len());
@@ -529,8 +512,7 @@ impl Console {
     }
 
     async fn paused_until(&self) -> Result<Option<DateTime<Utc>>, WebError> {
-        let until = self.inner.ctx.queue.figure(Figure::Paused).await?;
-        Ok(until.and_then(DateTime::<Utc>::from_timestamp_millis))
+        Ok(self.inner.ctx.queue.paused_until().await?)
     }
 
     pub(super) async fn submission(&self, name: &str) -> Result<Arc<Submitted>, WebError> {
@@ -547,28 +529,34 @@ impl Console {
     }
 }
 
+/// The index of collection `wanted` in `sub` (`None` when none is asked for); a collection
+/// `sub` does not export is bad input.
+fn collection_index(sub: &Submitted, wanted: Option<&str>) -> Result<Option<usize>, WebError> {
+    let Some(c) = wanted.filter(|c| !c.is_empty()) else {
+        return Ok(None);
+    };
+    let i = sub.collections.iter().position(|x| x == c);
+    i.map(Some)
+        .ok_or_else(|| WebError::BadRequest(format!("{c:?} is not a collection of {}", sub.name)))
+}
+
+/// The index of the period of `sub` that starts on `wanted` (`None` when none is asked for).
+fn period_index(sub: &Submitted, wanted: Option<NaiveDate>) -> Result<Option<usize>, WebError> {
+    let Some(d) = wanted else { return Ok(None) };
+    let i = sub.periods.iter().position(|p| p.start == d);
+    i.map(Some)
+        .ok_or_else(|| WebError::BadRequest(format!("no period of {} starts on {d}", sub.name)))
+}
+
 /// The indices of the collection and period `q` asks for (default: the first of each).
 pub fn choose(sub: &Submitted, q: &ViewQuery) -> Result<(usize, usize), WebError> {
-    let ci = match q.collection.as_deref().filter(|c| !c.is_empty()) {
-        None => 0,
-        Some(c) => sub.collections.iter().position(|x| x == c).ok_or_else(|| {
-            WebError::BadRequest(format!("{c:?} is not a collection of {}", sub.name))
-        })?,
-    };
-    let pi = match q.period {
-        None => 0,
-        Some(d) => sub
-            .periods
-            .iter()
-            .position(|p| p.start == d)
-            .ok_or_else(|| {
-                WebError::BadRequest(format!("no period of {} starts on {d}", sub.name))
-            })?,
-    };
     if sub.collections.is_empty() || sub.periods.is_empty() || sub.tiles.is_empty() {
         return Err(WebError::Internal(format!("{} has no orders", sub.name)));
     }
-    Ok((ci, pi))
+    Ok((
+        collection_index(sub, q.collection.as_deref())?.unwrap_or(0),
+        period_index(sub, q.period)?.unwrap_or(0),
+    ))
 }
 
 /// The order at `index` of `Submission::orders`.
@@ -584,16 +572,18 @@ pub fn order_at(sub: &Submitted, index: usize) -> Order {
     }
 }
 
+/// An order's name as the tracking document gives it (`cedar show`), else its key.
+fn order_name(sub: &Submitted, order: &Order) -> String {
+    sub.names(order)
+        .map(|n| n.name)
+        .unwrap_or_else(|_| crate::queue::tracking::order_key(order))
+}
+
 fn row(sub: &Submitted, index: usize, order: Order, status: OrderStatus) -> OrderRow {
-    // The same names the tracking document gives (`cedar show`).
-    let names = sub.names(&order).ok();
     OrderRow {
         index,
-        name: names.as_ref().map_or_else(
-            || crate::queue::tracking::order_key(&order),
-            |n| n.name.clone(),
-        ),
-        prefix: names.map(|n| n.prefix).unwrap_or_default(),
+        name: order_name(sub, &order),
+        prefix: sub.names(&order).map(|n| n.prefix).unwrap_or_default(),
         tile: (order.row, order.col),
         period: order.period,
         collection: order.collection,
@@ -608,12 +598,7 @@ fn failure(sub: &Submitted, g: &FailureGroup) -> Failure {
         examples: g
             .examples
             .iter()
-            .map(|i| {
-                let order = order_at(sub, *i);
-                sub.names(&order)
-                    .map(|n| n.name)
-                    .unwrap_or_else(|_| crate::queue::tracking::order_key(&order))
-            })
+            .map(|i| order_name(sub, &order_at(sub, *i)))
             .collect(),
     }
 }

@@ -1,5 +1,5 @@
-//! A campaign's digest: every order's state as one letter, its failures grouped by message and
-//! the EECU its tasks used, from one walk over its orders, kept for the console to answer from.
+//! A campaign's digest: every order's state as one letter and its failures grouped by message,
+//! from one walk over its orders, kept for the console to answer from.
 //!
 //! A walk reads every order ([`Tracker::walk`], a missing record being QUEUED), so
 //! at archive size (1.39 M orders) it takes seconds: the console never waits for one there. A
@@ -41,7 +41,6 @@ pub struct Digest {
     pub failures: Vec<FailureGroup>,
     /// Failed orders beyond those in `failures` (messages past [`MAX_GROUPS`]).
     pub failures_other: u64,
-    pub eecu_seconds: f64,
     /// The campaign's per-state tally when the walk started.
     pub counts: BTreeMap<OrderState, u64>,
     /// When the walk ended, and how long it took.
@@ -68,7 +67,6 @@ pub async fn walk(
     let started = Instant::now();
     let mut codes = Vec::with_capacity(sub.order_count());
     let mut groups: HashMap<String, FailureGroup> = HashMap::new();
-    let mut eecu_seconds = 0.0;
     let mut walk = tracker.walk(&sub.name, sub.orders());
     while let Some(chunk) = walk.next().await? {
         let first = codes.len();
@@ -78,7 +76,6 @@ pub async fn walk(
                 continue;
             };
             codes.push(code(s.state) as u8);
-            eecu_seconds += s.eecu_seconds.unwrap_or(0.0);
             if s.state.is_failed() {
                 let message = cut(ee_message(s.error.as_deref().unwrap_or("(no message)")));
                 let g = groups.entry(message.clone()).or_insert(FailureGroup {
@@ -102,7 +99,6 @@ pub async fn walk(
         codes,
         failures,
         failures_other,
-        eecu_seconds,
         counts,
         at: Utc::now(),
         took: started.elapsed(),
@@ -130,11 +126,11 @@ fn cut(message: &str) -> String {
 }
 
 impl Digest {
-    /// Whether a walk should start again: the campaign was submitted anew, or its tally moved
-    /// since this walk and the digest is older than five walks (and [`MIN_AGE`]).
-    fn stale(&self, sub: &Submitted, counts: &BTreeMap<OrderState, u64>) -> bool {
-        self.submitted != sub.submitted
-            || (self.counts != *counts && self.walked.elapsed() > (self.took * 5).max(MIN_AGE))
+    /// Whether a walk should start again: the tally moved since this walk and the digest is
+    /// older than five walks (and [`MIN_AGE`]). A digest of a campaign submitted anew under the
+    /// same name is never asked (`Digests::get` drops it).
+    fn stale(&self, counts: &BTreeMap<OrderState, u64>) -> bool {
+        self.counts != *counts && self.walked.elapsed() > (self.took * 5).max(MIN_AGE)
     }
 }
 
@@ -165,7 +161,7 @@ impl Digests {
             let mut slots = self.slots.lock().expect("digest lock");
             let slot = slots.entry(sub.name.clone()).or_default();
             let current = slot.digest.clone().filter(|d| d.submitted == sub.submitted);
-            let start = !slot.walking && current.as_ref().is_none_or(|d| d.stale(&sub, counts));
+            let start = !slot.walking && current.as_ref().is_none_or(|d| d.stale(counts));
             if start {
                 slot.walking = true;
             }

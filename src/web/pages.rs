@@ -9,7 +9,7 @@ use axum::response::Html;
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 
-use super::api::{Campaign, ViewQuery, choose};
+use super::api::{Campaign, ViewQuery};
 use super::map::{self, geometry, state_of};
 use super::{Console, WebError};
 use crate::queue::tracking::OrderState;
@@ -213,7 +213,7 @@ pub(super) async fn campaigns(State(console): State<Console>) -> Result<Html<Str
                             td { (d.reason) }
                             td { (d.attempts) }
                             td.error { (d.last_error) }
-                            td { (d.at.map_or_else(|| "—".to_owned(), |t| t.format("%Y-%m-%d %H:%M UTC").to_string())) }
+                            td { (time(d.at)) }
                         }
                     }
                 }
@@ -231,9 +231,8 @@ pub(super) async fn campaign(
     Query(q): Query<ViewQuery>,
 ) -> Result<Html<String>, WebError> {
     let sub = console.submission(&name).await?;
-    let (ci, pi) = choose(&sub, &q)?;
     let view = console.view(&name, &q).await?;
-    let detail = console.detail(&name).await?;
+    let actions = console.inner.opts.actions_enabled();
     let c = &view.campaign;
     let geo = geometry(&sub.recipe.grid, &sub.tiles)
         .map_err(|e| WebError::Internal(format!("{name}: {e}")))?;
@@ -241,14 +240,14 @@ pub(super) async fn campaign(
     let stroke = (vw.max(vh) / 400.0).max(f64::MIN_POSITIVE);
     let data = html! {
         div #campaign hidden data-name=(name) data-collection=(view.collection)
-            data-period=(view.period.start.to_string()) data-actions=(detail.actions) {}
+            data-period=(view.period.start.to_string()) data-actions=(actions) {}
     };
     let body = html! {
         h1 { (name) }
         p.facts {
             "submitted " (time(Some(c.submitted))) " · priority " (c.priority)
-            " · workload tag " code { (detail.workload_tag) }
-            " · grid " (detail.grid)
+            " · workload tag " code { (sub.workload_tag()) }
+            " · grid " (sub.recipe.grid.name)
             @if let Some(i) = &c.ingest { " · ingest entry " (i) }
         }
         section.summary {
@@ -262,7 +261,7 @@ pub(super) async fn campaign(
                 " · throughput " b data-f="throughput" { (rate(c.throughput_per_hour)) }
                 " · ETA " b data-f="eta" { (if c.done { "done".to_owned() } else { time(c.eta) }) }
             }
-            @if detail.actions {
+            @if actions {
                 p.actions {
                     button type="button" data-action="retry" { "Retry failed orders" }
                     " "
@@ -274,14 +273,14 @@ pub(super) async fn campaign(
         }
         form.choose method="get" action=(campaign_href(&name)) {
             label { "collection " select name="collection" {
-                @for (i, col) in sub.collections.iter().enumerate() {
-                    option value=(col) selected[i == ci] { (col) }
+                @for col in &sub.collections {
+                    option value=(col) selected[*col == view.collection] { (col) }
                 }
             } }
             " "
             label { "period " select name="period" {
-                @for (i, p) in sub.periods.iter().enumerate() {
-                    option value=(p.start.to_string()) selected[i == pi] { (p.to_string()) }
+                @for p in &sub.periods {
+                    option value=(p.start.to_string()) selected[*p == view.period] { (p.to_string()) }
                 }
             } }
             " "

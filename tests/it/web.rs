@@ -16,8 +16,8 @@ use cedar::config::{Config, Settings};
 use cedar::emulator::{EmulatorOptions, Fault};
 use cedar::jobs::{Context, JobSettings};
 use cedar::order::Order;
-use cedar::queue::Stage;
 use cedar::queue::tracking::{OrderState, OrderStatus, Submission};
+use cedar::queue::{Figure, Stage};
 use cedar::submit::{self, Request};
 use cedar::web::{Console, ConsoleOptions, campaign_href};
 use serde_json::Value;
@@ -182,37 +182,55 @@ async fn the_json_api_answers_as_the_cli_does_and_pages_orders() {
         .await;
     assert_eq!(sub.order_count(), 30);
     let orders: Vec<Order> = sub.orders().collect();
-    s.set(
-        &sub,
-        &orders[1],
-        OrderState::Failed,
-        Some("Computation timed out."),
-    )
-    .await;
-    s.set(
-        &sub,
-        &orders[7],
-        OrderState::Failed,
-        Some("Computation timed out."),
-    )
-    .await;
-    s.set(
-        &sub,
-        &orders[20],
-        OrderState::Lost,
-        Some("operation not found"),
-    )
-    .await;
-    s.set(&sub, &orders[2], OrderState::Cleaned, None).await;
-    s.set(&sub, &orders[3], OrderState::Running, None).await;
+    for (i, state, error) in [
+        (1, OrderState::Failed, Some("Computation timed out.")),
+        (7, OrderState::Failed, Some("Computation timed out.")),
+        (20, OrderState::Lost, Some("operation not found")),
+        (2, OrderState::Cleaned, None),
+        (3, OrderState::Running, None),
+    ] {
+        s.set(&sub, &orders[i], state, error).await;
+    }
+    // An ended task's EECU, and admission paused by the EECU budget: both as `status` says.
+    let cleaned = OrderStatus {
+        eecu_seconds: Some(12.5),
+        ..s.ctx
+            .tracker
+            .status(&sub.name, &orders[2])
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert!(
+        s.ctx
+            .tracker
+            .set(&sub.name, &orders[2], &cleaned, false)
+            .await
+            .unwrap()
+    );
+    let until = chrono::Utc::now().timestamp_millis() + 3_600_000;
+    s.ctx
+        .queue
+        .set_figure(Figure::Paused, Some(until))
+        .await
+        .unwrap();
     let name = &sub.name;
 
     // A campaign is `cedar status --json`'s object, with more fields beside.
     let status = json(s.cedar(&["status", name, "--json"])).await;
     let campaign = s.json(&api(name)).await;
-    for key in ["name", "total", "counts", "done", "admission_paused_until"] {
+    for key in [
+        "name",
+        "total",
+        "counts",
+        "done",
+        "eecu_seconds",
+        "admission_paused_until",
+    ] {
+        assert!(!status[key].is_null(), "{key}: {status}");
         assert_eq!(campaign[key], status[key], "{key}: {campaign} vs {status}");
     }
+    assert_eq!(campaign["eecu_seconds"], 12.5);
     assert_eq!(campaign["priority"], 300);
     assert_eq!(campaign["failed"], 3);
     assert_eq!(campaign["active"], 1);
