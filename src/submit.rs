@@ -386,6 +386,23 @@ mod tests {
     }
 
     #[test]
+    fn a_run_hands_out_the_submissions_orders_by_their_index() {
+        // `campaign::retry` finds the orders a run still holds by their index in
+        // `Submission::orders`: the run's job at each index must be that order's job.
+        let mut r = req();
+        r.collections.push("LANDSAT/LC09/C02/T1_L2".into());
+        let p = plan(&settings(), &r, Utc::now()).unwrap();
+        let sub = &p.submission;
+        assert_eq!(sub.order_count(), 2 * 2 * 4);
+        let run = sub.export_run();
+        for (i, order) in sub.orders().enumerate() {
+            let want = crate::jobs::job_for(&sub.name, &order, None);
+            assert_eq!(run.job(i as u64), Some(want), "order {i}");
+        }
+        assert_eq!(run.job(sub.order_count() as u64), None);
+    }
+
+    #[test]
     fn a_valid_request_plans_every_order() {
         let p = plan(&settings(), &req(), Utc::now()).unwrap();
         assert_eq!(p.submission.order_count(), 2 * 4);

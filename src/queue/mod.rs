@@ -590,7 +590,7 @@ impl Queue {
     /// no-op while the run waits).
     pub async fn enqueue_run(
         &self,
-        export: &ExportRun<'_>,
+        export: &ExportRun,
         place: BacklogPlace<'_>,
     ) -> Result<u64, QueueError> {
         if export.is_empty() {

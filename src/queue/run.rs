@@ -9,11 +9,16 @@
 //! on by one turn: the backlog therefore hands out the same jobs, in the same order, as it would
 //! if every job had been queued one by one (priorities first, then submissions taking turns).
 //!
+//! A submission has at most one run (`run/{tracking}` in the backlog): enqueueing it again while
+//! it waits is a no-op, and the run and its plan go together when its last order is handed out
+//! or the submission is cancelled.
+//!
 //! The order of a run's jobs is [`crate::queue::tracking::Submission::orders`]' order:
 //! collection-major, then tile, then period; index `i` is collection `i / (tiles × periods)`,
 //! tile `(i / periods) mod tiles`, period `i mod periods`.
 
 use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
 
 use super::OrderJob;
 
@@ -21,18 +26,18 @@ use super::OrderJob;
 /// never contain `/` (`naming` refuses it), so no job id can start with `run/`.
 pub const RUN_PREFIX: &str = "run/";
 
-/// A submission's export jobs, by the dimensions of its product.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExportRun<'a> {
-    pub tracking: &'a str,
-    pub collections: &'a [String],
+/// A submission's export jobs, by the dimensions of its product; SQLite keeps it as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportRun {
+    pub tracking: String,
+    pub collections: Vec<String>,
     /// (row, col).
-    pub tiles: &'a [(u32, u32)],
+    pub tiles: Vec<(u32, u32)>,
     /// (first day, last day exclusive).
     pub periods: Vec<(NaiveDate, NaiveDate)>,
 }
 
-impl ExportRun<'_> {
+impl ExportRun {
     /// How many jobs the run holds.
     pub fn len(&self) -> u64 {
         (self.collections.len() * self.tiles.len() * self.periods.len()) as u64
@@ -42,24 +47,24 @@ impl ExportRun<'_> {
         self.len() == 0
     }
 
-    /// Its member in the backlog: `run/{tracking}/0`.
+    /// Its member in the backlog: `run/{tracking}`.
     pub fn member(&self) -> String {
-        member(self.tracking, 0)
+        member(&self.tracking)
     }
 
     /// The job of order `index` (see the module's order), exactly as it would have been queued
     /// on its own.
     pub fn job(&self, index: u64) -> Option<OrderJob> {
-        let plan = Dims {
-            tiles: self.tiles.len() as u64,
-            periods: self.periods.len() as u64,
-        };
-        let (c, t, p) = plan.split(index)?;
-        let (row, col) = *self.tiles.get(t)?;
-        let (start, end) = *self.periods.get(p)?;
+        let (tiles, periods) = (self.tiles.len() as u64, self.periods.len() as u64);
+        if tiles == 0 || periods == 0 {
+            return None;
+        }
+        let c = (index / (tiles * periods)) as usize;
+        let (row, col) = *self.tiles.get(((index / periods) % tiles) as usize)?;
+        let (start, end) = *self.periods.get((index % periods) as usize)?;
         Some(OrderJob {
             v: 1,
-            tracking: self.tracking.to_owned(),
+            tracking: self.tracking.clone(),
             collection: self.collections.get(c)?.clone(),
             row,
             col,
@@ -69,11 +74,10 @@ impl ExportRun<'_> {
         })
     }
 
-    /// The plan as the Redis plan hash stores it: `nc`, `nt`, `np`, then `c:{i}` → collection,
+    /// The plan as the Redis plan hash stores it: `nt`, `np`, then `c:{i}` → collection,
     /// `t:{i}` → `"{row} {col}"`, `p:{i}` → `"{start} {end}"`.
     pub fn plan_fields(&self) -> Vec<(String, String)> {
         let mut out = vec![
-            ("nc".to_owned(), self.collections.len().to_string()),
             ("nt".to_owned(), self.tiles.len().to_string()),
             ("np".to_owned(), self.periods.len().to_string()),
         ];
@@ -99,71 +103,15 @@ impl ExportRun<'_> {
     }
 }
 
-/// A run's member in the backlog.
-pub fn member(tracking: &str, first: u64) -> String {
-    format!("{RUN_PREFIX}{tracking}/{first}")
-}
-
-/// The tracking name of a run's member; `None` for a job id.
-pub fn tracking_of(member: &str) -> Option<&str> {
-    let rest = member.strip_prefix(RUN_PREFIX)?;
-    rest.rsplit_once('/').map(|(tracking, _)| tracking)
-}
-
-/// The shape of a run's product.
-#[derive(Debug, Clone, Copy)]
-struct Dims {
-    tiles: u64,
-    periods: u64,
-}
-
-impl Dims {
-    /// (collection, tile, period) of `index`.
-    fn split(self, index: u64) -> Option<(usize, usize, usize)> {
-        if self.tiles == 0 || self.periods == 0 {
-            return None;
-        }
-        let per_collection = self.tiles * self.periods;
-        Some((
-            (index / per_collection) as usize,
-            ((index / self.periods) % self.tiles) as usize,
-            (index % self.periods) as usize,
-        ))
-    }
-}
-
-/// A run as SQLite stores its plan (one JSON body per submission).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct StoredPlan {
-    pub tracking: String,
-    pub collections: Vec<String>,
-    pub tiles: Vec<(u32, u32)>,
-    pub periods: Vec<(NaiveDate, NaiveDate)>,
-}
-
-impl StoredPlan {
-    pub fn of(run: &ExportRun<'_>) -> StoredPlan {
-        StoredPlan {
-            tracking: run.tracking.to_owned(),
-            collections: run.collections.to_vec(),
-            tiles: run.tiles.to_vec(),
-            periods: run.periods.clone(),
-        }
-    }
-
-    pub fn run(&self) -> ExportRun<'_> {
-        ExportRun {
-            tracking: &self.tracking,
-            collections: &self.collections,
-            tiles: &self.tiles,
-            periods: self.periods.clone(),
-        }
-    }
+/// The backlog member of `tracking`'s run.
+pub fn member(tracking: &str) -> String {
+    format!("{RUN_PREFIX}{tracking}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Datelike;
 
     fn day(m: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(2024, m, 1).unwrap()
@@ -171,12 +119,10 @@ mod tests {
 
     #[test]
     fn indices_walk_collections_then_tiles_then_periods() {
-        let collections = vec!["A".to_owned(), "B".to_owned()];
-        let tiles = vec![(1, 2), (3, 4), (5, 6)];
         let run = ExportRun {
-            tracking: "T",
-            collections: &collections,
-            tiles: &tiles,
+            tracking: "T".into(),
+            collections: vec!["A".to_owned(), "B".to_owned()],
+            tiles: vec![(1, 2), (3, 4), (5, 6)],
             periods: vec![(day(1), day(2)), (day(2), day(3))],
         };
         assert_eq!(run.len(), 12);
@@ -185,7 +131,6 @@ mod tests {
             .iter()
             .map(|j| (j.collection.as_str(), j.row, j.start.month0()))
             .collect();
-        use chrono::Datelike;
         assert_eq!(keys[0], ("A", 1, 0));
         assert_eq!(keys[1], ("A", 1, 1));
         assert_eq!(keys[2], ("A", 3, 0));
@@ -193,12 +138,6 @@ mod tests {
         assert_eq!(keys[11], ("B", 5, 1));
         assert_eq!(jobs[11].end, day(3));
         assert!(run.job(12).is_none());
-    }
-
-    #[test]
-    fn members_never_look_like_job_ids() {
-        assert_eq!(member("camp|x", 0), "run/camp|x/0");
-        assert_eq!(tracking_of(&member("camp|x", 0)), Some("camp|x"));
-        assert_eq!(tracking_of("camp|C|1|2|2024-01-01"), None);
+        assert_eq!(run.member(), "run/T");
     }
 }

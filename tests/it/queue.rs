@@ -1146,44 +1146,25 @@ fn day(y: i32, m: u32) -> NaiveDate {
 }
 
 /// A run over `collections` × `tiles` tiles × `periods` months.
-struct RunParts {
-    tracking: String,
-    collections: Vec<String>,
-    tiles: Vec<(u32, u32)>,
-    periods: Vec<(NaiveDate, NaiveDate)>,
-}
-
-impl RunParts {
-    fn new(tracking: &str, collections: usize, tiles: u32, periods: u32) -> Self {
-        RunParts {
-            tracking: tracking.into(),
-            collections: (0..collections).map(|c| format!("C/{c}\"q")).collect(),
-            tiles: (0..tiles).map(|t| (t / 3, 10 + t)).collect(),
-            periods: (0..periods)
-                .map(|p| {
-                    (
-                        day(2000 + (p / 12) as i32, 1 + p % 12),
-                        day(2000 + ((p + 1) / 12) as i32, 1 + (p + 1) % 12),
-                    )
-                })
-                .collect(),
-        }
-    }
-
-    fn run(&self) -> queue::ExportRun<'_> {
-        queue::ExportRun {
-            tracking: &self.tracking,
-            collections: &self.collections,
-            tiles: &self.tiles,
-            periods: self.periods.clone(),
-        }
+fn export_run(tracking: &str, collections: usize, tiles: u32, periods: u32) -> queue::ExportRun {
+    queue::ExportRun {
+        tracking: tracking.into(),
+        collections: (0..collections).map(|c| format!("C/{c}\"q")).collect(),
+        tiles: (0..tiles).map(|t| (t / 3, 10 + t)).collect(),
+        periods: (0..periods)
+            .map(|p| {
+                (
+                    day(2000 + (p / 12) as i32, 1 + p % 12),
+                    day(2000 + ((p + 1) / 12) as i32, 1 + (p + 1) % 12),
+                )
+            })
+            .collect(),
     }
 }
 
 async fn a_run_hands_out_the_jobs_enqueueing_each_would_have(t: TestQueue) {
     let q = &t.queue;
-    let parts = RunParts::new("camp", 2, 3, 4);
-    let run = parts.run();
+    let run = export_run("camp", 2, 3, 4);
     assert_eq!(
         q.enqueue_run(&run, BacklogPlace::default()).await.unwrap(),
         24
@@ -1231,19 +1212,15 @@ async fn a_run_hands_out_the_jobs_enqueueing_each_would_have(t: TestQueue) {
 async fn runs_take_the_same_turns_as_the_jobs_they_hold(t: TestQueue) {
     let q = &t.queue;
     let place = |priority, tracking| BacklogPlace { priority, tracking };
-    let backfill = RunParts::new("backfill", 1, 2, 4);
-    let other = RunParts::new("other", 1, 3, 1);
-    let ingest = RunParts::new("ingest", 2, 1, 1);
-    q.enqueue_run(&backfill.run(), place(100, "backfill"))
+    let backfill = export_run("backfill", 1, 2, 4);
+    let other = export_run("other", 1, 3, 1);
+    let ingest = export_run("ingest", 2, 1, 1);
+    q.enqueue_run(&backfill, place(100, "backfill"))
         .await
         .unwrap();
     let first = admit_one_by_one(q, 2).await;
-    q.enqueue_run(&other.run(), place(100, "other"))
-        .await
-        .unwrap();
-    q.enqueue_run(&ingest.run(), place(200, "ingest"))
-        .await
-        .unwrap();
+    q.enqueue_run(&other, place(100, "other")).await.unwrap();
+    q.enqueue_run(&ingest, place(200, "ingest")).await.unwrap();
     let order = finish_then_admit_the_rest(q, first).await;
     let campaigns = campaigns_of(&order);
     assert_eq!(
@@ -1259,21 +1236,19 @@ async fn runs_take_the_same_turns_as_the_jobs_they_hold(t: TestQueue) {
         .iter()
         .filter(|id| id.starts_with("backfill|"))
         .collect();
-    let run = backfill.run();
+    let run = &backfill;
     let want: Vec<String> = (2..8).map(|i| run.job(i).unwrap().id()).collect();
     assert_eq!(backfill_ids, want.iter().collect::<Vec<_>>());
 }
 
 async fn cancel_removes_a_run_and_push_back_goes_ahead_of_it(t: TestQueue) {
     let q = &t.queue;
-    let parts = RunParts::new("camp", 1, 4, 5);
-    let keep = RunParts::new("camp2", 1, 1, 2);
-    q.enqueue_run(&parts.run(), BacklogPlace::default())
+    let parts = export_run("camp", 1, 4, 5);
+    let keep = export_run("camp2", 1, 1, 2);
+    q.enqueue_run(&parts, BacklogPlace::default())
         .await
         .unwrap();
-    q.enqueue_run(&keep.run(), BacklogPlace::default())
-        .await
-        .unwrap();
+    q.enqueue_run(&keep, BacklogPlace::default()).await.unwrap();
     assert_eq!(q.admit(3).await.unwrap(), 3);
     let leased = q
         .lease(Stage::Export, "w", 3, LEASE, &RetryPolicy::default())

@@ -17,8 +17,8 @@
 //! | `{ns}:{stage}:dead` | hash | id → [`DeadReason`] JSON |
 //! | `{ns}:{stage}:woken` | set | ids woken while leased: their next snooze is due at once (until it, or their removal) |
 //! | `{ns}:export:backlog` | zset | id or run member → place (priority band + the submission's turn); export jobs waiting for an admission slot |
-//! | `{ns}:export:runs` | hash | run member (`run/{tracking}/{first}`) → `"{next} {end} {enqueued ms}"`: a submission's export jobs not expanded yet ([`crate::queue::run`]) |
-//! | `{ns}:export:plan:{tracking}` | hash | what a run's jobs are made of: `nc`/`nt`/`np`, `c:{i}`, `t:{i}`, `p:{i}`, and `runs` (live runs) |
+//! | `{ns}:export:runs` | hash | run member (`run/{tracking}`) → `"{next} {end} {enqueued ms}"`: a submission's export jobs not expanded yet ([`crate::queue::run`]) |
+//! | `{ns}:export:plan:{tracking}` | hash | what a run's jobs are made of: `nt`/`np`, `c:{i}`, `t:{i}`, `p:{i}` |
 //! | `{ns}:export:turns` | hash | submission → its last turn in the backlog (round-robin) |
 //! | `{ns}:export:seq` | string | the sequence of `cedar retry`'s re-queued exports |
 //! | `{ns}:export:room` | string | the admission cap learnt from EE's queue (`jobs::admission`) |
@@ -47,7 +47,7 @@ use serde::Deserialize;
 pub use self::connect::{connect, connect_now, connect_with_ca};
 pub(in crate::queue) use self::scripts::script;
 use self::scripts::{
-    ADMIT, BURY, ENQUEUE, ENQUEUE_RUN, FAIL, LEASE, PUSH_BACK, RATE, REAP, REMOVE, REMOVE_RUNS,
+    ADMIT, BURY, ENQUEUE, ENQUEUE_RUN, FAIL, LEASE, PUSH_BACK, RATE, REAP, REMOVE, REMOVE_RUN,
     RENEW, REQUEUE_DEAD, RESCHEDULE, WAKE,
 };
 use super::run::{self, ExportRun};
@@ -174,14 +174,14 @@ impl RedisQueue {
     /// how many jobs it holds, 0 if it was there already.
     pub(crate) async fn enqueue_run(
         &self,
-        export: &ExportRun<'_>,
+        export: &ExportRun,
         place: BacklogPlace<'_>,
     ) -> Result<u64, QueueError> {
         let stage = Stage::Export;
         let mut call = ENQUEUE_RUN.prepare_invoke();
         call.key(self.key(stage, "backlog"))
             .key(self.key(stage, "runs"))
-            .key(self.plan_key(export.tracking))
+            .key(self.plan_key(&export.tracking))
             .key(self.key(stage, "turns"))
             .arg(export.member())
             .arg(export.len())
@@ -196,25 +196,6 @@ impl RedisQueue {
 
     fn plan_key(&self, tracking: &str) -> String {
         format!("{}:export:plan:{tracking}", self.namespace)
-    }
-
-    /// The runs of `tracking` still in the backlog: member → (next index, end index).
-    async fn runs_of(&self, tracking: &str) -> Result<Vec<(String, u64, u64)>, QueueError> {
-        let pattern = format!("{}{}/*", run::RUN_PREFIX, glob_escape(tracking));
-        let mut out: Vec<(String, u64, u64)> = self
-            .hscan(&self.key(Stage::Export, "runs"), &pattern)
-            .await?
-            .into_iter()
-            .filter(|(member, _)| run::tracking_of(member) == Some(tracking))
-            .filter_map(|(member, value)| {
-                let (from, to) = run_range(&value)?;
-                Some((member, from, to))
-            })
-            .collect();
-        // HSCAN may return an element twice.
-        out.sort();
-        out.dedup();
-        Ok(out)
     }
 
     /// Every field and value of `hash` whose field matches `pattern`, paged with HSCAN.
@@ -240,14 +221,15 @@ impl RedisQueue {
         }
     }
 
-    /// The order indices of `tracking` its runs have not handed out yet, as `[from, to)` ranges.
+    /// The order indices of `tracking` its run has not handed out yet, as `[from, to)` (at
+    /// most one range: a submission has one run).
     pub async fn run_ranges(&self, tracking: &str) -> Result<Vec<(u64, u64)>, QueueError> {
-        Ok(self
-            .runs_of(tracking)
-            .await?
-            .into_iter()
-            .map(|(_, from, to)| (from, to))
-            .collect())
+        let value: Option<String> = self
+            .conn
+            .clone()
+            .hget(self.key(Stage::Export, "runs"), run::member(tracking))
+            .await?;
+        Ok(value.as_deref().and_then(run_range).into_iter().collect())
     }
 
     /// Reaps a bounded number of expired leases (spending an attempt each), then leases up to `n`
@@ -565,21 +547,14 @@ impl RedisQueue {
     pub async fn remove_tracking(&self, stage: Stage, tracking: &str) -> Result<u64, QueueError> {
         let mut n = 0;
         if stage == Stage::Export {
-            // Runs first, so that admission cannot expand a job of one after the scan below.
-            let members: Vec<String> = self
-                .runs_of(tracking)
-                .await?
-                .into_iter()
-                .map(|(m, _, _)| m)
-                .collect();
-            let mut call = REMOVE_RUNS.prepare_invoke();
-            call.key(self.key(stage, "backlog"))
+            // The run first, so that admission cannot expand a job of it after the scan below.
+            let held: u64 = REMOVE_RUN
+                .key(self.key(stage, "backlog"))
                 .key(self.key(stage, "runs"))
-                .key(self.plan_key(tracking));
-            for m in &members {
-                call.arg(m);
-            }
-            let held: u64 = call.invoke_async(&mut self.conn.clone()).await?;
+                .key(self.plan_key(tracking))
+                .arg(run::member(tracking))
+                .invoke_async(&mut self.conn.clone())
+                .await?;
             n += held;
         }
         let ids = self.ids_of_tracking(stage, "data", tracking).await?;
@@ -664,7 +639,7 @@ impl RedisQueue {
             .key(self.key(Stage::Export, "enqueued"))
             .arg(max_active)
             .arg(ADMIT_LIMIT)
-            .arg(format!("{}:export:plan:", self.namespace))
+            .arg(self.plan_key(""))
             .invoke_async(&mut self.conn.clone())
             .await?)
     }

@@ -314,10 +314,11 @@ return n
 /// The cap is the lowest of `max active` and the learnt room (`export:room`, see
 /// `jobs::admission`); admission is paused while `export:paused` exists (EECU budget).
 ///
-/// A backlog member that is a run (`run/{tracking}/{first}`, see `queue::run`) yields its next
-/// order: the job is written (payload, enqueue time) as ENQUEUE would have written it, unless a
-/// job of that id exists already, and the run moves one turn back (or goes, with its plan once
-/// its submission has no run left). Steps are bounded even when a run's jobs all exist.
+/// A backlog member that is a run (`run/{tracking}`, see `queue::run`) yields its next order:
+/// the job is written (payload, enqueue time) as ENQUEUE would have written it, unless a job of
+/// that id exists already, and the run moves one turn back (or goes, with its plan, after its
+/// last order). A run whose plan is gone (it cannot be expanded) is dropped rather than left to
+/// fail every admission. Steps are bounded even when a run's jobs all exist.
 /// KEYS: 1 backlog, 2 due, 3 ee:active, 4 room, 5 paused, 6 runs, 7 data, 8 enqueued.
 /// ARGV: 1 max active, 2 per-call limit, 3 plan key prefix `{ns}:export:plan:`.
 const ADMIT_LUA: &str = r#"
@@ -334,40 +335,44 @@ local function take(id)
   redis.call('SADD', KEYS[3], id)
   admitted = admitted + 1
 end
+-- Writes the job of order `nxt` of the run of `tracking` unless it exists; false when the plan
+-- cannot say what that order is.
+local function expand(tracking, nxt, enq)
+  local plan = ARGV[3] .. tracking
+  local dims = redis.call('HMGET', plan, 'nt', 'np')
+  local nt, np = tonumber(dims[1]), tonumber(dims[2])
+  if not nt or not np or nt * np == 0 then return false end
+  local v = redis.call('HMGET', plan, 'c:' .. math.floor(nxt / (nt * np)),
+    't:' .. (math.floor(nxt / np) % nt), 'p:' .. (nxt % np))
+  if not (v[1] and v[2] and v[3]) then return false end
+  local row, col = string.match(v[2], '^(%d+) (%d+)$')
+  local s, e = string.match(v[3], '^(%S+) (%S+)$')
+  local jid = tracking .. '|' .. v[1] .. '|' .. row .. '|' .. col .. '|' .. s
+  if redis.call('HEXISTS', KEYS[7], jid) == 0 then
+    redis.call('HSET', KEYS[7], jid, cjson.encode({v = 1, tracking = tracking, collection = v[1],
+      row = tonumber(row), col = tonumber(col), start = s, ['end'] = e}))
+    redis.call('HSET', KEYS[8], jid, enq)
+    take(jid)
+  end
+  return true
+end
 while admitted < free and steps < 4 * tonumber(ARGV[2]) do
   steps = steps + 1
   local front = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   if not front[1] then break end
   local id, score = front[1], tonumber(front[2])
   redis.call('ZREM', KEYS[1], id)
-  local run = redis.call('HGET', KEYS[6], id)
+  local run = string.sub(id, 1, 4) == 'run/' and redis.call('HGET', KEYS[6], id)
   if run then
+    local tracking = string.sub(id, 5)
     local nxt, last, enq = string.match(run, '^(%d+) (%d+) (%d+)$')
     nxt, last = tonumber(nxt), tonumber(last)
-    local tracking = string.match(id, '^run/(.*)/%d+$')
-    local plan = ARGV[3] .. tracking
-    local dims = redis.call('HMGET', plan, 'nt', 'np')
-    local nt, np = tonumber(dims[1]), tonumber(dims[2])
-    local ci = math.floor(nxt / (nt * np))
-    local ti = math.floor(nxt / np) % nt
-    local pi = nxt % np
-    local v = redis.call('HMGET', plan, 'c:' .. ci, 't:' .. ti, 'p:' .. pi)
-    local row, col = string.match(v[2], '^(%d+) (%d+)$')
-    local s, e = string.match(v[3], '^(%S+) (%S+)$')
-    local jid = tracking .. '|' .. v[1] .. '|' .. row .. '|' .. col .. '|' .. s
-    if redis.call('HEXISTS', KEYS[7], jid) == 0 then
-      redis.call('HSET', KEYS[7], jid, cjson.encode({v = 1, tracking = tracking, collection = v[1],
-        row = tonumber(row), col = tonumber(col), start = s, ['end'] = e}))
-      redis.call('HSET', KEYS[8], jid, enq)
-      take(jid)
-    end
-    nxt = nxt + 1
-    if nxt >= last then
-      redis.call('HDEL', KEYS[6], id)
-      if redis.call('HINCRBY', plan, 'runs', -1) <= 0 then redis.call('DEL', plan) end
-    else
-      redis.call('HSET', KEYS[6], id, nxt .. ' ' .. last .. ' ' .. enq)
+    if expand(tracking, nxt, enq) and nxt + 1 < last then
+      redis.call('HSET', KEYS[6], id, (nxt + 1) .. ' ' .. last .. ' ' .. enq)
       redis.call('ZADD', KEYS[1], score + 1, id)
+    else
+      redis.call('HDEL', KEYS[6], id)
+      redis.call('DEL', ARGV[3] .. tracking)
     end
   else
     take(id)
@@ -389,6 +394,7 @@ local seq = tonumber(redis.call('HGET', KEYS[4], ARGV[5]) or '0')
 local front = redis.call('ZRANGEBYSCORE', KEYS[1], band, '(' .. (band + width), 'WITHSCORES', 'LIMIT', 0, 1)
 if front[2] then seq = math.max(seq, tonumber(front[2]) - band - 1) end
 -- The plan goes in pieces of at most ENQUEUE_BATCH pairs: no `unpack` of an unbounded list.
+redis.call('DEL', KEYS[3])
 local i = 6
 while i <= #ARGV do
   local fields = {}
@@ -399,28 +405,24 @@ while i <= #ARGV do
   end
   redis.call('HSET', KEYS[3], unpack(fields))
 end
-redis.call('HINCRBY', KEYS[3], 'runs', 1)
 redis.call('HSET', KEYS[2], ARGV[1], '0 ' .. n .. ' ' .. now)
 redis.call('ZADD', KEYS[1], band + seq + 1, ARGV[1])
 redis.call('HSET', KEYS[4], ARGV[5], seq + n)
 return n
 "#;
 
-/// Removes the runs of one submission (cancel, a failed submit) and its plan; returns how many
-/// jobs they still held.
-/// KEYS: 1 backlog, 2 runs, 3 plan. ARGV: members.
-const REMOVE_RUNS_LUA: &str = r#"
+/// Removes the run of one submission and its plan (cancel, a failed submit), in one step;
+/// returns how many jobs it still held.
+/// KEYS: 1 backlog, 2 runs, 3 plan. ARGV: 1 member.
+const REMOVE_RUN_LUA: &str = r#"
 local n = 0
-for i = 1, #ARGV do
-  local run = redis.call('HGET', KEYS[2], ARGV[i])
-  if run then
-    local nxt, last = string.match(run, '^(%d+) (%d+)')
-    n = n + tonumber(last) - tonumber(nxt)
-    redis.call('HDEL', KEYS[2], ARGV[i])
-    redis.call('ZREM', KEYS[1], ARGV[i])
-  end
+local run = redis.call('HGET', KEYS[2], ARGV[1])
+if run then
+  local nxt, last = string.match(run, '^(%d+) (%d+)')
+  n = tonumber(last) - tonumber(nxt)
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[1], ARGV[1])
 end
--- Every run of the submission is named here, so its plan goes with them.
 redis.call('DEL', KEYS[3])
 return n
 "#;
@@ -499,7 +501,7 @@ pub(super) static ENQUEUE_RUN: LazyLock<Script> = LazyLock::new(|| {
         ENQUEUE_RUN_LUA,
     ])
 });
-pub(super) static REMOVE_RUNS: LazyLock<Script> = LazyLock::new(|| script(&[REMOVE_RUNS_LUA]));
+pub(super) static REMOVE_RUN: LazyLock<Script> = LazyLock::new(|| script(&[REMOVE_RUN_LUA]));
 pub(super) static PUSH_BACK: LazyLock<Script> = LazyLock::new(|| script(&[PUSH_BACK_LUA]));
 pub(super) static RATE: LazyLock<Script> = LazyLock::new(|| script(&[NOW_LUA, RATE_LUA]));
 
@@ -525,7 +527,7 @@ mod tests {
             BURY_LUA,
             REQUEUE_DEAD_LUA,
             ADMIT_LUA,
-            REMOVE_RUNS_LUA,
+            REMOVE_RUN_LUA,
             PUSH_BACK_LUA,
             RATE_LUA,
         ] {

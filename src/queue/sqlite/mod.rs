@@ -609,7 +609,7 @@ impl SqliteQueue {
                     )?
                     .query_map(params![&*ns, stage.name(), tracking], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
-                let held = if runs::has_runs(stage) {
+                let held = if stage == Stage::Export {
                     runs::remove_runs(tx, &ns, &tracking)?
                 } else {
                     0
@@ -633,7 +633,7 @@ impl SqliteQueue {
         ) = self
             .db
             .read(move |c| {
-                let held = if runs::has_runs(stage) {
+                let held = if stage == Stage::Export {
                     runs::held(c, &ns)?
                 } else {
                     0

@@ -8,8 +8,8 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::SqliteQueue;
 use super::db::now_ms;
-use crate::queue::run::{ExportRun, StoredPlan};
-use crate::queue::{BacklogPlace, QueueError, Stage};
+use crate::queue::run::ExportRun;
+use crate::queue::{BacklogPlace, QueueError};
 
 const EXPORT: &str = "export";
 
@@ -61,7 +61,7 @@ pub(super) fn last_turn(
 /// expanding runs as they come to the front. As ADMIT_LUA after its cap checks.
 pub(super) fn admit(tx: &Transaction, ns: &str, free: i64) -> Result<u64, QueueError> {
     let now = now_ms();
-    let mut plans: HashMap<String, StoredPlan> = HashMap::new();
+    let mut plans: HashMap<String, ExportRun> = HashMap::new();
     let mut admitted = 0i64;
     let mut steps = 0i64;
     let take = |tx: &Transaction, id: &str| -> rusqlite::Result<()> {
@@ -114,49 +114,34 @@ pub(super) fn admit(tx: &Transaction, ns: &str, free: i64) -> Result<u64, QueueE
         }
         let (run_at, member, tracking, next, end, enqueued) = run.expect("a run is at the front");
         if !plans.contains_key(&tracking) {
-            let body: String = tx.query_row(
-                "SELECT body FROM run_plans WHERE ns = ?1 AND tracking = ?2",
-                params![ns, tracking],
-                |r| r.get(0),
-            )?;
-            plans.insert(tracking.clone(), serde_json::from_str(&body)?);
+            let body: Option<String> = tx
+                .query_row(
+                    "SELECT body FROM run_plans WHERE ns = ?1 AND tracking = ?2",
+                    params![ns, tracking],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(body) = body {
+                plans.insert(tracking.clone(), serde_json::from_str(&body)?);
+            }
         }
-        let plan = &plans[&tracking];
-        if let Some(job) = plan.run().job(next as u64) {
+        // A run whose plan is gone cannot be expanded: it is dropped, as on Redis.
+        let job = plans.get(&tracking).and_then(|plan| plan.job(next as u64));
+        if let Some(job) = &job {
             let id = job.id();
             let added = tx.execute(
                 "INSERT INTO jobs (ns, stage, id, payload, tracking, state, run_at, enqueued_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, 'backlog', 0, ?6) ON CONFLICT DO NOTHING",
-                params![
-                    ns,
-                    EXPORT,
-                    id,
-                    serde_json::to_vec(&job)?,
-                    tracking,
-                    enqueued
-                ],
+                params![ns, EXPORT, id, serde_json::to_vec(job)?, tracking, enqueued],
             )?;
             if added == 1 {
                 take(tx, &id)?;
                 admitted += 1;
             }
         }
-        if next + 1 >= end {
-            tx.execute(
-                "DELETE FROM runs WHERE ns = ?1 AND member = ?2",
-                params![ns, member],
-            )?;
-            let left: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM runs WHERE ns = ?1 AND tracking = ?2)",
-                params![ns, tracking],
-                |r| r.get(0),
-            )?;
-            if !left {
-                tx.execute(
-                    "DELETE FROM run_plans WHERE ns = ?1 AND tracking = ?2",
-                    params![ns, tracking],
-                )?;
-            }
+        if job.is_none() || next + 1 >= end {
+            // A submission has one run: its plan goes with it.
+            remove_runs(tx, ns, &tracking)?;
         } else {
             tx.execute(
                 "UPDATE runs SET next = ?3, run_at = ?4 WHERE ns = ?1 AND member = ?2",
@@ -181,14 +166,14 @@ impl SqliteQueue {
     /// there already. As ENQUEUE_RUN_LUA.
     pub(crate) async fn enqueue_run(
         &self,
-        export: &ExportRun<'_>,
+        export: &ExportRun,
         place: BacklogPlace<'_>,
     ) -> Result<u64, QueueError> {
         let ns = self.ns.clone();
         let member = export.member();
         let n = export.len() as i64;
-        let body = serde_json::to_string(&StoredPlan::of(export))?;
-        let tracking = export.tracking.to_owned();
+        let body = serde_json::to_string(export)?;
+        let tracking = export.tracking.clone();
         let (band, turns) = (place.band(), format!("export:turns:{}", place.tracking));
         self.db
             .write(move |tx| -> Result<u64, QueueError> {
@@ -239,7 +224,7 @@ impl SqliteQueue {
     }
 }
 
-/// Removes the runs and the plan of `tracking`; returns how many jobs they still held.
+/// Removes the run and the plan of `tracking`; returns how many jobs it still held.
 pub(super) fn remove_runs(tx: &Transaction, ns: &str, tracking: &str) -> rusqlite::Result<u64> {
     let held: i64 = tx.query_row(
         "SELECT coalesce(sum(end_index - next), 0) FROM runs WHERE ns = ?1 AND tracking = ?2",
@@ -255,9 +240,4 @@ pub(super) fn remove_runs(tx: &Transaction, ns: &str, tracking: &str) -> rusqlit
         params![ns, tracking],
     )?;
     Ok(held as u64)
-}
-
-/// Whether `stage` can hold runs.
-pub(super) fn has_runs(stage: Stage) -> bool {
-    stage == Stage::Export
 }

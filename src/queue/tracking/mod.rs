@@ -327,11 +327,11 @@ impl Submission {
 
     /// Its export jobs as one backlog run ([`crate::queue::run`]), in [`Submission::orders`]'
     /// order.
-    pub fn export_run(&self) -> crate::queue::ExportRun<'_> {
+    pub fn export_run(&self) -> crate::queue::ExportRun {
         crate::queue::ExportRun {
-            tracking: &self.name,
-            collections: &self.collections,
-            tiles: &self.tiles,
+            tracking: self.name.clone(),
+            collections: self.collections.clone(),
+            tiles: self.tiles.clone(),
             periods: self.periods.iter().map(|p| (p.start, p.end)).collect(),
         }
     }

@@ -143,55 +143,50 @@ impl RedisTracker {
         status: &OrderStatus,
         force: bool,
     ) -> Result<bool, TrackingError> {
-        let mut c = self.conn.clone();
-        let json = stored::encode(status);
-        let written: i64 = SET_STATUS_SCRIPT
-            .key(self.orders_key(name))
-            .key(self.counts_key(name))
-            .key(self.dirty_key())
-            .arg(order_key(order))
-            .arg(json)
-            .arg(status.state.as_str())
-            .arg(status.state.rank())
-            .arg(if force { "1" } else { "0" })
-            .arg(name)
-            .arg(stored::eecu_ms(status))
-            .invoke_async(&mut c)
+        let written: i64 = self
+            .set_status(name, order, status, force)
+            .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(written == 1)
     }
 
-    /// [`Self::set`] for many orders, pipelined: one round trip.
+    /// [`Self::set`] for many orders, pipelined: one round trip, the script loaded in it (a
+    /// pipeline does not load a script Redis does not know yet, e.g. after a restart).
     pub(super) async fn set_many(
         &self,
         name: &str,
         items: &[(Order, OrderStatus)],
         force: bool,
     ) -> Result<Vec<bool>, TrackingError> {
-        let mut c = self.conn.clone();
-        // A pipeline does not load a script Redis does not know yet (after a restart).
-        let _: String = SET_STATUS_SCRIPT
-            .prepare_invoke()
-            .load_async(&mut c)
-            .await?;
         let mut pipe = redis::pipe();
+        pipe.load_script(&SET_STATUS_SCRIPT).ignore();
         for (order, status) in items {
-            pipe.invoke_script(
-                SET_STATUS_SCRIPT
-                    .key(self.orders_key(name))
-                    .key(self.counts_key(name))
-                    .key(self.dirty_key())
-                    .arg(order_key(order))
-                    .arg(stored::encode(status))
-                    .arg(status.state.as_str())
-                    .arg(status.state.rank())
-                    .arg(if force { "1" } else { "0" })
-                    .arg(name)
-                    .arg(stored::eecu_ms(status)),
-            );
+            pipe.invoke_script(&self.set_status(name, order, status, force));
         }
-        let written: Vec<i64> = pipe.query_async(&mut c).await?;
+        let written: Vec<i64> = pipe.query_async(&mut self.conn.clone()).await?;
         Ok(written.into_iter().map(|w| w == 1).collect())
+    }
+
+    /// The [`SET_STATUS`] call that writes `status` for `order` of `name`.
+    fn set_status(
+        &self,
+        name: &str,
+        order: &Order,
+        status: &OrderStatus,
+        force: bool,
+    ) -> redis::ScriptInvocation<'static> {
+        let mut call = SET_STATUS_SCRIPT.prepare_invoke();
+        call.key(self.orders_key(name))
+            .key(self.counts_key(name))
+            .key(self.dirty_key())
+            .arg(order_key(order))
+            .arg(stored::encode(status))
+            .arg(status.state.as_str())
+            .arg(status.state.rank())
+            .arg(if force { "1" } else { "0" })
+            .arg(name)
+            .arg(stored::eecu_ms(status));
+        call
     }
 
     pub(super) async fn counts(
