@@ -96,9 +96,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     config.download.dest = dest_dir.display().to_string();
     config.queue.url = format!("sqlite://{}", root.join("queue.db").display());
     config.queue.namespace = "demo".into();
-    // The worker's own endpoint on a port of its own: the console is served below, on --listen.
+    // The worker's endpoint (metrics, and its own console beside them) on a free port: the
+    // console the demo prints is served below on --listen, so that it outlives the worker when
+    // asked to (--serve).
     config.metrics.listen = "127.0.0.1:0".into();
-    config.web.listen = "127.0.0.1:0".into();
     let settings = Arc::new(config.validate()?);
     let jobs = JobSettings {
         poll_interval: Duration::from_secs(1),
@@ -147,7 +148,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             let console = Console::new(
                 ctx.clone(),
                 ConsoleOptions {
-                    admission_cap: Some(total),
+                    admission_cap: Some(cedar::worker::admission_cap(Some(total), None, 1)),
                     ..ConsoleOptions::default()
                 },
             );

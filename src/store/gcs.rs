@@ -17,7 +17,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 use url::Url;
 
-use super::{ExportBucket, ObjectInfo, StoreError};
+use super::{ExportBucket, ObjectInfo, StoreError, file_pieces};
 use crate::auth::{self, TokenSource};
 
 /// Google's production endpoint, used unless configured otherwise.
@@ -495,7 +495,11 @@ impl ExportBucket for GcsJsonBucket {
                 .query(&[("uploadType", "media"), ("name", &full)])
                 .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
                 .header(reqwest::header::CONTENT_LENGTH, size)
-                .body(reqwest::Body::wrap_stream(file_chunks(file.clone(), size)))
+                .body(reqwest::Body::wrap_stream(file_pieces(
+                    file.clone(),
+                    size,
+                    1 << 20,
+                )))
         };
         let response = self.send_with("upload", &target, make).await?;
         let stored = uploaded(response, &target).await?;
@@ -552,32 +556,6 @@ async fn uploaded(response: Response, target: &str) -> Result<ObjectResource, St
         op: "upload",
         target: target.to_owned(),
         reason: format!("not an object resource: {e}"),
-    })
-}
-
-/// The first `size` bytes of `file` in pieces of 1 MiB, each read on the blocking pool at its
-/// own offset.
-fn file_chunks(
-    file: Arc<std::fs::File>,
-    size: u64,
-) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    const PIECE: u64 = 1 << 20;
-    futures::stream::try_unfold(0u64, move |at| {
-        let file = file.clone();
-        async move {
-            if at >= size {
-                return Ok(None);
-            }
-            let len = PIECE.min(size - at) as usize;
-            let piece = tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                let mut buf = vec![0; len];
-                file.read_exact_at(&mut buf, at).map(|()| buf)
-            })
-            .await
-            .map_err(std::io::Error::other)??;
-            Ok(Some((Bytes::from(piece), at + len as u64)))
-        }
     })
 }
 

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, TryStreamExt};
 
 use crate::auth::TokenSource;
 
@@ -73,24 +73,51 @@ pub trait ExportBucket: Send + Sync + std::fmt::Debug {
     /// archive's tracking document: hundreds of megabytes that must not sit in memory). The
     /// default reads the file whole and calls [`ExportBucket::put`].
     async fn put_file(&self, name: &str, file: std::fs::File, size: u64) -> Result<(), StoreError> {
-        let body = tokio::task::spawn_blocking(move || {
-            let mut body = Vec::with_capacity(size as usize);
-            std::io::Read::read_to_end(&mut std::io::Read::take(&file, size), &mut body)
-                .map(|_| body)
-        })
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r)
-        .map_err(|source| StoreError::Io {
-            path: name.to_owned(),
-            source,
-        })?;
+        let body = file_pieces(Arc::new(file), size, 8 << 20)
+            .try_fold(
+                Vec::with_capacity(size as usize),
+                |mut body, piece| async move {
+                    body.extend_from_slice(&piece);
+                    Ok(body)
+                },
+            )
+            .await
+            .map_err(|source| StoreError::Io {
+                path: name.to_owned(),
+                source,
+            })?;
         self.put(name, body.into()).await
     }
     /// The whole content of a small object. A missing object is [`StoreError::NotFound`].
     async fn get(&self, name: &str) -> Result<Bytes, StoreError>;
     /// Deletes an object. An object that is already gone counts as deleted, so clean can re-run.
     async fn delete(&self, name: &str) -> Result<(), StoreError>;
+}
+
+/// The first `size` bytes of `file` in pieces of `piece` bytes, each read on the blocking pool at
+/// its own offset (so a stream made again reads the file again from the start).
+pub(crate) fn file_pieces(
+    file: Arc<std::fs::File>,
+    size: u64,
+    piece: u64,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    futures::stream::try_unfold(0u64, move |at| {
+        let file = file.clone();
+        async move {
+            if at >= size {
+                return Ok(None);
+            }
+            let len = piece.min(size - at) as usize;
+            let buf = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0; len];
+                file.read_exact_at(&mut buf, at).map(|()| buf)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            Ok(Some((Bytes::from(buf), at + len as u64)))
+        }
+    })
 }
 
 /// Opens the export bucket named by `url`.

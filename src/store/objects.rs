@@ -15,7 +15,7 @@ use object_store::{
 };
 use url::Url;
 
-use super::{ExportBucket, ObjectInfo, StoreError};
+use super::{ExportBucket, ObjectInfo, StoreError, file_pieces};
 
 const SUPPORTED: &str = "use gs://bucket[/prefix], s3://bucket[/prefix], file:///absolute/dir, \
                          memory:/// or a plain directory path";
@@ -274,26 +274,13 @@ impl ExportBucket for ObjectStoreBucket {
         let failed = |e| StoreError::object_store("put", path.to_string(), e);
         let upload = self.store.put_multipart(&path).await.map_err(failed)?;
         let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PIECE as usize);
-        let file = Arc::new(file);
-        let mut at = 0;
-        while at < size {
-            let len = PIECE.min(size - at) as usize;
-            let f = file.clone();
-            let piece = tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                let mut buf = vec![0; len];
-                f.read_exact_at(&mut buf, at).map(|()| buf)
-            })
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r)
-            .map_err(|source| StoreError::Io {
-                path: path.to_string(),
-                source,
-            })?;
+        let mut pieces = std::pin::pin!(file_pieces(Arc::new(file), size, PIECE));
+        while let Some(piece) = pieces.try_next().await.map_err(|source| StoreError::Io {
+            path: path.to_string(),
+            source,
+        })? {
             writer.wait_for_capacity(2).await.map_err(failed)?;
             writer.write(&piece);
-            at += len as u64;
         }
         writer.finish().await.map_err(failed)?;
         Ok(())

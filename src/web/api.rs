@@ -516,16 +516,16 @@ impl Console {
     }
 
     pub(super) async fn submission(&self, name: &str) -> Result<Arc<Submitted>, WebError> {
-        // Unknown names are answered 404 (one cheap lookup) before the cached read of the
-        // record, whose error would not tell a missing name from a broken record.
-        if self.inner.ctx.tracker.submitted_ms(name).await?.is_none() {
-            return Err(crate::queue::tracking::TrackingError::Unknown(name.to_owned()).into());
+        let ctx = &self.inner.ctx;
+        match ctx.submission(name).await {
+            Ok(sub) => Ok(sub),
+            // The cached read's error does not tell a missing name (404) from a broken record
+            // (500): one cheap lookup does, only when it failed.
+            Err(_) if ctx.tracker.submitted_ms(name).await?.is_none() => {
+                Err(crate::queue::tracking::TrackingError::Unknown(name.to_owned()).into())
+            }
+            Err(e) => Err(WebError::Internal(e.to_string())),
         }
-        self.inner
-            .ctx
-            .submission(name)
-            .await
-            .map_err(|e| WebError::Internal(e.to_string()))
     }
 }
 
