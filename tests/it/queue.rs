@@ -1016,6 +1016,13 @@ async fn an_sqlite_file_of_schema_1_is_upgraded_in_place() {
     assert_eq!(snapshot.waiters(&op).await.unwrap(), [old.id()]);
 }
 
+/// The admission order of the priority test, by campaign: jobs queued one by one and runs alike
+/// (two backfill orders went first, then an ingest of a higher priority arrived).
+const TAKING_TURNS: [&str; 11] = [
+    "ingest", "ingest", "backfill", "other", "backfill", "other", "backfill", "other", "backfill",
+    "backfill", "backfill",
+];
+
 /// Ends the export jobs `first` (their tasks done), then admits the rest one at a time.
 async fn finish_then_admit_the_rest(q: &queue::Queue, first: Vec<String>) -> Vec<String> {
     for id in first {
@@ -1131,14 +1138,7 @@ async fn the_backlog_goes_by_priority_then_submissions_take_turns(t: TestQueue) 
     .unwrap();
     let order = finish_then_admit_the_rest(q, first).await;
     let campaigns = campaigns_of(&order);
-    assert_eq!(
-        campaigns,
-        [
-            "ingest", "ingest", "backfill", "other", "backfill", "other", "backfill", "other",
-            "backfill", "backfill", "backfill"
-        ],
-        "{order:?}"
-    );
+    assert_eq!(campaigns, TAKING_TURNS, "{order:?}");
 }
 
 fn day(y: i32, m: u32) -> NaiveDate {
@@ -1223,14 +1223,7 @@ async fn runs_take_the_same_turns_as_the_jobs_they_hold(t: TestQueue) {
     q.enqueue_run(&ingest, place(200, "ingest")).await.unwrap();
     let order = finish_then_admit_the_rest(q, first).await;
     let campaigns = campaigns_of(&order);
-    assert_eq!(
-        campaigns,
-        [
-            "ingest", "ingest", "backfill", "other", "backfill", "other", "backfill", "other",
-            "backfill", "backfill", "backfill"
-        ],
-        "{order:?}"
-    );
+    assert_eq!(campaigns, TAKING_TURNS, "{order:?}");
     // Within a run, the submission's own order: tile by tile, period by period.
     let backfill_ids: Vec<_> = order
         .iter()
