@@ -233,7 +233,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         // The injected EE failure: re-queue it as `cedar retry` does.
         if failed > 0 && !retried {
             retried = true;
-            let n = cedar::campaign::retry(&ctx, &name, false).await?;
+            let n =
+                cedar::campaign::retry(&ctx, &name, false, &cedar::campaign::Subset::everything())
+                    .await?;
             bars.println(format!(
                 "{n} order(s) failed in EE (the injected task failure); re-queued as `cedar retry` does"
             ))?;

@@ -67,15 +67,22 @@ pub enum CampaignCommand {
         #[arg(long)]
         keep_tracking: bool,
     },
-    /// Cancel a submission: drop its queued jobs and cancel its EE tasks.
-    Cancel { name: String },
-    /// Re-queue a submission's failed, lost and cancelled orders.
+    /// Cancel a submission, or the orders of it the filters choose: drop their queued jobs and
+    /// cancel their EE tasks.
+    Cancel {
+        name: String,
+        #[command(flatten)]
+        subset: SubsetArgs,
+    },
+    /// Re-queue a submission's failed, lost and cancelled orders (or those the filters choose).
     Retry {
         name: String,
         /// Also give every unfinished order the job of its stage again (poll, download or
         /// clean): for a submission that stopped moving although workers run.
         #[arg(long)]
         resume: bool,
+        #[command(flatten)]
+        subset: SubsetArgs,
     },
     /// Run the daemon: every stage, until SIGTERM (then drain).
     Worker(WorkerArgs),
@@ -96,7 +103,7 @@ impl CampaignCommand {
             | CampaignCommand::Update { name }
             | CampaignCommand::Download { name, .. }
             | CampaignCommand::Clean { name, .. }
-            | CampaignCommand::Cancel { name }
+            | CampaignCommand::Cancel { name, .. }
             | CampaignCommand::Retry { name, .. } => Some(name),
             _ => None,
         }
@@ -162,6 +169,47 @@ pub struct SubmitArgs {
     /// Print `{"tracking_name", "jobs"}`.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The filters of `cancel` and `retry`: each one given narrows the orders acted on (an order
+/// must pass all of them); a filter given twice passes either value.
+#[derive(Debug, Args, Default)]
+pub struct SubsetArgs {
+    /// Only this collection ID (repeat or separate with commas).
+    #[arg(long = "collection", value_delimiter = ',')]
+    pub collections: Vec<String>,
+    /// Only this tile, ROW,COL (repeatable).
+    #[arg(long = "tile", value_parser = cedar::grid::parse_tile)]
+    pub tiles: Vec<(u32, u32)>,
+    /// Only tiles whose row lies in A-B (inclusive).
+    #[arg(long, value_parser = cedar::grid::parse_range)]
+    pub rows: Option<(u32, u32)>,
+    /// Only tiles whose column lies in C-D (inclusive).
+    #[arg(long, value_parser = cedar::grid::parse_range)]
+    pub cols: Option<(u32, u32)>,
+    /// Only periods that end after this day, YYYY-MM-DD (with --to: that overlap FROM..=TO).
+    #[arg(long)]
+    pub from: Option<NaiveDate>,
+    /// Only periods that start on or before this day, YYYY-MM-DD.
+    #[arg(long)]
+    pub to: Option<NaiveDate>,
+    /// Only orders in this state, as `cedar status` prints it (repeat or separate with commas).
+    #[arg(long = "state", value_delimiter = ',', value_parser = campaign::parse_state)]
+    pub states: Vec<OrderState>,
+}
+
+impl SubsetArgs {
+    pub fn subset(&self) -> campaign::Subset {
+        campaign::Subset {
+            collections: self.collections.clone(),
+            tiles: self.tiles.clone(),
+            rows: self.rows,
+            cols: self.cols,
+            from: self.from,
+            to: self.to,
+            states: self.states.clone(),
+        }
+    }
 }
 
 /// `cedar web` flags.
@@ -257,6 +305,15 @@ fn plural(n: usize, noun: &str) -> String {
         format!("1 {noun}")
     } else {
         format!("{n} {noun}s")
+    }
+}
+
+/// A filter of `cancel`/`retry` that chooses nothing is bad input (exit 2); anything else is
+/// cedar's failure.
+fn subset_error(e: anyhow::Error) -> anyhow::Result<ExitCode> {
+    match e.downcast::<campaign::SubsetError>() {
+        Ok(e) => Ok(usage(e)),
+        Err(e) => Err(e),
     }
 }
 
@@ -518,8 +575,11 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             }
             Ok(ExitCode::SUCCESS)
         }
-        CampaignCommand::Cancel { name } => {
-            let done = campaign::cancel(&ctx, name).await?;
+        CampaignCommand::Cancel { name, subset } => {
+            let done = match campaign::cancel(&ctx, name, &subset.subset()).await {
+                Ok(done) => done,
+                Err(e) => return subset_error(e),
+            };
             publish_if_small(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
             eprintln!("{} cancelled", plural(done.orders, "order"));
             if done.objects > 0 {
@@ -530,8 +590,15 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             }
             Ok(ExitCode::SUCCESS)
         }
-        CampaignCommand::Retry { name, resume } => {
-            let n = campaign::retry(&ctx, name, *resume).await?;
+        CampaignCommand::Retry {
+            name,
+            resume,
+            subset,
+        } => {
+            let n = match campaign::retry(&ctx, name, *resume, &subset.subset()).await {
+                Ok(n) => n,
+                Err(e) => return subset_error(e),
+            };
             publish_if_small(&settings, &ctx.tracker, ctx.bucket.as_ref(), name).await?;
             eprintln!("{} re-queued", plural(n, "order"));
             Ok(ExitCode::SUCCESS)

@@ -750,6 +750,16 @@ impl Queue {
         dispatch!(self, q => q.requeue_dead(stage, tracking).await)
     }
 
+    /// Removes the jobs `ids` from `stage` (the backlog included) and frees their slots;
+    /// returns how many were there. A run that still holds one of those orders hands its job
+    /// out later: the export job then finds the order's state and gives the slot back.
+    pub async fn remove_jobs(&self, stage: Stage, ids: &[String]) -> Result<u64, QueueError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        dispatch!(self, q => q.remove_jobs(stage, ids).await)
+    }
+
     /// Removes every job of `tracking` from `stage` and frees their slots; returns how many.
     pub async fn remove_tracking(&self, stage: Stage, tracking: &str) -> Result<u64, QueueError> {
         dispatch!(self, q => q.remove_tracking(stage, tracking).await)

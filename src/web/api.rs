@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::digest::FailureGroup;
 use super::map::{self, Matrix, code};
 use super::{Console, WebError};
+use crate::campaign::{Subset, SubsetError, parse_state};
 use crate::earthengine::EE_QUEUE_CAP;
 use crate::jobs::Submitted;
 use crate::order::Order;
@@ -202,6 +203,58 @@ pub struct OrdersQuery {
     pub limit: Option<usize>,
 }
 
+/// Which orders `POST …/retry` and `…/cancel` act on: the filters of `orders` (none: the whole
+/// campaign), with `period` choosing the period that contains the day.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ActionQuery {
+    pub state: Option<String>,
+    pub collection: Option<String>,
+    /// `ROW,COL`.
+    pub tile: Option<String>,
+    pub period: Option<NaiveDate>,
+}
+
+impl ActionQuery {
+    fn subset(&self) -> Result<Subset, WebError> {
+        Ok(Subset {
+            collections: self
+                .collection
+                .iter()
+                .filter(|c| !c.is_empty())
+                .cloned()
+                .collect(),
+            tiles: tile_filter(self.tile.as_deref())?.into_iter().collect(),
+            from: self.period,
+            to: self.period,
+            states: state_filter(self.state.as_deref())?.into_iter().collect(),
+            ..Subset::default()
+        })
+    }
+}
+
+/// The `state` filter of a query (empty: none).
+fn state_filter(state: Option<&str>) -> Result<Option<OrderState>, WebError> {
+    state
+        .filter(|s| !s.is_empty())
+        .map(|s| parse_state(s).map_err(|e| WebError::BadRequest(format!("state {e}"))))
+        .transpose()
+}
+
+/// The `tile` filter of a query, `ROW,COL` (empty: none).
+fn tile_filter(tile: Option<&str>) -> Result<Option<(u32, u32)>, WebError> {
+    tile.filter(|t| !t.is_empty())
+        .map(|t| crate::grid::parse_tile(t).map_err(WebError::BadRequest))
+        .transpose()
+}
+
+/// A campaign action's error: a filter that chooses nothing is the caller's (400).
+fn action_error(action: &str, name: &str, e: anyhow::Error) -> WebError {
+    match e.downcast::<SubsetError>() {
+        Ok(e) => WebError::BadRequest(e.to_string()),
+        Err(e) => WebError::Internal(format!("{action} {name}: {e:#}")),
+    }
+}
+
 /// The collection and period the campaign page shows.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ViewQuery {
@@ -352,27 +405,16 @@ impl Console {
     /// A page of the campaign's orders that pass the filters, from `cursor` on.
     pub async fn orders(&self, name: &str, q: &OrdersQuery) -> Result<OrdersPage, WebError> {
         let sub = self.submission(name).await?;
-        let state = match q.state.as_deref().filter(|s| !s.is_empty()) {
-            None => None,
-            Some(s) => Some(OrderState::parse(&s.to_ascii_uppercase()).ok_or_else(|| {
-                WebError::BadRequest(format!(
-                    "state {s:?} is not an order state; one of {}",
-                    OrderState::ALL.map(|s| s.as_str()).join(", ")
-                ))
-            })?),
-        };
+        let state = state_filter(q.state.as_deref())?;
         let pick = |n: usize, wanted: Option<usize>| -> Vec<usize> {
             wanted.map_or_else(|| (0..n).collect(), |i| vec![i])
         };
         let collection = collection_index(&sub, q.collection.as_deref())?;
-        let tile = match q.tile.as_deref().filter(|t| !t.is_empty()) {
+        let tile = match tile_filter(q.tile.as_deref())? {
             None => None,
-            Some(t) => {
-                let rc = crate::grid::parse_tile(t).map_err(WebError::BadRequest)?;
-                Some(sub.tiles.iter().position(|x| *x == rc).ok_or_else(|| {
-                    WebError::BadRequest(format!("tile {t} is not a tile of {name}"))
-                })?)
-            }
+            Some(rc) => Some(sub.tiles.iter().position(|x| *x == rc).ok_or_else(|| {
+                WebError::BadRequest(format!("tile {},{} is not a tile of {name}", rc.0, rc.1))
+            })?),
         };
         let period = period_index(&sub, q.period)?;
         let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
@@ -407,7 +449,7 @@ impl Console {
                 .take(WALK_CHUNK.min(SCAN_LIMIT - scanned))
                 .collect();
             scanned += chunk.len();
-            let orders: Vec<Order> = chunk.iter().map(|i| order_at(&sub, *i)).collect();
+            let orders: Vec<Order> = chunk.iter().map(|i| sub.order_at(*i)).collect();
             let statuses = ctx.tracker.statuses(name, &orders).await?;
             for ((i, order), status) in chunk.iter().zip(orders).zip(statuses) {
                 let status = status.unwrap_or_else(|| OrderStatus::new(OrderState::Queued));
@@ -559,19 +601,6 @@ pub fn choose(sub: &Submitted, q: &ViewQuery) -> Result<(usize, usize), WebError
     ))
 }
 
-/// The order at `index` of `Submission::orders`.
-pub fn order_at(sub: &Submitted, index: usize) -> Order {
-    let (nt, np) = (sub.tiles.len(), sub.periods.len());
-    let (c, rest) = (index / (nt * np), index % (nt * np));
-    let (row, col) = sub.tiles[rest / np];
-    Order {
-        collection: sub.collections[c].clone(),
-        row,
-        col,
-        period: sub.periods[rest % np],
-    }
-}
-
 /// An order's name as the tracking document gives it (`cedar show`), else its key.
 fn order_name(sub: &Submitted, order: &Order) -> String {
     sub.names(order)
@@ -598,7 +627,7 @@ fn failure(sub: &Submitted, g: &FailureGroup) -> Failure {
         examples: g
             .examples
             .iter()
-            .map(|i| order_name(sub, &order_at(sub, *i)))
+            .map(|i| order_name(sub, &sub.order_at(*i)))
             .collect(),
     }
 }
@@ -635,14 +664,15 @@ pub(super) async fn get_orders(
 pub(super) async fn post_retry(
     State(c): State<Console>,
     Path(name): Path<String>,
+    Query(q): Query<ActionQuery>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, WebError> {
     c.authorize(&headers)?;
     c.submission(&name).await?;
     let started = Instant::now();
-    let n = crate::campaign::retry(&c.inner.ctx, &name, false)
+    let n = crate::campaign::retry(&c.inner.ctx, &name, false, &q.subset()?)
         .await
-        .map_err(|e| WebError::Internal(format!("retry {name}: {e:#}")))?;
+        .map_err(|e| action_error("retry", &name, e))?;
     tracing::info!(tracking = %name, orders = n, took_ms = started.elapsed().as_millis() as u64, "the console re-queued orders");
     Ok(Json(serde_json::json!({"name": name, "requeued": n})))
 }
@@ -650,13 +680,14 @@ pub(super) async fn post_retry(
 pub(super) async fn post_cancel(
     State(c): State<Console>,
     Path(name): Path<String>,
+    Query(q): Query<ActionQuery>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, WebError> {
     c.authorize(&headers)?;
     c.submission(&name).await?;
-    let done = crate::campaign::cancel(&c.inner.ctx, &name)
+    let done = crate::campaign::cancel(&c.inner.ctx, &name, &q.subset()?)
         .await
-        .map_err(|e| WebError::Internal(format!("cancel {name}: {e:#}")))?;
+        .map_err(|e| action_error("cancel", &name, e))?;
     tracing::info!(tracking = %name, orders = done.orders, "the console cancelled a campaign");
     Ok(Json(
         serde_json::json!({"name": name, "cancelled": done.orders, "objects_deleted": done.objects}),

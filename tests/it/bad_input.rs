@@ -972,6 +972,45 @@ fn table(f: &Fixture) -> Vec<Case> {
             2,
             |_| strings(&["cancel", "NOPE"]),
         ),
+        cli(
+            "cancel of a collection the submission lacks",
+            "exports no such collection; its collections: LANDSAT/LC08/C02/T1_L2",
+            2,
+            |f| strings(&["cancel", &f.queued, "--collection", "NOPE"]),
+        ),
+        cli(
+            "retry of a tile the submission lacks",
+            "--tile 1,1: ",
+            2,
+            |f| strings(&["retry", &f.queued, "--tile", "1,1"]),
+        ),
+        cli(
+            "retry --from after --to",
+            "--from 2021-09-01 is after --to 2021-08-01; give the earlier day to --from",
+            2,
+            |f| {
+                strings(&[
+                    "retry",
+                    &f.queued,
+                    "--from",
+                    "2021-09-01",
+                    "--to",
+                    "2021-08-01",
+                ])
+            },
+        ),
+        cli(
+            "retry --state that is no state",
+            "\"broken\" is not an order state; one of QUEUED",
+            2,
+            |f| strings(&["retry", &f.queued, "--state", "broken"]),
+        ),
+        cli(
+            "cancel --state that cancel never acts on",
+            "--state FAILED: cancel acts only on orders in QUEUED, PENDING, RUNNING, CANCELLING, SUCCEEDED",
+            2,
+            |f| strings(&["cancel", &f.queued, "--state", "failed"]),
+        ),
         // --- configuration files -----------------------------------------------------------
         cli(
             "config: unknown key",

@@ -3,7 +3,7 @@
 //! still running is refused before anything is written; and whatever state a campaign reaches,
 //! `cancel` and `retry` can leave it — on Redis and on the SQLite queue.
 
-use cedar::campaign;
+use cedar::campaign::{self, Subset};
 use cedar::jobs::Context;
 use cedar::queue::Stage;
 use cedar::submit::{self, Request, SubmitError};
@@ -93,7 +93,13 @@ async fn the_same_exports_are_refused_while_the_first_runs(queue_url: String) {
     assert_eq!(submit::enqueue(&b.ctx, &third).await.unwrap(), 1);
 
     // Once the first has ended (here: cancelled), the same items may be submitted again.
-    assert_eq!(campaign::cancel(&b.ctx, &name).await.unwrap().orders, 2);
+    assert_eq!(
+        campaign::cancel(&b.ctx, &name, &Subset::everything())
+            .await
+            .unwrap()
+            .orders,
+        2
+    );
     assert_eq!(submit::enqueue(&b.ctx, &second).await.unwrap(), 1);
     let mut names = b.ctx.tracker.list().await.unwrap();
     names.sort();
@@ -170,7 +176,9 @@ async fn cancel_and_retry_leave_every_state(queue_url: String) {
         .await
         .unwrap();
 
-    let done = campaign::cancel(ctx, &name).await.unwrap();
+    let done = campaign::cancel(ctx, &name, &Subset::everything())
+        .await
+        .unwrap();
     assert_eq!(done.orders, 2, "the succeeded and the queued order");
     assert_eq!(done.objects, written.len());
     let left: Vec<String> = ctx
@@ -188,7 +196,12 @@ async fn cancel_and_retry_leave_every_state(queue_url: String) {
     assert_eq!(counts.get(&OrderState::Downloaded), Some(&1), "{counts:?}");
 
     // Retry re-exports both cancelled orders.
-    assert_eq!(campaign::retry(ctx, &name, true).await.unwrap(), 2 + 1);
+    assert_eq!(
+        campaign::retry(ctx, &name, true, &Subset::everything())
+            .await
+            .unwrap(),
+        2 + 1
+    );
     assert_eq!(export_jobs(ctx).await, 2);
 
     // A SUCCEEDED order whose download job is gone gets it back from retry.
@@ -200,9 +213,13 @@ async fn cancel_and_retry_leave_every_state(queue_url: String) {
         .remove_tracking(Stage::Export, &name)
         .await
         .unwrap();
-    campaign::retry(ctx, &name, false).await.unwrap();
+    campaign::retry(ctx, &name, false, &Subset::everything())
+        .await
+        .unwrap();
     assert_eq!(ctx.queue.depth(Stage::Download).await.unwrap().due_now, 0);
-    campaign::retry(ctx, &name, true).await.unwrap();
+    campaign::retry(ctx, &name, true, &Subset::everything())
+        .await
+        .unwrap();
     assert_eq!(ctx.queue.depth(Stage::Download).await.unwrap().due_now, 1);
 }
 
@@ -214,6 +231,216 @@ async fn cancel_and_retry_leave_every_state_on_redis() {
 #[tokio::test]
 async fn cancel_and_retry_leave_every_state_on_sqlite() {
     cancel_and_retry_leave_every_state(String::new()).await;
+}
+
+/// `cancel` and `retry` of part of a campaign act on exactly the orders the filters choose, on
+/// queued orders a run still holds and on orders queued alone; a filter that chooses nothing is
+/// refused and changes nothing.
+async fn a_subset_is_cancelled_and_retried_alone(queue_url: String) {
+    use cedar::campaign::SubsetError;
+    use cedar::order::{Order, Piece, piece_object};
+    use cedar::queue::tracking::{OrderState, OrderStatus};
+
+    let b = setup(queue_url, None).await;
+    let ctx = &b.ctx;
+    let mut req = request();
+    // 3 tiles × July, August, September.
+    req.tiles = vec![(10, 14), (10, 15), (11, 14)];
+    req.end = NaiveDate::from_ymd_opt(2021, 9, 30).unwrap();
+    req.freq = Some("MS".parse().unwrap());
+    let plan = submit::plan(&ctx.settings, &req, Utc::now()).unwrap();
+    submit::enqueue(ctx, &plan).await.unwrap();
+    let name = plan.submission.name.clone();
+    let orders: Vec<Order> = plan.submission.orders().collect();
+    assert_eq!(orders.len(), 9);
+    let at = |tile: (u32, u32), month: u32| {
+        orders
+            .iter()
+            .find(|o| {
+                (o.row, o.col) == tile
+                    && o.period
+                        .start
+                        .to_string()
+                        .ends_with(&format!("-{month:02}-01"))
+            })
+            .unwrap()
+            .clone()
+    };
+    let states = || async {
+        let got = ctx.tracker.statuses(&name, &orders).await.unwrap();
+        got.into_iter()
+            .map(|s| s.map_or(OrderState::Queued, |s| s.state))
+            .collect::<Vec<_>>()
+    };
+    let state_of = |all: &[OrderState], o: &Order| all[orders.iter().position(|x| x == o).unwrap()];
+
+    // July of 10,14 runs in EE; July of 10,15 succeeded, its objects in the bucket.
+    let set = |state: OrderState| OrderStatus {
+        operation: Some("projects/p/operations/OP".into()),
+        ..OrderStatus::new(state)
+    };
+    let running = at((10, 14), 7);
+    let succeeded = at((10, 15), 7);
+    ctx.tracker
+        .set(&name, &running, &set(OrderState::Running), false)
+        .await
+        .unwrap();
+    ctx.tracker
+        .set(&name, &succeeded, &set(OrderState::Succeeded), false)
+        .await
+        .unwrap();
+    let sub = ctx.submission(&name).await.unwrap();
+    let base = sub.export_base(&succeeded, 1).unwrap();
+    let written = [piece_object(&base, Piece::Whole), format!("{base}.json")];
+    for o in &written {
+        ctx.bucket.put(o, "x".into()).await.unwrap();
+    }
+    let other_base = sub.export_base(&running, 1).unwrap();
+    ctx.bucket
+        .put(&format!("{other_base}.json"), "x".into())
+        .await
+        .unwrap();
+
+    // Filters that choose nothing: refused, nothing changed.
+    let before = states().await;
+    let jobs_before = export_jobs(ctx).await;
+    for bad in [
+        Subset {
+            collections: vec!["NOPE".into()],
+            ..Subset::default()
+        },
+        Subset {
+            tiles: vec![(1, 1)],
+            ..Subset::default()
+        },
+        Subset {
+            rows: Some((20, 30)),
+            ..Subset::default()
+        },
+        Subset {
+            from: Some(NaiveDate::from_ymd_opt(2022, 1, 1).unwrap()),
+            ..Subset::default()
+        },
+        Subset {
+            states: vec![OrderState::Failed],
+            ..Subset::default()
+        },
+    ] {
+        let e = campaign::cancel(ctx, &name, &bad).await.unwrap_err();
+        assert!(e.downcast_ref::<SubsetError>().is_some(), "{e:#}");
+        assert!(e.to_string().starts_with("--"), "{e}");
+    }
+    let e = campaign::retry(
+        ctx,
+        &name,
+        false,
+        &Subset {
+            states: vec![OrderState::Running],
+            ..Subset::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("retry acts only on orders in"),
+        "{e}"
+    );
+    assert_eq!(states().await, before);
+    assert_eq!(export_jobs(ctx).await, jobs_before);
+
+    // Cancel tile 10,15: its succeeded order loses its objects, its queued ones are cancelled;
+    // no other order changes, nor the other order's objects.
+    let tile = Subset {
+        tiles: vec![(10, 15)],
+        ..Subset::default()
+    };
+    let done = campaign::cancel(ctx, &name, &tile).await.unwrap();
+    assert_eq!(done.orders, 3);
+    assert_eq!(done.objects, written.len());
+    assert!(ctx.bucket.list(&base).await.unwrap().is_empty());
+    assert_eq!(ctx.bucket.list(&other_base).await.unwrap().len(), 1);
+    let now = states().await;
+    for (o, s) in orders.iter().zip(&now) {
+        let want = if (o.row, o.col) == (10, 15) {
+            OrderState::Cancelled
+        } else {
+            state_of(&before, o)
+        };
+        assert_eq!(*s, want, "{o:?}");
+    }
+
+    // Cancel the QUEUED orders of August: the running order (July) and September stay.
+    let august = Subset {
+        from: Some(NaiveDate::from_ymd_opt(2021, 8, 10).unwrap()),
+        to: Some(NaiveDate::from_ymd_opt(2021, 8, 20).unwrap()),
+        states: vec![OrderState::Queued],
+        ..Subset::default()
+    };
+    assert_eq!(
+        campaign::cancel(ctx, &name, &august).await.unwrap().orders,
+        2
+    );
+    let now = states().await;
+    assert_eq!(state_of(&now, &at((10, 14), 8)), OrderState::Cancelled);
+    assert_eq!(state_of(&now, &at((11, 14), 8)), OrderState::Cancelled);
+    assert_eq!(state_of(&now, &running), OrderState::Running);
+    assert_eq!(state_of(&now, &at((11, 14), 9)), OrderState::Queued);
+
+    // Retry the cancelled orders of tile 10,15 only: a new generation, an export job each.
+    let jobs_before = export_jobs(ctx).await;
+    let cancelled_tile = Subset {
+        states: vec![OrderState::Cancelled],
+        ..tile.clone()
+    };
+    assert_eq!(
+        campaign::retry(ctx, &name, false, &cancelled_tile)
+            .await
+            .unwrap(),
+        3
+    );
+    let now = states().await;
+    let counts = ctx.tracker.counts(&name).await.unwrap();
+    assert_eq!(counts.get(&OrderState::Cancelled), Some(&2), "{counts:?}");
+    assert_eq!(state_of(&now, &succeeded), OrderState::Queued);
+    let again = ctx
+        .tracker
+        .status(&name, &succeeded)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.exports, 2);
+    assert_eq!(export_jobs(ctx).await, jobs_before + 3);
+
+    // Cancelling one of those again removes its own queued job, and only it.
+    let one = Subset {
+        tiles: vec![(10, 15)],
+        to: Some(NaiveDate::from_ymd_opt(2021, 7, 31).unwrap()),
+        ..Subset::default()
+    };
+    assert_eq!(campaign::cancel(ctx, &name, &one).await.unwrap().orders, 1);
+    assert_eq!(export_jobs(ctx).await, jobs_before + 2);
+
+    // The rest comes back with a retry of the whole campaign: the three cancelled orders, and
+    // the two QUEUED orders of tile 10,15 queued alone get their job again (the run holds the
+    // others' jobs).
+    assert_eq!(
+        campaign::retry(ctx, &name, false, &Subset::everything())
+            .await
+            .unwrap(),
+        3 + 2
+    );
+    let counts = ctx.tracker.counts(&name).await.unwrap();
+    assert_eq!(counts.get(&OrderState::Cancelled), None, "{counts:?}");
+}
+
+#[tokio::test]
+async fn a_subset_is_cancelled_and_retried_alone_on_redis() {
+    a_subset_is_cancelled_and_retried_alone(redis_url()).await;
+}
+
+#[tokio::test]
+async fn a_subset_is_cancelled_and_retried_alone_on_sqlite() {
+    a_subset_is_cancelled_and_retried_alone(String::new()).await;
 }
 
 /// A name cleaned away and submitted anew (a fixed `tracking.template`) is the new submission for
@@ -230,7 +457,13 @@ async fn a_name_submitted_anew_is_read_anew(queue_url: String) {
     let old = ctx.submission("fixed").await.unwrap();
     assert_eq!(old.recipe, *first.submission.recipe.as_ref().unwrap());
 
-    assert_eq!(campaign::cancel(ctx, "fixed").await.unwrap().orders, 2);
+    assert_eq!(
+        campaign::cancel(ctx, "fixed", &Subset::everything())
+            .await
+            .unwrap()
+            .orders,
+        2
+    );
     ctx.tracker.forget("fixed").await.unwrap();
     ctx.bucket
         .delete(&cedar::document::document_object(&ctx.settings, "fixed"))

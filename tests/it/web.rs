@@ -541,6 +541,21 @@ async fn actions_are_refused_without_the_token_and_accepted_with_it() {
     assert_eq!(s0.state, OrderState::Queued);
     assert_eq!(s0.exports, 2, "a new export generation");
 
+    // Part of it, chosen by the orders' filters; a filter that chooses nothing is refused.
+    let (code, body) = post(format!("{cancel}?collection=NOPE"), Some(token)).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("--collection NOPE"), "{body}");
+    let (code, body) = post(format!("{cancel}?tile=10,15&state=queued"), Some(token)).await;
+    assert_eq!(code, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["cancelled"], 2, "tile 10,15's two periods: {answer}");
+    let counts = open.ctx.tracker.counts(&sub.name).await.unwrap();
+    assert_eq!(
+        counts,
+        BTreeMap::from([(OrderState::Cancelled, 2), (OrderState::Queued, 2)]),
+        "{body}"
+    );
+
     let (code, body) = post(cancel, Some(token)).await;
     assert_eq!(code, 200, "{body}");
     let counts = open.ctx.tracker.counts(&sub.name).await.unwrap();

@@ -541,6 +541,16 @@ impl RedisQueue {
         Ok(n)
     }
 
+    /// Removes the jobs `ids` from `stage`, whatever their state, and frees their admission
+    /// slots (a subset's cancel); returns how many were there.
+    pub async fn remove_jobs(&self, stage: Stage, ids: &[String]) -> Result<u64, QueueError> {
+        let mut n = 0;
+        for chunk in ids.chunks(SCAN_CHUNK) {
+            n += self.remove(stage, chunk, true).await?;
+        }
+        Ok(n)
+    }
+
     /// Removes every job of `tracking` from `stage`, whatever its state, and frees their
     /// admission slots (cancel); returns how many. A worker running one of them finishes its
     /// run, but its outcome finds nothing left to reschedule.

@@ -597,6 +597,17 @@ impl SqliteQueue {
             .await
     }
 
+    /// Removes the jobs `ids` from `stage`, whatever their state, and frees their admission
+    /// slots (a subset's cancel); returns how many were there.
+    pub async fn remove_jobs(&self, stage: Stage, ids: &[String]) -> Result<u64, QueueError> {
+        let (ns, ids) = (self.ns.clone(), ids.to_vec());
+        self.db
+            .write(move |tx| -> Result<u64, QueueError> {
+                Ok(remove(tx, &ns, stage.name(), &ids, true)?)
+            })
+            .await
+    }
+
     /// Removes every job of `tracking` from `stage`, whatever its state, and frees their
     /// admission slots (cancel); returns how many.
     pub async fn remove_tracking(&self, stage: Stage, tracking: &str) -> Result<u64, QueueError> {

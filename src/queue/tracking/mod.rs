@@ -325,6 +325,20 @@ impl Submission {
         })
     }
 
+    /// The order at `index` of [`Submission::orders`], computed (the index must be below
+    /// [`Submission::order_count`]).
+    pub fn order_at(&self, index: usize) -> Order {
+        let (nt, np) = (self.tiles.len(), self.periods.len());
+        let (c, rest) = (index / (nt * np), index % (nt * np));
+        let (row, col) = self.tiles[rest / np];
+        Order {
+            collection: self.collections[c].clone(),
+            row,
+            col,
+            period: self.periods[rest % np],
+        }
+    }
+
     /// Its export jobs as one backlog run ([`crate::queue::run`]), in [`Submission::orders`]'
     /// order.
     pub fn export_run(&self) -> crate::queue::ExportRun {

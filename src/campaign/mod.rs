@@ -1,6 +1,9 @@
 //! Campaign operations on a submission already recorded: bring its orders up to date with EE
 //! (`update`), stop it (`cancel`), and put its failed orders back in the queue (`retry`). The CLI,
-//! the demo and (later) the web console call them; each is safe to run twice.
+//! the demo and the web console call them; each is safe to run twice. `cancel` and `retry` act on
+//! the whole submission or on a [`Subset`] of it.
+
+mod subset;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -11,6 +14,8 @@ use crate::jobs::{Context, Submitted, job_for};
 use crate::order::{Order, parse_piece};
 use crate::queue::Stage;
 use crate::queue::tracking::{OrderState, OrderStatus};
+
+pub use subset::{Selection, Subset, SubsetError, parse_state};
 
 /// One sweep of EE's operations applied to the submission's orders; returns how many changed.
 pub async fn update(ctx: &Context, name: &str) -> anyhow::Result<usize> {
@@ -61,26 +66,51 @@ pub struct Cancelled {
     pub objects: usize,
 }
 
-/// Stops a submission: drops its queued exports, polls and downloads, cancels its EE tasks, and
-/// marks every order that had not reached the destination CANCELLED. Orders whose task already
-/// succeeded lose their exported objects from the bucket (nobody would download or clean them
-/// any more); orders already downloaded keep their clean job, so the bucket ends empty either
-/// way. Every state is left: `retry` re-exports what was cancelled.
-pub async fn cancel(ctx: &Context, name: &str) -> anyhow::Result<Cancelled> {
+/// Stops a submission, or the part of it `subset` chooses: drops its queued exports, polls and
+/// downloads, cancels its EE tasks, and marks every chosen order that had not reached the
+/// destination CANCELLED. Orders whose task already succeeded lose their exported objects from
+/// the bucket (nobody would download or clean them any more); orders already downloaded keep
+/// their clean job, so the bucket ends empty either way. Every state is left: `retry`
+/// re-exports what was cancelled. A bad filter ([`SubsetError`]) changes nothing.
+pub async fn cancel(ctx: &Context, name: &str, subset: &Subset) -> anyhow::Result<Cancelled> {
     let sub = ctx.submission(name).await?;
-    for stage in [Stage::Export, Stage::Poll, Stage::Download] {
-        ctx.queue.remove_tracking(stage, name).await?;
+    let sel = subset.select(&sub)?;
+    refuse_states(subset, "cancel", |s| {
+        s == OrderState::Queued || s.is_active() || s == OrderState::Succeeded
+    })?;
+    if sel.is_everything() {
+        // The whole campaign: every job of it goes at once, its run included.
+        for stage in [Stage::Export, Stage::Poll, Stage::Download] {
+            ctx.queue.remove_tracking(stage, name).await?;
+        }
     }
     let mut done = Cancelled::default();
     let mut cleans = Vec::new();
     // In chunks: an archive's 1.39 million orders are never all in memory, and each chunk's
     // statuses are read and written in one round trip each.
-    let mut walk = ctx.tracker.walk(name, sub.orders());
+    let mut walk = ctx.tracker.walk(name, sel.orders(&sub).map(|(_, o)| o));
     while let Some(chunk) = walk.next().await? {
+        // Orders without a record are still QUEUED (submit records none per order).
+        let chunk: Vec<(Order, OrderStatus)> = chunk
+            .into_iter()
+            .map(|(o, s)| (o, s.unwrap_or_else(|| OrderStatus::new(OrderState::Queued))))
+            .filter(|(_, s)| sel.wants(s.state))
+            .collect();
+        if !sel.is_everything() {
+            // Part of it: the chosen orders' own jobs, before their states change. A run that
+            // still holds one of them hands its job out later, and the export job, finding the
+            // order CANCELLED, gives the admission slot straight back.
+            let ids: Vec<String> = chunk
+                .iter()
+                .filter(|(_, s)| s.state != OrderState::Downloaded)
+                .map(|(o, _)| job_for(name, o, None).id())
+                .collect();
+            for stage in [Stage::Export, Stage::Poll, Stage::Download] {
+                ctx.queue.remove_jobs(stage, &ids).await?;
+            }
+        }
         let mut cancelled = Vec::new();
         for (order, s) in chunk {
-            // Orders without a record are still QUEUED (submit records none per order).
-            let s = s.unwrap_or_else(|| OrderStatus::new(OrderState::Queued));
             match s.state {
                 OrderState::Downloaded => {
                     cleans.push(job_for(name, &order, s.operation.clone()));
@@ -127,6 +157,27 @@ pub async fn cancel(ctx: &Context, name: &str) -> anyhow::Result<Cancelled> {
     Ok(done)
 }
 
+/// A `--state` that `action` never acts on is refused: it would choose nothing, silently.
+fn refuse_states(
+    subset: &Subset,
+    action: &str,
+    acts_on: impl Fn(OrderState) -> bool,
+) -> Result<(), SubsetError> {
+    match subset.states.iter().find(|s| !acts_on(**s)) {
+        None => Ok(()),
+        Some(s) => Err(SubsetError::new(format!(
+            "--state {}: {action} acts only on orders in {}",
+            s.as_str(),
+            OrderState::ALL
+                .into_iter()
+                .filter(|s| acts_on(*s))
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
 /// Deletes what export `generation` of `order` wrote to the bucket — its GeoTIFF pieces and its
 /// metadata JSON, matched by exact name, never another order's — and returns how many objects.
 async fn delete_export(
@@ -150,32 +201,46 @@ async fn delete_export(
 
 /// Puts failed, lost and cancelled orders back in the export backlog with a new export
 /// generation (so EE gets a new requestId and writes into a new folder; what the old generation
-/// left in the bucket is deleted), and re-enqueues QUEUED orders whose job is gone.
+/// left in the bucket is deleted), and re-enqueues QUEUED orders whose job is gone — of the
+/// whole submission, or of the part `subset` chooses.
 ///
 /// With `resume`, every other unfinished order also gets the job of its stage again — poll for
 /// a running task, download for SUCCEEDED, clean for DOWNLOADED — for a campaign that stopped
 /// moving because a job was lost. Enqueueing a job that exists changes nothing, but one that
 /// a worker finished a moment ago runs again (harmlessly, as every job may), so this is asked
 /// for, not done on every retry while workers run. Returns how many orders were re-queued or
-/// resumed.
-pub async fn retry(ctx: &Context, name: &str, resume: bool) -> anyhow::Result<usize> {
+/// resumed. A bad filter ([`SubsetError`]) changes nothing.
+pub async fn retry(
+    ctx: &Context,
+    name: &str,
+    resume: bool,
+    subset: &Subset,
+) -> anyhow::Result<usize> {
     let sub = ctx.submission(name).await?;
+    let sel = subset.select(&sub)?;
+    refuse_states(
+        subset,
+        if resume { "retry --resume" } else { "retry" },
+        |s| s.is_failed() || s == OrderState::Queued || (resume && resume_stage(s).is_some()),
+    )?;
     // Orders a run still holds get their export job when admission reaches them.
     let held = ctx.queue.run_ranges(name).await?;
     let in_run = |i: u64| held.iter().any(|(from, to)| (*from..*to).contains(&i));
     let place = sub.backlog_place();
     let mut requeued = 0;
-    let mut index = 0u64;
+    let mut indices = sel.indices();
     // In chunks, as `cancel`.
-    let mut walk = ctx.tracker.walk(name, sub.orders());
+    let mut walk = ctx.tracker.walk(name, sel.orders(&sub).map(|(_, o)| o));
     while let Some(chunk) = walk.next().await? {
         let mut exports = Vec::new();
         let mut reset = Vec::new();
         // The jobs of resumed orders, by the stage each resumes at.
         let mut resumed: HashMap<Stage, Vec<_>> = HashMap::new();
         for (order, s) in chunk {
-            let i = index;
-            index += 1;
+            let i = indices.next().expect("one index per order walked") as u64;
+            if !sel.wants(s.as_ref().map_or(OrderState::Queued, |s| s.state)) {
+                continue;
+            }
             let job = job_for(name, &order, None);
             let Some(s) = s else {
                 // No record: QUEUED, with its job in a run, or queued alone (a job that
