@@ -96,6 +96,32 @@ impl TestQueue {
             }
         }
     }
+
+    /// Deletes the stored plan of `tracking`'s export run behind the queue's back, as a lost
+    /// key or a hand-edited database would.
+    pub async fn lose_plan(&self, tracking: &str) {
+        match &self.dir {
+            None => {
+                let mut conn = redis_connection().await;
+                let n: u64 = redis::cmd("DEL")
+                    .arg(format!("{}:export:plan:{tracking}", self.namespace))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                assert_eq!(n, 1, "no plan of {tracking} to lose");
+            }
+            Some(dir) => {
+                let db = rusqlite::Connection::open(dir.path().join("cedar.db")).unwrap();
+                let n = db
+                    .execute(
+                        "DELETE FROM run_plans WHERE ns = ?1 AND tracking = ?2",
+                        rusqlite::params![self.namespace, tracking],
+                    )
+                    .unwrap();
+                assert_eq!(n, 1, "no plan of {tracking} to lose");
+            }
+        }
+    }
 }
 
 /// Runs the behaviour test `$name` (an `async fn(TestQueue)`) once per backend, as

@@ -43,6 +43,7 @@ on_both!(
     a_run_hands_out_the_jobs_enqueueing_each_would_have,
     runs_take_the_same_turns_as_the_jobs_they_hold,
     cancel_removes_a_run_and_push_back_goes_ahead_of_it,
+    a_run_whose_plan_is_lost_is_dropped_and_admission_goes_on,
 );
 
 fn job(tracking: &str, row: u32, col: u32) -> OrderJob {
@@ -1274,4 +1275,30 @@ async fn cancel_removes_a_run_and_push_back_goes_ahead_of_it(t: TestQueue) {
         "{:?}",
         last.len()
     );
+}
+
+async fn a_run_whose_plan_is_lost_is_dropped_and_admission_goes_on(t: TestQueue) {
+    let q = &t.queue;
+    let lost = export_run("lost", 1, 2, 3);
+    let kept = export_run("kept", 1, 1, 2);
+    q.enqueue_run(&lost, BacklogPlace::default()).await.unwrap();
+    q.enqueue_run(&kept, BacklogPlace::default()).await.unwrap();
+    assert_eq!(q.admit(1).await.unwrap(), 1);
+    t.lose_plan("lost").await;
+    // The run without a plan is dropped, not an error that stops admission for everyone: the
+    // other run's orders are admitted, and nothing is handed out for the lost one.
+    assert_eq!(q.admit(10).await.unwrap(), 2);
+    let leased = q
+        .lease(Stage::Export, "w", 10, LEASE, &RetryPolicy::default())
+        .await
+        .unwrap();
+    let ids: Vec<&str> = leased.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert_eq!(
+        ids.iter().filter(|id| id.starts_with("lost|")).count(),
+        1,
+        "{ids:?}"
+    );
+    assert!(q.run_ranges("lost").await.unwrap().is_empty());
+    assert_eq!(q.depth(Stage::Export).await.unwrap().backlog, 0);
 }
