@@ -267,6 +267,13 @@ impl Console {
     pub async fn overview(&self) -> Result<Overview, WebError> {
         let ctx = &self.inner.ctx;
         let tallies = ctx.tracker.tallies().await?;
+        // What the console keeps per campaign goes with the campaign (`cedar clean`).
+        self.inner.digests.retain(|n| tallies.contains_key(n));
+        self.inner
+            .rates
+            .lock()
+            .expect("rates lock")
+            .retain(|n, _| tallies.contains_key(n));
         let paused = self.paused_until().await?;
         let mut campaigns = Vec::with_capacity(tallies.len());
         for (name, counts) in &tallies {

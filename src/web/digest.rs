@@ -178,6 +178,14 @@ impl Digests {
         current
     }
 
+    /// Forgets the digests of campaigns `keep` refuses (cleaned away since they were walked).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.slots
+            .lock()
+            .expect("digest lock")
+            .retain(|name, _| keep(name));
+    }
+
     /// Walks `sub` and keeps the result; on an error keeps the previous digest.
     async fn run(
         &self,
@@ -226,6 +234,20 @@ mod tests {
             ee_message("gave up after 5 attempts: HTTP 503"),
             "gave up after 5 attempts: HTTP 503"
         );
+    }
+
+    #[test]
+    fn retain_forgets_the_campaigns_gone() {
+        let d = Digests::default();
+        for name in ["kept", "cleaned"] {
+            d.slots
+                .lock()
+                .unwrap()
+                .insert(name.to_owned(), Slot::default());
+        }
+        d.retain(|n| n == "kept");
+        let names: Vec<String> = d.slots.lock().unwrap().keys().cloned().collect();
+        assert_eq!(names, ["kept"]);
     }
 
     #[test]
