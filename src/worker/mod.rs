@@ -19,7 +19,7 @@ use apalis::prelude::*;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::document::publish;
+use crate::document::{INLINE_ORDERS, publish};
 use crate::earthengine::{ConcurrencySource, MAX_ACTIVE_EXPORTS};
 use crate::jobs::poll::SweepSettings;
 use crate::jobs::{self, Context, JobError, JobSettings, order_of};
@@ -359,7 +359,7 @@ async fn publish_loop(ctx: Context, every: Duration, mut stop: watch::Receiver<b
     let mut last = std::collections::HashMap::new();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => publish_due(&ctx, &mut last, every).await,
+            _ = tokio::time::sleep(every) => publish_due(&ctx, &mut last, every, &stop).await,
             _ = stop.changed() => return,
         }
     }
@@ -377,6 +377,7 @@ async fn publish_due(
     ctx: &Context,
     last: &mut std::collections::HashMap<String, std::time::Instant>,
     every: Duration,
+    stop: &watch::Receiver<bool>,
 ) {
     let names = match ctx.tracker.take_dirty(100).await {
         Ok(n) => n,
@@ -387,9 +388,12 @@ async fn publish_due(
     };
     for name in names {
         let orders = ctx.submission(&name).await.map_or(0, |s| s.order_count());
-        if last
-            .get(&name)
-            .is_some_and(|t| t.elapsed() < publish_gap(every, orders))
+        // Once the worker stops, what is left goes to the drain's last round (or another
+        // worker): a stopping worker waits for at most the document being written.
+        if *stop.borrow()
+            || last
+                .get(&name)
+                .is_some_and(|t| t.elapsed() < publish_gap(every, orders))
         {
             let _ = ctx.tracker.mark_dirty(&name).await;
             continue;
@@ -406,11 +410,20 @@ async fn publish_one(ctx: &Context, name: &str) {
     }
 }
 
-/// Re-writes the documents of every submission whose orders changed, now.
+/// Re-writes, now, the documents of every submission whose orders changed and that is small
+/// enough to be written inline ([`INLINE_ORDERS`]): the last round of a drain. A bigger one
+/// (hundreds of MB for an archive) stays marked for the publisher of a running worker, or of
+/// this one when it starts again, so that a stopping worker is not held past its drain.
 pub async fn publish_dirty(ctx: &Context) {
     match ctx.tracker.take_dirty(100).await {
         Ok(names) => {
             for name in names {
+                let orders = ctx.submission(&name).await.map_or(0, |s| s.order_count());
+                if orders > INLINE_ORDERS {
+                    tracing::info!(tracking = %name, orders, "the tracking document is left to the next publisher");
+                    let _ = ctx.tracker.mark_dirty(&name).await;
+                    continue;
+                }
                 publish_one(ctx, &name).await;
             }
         }
