@@ -325,6 +325,7 @@ pub(super) async fn campaign(
                     "More than " (map::MAX_PERIOD_COLUMNS) " periods: one column per year, each cell the year's orders rolled up (any failed, else any in progress, else any queued, else complete). Click a cell to show its first period on the map."
                 }
             }
+            p.hint #matrix-axes {}
             svg #matrix role="img" {}
             ol #matrix-rows.hidden-data {
                 @for t in &geo.tiles { li { (t.label) } }

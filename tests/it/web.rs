@@ -834,6 +834,16 @@ async fn the_map_follows_a_campaign_a_worker_runs_as_show_and_status_see_it() {
         .eval("document.querySelector('#details').dataset.state")
         .await;
     assert_eq!(state, by_name[order.as_str().unwrap()]["state"], "{order}");
+    // The matrix says what its columns and rows are.
+    let axes = b
+        .eval("document.querySelector('#matrix-axes').textContent")
+        .await;
+    let axes = axes.as_str().unwrap();
+    assert!(
+        axes.starts_with("Columns, left to right: 2021-07-01 … 2021-10-01")
+            && axes.contains("rows, top to bottom: tile h"),
+        "{axes}"
+    );
 
     let want: BTreeMap<String, u64> = counts
         .iter()

@@ -170,6 +170,11 @@
         paths.push(p);
       }
       matrixSvg.replaceChildren(...paths);
+      const axes = document.getElementById('matrix-axes');
+      if (cols && rows) {
+        text(axes, 'Columns, left to right: ' + m.columns[0].label + ' … ' + m.columns[cols - 1].label +
+          ' · rows, top to bottom: tile ' + tileLabels[0] + ' … ' + tileLabels[rows - 1] + ', as submitted');
+      }
     }
 
     function paintFailures(failures) {
