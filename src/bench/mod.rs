@@ -1,8 +1,8 @@
-//! Benchmarks: `cedar bench scale|requests|rss|e2e|download|utilisation` measure an archive-size
-//! submission (submit, Redis bytes, status, worker memory), EE requests per tile-period, worker
-//! memory, campaign throughput against the original CEDAR's sequential loop, download throughput
-//! against copy + fsync, and EE run-slot use, each as a ratio against a baseline measured in the
-//! same run.
+//! Benchmarks: `cedar bench scale|web|requests|rss|e2e|download|utilisation` measure an
+//! archive-size submission (submit, Redis bytes, status, worker memory) and its web console, EE
+//! requests per tile-period, worker memory, campaign throughput against the original CEDAR's
+//! sequential loop, download throughput against copy + fsync, and EE run-slot use, each as a
+//! ratio against a baseline measured in the same run.
 //!
 //! Speed and memory targets live here, never in timed tests: a figure taken on a busy or slow
 //! machine only means something next to a baseline taken on the same machine a moment earlier.
@@ -16,6 +16,7 @@ mod requests;
 mod rss;
 mod scale;
 mod utilisation;
+mod web;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -51,6 +52,9 @@ pub enum BenchCommand {
     /// The whole-CONUS archive (1.39 million orders) in one submission: submit, Redis bytes per
     /// order, `status --json`, worker RSS with thousands of tasks in flight, `show`, `cancel`.
     Scale(scale::ScaleArgs),
+    /// The web console on the archive campaign: the campaign page, `/` and the map's view
+    /// against the same requests for a one-order campaign.
+    Web(web::WebArgs),
 }
 
 /// The Redis every bench runs against.
@@ -70,6 +74,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Download(a) => download::run(a).await,
         BenchCommand::Utilisation(a) => utilisation::run(a).await,
         BenchCommand::Scale(a) => scale::run(a).await,
+        BenchCommand::Web(a) => web::run(a).await,
     }
 }
 

@@ -61,7 +61,8 @@ pub(super) async fn run(a: ScaleArgs) -> anyhow::Result<()> {
     .await
 }
 
-fn archive(tiles: &[(u32, u32)], months: u32) -> anyhow::Result<Request> {
+/// The archive's request: the Landsat presets × `tiles` × `months` monthly periods from 1985.
+pub(super) fn archive(tiles: &[(u32, u32)], months: u32) -> anyhow::Result<Request> {
     let start = NaiveDate::from_ymd_opt(1985, 1, 1).expect("a date");
     let end = start
         .checked_add_months(chrono::Months::new(months))

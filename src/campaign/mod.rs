@@ -68,9 +68,9 @@ pub struct Cancelled {
 
 /// Stops a submission, or the part of it `subset` chooses: drops its queued exports, polls and
 /// downloads, cancels its EE tasks, and marks every chosen order that had not reached the
-/// destination CANCELLED. Orders whose task already succeeded lose their exported objects from
-/// the bucket (nobody would download or clean them any more); orders already downloaded keep
-/// their clean job, so the bucket ends empty either way. Every state is left: `retry`
+/// destination CANCELLED. Orders whose task already succeeded, or was stopped, lose what their
+/// export wrote to the bucket (nobody would download or clean it any more); orders already
+/// downloaded keep their clean job, so the bucket ends empty either way. Every state is left: `retry`
 /// re-exports what was cancelled. A bad filter ([`SubsetError`]) changes nothing.
 pub async fn cancel(ctx: &Context, name: &str, subset: &Subset) -> anyhow::Result<Cancelled> {
     let sub = ctx.submission(name).await?;
@@ -123,18 +123,23 @@ pub async fn cancel(ctx: &Context, name: &str, subset: &Subset) -> anyhow::Resul
                 _ => continue,
             }
             if let Some(op) = s.operation.as_deref().filter(|_| s.state.is_active()) {
-                match ctx.ee.cancel_operation(op).await {
-                    Ok(_) => {}
-                    // "has already completed": the task ended since the last sweep. Not a
-                    // problem, but what it wrote would stay in the bucket with nobody left to
-                    // clean it.
+                // Once the task is stopped, what its export wrote (the metadata JSON written
+                // before the task started, pieces of a task that ended since the last sweep)
+                // would stay in the bucket with nobody left to clean it.
+                let stopped = match ctx.ee.cancel_operation(op).await {
+                    Ok(_) => true,
+                    // "has already completed": the task ended since the last sweep.
                     Err(e) if e.ee_status() == Some("FAILED_PRECONDITION") => {
                         tracing::debug!(operation = op, "the EE task had already ended");
-                        done.objects += delete_export(ctx, &sub, &order, s.exports).await?;
+                        true
                     }
                     Err(e) => {
-                        tracing::warn!(operation = op, error = %e, "cancelling the EE task failed")
+                        tracing::warn!(operation = op, error = %e, "cancelling the EE task failed");
+                        false
                     }
+                };
+                if stopped {
+                    done.objects += delete_export(ctx, &sub, &order, s.exports).await?;
                 }
                 ctx.queue
                     .release_slot(&job_for(name, &order, None).id())

@@ -584,7 +584,7 @@ pub async fn run(settings: Settings, cmd: &CampaignCommand) -> anyhow::Result<Ex
             eprintln!("{} cancelled", plural(done.orders, "order"));
             if done.objects > 0 {
                 eprintln!(
-                    "{} of finished EE tasks deleted from the bucket",
+                    "{} of the cancelled orders deleted from the bucket",
                     plural(done.objects, "exported object")
                 );
             }

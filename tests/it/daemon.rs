@@ -969,6 +969,12 @@ async fn cancel_stops_a_running_submission() {
     }
     assert_eq!(c.jobs_of(&name).await, Vec::<String>::new());
     assert_eq!(c.queued().await, BTreeMap::new());
+    // What the exports wrote before their tasks were cancelled (their metadata JSON) is gone.
+    assert!(
+        run.stderr.contains("4 exported objects of the cancelled orders deleted"),
+        "{run:?}"
+    );
+    assert_bucket_empty(&c);
     // A poll that was running during the cancel cannot bring the order back.
     c.wait_stats("a sweep after the cancel", |s| {
         s.requests.get("operations.list").copied().unwrap_or(0)
@@ -981,6 +987,73 @@ async fn cancel_stops_a_running_submission() {
         BTreeMap::from([("CANCELLED".to_owned(), 4)])
     );
     assert_eq!(c.queued().await, BTreeMap::new());
+}
+
+/// Cancelling one tile of a running campaign stops exactly its orders: its tasks in EE are
+/// cancelled, its orders still held by the backlog's run never reach EE (the run hands them out
+/// later and each gives its admission slot straight back), and the rest of the campaign runs to
+/// completion with nothing left queued and nothing left in the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_of_one_tile_stops_its_orders_and_the_rest_completes() {
+    let mut c = Campaign::start(
+        "cancel-tile",
+        EmulatorOptions {
+            task_seconds: 4.0,
+            ..Campaign::options()
+        },
+    )
+    .await;
+    // 4 tiles × 4 quarters; two EE tasks at a time, so most orders wait in the run.
+    let name = c.submit(&four_tiles(LC08, "2022-06-30", "3MS")).await;
+    let mut args = FAST_WORKER.to_vec();
+    args.extend(["--max-active-exports", "2"]);
+    let cmd = c.command(&args);
+    let log = c.dir.path().join("worker-0.log");
+    c.workers.push(Process::spawn(cmd, log));
+    // The first two orders in the backlog's order are tile 10,14's first two quarters.
+    c.wait_stats("two tasks in EE", |s| {
+        s.operations.get("PENDING").unwrap_or(&0) + s.operations.get("RUNNING").unwrap_or(&0) == 2
+    })
+    .await;
+
+    let run = c.cedar(&["cancel", &name, "--tile", "10,14"]).await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stderr.contains("4 orders cancelled"), "{run:?}");
+
+    let (status, code) = c.wait_done(&name).await;
+    assert_eq!(code, Some(5), "some cancelled, none failed: {status}");
+    assert_eq!(
+        counts(&status),
+        BTreeMap::from([("CANCELLED".to_owned(), 4), ("CLEANED".to_owned(), 12)])
+    );
+    let stats = c.emulator.stats();
+    let (tile, rest): (Vec<_>, Vec<_>) = stats
+        .exports_by_description
+        .iter()
+        .partition(|(d, _)| d.contains("h014v010"));
+    assert!(
+        tile.len() <= 2,
+        "tile 10,14 reached EE past the cancel: {tile:?}"
+    );
+    assert_eq!(rest.len(), 12, "{rest:?}");
+    assert!(
+        stats.exports_by_description.values().all(|n| *n == 1),
+        "{:?}",
+        stats.exports_by_description
+    );
+    let doc = c.show(&name).await;
+    for o in doc["orders"].as_array().unwrap() {
+        let cancelled = order_name(o).contains("h014v010");
+        assert_eq!(
+            state(o),
+            if cancelled { "CANCELLED" } else { "CLEANED" },
+            "{o}"
+        );
+    }
+    // No job, no admission slot, no export object is left behind.
+    let (jobs, queued) = c.drained(&name).await;
+    assert_eq!((jobs, queued), (Vec::new(), BTreeMap::new()));
+    assert_bucket_empty(&c);
 }
 
 /// A worker SIGKILLed mid-run loses nothing and duplicates nothing: its leased jobs come back

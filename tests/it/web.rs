@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cedar::config::{Config, Settings};
 use cedar::emulator::{EmulatorOptions, Fault};
@@ -887,10 +887,11 @@ async fn the_map_follows_a_campaign_a_worker_runs_as_show_and_status_see_it() {
 }
 
 /// At archive size — 726 tiles × 480 monthly periods × 4 collections, 1.39 M orders — the
-/// campaign page stays under 1 MB and is served in under a second: it reads one order per tile,
-/// and the matrix and failures come from a digest walked in the background.
+/// campaign page, `/` and the view stay under 1 MB: the page reads one order per tile, and the
+/// matrix (by year) and failures come from a digest walked in the background. How fast they are
+/// served is `cedar bench web`'s figure, against a one-order campaign in the same run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_archive_size_campaign_page_is_small_and_fast() {
+async fn an_archive_size_campaign_page_is_small() {
     let s = Served::start("web-archive", ConsoleOptions::default()).await;
     let grid = &s.settings.grid;
     let tiles: Vec<(u32, u32)> = (grid.limits.rows.0..=grid.limits.rows.1)
@@ -929,29 +930,25 @@ async fn an_archive_size_campaign_page_is_small_and_fast() {
         s.set(&sub, &order, state, error.as_deref()).await;
     }
     let client = reqwest::Client::new();
-    let timed = |path: String| {
+    let size = |path: String| {
         let (client, url) = (client.clone(), format!("{}{path}", s.url));
         async move {
-            let started = Instant::now();
-            let body = client.get(url).send().await.unwrap().bytes().await.unwrap();
-            (started.elapsed(), body.len())
+            let r = client.get(url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap().len()
         }
     };
-    let (took, bytes) = timed(campaign_href(&sub.name)).await;
-    eprintln!("archive-size campaign page: {bytes} bytes in {took:?}");
-    assert!(bytes < 1 << 20, "{bytes} bytes");
-    assert!(took < Duration::from_secs(1), "{took:?}");
-    let (took, bytes) = timed("/".to_owned()).await;
-    eprintln!("archive-size campaigns page: {bytes} bytes in {took:?}");
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    let bytes = size(campaign_href(&sub.name)).await;
+    assert!(bytes < 1 << 20, "campaign page: {bytes} bytes");
+    let bytes = size("/".to_owned()).await;
+    assert!(bytes < 1 << 20, "campaigns page: {bytes} bytes");
     // The digest arrives in the background; the view (matrix by year, failures) then stays
-    // small and fast too.
+    // small too.
     let view = format!(
         "{}/view?collection={}&period=2013-01-01",
         api(&sub.name),
         LC08.replace('/', "%2F")
     );
-    let digest_started = Instant::now();
     let aggregated = wait_until(Duration::from_secs(300), Duration::from_secs(1), || async {
         let v = s.json(&view).await;
         if v["matrix"].is_object() {
@@ -961,10 +958,6 @@ async fn an_archive_size_campaign_page_is_small_and_fast() {
         }
     })
     .await;
-    eprintln!(
-        "archive-size digest walked within {:?}",
-        digest_started.elapsed()
-    );
     let matrix = &aggregated["matrix"];
     assert_eq!(matrix["by_year"], true);
     assert_eq!(matrix["columns"].as_array().unwrap().len(), 40);
@@ -975,10 +968,11 @@ async fn an_archive_size_campaign_page_is_small_and_fast() {
         "{}",
         aggregated["failures"]
     );
-    let (took, bytes) = timed(view.clone()).await;
-    eprintln!("archive-size view: {bytes} bytes in {took:?}");
-    assert!(bytes < 1 << 20, "{bytes} bytes");
-    assert!(took < Duration::from_secs(1), "{took:?}");
-    let (took, _) = timed(campaign_href(&sub.name)).await;
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    let bytes = size(view.clone()).await;
+    assert!(bytes < 1 << 20, "view: {bytes} bytes");
+    let bytes = size(campaign_href(&sub.name)).await;
+    assert!(
+        bytes < 1 << 20,
+        "campaign page with its digest: {bytes} bytes"
+    );
 }
