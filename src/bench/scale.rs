@@ -28,12 +28,8 @@ use super::{RedisArgs, Scratch, Table, emulated_ee, verdict, with_emulator};
 pub struct ScaleArgs {
     #[command(flatten)]
     pub redis: RedisArgs,
-    /// Tiles of the CONUS grid, row-major from its corner (726 = all of it).
-    #[arg(long, default_value_t = 726)]
-    pub tiles: usize,
-    /// Monthly periods from January 1985 (480 = 40 years).
-    #[arg(long, default_value_t = 480)]
-    pub months: u32,
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
     /// Orders queued one job each for the baseline (the layout before export runs).
     #[arg(long, default_value_t = 100_000)]
     pub baseline_jobs: usize,
@@ -61,8 +57,47 @@ pub(super) async fn run(a: ScaleArgs) -> anyhow::Result<()> {
     .await
 }
 
+/// The size of the archive a bench builds.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ArchiveArgs {
+    /// Tiles of the CONUS grid, row-major from its corner (726 = all of it).
+    #[arg(long, default_value_t = 726)]
+    pub tiles: usize,
+    /// Monthly periods from January 1985 (480 = 40 years).
+    #[arg(long, default_value_t = 480)]
+    pub months: u32,
+}
+
+impl ArchiveArgs {
+    /// The archive's request on the grid `settings` give, and every tile of that grid.
+    pub(super) fn request(
+        &self,
+        settings: &cedar::config::Settings,
+    ) -> anyhow::Result<(Request, Vec<(u32, u32)>)> {
+        let all_tiles: Vec<(u32, u32)> = settings.grid.limits.indices().collect();
+        anyhow::ensure!(
+            (1..=all_tiles.len()).contains(&self.tiles),
+            "--tiles between 1 and {}",
+            all_tiles.len()
+        );
+        Ok((archive(&all_tiles[..self.tiles], self.months)?, all_tiles))
+    }
+}
+
+/// A one-order submission named `name` of the first tile, in the month before the archive's
+/// first (which it would otherwise overlap): the baseline of a per-campaign figure.
+pub(super) fn one_order(all_tiles: &[(u32, u32)], name: &str) -> anyhow::Result<Request> {
+    let mut small = archive(&all_tiles[..1], 1)?;
+    small.collections.truncate(1);
+    small.name = Some(name.into());
+    small.start = NaiveDate::from_ymd_opt(1984, 12, 1).expect("a date");
+    // The period holding `end` is included (as in the original): one month.
+    small.end = NaiveDate::from_ymd_opt(1984, 12, 15).expect("a date");
+    Ok(small)
+}
+
 /// The archive's request: the Landsat presets × `tiles` × `months` monthly periods from 1985.
-pub(super) fn archive(tiles: &[(u32, u32)], months: u32) -> anyhow::Result<Request> {
+fn archive(tiles: &[(u32, u32)], months: u32) -> anyhow::Result<Request> {
     let start = NaiveDate::from_ymd_opt(1985, 1, 1).expect("a date");
     let end = start
         .checked_add_months(chrono::Months::new(months))
@@ -178,13 +213,7 @@ async fn scale_in(
     let config_path = bench.dir.join("cedar.toml");
     std::fs::write(&config_path, toml::to_string(&settings.config)?)?;
     let ctx = cedar::jobs::Context::connect(settings.clone(), JobSettings::default()).await?;
-    let all_tiles: Vec<(u32, u32)> = settings.grid.limits.indices().collect();
-    anyhow::ensure!(
-        (1..=all_tiles.len()).contains(&a.tiles),
-        "--tiles between 1 and {}",
-        all_tiles.len()
-    );
-    let req = archive(&all_tiles[..a.tiles], a.months)?;
+    let (req, all_tiles) = a.archive.request(&settings)?;
     let secs = |d: Duration| format!("{:.2}", d.as_secs_f64());
     let mib = |b: u64| format!("{:.1}", b as f64 / (1024.0 * 1024.0));
 
@@ -249,13 +278,7 @@ async fn scale_in(
     let lite_status = best_of(3, &lite_path, &["status", &lite_name, "--json"], &out).await?;
 
     // Baseline 2: `status --json` of a one-order submission in the same namespace.
-    // (A month before the archive's first, which it would otherwise overlap.)
-    let mut small = archive(&all_tiles[..1], 1)?;
-    small.collections.truncate(1);
-    small.name = Some("bench-scale-one-order".into());
-    small.start = NaiveDate::from_ymd_opt(1984, 12, 1).expect("a date");
-    // The period holding `end` is included (as in the original): one month.
-    small.end = NaiveDate::from_ymd_opt(1984, 12, 15).expect("a date");
+    let small = one_order(&all_tiles, "bench-scale-one-order")?;
     let small_plan = submit::plan(&settings, &small, chrono::Utc::now())?;
     submit::enqueue(&ctx, &small_plan).await?;
     let out = bench.dir.join("status.json");
@@ -316,7 +339,7 @@ async fn scale_in(
          worker --max-active-exports {} (cap {cap}); EE runs 200 at once, tasks 600 s emulated at 10x",
         req.collections.len(),
         req.tiles.len(),
-        a.months,
+        a.archive.months,
         a.in_flight
     );
     let mut t = Table::new([

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chrono::NaiveDate;
 
 use cedar::emulator::{EmulatorOptions, RunningEmulator};
 use cedar::jobs::JobSettings;
@@ -16,7 +15,7 @@ use cedar::queue::tracking::{OrderState, OrderStatus, Submission};
 use cedar::submit;
 use cedar::web::{Console, ConsoleOptions, campaign_href};
 
-use super::scale::archive;
+use super::scale::{ArchiveArgs, one_order};
 use super::{RedisArgs, Scratch, Table, verdict, with_emulator};
 
 /// Options of `cedar bench web`.
@@ -24,12 +23,8 @@ use super::{RedisArgs, Scratch, Table, verdict, with_emulator};
 pub struct WebArgs {
     #[command(flatten)]
     pub redis: RedisArgs,
-    /// Tiles of the CONUS grid, row-major from its corner (726 = all of it).
-    #[arg(long, default_value_t = 726)]
-    pub tiles: usize,
-    /// Monthly periods from January 1985 (480 = 40 years).
-    #[arg(long, default_value_t = 480)]
-    pub months: u32,
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
     /// Orders moved on from QUEUED (cleaned, failed with one of 7 messages, running).
     #[arg(long, default_value_t = 3000)]
     pub moved: usize,
@@ -73,19 +68,9 @@ async fn fetch(client: &reqwest::Client, url: &str, n: usize) -> anyhow::Result<
 async fn web_in(bench: &Scratch, emulator: &RunningEmulator, a: &WebArgs) -> anyhow::Result<()> {
     let settings = Arc::new(bench.settings(Some(emulator))?);
     let ctx = cedar::jobs::Context::connect(settings.clone(), JobSettings::default()).await?;
-    let all_tiles: Vec<(u32, u32)> = settings.grid.limits.indices().collect();
-    anyhow::ensure!(
-        (1..=all_tiles.len()).contains(&a.tiles),
-        "--tiles between 1 and {}",
-        all_tiles.len()
-    );
-
-    // The baseline campaign: one order (a month before the archive's first).
-    let mut small = archive(&all_tiles[..1], 1)?;
-    small.collections.truncate(1);
-    small.name = Some("bench-web-one-order".into());
-    small.start = NaiveDate::from_ymd_opt(1984, 12, 1).expect("a date");
-    small.end = NaiveDate::from_ymd_opt(1984, 12, 15).expect("a date");
+    let (req, all_tiles) = a.archive.request(&settings)?;
+    // The baseline campaign: one order.
+    let small = one_order(&all_tiles, "bench-web-one-order")?;
     let one = submit::plan(&settings, &small, chrono::Utc::now())?.submission;
     ctx.tracker.create(&one).await?;
 
@@ -94,7 +79,7 @@ async fn web_in(bench: &Scratch, emulator: &RunningEmulator, a: &WebArgs) -> any
     let base = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(cedar::web::serve(listener, console, stopped));
-    let result = measure(&ctx, &settings, &base, &one, &all_tiles, a).await;
+    let result = measure(&ctx, &settings, &base, &one, &req, a).await;
     let _ = stop.send(true);
     let _ = server.await;
     result
@@ -105,7 +90,7 @@ async fn measure(
     settings: &cedar::config::Settings,
     base: &str,
     one: &Submission,
-    all_tiles: &[(u32, u32)],
+    req: &cedar::submit::Request,
     a: &WebArgs,
 ) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
@@ -131,12 +116,7 @@ async fn measure(
     // The archive, recorded (the console reads the tracking state, not the queue), with
     // `moved` orders spread over it moved on.
     let started = Instant::now();
-    let sub = submit::plan(
-        settings,
-        &archive(&all_tiles[..a.tiles], a.months)?,
-        chrono::Utc::now(),
-    )?
-    .submission;
+    let sub = submit::plan(settings, req, chrono::Utc::now())?.submission;
     ctx.tracker.create(&sub).await?;
     let orders = sub.order_count();
     let step = (orders / a.moved.max(1)).max(1);
@@ -188,7 +168,7 @@ async fn measure(
         "cedar bench web: the console on one archive campaign of {orders} orders ({} collections x {} tiles x {} months, {} moved on) beside a one-order campaign; best of {} requests each",
         sub.collections.len(),
         sub.tiles.len(),
-        a.months,
+        a.archive.months,
         moved.len(),
         a.repeat
     );

@@ -971,7 +971,8 @@ async fn cancel_stops_a_running_submission() {
     assert_eq!(c.queued().await, BTreeMap::new());
     // What the exports wrote before their tasks were cancelled (their metadata JSON) is gone.
     assert!(
-        run.stderr.contains("4 exported objects of the cancelled orders deleted"),
+        run.stderr
+            .contains("4 exported objects of the cancelled orders deleted"),
         "{run:?}"
     );
     assert_bucket_empty(&c);
