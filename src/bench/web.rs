@@ -195,11 +195,7 @@ async fn measure(
         ("campaign page", &page, &small_page),
         ("campaign page, digest walked", &page_after, &small_page),
         ("/ (every campaign)", &home, &small_home),
-        (
-            "view JSON (map, matrix by year, failures)",
-            &view,
-            &small_view,
-        ),
+        ("view JSON (map, matrix, failures)", &view, &small_view),
     ];
     for (what, f, b) in rows {
         t.row([
