@@ -17,6 +17,7 @@
 mod api;
 mod digest;
 mod map;
+mod outline;
 mod pages;
 
 use std::collections::{HashMap, VecDeque};
@@ -139,6 +140,8 @@ struct Inner {
     ctx: Context,
     opts: ConsoleOptions,
     digests: digest::Digests,
+    /// The outline under each map drawn so far.
+    outlines: outline::Outlines,
     /// Recent (time, finished orders) samples per campaign, for its throughput.
     rates: Mutex<HashMap<String, VecDeque<(Instant, u64)>>>,
 }
@@ -150,6 +153,7 @@ impl Console {
                 ctx,
                 opts,
                 digests: digest::Digests::default(),
+                outlines: outline::Outlines::default(),
                 rates: Mutex::default(),
             }),
         }

@@ -238,6 +238,7 @@ pub(super) async fn campaign(
         .map_err(|e| WebError::Internal(format!("{name}: {e}")))?;
     let [vx, vy, vw, vh] = geo.view_box;
     let stroke = (vw.max(vh) / 400.0).max(f64::MIN_POSITIVE);
+    let outline = console.inner.outlines.get(&sub.recipe.grid, geo.view_box);
     let data = html! {
         div #campaign hidden data-name=(name) data-collection=(view.collection)
             data-period=(view.period.start.to_string()) data-actions=(actions) {}
@@ -290,6 +291,10 @@ pub(super) async fn campaign(
             section.map {
                 h2 { "Tiles · " (view.collection) " · " (view.period.to_string()) }
                 svg #map viewBox=(format!("{vx} {vy} {vw} {vh}")) role="img" {
+                    @if let Some(o) = &outline {
+                        path.outline d=(o.d) transform=(format!("translate({} {}) scale({})", o.x0, o.y0, o.unit))
+                            stroke-width=(stroke * 1.5 / o.unit) {}
+                    }
                     path.grid d=(geo.grid_lines) stroke-width=(stroke) {}
                     @for (t, letter) in geo.tiles.iter().zip(view.map.chars()) {
                         @let state = state_of(letter).unwrap_or(OrderState::Queued).as_str();

@@ -350,3 +350,69 @@ async fn the_conus_albers_wkt_and_a_missing_nodata_are_read_back() {
         assert!(info["bands"][0].get("noDataValue").is_none(), "{info}");
     }
 }
+
+/// The projection the web console draws its outline with agrees with GDAL's, for the ARD grid's
+/// WKT and for EPSG:5070, across CONUS and beyond it.
+#[test]
+fn the_outline_projection_agrees_with_gdal() {
+    use cedar::grid::{CONUS_ALBERS_WKT, Crs};
+    let points = [
+        (-96.0, 23.0),
+        (-124.7, 48.4),
+        (-67.0, 44.8),
+        (-80.2, 25.8),
+        (-117.1, 32.5),
+        (-100.6, 38.8),
+        (-150.0, 61.2),
+        (-155.5, 19.6),
+    ];
+    let input: String = points.iter().map(|(x, y)| format!("{x} {y}\n")).collect();
+    for (crs, gdal_srs, tolerance) in [
+        (Crs::Wkt(CONUS_ALBERS_WKT.into()), CONUS_ALBERS_WKT, 0.01),
+        // NAD83 against WGS 84: GDAL applies no shift either (a ballpark transformation).
+        (Crs::Code("EPSG:5070".into()), "EPSG:5070", 0.01),
+        (Crs::Code("EPSG:3857".into()), "EPSG:3857", 0.01),
+    ] {
+        let projection = crs.projection().expect("a known CRS");
+        let mut child = Command::new(gdalinfo_bin().with_file_name("gdaltransform"))
+            .args([
+                "-s_srs",
+                "+proj=longlat +datum=WGS84 +no_defs",
+                "-t_srs",
+                gdal_srs,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("gdaltransform (Debian's gdal-bin) beside gdalinfo");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: Vec<(f64, f64)> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Vec<f64> = l.split_whitespace().map(|n| n.parse().unwrap()).collect();
+                (v[0], v[1])
+            })
+            .collect();
+        assert_eq!(got.len(), points.len());
+        for (&(lon, lat), &(gx, gy)) in points.iter().zip(&got) {
+            let (x, y) = projection.project(lon, lat);
+            assert!(
+                (x - gx).abs() < tolerance && (y - gy).abs() < tolerance,
+                "{gdal_srs:.30}: ({lon}, {lat}) → ({x}, {y}), GDAL ({gx}, {gy})"
+            );
+        }
+    }
+}

@@ -6,6 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
+mod projection;
+
+pub use projection::{Albers, Projection};
+
 /// The WKT of the USGS Landsat ARD CONUS Albers projection (WGS 84 datum).
 pub const CONUS_ALBERS_WKT: &str = concat!(
     r#"PROJCS["Albers_Conic_Equal_Area",GEOGCS["WGS 84",DATUM["WGS_1984","#,
