@@ -15,7 +15,7 @@ use crate::order::{Order, parse_piece};
 use crate::queue::Stage;
 use crate::queue::tracking::{OrderState, OrderStatus};
 
-pub use subset::{Selection, Subset, SubsetError, parse_state};
+pub use subset::{Names, Selection, Subset, SubsetError, parse_state};
 
 /// One sweep of EE's operations applied to the submission's orders; returns how many changed.
 pub async fn update(ctx: &Context, name: &str) -> anyhow::Result<usize> {
@@ -83,6 +83,10 @@ pub async fn cancel(ctx: &Context, name: &str, subset: &Subset) -> anyhow::Resul
         for stage in [Stage::Export, Stage::Poll, Stage::Download] {
             ctx.queue.remove_tracking(stage, name).await?;
         }
+    } else if sel.is_whole() && sel.wants(OrderState::Queued) {
+        // Every QUEUED order is chosen: the run (whose orders are all QUEUED) goes too, rather
+        // than handing out a cancelled order's job at every turn for as long as it holds any.
+        ctx.queue.remove_run(name).await?;
     }
     let mut done = Cancelled::default();
     let mut cleans = Vec::new();
@@ -171,8 +175,8 @@ fn refuse_states(
     match subset.states.iter().find(|s| !acts_on(**s)) {
         None => Ok(()),
         Some(s) => Err(SubsetError::new(format!(
-            "--state {}: {action} acts only on orders in {}",
-            s.as_str(),
+            "{}: {action} acts only on orders in {}",
+            subset.named("state", s.as_str()),
             OrderState::ALL
                 .into_iter()
                 .filter(|s| acts_on(*s))

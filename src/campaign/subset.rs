@@ -28,6 +28,18 @@ pub struct Subset {
     pub to: Option<NaiveDate>,
     /// Order states.
     pub states: Vec<OrderState>,
+    /// How errors name the filters: as `cedar` flags, or as the console's query parameters.
+    pub names: Names,
+}
+
+/// How a [`SubsetError`] names the filter at fault.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Names {
+    /// `--collection C`, `--from D --to D`: the command line's flags.
+    #[default]
+    Flags,
+    /// `collection=C`, `period=D` (`from` = `to`): the web console's query parameters.
+    Query,
 }
 
 /// A filter that chooses nothing of a submission: bad input, named by its flag.
@@ -78,16 +90,40 @@ impl Subset {
         Subset::default()
     }
 
+    /// `filter` with `value` as the caller wrote it: `--filter value` or `filter=value`.
+    pub fn named(&self, filter: &str, value: impl fmt::Display) -> String {
+        match self.names {
+            Names::Flags => format!("--{filter} {value}"),
+            Names::Query => format!("{filter}={value}"),
+        }
+    }
+
+    /// The days asked for, as the caller wrote them.
+    fn days(&self) -> String {
+        match (self.names, self.from, self.to) {
+            (Names::Query, Some(from), Some(to)) if from == to => self.named("period", from),
+            _ => [("from", self.from), ("to", self.to)]
+                .into_iter()
+                .filter_map(|(flag, d)| d.map(|d| self.named(flag, d)))
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+
     /// Resolves the filters against `sub`. A value that names nothing of it (a collection it
     /// does not export, a tile it lacks, days outside its periods) is an error naming the flag,
     /// never an empty subset: a typo must not look like "nothing to do".
     pub fn select(&self, sub: &Submission) -> Result<Selection, SubsetError> {
         let err = |m: String| Err(SubsetError(m));
         let name = &sub.name;
+        if sub.order_count() == 0 {
+            return err(format!("{name} has no orders to choose from"));
+        }
         for c in &self.collections {
             if !sub.collections.contains(c) {
                 return err(format!(
-                    "--collection {c}: {name} exports no such collection; its collections: {}",
+                    "{}: {name} exports no such collection; its collections: {}",
+                    self.named("collection", c),
                     sub.collections.join(", ")
                 ));
             }
@@ -95,7 +131,8 @@ impl Subset {
         for &(r, c) in &self.tiles {
             if !sub.tiles.contains(&(r, c)) {
                 return err(format!(
-                    "--tile {r},{c}: {name} has no such tile; `cedar show {name}` lists its {} tiles",
+                    "{}: {name} has no such tile; `cedar show {name}` lists its {} tiles",
+                    self.named("tile", format!("{r},{c}")),
                     sub.tiles.len()
                 ));
             }
@@ -104,7 +141,9 @@ impl Subset {
             && from > to
         {
             return err(format!(
-                "--from {from} is after --to {to}; give the earlier day to --from"
+                "{} is after {}; give the earlier day first",
+                self.named("from", from),
+                self.named("to", to)
             ));
         }
         let collections = positions(&sub.collections, |c| {
@@ -118,13 +157,20 @@ impl Subset {
                 && in_range(c, self.cols)
         });
         if tiles.is_empty() {
-            let flags = [("--rows", self.rows), ("--cols", self.cols)]
-                .into_iter()
-                .filter_map(|(flag, r)| r.map(|(a, b)| format!("{flag} {a}-{b}")))
-                .collect::<Vec<_>>()
-                .join(" ");
+            // Only a rectangle can miss every tile: a tile given is one of the submission's.
+            let mut flags: Vec<String> = self
+                .tiles
+                .iter()
+                .map(|(r, c)| self.named("tile", format!("{r},{c}")))
+                .collect();
+            for (flag, range) in [("rows", self.rows), ("cols", self.cols)] {
+                if let Some((a, b)) = range {
+                    flags.push(self.named(flag, format!("{a}-{b}")));
+                }
+            }
             return err(format!(
-                "{flags}: none of the {} tiles of {name} lies there; widen the range",
+                "{}: none of the {} tiles of {name} lies there; widen the range",
+                flags.join(" "),
                 sub.tiles.len()
             ));
         }
@@ -136,13 +182,9 @@ impl Subset {
             let span = first.zip(last).map_or("none".to_string(), |(f, l)| {
                 format!("{} to {}", f.start, l.end.pred_opt().unwrap_or(l.end))
             });
-            let flags = [("--from", self.from), ("--to", self.to)]
-                .into_iter()
-                .filter_map(|(flag, d)| d.map(|d| format!("{flag} {d}")))
-                .collect::<Vec<_>>()
-                .join(" ");
             return err(format!(
-                "{flags}: no period of {name} falls there; its periods cover {span}"
+                "{}: no period of {name} falls there; its periods cover {span}",
+                self.days()
             ));
         }
         let whole = collections.len() == sub.collections.len()
@@ -361,6 +403,48 @@ mod tests {
             e.starts_with("--from 2013-05-01 is after --to 2013-04-01"),
             "{e}"
         );
+        let e = bad(Subset {
+            tiles: vec![(3, 10)],
+            rows: Some((4, 4)),
+            ..Subset::default()
+        });
+        assert!(
+            e.starts_with("--tile 3,10 --rows 4-4: none of the 3 tiles"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_console_s_filters_are_named_as_its_query_parameters() {
+        let sub = submission();
+        let d = day(2014, 3, 1);
+        let e = Subset {
+            collections: vec!["C".into()],
+            names: Names::Query,
+            ..Subset::default()
+        }
+        .select(&sub)
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("collection=C: "), "{e}");
+        let e = Subset {
+            from: Some(d),
+            to: Some(d),
+            names: Names::Query,
+            ..Subset::default()
+        }
+        .select(&sub)
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("period=2014-03-01: no period of camp"), "{e}");
+    }
+
+    #[test]
+    fn a_submission_without_orders_has_nothing_to_choose() {
+        let mut sub = submission();
+        sub.tiles.clear();
+        let e = Subset::everything().select(&sub).unwrap_err().to_string();
+        assert_eq!(e, "camp has no orders to choose from");
     }
 
     #[test]

@@ -208,6 +208,7 @@ impl SubsetArgs {
             from: self.from,
             to: self.to,
             states: self.states.clone(),
+            names: campaign::Names::Flags,
         }
     }
 }

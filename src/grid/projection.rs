@@ -152,11 +152,27 @@ fn albers_of_wkt(wkt: &str) -> Option<Albers> {
     if !degrees || !metres {
         return None;
     }
-    let param = |name: &str| -> Option<f64> {
+    // Longitudes from Greenwich only: another prime meridian would shift the whole outline.
+    if let Some(at) = upper.find("PRIMEM[") {
+        let value = flat[at..].split(',').nth(1)?;
+        let value: f64 = value.split([']', ',']).next()?.parse().ok()?;
+        if value != 0.0 {
+            return None;
+        }
+    }
+    // A parameter: `None` when absent, `Some(None)` when present but not a number.
+    let param = |name: &str| -> Option<Option<f64>> {
         let key = format!("PARAMETER[\"{}\",", name.to_ascii_uppercase());
         let at = upper.find(&key)? + key.len();
         let rest = &flat[at..];
-        rest[..rest.find(']')?].parse().ok()
+        Some(rest[..rest.find(']')?].parse().ok())
+    };
+    let required = |name: &str| param(name).flatten();
+    let either = |a: &str, b: &str| param(a).or_else(|| param(b)).flatten();
+    // False easting and northing may be left out (0), never unreadable.
+    let offset = |name: &str| match param(name) {
+        None => Some(0.0),
+        Some(v) => v,
     };
     let spheroid = {
         let at = upper.find("SPHEROID[")?;
@@ -167,15 +183,15 @@ fn albers_of_wkt(wkt: &str) -> Option<Albers> {
     };
     Albers::new(
         spheroid,
-        (param("standard_parallel_1")?, param("standard_parallel_2")?),
         (
-            param("latitude_of_center").or_else(|| param("latitude_of_origin"))?,
-            param("longitude_of_center").or_else(|| param("central_meridian"))?,
+            required("standard_parallel_1")?,
+            required("standard_parallel_2")?,
         ),
         (
-            param("false_easting").unwrap_or(0.0),
-            param("false_northing").unwrap_or(0.0),
+            either("latitude_of_center", "latitude_of_origin")?,
+            either("longitude_of_center", "central_meridian")?,
         ),
+        (offset("false_easting")?, offset("false_northing")?),
     )
 }
 
@@ -224,5 +240,16 @@ mod tests {
         assert_eq!(Crs::Code("EPSG:54008".into()).projection(), None);
         let utm = r#"PROJCS["WGS 84 / UTM zone 33N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],PARAMETER["central_meridian",15],UNIT["metre",1]]"#;
         assert_eq!(Crs::Wkt(utm.into()).projection(), None);
+        // The ARD WKT with Paris as prime meridian, or an unreadable false easting: refused.
+        let paris =
+            CONUS_ALBERS_WKT.replace(r#"PRIMEM["Greenwich",0]"#, r#"PRIMEM["Paris",2.33722917]"#);
+        assert_ne!(paris, CONUS_ALBERS_WKT);
+        assert_eq!(Crs::Wkt(paris).projection(), None);
+        let garbled = CONUS_ALBERS_WKT.replace(r#""false_easting",0"#, r#""false_easting",zero"#);
+        assert_ne!(garbled, CONUS_ALBERS_WKT);
+        assert_eq!(Crs::Wkt(garbled).projection(), None);
+        let without = CONUS_ALBERS_WKT.replace(r#"PARAMETER["false_easting",0],"#, "");
+        assert_ne!(without, CONUS_ALBERS_WKT);
+        assert!(Crs::Wkt(without).projection().is_some());
     }
 }

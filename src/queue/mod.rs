@@ -750,6 +750,12 @@ impl Queue {
         dispatch!(self, q => q.requeue_dead(stage, tracking).await)
     }
 
+    /// Removes the export run of `tracking` (the orders it has not handed out yet) and its
+    /// plan; returns how many orders it held. Jobs it handed out stay.
+    pub async fn remove_run(&self, tracking: &str) -> Result<u64, QueueError> {
+        dispatch!(self, q => q.remove_run(tracking).await)
+    }
+
     /// Removes the jobs `ids` from `stage` (the backlog included) and frees their slots;
     /// returns how many were there. A run that still holds one of those orders hands its job
     /// out later: the export job then finds the order's state and gives the slot back.

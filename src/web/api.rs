@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::digest::FailureGroup;
 use super::map::{self, Matrix, code};
 use super::{Console, WebError};
-use crate::campaign::{Subset, SubsetError, parse_state};
+use crate::campaign::{Names, Subset, SubsetError, parse_state};
 use crate::earthengine::EE_QUEUE_CAP;
 use crate::jobs::Submitted;
 use crate::order::Order;
@@ -227,6 +227,7 @@ impl ActionQuery {
             from: self.period,
             to: self.period,
             states: state_filter(self.state.as_deref())?.into_iter().collect(),
+            names: Names::Query,
             ..Subset::default()
         })
     }

@@ -55,19 +55,18 @@ pub fn outline(grid: &TileGrid, view_box: [f64; 4]) -> Option<Outline> {
     }
     // A margin, so that lines leave the map at its edge rather than stop short of it.
     let (mx, my) = (vw * 0.05, vh * 0.05);
-    let inside =
-        |(x, y): (f64, f64)| x >= vx - mx && x <= vx + vw + mx && y >= vy - my && y <= vy + vh + my;
+    let map = [vx - mx, vy - my, vx + vw + mx, vy + vh + my];
     let mut d = String::new();
     for line in LINES.iter() {
-        // Into map coordinates (y negated), in whole units.
-        let pts: Vec<(f64, f64)> = line
-            .iter()
-            .map(|&(lon, lat)| {
+        // Into map coordinates (y negated). A segment straight in degrees (the 49th parallel
+        // is one) is an arc on the map: long ones are cut into pieces first.
+        let pts: Vec<(f64, f64)> = densify(line)
+            .map(|(lon, lat)| {
                 let (x, y) = projection.project(lon, lat);
                 (x, -y)
             })
             .collect();
-        for run in runs_inside(&pts, &inside) {
+        for run in runs_on(&pts, map) {
             let kept = simplify(run, unit);
             let mut last: Option<(i64, i64)> = None;
             for &(x, y) in &kept {
@@ -96,22 +95,41 @@ pub fn outline(grid: &TileGrid, view_box: [f64; 4]) -> Option<Outline> {
     })
 }
 
-/// The runs of `pts` on the map, each with the point before and after it (so that a line
-/// crossing the edge reaches it).
-fn runs_inside<'a>(
-    pts: &'a [(f64, f64)],
-    inside: &impl Fn((f64, f64)) -> bool,
-) -> Vec<&'a [(f64, f64)]> {
+/// The longest piece, in degrees, of a segment of the outline before it is projected.
+const MAX_STEP: f64 = 0.25;
+
+/// The points of `line` with long segments cut into pieces of at most [`MAX_STEP`] degrees.
+fn densify(line: &[(f64, f64)]) -> impl Iterator<Item = (f64, f64)> + '_ {
+    let first = line.first().copied().into_iter();
+    first.chain(line.windows(2).flat_map(|w| {
+        let ((x0, y0), (x1, y1)) = (w[0], w[1]);
+        let n = ((x1 - x0).abs().max((y1 - y0).abs()) / MAX_STEP)
+            .ceil()
+            .max(1.0) as usize;
+        (1..=n).map(move |i| {
+            let t = i as f64 / n as f64;
+            (x0 + (x1 - x0) * t, y0 + (y1 - y0) * t)
+        })
+    }))
+}
+
+/// The runs of `pts` whose segments touch the rectangle `map` (`[min-x, min-y, max-x, max-y]`):
+/// each segment whose bounding box overlaps it is kept with both its ends, so that a line
+/// crossing the map is drawn across it even when no point of it lies on the map.
+fn runs_on(pts: &[(f64, f64)], map: [f64; 4]) -> Vec<&[(f64, f64)]> {
+    let touches = |a: (f64, f64), b: (f64, f64)| {
+        a.0.min(b.0) <= map[2]
+            && a.0.max(b.0) >= map[0]
+            && a.1.min(b.1) <= map[3]
+            && a.1.max(b.1) >= map[1]
+    };
     let mut out = Vec::new();
     let mut start: Option<usize> = None;
-    for i in 0..pts.len() {
-        let near = inside(pts[i])
-            || (i + 1 < pts.len() && inside(pts[i + 1]))
-            || (i > 0 && inside(pts[i - 1]));
-        match (near, start) {
+    for i in 0..pts.len().saturating_sub(1) {
+        match (touches(pts[i], pts[i + 1]), start) {
             (true, None) => start = Some(i),
             (false, Some(s)) => {
-                out.push(&pts[s..i]);
+                out.push(&pts[s..=i]);
                 start = None;
             }
             _ => {}
@@ -120,7 +138,6 @@ fn runs_inside<'a>(
     if let Some(s) = start {
         out.push(&pts[s..]);
     }
-    out.retain(|r| r.len() >= 2);
     out
 }
 
@@ -235,6 +252,41 @@ mod tests {
         grid.crs = Crs::Code("EPSG:32633".into());
         let g = geometry(&grid, &[(10, 14)]).unwrap();
         assert_eq!(outline(&grid, g.view_box), None);
+    }
+
+    #[test]
+    fn the_49th_parallel_is_an_arc_and_crosses_a_map_with_no_point_on_it() {
+        let grid = conus();
+        let projection = grid.crs.projection().unwrap();
+        // One straight segment in degrees, as the outline stores the border.
+        let line = [(-122.788, 48.992), (-95.162, 48.992)];
+        let pts: Vec<(f64, f64)> = densify(&line)
+            .map(|(lon, lat)| {
+                let (x, y) = projection.project(lon, lat);
+                (x, -y)
+            })
+            .collect();
+        assert!(pts.len() > 100, "{}", pts.len());
+        // Its middle is where the parallel is, not on the chord between its ends.
+        let mid = projection.project(-108.975, 48.992);
+        let (a, b) = (pts[0], pts[pts.len() - 1]);
+        let chord_y = -(a.1 + b.1) / 2.0;
+        assert!(
+            chord_y - mid.1 > 50_000.0,
+            "the chord is {} m off",
+            chord_y - mid.1
+        );
+        let nearest = pts
+            .iter()
+            .map(|p| (p.0 - mid.0).hypot(-p.1 - mid.1))
+            .fold(f64::MAX, f64::min);
+        assert!(nearest < 10_000.0, "{nearest} m");
+        // A map of a few tiles in the middle of it, far from both ends, still gets it.
+        let (x, y) = (mid.0, -mid.1);
+        let map = [x - 100_000.0, y - 100_000.0, x + 100_000.0, y + 100_000.0];
+        assert_eq!(runs_on(&[a, b], map).len(), 1, "a segment crossing the map");
+        assert!(!runs_on(&pts, map).is_empty());
+        assert!(runs_on(&[(0.0, 0.0), (1.0, 1.0)], map).is_empty());
     }
 
     #[test]

@@ -986,7 +986,7 @@ fn table(f: &Fixture) -> Vec<Case> {
         ),
         cli(
             "retry --from after --to",
-            "--from 2021-09-01 is after --to 2021-08-01; give the earlier day to --from",
+            "--from 2021-09-01 is after --to 2021-08-01; give the earlier day first",
             2,
             |f| {
                 strings(&[

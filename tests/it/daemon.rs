@@ -999,7 +999,8 @@ async fn cancel_of_one_tile_stops_its_orders_and_the_rest_completes() {
     let mut c = Campaign::start(
         "cancel-tile",
         EmulatorOptions {
-            task_seconds: 4.0,
+            // Long enough that tile 10,14's first two tasks still run when `cancel` comes.
+            task_seconds: 6.0,
             ..Campaign::options()
         },
     )

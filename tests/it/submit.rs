@@ -420,15 +420,29 @@ async fn a_subset_is_cancelled_and_retried_alone(queue_url: String) {
     assert_eq!(campaign::cancel(ctx, &name, &one).await.unwrap().orders, 1);
     assert_eq!(export_jobs(ctx).await, jobs_before + 2);
 
-    // The rest comes back with a retry of the whole campaign: the three cancelled orders, and
-    // the two QUEUED orders of tile 10,15 queued alone get their job again (the run holds the
-    // others' jobs).
+    // Every QUEUED order of the campaign: the run that holds most of them goes with them, and
+    // so do the jobs of those queued alone.
+    assert!(!ctx.queue.run_ranges(&name).await.unwrap().is_empty());
+    let queued = Subset {
+        states: vec![OrderState::Queued],
+        ..Subset::default()
+    };
+    assert_eq!(
+        campaign::cancel(ctx, &name, &queued).await.unwrap().orders,
+        5
+    );
+    assert!(ctx.queue.run_ranges(&name).await.unwrap().is_empty());
+    assert_eq!(export_jobs(ctx).await, 0);
+    assert_eq!(state_of(&states().await, &running), OrderState::Running);
+
+    // Everything comes back with a retry of the whole campaign: the eight cancelled orders.
     assert_eq!(
         campaign::retry(ctx, &name, false, &Subset::everything())
             .await
             .unwrap(),
-        3 + 2
+        8
     );
+    assert_eq!(export_jobs(ctx).await, 8);
     let counts = ctx.tracker.counts(&name).await.unwrap();
     assert_eq!(counts.get(&OrderState::Cancelled), None, "{counts:?}");
 }

@@ -544,7 +544,7 @@ async fn actions_are_refused_without_the_token_and_accepted_with_it() {
     // Part of it, chosen by the orders' filters; a filter that chooses nothing is refused.
     let (code, body) = post(format!("{cancel}?collection=NOPE"), Some(token)).await;
     assert_eq!(code, 400, "{body}");
-    assert!(body.contains("--collection NOPE"), "{body}");
+    assert!(body.contains("collection=NOPE: "), "{body}");
     let (code, body) = post(format!("{cancel}?tile=10,15&state=queued"), Some(token)).await;
     assert_eq!(code, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();

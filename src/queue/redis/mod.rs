@@ -541,6 +541,19 @@ impl RedisQueue {
         Ok(n)
     }
 
+    /// Removes the export run of `tracking` and its plan, in one step; returns how many orders
+    /// it still held.
+    pub async fn remove_run(&self, tracking: &str) -> Result<u64, QueueError> {
+        let stage = Stage::Export;
+        Ok(REMOVE_RUN
+            .key(self.key(stage, "backlog"))
+            .key(self.key(stage, "runs"))
+            .key(self.plan_key(tracking))
+            .arg(run::member(tracking))
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+
     /// Removes the jobs `ids` from `stage`, whatever their state, and frees their admission
     /// slots (a subset's cancel); returns how many were there.
     pub async fn remove_jobs(&self, stage: Stage, ids: &[String]) -> Result<u64, QueueError> {
@@ -558,14 +571,7 @@ impl RedisQueue {
         let mut n = 0;
         if stage == Stage::Export {
             // The run first, so that admission cannot expand a job of it after the scan below.
-            let held: u64 = REMOVE_RUN
-                .key(self.key(stage, "backlog"))
-                .key(self.key(stage, "runs"))
-                .key(self.plan_key(tracking))
-                .arg(run::member(tracking))
-                .invoke_async(&mut self.conn.clone())
-                .await?;
-            n += held;
+            n += self.remove_run(tracking).await?;
         }
         let ids = self.ids_of_tracking(stage, "data", tracking).await?;
         for chunk in ids.chunks(SCAN_CHUNK) {

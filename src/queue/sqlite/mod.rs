@@ -597,6 +597,16 @@ impl SqliteQueue {
             .await
     }
 
+    /// Removes the export run of `tracking` and its plan; returns how many orders it held.
+    pub async fn remove_run(&self, tracking: &str) -> Result<u64, QueueError> {
+        let (ns, tracking) = (self.ns.clone(), tracking.to_owned());
+        self.db
+            .write(move |tx| -> Result<u64, QueueError> {
+                Ok(runs::remove_runs(tx, &ns, &tracking)?)
+            })
+            .await
+    }
+
     /// Removes the jobs `ids` from `stage`, whatever their state, and frees their admission
     /// slots (a subset's cancel); returns how many were there.
     pub async fn remove_jobs(&self, stage: Stage, ids: &[String]) -> Result<u64, QueueError> {
