@@ -10,8 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use crate::earthengine::types::OpView;
-use crate::jobs::{Context, Submitted, job_for};
-use crate::order::{Order, parse_piece};
+use crate::jobs::clean::delete_export;
+use crate::jobs::{Context, job_for};
+use crate::order::Order;
 use crate::queue::Stage;
 use crate::queue::tracking::{OrderState, OrderStatus};
 
@@ -78,9 +79,11 @@ pub async fn cancel(ctx: &Context, name: &str, subset: &Subset) -> anyhow::Resul
     refuse_states(subset, "cancel", |s| {
         s == OrderState::Queued || s.is_active() || s == OrderState::Succeeded
     })?;
+    // Poll jobs stay: the poll job of a task cancelled below waits until EE says the task
+    // ended, then deletes what it wrote meanwhile (a task may finish as the cancel comes).
     if sel.is_everything() {
         // The whole campaign: every job of it goes at once, its run included.
-        for stage in [Stage::Export, Stage::Poll, Stage::Download] {
+        for stage in [Stage::Export, Stage::Download] {
             ctx.queue.remove_tracking(stage, name).await?;
         }
     } else if sel.is_whole() && sel.wants(OrderState::Queued) {
@@ -109,7 +112,7 @@ pub async fn cancel(ctx: &Context, name: &str, subset: &Subset) -> anyhow::Resul
                 .filter(|(_, s)| s.state != OrderState::Downloaded)
                 .map(|(o, _)| job_for(name, o, None).id())
                 .collect();
-            for stage in [Stage::Export, Stage::Poll, Stage::Download] {
+            for stage in [Stage::Export, Stage::Download] {
                 ctx.queue.remove_jobs(stage, &ids).await?;
             }
         }
@@ -185,27 +188,6 @@ fn refuse_states(
                 .join(", ")
         ))),
     }
-}
-
-/// Deletes what export `generation` of `order` wrote to the bucket — its GeoTIFF pieces and its
-/// metadata JSON, matched by exact name, never another order's — and returns how many objects.
-async fn delete_export(
-    ctx: &Context,
-    sub: &Submitted,
-    order: &Order,
-    generation: u32,
-) -> anyhow::Result<usize> {
-    let bucket = ctx.bucket_of(sub)?;
-    let base = sub.export_base(order, generation)?;
-    let metadata = format!("{base}.json");
-    let mut n = 0;
-    for object in bucket.list(&base).await? {
-        if object.name == metadata || parse_piece(&base, &object.name).is_some() {
-            bucket.delete(&object.name).await?;
-            n += 1;
-        }
-    }
-    Ok(n)
 }
 
 /// Puts failed, lost and cancelled orders back in the export backlog with a new export

@@ -1,7 +1,8 @@
 //! Clean: delete from the export bucket exactly the objects download verified — by full name,
 //! never by pattern. An object already gone counts as deleted, so clean can run twice.
 
-use super::{Context, JobError, order_of};
+use super::{Context, JobError, Submitted, order_of};
+use crate::order::{Order, parse_piece};
 use crate::queue::tracking::OrderState;
 use crate::queue::{OrderJob, Outcome};
 
@@ -32,4 +33,26 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
         "order complete"
     );
     Ok(Outcome::Done)
+}
+
+/// Deletes what export `generation` of `order` wrote to the bucket — its GeoTIFF pieces and its
+/// metadata JSON, matched by exact name, never another order's — and returns how many objects
+/// (for an order that will not be downloaded: cancelled, or re-exported by `cedar retry`).
+pub async fn delete_export(
+    ctx: &Context,
+    sub: &Submitted,
+    order: &Order,
+    generation: u32,
+) -> Result<usize, JobError> {
+    let bucket = ctx.bucket_of(sub)?;
+    let base = sub.export_base(order, generation)?;
+    let metadata = format!("{base}.json");
+    let mut n = 0;
+    for object in bucket.list(&base).await? {
+        if object.name == metadata || parse_piece(&base, &object.name).is_some() {
+            bucket.delete(&object.name).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }

@@ -49,7 +49,10 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
         enqueue_download(ctx, job, &order, &operation).await?;
         return Ok(Outcome::Done);
     }
-    if status.state.rank() > OrderState::Succeeded.rank() {
+    // Cancelled while its task ran (`cedar cancel`): the job stays until EE says the task
+    // ended, then deletes what it wrote meanwhile.
+    let cancelled = status.state == OrderState::Cancelled;
+    if !cancelled && status.state.rank() > OrderState::Succeeded.rank() {
         return Ok(Outcome::Done);
     }
     mark_waiting(ctx, &operation, job).await?;
@@ -71,6 +74,9 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
             ctx.ee_permit().await?;
             match ctx.ee.get_operation(&operation).await {
                 Ok(op) => OpView::from_operation(&op),
+                Err(e) if e.is_not_found() && cancelled => {
+                    return after_cancel(ctx, job, &operation, status.exports).await;
+                }
                 Err(e) if e.is_not_found() => {
                     return lost(
                         ctx,
@@ -84,7 +90,37 @@ pub async fn run(ctx: &Context, job: &OrderJob) -> Result<Outcome, JobError> {
             }
         }
     };
+    if cancelled {
+        return if has_ended(&view) {
+            after_cancel(ctx, job, &operation, status.exports).await
+        } else {
+            Ok(snooze(ctx))
+        };
+    }
     apply(ctx, job, &operation, &view).await
+}
+
+/// The task of an order cancelled while it ran has ended (or EE no longer knows it): deletes
+/// what export `generation` wrote — nothing will download it — and stops waiting for it.
+async fn after_cancel(
+    ctx: &Context,
+    job: &OrderJob,
+    operation: &str,
+    generation: u32,
+) -> Result<Outcome, JobError> {
+    let sub = ctx.submission(&job.tracking).await?;
+    let deleted = super::clean::delete_export(ctx, &sub, &order_of(job), generation).await?;
+    if deleted > 0 {
+        tracing::info!(
+            tracking = %job.tracking,
+            operation,
+            objects = deleted,
+            "deleted what a cancelled EE task wrote before it ended"
+        );
+    }
+    ctx.queue.release_slot(&job.id()).await?;
+    stop_waiting(ctx, operation).await?;
+    Ok(Outcome::Done)
 }
 
 /// Tells the sweeper to look for `operation` (called when the export starts it), and to wake the

@@ -967,8 +967,9 @@ async fn cancel_stops_a_running_submission() {
     for o in doc["orders"].as_array().unwrap() {
         assert_eq!(o["status"]["error"], "cancelled by cedar cancel", "{o}");
     }
-    assert_eq!(c.jobs_of(&name).await, Vec::<String>::new());
-    assert_eq!(c.queued().await, BTreeMap::new());
+    // The poll jobs end once the sweep has seen each task end.
+    let (jobs, queued) = c.drained(&name).await;
+    assert_eq!((jobs, queued), (Vec::new(), BTreeMap::new()));
     // What the exports wrote before their tasks were cancelled (their metadata JSON) is gone.
     assert!(
         run.stderr
@@ -976,18 +977,59 @@ async fn cancel_stops_a_running_submission() {
         "{run:?}"
     );
     assert_bucket_empty(&c);
-    // A poll that was running during the cancel cannot bring the order back.
-    c.wait_stats("a sweep after the cancel", |s| {
-        s.requests.get("operations.list").copied().unwrap_or(0)
-            > stats.requests.get("operations.list").copied().unwrap_or(0) + 1
-    })
-    .await;
+    // The poll jobs ran after the cancel (they saw each task end, deleted what was left and
+    // ended): none brought its order back.
     let (status, _) = c.status(&name).await;
     assert_eq!(
         counts(&status),
         BTreeMap::from([("CANCELLED".to_owned(), 4)])
     );
     assert_eq!(c.queued().await, BTreeMap::new());
+}
+
+/// A task EE did not cancel (it answered the cancel with 503) runs on and writes its files: the
+/// order stays CANCELLED, and its poll job, kept by `cancel`, deletes those files once EE says
+/// the task ended, so nothing is stranded in the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_ends_after_its_cancel_leaves_nothing_in_the_bucket() {
+    let mut c = Campaign::start(
+        "cancel-late",
+        EmulatorOptions {
+            task_seconds: 4.0,
+            ..Campaign::options()
+        },
+    )
+    .await;
+    c.spawn_worker();
+    let name = c.submit(&one_tile("2021-09-30")).await;
+    c.wait_stats("the task runs", |s| s.operations.get("RUNNING") == Some(&1))
+        .await;
+    c.emulator.inject(Fault::NextRequests {
+        method: Some(ApiMethod::OperationsCancel),
+        count: 1,
+        status: 503,
+        message: None,
+        processed: false,
+    });
+    let run = c.cedar(&["cancel", &name]).await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stderr.contains("1 order cancelled"), "{run:?}");
+    let stats = c
+        .wait_stats("the task succeeded anyway", |s| {
+            s.operations.get("SUCCEEDED") == Some(&1)
+        })
+        .await;
+    assert!(stats.objects_written > 1, "{stats:#?}");
+    let (jobs, queued) = c.drained(&name).await;
+    assert_eq!((jobs, queued), (Vec::new(), BTreeMap::new()));
+    assert_bucket_empty(&c);
+    let (status, code) = c.status(&name).await;
+    assert_eq!(code, Some(5), "{status}");
+    assert_eq!(
+        counts(&status),
+        BTreeMap::from([("CANCELLED".to_owned(), 1)])
+    );
+    assert!(c.dest_files_of(&name).is_empty(), "nothing downloaded");
 }
 
 /// Cancelling one tile of a running campaign stops exactly its orders: its tasks in EE are
