@@ -995,7 +995,8 @@ async fn a_task_that_ends_after_its_cancel_leaves_nothing_in_the_bucket() {
     let mut c = Campaign::start(
         "cancel-late",
         EmulatorOptions {
-            task_seconds: 4.0,
+            // Long enough that the task still runs when `cancel` comes.
+            task_seconds: 6.0,
             ..Campaign::options()
         },
     )
