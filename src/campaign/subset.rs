@@ -131,7 +131,7 @@ impl Subset {
         for &(r, c) in &self.tiles {
             if !sub.tiles.contains(&(r, c)) {
                 return err(format!(
-                    "{}: {name} has no such tile; `cedar show {name}` lists its {} tiles",
+                    "{}: not a tile of {name}; `cedar show {name}` lists its {} tiles",
                     self.named("tile", format!("{r},{c}")),
                     sub.tiles.len()
                 ));
@@ -379,7 +379,7 @@ mod tests {
             tiles: vec![(9, 9)],
             ..Subset::default()
         });
-        assert!(e.starts_with("--tile 9,9: camp has no such tile"), "{e}");
+        assert!(e.starts_with("--tile 9,9: not a tile of camp"), "{e}");
         let e = bad(Subset {
             rows: Some((5, 8)),
             ..Subset::default()

@@ -190,31 +190,25 @@ pub struct OrdersPage {
     pub next: Option<usize>,
 }
 
-/// The filters and page of `orders`.
+/// Which orders `orders` lists and `POST …/retry` and `…/cancel` act on (none: every order):
+/// a state, a collection, a tile, and `period`, the period that contains that day.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct OrdersQuery {
+pub struct OrderFilter {
     pub state: Option<String>,
     pub collection: Option<String>,
     /// `ROW,COL`.
     pub tile: Option<String>,
-    /// The first day of a period.
     pub period: Option<NaiveDate>,
+}
+
+/// The page of `orders`: from order index `cursor` on, at most `limit`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PageQuery {
     pub cursor: Option<usize>,
     pub limit: Option<usize>,
 }
 
-/// Which orders `POST …/retry` and `…/cancel` act on: the filters of `orders` (none: the whole
-/// campaign), with `period` choosing the period that contains the day.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct ActionQuery {
-    pub state: Option<String>,
-    pub collection: Option<String>,
-    /// `ROW,COL`.
-    pub tile: Option<String>,
-    pub period: Option<NaiveDate>,
-}
-
-impl ActionQuery {
+impl OrderFilter {
     fn subset(&self) -> Result<Subset, WebError> {
         Ok(Subset {
             collections: self
@@ -411,38 +405,22 @@ impl Console {
     }
 
     /// A page of the campaign's orders that pass the filters, from `cursor` on.
-    pub async fn orders(&self, name: &str, q: &OrdersQuery) -> Result<OrdersPage, WebError> {
+    pub async fn orders(
+        &self,
+        name: &str,
+        filter: &OrderFilter,
+        page: &PageQuery,
+    ) -> Result<OrdersPage, WebError> {
         let sub = self.submission(name).await?;
-        let state = state_filter(q.state.as_deref())?;
-        let pick = |n: usize, wanted: Option<usize>| -> Vec<usize> {
-            wanted.map_or_else(|| (0..n).collect(), |i| vec![i])
-        };
-        let collection = collection_index(&sub, q.collection.as_deref())?;
-        let tile = match tile_filter(q.tile.as_deref())? {
-            None => None,
-            Some(rc) => Some(sub.tiles.iter().position(|x| *x == rc).ok_or_else(|| {
-                WebError::BadRequest(format!("tile {},{} is not a tile of {name}", rc.0, rc.1))
-            })?),
-        };
-        let period = period_index(&sub, q.period)?;
-        let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
-        let cursor = q.cursor.unwrap_or(0);
-        let (nt, np) = (sub.tiles.len(), sub.periods.len());
+        let sel = filter
+            .subset()?
+            .select(&sub)
+            .map_err(|e| WebError::BadRequest(e.to_string()))?;
+        let limit = page.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+        let cursor = page.cursor.unwrap_or(0);
         // The indices that pass the collection, tile and period filters, in order, from the
         // cursor on: computed, not read, so those filters cost nothing however big the campaign.
-        let mut indices = pick(sub.collections.len(), collection)
-            .into_iter()
-            .flat_map(|c| {
-                let periods = pick(np, period);
-                pick(nt, tile).into_iter().flat_map(move |t| {
-                    periods
-                        .clone()
-                        .into_iter()
-                        .map(move |p| (c * nt + t) * np + p)
-                })
-            })
-            .filter(|i| *i >= cursor)
-            .peekable();
+        let mut indices = sel.indices().filter(|i| *i >= cursor).peekable();
         let ctx = &self.inner.ctx;
         let mut rows = Vec::new();
         let mut scanned = 0;
@@ -461,7 +439,7 @@ impl Console {
             let statuses = ctx.tracker.statuses(name, &orders).await?;
             for ((i, order), status) in chunk.iter().zip(orders).zip(statuses) {
                 let status = status.unwrap_or_else(|| OrderStatus::new(OrderState::Queued));
-                if state.is_some_and(|s| s != status.state) {
+                if !sel.wants(status.state) {
                     continue;
                 }
                 if rows.len() == limit {
@@ -664,15 +642,16 @@ pub(super) async fn get_view(
 pub(super) async fn get_orders(
     State(c): State<Console>,
     Path(name): Path<String>,
-    Query(q): Query<OrdersQuery>,
+    Query(filter): Query<OrderFilter>,
+    Query(page): Query<PageQuery>,
 ) -> Result<Json<OrdersPage>, WebError> {
-    Ok(Json(c.orders(&name, &q).await?))
+    Ok(Json(c.orders(&name, &filter, &page).await?))
 }
 
 pub(super) async fn post_retry(
     State(c): State<Console>,
     Path(name): Path<String>,
-    Query(q): Query<ActionQuery>,
+    Query(q): Query<OrderFilter>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, WebError> {
     c.authorize(&headers)?;
@@ -688,7 +667,7 @@ pub(super) async fn post_retry(
 pub(super) async fn post_cancel(
     State(c): State<Console>,
     Path(name): Path<String>,
-    Query(q): Query<ActionQuery>,
+    Query(q): Query<OrderFilter>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, WebError> {
     c.authorize(&headers)?;
