@@ -255,7 +255,6 @@ impl Selection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::period::Period;
 
     fn day(y: i32, m: u32, d: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(y, m, d).unwrap()
@@ -263,16 +262,14 @@ mod tests {
 
     /// 2 collections × 3 tiles × 12 monthly periods of 2013.
     fn submission() -> Submission {
-        let periods = (1..=12)
-            .map(|m| Period {
-                start: day(2013, m, 1),
-                end: if m == 12 {
-                    day(2014, 1, 1)
-                } else {
-                    day(2013, m + 1, 1)
-                },
-            })
-            .collect();
+        let periods = crate::period::periods(
+            day(2013, 1, 1),
+            day(2013, 12, 31),
+            Some("MS".parse().unwrap()),
+        )
+        .unwrap()
+        .periods;
+        assert_eq!(periods.len(), 12);
         Submission {
             name: "camp".into(),
             submitted: chrono::Utc::now(),

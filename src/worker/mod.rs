@@ -19,7 +19,7 @@ use apalis::prelude::*;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::document::{INLINE_ORDERS, publish};
+use crate::document::{publish, publish_if_small};
 use crate::earthengine::{ConcurrencySource, MAX_ACTIVE_EXPORTS};
 use crate::jobs::poll::SweepSettings;
 use crate::jobs::{self, Context, JobError, JobSettings, order_of};
@@ -398,33 +398,44 @@ async fn publish_due(
             let _ = ctx.tracker.mark_dirty(&name).await;
             continue;
         }
-        publish_one(ctx, &name).await;
+        publish_one(ctx, &name, false).await;
         last.insert(name, std::time::Instant::now());
     }
 }
 
-async fn publish_one(ctx: &Context, name: &str) {
-    if let Err(e) = publish(&ctx.settings, &ctx.tracker, ctx.bucket.as_ref(), name).await {
-        tracing::warn!(tracking = %name, error = %e, "publishing the tracking document failed");
-        let _ = ctx.tracker.mark_dirty(name).await;
+/// Publishes `name`'s document; with `inline_only`, only one small enough to write inline
+/// ([`publish_if_small`] leaves a bigger one marked). A failure leaves it marked too.
+async fn publish_one(ctx: &Context, name: &str, inline_only: bool) {
+    let (settings, tracker, bucket) = (&ctx.settings, &ctx.tracker, ctx.bucket.as_ref());
+    let published = if inline_only {
+        publish_if_small(settings, tracker, bucket, name).await
+    } else {
+        publish(settings, tracker, bucket, name)
+            .await
+            .map(|()| true)
+    };
+    match published {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(tracking = %name, "the tracking document is left to the next publisher")
+        }
+        Err(e) => {
+            tracing::warn!(tracking = %name, error = %e, "publishing the tracking document failed");
+            let _ = tracker.mark_dirty(name).await;
+        }
     }
 }
 
 /// Re-writes, now, the documents of every submission whose orders changed and that is small
-/// enough to be written inline ([`INLINE_ORDERS`]): the last round of a drain. A bigger one
-/// (hundreds of MB for an archive) stays marked for the publisher of a running worker, or of
-/// this one when it starts again, so that a stopping worker is not held past its drain.
+/// enough to be written inline ([`INLINE_ORDERS`](crate::document::INLINE_ORDERS)): the last
+/// round of a drain. A bigger one (hundreds of MB for an archive) stays marked for the
+/// publisher of a running worker, or of this one when it starts again, so that a stopping
+/// worker is not held past its drain.
 pub async fn publish_dirty(ctx: &Context) {
     match ctx.tracker.take_dirty(100).await {
         Ok(names) => {
             for name in names {
-                let orders = ctx.submission(&name).await.map_or(0, |s| s.order_count());
-                if orders > INLINE_ORDERS {
-                    tracing::info!(tracking = %name, orders, "the tracking document is left to the next publisher");
-                    let _ = ctx.tracker.mark_dirty(&name).await;
-                    continue;
-                }
-                publish_one(ctx, &name).await;
+                publish_one(ctx, &name, true).await;
             }
         }
         Err(e) => tracing::warn!(error = %e, "reading dirty tracking names failed"),
